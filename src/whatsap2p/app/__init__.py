@@ -1,0 +1,1 @@
+"""The product: the Session that every UI uses, and the user's local stores."""

@@ -1,0 +1,42 @@
+"""What the Session tells its UI: messages that arrived, and how a send went."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from whatsap2p.app.photos import StoredPhoto
+
+__all__ = ["DeliveryReport", "PhotoReceived", "Received", "TextReceived"]
+
+
+@dataclass(frozen=True, slots=True)
+class TextReceived:
+    id: str
+    sender: str
+    name: str | None  # the sender's name in our contacts
+    group: str | None  # the group name the sender chose
+    timestamp: str  # ISO-8601, as the sender stamped it
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class PhotoReceived:
+    id: str
+    sender: str
+    name: str | None
+    group: str | None
+    timestamp: str
+    photo: StoredPhoto
+
+
+Received = TextReceived | PhotoReceived
+
+
+@dataclass(slots=True)
+class DeliveryReport:
+    """Per recipient: delivered (acknowledged as stored), offline, or failed and why."""
+
+    id: str
+    delivered: list[str] = field(default_factory=list)
+    offline: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)

@@ -1,0 +1,113 @@
+"""The exceptions of WhatsAp2p, written for the person who will read them.
+
+    WhatsAp2pError
+    ├── ProtocolError                 a party broke the wire protocol
+    │   ├── LocalProtocolError        we were about to (a bug on our side)
+    │   └── RemoteProtocolError       the other side did (bad bytes, wrong order)
+    │       └── FrameTooLarge
+    ├── InvalidInput                  a request we refuse; JSON-RPC -32602
+    │   ├── InvalidPhoneNumber
+    │   ├── UnknownTarget             no such contact or group
+    │   ├── NameConflict              the name is already a contact or a group
+    │   └── PhotoRejected             missing, unreadable, not an image, too large
+    ├── StoreError                    a local file we cannot use
+    │   └── CorruptContactsFile
+    ├── DirectoryError                the central server said no or went away
+    │   ├── ServerUnreachable
+    │   ├── NumberAlreadyOnline
+    │   └── ServerRefused
+    └── DeliveryFailed                one peer could not be given a message
+
+Lower-layer exceptions (OSError, msgpack, Pillow) are re-raised as these with `from exc`,
+and `ui/cli.py` is the one place where they become exit codes.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CorruptContactsFile",
+    "DeliveryFailed",
+    "DirectoryError",
+    "FrameTooLarge",
+    "InvalidInput",
+    "InvalidPhoneNumber",
+    "LocalProtocolError",
+    "NameConflict",
+    "NumberAlreadyOnline",
+    "PhotoRejected",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "ServerRefused",
+    "ServerUnreachable",
+    "StoreError",
+    "UnknownTarget",
+    "WhatsAp2pError",
+]
+
+
+class WhatsAp2pError(Exception):
+    """Base of every error this program raises on purpose."""
+
+
+class ProtocolError(WhatsAp2pError):
+    """A party broke the wire protocol."""
+
+
+class LocalProtocolError(ProtocolError):
+    """We tried to send something the protocol does not allow in this state."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The other side sent bytes or messages the protocol does not allow."""
+
+
+class FrameTooLarge(RemoteProtocolError):
+    """A frame header announced more bytes than we accept."""
+
+
+class InvalidInput(WhatsAp2pError):
+    """A request that cannot be carried out as given."""
+
+
+class InvalidPhoneNumber(InvalidInput):
+    """Not a phone number we can normalise to E.164."""
+
+
+class UnknownTarget(InvalidInput):
+    """Not a contact, a group, or a phone number."""
+
+
+class NameConflict(InvalidInput):
+    """A contact and a group may not share a name."""
+
+
+class PhotoRejected(InvalidInput):
+    """The photo cannot be sent (or was not accepted)."""
+
+
+class StoreError(WhatsAp2pError):
+    """A file in the data dir cannot be read or written."""
+
+
+class CorruptContactsFile(StoreError):
+    """The contacts file exists but is not one we wrote; it is left untouched."""
+
+
+class DirectoryError(WhatsAp2pError):
+    """The central server refused a request or cannot be reached."""
+
+
+class ServerUnreachable(DirectoryError):
+    """No connection to the central server."""
+
+
+class NumberAlreadyOnline(DirectoryError):
+    """Another module is already registered with this number."""
+
+
+class ServerRefused(DirectoryError):
+    """The server answered a request with an error."""
+
+
+class DeliveryFailed(WhatsAp2pError):
+    """A message could not be handed to one peer; the text says why."""

@@ -1,0 +1,1 @@
+"""asyncio adapters: move bytes between streams and the sans-IO protocol objects."""

@@ -1,0 +1,148 @@
+"""The user module's connection to the central server: requests, answers, heartbeats."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from whatsap2p.config import Limits, Timeouts
+from whatsap2p.errors import (
+    DirectoryError,
+    NumberAlreadyOnline,
+    ProtocolError,
+    ServerRefused,
+    ServerUnreachable,
+)
+from whatsap2p.protocol import events as ev
+from whatsap2p.protocol.directory import DirectoryClientConnection
+
+__all__ = ["DirectoryClient"]
+
+log = logging.getLogger(__name__)
+
+_READ_SIZE = 64 * 1024
+
+
+class DirectoryClient:
+    """One TCP connection to the server; the registration lives as long as it does."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        limits: Limits,
+        timeouts: Timeouts,
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._timeouts = timeouts
+        self._conn = DirectoryClientConnection(limits)
+        self._waiting: dict[int, asyncio.Future[ev.Message]] = {}
+        self._lost: BaseException | None = None
+        self.closed = asyncio.Event()
+        self._reader_task = asyncio.create_task(self._read_loop(), name="directory-reader")
+        self._heartbeat_task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def connect(
+        cls, host: str, port: int, limits: Limits | None = None, timeouts: Timeouts | None = None
+    ) -> DirectoryClient:
+        timeouts = timeouts or Timeouts()
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port), timeouts.connect
+            )
+        except (OSError, TimeoutError) as exc:
+            reason = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+            raise ServerUnreachable(f"cannot reach the server at {host}:{port}: {reason}") from exc
+        return cls(reader, writer, limits or Limits(), timeouts)
+
+    async def register(self, phone: str, port: int, host: str | None = None) -> ev.Registered:
+        answer = await self._request(ev.Register(self._conn.next_rid(), phone, port, host))
+        assert isinstance(answer, ev.Registered)
+        self._heartbeat_task = asyncio.create_task(self._heartbeat(), name="directory-heartbeat")
+        return answer
+
+    async def lookup(self, phones: list[str]) -> dict[str, ev.PeerAddress]:
+        """The online ones among `phones`, with their addresses."""
+        if not phones:
+            return {}
+        answer = await self._request(ev.Lookup(self._conn.next_rid(), tuple(phones)))
+        assert isinstance(answer, ev.LookupResult)
+        asked = set(phones)
+        return {peer.phone: peer for peer in answer.peers if peer.phone in asked}
+
+    async def unregister(self) -> None:
+        await self._request(ev.Unregister(self._conn.next_rid()))
+
+    async def close(self) -> None:
+        for task in (self._heartbeat_task, self._reader_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._writer.close()
+        with contextlib.suppress(OSError):
+            await self._writer.wait_closed()
+        self._fail_all(ServerUnreachable("the connection to the server is closed"))
+
+    async def _request(self, message: ev.DirectoryMessage) -> ev.Message:
+        if self._lost is not None:
+            raise ServerUnreachable(f"lost the connection to the server: {self._lost}")
+        future: asyncio.Future[ev.Message] = asyncio.get_running_loop().create_future()
+        self._waiting[message.rid] = future
+        try:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+            # that races with the answer, and close() would then wait forever.
+            async with asyncio.timeout(self._timeouts.server_reply):
+                self._writer.write(self._conn.send(message))
+                await self._writer.drain()
+                answer = await future
+        except (OSError, TimeoutError) as exc:
+            raise ServerUnreachable("the server does not answer") from exc
+        finally:
+            self._waiting.pop(message.rid, None)
+        if isinstance(answer, ev.Failure):
+            if answer.code == "number-online":
+                raise NumberAlreadyOnline(answer.message)
+            raise ServerRefused(f"the server refused: {answer.message}")
+        return answer
+
+    async def _read_loop(self) -> None:
+        reason: BaseException = ServerUnreachable("the server closed the connection")
+        try:
+            while data := await self._reader.read(_READ_SIZE):
+                self._conn.receive_data(data)
+                while (message := self._conn.next_event()) is not None:
+                    self._dispatch(message)
+        except (OSError, ProtocolError) as exc:
+            reason = exc
+        finally:
+            self._lost = reason
+            self._fail_all(ServerUnreachable(f"lost the connection to the server: {reason}"))
+            self.closed.set()
+
+    def _dispatch(self, message: ev.Message) -> None:
+        assert isinstance(message, ev.DirectoryMessage)
+        future = self._waiting.get(message.rid)
+        if future is not None and not future.done():
+            future.set_result(message)
+        elif isinstance(message, ev.Failure):
+            log.warning("server: %s", message.message)
+
+    def _fail_all(self, error: DirectoryError) -> None:
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(error)
+        self._waiting.clear()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self._timeouts.heartbeat_interval)
+            try:
+                await self._request(ev.Ping(self._conn.next_rid()))
+            except DirectoryError as exc:
+                log.warning("heartbeat failed: %s", exc)
+                self._writer.close()
+                return

@@ -1,0 +1,296 @@
+"""Peer connections: the listener that receives messages, and the links that send them.
+
+What a received message means (where a photo is written, who is told) is the app's
+business, reached through the `Inbound` interface; this module only moves bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol
+
+from whatsap2p.config import Limits, Timeouts
+from whatsap2p.errors import DeliveryFailed, ProtocolError, WhatsAp2pError
+from whatsap2p.protocol import events as ev
+from whatsap2p.protocol.peer import PeerReceiver, PeerSender
+
+__all__ = ["Inbound", "PeerLink", "PeerListener", "PhotoSink"]
+
+log = logging.getLogger(__name__)
+
+_READ_SIZE = 256 * 1024
+#: After a refusal, how long a receiver drains the sender's bytes (so the refusal is not
+#: lost in a TCP reset) and how long a sender waits for that refusal once writes fail.
+_REFUSAL_GRACE = 2.0
+
+
+class PhotoSink(Protocol):
+    """Where the chunks of one incoming photo go."""
+
+    def write(self, data: bytes) -> None: ...
+
+    async def complete(self) -> None:
+        """All bytes are in: verify and store, or raise WhatsAp2pError saying why not."""
+
+    def discard(self) -> None:
+        """The photo will not complete: remove whatever was written."""
+
+
+class Inbound(Protocol):
+    """The app's side of the listener. Raising WhatsAp2pError refuses the message."""
+
+    async def text_received(self, sender: str, text: ev.Text) -> None: ...
+
+    def photo_offered(self, sender: str, offer: ev.PhotoOffer) -> PhotoSink: ...
+
+
+class PeerListener:
+    """Accepts peer connections and feeds each one through a PeerReceiver."""
+
+    def __init__(self, inbound: Inbound, limits: Limits, timeouts: Timeouts) -> None:
+        self._inbound = inbound
+        self._limits = limits
+        self._timeouts = timeouts
+        self._server: asyncio.Server | None = None
+        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        """Bind and start accepting; returns the address actually bound."""
+        self._server = await asyncio.start_server(self._serve, host, port, limit=_READ_SIZE)
+        bound = self._server.sockets[0].getsockname()
+        return str(bound[0]), int(bound[1])
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        # Abort rather than cancel: the tasks then end normally (see server/service.py).
+        for writer in self._connections.values():
+            writer.transport.abort()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections[task] = writer
+        peer = writer.get_extra_info("peername")
+        try:
+            await _ReceiverSession(
+                self._inbound, reader, writer, self._limits, self._timeouts
+            ).run()
+        except ProtocolError as exc:
+            log.warning("peer %s broke the protocol: %s", peer, exc)
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            log.info("peer %s: connection lost: %s", peer, exc)
+        finally:
+            self._connections.pop(task, None)
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+
+class _ReceiverSession:
+    """One incoming connection, from hello to close."""
+
+    def __init__(
+        self,
+        inbound: Inbound,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        limits: Limits,
+        timeouts: Timeouts,
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._inbound = inbound
+        self._reader = reader
+        self._writer = writer
+        self._timeouts = timeouts
+        self._conn = PeerReceiver(self._loop.time(), limits, timeouts)
+        self._sink: PhotoSink | None = None
+        self._offer: ev.PhotoOffer | None = None
+
+    async def run(self) -> None:
+        try:
+            while True:
+                timer = self._conn.get_timer()
+                if timer is None:
+                    return
+                try:
+                    data = await asyncio.wait_for(
+                        self._reader.read(_READ_SIZE), max(0.0, timer - self._loop.time())
+                    )
+                except TimeoutError:
+                    self._conn.handle_timer(self._loop.time())
+                else:
+                    if not data:
+                        return
+                    self._conn.receive_data(data, self._loop.time())
+                if not await self._drain_events():
+                    await self._linger()
+                    return
+        finally:
+            if self._sink is not None:
+                self._sink.discard()
+
+    async def _linger(self) -> None:
+        # Closing with unread bytes makes the kernel send a reset, which can destroy the
+        # Rejected we just wrote before the sender reads it: half-close, drain, then close.
+        with contextlib.suppress(OSError, TimeoutError):
+            self._writer.write_eof()
+            async with asyncio.timeout(_REFUSAL_GRACE):
+                while await self._reader.read(_READ_SIZE):
+                    pass
+
+    async def _drain_events(self) -> bool:
+        """Handle what the receiver produced; False once the connection must close."""
+        while (event := self._conn.next_event()) is not None:
+            if isinstance(event, ev.ConnectionTimedOut):
+                log.info("closing peer connection: %s", event.reason)
+                return False
+            if isinstance(event, ev.Refused):
+                await self._answer(ev.Rejected(event.id, event.reason))
+                if event.fatal:
+                    return False
+            elif isinstance(event, ev.Text):
+                assert self._conn.peer_phone is not None
+                await self._answer(await self._deliver(event.id, self._text(event)))
+            elif isinstance(event, ev.PhotoOffer):
+                assert self._conn.peer_phone is not None
+                try:
+                    self._sink = self._inbound.photo_offered(self._conn.peer_phone, event)
+                except WhatsAp2pError as exc:
+                    await self._answer(ev.Rejected(event.id, str(exc)))
+                    return False
+                self._offer = event
+            elif isinstance(event, ev.PhotoChunk):
+                assert self._sink is not None
+                try:
+                    self._sink.write(event.data)
+                except WhatsAp2pError as exc:
+                    await self._answer(ev.Rejected(event.id, str(exc)))
+                    return False
+            elif isinstance(event, ev.PhotoCompleted):
+                sink, self._sink = self._sink, None
+                assert sink is not None
+                await self._answer(await self._deliver(event.id, sink.complete))
+        return True
+
+    def _text(self, text: ev.Text) -> Callable[[], Awaitable[None]]:
+        assert self._conn.peer_phone is not None
+        sender = self._conn.peer_phone
+        return lambda: self._inbound.text_received(sender, text)
+
+    async def _deliver(
+        self, message_id: str, store: Callable[[], Awaitable[None]]
+    ) -> ev.Ack | ev.Rejected:
+        try:
+            await store()
+        except WhatsAp2pError as exc:
+            return ev.Rejected(message_id, str(exc))
+        return ev.Ack(message_id)
+
+    async def _answer(self, answer: ev.Ack | ev.Rejected) -> None:
+        self._writer.write(self._conn.send(answer))
+        await asyncio.wait_for(self._writer.drain(), self._timeouts.write_drain)
+
+
+class PeerLink:
+    """An outgoing connection to one peer, after hello; sends messages, awaits answers."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        limits: Limits,
+        timeouts: Timeouts,
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._timeouts = timeouts
+        self._conn = PeerSender(limits)
+
+    @classmethod
+    async def open(
+        cls, address: ev.PeerAddress, me: str, limits: Limits, timeouts: Timeouts
+    ) -> PeerLink:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(address.host, address.port, limit=_READ_SIZE),
+                timeouts.connect,
+            )
+        except TimeoutError as exc:
+            raise DeliveryFailed("connection timed out") from exc
+        except OSError as exc:
+            raise DeliveryFailed(f"cannot connect: {exc.strerror or exc}") from exc
+        link = cls(reader, writer, limits, timeouts)
+        await link._write(ev.Hello(me))
+        return link
+
+    async def close(self) -> None:
+        self._writer.close()
+        with contextlib.suppress(OSError):
+            await self._writer.wait_closed()
+
+    async def send_text(self, text: ev.Text) -> None:
+        """Returns once the peer acknowledged; raises DeliveryFailed with the reason."""
+        await self._write(text)
+        await self._answer_to(text.id)
+
+    async def send_photo(self, offer: ev.PhotoOffer, chunks: AsyncIterator[bytes]) -> None:
+        """Streams the photo; returns once the peer stored and verified it."""
+        await self._write(offer)
+        answer_task = asyncio.create_task(self._answer_to(offer.id))
+        try:
+            try:
+                async for chunk in chunks:
+                    if answer_task.done():  # refused early: stop sending
+                        break
+                    await self._write(ev.PhotoChunk(offer.id, chunk))
+            except DeliveryFailed:
+                # A receiver that refuses says why, then closes: prefer its reason.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(answer_task), _REFUSAL_GRACE)
+                raise
+            await answer_task
+        finally:
+            if not answer_task.done():
+                answer_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await answer_task
+
+    async def _write(self, message: ev.PeerMessage) -> None:
+        try:
+            self._writer.write(self._conn.send(message))
+            await asyncio.wait_for(self._writer.drain(), self._timeouts.write_drain)
+        except TimeoutError as exc:
+            raise DeliveryFailed("peer stopped reading (timed out)") from exc
+        except OSError as exc:
+            raise DeliveryFailed(f"connection lost: {exc.strerror or exc}") from exc
+        except ProtocolError as exc:
+            raise DeliveryFailed(str(exc)) from exc
+
+    async def _answer_to(self, message_id: str) -> None:
+        try:
+            answer = await asyncio.wait_for(self._next_answer(), self._timeouts.peer_ack)
+        except TimeoutError as exc:
+            raise DeliveryFailed("no acknowledgement from the peer (timed out)") from exc
+        except OSError as exc:
+            raise DeliveryFailed(f"connection lost: {exc.strerror or exc}") from exc
+        except ProtocolError as exc:
+            raise DeliveryFailed(f"peer broke the protocol: {exc}") from exc
+        if answer.id != message_id:
+            raise DeliveryFailed("peer acknowledged another message")
+        if isinstance(answer, ev.Rejected):
+            raise DeliveryFailed(f"refused by the peer: {answer.reason}")
+
+    async def _next_answer(self) -> ev.Ack | ev.Rejected:
+        while (answer := self._conn.next_event()) is None:
+            data = await self._reader.read(_READ_SIZE)
+            if not data:
+                raise DeliveryFailed("peer closed the connection before acknowledging")
+            self._conn.receive_data(data)
+        return answer

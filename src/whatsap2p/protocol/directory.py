@@ -1,0 +1,188 @@
+"""The directory protocol between a user module (client) and the central server.
+
+The server side enforces the order: a connection must register (within a deadline) before
+it may look anyone up, one registration per connection, and a connection that stays
+silent past the idle deadline is timed out. The client side checks that every answer
+matches a request it has outstanding.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections import deque
+
+from whatsap2p.config import Limits, Timeouts
+from whatsap2p.errors import LocalProtocolError, RemoteProtocolError
+from whatsap2p.protocol import events as ev
+from whatsap2p.protocol.channel import Channel, PlainChannel
+from whatsap2p.protocol.codec import decode_message, encode_message
+
+__all__ = ["DirectoryClientConnection", "DirectoryServerConnection", "ServerState"]
+
+E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+
+_REQUESTS = (ev.Register, ev.Lookup, ev.Unregister, ev.Ping)
+_ANSWERS = (ev.Registered, ev.LookupResult, ev.Unregistered, ev.Pong, ev.Failure)
+_ANSWER_TO: dict[type[ev.Message], type[ev.Message]] = {
+    ev.Register: ev.Registered,
+    ev.Lookup: ev.LookupResult,
+    ev.Unregister: ev.Unregistered,
+    ev.Ping: ev.Pong,
+}
+
+
+class ServerState(enum.Enum):
+    NEW = "new"  # connected, not registered
+    REGISTERED = "registered"
+    CLOSED = "closed"  # unregistered, timed out, or broke the protocol
+
+
+# (state, request type) -> allowed. Anything not listed is a remote protocol error.
+_SERVER_ACCEPTS: dict[tuple[ServerState, type[ev.Message]], bool] = {
+    (ServerState.NEW, ev.Register): True,
+    (ServerState.NEW, ev.Ping): True,
+    (ServerState.REGISTERED, ev.Lookup): True,
+    (ServerState.REGISTERED, ev.Ping): True,
+    (ServerState.REGISTERED, ev.Unregister): True,
+}
+
+# (state, answer type) -> next state.
+_SERVER_SENDS: dict[tuple[ServerState, type[ev.Message]], ServerState] = {
+    (ServerState.NEW, ev.Registered): ServerState.REGISTERED,
+    (ServerState.NEW, ev.Failure): ServerState.NEW,
+    (ServerState.NEW, ev.Pong): ServerState.NEW,
+    (ServerState.REGISTERED, ev.LookupResult): ServerState.REGISTERED,
+    (ServerState.REGISTERED, ev.Pong): ServerState.REGISTERED,
+    (ServerState.REGISTERED, ev.Failure): ServerState.REGISTERED,
+    (ServerState.REGISTERED, ev.Unregistered): ServerState.CLOSED,
+}
+
+
+class DirectoryServerConnection:
+    """The server's view of one user module's connection. Sans-IO; time is passed in."""
+
+    def __init__(
+        self,
+        now: float,
+        limits: Limits | None = None,
+        timeouts: Timeouts | None = None,
+        channel: Channel | None = None,
+    ) -> None:
+        self.limits = limits or Limits()
+        self.timeouts = timeouts or Timeouts()
+        self.state = ServerState.NEW
+        self._channel = channel or PlainChannel(self.limits.max_directory_frame)
+        self._events: deque[ev.Message | ev.ConnectionTimedOut] = deque()
+        self._deadline = now + self.timeouts.register_deadline
+        self._pending: set[int] = set()
+
+    def receive_data(self, data: bytes, now: float) -> None:
+        """Bytes from the client. Raises RemoteProtocolError; the caller then closes."""
+        if self.state is ServerState.CLOSED:
+            return
+        self._channel.receive_data(data)
+        while (body := self._channel.next_body()) is not None:
+            message = decode_message(body)
+            self._accept(message)
+            if self.state is ServerState.REGISTERED:
+                self._deadline = now + self.timeouts.server_idle
+            self._events.append(message)
+
+    def _accept(self, message: ev.Message) -> None:
+        if not isinstance(message, _REQUESTS):
+            raise RemoteProtocolError(f"a client may not send {message.TYPE!r}")
+        if not _SERVER_ACCEPTS.get((self.state, type(message))):
+            raise RemoteProtocolError(f"{message.TYPE!r} is not allowed when {self.state.value}")
+        if message.rid in self._pending:
+            raise RemoteProtocolError(f"request id {message.rid} is already in use")
+        if isinstance(message, ev.Register):
+            if self._pending:
+                raise RemoteProtocolError("register must wait for the answers it follows")
+            _check_phone(message.phone)
+            if not 0 < message.port < 65536:
+                raise RemoteProtocolError(f"invalid port {message.port}")
+            if message.host is not None and not 0 < len(message.host) <= 255:
+                raise RemoteProtocolError("invalid advertised host")
+        elif isinstance(message, ev.Lookup):
+            if len(message.phones) > self.limits.max_lookup_phones:
+                raise RemoteProtocolError(
+                    f"a lookup may ask for at most {self.limits.max_lookup_phones} numbers"
+                )
+            for phone in message.phones:
+                if len(phone) > self.limits.max_phone_chars:
+                    raise RemoteProtocolError("phone number too long")
+        self._pending.add(message.rid)
+
+    def next_event(self) -> ev.Message | ev.ConnectionTimedOut | None:
+        return self._events.popleft() if self._events else None
+
+    def send(self, message: ev.Message) -> bytes:
+        if not isinstance(message, _ANSWERS):
+            raise LocalProtocolError(f"the server does not send {message.TYPE!r}")
+        next_state = _SERVER_SENDS.get((self.state, type(message)))
+        if next_state is None:
+            raise LocalProtocolError(f"cannot send {message.TYPE!r} when {self.state.value}")
+        if message.rid not in self._pending and not isinstance(message, ev.Failure):
+            raise LocalProtocolError(f"no request {message.rid} to answer")
+        self._pending.discard(message.rid)
+        self.state = next_state
+        return self._channel.seal(encode_message(message))
+
+    def get_timer(self) -> float | None:
+        return None if self.state is ServerState.CLOSED else self._deadline
+
+    def handle_timer(self, now: float) -> None:
+        if self.state is ServerState.CLOSED or now < self._deadline:
+            return
+        reason = (
+            "no registration in time" if self.state is ServerState.NEW else "heartbeats stopped"
+        )
+        self.state = ServerState.CLOSED
+        self._events.append(ev.ConnectionTimedOut(reason))
+
+
+def _check_phone(phone: str) -> None:
+    if not E164.fullmatch(phone):
+        raise RemoteProtocolError(f"not an E.164 phone number: {phone[:32]!r}")
+
+
+class DirectoryClientConnection:
+    """The user module's side: numbers requests and checks every answer against them."""
+
+    def __init__(self, limits: Limits | None = None, channel: Channel | None = None) -> None:
+        self.limits = limits or Limits()
+        self._channel = channel or PlainChannel(self.limits.max_directory_frame)
+        self._next_rid = 1
+        self._outstanding: dict[int, type[ev.Message]] = {}
+        self._events: deque[ev.Message] = deque()
+
+    def next_rid(self) -> int:
+        rid = self._next_rid
+        self._next_rid += 1
+        return rid
+
+    def send(self, message: ev.Message) -> bytes:
+        if not isinstance(message, _REQUESTS):
+            raise LocalProtocolError(f"a client does not send {message.TYPE!r}")
+        if message.rid in self._outstanding:
+            raise LocalProtocolError(f"request id {message.rid} is already outstanding")
+        self._outstanding[message.rid] = type(message)
+        return self._channel.seal(encode_message(message))
+
+    def receive_data(self, data: bytes) -> None:
+        self._channel.receive_data(data)
+        while (body := self._channel.next_body()) is not None:
+            message = decode_message(body)
+            if not isinstance(message, _ANSWERS):
+                raise RemoteProtocolError(f"a server may not send {message.TYPE!r}")
+            asked = self._outstanding.pop(message.rid, None)
+            if asked is None:
+                if not (isinstance(message, ev.Failure) and message.rid == 0):
+                    raise RemoteProtocolError(f"answer to unknown request {message.rid}")
+            elif not isinstance(message, (_ANSWER_TO[asked], ev.Failure)):
+                raise RemoteProtocolError(f"{message.TYPE!r} does not answer {asked.TYPE!r}")
+            self._events.append(message)
+
+    def next_event(self) -> ev.Message | None:
+        return self._events.popleft() if self._events else None

@@ -1,0 +1,218 @@
+"""Everything that crosses a WhatsAp2p connection, as frozen dataclasses.
+
+Wire messages are nouns (they are sent by one side and received by the other, like h11's
+`Request`); events that only the local state machine produces are past tense.
+Each wire message has a `TYPE`, the value of the `t` key in its encoded form.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+__all__ = [
+    "Ack",
+    "ConnectionTimedOut",
+    "DirectoryMessage",
+    "Failure",
+    "Hello",
+    "Lookup",
+    "LookupResult",
+    "Message",
+    "PeerAddress",
+    "PeerMessage",
+    "PhotoChunk",
+    "PhotoCompleted",
+    "PhotoOffer",
+    "Ping",
+    "Pong",
+    "Refused",
+    "Register",
+    "Registered",
+    "Rejected",
+    "Text",
+    "Unregister",
+    "Unregistered",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """Base of every wire message."""
+
+    TYPE: ClassVar[str] = ""
+
+
+# --- directory: user module <-> central server -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryMessage(Message):
+    """Requests carry a request id (`rid`) chosen by the client; the answer repeats it."""
+
+    rid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Register(DirectoryMessage):
+    """Publish this number at `port`; at `host` if given, else at the IP the server sees."""
+
+    TYPE: ClassVar[str] = "register"
+    phone: str
+    port: int
+    host: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Registered(DirectoryMessage):
+    """The address now published for `phone`."""
+
+    TYPE: ClassVar[str] = "registered"
+    phone: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup(DirectoryMessage):
+    """Which of these numbers are online, and where (one round trip for a whole group)."""
+
+    TYPE: ClassVar[str] = "lookup"
+    phones: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAddress:
+    """Where an online user's module accepts peers."""
+
+    phone: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class LookupResult(DirectoryMessage):
+    """The online ones among the numbers asked for; unknown and offline look the same."""
+
+    TYPE: ClassVar[str] = "lookup_result"
+    peers: tuple[PeerAddress, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Unregister(DirectoryMessage):
+    TYPE: ClassVar[str] = "unregister"
+
+
+@dataclass(frozen=True, slots=True)
+class Unregistered(DirectoryMessage):
+    TYPE: ClassVar[str] = "unregistered"
+
+
+@dataclass(frozen=True, slots=True)
+class Ping(DirectoryMessage):
+    """Heartbeat: proves the module is alive."""
+
+    TYPE: ClassVar[str] = "ping"
+
+
+@dataclass(frozen=True, slots=True)
+class Pong(DirectoryMessage):
+    TYPE: ClassVar[str] = "pong"
+
+
+@dataclass(frozen=True, slots=True)
+class Failure(DirectoryMessage):
+    """The server refuses request `rid` (0 when the request could not be read at all)."""
+
+    TYPE: ClassVar[str] = "failure"
+    code: str
+    message: str
+
+
+# --- peer: user module -> user module ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PeerMessage(Message):
+    """Base of the messages between two user modules."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(PeerMessage):
+    """First message of a sender: who is sending."""
+
+    TYPE: ClassVar[str] = "hello"
+    phone: str
+
+
+@dataclass(frozen=True, slots=True)
+class Text(PeerMessage):
+    TYPE: ClassVar[str] = "text"
+    id: str
+    timestamp: str
+    body: str
+    group: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PhotoOffer(PeerMessage):
+    """A photo of `size` bytes follows as PhotoChunks; `sha256` is of the whole file."""
+
+    TYPE: ClassVar[str] = "photo"
+    id: str
+    timestamp: str
+    filename: str
+    size: int
+    sha256: str
+    mime: str
+    group: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PhotoChunk(PeerMessage):
+    TYPE: ClassVar[str] = "chunk"
+    id: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Ack(PeerMessage):
+    """Message `id` is stored at the receiver (a photo: whole and verified)."""
+
+    TYPE: ClassVar[str] = "ack"
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected(PeerMessage):
+    """Message `id` was not stored, and why."""
+
+    TYPE: ClassVar[str] = "rejected"
+    id: str
+    reason: str
+
+
+# --- local events (never on the wire) ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PhotoCompleted:
+    """The last chunk of photo `id` has been received; the file can now be verified."""
+
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A peer's message breaks a limit; answer with Rejected. `fatal`: then close."""
+
+    id: str
+    reason: str
+    fatal: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionTimedOut:
+    """A deadline passed (no hello, no registration, or silence); close the connection."""
+
+    reason: str

@@ -1,0 +1,248 @@
+"""The peer protocol: a sender opens a connection to a receiver and hands it messages.
+
+    sender                      receiver
+    Hello(phone)         ->                      (must come first, within a deadline)
+    Text(id, ...)        ->
+                         <-     Ack(id) | Rejected(id, reason)
+    PhotoOffer(id, size) ->
+    PhotoChunk(id, data) ->     ... exactly `size` bytes in all
+                         <-     Ack(id) once the file is stored and verified | Rejected
+
+Several messages may travel on one connection; a photo's chunks are not interleaved
+with anything else. A receiver that refuses a photo answers Rejected and closes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import re
+from collections import deque
+
+from whatsap2p.config import Limits, Timeouts
+from whatsap2p.errors import LocalProtocolError, RemoteProtocolError
+from whatsap2p.protocol import events as ev
+from whatsap2p.protocol.channel import Channel, PlainChannel
+from whatsap2p.protocol.codec import decode_message, encode_message
+from whatsap2p.protocol.directory import E164
+
+__all__ = [
+    "PHOTO_MIME_TYPES",
+    "PeerReceiver",
+    "PeerSender",
+    "ReceiverEvent",
+    "ReceiverState",
+    "SenderState",
+]
+
+#: The image types we exchange.
+PHOTO_MIME_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_MESSAGE_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
+
+ReceiverEvent = (
+    ev.Hello
+    | ev.Text
+    | ev.PhotoOffer
+    | ev.PhotoChunk
+    | ev.PhotoCompleted
+    | ev.Refused
+    | ev.ConnectionTimedOut
+)
+
+
+class ReceiverState(enum.Enum):
+    AWAIT_HELLO = "awaiting hello"
+    IDLE = "idle"
+    RECEIVING_PHOTO = "receiving a photo"
+    CLOSED = "closed"
+
+
+# (state, message received) -> next state; missing pairs are protocol errors.
+_RECEIVER_TRANSITIONS: dict[tuple[ReceiverState, type[ev.Message]], ReceiverState] = {
+    (ReceiverState.AWAIT_HELLO, ev.Hello): ReceiverState.IDLE,
+    (ReceiverState.IDLE, ev.Text): ReceiverState.IDLE,
+    (ReceiverState.IDLE, ev.PhotoOffer): ReceiverState.RECEIVING_PHOTO,
+    (ReceiverState.RECEIVING_PHOTO, ev.PhotoChunk): ReceiverState.RECEIVING_PHOTO,
+}
+
+
+class PeerReceiver:
+    """The receiving side of one peer connection. Sans-IO; time is passed in."""
+
+    def __init__(
+        self,
+        now: float,
+        limits: Limits | None = None,
+        timeouts: Timeouts | None = None,
+        channel: Channel | None = None,
+    ) -> None:
+        self.limits = limits or Limits()
+        self.timeouts = timeouts or Timeouts()
+        self.state = ReceiverState.AWAIT_HELLO
+        self.peer_phone: str | None = None
+        self._channel = channel or PlainChannel(self.limits.max_peer_frame)
+        self._events: deque[ReceiverEvent] = deque()
+        self._deadline = now + self.timeouts.hello_deadline
+        self._photo_id: str | None = None
+        self._photo_remaining = 0
+        self._unanswered: set[str] = set()
+        self._seen: set[str] = set()
+
+    def receive_data(self, data: bytes, now: float) -> None:
+        if self.state is ReceiverState.CLOSED:
+            return
+        self._channel.receive_data(data)
+        while not self._closed() and (body := self._channel.next_body()) is not None:
+            self._handle(decode_message(body))
+            self._deadline = now + self.timeouts.peer_idle
+
+    def _handle(self, message: ev.Message) -> None:
+        next_state = _RECEIVER_TRANSITIONS.get((self.state, type(message)))
+        if next_state is None:
+            raise RemoteProtocolError(f"{message.TYPE!r} is not allowed while {self.state.value}")
+        if isinstance(message, ev.Hello):
+            if not E164.fullmatch(message.phone):
+                raise RemoteProtocolError("hello: not an E.164 phone number")
+            self.peer_phone = message.phone
+        elif isinstance(message, ev.Text | ev.PhotoOffer):
+            if not _MESSAGE_ID.fullmatch(message.id):
+                raise RemoteProtocolError("invalid message id")
+            if message.id in self._seen:
+                raise RemoteProtocolError(f"message id {message.id} used twice")
+            self._seen.add(message.id)
+            self._unanswered.add(message.id)
+            refusal = self._refusal(message)
+            if refusal is not None:
+                fatal = isinstance(message, ev.PhotoOffer)  # its chunks are already on the way
+                self.state = ReceiverState.CLOSED if fatal else self.state
+                self._events.append(ev.Refused(message.id, refusal, fatal))
+                return
+            if isinstance(message, ev.PhotoOffer):
+                self._photo_id, self._photo_remaining = message.id, message.size
+        elif isinstance(message, ev.PhotoChunk):
+            if message.id != self._photo_id:
+                raise RemoteProtocolError("chunk of a photo that is not being sent")
+            if not message.data or len(message.data) > self._photo_remaining:
+                raise RemoteProtocolError("photo chunks exceed the announced size")
+            self._photo_remaining -= len(message.data)
+            self._events.append(message)
+            if self._photo_remaining == 0:
+                self._photo_id = None
+                self.state = ReceiverState.IDLE
+                self._events.append(ev.PhotoCompleted(message.id))
+            return
+        assert isinstance(message, ev.Hello | ev.Text | ev.PhotoOffer)
+        self.state = next_state
+        self._events.append(message)
+
+    def _closed(self) -> bool:
+        # A refusal or a timeout closes the connection in the middle of a batch of frames.
+        return self.state is ReceiverState.CLOSED
+
+    def _refusal(self, message: ev.Text | ev.PhotoOffer) -> str | None:
+        limits = self.limits
+        if message.group is not None and not 0 < len(message.group) <= limits.max_name_chars:
+            return "invalid group name"
+        try:
+            stamp = dt.datetime.fromisoformat(message.timestamp)
+        except ValueError:
+            return "invalid timestamp"
+        if stamp.tzinfo is None:
+            return "timestamp without a time zone"
+        if isinstance(message, ev.Text):
+            if len(message.body.encode("utf-8", "surrogatepass")) > limits.max_text_bytes:
+                return f"text longer than {limits.max_text_bytes} bytes"
+            return None
+        if not 0 < message.size <= limits.max_photo_bytes:
+            return f"photo size {message.size} outside 1..{limits.max_photo_bytes} bytes"
+        if message.mime not in PHOTO_MIME_TYPES:
+            return f"unsupported photo type {message.mime[:40]!r}"
+        if not _SHA256.fullmatch(message.sha256):
+            return "invalid SHA-256"
+        if not 0 < len(message.filename) <= limits.max_name_chars:
+            return "invalid file name"
+        return None
+
+    def next_event(self) -> ReceiverEvent | None:
+        return self._events.popleft() if self._events else None
+
+    def send(self, message: ev.Ack | ev.Rejected) -> bytes:
+        """Answer a message received on this connection."""
+        if message.id not in self._unanswered:
+            raise LocalProtocolError(f"no message {message.id} to answer")
+        self._unanswered.discard(message.id)
+        return self._channel.seal(encode_message(message))
+
+    def get_timer(self) -> float | None:
+        return None if self.state is ReceiverState.CLOSED else self._deadline
+
+    def handle_timer(self, now: float) -> None:
+        if self.state is ReceiverState.CLOSED or now < self._deadline:
+            return
+        waiting_hello = self.state is ReceiverState.AWAIT_HELLO
+        self.state = ReceiverState.CLOSED
+        self._events.append(ev.ConnectionTimedOut("no hello" if waiting_hello else "peer idle"))
+
+
+class SenderState(enum.Enum):
+    NEW = "new"
+    READY = "ready"
+    SENDING_PHOTO = "sending a photo"
+    CLOSED = "closed"
+
+
+_SENDER_TRANSITIONS: dict[tuple[SenderState, type[ev.Message]], SenderState] = {
+    (SenderState.NEW, ev.Hello): SenderState.READY,
+    (SenderState.READY, ev.Text): SenderState.READY,
+    (SenderState.READY, ev.PhotoOffer): SenderState.SENDING_PHOTO,
+    (SenderState.SENDING_PHOTO, ev.PhotoChunk): SenderState.SENDING_PHOTO,
+}
+
+
+class PeerSender:
+    """The sending side of one peer connection: orders what we send, matches the answers."""
+
+    def __init__(self, limits: Limits | None = None, channel: Channel | None = None) -> None:
+        self.limits = limits or Limits()
+        self.state = SenderState.NEW
+        self._channel = channel or PlainChannel(self.limits.max_peer_frame)
+        self._outstanding: set[str] = set()
+        self._photo_id: str | None = None
+        self._photo_remaining = 0
+        self._events: deque[ev.Ack | ev.Rejected] = deque()
+
+    def send(self, message: ev.PeerMessage) -> bytes:
+        next_state = _SENDER_TRANSITIONS.get((self.state, type(message)))
+        if next_state is None:
+            raise LocalProtocolError(f"cannot send {message.TYPE!r} while {self.state.value}")
+        if isinstance(message, ev.Text | ev.PhotoOffer):
+            if message.id in self._outstanding:
+                raise LocalProtocolError(f"message id {message.id} is already outstanding")
+            self._outstanding.add(message.id)
+            if isinstance(message, ev.PhotoOffer):
+                self._photo_id, self._photo_remaining = message.id, message.size
+        elif isinstance(message, ev.PhotoChunk):
+            if message.id != self._photo_id or not 0 < len(message.data) <= self._photo_remaining:
+                raise LocalProtocolError("chunk does not fit the photo being sent")
+            self._photo_remaining -= len(message.data)
+            if self._photo_remaining == 0:
+                next_state, self._photo_id = SenderState.READY, None
+        self.state = next_state
+        return self._channel.seal(encode_message(message))
+
+    def receive_data(self, data: bytes) -> None:
+        self._channel.receive_data(data)
+        while (body := self._channel.next_body()) is not None:
+            message = decode_message(body)
+            if not isinstance(message, ev.Ack | ev.Rejected):
+                raise RemoteProtocolError(f"a receiver may not send {message.TYPE!r}")
+            if message.id not in self._outstanding:
+                raise RemoteProtocolError(f"answer for unknown message {message.id[:64]!r}")
+            self._outstanding.discard(message.id)
+            if message.id == self._photo_id:  # refused mid-photo: no more chunks
+                self.state, self._photo_id = SenderState.CLOSED, None
+            self._events.append(message)
+
+    def next_event(self) -> ev.Ack | ev.Rejected | None:
+        return self._events.popleft() if self._events else None

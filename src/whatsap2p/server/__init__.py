@@ -1,0 +1,1 @@
+"""The central directory: who is online, and where. It never sees message content."""

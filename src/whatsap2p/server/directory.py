@@ -1,0 +1,61 @@
+"""The registry of online users and the storage it lives in.
+
+`Directory` is what the service needs from a store; `MemoryDirectory` keeps it in this
+process. A registration belongs to the connection that made it (`owner`), so a
+connection can only ever remove its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from whatsap2p.errors import NumberAlreadyOnline
+from whatsap2p.protocol.events import PeerAddress
+
+__all__ = ["Directory", "MemoryDirectory", "Registration"]
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    address: PeerAddress
+    owner: int  # the id of the connection that registered
+
+
+class Directory(Protocol):
+    async def register(self, address: PeerAddress, owner: int) -> None:
+        """Publish `address`; NumberAlreadyOnline if another live owner has the number."""
+
+    async def unregister(self, phone: str, owner: int) -> bool:
+        """Remove the number if `owner` registered it; True if something was removed."""
+
+    async def lookup(self, phones: list[str]) -> list[PeerAddress]:
+        """The online ones among `phones`."""
+
+    async def count(self) -> int:
+        """How many users are online."""
+
+
+class MemoryDirectory:
+    def __init__(self) -> None:
+        self._online: dict[str, Registration] = {}
+
+    async def register(self, address: PeerAddress, owner: int) -> None:
+        current = self._online.get(address.phone)
+        if current is not None and current.owner != owner:
+            raise NumberAlreadyOnline(f"{address.phone} is already online")
+        self._online[address.phone] = Registration(address, owner)
+
+    async def unregister(self, phone: str, owner: int) -> bool:
+        current = self._online.get(phone)
+        if current is None or current.owner != owner:
+            return False
+        del self._online[phone]
+        return True
+
+    async def lookup(self, phones: list[str]) -> list[PeerAddress]:
+        found = (self._online.get(phone) for phone in dict.fromkeys(phones))
+        return [r.address for r in found if r is not None]
+
+    async def count(self) -> int:
+        return len(self._online)

@@ -1,0 +1,226 @@
+"""The `whatsap2p` command: the one place where errors become messages and exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import NoReturn
+
+import platformdirs
+
+from whatsap2p import __version__
+from whatsap2p.app.session import Session, SessionConfig
+from whatsap2p.config import Limits, MiB, Timeouts
+from whatsap2p.errors import WhatsAp2pError
+from whatsap2p.phone import DEFAULT_REGION, normalise_phone
+from whatsap2p.server.service import DirectoryServer, ServerConfig
+
+__all__ = ["main", "parse_address"]
+
+log = logging.getLogger("whatsap2p")
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, as for every other start-up error (argparse would add the usage).
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def parse_address(text: str, default_host: str | None = None) -> tuple[str, int]:
+    """`HOST:PORT` or `[V6]:PORT` -> (host, port)."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise argparse.ArgumentTypeError(f"write an IPv6 address in brackets: [{host}]:{port_text}")
+    if not host:
+        if default_host is None:
+            raise argparse.ArgumentTypeError(f"{text!r} has no host")
+        host = default_host
+    if not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r}: the port must be a number 0..65535")
+    return host, int(port_text)
+
+
+def _format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="whatsap2p", description="Peer-to-peer messenger for text and photos.")
+    parser.add_argument("--version", action="version", version=f"whatsap2p {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more (to stderr)")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    server = commands.add_parser("server", help="run the central directory server")
+    server.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    server.add_argument("--port", type=int, default=5555, help="port (0 picks a free one)")
+    server.add_argument(
+        "--idle-timeout",
+        type=_positive,
+        default=Timeouts().server_idle,
+        metavar="SECONDS",
+        help="drop a user whose heartbeats stop for this long (default %(default)s)",
+    )
+    server.add_argument(
+        "--register-timeout",
+        type=_positive,
+        default=Timeouts().register_deadline,
+        metavar="SECONDS",
+        help="drop a connection that does not register within this time",
+    )
+
+    user = commands.add_parser("user", help="run a user module")
+    user.add_argument("server", type=parse_address, metavar="SERVER_HOST:SERVER_PORT")
+    user.add_argument("--phone", required=True, help="your phone number")
+    user.add_argument(
+        "--region", default=DEFAULT_REGION, help="region for national numbers (default BR)"
+    )
+    user.add_argument("--data-dir", type=Path, help="where contacts and photos are kept")
+    user.add_argument(
+        "--listen",
+        type=lambda t: parse_address(t, default_host="0.0.0.0"),
+        default=("0.0.0.0", 0),
+        metavar="HOST:PORT",
+        help="where to accept peers (default 0.0.0.0:0, a free port)",
+    )
+    user.add_argument("--advertise", metavar="HOST", help="publish this host instead of our IP")
+    modes = user.add_mutually_exclusive_group()
+    modes.add_argument("--json", action="store_true", help="JSON-RPC 2.0 on stdin/stdout")
+    modes.add_argument("--plain", action="store_true", help="plain line mode")
+    user.add_argument(
+        "--max-photo-mb",
+        type=_positive,
+        default=Limits().max_photo_bytes / MiB,
+        metavar="MiB",
+        help="largest photo sent or accepted (default %(default)g)",
+    )
+    user.add_argument(
+        "--heartbeat",
+        type=_positive,
+        default=Timeouts().heartbeat_interval,
+        metavar="SECONDS",
+        help="interval between heartbeats to the server",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command == "server":
+            return asyncio.run(_run_server(args))
+        return asyncio.run(_run_user(args))
+    except WhatsAp2pError as exc:
+        print(f"whatsap2p: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:
+        print(f"whatsap2p: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+async def _run_server(args: argparse.Namespace) -> int:
+    timeouts = replace(
+        Timeouts(), server_idle=args.idle_timeout, register_deadline=args.register_timeout
+    )
+    server = DirectoryServer(ServerConfig(args.host, args.port, timeouts=timeouts))
+    stop = _stop_on_signals()
+    try:
+        host, port = await server.start()
+    except OSError as exc:
+        print(
+            f"whatsap2p: cannot listen on {_format_address(args.host, args.port)}: "
+            f"{exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    print(f"listening on {_format_address(host, port)}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await server.close()
+    return EXIT_OK
+
+
+def _user_config(args: argparse.Namespace) -> SessionConfig:
+    phone = normalise_phone(args.phone, args.region)
+    data_dir: Path = args.data_dir or platformdirs.user_data_path("whatsap2p") / phone
+    limits = replace(Limits(), max_photo_bytes=int(args.max_photo_mb * MiB))
+    return SessionConfig(
+        phone=phone,
+        server_host=args.server[0],
+        server_port=args.server[1],
+        data_dir=data_dir.expanduser().absolute(),
+        listen_host=args.listen[0],
+        listen_port=args.listen[1],
+        advertise=args.advertise,
+        region=args.region,
+        limits=limits,
+        timeouts=replace(Timeouts(), heartbeat_interval=args.heartbeat),
+    )
+
+
+async def _run_user(args: argparse.Namespace) -> int:
+    config = _user_config(args)
+    stop = _stop_on_signals()
+    session = Session(config)
+    await session.start()
+    try:
+        watcher = asyncio.create_task(_warn_when_server_lost(session))
+        if args.json:
+            from whatsap2p.ui.jsonrpc import JsonRpc
+
+            await JsonRpc(session).run(stop)
+        else:
+            # The Textual terminal UI is not built yet; a terminal gets the line mode too.
+            from whatsap2p.ui.lines import LineMode
+
+            await LineMode(session).run(stop)
+        watcher.cancel()
+    finally:
+        await session.close()
+    return EXIT_OK
+
+
+async def _warn_when_server_lost(session: Session) -> None:
+    await session.server_lost.wait()
+    with contextlib.suppress(Exception):
+        log.warning("lost the connection to the server: peers can no longer find this module")

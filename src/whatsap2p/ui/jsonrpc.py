@@ -1,0 +1,281 @@
+"""The `--json` mode: JSON-RPC 2.0, one object per line on stdin and stdout.
+
+Requests are handled concurrently (a client may pipeline), each response carries its
+request's id, and nothing but JSON-RPC ever reaches stdout (logs go to stderr).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TextIO
+
+from whatsap2p.app.events import DeliveryReport, PhotoReceived, Received
+from whatsap2p.app.session import Session
+from whatsap2p.errors import DirectoryError, InvalidInput, StoreError, WhatsAp2pError
+from whatsap2p.ui.stdin import LineReader
+
+__all__ = [
+    "INTERNAL_ERROR",
+    "INVALID_PARAMS",
+    "INVALID_REQUEST",
+    "METHOD_NOT_FOUND",
+    "PARSE_ERROR",
+    "SERVER_ERROR",
+    "JsonRpc",
+]
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+#: The server cannot be reached, or a local file cannot be written.
+SERVER_ERROR = -32000
+
+Params = dict[str, Any]
+
+
+class _RpcError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _text_param(params: Params, name: str) -> str:
+    value = params.get(name)
+    if not isinstance(value, str):
+        raise _RpcError(INVALID_PARAMS, f"param {name!r} must be a string")
+    return value
+
+
+def report_json(report: DeliveryReport) -> dict[str, object]:
+    return {
+        "id": report.id,
+        "delivered": report.delivered,
+        "offline": report.offline,
+        "failed": [{"phone": phone, "error": error} for phone, error in report.failed],
+    }
+
+
+def received_json(event: Received) -> dict[str, object]:
+    params: dict[str, object] = {
+        "id": event.id,
+        "from": event.sender,
+        "name": event.name,
+        "group": event.group,
+        "timestamp": event.timestamp,
+    }
+    if isinstance(event, PhotoReceived):
+        photo = event.photo
+        params["photo"] = {
+            "path": str(photo.path),
+            "filename": photo.filename,
+            "bytes": photo.size,
+            "sha256": photo.sha256,
+            "mime": photo.mime,
+        }
+    else:
+        params["text"] = event.text
+    return params
+
+
+class JsonRpc:
+    def __init__(self, session: Session, out: TextIO | None = None) -> None:
+        self._session = session
+        self._out = out or sys.stdout
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.quit = asyncio.Event()
+        self._methods: dict[str, Callable[[Params], Awaitable[object]]] = {
+            "send": self._send,
+            "addContact": self._add_contact,
+            "removeContact": self._remove_contact,
+            "listContacts": self._list_contacts,
+            "createGroup": self._create_group,
+            "addToGroup": self._add_to_group,
+            "removeFromGroup": self._remove_from_group,
+            "listGroups": self._list_groups,
+            "status": self._status,
+            "quit": self._quit,
+        }
+
+    def write(self, message: dict[str, object]) -> None:
+        # ensure_ascii: U+2028 and friends stay escaped, so every reader sees one line.
+        self._out.write(json.dumps(message, ensure_ascii=True, separators=(",", ":")) + "\n")
+        self._out.flush()
+
+    def notify(self, method: str, params: dict[str, object]) -> None:
+        self.write({"jsonrpc": "2.0", "method": method, "params": params})
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until `quit`, end of input, or `stop`; answers every request read."""
+        assert self._session.listen_address is not None
+        listen = f"{self._session.listen_address[0]}:{self._session.listen_address[1]}"
+        self.notify("ready", {"phone": self._session.phone, "listen": listen})
+        pump = asyncio.create_task(self._forward_received())
+        reader = LineReader()
+        try:
+            while not self.quit.is_set():
+                line_task = asyncio.ensure_future(reader.readline())
+                stop_task = asyncio.ensure_future(stop.wait())
+                quit_task = asyncio.ensure_future(self.quit.wait())
+                await asyncio.wait(
+                    {line_task, stop_task, quit_task}, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in (stop_task, quit_task):
+                    task.cancel()
+                if not line_task.done():
+                    line_task.cancel()
+                    break
+                line = line_task.result()
+                if line is None:
+                    break
+                if line.strip():
+                    self._spawn(self._handle_line(line))
+            if self._tasks:
+                await asyncio.wait(self._tasks)
+        finally:
+            pump.cancel()
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _forward_received(self) -> None:
+        while True:
+            event = await self._session.received.get()
+            self.notify("receive", received_json(event))
+
+    async def _handle_line(self, line: str) -> None:
+        if line == LineReader.TOO_LONG:
+            self._error(None, INVALID_REQUEST, "request line too long")
+            return
+        try:
+            message = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            self._error(None, PARSE_ERROR, f"parse error: {exc}")
+            return
+        if isinstance(message, list):
+            if not message:
+                self._error(None, INVALID_REQUEST, "empty batch")
+                return
+            results = await asyncio.gather(*(self._call(m) for m in message))
+            answers = [r for r in results if r is not None]
+            if answers:
+                self._out.write(json.dumps(answers, separators=(",", ":")) + "\n")
+                self._out.flush()
+            return
+        answer = await self._call(message)
+        if answer is not None:
+            self.write(answer)
+
+    async def _call(self, message: object) -> dict[str, object] | None:
+        """Run one request; the response, or None for a notification."""
+        request_id: object = None
+        try:
+            if not isinstance(message, dict):
+                raise _RpcError(INVALID_REQUEST, "a request must be a JSON object")
+            request_id = message.get("id")
+            if not (request_id is None or isinstance(request_id, str | int | float)) or (
+                isinstance(request_id, bool)
+            ):
+                request_id = None
+                raise _RpcError(INVALID_REQUEST, "id must be a string, a number or null")
+            if message.get("jsonrpc") != "2.0":
+                raise _RpcError(INVALID_REQUEST, '"jsonrpc" must be "2.0"')
+            method = message.get("method")
+            if not isinstance(method, str):
+                raise _RpcError(INVALID_REQUEST, '"method" must be a string')
+            params = message.get("params", {})
+            if params is None:
+                params = {}
+            if not isinstance(params, dict):
+                raise _RpcError(INVALID_PARAMS, "params must be an object")
+            handler = self._methods.get(method)
+            if handler is None:
+                raise _RpcError(METHOD_NOT_FOUND, f"unknown method {method!r}")
+            result = await self._run(handler, params)
+        except _RpcError as exc:
+            if isinstance(message, dict) and "id" not in message and exc.code != INVALID_REQUEST:
+                return None
+            return _error_object(request_id, exc.code, exc.message)
+        if "id" not in message:
+            return None  # a notification gets no answer
+        return {"jsonrpc": "2.0", "id": request_id, "result": result}
+
+    async def _run(self, handler: Callable[[Params], Awaitable[object]], params: Params) -> object:
+        try:
+            return await handler(params)
+        except InvalidInput as exc:
+            raise _RpcError(INVALID_PARAMS, str(exc)) from exc
+        except (DirectoryError, StoreError) as exc:
+            raise _RpcError(SERVER_ERROR, str(exc)) from exc
+        except WhatsAp2pError as exc:
+            raise _RpcError(INTERNAL_ERROR, str(exc)) from exc
+
+    def _error(self, request_id: object, code: int, message: str) -> None:
+        self.write(_error_object(request_id, code, message))
+
+    # --- methods ----------------------------------------------------------------------------
+
+    async def _send(self, params: Params) -> object:
+        target = _text_param(params, "to")
+        has_text, has_photo = "text" in params, "photo" in params
+        if has_text == has_photo:
+            raise _RpcError(INVALID_PARAMS, "give exactly one of 'text' and 'photo'")
+        if has_text:
+            report = await self._session.send_text(target, _text_param(params, "text"))
+        else:
+            report = await self._session.send_photo(target, _text_param(params, "photo"))
+        return report_json(report)
+
+    async def _add_contact(self, params: Params) -> object:
+        contact = self._session.book.add_contact(
+            _text_param(params, "name"), _text_param(params, "phone")
+        )
+        return {"name": contact.name, "phone": contact.phone}
+
+    async def _remove_contact(self, params: Params) -> object:
+        self._session.book.remove_contact(_text_param(params, "name"))
+        return {}
+
+    async def _list_contacts(self, params: Params) -> object:
+        return [{"name": c.name, "phone": c.phone} for c in self._session.book.contacts()]
+
+    async def _create_group(self, params: Params) -> object:
+        members = params.get("members")
+        if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
+            raise _RpcError(INVALID_PARAMS, "param 'members' must be a list of strings")
+        group = self._session.book.create_group(_text_param(params, "name"), members)
+        return {"name": group.name, "members": list(group.members)}
+
+    async def _add_to_group(self, params: Params) -> object:
+        group = self._session.book.add_to_group(
+            _text_param(params, "name"), _text_param(params, "member")
+        )
+        return {"name": group.name, "members": list(group.members)}
+
+    async def _remove_from_group(self, params: Params) -> object:
+        group = self._session.book.remove_from_group(
+            _text_param(params, "name"), _text_param(params, "member")
+        )
+        return {"name": group.name, "members": list(group.members)}
+
+    async def _list_groups(self, params: Params) -> object:
+        return [{"name": g.name, "members": list(g.members)} for g in self._session.book.groups()]
+
+    async def _status(self, params: Params) -> object:
+        online = await self._session.status(_text_param(params, "target"))
+        return {phone: {"online": is_online} for phone, is_online in online.items()}
+
+    async def _quit(self, params: Params) -> object:
+        self.quit.set()
+        return {}
+
+
+def _error_object(request_id: object, code: int, message: str) -> dict[str, object]:
+    return {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}

@@ -1,0 +1,184 @@
+"""The plain line mode: slash commands in, one line per event out, for people at a shell."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import shlex
+import sys
+import unicodedata
+from typing import TextIO
+
+from whatsap2p.app.events import DeliveryReport, PhotoReceived, Received
+from whatsap2p.app.session import Session
+from whatsap2p.errors import WhatsAp2pError
+from whatsap2p.ui.stdin import LineReader
+
+__all__ = ["HELP", "LineMode", "escape_untrusted", "format_received"]
+
+HELP = """\
+commands:
+  /add NAME PHONE           add or update a contact
+  /remove NAME              remove a contact
+  /group NAME MEMBER...     create a group of contacts or phone numbers
+  /msg TARGET TEXT...       send a text to a contact, a group or a phone number
+  /photo TARGET PATH        send a photo (JPEG, PNG, GIF or WebP)
+  /who TARGET               who of TARGET is online
+  /contacts                 list contacts
+  /groups                   list groups
+  /help                     this text
+  /quit                     unregister and leave"""
+
+# Characters that reorder or hide text on a terminal (Trojan Source, CVE-2021-42574).
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def escape_untrusted(text: str) -> str:
+    """Text from a peer, safe to print: control, format and bidi characters escaped."""
+    out = []
+    for char in text:
+        if char in _BIDI or unicodedata.category(char) in ("Cc", "Cf", "Cs", "Co", "Cn"):
+            code = ord(char)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def format_received(event: Received) -> str:
+    try:
+        stamp = dt.datetime.fromisoformat(event.timestamp).astimezone()
+        clock = stamp.strftime("%H:%M")
+    except ValueError:
+        clock = "--:--"
+    who = escape_untrusted(event.name or event.sender)
+    if event.group is not None:
+        who += f" [{escape_untrusted(event.group)}]"
+    if isinstance(event, PhotoReceived):
+        return f"[{clock}] {who}: photo saved to {event.photo.path}"
+    return f"[{clock}] {who}: {escape_untrusted(event.text)}"
+
+
+def format_report(report: DeliveryReport) -> str:
+    parts = []
+    if report.delivered:
+        parts.append("delivered to " + ", ".join(report.delivered))
+    if report.offline:
+        parts.append("offline: " + ", ".join(report.offline))
+    parts.extend(f"failed: {phone} ({error})" for phone, error in report.failed)
+    return "; ".join(parts) or "no recipients"
+
+
+class LineMode:
+    def __init__(self, session: Session, out: TextIO | None = None) -> None:
+        self._session = session
+        self._out = out or sys.stdout
+
+    def say(self, line: str) -> None:
+        self._out.write(line + "\n")
+        self._out.flush()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        session = self._session
+        assert session.published is not None
+        self.say(
+            f"online as {session.phone} (peers reach this module at "
+            f"{session.published.host}:{session.published.port}); /help lists the commands"
+        )
+        pump = asyncio.create_task(self._print_received())
+        reader = LineReader()
+        try:
+            while True:
+                line_task = asyncio.ensure_future(reader.readline())
+                stop_task = asyncio.ensure_future(stop.wait())
+                await asyncio.wait({line_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+                stop_task.cancel()
+                if not line_task.done():
+                    line_task.cancel()
+                    return
+                line = line_task.result()
+                if line is None or not await self.command(line):
+                    return
+        finally:
+            pump.cancel()
+
+    async def _print_received(self) -> None:
+        while True:
+            self.say(format_received(await self._session.received.get()))
+
+    async def command(self, line: str) -> bool:
+        """Carry out one line; False when the user asked to quit."""
+        line = line.strip()
+        if not line:
+            return True
+        if line == LineReader.TOO_LONG:
+            self.say("error: line too long")
+            return True
+        if not line.startswith("/"):
+            self.say("error: commands start with /; /help lists them")
+            return True
+        name, _, rest = line.partition(" ")
+        try:
+            return await self._dispatch(name, rest.strip())
+        except WhatsAp2pError as exc:
+            self.say(f"error: {exc}")
+        except ValueError as exc:  # shlex: unbalanced quotes
+            self.say(f"error: {exc}")
+        return True
+
+    async def _dispatch(self, name: str, rest: str) -> bool:
+        book = self._session.book
+        if name == "/quit":
+            return False
+        if name == "/help":
+            self.say(HELP)
+        elif name == "/contacts":
+            contacts = book.contacts()
+            self.say("\n".join(f"{c.name}: {c.phone}" for c in contacts) or "no contacts")
+        elif name == "/groups":
+            groups = book.groups()
+            self.say("\n".join(f"{g.name}: {' '.join(g.members)}" for g in groups) or "no groups")
+        elif name == "/add":
+            args = shlex.split(rest)
+            if len(args) != 2:
+                self.say("usage: /add NAME PHONE")
+            else:
+                contact = book.add_contact(*args)
+                self.say(f"contact {contact.name}: {contact.phone}")
+        elif name == "/remove":
+            args = shlex.split(rest)
+            if len(args) != 1:
+                self.say("usage: /remove NAME")
+            else:
+                book.remove_contact(args[0])
+                self.say(f"removed {args[0]}")
+        elif name == "/group":
+            args = shlex.split(rest)
+            if len(args) < 2:
+                self.say("usage: /group NAME MEMBER...")
+            else:
+                group = book.create_group(args[0], args[1:])
+                self.say(f"group {group.name}: {' '.join(group.members)}")
+        elif name == "/msg":
+            target, _, text = rest.partition(" ")
+            if not target or not text:
+                self.say("usage: /msg TARGET TEXT...")
+            else:
+                self.say(format_report(await self._session.send_text(target, text)))
+        elif name == "/photo":
+            args = shlex.split(rest)
+            if len(args) != 2:
+                self.say("usage: /photo TARGET PATH")
+            else:
+                self.say(format_report(await self._session.send_photo(*args)))
+        elif name == "/who":
+            if not rest:
+                self.say("usage: /who TARGET")
+            else:
+                online = await self._session.status(rest)
+                self.say(
+                    ", ".join(f"{p} {'online' if up else 'offline'}" for p, up in online.items())
+                )
+        else:
+            self.say(f"error: unknown command {name}; /help lists them")
+        return True

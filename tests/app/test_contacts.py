@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from whatsap2p.app.contacts import AddressBook, Recipients
+from whatsap2p.errors import (
+    CorruptContactsFile,
+    InvalidInput,
+    InvalidPhoneNumber,
+    NameConflict,
+    UnknownTarget,
+)
+
+ALICE, BOB = "+5511999990001", "+5511999990002"
+
+
+def test_contacts_and_groups_survive_a_reload(tmp_path: Path) -> None:
+    path = tmp_path / "contacts.json"
+    book = AddressBook.load(path)
+    assert book.add_contact("alice", "(11) 99999-0001").phone == ALICE
+    book.add_contact("bob", BOB)
+    assert book.create_group("family", ["alice", "+55 11 99999-0002", "alice"]).members == (
+        ALICE,
+        BOB,
+    )
+    again = AddressBook.load(path)
+    assert [(c.name, c.phone) for c in again.contacts()] == [("alice", ALICE), ("bob", BOB)]
+    assert again.group("family").members == (ALICE, BOB)
+    assert json.loads(path.read_text())["groups"] == {"family": [ALICE, BOB]}  # human-readable
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_resolve_contact_group_and_number(tmp_path: Path) -> None:
+    book = AddressBook.load(tmp_path / "c.json")
+    book.add_contact("alice", ALICE)
+    book.create_group("pals", ["alice", BOB])
+    assert book.resolve("alice") == Recipients((ALICE,), None)
+    assert book.resolve("pals") == Recipients((ALICE, BOB), "pals")
+    assert book.resolve("+1 650 253 0000") == Recipients(("+16502530000",), None)
+    with pytest.raises(UnknownTarget):
+        book.resolve("nobody")
+    with pytest.raises(InvalidPhoneNumber):
+        book.resolve("123")
+
+
+def test_names_are_checked(tmp_path: Path) -> None:
+    book = AddressBook.load(tmp_path / "c.json")
+    book.add_contact("alice", ALICE)
+    with pytest.raises(NameConflict):
+        book.create_group("alice", [BOB])
+    book.create_group("pals", [BOB])
+    with pytest.raises(NameConflict):
+        book.add_contact("pals", BOB)
+    for bad in ["", "x" * 129, "evil\x1b[2J", "a\u202eb", "+5511"]:
+        with pytest.raises(InvalidInput):
+            book.add_contact(bad, BOB)
+
+
+def test_group_membership_changes(tmp_path: Path) -> None:
+    book = AddressBook.load(tmp_path / "c.json")
+    book.add_contact("alice", ALICE)
+    book.create_group("pals", ["alice"])
+    assert book.add_to_group("pals", BOB).members == (ALICE, BOB)
+    assert book.remove_from_group("pals", "alice").members == (BOB,)
+    with pytest.raises(UnknownTarget):
+        book.remove_from_group("pals", "alice")
+    with pytest.raises(UnknownTarget):
+        book.add_to_group("nope", BOB)
+    book.remove_contact("alice")
+    with pytest.raises(UnknownTarget):
+        book.remove_contact("alice")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"{not json",
+        b"\xff\xfe",
+        b"[]",
+        b'{"version": 1, "contacts": {"alice": "not a phone"}}',
+        b'{"version": 1, "contacts": {"alice": 5}}',
+        b'{"version": 1, "groups": {"g": "+5511999990001"}}',
+        b'{"version": 2}',
+    ],
+)
+def test_a_corrupt_file_is_reported_and_never_overwritten(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "contacts.json"
+    path.write_bytes(content)
+    with pytest.raises(CorruptContactsFile, match="was not changed"):
+        AddressBook.load(path)
+    assert path.read_bytes() == content

@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.conftest import image_bytes
+from whatsap2p.app.photos import PhotoStore, prepare_photo, safe_file_name
+from whatsap2p.config import Limits
+from whatsap2p.errors import PhotoRejected
+from whatsap2p.protocol.events import PhotoOffer
+
+LIMITS = Limits()
+
+
+def offer_for(data: bytes, filename: str = "cat.png", mime: str = "image/png") -> PhotoOffer:
+    return PhotoOffer(
+        "p1",
+        "2026-11-27T10:00:00+00:00",
+        filename,
+        len(data),
+        hashlib.sha256(data).hexdigest(),
+        mime,
+    )
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mime"),
+    [("PNG", "image/png"), ("JPEG", "image/jpeg"), ("GIF", "image/gif"), ("WEBP", "image/webp")],
+)
+def test_every_supported_format_is_prepared(tmp_path: Path, fmt: str, mime: str) -> None:
+    path = tmp_path / f"pic.{fmt.lower()}"
+    path.write_bytes(image_bytes(fmt))
+    photo = prepare_photo(path, LIMITS)
+    assert photo.mime == mime
+    assert photo.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_what_cannot_be_sent_says_why(tmp_path: Path) -> None:
+    with pytest.raises(PhotoRejected, match="does not exist"):
+        prepare_photo(tmp_path / "missing.png", LIMITS)
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(PhotoRejected, match="not a JPEG, PNG, GIF or WebP"):
+        prepare_photo(tmp_path / "notes.png", LIMITS)
+    (tmp_path / "big.png").write_bytes(image_bytes())
+    with pytest.raises(PhotoRejected, match="limit"):
+        prepare_photo(tmp_path / "big.png", Limits(max_photo_bytes=10))
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(PhotoRejected, match="empty"):
+        prepare_photo(tmp_path / "empty.png", LIMITS)
+    with pytest.raises(PhotoRejected, match="not a file"):
+        prepare_photo(tmp_path, LIMITS)
+
+
+def test_decompression_bombs_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.png"
+    Image.new("1", (20_000, 20_000)).save(path)  # small file, 400 megapixels
+    assert path.stat().st_size < 1_000_000
+    with pytest.raises(PhotoRejected, match=r"pixel|decode safely"):
+        prepare_photo(path, LIMITS)
+
+
+@pytest.mark.parametrize(
+    ("name", "safe"),
+    [
+        ("../../etc/passwd", "passwd.png"),
+        ("..\\..\\windows\\system32\\evil.exe", "evil.exe.png"),
+        ("/abs/path/cat.jpg", "cat.png"),
+        ("...", "photo.png"),
+        ("\x1b[31mred\u202e.png", "_31mred.png"),
+        ("a" * 500 + ".png", "a" * 80 + ".png"),
+        ("ok name (1).PNG", "ok name (1).png"),
+    ],
+)
+def test_file_names_from_senders_are_sanitised(name: str, safe: str) -> None:
+    assert safe_file_name(name, "image/png") == safe
+
+
+def store_one(store: PhotoStore, data: bytes, **kw: str) -> Path:
+    incoming = store.begin(offer_for(data, **kw))
+    incoming.write(data)
+    return incoming.finish().path
+
+
+def test_received_photos_never_overwrite(tmp_path: Path) -> None:
+    store = PhotoStore(tmp_path / "photos", LIMITS)
+    store.open()
+    data = image_bytes()
+    (tmp_path / "photos" / "cat.png").write_bytes(b"precious")
+    first = store_one(store, data)
+    second = store_one(store, data)
+    assert first.name == "cat (2).png"
+    assert second.name == "cat (3).png"
+    assert (tmp_path / "photos" / "cat.png").read_bytes() == b"precious"
+    assert first.read_bytes() == data
+    escaped = store_one(store, data, filename="../../outside.png")
+    assert escaped.parent == tmp_path / "photos"
+    assert sorted(p.name for p in (tmp_path / "photos").iterdir()) == [
+        "cat (2).png",
+        "cat (3).png",
+        "cat.png",
+        "outside.png",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("data", "offered", "reason"),
+    [
+        (image_bytes(), image_bytes()[:-1] + b"X", "SHA-256 does not match"),
+        (b"#!/bin/sh\nrm -rf /\n", None, "not a JPEG, PNG, GIF or WebP"),
+        (image_bytes("JPEG"), None, "announced as image/png but is image/jpeg"),
+    ],
+)
+def test_bad_photos_are_rejected_and_leave_nothing(
+    tmp_path: Path, data: bytes, offered: bytes | None, reason: str
+) -> None:
+    store = PhotoStore(tmp_path / "photos", LIMITS)
+    store.open()
+    incoming = store.begin(offer_for(offered or data))
+    incoming.write(data)
+    with pytest.raises(PhotoRejected, match=reason):
+        incoming.finish()
+    assert list((tmp_path / "photos").iterdir()) == []
+
+
+def test_leftovers_of_an_interrupted_run_are_cleared(tmp_path: Path) -> None:
+    store = PhotoStore(tmp_path / "photos", LIMITS)
+    store.open()
+    incoming = store.begin(offer_for(b"abc"))
+    incoming.write(b"ab")
+    PhotoStore(tmp_path / "photos", LIMITS).open()
+    assert list((tmp_path / "photos").iterdir()) == []
+    incoming.discard()

@@ -1,0 +1,150 @@
+"""The Session against a real directory server on 127.0.0.1 port 0."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import image_bytes
+from tests.servers import running_server, session_config
+from whatsap2p.app.events import PhotoReceived, TextReceived
+from whatsap2p.app.session import Session
+from whatsap2p.config import Limits
+from whatsap2p.errors import InvalidInput, NumberAlreadyOnline, PhotoRejected, UnknownTarget
+
+ALICE, BOB, CAROL, DAVE = (f"+551199999000{i}" for i in range(1, 5))
+
+
+class World:
+    def __init__(self, stack: AsyncExitStack, port: int, root: Path) -> None:
+        self.stack, self.port, self.root = stack, port, root
+
+    async def user(self, phone: str, limits: Limits | None = None, **timeouts: float) -> Session:
+        config = session_config(self.port, phone, self.root / phone, limits, **timeouts)
+        return await self.stack.enter_async_context(Session(config))
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    async with AsyncExitStack() as stack:
+        _, port = await stack.enter_async_context(running_server())
+        yield World(stack, port, tmp_path)
+
+
+async def next_received(session: Session) -> TextReceived | PhotoReceived:
+    return await asyncio.wait_for(session.received.get(), 10)
+
+
+async def test_text_both_ways_with_contact_names(world: World) -> None:
+    alice, bob = await world.user(ALICE), await world.user(BOB)
+    bob.book.add_contact("alice", ALICE)
+    report = await alice.send_text(BOB, "hello bob")
+    assert (report.delivered, report.offline, report.failed) == ([BOB], [], [])
+    got = await next_received(bob)
+    assert isinstance(got, TextReceived)
+    assert (got.id, got.sender, got.name, got.group, got.text) == (
+        report.id,
+        ALICE,
+        "alice",
+        None,
+        "hello bob",
+    )
+    back = await bob.send_text("alice", "hi alice")
+    assert back.delivered == [ALICE]
+    got = await next_received(alice)
+    assert isinstance(got, TextReceived)
+    assert (got.sender, got.name) == (BOB, None)
+
+
+async def test_photo_to_a_group_with_an_offline_member(world: World, photo: Path) -> None:
+    alice, bob, carol = await world.user(ALICE), await world.user(BOB), await world.user(CAROL)
+    alice.book.create_group("trip", [BOB, CAROL, DAVE, ALICE])
+    report = await alice.send_photo("trip", photo)
+    assert sorted(report.delivered) == [BOB, CAROL]
+    assert report.offline == [DAVE]  # and alice is never among her own recipients
+    for member in (bob, carol):
+        got = await next_received(member)
+        assert isinstance(got, PhotoReceived)
+        assert got.group == "trip"
+        assert got.photo.path.read_bytes() == photo.read_bytes()  # noqa: ASYNC240
+        assert got.photo.path.parent == member.config.data_dir / "photos"
+        assert (got.photo.filename, got.photo.mime) == ("holiday.png", "image/png")
+
+
+async def test_a_frozen_peer_does_not_hold_up_the_others(world: World) -> None:
+    alice = await world.user(ALICE, peer_ack=1.0)
+    bob = await world.user(BOB)
+    # carol's module is frozen: it is registered, its port accepts, but it never answers
+    held: list[asyncio.StreamWriter] = []
+
+    async def never_answer(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    frozen = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    carol = await world.user(CAROL)
+    await carol._listener.close()
+    carol_port = frozen.sockets[0].getsockname()[1]
+    await carol._directory.unregister()  # type: ignore[union-attr]
+    await carol._directory.close()  # type: ignore[union-attr]
+    from whatsap2p.net.directory_client import DirectoryClient
+
+    impostor = await DirectoryClient.connect("127.0.0.1", world.port)
+    await impostor.register(CAROL, carol_port)
+    alice.book.create_group("pals", [BOB, CAROL])
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    report = await alice.send_text("pals", "anyone?")
+    assert report.delivered == [BOB]
+    assert [phone for phone, _ in report.failed] == [CAROL]
+    assert "no acknowledgement" in report.failed[0][1]
+    assert loop.time() - started < 5
+    assert isinstance(await next_received(bob), TextReceived)
+    await impostor.close()
+    for writer in held:
+        writer.close()
+    frozen.close()
+    await frozen.wait_closed()
+
+
+async def test_a_peer_that_refuses_says_why(world: World, tmp_path: Path) -> None:
+    alice = await world.user(ALICE)
+    await world.user(BOB, Limits(max_photo_bytes=100))
+    big = tmp_path / "big.png"
+    big.write_bytes(image_bytes(size=(300, 300)))
+    report = await alice.send_photo(BOB, big)
+    assert report.delivered == []
+    assert report.failed[0][0] == BOB
+    assert "refused by the peer: photo size" in report.failed[0][1]
+
+
+async def test_bad_sends_are_refused_before_anything_goes_out(world: World, tmp_path: Path) -> None:
+    alice = await world.user(ALICE)
+    with pytest.raises(UnknownTarget):
+        await alice.send_text("nobody", "x")
+    with pytest.raises(InvalidInput, match="yourself"):
+        await alice.send_text(ALICE, "x")
+    with pytest.raises(PhotoRejected, match="does not exist"):
+        await alice.send_photo(BOB, tmp_path / "nope.png")
+    with pytest.raises(InvalidInput, match="longer than"):
+        await alice.send_text(BOB, "x" * 70_000)
+
+
+async def test_status_and_one_registration_per_number(world: World) -> None:
+    alice = await world.user(ALICE)
+    await world.user(BOB)
+    alice.book.create_group("g", [BOB, CAROL])
+    assert await alice.status("g") == {BOB: True, CAROL: False}
+    with pytest.raises(NumberAlreadyOnline):
+        await world.user(BOB)
+
+
+async def test_a_peer_that_went_away_is_reported_failed(world: World) -> None:
+    alice, bob = await world.user(ALICE), await world.user(BOB)
+    await bob._listener.close()  # registered, but nobody listens any more
+    report = await alice.send_text(BOB, "hello?")
+    assert [phone for phone, _ in report.failed] == [BOB]
+    assert report.failed[0][1].startswith("cannot connect")

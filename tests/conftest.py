@@ -1,0 +1,23 @@
+"""Shared fixtures: real image files made with Pillow."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+
+def image_bytes(fmt: str = "PNG", size: tuple[int, int] = (64, 48), marker: bytes = b"") -> bytes:
+    """A real image; `marker` is appended after the image data, where decoders ignore it."""
+    out = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 90)).save(out, fmt)
+    return out.getvalue() + marker
+
+
+@pytest.fixture
+def photo(tmp_path: Path) -> Path:
+    path = tmp_path / "holiday.png"
+    path.write_bytes(image_bytes())
+    return path

@@ -1,0 +1,78 @@
+"""Messages: every type round-trips, and bad input is only ever a RemoteProtocolError."""
+
+from __future__ import annotations
+
+import contextlib
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from whatsap2p.errors import RemoteProtocolError
+from whatsap2p.protocol import events as ev
+from whatsap2p.protocol.codec import decode_message, encode_message
+
+texts = st.text(max_size=50)
+ints = st.integers(min_value=-(2**63), max_value=2**64 - 1)
+optional = st.none() | texts
+addresses = st.builds(ev.PeerAddress, texts, texts, ints)
+
+messages = st.one_of(
+    st.builds(ev.Register, ints, texts, ints, optional),
+    st.builds(ev.Registered, ints, texts, texts, ints),
+    st.builds(ev.Lookup, ints, st.lists(texts, max_size=5).map(tuple)),
+    st.builds(ev.LookupResult, ints, st.lists(addresses, max_size=5).map(tuple)),
+    st.builds(ev.Unregister, ints),
+    st.builds(ev.Unregistered, ints),
+    st.builds(ev.Ping, ints),
+    st.builds(ev.Pong, ints),
+    st.builds(ev.Failure, ints, texts, texts),
+    st.builds(ev.Hello, texts),
+    st.builds(ev.Text, texts, texts, texts, optional),
+    st.builds(ev.PhotoOffer, texts, texts, texts, ints, texts, texts, optional),
+    st.builds(ev.PhotoChunk, texts, st.binary(max_size=100)),
+    st.builds(ev.Ack, texts),
+    st.builds(ev.Rejected, texts, texts),
+)
+
+
+@given(messages)
+def test_every_message_round_trips(message: ev.Message) -> None:
+    assert decode_message(encode_message(message)) == message
+
+
+@given(st.binary(max_size=2000))
+def test_arbitrary_bytes_never_raise_anything_else(data: bytes) -> None:
+    with contextlib.suppress(RemoteProtocolError):
+        decode_message(data)
+
+
+json_like = st.recursive(
+    st.none() | st.booleans() | ints | st.floats() | texts | st.binary(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(
+    st.sampled_from(["register", "lookup", "lookup_result", "text", "photo", "chunk"]), json_like
+)
+def test_well_formed_maps_with_wrong_fields_are_refused_cleanly(kind: str, junk: object) -> None:
+    body = msgpack.packb({"t": kind, "rid": junk, "id": junk, "phones": junk, "peers": junk})
+    with contextlib.suppress(RemoteProtocolError):
+        decode_message(body)
+
+
+def test_missing_and_mistyped_fields_say_which() -> None:
+    with pytest.raises(RemoteProtocolError, match=r"missing field 'phone'"):
+        decode_message(msgpack.packb({"t": "register", "rid": 1, "port": 5}))
+    with pytest.raises(RemoteProtocolError, match=r"register.port: expected an integer"):
+        decode_message(msgpack.packb({"t": "register", "rid": 1, "phone": "+1", "port": True}))
+    with pytest.raises(RemoteProtocolError, match="unknown message type"):
+        decode_message(msgpack.packb({"t": "launch"}))
+
+
+def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
+    body = msgpack.packb({"t": "ack", "id": "m1", "added_later": [1, 2]})
+    assert decode_message(body) == ev.Ack("m1")

@@ -1,0 +1,197 @@
+"""The peer protocol with a sender and a receiver joined by an in-memory pump."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from whatsap2p.config import Limits, Timeouts
+from whatsap2p.errors import LocalProtocolError, RemoteProtocolError
+from whatsap2p.protocol import events as ev
+from whatsap2p.protocol.peer import (
+    PeerReceiver,
+    PeerSender,
+    ReceiverEvent,
+    ReceiverState,
+    SenderState,
+)
+
+ALICE = "+5511999990001"
+STAMP = "2026-11-27T10:00:00.000+00:00"
+LIMITS = Limits(max_photo_bytes=1000, max_text_bytes=100, max_peer_frame=4096)
+
+
+class Pair:
+    """A sender and a receiver; `send` moves the bytes across and returns the receiver events."""
+
+    def __init__(self, limits: Limits = LIMITS) -> None:
+        self.sender = PeerSender(limits)
+        self.receiver = PeerReceiver(now=0, limits=limits, timeouts=Timeouts(hello_deadline=5))
+
+    def send(self, message: ev.PeerMessage, now: float = 0) -> list[ReceiverEvent]:
+        self.receiver.receive_data(self.sender.send(message), now)
+        events = []
+        while (event := self.receiver.next_event()) is not None:
+            events.append(event)
+        return events
+
+    def answer(self, answer: ev.Ack | ev.Rejected) -> ev.Ack | ev.Rejected | None:
+        self.sender.receive_data(self.receiver.send(answer))
+        return self.sender.next_event()
+
+
+def offer(size: int, data: bytes = b"", mid: str = "p1", **kw: str) -> ev.PhotoOffer:
+    fields = {"filename": "cat.png", "mime": "image/png", "timestamp": STAMP} | kw
+    return ev.PhotoOffer(
+        mid,
+        fields["timestamp"],
+        fields["filename"],
+        size,
+        hashlib.sha256(data).hexdigest(),
+        fields["mime"],
+    )
+
+
+def test_text_is_delivered_and_acknowledged() -> None:
+    pair = Pair()
+    assert pair.send(ev.Hello(ALICE)) == [ev.Hello(ALICE)]
+    assert pair.receiver.peer_phone == ALICE
+    text = ev.Text("m1", STAMP, "olá", "family")
+    assert pair.send(text) == [text]
+    assert pair.answer(ev.Ack("m1")) == ev.Ack("m1")
+
+
+def test_photo_streams_in_chunks_then_completes() -> None:
+    pair = Pair()
+    pair.send(ev.Hello(ALICE))
+    data = bytes(range(256)) * 3
+    assert pair.send(offer(len(data), data)) == [offer(len(data), data)]
+    assert pair.receiver.state.value == ReceiverState.RECEIVING_PHOTO.value
+    received = b""
+    for start in range(0, len(data), 100):
+        for event in pair.send(ev.PhotoChunk("p1", data[start : start + 100])):
+            if isinstance(event, ev.PhotoChunk):
+                received += event.data
+            else:
+                assert event == ev.PhotoCompleted("p1")
+    assert received == data
+    assert pair.receiver.state is ReceiverState.IDLE
+    assert pair.sender.state is SenderState.READY
+    assert pair.answer(ev.Ack("p1")) == ev.Ack("p1")
+    # and the connection carries the next message
+    assert pair.send(ev.Text("m2", STAMP, "next")) == [ev.Text("m2", STAMP, "next")]
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        (offer(1001), "outside 1..1000"),
+        (offer(0), "outside"),
+        (offer(10, mime="application/x-sh"), "unsupported photo type"),
+        (offer(10, filename=""), "invalid file name"),
+        (offer(10, timestamp="yesterday"), "invalid timestamp"),
+        (offer(10, timestamp="2026-11-27T10:00:00"), "without a time zone"),
+    ],
+)
+def test_bad_photo_offers_are_refused_and_close(bad: ev.PhotoOffer, reason: str) -> None:
+    pair = Pair()
+    pair.send(ev.Hello(ALICE))
+    (event,) = pair.send(bad)
+    assert isinstance(event, ev.Refused)
+    assert reason in event.reason
+    assert event.fatal
+    assert pair.receiver.state is ReceiverState.CLOSED
+    assert isinstance(pair.answer(ev.Rejected("p1", event.reason)), ev.Rejected)
+    assert pair.sender.state is SenderState.CLOSED  # no more chunks go out
+
+
+def test_too_long_text_is_refused_but_the_connection_goes_on() -> None:
+    pair = Pair()
+    pair.send(ev.Hello(ALICE))
+    (event,) = pair.send(ev.Text("m1", STAMP, "x" * 101))
+    assert event == ev.Refused("m1", "text longer than 100 bytes", fatal=False)
+    assert pair.send(ev.Text("m2", STAMP, "ok")) == [ev.Text("m2", STAMP, "ok")]
+
+
+@pytest.mark.parametrize(
+    "first",
+    [ev.Text("m1", STAMP, "hi"), ev.PhotoChunk("p1", b"x"), ev.Ack("m1"), ev.Ping(1)],
+)
+def test_anything_before_hello_is_a_protocol_error(first: ev.Message) -> None:
+    from whatsap2p.protocol.channel import PlainChannel
+    from whatsap2p.protocol.codec import encode_message
+
+    receiver = PeerReceiver(now=0)
+    with pytest.raises(RemoteProtocolError):
+        receiver.receive_data(PlainChannel(1 << 20).seal(encode_message(first)), now=0)
+
+
+def test_chunks_must_fit_the_offer() -> None:
+    from whatsap2p.protocol.channel import PlainChannel
+    from whatsap2p.protocol.codec import encode_message
+
+    seal = PlainChannel(4096).seal
+    pair = Pair()
+    pair.send(ev.Hello(ALICE))
+    pair.send(offer(3, b"abc"))
+    with pytest.raises(RemoteProtocolError, match="exceed the announced size"):
+        pair.receiver.receive_data(seal(encode_message(ev.PhotoChunk("p1", b"abcd"))), 0)
+    pair = Pair()
+    pair.send(ev.Hello(ALICE))
+    pair.send(offer(3, b"abc"))
+    with pytest.raises(RemoteProtocolError, match="not being sent"):
+        pair.receiver.receive_data(seal(encode_message(ev.PhotoChunk("other", b"a"))), 0)
+
+
+def test_sender_refuses_to_break_the_protocol() -> None:
+    sender = PeerSender(LIMITS)
+    with pytest.raises(LocalProtocolError):
+        sender.send(ev.Text("m1", STAMP, "before hello"))
+    sender.send(ev.Hello(ALICE))
+    sender.send(offer(3, b"abc"))
+    with pytest.raises(LocalProtocolError):
+        sender.send(ev.Text("m1", STAMP, "in the middle of a photo"))
+    with pytest.raises(LocalProtocolError):
+        sender.send(ev.PhotoChunk("p1", b"abcd"))
+
+
+def test_reused_message_ids_are_refused() -> None:
+    pair = Pair()
+    pair.send(ev.Hello(ALICE))
+    pair.send(ev.Text("m1", STAMP, "a"))
+    pair.answer(ev.Ack("m1"))
+    with pytest.raises(RemoteProtocolError, match="used twice"):
+        pair.send(ev.Text("m1", STAMP, "b"))
+
+
+def test_answers_for_unknown_messages_are_refused() -> None:
+    pair = Pair()
+    pair.send(ev.Hello(ALICE))
+    with pytest.raises(LocalProtocolError):
+        pair.receiver.send(ev.Ack("never-sent"))
+
+
+def test_hello_deadline_and_idle_timeout() -> None:
+    receiver = PeerReceiver(now=100, timeouts=Timeouts(hello_deadline=5, peer_idle=30))
+    assert receiver.get_timer() == 105
+    receiver.handle_timer(104)
+    assert receiver.next_event() is None
+    receiver.handle_timer(105)
+    assert receiver.next_event() == ev.ConnectionTimedOut("no hello")
+    pair = Pair()
+    pair.receiver.timeouts = Timeouts(peer_idle=30)
+    pair.send(ev.Hello(ALICE), now=1)
+    assert pair.receiver.get_timer() == 31
+    pair.receiver.handle_timer(31)
+    assert pair.receiver.next_event() == ev.ConnectionTimedOut("peer idle")
+
+
+@given(st.binary(max_size=3000))
+def test_arbitrary_bytes_at_the_receiver_only_raise_remote_protocol_errors(data: bytes) -> None:
+    receiver = PeerReceiver(now=0)
+    with contextlib.suppress(RemoteProtocolError):
+        receiver.receive_data(data, now=0)

@@ -1,0 +1,57 @@
+"""In-process servers and sessions on 127.0.0.1 port 0, for the Session and server tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+
+from whatsap2p.app.session import SessionConfig
+from whatsap2p.config import Limits, Timeouts
+from whatsap2p.server.directory import Directory, MemoryDirectory
+from whatsap2p.server.service import DirectoryServer, ServerConfig
+
+FAST = Timeouts(connect=2, server_reply=3, write_drain=2, peer_ack=3, hello_deadline=2, peer_idle=5)
+
+
+@asynccontextmanager
+async def running_server(
+    timeouts: Timeouts = FAST, directory: Directory | None = None
+) -> AsyncIterator[tuple[DirectoryServer, int]]:
+    server = DirectoryServer(ServerConfig("127.0.0.1", 0, timeouts=timeouts), directory)
+    _, port = await server.start()
+    try:
+        yield server, port
+    finally:
+        await server.close()
+
+
+def session_config(
+    port: int, phone: str, data_dir: Path, limits: Limits | None = None, **timeouts: float
+) -> SessionConfig:
+    return SessionConfig(
+        phone=phone,
+        server_host="127.0.0.1",
+        server_port=port,
+        data_dir=data_dir,
+        listen_host="127.0.0.1",
+        limits=limits or Limits(),
+        timeouts=replace(FAST, **timeouts),
+    )
+
+
+class WatchedDirectory(MemoryDirectory):
+    """A MemoryDirectory that lets a test await the moment a number goes offline."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.went_offline: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
+
+    async def unregister(self, phone: str, owner: int) -> bool:
+        removed = await super().unregister(phone, owner)
+        if removed:
+            self.went_offline[phone].set()
+        return removed
