@@ -70,7 +70,7 @@ async def test_photo_to_a_group_with_an_offline_member(world: World, photo: Path
         got = await next_received(member)
         assert isinstance(got, PhotoReceived)
         assert got.group == "trip"
-        assert got.photo.path.read_bytes() == photo.read_bytes()  # noqa: ASYNC240
+        assert got.photo.path.read_bytes() == photo.read_bytes()
         assert got.photo.path.parent == member.config.data_dir / "photos"
         assert (got.photo.filename, got.photo.mime) == ("holiday.png", "image/png")
 

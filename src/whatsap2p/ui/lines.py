@@ -140,10 +140,10 @@ class LineMode:
             self.say("\n".join(f"{g.name}: {' '.join(g.members)}" for g in groups) or "no groups")
         elif name == "/add":
             args = shlex.split(rest)
-            if len(args) != 2:
+            if len(args) < 2:
                 self.say("usage: /add NAME PHONE")
-            else:
-                contact = book.add_contact(*args)
+            else:  # people write numbers with spaces: +55 11 99999-0001
+                contact = book.add_contact(args[0], " ".join(args[1:]))
                 self.say(f"contact {contact.name}: {contact.phone}")
         elif name == "/remove":
             args = shlex.split(rest)

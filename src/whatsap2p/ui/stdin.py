@@ -1,7 +1,8 @@
 """Lines from standard input, whatever it is (terminal, pipe or regular file).
 
 asyncio cannot watch a regular file, so one daemon thread reads and hands each line to
-the loop; the thread never blocks the program's exit.
+the loop. It reads the raw descriptor with os.read: a thread blocked inside
+`sys.stdin.buffer` holds that object's lock, and the interpreter aborts at exit.
 """
 
 from __future__ import annotations
@@ -9,52 +10,63 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
 import sys
 import threading
-from typing import BinaryIO
 
 __all__ = ["LineReader"]
 
 _EOF = object()
+_READ_SIZE = 64 * 1024
 
 
 class LineReader:
     """`await readline()` -> the next line without its newline, or None at end of input.
 
-    A line longer than `max_line` bytes is returned as `LineReader.TOO_LONG`.
+    A line longer than `max_line` bytes is returned as `LineReader.TOO_LONG` (and the
+    rest of it is skipped), so a runaway writer cannot make us buffer without bound.
     """
 
     TOO_LONG = "\x00too long\x00"
 
-    def __init__(self, max_line: int = 1024 * 1024, stream: BinaryIO | None = None) -> None:
+    def __init__(self, max_line: int = 1024 * 1024, fd: int | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize=64)
-        self._stream = stream or sys.stdin.buffer
+        self._fd = sys.stdin.fileno() if fd is None else fd
         self._max_line = max_line
         threading.Thread(target=self._pump, name="stdin", daemon=True).start()
 
     def _pump(self) -> None:
-        try:
-            while True:
-                line = self._stream.readline(self._max_line + 1)
-                if not line:
-                    break
-                if len(line) > self._max_line and not line.endswith(b"\n"):
-                    while (rest := self._stream.readline(self._max_line)) and not rest.endswith(
-                        b"\n"
-                    ):
-                        pass
+        pending = bytearray()
+        skipping = False  # inside a line that was already reported too long
+        while True:
+            try:
+                chunk = os.read(self._fd, _READ_SIZE)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            pending += chunk
+            while (end := pending.find(b"\n")) >= 0:
+                line = bytes(pending[:end])
+                del pending[: end + 1]
+                if skipping:
+                    skipping = False
+                elif len(line) > self._max_line:
                     self._put(self.TOO_LONG)
-                    if not rest:
-                        break
-                    continue
-                self._put(line.rstrip(b"\r\n").decode("utf-8", "replace"))
-        except (OSError, ValueError):
-            pass
+                else:
+                    self._put(line.rstrip(b"\r").decode("utf-8", "replace"))
+            if len(pending) > self._max_line:
+                if not skipping:
+                    self._put(self.TOO_LONG)
+                skipping = True
+                pending.clear()
+        if pending and not skipping:
+            self._put(pending.rstrip(b"\r").decode("utf-8", "replace"))
         self._put(_EOF)
 
     def _put(self, item: object) -> None:
-        # Blocks the reader thread while the loop is behind, so input is not read unboundedly.
+        # Blocks this thread while the loop is behind, so input is not read unboundedly.
         # If the loop is gone the program is exiting, and the line no longer matters.
         with contextlib.suppress(RuntimeError, concurrent.futures.CancelledError):
             asyncio.run_coroutine_threadsafe(self._queue.put(item), self._loop).result()

@@ -1,0 +1,68 @@
+"""End to end: the plain line mode, as a person at a shell would use it."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+from tests.conftest import image_bytes
+from tests.e2e.conftest import Cluster
+from tests.e2e.procs import WHATSAP2P
+
+ALICE, BOB = "+5511999990001", "+5511999990002"
+
+
+async def test_line_mode_sends_receives_and_escapes(cluster: Cluster, tmp_path: Path) -> None:
+    bob = await cluster.user(BOB)
+    await bob.call("addContact", name="pal", phone=ALICE)
+    photo = tmp_path / "p.gif"
+    photo.write_bytes(image_bytes("GIF"))
+    proc = await asyncio.create_subprocess_exec(
+        WHATSAP2P,
+        "user",
+        cluster.server.address,
+        "--phone",
+        ALICE,
+        "--data-dir",
+        str(tmp_path / "alice"),
+        "--listen",
+        "127.0.0.1:0",
+        "--plain",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    stdout = proc.stdout
+    assert stdout is not None
+
+    async def line() -> str:
+        raw: bytes = await asyncio.wait_for(stdout.readline(), 10)
+        return raw.decode().rstrip("\n")
+
+    assert (await line()).startswith(f"online as {ALICE}")
+    proc.stdin.write(b"/add bob +55 11 99999-0002\n")
+    assert await line() == f"contact bob: {BOB}"
+    proc.stdin.write(b"/msg bob hello there\n")
+    assert await line() == f"delivered to {BOB}"
+    assert (await bob.notification("receive"))["text"] == "hello there"
+    proc.stdin.write(f"/photo bob {photo}\n".encode())
+    assert await line() == f"delivered to {BOB}"
+    assert (await bob.notification("receive"))["photo"]["mime"] == "image/gif"
+
+    await bob.call("send", to="pal", text="hi\x1b[2J\u202eevil\x07")
+    assert re.fullmatch(r"\[\d\d:\d\d\] bob: hi\\x1b\[2J\\u202eevil\\x07", await line())
+    await bob.call("send", to="pal", photo=str(photo))
+    shown = await line()
+    assert re.fullmatch(rf"\[\d\d:\d\d\] bob: photo saved to {tmp_path}/alice/photos/p\.gif", shown)
+
+    proc.stdin.write(b"/who bob\n")
+    assert await line() == f"{BOB} online"
+    proc.stdin.write(b"/msg nobody hi\n")
+    assert (await line()).startswith("error: no contact or group named 'nobody'")
+    proc.stdin.write(b"/bogus\n")
+    assert (await line()).startswith("error: unknown command /bogus")
+    proc.stdin.write(b"/quit\n")
+    assert await asyncio.wait_for(proc.wait(), 10) == 0
+    assert (await bob.call("status", target=ALICE))[ALICE] == {"online": False}

@@ -1,0 +1,129 @@
+"""End to end: a real server and real `whatsap2p user --json` processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from pathlib import Path
+
+from tests.conftest import image_bytes
+from tests.e2e.conftest import Cluster
+from tests.e2e.procs import UserProcess
+
+ALICE, BOB, CAROL, DAVE, ERIN = (f"+551199999000{i}" for i in range(1, 6))
+
+
+async def wait_offline(asker: UserProcess, phone: str) -> None:
+    """Until the server reports `phone` offline: the event happens in another process,
+    so there is nothing to await but the answers themselves."""
+    while (await asker.call("status", target=phone))[phone]["online"]:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+
+
+async def test_text_both_ways(cluster: Cluster) -> None:
+    alice, bob = await cluster.user(ALICE), await cluster.user(BOB)
+    assert await bob.call("addContact", name="alice", phone="11 99999-0001") == {
+        "name": "alice",
+        "phone": ALICE,
+    }
+    await alice.call("addContact", name="bob", phone=BOB)
+    sent = await alice.call("send", to="bob", text="olá, bob \u202e!")
+    assert sent["delivered"] == [BOB]
+    assert (sent["offline"], sent["failed"]) == ([], [])
+    got = await bob.notification("receive")
+    assert got["id"] == sent["id"]
+    assert (got["from"], got["name"], got["group"], got["text"]) == (
+        ALICE,
+        "alice",
+        None,
+        "olá, bob \u202e!",
+    )
+    assert got["timestamp"].endswith("+00:00")
+    back = await bob.call("send", to=ALICE, text="hi alice")
+    assert back["delivered"] == [ALICE]
+    got = await alice.notification("receive")
+    assert (got["from"], got["name"], got["text"]) == (BOB, "bob", "hi alice")
+    assert await alice.quit() == 0
+    assert await bob.quit() == 0
+
+
+async def test_photo_to_a_group_then_members_quit_and_die(cluster: Cluster, tmp_path: Path) -> None:
+    alice = await cluster.user(ALICE)
+    bob, carol, dave = [await cluster.user(p) for p in (BOB, CAROL, DAVE)]
+    photo = tmp_path / "beach.jpg"
+    photo.write_bytes(image_bytes("JPEG", (320, 240)))
+    digest = hashlib.sha256(photo.read_bytes()).hexdigest()
+    group = await alice.call("createGroup", name="trip", members=[BOB, CAROL, DAVE, ERIN])
+    assert group == {"name": "trip", "members": [BOB, CAROL, DAVE, ERIN]}
+
+    sent = await alice.call("send", to="trip", photo=str(photo))
+    assert sorted(sent["delivered"]) == [BOB, CAROL, DAVE]
+    assert sent["offline"] == [ERIN]
+    assert sent["failed"] == []
+    for member in (bob, carol, dave):
+        got = await member.notification("receive")
+        assert (got["id"], got["from"], got["group"]) == (sent["id"], ALICE, "trip")
+        received = got["photo"]
+        assert received["sha256"] == digest
+        assert received["bytes"] == photo.stat().st_size
+        assert received["mime"] == "image/jpeg"
+        assert received["filename"] == "beach.jpg"
+        path = Path(received["path"])
+        assert path.is_absolute()
+        assert path.parent == member.data_dir / "photos"
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+
+    assert await carol.quit() == 0  # quits: unregisters
+    dave.kill()  # dies: the server notices the dropped connection
+    assert await dave.wait() != 0
+    await asyncio.wait_for(wait_offline(alice, DAVE), 5)
+    status = await alice.call("status", target="trip")
+    assert status == {
+        BOB: {"online": True},
+        CAROL: {"online": False},
+        DAVE: {"online": False},
+        ERIN: {"online": False},
+    }
+    again = await alice.call("send", to="trip", text="still there?")
+    assert again["delivered"] == [BOB]
+    assert sorted(again["offline"]) == [CAROL, DAVE, ERIN]
+    assert (await bob.notification("receive"))["text"] == "still there?"
+
+
+async def test_a_restarted_user_on_a_new_port_is_still_reached(cluster: Cluster) -> None:
+    alice, bob = await cluster.user(ALICE), await cluster.user(BOB)
+    first_port = bob.ready["listen"]
+    assert (await alice.call("send", to=BOB, text="one"))["delivered"] == [BOB]
+    assert await bob.quit() == 0
+    bob = await cluster.user(BOB)
+    assert bob.ready["listen"] != first_port
+    assert (await alice.call("send", to=BOB, text="two"))["delivered"] == [BOB]
+    assert (await bob.notification("receive"))["text"] == "two"
+
+
+async def test_contacts_and_groups_survive_a_restart(cluster: Cluster) -> None:
+    alice = await cluster.user(ALICE)
+    await alice.call("addContact", name="bob", phone=BOB)
+    await alice.call("addContact", name="carol", phone=CAROL)
+    await alice.call("createGroup", name="pals", members=["bob", CAROL])
+    await alice.call("addToGroup", name="pals", member=DAVE)
+    await alice.call("removeFromGroup", name="pals", member="bob")
+    await alice.call("removeContact", name="carol")
+    assert await alice.quit() == 0
+    alice = await cluster.user(ALICE)
+    assert await alice.call("listContacts") == [{"name": "bob", "phone": BOB}]
+    assert await alice.call("listGroups") == [{"name": "pals", "members": [CAROL, DAVE]}]
+
+
+async def test_end_of_input_and_signals_unregister_cleanly(cluster: Cluster) -> None:
+    watcher = await cluster.user(ALICE)
+    bob = await cluster.user(BOB)
+    assert bob.proc.stdin is not None
+    bob.proc.stdin.close()  # end of input
+    assert await bob.wait() == 0
+    assert (await watcher.call("status", target=BOB))[BOB] == {"online": False}
+    for signum in ("SIGTERM", "SIGINT"):
+        carol = await cluster.user(CAROL)
+        carol.proc.send_signal(getattr(__import__("signal"), signum))
+        assert await carol.wait() == 0
+        assert (await watcher.call("status", target=CAROL))[CAROL] == {"online": False}
