@@ -10,11 +10,19 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import image_bytes
-from tests.servers import running_server, session_config
+from tests.servers import FAST, running_server, session_config
 from whatsap2p.app.events import PhotoReceived, TextReceived
 from whatsap2p.app.session import Session
 from whatsap2p.config import Limits
-from whatsap2p.errors import InvalidInput, NumberAlreadyOnline, PhotoRejected, UnknownTarget
+from whatsap2p.errors import (
+    DeliveryFailed,
+    InvalidInput,
+    NumberAlreadyOnline,
+    PhotoRejected,
+    UnknownTarget,
+)
+from whatsap2p.net.peers import PeerLink
+from whatsap2p.protocol import events as ev
 
 ALICE, BOB, CAROL, DAVE = (f"+551199999000{i}" for i in range(1, 5))
 
@@ -148,3 +156,44 @@ async def test_a_peer_that_went_away_is_reported_failed(world: World) -> None:
     report = await alice.send_text(BOB, "hello?")
     assert [phone for phone, _ in report.failed] == [BOB]
     assert report.failed[0][1].startswith("cannot connect")
+
+
+async def test_a_sender_that_dies_mid_photo_leaves_nothing_behind(world: World) -> None:
+    bob = await world.user(BOB)
+    assert bob.listen_address is not None
+    link = await PeerLink.open(
+        ev.PeerAddress(BOB, "127.0.0.1", bob.listen_address[1]), ALICE, Limits(), FAST
+    )
+    data = image_bytes(size=(500, 500), marker=b"\0" * 100_000)
+    offer = ev.PhotoOffer(
+        "p1", "2026-11-27T10:00:00+00:00", "x.png", len(data), "0" * 64, "image/png"
+    )
+    await link._write(offer)
+    await link._write(ev.PhotoChunk("p1", data[:50_000]))
+    photos = bob.config.data_dir / "photos"
+    link._writer.transport.abort()  # the sender dies half-way
+    # the receiver discards the partial file once it sees the connection drop
+    connections = bob._listener._connections
+    await asyncio.wait_for(asyncio.gather(*connections, return_exceptions=True), 5)
+    assert list(photos.iterdir()) == []
+    assert bob.received.empty()
+
+
+async def test_a_damaged_photo_is_reported_failed_and_not_kept(world: World) -> None:
+    bob = await world.user(BOB)
+    assert bob.listen_address is not None
+    link = await PeerLink.open(
+        ev.PeerAddress(BOB, "127.0.0.1", bob.listen_address[1]), ALICE, Limits(), FAST
+    )
+    data = image_bytes()
+    offer = ev.PhotoOffer(
+        "p1", "2026-11-27T10:00:00+00:00", "x.png", len(data), "0" * 64, "image/png"
+    )
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield data
+
+    with pytest.raises(DeliveryFailed, match="SHA-256 does not match"):
+        await link.send_photo(offer, chunks())
+    await link.close()
+    assert list((bob.config.data_dir / "photos").iterdir()) == []

@@ -195,3 +195,58 @@ def test_arbitrary_bytes_at_the_receiver_only_raise_remote_protocol_errors(data:
     receiver = PeerReceiver(now=0)
     with contextlib.suppress(RemoteProtocolError):
         receiver.receive_data(data, now=0)
+
+
+wire_messages = st.one_of(
+    st.builds(ev.Hello, st.sampled_from([ALICE, "bogus", "+1"])),
+    st.builds(
+        ev.Text,
+        st.sampled_from(["m1", "m2", "bad id!"]),
+        st.sampled_from([STAMP, "garbage"]),
+        st.text(max_size=120),
+        st.none() | st.text(max_size=3),
+    ),
+    st.builds(
+        offer,
+        st.integers(min_value=-1, max_value=1100),
+        st.just(b""),
+        st.sampled_from(["p1", "p2"]),
+        mime=st.sampled_from(["image/png", "text/html"]),
+    ),
+    st.builds(ev.PhotoChunk, st.sampled_from(["p1", "p2"]), st.binary(max_size=300)),
+    st.builds(ev.Ack, st.just("m1")),
+    st.builds(ev.Ping, st.integers(0, 3)),
+)
+
+
+@given(st.lists(wire_messages, max_size=25))
+def test_any_sequence_of_messages_keeps_the_receiver_consistent(
+    messages: list[ev.Message],
+) -> None:
+    """Every (state, message) pair either advances the state machine or is refused cleanly."""
+    from whatsap2p.protocol.channel import PlainChannel
+    from whatsap2p.protocol.codec import encode_message
+
+    seal = PlainChannel(LIMITS.max_peer_frame).seal
+    receiver = PeerReceiver(now=0, limits=LIMITS)
+    photo_bytes = 0
+    for message in messages:
+        before = receiver.state
+        try:
+            receiver.receive_data(seal(encode_message(message)), now=0)
+        except RemoteProtocolError:
+            return  # the adapter closes the connection here
+        while (event := receiver.next_event()) is not None:
+            if isinstance(event, ev.PhotoChunk):
+                photo_bytes += len(event.data)
+            if isinstance(event, ev.PhotoOffer):
+                assert 0 < event.size <= LIMITS.max_photo_bytes
+                assert event.mime == "image/png"
+                photo_bytes = 0
+            if isinstance(event, ev.PhotoCompleted):
+                assert receiver.state is ReceiverState.IDLE
+        if before is ReceiverState.AWAIT_HELLO:
+            assert isinstance(message, ev.Hello)
+        if receiver.state is ReceiverState.CLOSED:
+            return
+    assert photo_bytes <= LIMITS.max_photo_bytes
