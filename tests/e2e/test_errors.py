@@ -178,3 +178,23 @@ async def test_garbage_at_a_peer_while_others_keep_working(cluster: Cluster) -> 
     writer.close()
     await writer.wait_closed()
     assert (await alice.call("send", to=BOB, text="ok?"))["delivered"] == [BOB]
+
+
+async def test_when_the_server_goes_away_sends_fail_clearly_and_the_module_lives(
+    tmp_path: Path,
+) -> None:
+    server = await ServerProcess.start()
+    alice = await UserProcess.start(server.address, ALICE, tmp_path / "a")
+    try:
+        assert await server.stop() == 0
+        with pytest.raises(RpcError) as caught:
+            await alice.call("send", to=BOB, text="anyone?")
+        assert caught.value.code == -32000
+        assert "lost the connection to the server" in caught.value.message
+        assert await alice.call("addContact", name="bob", phone=BOB) == {
+            "name": "bob",
+            "phone": BOB,
+        }
+        assert await alice.quit() == 0
+    finally:
+        await alice.close()
