@@ -12,6 +12,7 @@
     │   └── PhotoRejected             missing, unreadable, not an image, too large
     ├── StoreError                    a local file we cannot use
     │   └── CorruptContactsFile
+    ├── CannotListen                  the address to accept peers on is taken or invalid
     ├── DirectoryError                the central server said no or went away
     │   ├── ServerUnreachable
     │   ├── NumberAlreadyOnline
@@ -25,6 +26,7 @@ and `ui/cli.py` is the one place where they become exit codes.
 from __future__ import annotations
 
 __all__ = [
+    "CannotListen",
     "CorruptContactsFile",
     "DeliveryFailed",
     "DirectoryError",
@@ -91,6 +93,10 @@ class StoreError(WhatsAp2pError):
 
 class CorruptContactsFile(StoreError):
     """The contacts file exists but is not one we wrote; it is left untouched."""
+
+
+class CannotListen(WhatsAp2pError):
+    """The module cannot accept peers on the address it was given."""
 
 
 class DirectoryError(WhatsAp2pError):

@@ -19,6 +19,7 @@ from whatsap2p.errors import (
     InvalidInput,
     NumberAlreadyOnline,
     PhotoRejected,
+    StoreError,
     UnknownTarget,
 )
 from whatsap2p.net.peers import PeerLink
@@ -31,8 +32,11 @@ class World:
     def __init__(self, stack: AsyncExitStack, port: int, root: Path) -> None:
         self.stack, self.port, self.root = stack, port, root
 
-    async def user(self, phone: str, limits: Limits | None = None, **timeouts: float) -> Session:
-        config = session_config(self.port, phone, self.root / phone, limits, **timeouts)
+    async def user(
+        self, phone: str, limits: Limits | None = None, data_dir: str = "", **timeouts: float
+    ) -> Session:
+        folder = self.root / (data_dir or phone)
+        config = session_config(self.port, phone, folder, limits, **timeouts)
         return await self.stack.enter_async_context(Session(config))
 
 
@@ -147,7 +151,7 @@ async def test_status_and_one_registration_per_number(world: World) -> None:
     alice.book.create_group("g", [BOB, CAROL])
     assert await alice.status("g") == {BOB: True, CAROL: False}
     with pytest.raises(NumberAlreadyOnline):
-        await world.user(BOB)
+        await world.user(BOB, data_dir="another-bob")
 
 
 async def test_a_peer_that_went_away_is_reported_failed(world: World) -> None:
@@ -197,3 +201,11 @@ async def test_a_damaged_photo_is_reported_failed_and_not_kept(world: World) -> 
         await link.send_photo(offer, chunks())
     await link.close()
     assert list((bob.config.data_dir / "photos").iterdir()) == []
+
+
+async def test_a_data_dir_is_used_by_one_module_at_a_time(world: World) -> None:
+    await world.user(ALICE)
+    config = session_config(world.port, BOB, world.root / ALICE)
+    with pytest.raises(StoreError, match="in use by another whatsap2p module"):
+        await Session(config).start()
+    assert (world.root / ALICE / "photos").is_dir()

@@ -24,8 +24,9 @@ from whatsap2p.app.photos import (
     prepare_photo,
     read_chunks,
 )
+from whatsap2p.app.storage import DataDirLock
 from whatsap2p.config import Limits, Timeouts
-from whatsap2p.errors import DeliveryFailed, InvalidInput, StoreError
+from whatsap2p.errors import CannotListen, DeliveryFailed, InvalidInput, StoreError
 from whatsap2p.net.directory_client import DirectoryClient
 from whatsap2p.net.peers import PeerLink, PeerListener
 from whatsap2p.phone import DEFAULT_REGION
@@ -68,6 +69,7 @@ class Session:
         self.listen_address: tuple[str, int] | None = None
         self.published: ev.Registered | None = None
         self._listener = PeerListener(_Inbound(self), config.limits, config.timeouts)
+        self._lock = DataDirLock(config.data_dir)
         self._directory: DirectoryClient | None = None
 
     @property
@@ -88,13 +90,20 @@ class Session:
         config = self.config
         try:
             config.data_dir.mkdir(parents=True, exist_ok=True)
+            if not self._lock.acquire():
+                raise StoreError(
+                    f"data dir {config.data_dir} is in use by another whatsap2p module"
+                )
+            # Only with the lock held: this clears half-received photos of earlier runs.
             self.photos.open()
         except OSError as exc:
+            self._lock.release()
             raise StoreError(f"cannot use data dir {config.data_dir}: {exc.strerror}") from exc
         try:
             self.listen_address = await self._listener.start(config.listen_host, config.listen_port)
         except OSError as exc:
-            raise StoreError(
+            self._lock.release()
+            raise CannotListen(
                 f"cannot listen on {config.listen_host}:{config.listen_port}: {exc.strerror}"
             ) from exc
         try:
@@ -116,6 +125,7 @@ class Session:
                     await self._directory.unregister()
             await self._directory.close()
         await self._listener.close()
+        self._lock.release()
 
     # --- directory ------------------------------------------------------------------------
 

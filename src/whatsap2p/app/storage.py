@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["write_atomically"]
+__all__ = ["DataDirLock", "write_atomically"]
 
 
 def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -29,3 +30,33 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+class DataDirLock:
+    """An exclusive lock on a data dir, so two modules never write the same files.
+
+    flock is released by the kernel when the process dies, so a killed module never
+    leaves a stale lock behind.
+    """
+
+    FILE_NAME = ".lock"
+
+    def __init__(self, folder: Path) -> None:
+        self._path = folder / self.FILE_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        """True if we now hold the lock, False if another process does."""
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
