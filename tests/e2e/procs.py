@@ -37,6 +37,27 @@ async def run(*args: str, stdin: bytes = b"", timeout: float = TIMEOUT) -> tuple
     return proc.returncode, out.decode(), err.decode()
 
 
+async def spawn_user(
+    server: str, phone: str, data_dir: Path, *args: str
+) -> asyncio.subprocess.Process:
+    """`whatsap2p user` on 127.0.0.1 with a free port, all three standard streams piped."""
+    return await asyncio.create_subprocess_exec(
+        WHATSAP2P,
+        "user",
+        server,
+        "--phone",
+        phone,
+        "--data-dir",
+        str(data_dir),
+        "--listen",
+        "127.0.0.1:0",
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
 class ServerProcess:
     def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
         self.proc = proc
@@ -83,22 +104,7 @@ class UserProcess:
     async def start(
         cls, server: str, phone: str, data_dir: Path, *args: str, wait_ready: bool = True
     ) -> UserProcess:
-        proc = await asyncio.create_subprocess_exec(
-            WHATSAP2P,
-            "user",
-            server,
-            "--phone",
-            phone,
-            "--data-dir",
-            str(data_dir),
-            "--listen",
-            "127.0.0.1:0",
-            "--json",
-            *args,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        proc = await spawn_user(server, phone, data_dir, "--json", *args)
         user = cls(proc, phone, data_dir)
         if wait_ready:
             user.ready = await user.notification("ready")

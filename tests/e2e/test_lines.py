@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tests.conftest import image_bytes
 from tests.e2e.conftest import Cluster
-from tests.e2e.procs import WHATSAP2P
+from tests.e2e.procs import spawn_user
 
 ALICE, BOB = "+5511999990001", "+5511999990002"
 
@@ -18,21 +18,7 @@ async def test_line_mode_sends_receives_and_escapes(cluster: Cluster, tmp_path: 
     await bob.call("addContact", name="pal", phone=ALICE)
     photo = tmp_path / "p.gif"
     photo.write_bytes(image_bytes("GIF"))
-    proc = await asyncio.create_subprocess_exec(
-        WHATSAP2P,
-        "user",
-        cluster.server.address,
-        "--phone",
-        ALICE,
-        "--data-dir",
-        str(tmp_path / "alice"),
-        "--listen",
-        "127.0.0.1:0",
-        "--plain",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await spawn_user(cluster.server.address, ALICE, tmp_path / "alice", "--plain")
     assert proc.stdin is not None
     stdout = proc.stdout
     assert stdout is not None

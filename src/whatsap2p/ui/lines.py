@@ -14,7 +14,7 @@ from whatsap2p.app.session import Session
 from whatsap2p.errors import WhatsAp2pError
 from whatsap2p.ui.stdin import LineReader
 
-__all__ = ["HELP", "LineMode", "escape_untrusted", "format_received"]
+__all__ = ["HELP", "LineMode", "escape_untrusted", "format_received", "split_target"]
 
 HELP = """\
 commands:
@@ -27,6 +27,7 @@ commands:
   /contacts                 list contacts
   /groups                   list groups
   /help                     this text
+  names with spaces go in quotes: /msg "my mom" hello
   /quit                     unregister and leave"""
 
 # Characters that reorder or hide text on a terminal (Trojan Source, CVE-2021-42574).
@@ -57,6 +58,21 @@ def format_received(event: Received) -> str:
     if isinstance(event, PhotoReceived):
         return f"[{clock}] {who}: photo saved to {event.photo.path}"
     return f"[{clock}] {who}: {escape_untrusted(event.text)}"
+
+
+def split_target(rest: str) -> tuple[str, str]:
+    """`TARGET TEXT...` -> (target, text); a target with spaces is written in quotes.
+
+    The text is returned exactly as typed (shlex would eat its quotes and spacing).
+    """
+    rest = rest.lstrip()
+    if rest[:1] in ("'", '"'):
+        end = rest.find(rest[0], 1)
+        if end < 0:
+            raise ValueError("no closing quotation")
+        return rest[1:end], rest[end + 1 :].lstrip()
+    target, _, text = rest.partition(" ")
+    return target, text.lstrip()
 
 
 def format_report(report: DeliveryReport) -> str:
@@ -160,7 +176,7 @@ class LineMode:
                 group = book.create_group(args[0], args[1:])
                 self.say(f"group {group.name}: {' '.join(group.members)}")
         elif name == "/msg":
-            target, _, text = rest.partition(" ")
+            target, text = split_target(rest)
             if not target or not text:
                 self.say("usage: /msg TARGET TEXT...")
             else:
@@ -172,10 +188,11 @@ class LineMode:
             else:
                 self.say(format_report(await self._session.send_photo(*args)))
         elif name == "/who":
-            if not rest:
+            target, extra = split_target(rest)
+            if not target or extra:
                 self.say("usage: /who TARGET")
             else:
-                online = await self._session.status(rest)
+                online = await self._session.status(target)
                 self.say(
                     ", ".join(f"{p} {'online' if up else 'offline'}" for p, up in online.items())
                 )
