@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,23 +11,53 @@ from dataclasses import replace
 from pathlib import Path
 
 from whatsap2p.app.session import SessionConfig
-from whatsap2p.config import Limits, Timeouts
+from whatsap2p.config import Limits, RateLimits, Timeouts
+from whatsap2p.net.directory_client import DirectoryClient
+from whatsap2p.protocol.keys import StaticKey
+from whatsap2p.server.bindings import Bindings
 from whatsap2p.server.directory import Directory, MemoryDirectory
 from whatsap2p.server.service import DirectoryServer, ServerConfig
 
-FAST = Timeouts(connect=2, server_reply=3, write_drain=2, peer_ack=3, hello_deadline=2, peer_idle=5)
+FAST = Timeouts(
+    connect=2,
+    handshake=2,
+    server_reply=3,
+    write_drain=2,
+    peer_ack=3,
+    hello_deadline=2,
+    peer_idle=5,
+)
+SERVER_KEY = StaticKey.generate()
 
 
 @asynccontextmanager
 async def running_server(
-    timeouts: Timeouts = FAST, directory: Directory | None = None
+    timeouts: Timeouts = FAST,
+    directory: Directory | None = None,
+    rates: RateLimits | None = None,
+    db: Path | None = None,
 ) -> AsyncIterator[tuple[DirectoryServer, int]]:
-    server = DirectoryServer(ServerConfig("127.0.0.1", 0, timeouts=timeouts), directory)
-    _, port = await server.start()
-    try:
-        yield server, port
-    finally:
-        await server.close()
+    with tempfile.TemporaryDirectory() as scratch:
+        bindings = Bindings(db or Path(scratch) / "bindings.sqlite3")
+        config = ServerConfig(
+            SERVER_KEY, "127.0.0.1", 0, timeouts=timeouts, rates=rates or RateLimits()
+        )
+        server = DirectoryServer(config, bindings, directory)
+        _, port = await server.start()
+        try:
+            yield server, port
+        finally:
+            await server.close()
+            bindings.close()
+
+
+async def directory_client(
+    port: int, key: StaticKey | None = None, timeouts: Timeouts = FAST
+) -> DirectoryClient:
+    """A bare client of the directory, with a fresh key unless one is given."""
+    return await DirectoryClient.connect(
+        "127.0.0.1", port, key or StaticKey.generate(), timeouts=timeouts
+    )
 
 
 def session_config(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Limits", "MiB", "Timeouts"]
+__all__ = ["Limits", "MiB", "RateLimits", "Timeouts"]
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -40,6 +40,8 @@ class Timeouts:
 
     #: Opening a TCP connection (to the server or to a peer).
     connect: float = 5.0
+    #: Completing the secure handshake: how long a connection may stay unauthenticated.
+    handshake: float = 5.0
     #: Waiting for the server to answer a request.
     server_reply: float = 10.0
     #: Interval between heartbeats sent to the server.
@@ -56,3 +58,25 @@ class Timeouts:
     write_drain: float = 15.0
     #: Sender side: waiting for the acknowledgement after the last byte was sent.
     peer_ack: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimits:
+    """Server side: how much one connection and one source IP may ask.
+
+    Lookups cost one token per phone number asked, so enumerating numbers is slow while
+    a group send is one cheap request. The per-IP defaults leave room for many user
+    modules on one computer; an operator running a load test from one host raises them.
+    """
+
+    #: Numbers looked up per second by one connection, and the burst it may save up.
+    lookup_rate: float = 200.0
+    lookup_burst: float = 2000.0
+    #: The same, for all connections from one source IP together.
+    ip_lookup_rate: float = 5000.0
+    ip_lookup_burst: float = 20000.0
+    #: Registrations per second from one source IP (each connection registers once).
+    ip_register_rate: float = 50.0
+    ip_register_burst: float = 500.0
+    #: Connections from one IP that have not completed the secure handshake yet.
+    max_unauthenticated_per_ip: int = 256

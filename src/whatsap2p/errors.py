@@ -4,7 +4,8 @@
     ├── ProtocolError                 a party broke the wire protocol
     │   ├── LocalProtocolError        we were about to (a bug on our side)
     │   └── RemoteProtocolError       the other side did (bad bytes, wrong order)
-    │       └── FrameTooLarge
+    │       ├── FrameTooLarge
+    │       └── RemoteKeyMismatch     its key is not the one we expected
     ├── InvalidInput                  a request we refuse; JSON-RPC -32602
     │   ├── InvalidPhoneNumber
     │   ├── UnknownTarget             no such contact or group
@@ -16,6 +17,9 @@
     ├── DirectoryError                the central server said no or went away
     │   ├── ServerUnreachable
     │   ├── NumberAlreadyOnline
+    │   ├── NumberBound               the number belongs to another key
+    │   ├── ServerKeyMismatch         the server is not the one we were told to trust
+    │   ├── RateLimited
     │   └── ServerRefused
     └── DeliveryFailed                one peer could not be given a message
 
@@ -36,9 +40,13 @@ __all__ = [
     "LocalProtocolError",
     "NameConflict",
     "NumberAlreadyOnline",
+    "NumberBound",
     "PhotoRejected",
     "ProtocolError",
+    "RateLimited",
+    "RemoteKeyMismatch",
     "RemoteProtocolError",
+    "ServerKeyMismatch",
     "ServerRefused",
     "ServerUnreachable",
     "StoreError",
@@ -65,6 +73,14 @@ class RemoteProtocolError(ProtocolError):
 
 class FrameTooLarge(RemoteProtocolError):
     """A frame header announced more bytes than we accept."""
+
+
+class RemoteKeyMismatch(RemoteProtocolError):
+    """The other side proved a key, but not the one we expected of it."""
+
+    def __init__(self, message: str, remote_key: bytes) -> None:
+        super().__init__(message)
+        self.remote_key = remote_key
 
 
 class InvalidInput(WhatsAp2pError):
@@ -109,6 +125,18 @@ class ServerUnreachable(DirectoryError):
 
 class NumberAlreadyOnline(DirectoryError):
     """Another module is already registered with this number."""
+
+
+class NumberBound(DirectoryError):
+    """The number is bound to another key at the server."""
+
+
+class ServerKeyMismatch(DirectoryError):
+    """The server proved a key other than the one given with --server-key."""
+
+
+class RateLimited(DirectoryError):
+    """The server refuses because we asked too much too fast."""
 
 
 class ServerRefused(DirectoryError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -10,27 +11,31 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import image_bytes
-from tests.servers import FAST, running_server, session_config
-from whatsap2p.app.events import PhotoReceived, TextReceived
-from whatsap2p.app.session import Session
+from tests.servers import FAST, directory_client, running_server, session_config
+from whatsap2p.app.events import IdentityChanged, PhotoReceived, SessionEvent, TextReceived
+from whatsap2p.app.session import IDENTITY_FILE, Session
 from whatsap2p.config import Limits
 from whatsap2p.errors import (
     DeliveryFailed,
     InvalidInput,
     NumberAlreadyOnline,
+    NumberBound,
     PhotoRejected,
     StoreError,
     UnknownTarget,
 )
 from whatsap2p.net.peers import PeerLink
 from whatsap2p.protocol import events as ev
+from whatsap2p.server.service import DirectoryServer
 
 ALICE, BOB, CAROL, DAVE = (f"+551199999000{i}" for i in range(1, 5))
 
 
 class World:
-    def __init__(self, stack: AsyncExitStack, port: int, root: Path) -> None:
-        self.stack, self.port, self.root = stack, port, root
+    def __init__(
+        self, stack: AsyncExitStack, server: DirectoryServer, port: int, root: Path
+    ) -> None:
+        self.stack, self.server, self.port, self.root = stack, server, port, root
 
     async def user(
         self, phone: str, limits: Limits | None = None, data_dir: str = "", **timeouts: float
@@ -43,12 +48,12 @@ class World:
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
     async with AsyncExitStack() as stack:
-        _, port = await stack.enter_async_context(running_server())
-        yield World(stack, port, tmp_path)
+        server, port = await stack.enter_async_context(running_server())
+        yield World(stack, server, port, tmp_path)
 
 
-async def next_received(session: Session) -> TextReceived | PhotoReceived:
-    return await asyncio.wait_for(session.received.get(), 10)
+async def next_event(session: Session) -> SessionEvent:
+    return await asyncio.wait_for(session.events.get(), 10)
 
 
 async def test_text_both_ways_with_contact_names(world: World) -> None:
@@ -56,7 +61,7 @@ async def test_text_both_ways_with_contact_names(world: World) -> None:
     bob.book.add_contact("alice", ALICE)
     report = await alice.send_text(BOB, "hello bob")
     assert (report.delivered, report.offline, report.failed) == ([BOB], [], [])
-    got = await next_received(bob)
+    got = await next_event(bob)
     assert isinstance(got, TextReceived)
     assert (got.id, got.sender, got.name, got.group, got.text) == (
         report.id,
@@ -67,7 +72,7 @@ async def test_text_both_ways_with_contact_names(world: World) -> None:
     )
     back = await bob.send_text("alice", "hi alice")
     assert back.delivered == [ALICE]
-    got = await next_received(alice)
+    got = await next_event(alice)
     assert isinstance(got, TextReceived)
     assert (got.sender, got.name) == (BOB, None)
 
@@ -79,7 +84,7 @@ async def test_photo_to_a_group_with_an_offline_member(world: World, photo: Path
     assert sorted(report.delivered) == [BOB, CAROL]
     assert report.offline == [DAVE]  # and alice is never among her own recipients
     for member in (bob, carol):
-        got = await next_received(member)
+        got = await next_event(member)
         assert isinstance(got, PhotoReceived)
         assert got.group == "trip"
         assert got.photo.path.read_bytes() == photo.read_bytes()
@@ -98,13 +103,11 @@ async def test_a_frozen_peer_does_not_hold_up_the_others(world: World) -> None:
 
     frozen = await asyncio.start_server(never_answer, "127.0.0.1", 0)
     carol = await world.user(CAROL)
-    await carol._listener.close()
+    await carol._listener.close()  # type: ignore[union-attr]
     carol_port = frozen.sockets[0].getsockname()[1]
     await carol._directory.unregister()  # type: ignore[union-attr]
     await carol._directory.close()  # type: ignore[union-attr]
-    from whatsap2p.net.directory_client import DirectoryClient
-
-    impostor = await DirectoryClient.connect("127.0.0.1", world.port)
+    impostor = await directory_client(world.port, carol.identity)
     await impostor.register(CAROL, carol_port)
     alice.book.create_group("pals", [BOB, CAROL])
     loop = asyncio.get_running_loop()
@@ -112,9 +115,9 @@ async def test_a_frozen_peer_does_not_hold_up_the_others(world: World) -> None:
     report = await alice.send_text("pals", "anyone?")
     assert report.delivered == [BOB]
     assert [phone for phone, _ in report.failed] == [CAROL]
-    assert "no acknowledgement" in report.failed[0][1]
+    assert "timed out" in report.failed[0][1]
     assert loop.time() - started < 5
-    assert isinstance(await next_received(bob), TextReceived)
+    assert isinstance(await next_event(bob), TextReceived)
     await impostor.close()
     for writer in held:
         writer.close()
@@ -150,24 +153,37 @@ async def test_status_and_one_registration_per_number(world: World) -> None:
     await world.user(BOB)
     alice.book.create_group("g", [BOB, CAROL])
     assert await alice.status("g") == {BOB: True, CAROL: False}
+    twin = world.root / "bob-twin"  # the same key in another data dir
+    twin.mkdir()
+    shutil.copy(world.root / BOB / IDENTITY_FILE, twin / IDENTITY_FILE)
     with pytest.raises(NumberAlreadyOnline):
-        await world.user(BOB, data_dir="another-bob")
+        await world.user(BOB, data_dir="bob-twin")
+    with pytest.raises(NumberBound, match="bound to another key"):
+        await world.user(BOB, data_dir="stranger")  # a new key
 
 
 async def test_a_peer_that_went_away_is_reported_failed(world: World) -> None:
     alice, bob = await world.user(ALICE), await world.user(BOB)
-    await bob._listener.close()  # registered, but nobody listens any more
+    await bob._listener.close()  # type: ignore[union-attr]  # registered, but nobody listens any more
     report = await alice.send_text(BOB, "hello?")
     assert [phone for phone, _ in report.failed] == [BOB]
     assert report.failed[0][1].startswith("cannot connect")
 
 
-async def test_a_sender_that_dies_mid_photo_leaves_nothing_behind(world: World) -> None:
-    bob = await world.user(BOB)
-    assert bob.listen_address is not None
-    link = await PeerLink.open(
-        ev.PeerAddress(BOB, "127.0.0.1", bob.listen_address[1]), ALICE, Limits(), FAST
+async def raw_link(sender: Session, receiver: Session) -> PeerLink:
+    """A bare peer link from `sender` to `receiver`, to send what a Session would not."""
+    assert receiver.listen_address is not None
+    assert receiver.identity is not None
+    assert sender.identity is not None
+    address = ev.PeerAddress(
+        receiver.phone, "127.0.0.1", receiver.listen_address[1], receiver.identity.public
     )
+    return await PeerLink.open(address, sender.phone, sender.identity, Limits(), FAST)
+
+
+async def test_a_sender_that_dies_mid_photo_leaves_nothing_behind(world: World) -> None:
+    alice, bob = await world.user(ALICE), await world.user(BOB)
+    link = await raw_link(alice, bob)
     data = image_bytes(size=(500, 500), marker=b"\0" * 100_000)
     offer = ev.PhotoOffer(
         "p1", "2026-11-27T10:00:00+00:00", "x.png", len(data), "0" * 64, "image/png"
@@ -177,18 +193,15 @@ async def test_a_sender_that_dies_mid_photo_leaves_nothing_behind(world: World) 
     photos = bob.config.data_dir / "photos"
     link._writer.transport.abort()  # the sender dies half-way
     # the receiver discards the partial file once it sees the connection drop
-    connections = bob._listener._connections
+    connections = bob._listener._connections  # type: ignore[union-attr]
     await asyncio.wait_for(asyncio.gather(*connections, return_exceptions=True), 5)
     assert list(photos.iterdir()) == []
-    assert bob.received.empty()
+    assert bob.events.empty()
 
 
 async def test_a_damaged_photo_is_reported_failed_and_not_kept(world: World) -> None:
-    bob = await world.user(BOB)
-    assert bob.listen_address is not None
-    link = await PeerLink.open(
-        ev.PeerAddress(BOB, "127.0.0.1", bob.listen_address[1]), ALICE, Limits(), FAST
-    )
+    alice, bob = await world.user(ALICE), await world.user(BOB)
+    link = await raw_link(alice, bob)
     data = image_bytes()
     offer = ev.PhotoOffer(
         "p1", "2026-11-27T10:00:00+00:00", "x.png", len(data), "0" * 64, "image/png"
@@ -209,3 +222,48 @@ async def test_a_data_dir_is_used_by_one_module_at_a_time(world: World) -> None:
     with pytest.raises(StoreError, match="in use by another whatsap2p module"):
         await Session(config).start()
     assert (world.root / ALICE / "photos").is_dir()
+
+
+async def test_a_changed_key_is_caught_both_ways_until_trusted(world: World) -> None:
+    alice, bob = await world.user(ALICE), await world.user(BOB)
+    assert (await alice.send_text(BOB, "hi")).delivered == [BOB]  # both pin each other
+    await next_event(bob)
+    assert alice.trust.pinned(BOB) == bob.identity.public  # type: ignore[union-attr]
+    assert bob.trust.pinned(ALICE) == alice.identity.public  # type: ignore[union-attr]
+    # bob's number moves to a new key (his server binding was released)
+    await bob.close()
+    assert world.server.bindings.release(BOB)
+    new_bob = await world.user(BOB, data_dir="new-bob")
+    assert new_bob.identity is not None
+    assert new_bob.identity.public != bob.identity.public  # type: ignore[union-attr]
+
+    report = await alice.send_text(BOB, "is it you?")
+    assert report.delivered == []
+    assert report.failed[0][0] == BOB
+    assert "identity changed" in report.failed[0][1]
+    assert await next_event(alice) == IdentityChanged(BOB, new_bob.fingerprint)
+    assert new_bob.events.empty()  # nothing was sent
+
+    back = await new_bob.send_text(ALICE, "it's me, new phone")  # new_bob pins alice fine,
+    assert "identity changed" in back.failed[0][1]  # but alice refuses the unknown key
+    assert alice.events.empty()  # the change was already announced once
+
+    assert await alice.trust_key(BOB) == (BOB, new_bob.fingerprint)
+    assert (await alice.send_text(BOB, "welcome back")).delivered == [BOB]
+    assert (await new_bob.send_text(ALICE, "thanks")).delivered == [ALICE]
+
+
+async def test_a_sender_claiming_another_number_is_refused(world: World) -> None:
+    alice, bob = await world.user(ALICE), await world.user(BOB)
+    mallory = await world.user(CAROL)
+    assert mallory.identity is not None
+    assert bob.listen_address is not None
+    assert bob.identity is not None
+    address = ev.PeerAddress(BOB, "127.0.0.1", bob.listen_address[1], bob.identity.public)
+    # mallory proves her own key but claims to be alice
+    link = await PeerLink.open(address, ALICE, mallory.identity, Limits(), FAST)
+    with pytest.raises(DeliveryFailed, match=r"not the one bound to \+5511999990001"):
+        await link.send_text(ev.Text("m1", "2026-11-27T10:00:00+00:00", "it's alice, honest"))
+    await link.close()
+    assert bob.events.empty()
+    assert alice.phone == ALICE

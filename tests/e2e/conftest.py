@@ -26,7 +26,7 @@ class Cluster:
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    server = await ServerProcess.start()
+    server = await ServerProcess.start(tmp_path / "server" / "bindings.sqlite3")
     cluster = Cluster(server, tmp_path)
     try:
         yield cluster

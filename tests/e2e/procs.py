@@ -59,26 +59,35 @@ async def spawn_user(
 
 
 class ServerProcess:
-    def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
+    def __init__(
+        self, proc: asyncio.subprocess.Process, port: int, fingerprint: str, db: Path
+    ) -> None:
         self.proc = proc
         self.port = port
         self.address = f"127.0.0.1:{port}"
+        self.fingerprint = fingerprint
+        self.db = db
 
     @classmethod
-    async def start(cls, *args: str) -> ServerProcess:
+    async def start(cls, db: Path, *args: str, port: int = 0) -> ServerProcess:
+        """A server with its bindings in `db` (its key beside it, in `db`.key)."""
         proc = await asyncio.create_subprocess_exec(
             WHATSAP2P,
             "server",
             "--port",
-            "0",
+            str(port),
+            "--db",
+            str(db),
             *args,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
         assert proc.stdout is not None
+        first = (await asyncio.wait_for(proc.stdout.readline(), TIMEOUT)).decode()
+        assert first.startswith("fingerprint "), first
         line = (await asyncio.wait_for(proc.stdout.readline(), TIMEOUT)).decode()
         assert line.startswith("listening on 127.0.0.1:"), line
-        return cls(proc, int(line.rsplit(":", 1)[1]))
+        return cls(proc, int(line.rsplit(":", 1)[1]), first.split()[1], db)
 
     async def stop(self, signum: int = signal.SIGTERM) -> int:
         if self.proc.returncode is None:

@@ -16,7 +16,7 @@ from whatsap2p.protocol.codec import decode_message, encode_message
 texts = st.text(max_size=50)
 ints = st.integers(min_value=-(2**63), max_value=2**64 - 1)
 optional = st.none() | texts
-addresses = st.builds(ev.PeerAddress, texts, texts, ints)
+addresses = st.builds(ev.PeerAddress, texts, texts, ints, st.binary(max_size=32))
 
 messages = st.one_of(
     st.builds(ev.Register, ints, texts, ints, optional),
@@ -34,6 +34,7 @@ messages = st.one_of(
     st.builds(ev.PhotoChunk, texts, st.binary(max_size=100)),
     st.builds(ev.Ack, texts),
     st.builds(ev.Rejected, texts, texts),
+    st.builds(ev.Closing, texts),
 )
 
 

@@ -82,7 +82,7 @@ def test_full_life_register_lookup_unregister() -> None:
     assert client.next_event() == ev.Registered(1, PHONE, "10.0.0.5", 4000)
     server.receive_data(client.send(ev.Lookup(2, ("+5511999990002",))), now=1)
     assert isinstance(server.next_event(), ev.Lookup)
-    found = ev.PeerAddress("+5511999990002", "127.0.0.1", 5000)
+    found = ev.PeerAddress("+5511999990002", "127.0.0.1", 5000, b"k" * 32)
     client.receive_data(server.send(ev.LookupResult(2, (found,))))
     assert client.next_event() == ev.LookupResult(2, (found,))
     server.receive_data(client.send(ev.Unregister(3)), now=2)

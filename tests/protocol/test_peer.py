@@ -39,7 +39,7 @@ class Pair:
             events.append(event)
         return events
 
-    def answer(self, answer: ev.Ack | ev.Rejected) -> ev.Ack | ev.Rejected | None:
+    def answer(self, answer: ev.Ack | ev.Rejected) -> ev.Ack | ev.Rejected | ev.Closing | None:
         self.sender.receive_data(self.receiver.send(answer))
         return self.sender.next_event()
 

@@ -1,4 +1,4 @@
-"""What the Session tells its UI: messages that arrived, and how a send went."""
+"""What the Session tells its UI: messages that arrived, key changes, how a send went."""
 
 from __future__ import annotations
 
@@ -6,7 +6,14 @@ from dataclasses import dataclass, field
 
 from whatsap2p.app.photos import StoredPhoto
 
-__all__ = ["DeliveryReport", "PhotoReceived", "Received", "TextReceived"]
+__all__ = [
+    "DeliveryReport",
+    "IdentityChanged",
+    "PhotoReceived",
+    "Received",
+    "SessionEvent",
+    "TextReceived",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +37,18 @@ class PhotoReceived:
 
 
 Received = TextReceived | PhotoReceived
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityChanged:
+    """`phone` proved a key other than the one pinned for it; nothing goes to or comes
+    from it until the user trusts the new key."""
+
+    phone: str
+    fingerprint: str
+
+
+SessionEvent = TextReceived | PhotoReceived | IdentityChanged
 
 
 @dataclass(slots=True)

@@ -1,7 +1,12 @@
 """The Session: one user module's life — register, look up, send, receive.
 
-Every UI (JSON-RPC, plain lines, terminal UI) drives a Session and reads its `received`
+Every UI (JSON-RPC, plain lines, terminal UI) drives a Session and reads its `events`
 queue; none of them touches a socket.
+
+Who is who: the module proves its own key (identity.key) to the server and to peers.
+A send only completes a handshake with the key the server returned for the number and,
+once a number's key is pinned (trust.json, trust on first use), only with that key. A
+receiver checks that the key a sender proved is the one bound to the number it claims.
 """
 
 from __future__ import annotations
@@ -15,8 +20,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from whatsap2p.app.contacts import FILE_NAME, AddressBook, Recipients
-from whatsap2p.app.events import DeliveryReport, PhotoReceived, Received, TextReceived
+from whatsap2p.app.contacts import FILE_NAME as CONTACTS_FILE
+from whatsap2p.app.contacts import AddressBook, Recipients
+from whatsap2p.app.events import (
+    DeliveryReport,
+    IdentityChanged,
+    PhotoReceived,
+    SessionEvent,
+    TextReceived,
+)
 from whatsap2p.app.photos import (
     IncomingPhoto,
     OutgoingPhoto,
@@ -25,16 +37,28 @@ from whatsap2p.app.photos import (
     read_chunks,
 )
 from whatsap2p.app.storage import DataDirLock
+from whatsap2p.app.trust import FILE_NAME as TRUST_FILE
+from whatsap2p.app.trust import TrustStore
 from whatsap2p.config import Limits, Timeouts
-from whatsap2p.errors import CannotListen, DeliveryFailed, InvalidInput, StoreError
+from whatsap2p.errors import (
+    CannotListen,
+    DeliveryFailed,
+    DirectoryError,
+    InvalidInput,
+    StoreError,
+)
+from whatsap2p.keyfile import load_or_create_key
 from whatsap2p.net.directory_client import DirectoryClient
 from whatsap2p.net.peers import PeerLink, PeerListener
-from whatsap2p.phone import DEFAULT_REGION
+from whatsap2p.phone import DEFAULT_REGION, normalise_phone
 from whatsap2p.protocol import events as ev
+from whatsap2p.protocol.keys import StaticKey, fingerprint
 
-__all__ = ["Session", "SessionConfig"]
+__all__ = ["IDENTITY_FILE", "Session", "SessionConfig"]
 
 log = logging.getLogger(__name__)
+
+IDENTITY_FILE = "identity.key"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +71,8 @@ class SessionConfig:
     listen_port: int = 0
     advertise: str | None = None
     region: str = DEFAULT_REGION
+    #: Refuse any server whose key does not have this fingerprint.
+    server_fingerprint: str | None = None
     limits: Limits = field(default_factory=Limits)
     timeouts: Timeouts = field(default_factory=Timeouts)
 
@@ -62,21 +88,30 @@ class Session:
         self.config = config
         self.phone = config.phone
         self.book = AddressBook.load(
-            config.data_dir / FILE_NAME, config.region, config.limits.max_name_chars
+            config.data_dir / CONTACTS_FILE, config.region, config.limits.max_name_chars
         )
+        self.trust = TrustStore.load(config.data_dir / TRUST_FILE)
         self.photos = PhotoStore(config.data_dir / "photos", config.limits)
-        self.received: asyncio.Queue[Received] = asyncio.Queue()
+        self.events: asyncio.Queue[SessionEvent] = asyncio.Queue()
         self.listen_address: tuple[str, int] | None = None
         self.published: ev.Registered | None = None
-        self._listener = PeerListener(_Inbound(self), config.limits, config.timeouts)
-        self._lock = DataDirLock(config.data_dir)
+        self.identity: StaticKey | None = None
+        self._listener: PeerListener | None = None
         self._directory: DirectoryClient | None = None
+        self._lock = DataDirLock(config.data_dir)
+        #: Keys that differ from the pinned ones, waiting for the user's `trust`.
+        self._changed: dict[str, bytes] = {}
 
     @property
     def server_lost(self) -> asyncio.Event:
         """Set when the connection to the server ends (and with it the registration)."""
         assert self._directory is not None
         return self._directory.closed
+
+    @property
+    def fingerprint(self) -> str:
+        assert self.identity is not None, "start() the session first"
+        return self.identity.fingerprint
 
     async def __aenter__(self) -> Session:
         await self.start()
@@ -86,7 +121,7 @@ class Session:
         await self.close()
 
     async def start(self) -> None:
-        """Listen for peers, then register at the server (so we are reachable when listed)."""
+        """Take the data dir, listen for peers, then register (reachable once listed)."""
         config = self.config
         try:
             config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -96,9 +131,14 @@ class Session:
                 )
             # Only with the lock held: this clears half-received photos of earlier runs.
             self.photos.open()
+            self.identity = load_or_create_key(config.data_dir / IDENTITY_FILE)
         except OSError as exc:
             self._lock.release()
             raise StoreError(f"cannot use data dir {config.data_dir}: {exc.strerror}") from exc
+        except BaseException:
+            self._lock.release()
+            raise
+        self._listener = PeerListener(_Inbound(self), self.identity, config.limits, config.timeouts)
         try:
             self.listen_address = await self._listener.start(config.listen_host, config.listen_port)
         except OSError as exc:
@@ -108,7 +148,12 @@ class Session:
             ) from exc
         try:
             self._directory = await DirectoryClient.connect(
-                config.server_host, config.server_port, config.limits, config.timeouts
+                config.server_host,
+                config.server_port,
+                self.identity,
+                server_fingerprint=config.server_fingerprint,
+                limits=config.limits,
+                timeouts=config.timeouts,
             )
             self.published = await self._directory.register(
                 self.phone, self.listen_address[1], config.advertise
@@ -124,10 +169,11 @@ class Session:
                 with contextlib.suppress(Exception):
                     await self._directory.unregister()
             await self._directory.close()
-        await self._listener.close()
+        if self._listener is not None:
+            await self._listener.close()
         self._lock.release()
 
-    # --- directory ------------------------------------------------------------------------
+    # --- directory and trust ------------------------------------------------------------
 
     async def lookup(self, phones: list[str]) -> dict[str, ev.PeerAddress]:
         assert self._directory is not None, "start() the session first"
@@ -138,6 +184,35 @@ class Session:
         recipients = self.book.resolve(target)
         online = await self.lookup(list(recipients.phones))
         return {phone: phone in online for phone in recipients.phones}
+
+    async def trust_key(self, phone_text: str) -> tuple[str, str]:
+        """Accept the key `phone` now has (the changed one we saw, or the one the server
+        holds for it now); returns (phone, fingerprint)."""
+        phone = normalise_phone(phone_text, self.config.region)
+        key = self._changed.pop(phone, None)
+        if key is None:
+            online = await self.lookup([phone])
+            key = online[phone].key if phone in online else self.trust.pinned(phone)
+        if key is None:
+            raise InvalidInput(f"no key known for {phone}: it has not been seen online")
+        self.trust.pin(phone, key)
+        return phone, fingerprint(key)
+
+    def _check_pinned(self, phone: str, key: bytes) -> str | None:
+        """None if `key` may be used for `phone` (pinning it on first use), else why not."""
+        pinned = self.trust.pinned(phone)
+        if pinned is None:
+            self.trust.pin(phone, key)
+            return None
+        if pinned == key:
+            return None
+        if self._changed.get(phone) != key:
+            self._changed[phone] = key
+            self._publish(IdentityChanged(phone, fingerprint(key)))
+        return (
+            f"identity changed: {phone} now proves key {fingerprint(key)}, not the "
+            f"pinned {fingerprint(pinned)}; nothing was sent (use trust to accept it)"
+        )
 
     # --- sending --------------------------------------------------------------------------
 
@@ -193,13 +268,22 @@ class Session:
         online = await self.lookup(list(recipients.phones))
         report = DeliveryReport(message_id)
         report.offline = [p for p in recipients.phones if p not in online]
-        targets = [p for p in recipients.phones if p in online]
+        targets = []
+        for phone in recipients.phones:
+            if phone in online:
+                refusal = self._check_pinned(phone, online[phone].key)
+                if refusal is None:
+                    targets.append(phone)
+                else:
+                    report.failed.append((phone, refusal))
         outcomes = await asyncio.gather(*(self._deliver_to(online[p], deliver) for p in targets))
         for phone, error in zip(targets, outcomes, strict=True):
             if error is None:
                 report.delivered.append(phone)
             else:
                 report.failed.append((phone, error))
+        order = {phone: i for i, phone in enumerate(recipients.phones)}
+        report.failed.sort(key=lambda failure: order[failure[0]])
         return report
 
     async def _deliver_to(
@@ -207,8 +291,11 @@ class Session:
     ) -> str | None:
         """None when the peer acknowledged, else the reason it did not."""
         config = self.config
+        assert self.identity is not None
         try:
-            link = await PeerLink.open(address, self.phone, config.limits, config.timeouts)
+            link = await PeerLink.open(
+                address, self.phone, self.identity, config.limits, config.timeouts
+            )
             try:
                 await deliver(link)
             finally:
@@ -220,15 +307,27 @@ class Session:
 
     # --- receiving ------------------------------------------------------------------------
 
-    def _publish(self, event: Received) -> None:
-        self.received.put_nowait(event)
+    def _publish(self, event: SessionEvent) -> None:
+        self.events.put_nowait(event)
 
 
 class _Inbound:
-    """What the peer listener calls: turns messages into events for the UI."""
+    """What the peer listener calls: checks senders, turns messages into events."""
 
     def __init__(self, session: Session) -> None:
         self._session = session
+
+    async def sender_proved(self, sender: str, key: bytes) -> None:
+        session = self._session
+        try:
+            online = await session.lookup([sender])
+        except DirectoryError as exc:
+            raise DeliveryFailed(f"cannot check the sender's key: {exc}") from exc
+        if sender not in online or online[sender].key != key:
+            raise DeliveryFailed(f"the sender's key is not the one bound to {sender}")
+        refusal = session._check_pinned(sender, key)
+        if refusal is not None:
+            raise DeliveryFailed(refusal)
 
     async def text_received(self, sender: str, text: ev.Text) -> None:
         session = self._session

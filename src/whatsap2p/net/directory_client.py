@@ -10,18 +10,30 @@ from whatsap2p.config import Limits, Timeouts
 from whatsap2p.errors import (
     DirectoryError,
     NumberAlreadyOnline,
+    NumberBound,
     ProtocolError,
+    RateLimited,
+    RemoteKeyMismatch,
+    ServerKeyMismatch,
     ServerRefused,
     ServerUnreachable,
 )
 from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.directory import DirectoryClientConnection
+from whatsap2p.protocol.keys import StaticKey, fingerprint
+from whatsap2p.protocol.noise import NoiseChannel
 
 __all__ = ["DirectoryClient"]
 
 log = logging.getLogger(__name__)
 
 _READ_SIZE = 64 * 1024
+
+_FAILURES: dict[str, type[DirectoryError]] = {
+    "number-online": NumberAlreadyOnline,
+    "number-bound": NumberBound,
+    "rate-limited": RateLimited,
+}
 
 
 class DirectoryClient:
@@ -31,13 +43,15 @@ class DirectoryClient:
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        limits: Limits,
+        conn: DirectoryClientConnection,
         timeouts: Timeouts,
     ) -> None:
+        """Use `connect`: it hands over a connection whose secure channel is established."""
         self._reader = reader
         self._writer = writer
         self._timeouts = timeouts
-        self._conn = DirectoryClientConnection(limits)
+        self._conn = conn
+        self.server_key = conn.remote_key
         self._waiting: dict[int, asyncio.Future[ev.Message]] = {}
         self._lost: BaseException | None = None
         self.closed = asyncio.Event()
@@ -46,17 +60,59 @@ class DirectoryClient:
 
     @classmethod
     async def connect(
-        cls, host: str, port: int, limits: Limits | None = None, timeouts: Timeouts | None = None
+        cls,
+        host: str,
+        port: int,
+        key: StaticKey,
+        *,
+        server_fingerprint: str | None = None,
+        limits: Limits | None = None,
+        timeouts: Timeouts | None = None,
     ) -> DirectoryClient:
+        """Connect and complete the secure handshake; with `server_fingerprint`, refuse
+        any server that proves another key (before revealing ours)."""
         timeouts = timeouts or Timeouts()
+        limits = limits or Limits()
+        where = f"{host}:{port}"
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(host, port), timeouts.connect
             )
         except (OSError, TimeoutError) as exc:
             reason = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
-            raise ServerUnreachable(f"cannot reach the server at {host}:{port}: {reason}") from exc
-        return cls(reader, writer, limits or Limits(), timeouts)
+            raise ServerUnreachable(f"cannot reach the server at {where}: {reason}") from exc
+        channel = NoiseChannel(
+            key,
+            initiator=True,
+            max_body=limits.max_directory_frame,
+            expected_fingerprint=server_fingerprint,
+        )
+        conn = DirectoryClientConnection(limits, channel)
+        try:
+            async with asyncio.timeout(timeouts.handshake):
+                writer.write(conn.data_to_send())
+                while not conn.established:
+                    data = await reader.read(_READ_SIZE)
+                    if not data:
+                        raise ServerUnreachable(f"the server at {where} closed the connection")
+                    conn.receive_data(data)
+                    writer.write(conn.data_to_send())
+                await writer.drain()
+        except RemoteKeyMismatch as exc:
+            writer.close()
+            raise ServerKeyMismatch(
+                f"the server at {where} has key {fingerprint(exc.remote_key)}, "
+                f"not the expected {server_fingerprint}: refusing it"
+            ) from exc
+        except (OSError, TimeoutError, ProtocolError) as exc:
+            writer.close()
+            raise ServerUnreachable(
+                f"no secure connection to the server at {where}: {str(exc) or 'timed out'}"
+            ) from exc
+        except BaseException:
+            writer.close()
+            raise
+        return cls(reader, writer, conn, timeouts)
 
     async def register(self, phone: str, port: int, host: str | None = None) -> ev.Registered:
         answer = await self._request(ev.Register(self._conn.next_rid(), phone, port, host))
@@ -104,9 +160,8 @@ class DirectoryClient:
         finally:
             self._waiting.pop(message.rid, None)
         if isinstance(answer, ev.Failure):
-            if answer.code == "number-online":
-                raise NumberAlreadyOnline(answer.message)
-            raise ServerRefused(f"the server refused: {answer.message}")
+            error = _FAILURES.get(answer.code, ServerRefused)
+            raise error(f"the server refused: {answer.message}")
         return answer
 
     async def _read_loop(self) -> None:

@@ -13,8 +13,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 from whatsap2p.config import Limits, Timeouts
-from whatsap2p.errors import DeliveryFailed, ProtocolError, WhatsAp2pError
+from whatsap2p.errors import DeliveryFailed, ProtocolError, RemoteKeyMismatch, WhatsAp2pError
 from whatsap2p.protocol import events as ev
+from whatsap2p.protocol.keys import StaticKey
+from whatsap2p.protocol.noise import NoiseChannel
 from whatsap2p.protocol.peer import PeerReceiver, PeerSender
 
 __all__ = ["Inbound", "PeerLink", "PeerListener", "PhotoSink"]
@@ -42,6 +44,9 @@ class PhotoSink(Protocol):
 class Inbound(Protocol):
     """The app's side of the listener. Raising WhatsAp2pError refuses the message."""
 
+    async def sender_proved(self, sender: str, key: bytes) -> None:
+        """A sender claims number `sender` and proved `key`: raise to refuse it."""
+
     async def text_received(self, sender: str, text: ev.Text) -> None: ...
 
     def photo_offered(self, sender: str, offer: ev.PhotoOffer) -> PhotoSink: ...
@@ -50,8 +55,11 @@ class Inbound(Protocol):
 class PeerListener:
     """Accepts peer connections and feeds each one through a PeerReceiver."""
 
-    def __init__(self, inbound: Inbound, limits: Limits, timeouts: Timeouts) -> None:
+    def __init__(
+        self, inbound: Inbound, key: StaticKey, limits: Limits, timeouts: Timeouts
+    ) -> None:
         self._inbound = inbound
+        self._key = key
         self._limits = limits
         self._timeouts = timeouts
         self._server: asyncio.Server | None = None
@@ -80,7 +88,7 @@ class PeerListener:
         peer = writer.get_extra_info("peername")
         try:
             await _ReceiverSession(
-                self._inbound, reader, writer, self._limits, self._timeouts
+                self._inbound, self._key, reader, writer, self._limits, self._timeouts
             ).run()
         except ProtocolError as exc:
             log.warning("peer %s broke the protocol: %s", peer, exc)
@@ -99,6 +107,7 @@ class _ReceiverSession:
     def __init__(
         self,
         inbound: Inbound,
+        key: StaticKey,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         limits: Limits,
@@ -109,7 +118,8 @@ class _ReceiverSession:
         self._reader = reader
         self._writer = writer
         self._timeouts = timeouts
-        self._conn = PeerReceiver(self._loop.time(), limits, timeouts)
+        channel = NoiseChannel(key, initiator=False, max_body=limits.max_peer_frame)
+        self._conn = PeerReceiver(self._loop.time(), limits, timeouts, channel)
         self._sink: PhotoSink | None = None
         self._offer: ev.PhotoOffer | None = None
 
@@ -129,6 +139,7 @@ class _ReceiverSession:
                     if not data:
                         return
                     self._conn.receive_data(data, self._loop.time())
+                    self._writer.write(self._conn.data_to_send())
                 if not await self._drain_events():
                     await self._linger()
                     return
@@ -151,7 +162,15 @@ class _ReceiverSession:
             if isinstance(event, ev.ConnectionTimedOut):
                 log.info("closing peer connection: %s", event.reason)
                 return False
-            if isinstance(event, ev.Refused):
+            if isinstance(event, ev.Hello):
+                assert self._conn.remote_key is not None
+                try:
+                    await self._inbound.sender_proved(event.phone, self._conn.remote_key)
+                except WhatsAp2pError as exc:
+                    log.warning("refusing a sender claiming %s: %s", event.phone, exc)
+                    await self._answer(ev.Closing(str(exc)))
+                    return False
+            elif isinstance(event, ev.Refused):
                 await self._answer(ev.Rejected(event.id, event.reason))
                 if event.fatal:
                     return False
@@ -193,7 +212,7 @@ class _ReceiverSession:
             return ev.Rejected(message_id, str(exc))
         return ev.Ack(message_id)
 
-    async def _answer(self, answer: ev.Ack | ev.Rejected) -> None:
+    async def _answer(self, answer: ev.Ack | ev.Rejected | ev.Closing) -> None:
         self._writer.write(self._conn.send(answer))
         await asyncio.wait_for(self._writer.drain(), self._timeouts.write_drain)
 
@@ -205,18 +224,25 @@ class PeerLink:
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        limits: Limits,
+        conn: PeerSender,
         timeouts: Timeouts,
     ) -> None:
+        """Use `open`: it hands over a connection whose secure channel is established."""
         self._reader = reader
         self._writer = writer
         self._timeouts = timeouts
-        self._conn = PeerSender(limits)
+        self._conn = conn
 
     @classmethod
     async def open(
-        cls, address: ev.PeerAddress, me: str, limits: Limits, timeouts: Timeouts
+        cls,
+        address: ev.PeerAddress,
+        me: str,
+        key: StaticKey,
+        limits: Limits,
+        timeouts: Timeouts,
     ) -> PeerLink:
+        """Connect, prove our key, and make the peer prove the key the server gave for it."""
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(address.host, address.port, limit=_READ_SIZE),
@@ -226,7 +252,33 @@ class PeerLink:
             raise DeliveryFailed("connection timed out") from exc
         except OSError as exc:
             raise DeliveryFailed(f"cannot connect: {exc.strerror or exc}") from exc
-        link = cls(reader, writer, limits, timeouts)
+        channel = NoiseChannel(
+            key, initiator=True, max_body=limits.max_peer_frame, expected_remote=address.key
+        )
+        conn = PeerSender(limits, channel)
+        try:
+            async with asyncio.timeout(timeouts.handshake):
+                writer.write(conn.data_to_send())
+                while not conn.established:
+                    data = await reader.read(_READ_SIZE)
+                    if not data:
+                        raise DeliveryFailed("the peer closed the connection during the handshake")
+                    conn.receive_data(data)
+                    writer.write(conn.data_to_send())
+        except RemoteKeyMismatch as exc:
+            writer.close()
+            raise DeliveryFailed(
+                "the module at that address is not the one the server knows for this number"
+            ) from exc
+        except (OSError, TimeoutError, ProtocolError) as exc:
+            writer.close()
+            raise DeliveryFailed(
+                f"no secure connection to the peer: {str(exc) or 'timed out'}"
+            ) from exc
+        except BaseException:
+            writer.close()
+            raise
+        link = cls(reader, writer, conn, timeouts)
         await link._write(ev.Hello(me))
         return link
 
@@ -282,12 +334,14 @@ class PeerLink:
             raise DeliveryFailed(f"connection lost: {exc.strerror or exc}") from exc
         except ProtocolError as exc:
             raise DeliveryFailed(f"peer broke the protocol: {exc}") from exc
+        if isinstance(answer, ev.Closing):
+            raise DeliveryFailed(f"refused by the peer: {answer.reason}")
         if answer.id != message_id:
             raise DeliveryFailed("peer acknowledged another message")
         if isinstance(answer, ev.Rejected):
             raise DeliveryFailed(f"refused by the peer: {answer.reason}")
 
-    async def _next_answer(self) -> ev.Ack | ev.Rejected:
+    async def _next_answer(self) -> ev.Ack | ev.Rejected | ev.Closing:
         while (answer := self._conn.next_event()) is None:
             data = await self._reader.read(_READ_SIZE)
             if not data:

@@ -1,8 +1,8 @@
 """The layer between raw bytes and message bodies.
 
-Connections speak to a Channel, never to the byte stream directly, so an authenticated
-encrypted channel (a Noise handshake, then sealed frames) replaces `PlainChannel` without
-touching the message layer or the app.
+Connections speak to a Channel, never to the byte stream directly. The product always
+uses `NoiseChannel` (protocol/noise.py: a handshake, then sealed frames); `PlainChannel`
+(frames only) serves the protocol tests that look at messages alone.
 """
 
 from __future__ import annotations
@@ -11,10 +11,20 @@ from typing import Protocol
 
 from whatsap2p.protocol.framing import FrameDecoder, encode_frame
 
-__all__ = ["Channel", "PlainChannel"]
+__all__ = ["Channel", "OverChannel", "PlainChannel"]
 
 
 class Channel(Protocol):
+    #: The other side's authenticated long-term key, once the handshake has shown it.
+    remote_key: bytes | None
+
+    @property
+    def established(self) -> bool:
+        """True once messages may be sealed (the handshake, if any, is done)."""
+
+    def data_to_send(self) -> bytes:
+        """Bytes the channel itself wants sent (handshake messages)."""
+
     def receive_data(self, data: bytes) -> None:
         """Bytes from the network."""
 
@@ -28,9 +38,18 @@ class Channel(Protocol):
 class PlainChannel:
     """Frames only: the message body is the frame body."""
 
+    remote_key: bytes | None = None
+
     def __init__(self, max_body: int) -> None:
         self._max_body = max_body
         self._decoder = FrameDecoder(max_body)
+
+    @property
+    def established(self) -> bool:
+        return True
+
+    def data_to_send(self) -> bytes:
+        return b""
 
     def receive_data(self, data: bytes) -> None:
         self._decoder.receive_data(data)
@@ -40,3 +59,23 @@ class PlainChannel:
 
     def seal(self, body: bytes) -> bytes:
         return encode_frame(body, self._max_body)
+
+
+class OverChannel:
+    """Base of the connection objects: what they show of the channel beneath them."""
+
+    _channel: Channel
+
+    @property
+    def established(self) -> bool:
+        """The secure channel is up: messages may flow."""
+        return self._channel.established
+
+    @property
+    def remote_key(self) -> bytes | None:
+        """The other side's authenticated long-term key (None before the handshake)."""
+        return self._channel.remote_key
+
+    def data_to_send(self) -> bytes:
+        """Bytes to write that no `send` asked for: the secure handshake's messages."""
+        return self._channel.data_to_send()

@@ -38,6 +38,7 @@ _WIRE_TYPES: dict[str, type[ev.Message]] = {
         ev.PhotoChunk,
         ev.Ack,
         ev.Rejected,
+        ev.Closing,
     )
 }
 

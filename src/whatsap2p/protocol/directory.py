@@ -15,7 +15,7 @@ from collections import deque
 from whatsap2p.config import Limits, Timeouts
 from whatsap2p.errors import LocalProtocolError, RemoteProtocolError
 from whatsap2p.protocol import events as ev
-from whatsap2p.protocol.channel import Channel, PlainChannel
+from whatsap2p.protocol.channel import Channel, OverChannel, PlainChannel
 from whatsap2p.protocol.codec import decode_message, encode_message
 
 __all__ = ["DirectoryClientConnection", "DirectoryServerConnection", "ServerState"]
@@ -59,7 +59,7 @@ _SERVER_SENDS: dict[tuple[ServerState, type[ev.Message]], ServerState] = {
 }
 
 
-class DirectoryServerConnection:
+class DirectoryServerConnection(OverChannel):
     """The server's view of one user module's connection. Sans-IO; time is passed in."""
 
     def __init__(
@@ -74,13 +74,18 @@ class DirectoryServerConnection:
         self.state = ServerState.NEW
         self._channel = channel or PlainChannel(self.limits.max_directory_frame)
         self._events: deque[ev.Message | ev.ConnectionTimedOut] = deque()
-        self._deadline = now + self.timeouts.register_deadline
+        self._deadline = now + (
+            self.timeouts.register_deadline
+            if self._channel.established
+            else self.timeouts.handshake
+        )
         self._pending: set[int] = set()
 
     def receive_data(self, data: bytes, now: float) -> None:
         """Bytes from the client. Raises RemoteProtocolError; the caller then closes."""
         if self.state is ServerState.CLOSED:
             return
+        was_established = self._channel.established
         self._channel.receive_data(data)
         while (body := self._channel.next_body()) is not None:
             message = decode_message(body)
@@ -88,6 +93,8 @@ class DirectoryServerConnection:
             if self.state is ServerState.REGISTERED:
                 self._deadline = now + self.timeouts.server_idle
             self._events.append(message)
+        if not was_established and self._channel.established:
+            self._deadline = now + self.timeouts.register_deadline
 
     def _accept(self, message: ev.Message) -> None:
         if not isinstance(message, _REQUESTS):
@@ -135,9 +142,12 @@ class DirectoryServerConnection:
     def handle_timer(self, now: float) -> None:
         if self.state is ServerState.CLOSED or now < self._deadline:
             return
-        reason = (
-            "no registration in time" if self.state is ServerState.NEW else "heartbeats stopped"
-        )
+        if not self._channel.established:
+            reason = "no secure handshake in time"
+        elif self.state is ServerState.NEW:
+            reason = "no registration in time"
+        else:
+            reason = "heartbeats stopped"
         self.state = ServerState.CLOSED
         self._events.append(ev.ConnectionTimedOut(reason))
 
@@ -147,7 +157,7 @@ def _check_phone(phone: str) -> None:
         raise RemoteProtocolError(f"not an E.164 phone number: {phone[:32]!r}")
 
 
-class DirectoryClientConnection:
+class DirectoryClientConnection(OverChannel):
     """The user module's side: numbers requests and checks every answer against them."""
 
     def __init__(self, limits: Limits | None = None, channel: Channel | None = None) -> None:

@@ -12,6 +12,7 @@ from typing import ClassVar
 
 __all__ = [
     "Ack",
+    "Closing",
     "ConnectionTimedOut",
     "DirectoryMessage",
     "Failure",
@@ -83,11 +84,12 @@ class Lookup(DirectoryMessage):
 
 @dataclass(frozen=True, slots=True)
 class PeerAddress:
-    """Where an online user's module accepts peers."""
+    """Where an online user's module accepts peers, and the key bound to its number."""
 
     phone: str
     host: str
     port: int
+    key: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +124,11 @@ class Pong(DirectoryMessage):
 
 @dataclass(frozen=True, slots=True)
 class Failure(DirectoryMessage):
-    """The server refuses request `rid` (0 when the request could not be read at all)."""
+    """The server refuses request `rid` (0 when the request could not be read at all).
+
+    Codes: `number-online`, `number-bound` (bound to another key), `rate-limited`,
+    `protocol-error`.
+    """
 
     TYPE: ClassVar[str] = "failure"
     code: str
@@ -189,6 +195,15 @@ class Rejected(PeerMessage):
 
     TYPE: ClassVar[str] = "rejected"
     id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Closing(PeerMessage):
+    """The receiver refuses the whole connection (e.g. the sender's key is not the one
+    bound to the number it claims), and closes it."""
+
+    TYPE: ClassVar[str] = "closing"
     reason: str
 
 

@@ -22,7 +22,7 @@ from collections import deque
 from whatsap2p.config import Limits, Timeouts
 from whatsap2p.errors import LocalProtocolError, RemoteProtocolError
 from whatsap2p.protocol import events as ev
-from whatsap2p.protocol.channel import Channel, PlainChannel
+from whatsap2p.protocol.channel import Channel, OverChannel, PlainChannel
 from whatsap2p.protocol.codec import decode_message, encode_message
 from whatsap2p.protocol.directory import E164
 
@@ -67,7 +67,7 @@ _RECEIVER_TRANSITIONS: dict[tuple[ReceiverState, type[ev.Message]], ReceiverStat
 }
 
 
-class PeerReceiver:
+class PeerReceiver(OverChannel):
     """The receiving side of one peer connection. Sans-IO; time is passed in."""
 
     def __init__(
@@ -83,7 +83,9 @@ class PeerReceiver:
         self.peer_phone: str | None = None
         self._channel = channel or PlainChannel(self.limits.max_peer_frame)
         self._events: deque[ReceiverEvent] = deque()
-        self._deadline = now + self.timeouts.hello_deadline
+        self._deadline = now + (
+            self.timeouts.hello_deadline if self._channel.established else self.timeouts.handshake
+        )
         self._photo_id: str | None = None
         self._photo_remaining = 0
         self._unanswered: set[str] = set()
@@ -92,10 +94,13 @@ class PeerReceiver:
     def receive_data(self, data: bytes, now: float) -> None:
         if self.state is ReceiverState.CLOSED:
             return
+        was_established = self._channel.established
         self._channel.receive_data(data)
         while not self._closed() and (body := self._channel.next_body()) is not None:
             self._handle(decode_message(body))
             self._deadline = now + self.timeouts.peer_idle
+        if not was_established and self._channel.established:
+            self._deadline = now + self.timeouts.hello_deadline
 
     def _handle(self, message: ev.Message) -> None:
         next_state = _RECEIVER_TRANSITIONS.get((self.state, type(message)))
@@ -167,8 +172,11 @@ class PeerReceiver:
     def next_event(self) -> ReceiverEvent | None:
         return self._events.popleft() if self._events else None
 
-    def send(self, message: ev.Ack | ev.Rejected) -> bytes:
-        """Answer a message received on this connection."""
+    def send(self, message: ev.Ack | ev.Rejected | ev.Closing) -> bytes:
+        """Answer a message received on this connection, or refuse the whole connection."""
+        if isinstance(message, ev.Closing):
+            self.state = ReceiverState.CLOSED
+            return self._channel.seal(encode_message(message))
         if message.id not in self._unanswered:
             raise LocalProtocolError(f"no message {message.id} to answer")
         self._unanswered.discard(message.id)
@@ -180,9 +188,14 @@ class PeerReceiver:
     def handle_timer(self, now: float) -> None:
         if self.state is ReceiverState.CLOSED or now < self._deadline:
             return
-        waiting_hello = self.state is ReceiverState.AWAIT_HELLO
+        if not self._channel.established:
+            reason = "no secure handshake in time"
+        elif self.state is ReceiverState.AWAIT_HELLO:
+            reason = "no hello"
+        else:
+            reason = "peer idle"
         self.state = ReceiverState.CLOSED
-        self._events.append(ev.ConnectionTimedOut("no hello" if waiting_hello else "peer idle"))
+        self._events.append(ev.ConnectionTimedOut(reason))
 
 
 class SenderState(enum.Enum):
@@ -200,7 +213,7 @@ _SENDER_TRANSITIONS: dict[tuple[SenderState, type[ev.Message]], SenderState] = {
 }
 
 
-class PeerSender:
+class PeerSender(OverChannel):
     """The sending side of one peer connection: orders what we send, matches the answers."""
 
     def __init__(self, limits: Limits | None = None, channel: Channel | None = None) -> None:
@@ -210,7 +223,7 @@ class PeerSender:
         self._outstanding: set[str] = set()
         self._photo_id: str | None = None
         self._photo_remaining = 0
-        self._events: deque[ev.Ack | ev.Rejected] = deque()
+        self._events: deque[ev.Ack | ev.Rejected | ev.Closing] = deque()
 
     def send(self, message: ev.PeerMessage) -> bytes:
         next_state = _SENDER_TRANSITIONS.get((self.state, type(message)))
@@ -235,6 +248,10 @@ class PeerSender:
         self._channel.receive_data(data)
         while (body := self._channel.next_body()) is not None:
             message = decode_message(body)
+            if isinstance(message, ev.Closing):
+                self.state = SenderState.CLOSED
+                self._events.append(message)
+                continue
             if not isinstance(message, ev.Ack | ev.Rejected):
                 raise RemoteProtocolError(f"a receiver may not send {message.TYPE!r}")
             if message.id not in self._outstanding:
@@ -244,5 +261,5 @@ class PeerSender:
                 self.state, self._photo_id = SenderState.CLOSED, None
             self._events.append(message)
 
-    def next_event(self) -> ev.Ack | ev.Rejected | None:
+    def next_event(self) -> ev.Ack | ev.Rejected | ev.Closing | None:
         return self._events.popleft() if self._events else None

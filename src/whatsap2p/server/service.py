@@ -1,7 +1,9 @@
 """The directory server: accepts user modules and answers register / lookup / unregister.
 
-Each connection is its own task with its own deadlines (register in time, heartbeat or
-be dropped, drain writes in time), so a slow or hostile client never stalls the others.
+Every connection runs inside a Noise channel: the server proves its key, the module
+proves its own, and a number may only be registered by the key it is bound to. Each
+connection is its own task with its own deadlines (handshake, register, heartbeat,
+write drain) and rate limits, so a slow, hostile or greedy client never stalls others.
 """
 
 from __future__ import annotations
@@ -10,13 +12,18 @@ import asyncio
 import contextlib
 import itertools
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 
-from whatsap2p.config import Limits, Timeouts
-from whatsap2p.errors import NumberAlreadyOnline, ProtocolError
+from whatsap2p.config import Limits, RateLimits, Timeouts
+from whatsap2p.errors import NumberAlreadyOnline, NumberBound, ProtocolError
 from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.directory import DirectoryServerConnection
+from whatsap2p.protocol.keys import StaticKey
+from whatsap2p.protocol.noise import NoiseChannel
+from whatsap2p.server.bindings import Bindings
 from whatsap2p.server.directory import Directory, MemoryDirectory
+from whatsap2p.server.ratelimit import BucketsByKey, TokenBucket
 
 __all__ = ["DirectoryServer", "ServerConfig"]
 
@@ -27,19 +34,28 @@ _READ_SIZE = 64 * 1024
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
+    key: StaticKey
     host: str = "127.0.0.1"
     port: int = 5555
     limits: Limits = field(default_factory=Limits)
     timeouts: Timeouts = field(default_factory=Timeouts)
+    rates: RateLimits = field(default_factory=RateLimits)
 
 
 class DirectoryServer:
-    def __init__(self, config: ServerConfig, directory: Directory | None = None) -> None:
+    def __init__(
+        self, config: ServerConfig, bindings: Bindings, directory: Directory | None = None
+    ) -> None:
         self.config = config
+        self.bindings = bindings
         self.directory: Directory = directory or MemoryDirectory()
         self._server: asyncio.Server | None = None
         self._ids = itertools.count(1)
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        rates = config.rates
+        self.ip_lookups = BucketsByKey(rates.ip_lookup_rate, rates.ip_lookup_burst)
+        self.ip_registrations = BucketsByKey(rates.ip_register_rate, rates.ip_register_burst)
+        self.unauthenticated: Counter[str] = Counter()
 
     async def start(self) -> tuple[str, int]:
         """Bind; returns the address actually bound (the real port when asked for 0)."""
@@ -61,12 +77,17 @@ class DirectoryServer:
             await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        ip = str(peer[0]) if peer else "?"
+        if self.unauthenticated[ip] >= self.config.rates.max_unauthenticated_per_ip:
+            log.warning("refusing a connection from %s: too many unauthenticated ones", ip)
+            writer.transport.abort()
+            return
         task = asyncio.current_task()
         assert task is not None
         self._connections[task] = writer
         conn_id = next(self._ids)
-        peer = writer.get_extra_info("peername")
-        handler = _Client(self, conn_id, reader, writer, str(peer[0]) if peer else "?")
+        handler = _Client(self, conn_id, reader, writer, ip)
         try:
             await handler.run()
         except ProtocolError as exc:
@@ -74,8 +95,9 @@ class DirectoryServer:
             with contextlib.suppress(Exception):
                 writer.write(handler.failure(0, "protocol-error", str(exc)))
         except (OSError, TimeoutError) as exc:
-            log.info("client %s: %s", peer, exc or "timed out")
+            log.info("client %s: %s", peer, str(exc) or "timed out")
         finally:
+            handler.authenticated()  # no longer counts as unauthenticated, whatever happened
             self._connections.pop(task, None)
             if handler.phone is not None:
                 await self.directory.unregister(handler.phone, conn_id)
@@ -104,8 +126,22 @@ class _Client:
         self._ip = ip
         config = server.config
         self._timeouts = config.timeouts
-        self._conn = DirectoryServerConnection(self._loop.time(), config.limits, config.timeouts)
+        now = self._loop.time()
+        channel = NoiseChannel(
+            config.key, initiator=False, max_body=config.limits.max_directory_frame
+        )
+        self._conn = DirectoryServerConnection(now, config.limits, config.timeouts, channel)
+        self._lookups = TokenBucket(config.rates.lookup_rate, config.rates.lookup_burst, now)
         self.phone: str | None = None
+        self._counted = True
+        server.unauthenticated[ip] += 1
+
+    def authenticated(self) -> None:
+        if self._counted:
+            self._counted = False
+            self._server.unauthenticated[self._ip] -= 1
+            if self._server.unauthenticated[self._ip] <= 0:
+                del self._server.unauthenticated[self._ip]
 
     def failure(self, rid: int, code: str, message: str) -> bytes:
         return self._conn.send(ev.Failure(rid, code, message))
@@ -125,6 +161,9 @@ class _Client:
                 if not data:
                     return
                 self._conn.receive_data(data, self._loop.time())
+                self._writer.write(self._conn.data_to_send())
+                if self._conn.established:
+                    self.authenticated()
             while (event := self._conn.next_event()) is not None:
                 if isinstance(event, ev.ConnectionTimedOut):
                     log.info("dropping %s: %s", self.phone or self._ip, event.reason)
@@ -133,28 +172,38 @@ class _Client:
             await asyncio.wait_for(self._writer.drain(), self._timeouts.write_drain)
 
     async def _answer(self, request: ev.Message) -> bytes:
-        directory = self._server.directory
+        server = self._server
+        now = self._loop.time()
         if isinstance(request, ev.Register):
-            address = ev.PeerAddress(request.phone, request.host or self._ip, request.port)
+            if not server.ip_registrations.take(self._ip, now):
+                return self.failure(request.rid, "rate-limited", "too many registrations")
+            key = self._conn.remote_key
+            assert key is not None  # messages only arrive once the channel is established
             try:
-                await directory.register(address, self._id)
+                server.bindings.bind(request.phone, key)
+            except NumberBound as exc:
+                return self.failure(request.rid, "number-bound", str(exc))
+            address = ev.PeerAddress(request.phone, request.host or self._ip, request.port, key)
+            try:
+                await server.directory.register(address, self._id)
             except NumberAlreadyOnline as exc:
                 return self.failure(request.rid, "number-online", str(exc))
             self.phone = request.phone
             log.info("%s online at %s:%s", address.phone, address.host, address.port)
-            return self._conn.send(ev.Registered(request.rid, *_fields(address)))
+            return self._conn.send(
+                ev.Registered(request.rid, address.phone, address.host, address.port)
+            )
         if isinstance(request, ev.Lookup):
-            found = await directory.lookup(list(request.phones))
+            cost = max(1, len(request.phones))
+            if not self._lookups.take(now, cost) or not server.ip_lookups.take(self._ip, now, cost):
+                return self.failure(request.rid, "rate-limited", "too many lookups; slow down")
+            found = await server.directory.lookup(list(request.phones))
             return self._conn.send(ev.LookupResult(request.rid, tuple(found)))
         if isinstance(request, ev.Unregister):
             assert self.phone is not None
-            await directory.unregister(self.phone, self._id)
+            await server.directory.unregister(self.phone, self._id)
             log.info("%s offline (unregistered)", self.phone)
             self.phone = None
             return self._conn.send(ev.Unregistered(request.rid))
         assert isinstance(request, ev.Ping)
         return self._conn.send(ev.Pong(request.rid))
-
-
-def _fields(address: ev.PeerAddress) -> tuple[str, str, int]:
-    return address.phone, address.host, address.port

@@ -9,7 +9,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import NoReturn
 
@@ -17,14 +17,19 @@ import platformdirs
 
 from whatsap2p import __version__
 from whatsap2p.app.session import Session, SessionConfig
-from whatsap2p.config import Limits, MiB, Timeouts
-from whatsap2p.errors import WhatsAp2pError
+from whatsap2p.config import Limits, MiB, RateLimits, Timeouts
+from whatsap2p.errors import StoreError, WhatsAp2pError
+from whatsap2p.keyfile import load_or_create_key
 from whatsap2p.phone import DEFAULT_REGION, normalise_phone
+from whatsap2p.protocol.keys import normalise_fingerprint
+from whatsap2p.server.bindings import Bindings
 from whatsap2p.server.service import DirectoryServer, ServerConfig
 
 __all__ = ["main", "parse_address"]
 
 log = logging.getLogger("whatsap2p")
+
+DEFAULT_DB = platformdirs.user_data_path("whatsap2p") / "server" / "directory.sqlite3"
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -57,6 +62,13 @@ def parse_address(text: str, default_host: str | None = None) -> tuple[str, int]
 
 def _format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _fingerprint(text: str) -> str:
+    fp = normalise_fingerprint(text)
+    if fp is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a key fingerprint (64 hex digits)")
+    return fp
 
 
 def _positive(text: str) -> float:
@@ -92,6 +104,42 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="drop a connection that does not register within this time",
     )
+    server.add_argument(
+        "--db",
+        type=Path,
+        default=DEFAULT_DB,
+        metavar="PATH",
+        help="SQLite file of number-to-key bindings (default %(default)s)",
+    )
+    server.add_argument(
+        "--key", type=Path, metavar="PATH", help="the server's key file (default: DB path + .key)"
+    )
+    rates = RateLimits()
+    for flag, name, help_text in (
+        ("--lookup-rate", "lookup_rate", "numbers one connection may look up per second"),
+        ("--lookup-burst", "lookup_burst", "lookups one connection may save up"),
+        ("--ip-lookup-rate", "ip_lookup_rate", "numbers one source IP may look up per second"),
+        ("--ip-lookup-burst", "ip_lookup_burst", "lookups one source IP may save up"),
+        ("--ip-register-rate", "ip_register_rate", "registrations per second from one IP"),
+        ("--ip-register-burst", "ip_register_burst", "registrations one IP may save up"),
+        (
+            "--max-unauthenticated",
+            "max_unauthenticated_per_ip",
+            "connections per IP still in the secure handshake",
+        ),
+    ):
+        server.add_argument(
+            flag,
+            type=_positive,
+            default=getattr(rates, name),
+            dest=name,
+            help=f"{help_text} (default %(default)g)",
+        )
+    server_commands = server.add_subparsers(dest="server_command", parser_class=_Parser)
+    release = server_commands.add_parser("release", help="free a number bound to a key")
+    release.add_argument("phone", metavar="PHONE")
+    release.add_argument("--db", type=Path, default=DEFAULT_DB, metavar="PATH", dest="release_db")
+    release.add_argument("--region", default=DEFAULT_REGION)
 
     user = commands.add_parser("user", help="run a user module")
     user.add_argument("server", type=parse_address, metavar="SERVER_HOST:SERVER_PORT")
@@ -108,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to accept peers (default 0.0.0.0:0, a free port)",
     )
     user.add_argument("--advertise", metavar="HOST", help="publish this host instead of our IP")
+    user.add_argument(
+        "--server-key",
+        type=_fingerprint,
+        metavar="FP",
+        help="refuse any server whose key has another fingerprint",
+    )
     modes = user.add_mutually_exclusive_group()
     modes.add_argument("--json", action="store_true", help="JSON-RPC 2.0 on stdin/stdout")
     modes.add_argument("--plain", action="store_true", help="plain line mode")
@@ -137,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if args.command == "server":
+            if args.server_command == "release":
+                return _release(args)
             return asyncio.run(_run_server(args))
         return asyncio.run(_run_user(args))
     except WhatsAp2pError as exc:
@@ -157,26 +213,50 @@ def _stop_on_signals() -> asyncio.Event:
     return stop
 
 
+def _release(args: argparse.Namespace) -> int:
+    phone = normalise_phone(args.phone, args.region)
+    if not args.release_db.exists():
+        raise StoreError(f"no bindings database at {args.release_db}")
+    bindings = Bindings(args.release_db)
+    try:
+        released = bindings.release(phone)
+    finally:
+        bindings.close()
+    print(f"released {phone}" if released else f"{phone} was not bound to any key")
+    return EXIT_OK
+
+
 async def _run_server(args: argparse.Namespace) -> int:
     timeouts = replace(
         Timeouts(), server_idle=args.idle_timeout, register_deadline=args.register_timeout
     )
-    server = DirectoryServer(ServerConfig(args.host, args.port, timeouts=timeouts))
+    rates = RateLimits(
+        **{f.name: getattr(args, f.name) for f in fields(RateLimits)},
+    )
+    rates = replace(rates, max_unauthenticated_per_ip=int(rates.max_unauthenticated_per_ip))
+    db_path: Path = args.db.expanduser()
+    key = load_or_create_key(args.key or db_path.with_name(db_path.name + ".key"))
+    bindings = Bindings(db_path)
+    config = ServerConfig(key, args.host, args.port, timeouts=timeouts, rates=rates)
+    server = DirectoryServer(config, bindings)
     stop = _stop_on_signals()
     try:
         host, port = await server.start()
     except OSError as exc:
+        bindings.close()
         print(
             f"whatsap2p: cannot listen on {_format_address(args.host, args.port)}: "
             f"{exc.strerror or exc}",
             file=sys.stderr,
         )
         return EXIT_ERROR
+    print(f"fingerprint {key.fingerprint}", flush=True)
     print(f"listening on {_format_address(host, port)}", flush=True)
     try:
         await stop.wait()
     finally:
         await server.close()
+        bindings.close()
     return EXIT_OK
 
 
@@ -193,6 +273,7 @@ def _user_config(args: argparse.Namespace) -> SessionConfig:
         listen_port=args.listen[1],
         advertise=args.advertise,
         region=args.region,
+        server_fingerprint=args.server_key,
         limits=limits,
         timeouts=replace(Timeouts(), heartbeat_interval=args.heartbeat),
     )

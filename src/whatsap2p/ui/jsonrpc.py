@@ -12,7 +12,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
 
-from whatsap2p.app.events import DeliveryReport, PhotoReceived, Received
+from whatsap2p.app.events import DeliveryReport, IdentityChanged, PhotoReceived, Received
 from whatsap2p.app.session import Session
 from whatsap2p.errors import DirectoryError, InvalidInput, StoreError, WhatsAp2pError
 from whatsap2p.ui.stdin import LineReader
@@ -99,6 +99,8 @@ class JsonRpc:
             "removeFromGroup": self._remove_from_group,
             "listGroups": self._list_groups,
             "status": self._status,
+            "identity": self._identity,
+            "trust": self._trust,
             "quit": self._quit,
         }
 
@@ -147,8 +149,13 @@ class JsonRpc:
 
     async def _forward_received(self) -> None:
         while True:
-            event = await self._session.received.get()
-            self.notify("receive", received_json(event))
+            event = await self._session.events.get()
+            if isinstance(event, IdentityChanged):
+                self.notify(
+                    "identityChanged", {"phone": event.phone, "fingerprint": event.fingerprint}
+                )
+            else:
+                self.notify("receive", received_json(event))
 
     async def _handle_line(self, line: str) -> None:
         if line == LineReader.TOO_LONG:
@@ -244,7 +251,11 @@ class JsonRpc:
         return {}
 
     async def _list_contacts(self, params: Params) -> object:
-        return [{"name": c.name, "phone": c.phone} for c in self._session.book.contacts()]
+        trust = self._session.trust
+        return [
+            {"name": c.name, "phone": c.phone, "fingerprint": trust.fingerprint_of(c.phone)}
+            for c in self._session.book.contacts()
+        ]
 
     async def _create_group(self, params: Params) -> object:
         members = params.get("members")
@@ -271,6 +282,13 @@ class JsonRpc:
     async def _status(self, params: Params) -> object:
         online = await self._session.status(_text_param(params, "target"))
         return {phone: {"online": is_online} for phone, is_online in online.items()}
+
+    async def _identity(self, params: Params) -> object:
+        return {"phone": self._session.phone, "fingerprint": self._session.fingerprint}
+
+    async def _trust(self, params: Params) -> object:
+        phone, fingerprint = await self._session.trust_key(_text_param(params, "phone"))
+        return {"phone": phone, "fingerprint": fingerprint}
 
     async def _quit(self, params: Params) -> object:
         self.quit.set()

@@ -9,12 +9,25 @@ import sys
 import unicodedata
 from typing import TextIO
 
-from whatsap2p.app.events import DeliveryReport, PhotoReceived, Received
+from whatsap2p.app.events import (
+    DeliveryReport,
+    IdentityChanged,
+    PhotoReceived,
+    Received,
+    SessionEvent,
+)
 from whatsap2p.app.session import Session
 from whatsap2p.errors import WhatsAp2pError
 from whatsap2p.ui.stdin import LineReader
 
-__all__ = ["HELP", "LineMode", "escape_untrusted", "format_received", "split_target"]
+__all__ = [
+    "HELP",
+    "LineMode",
+    "escape_untrusted",
+    "format_event",
+    "format_received",
+    "split_target",
+]
 
 HELP = """\
 commands:
@@ -24,6 +37,8 @@ commands:
   /msg TARGET TEXT...       send a text to a contact, a group or a phone number
   /photo TARGET PATH        send a photo (JPEG, PNG, GIF or WebP)
   /who TARGET               who of TARGET is online
+  /identity                 your number and key fingerprint
+  /trust PHONE              accept the new key of a number whose key changed
   /contacts                 list contacts
   /groups                   list groups
   /help                     this text
@@ -75,6 +90,15 @@ def split_target(rest: str) -> tuple[str, str]:
     return target, text.lstrip()
 
 
+def format_event(event: SessionEvent) -> str:
+    if isinstance(event, IdentityChanged):
+        return (
+            f"! the key of {event.phone} changed (now {event.fingerprint}); nothing is "
+            f"exchanged with it until you check it and /trust {event.phone}"
+        )
+    return format_received(event)
+
+
 def format_report(report: DeliveryReport) -> str:
     parts = []
     if report.delivered:
@@ -120,7 +144,7 @@ class LineMode:
 
     async def _print_received(self) -> None:
         while True:
-            self.say(format_received(await self._session.received.get()))
+            self.say(format_event(await self._session.events.get()))
 
     async def command(self, line: str) -> bool:
         """Carry out one line; False when the user asked to quit."""
@@ -149,8 +173,22 @@ class LineMode:
         if name == "/help":
             self.say(HELP)
         elif name == "/contacts":
-            contacts = book.contacts()
-            self.say("\n".join(f"{c.name}: {c.phone}" for c in contacts) or "no contacts")
+            trust = self._session.trust
+            self.say(
+                "\n".join(
+                    f"{c.name}: {c.phone} key {trust.fingerprint_of(c.phone) or 'not seen yet'}"
+                    for c in book.contacts()
+                )
+                or "no contacts"
+            )
+        elif name == "/identity":
+            self.say(f"{self._session.phone} key {self._session.fingerprint}")
+        elif name == "/trust":
+            if not rest:
+                self.say("usage: /trust PHONE")
+            else:
+                phone, fingerprint = await self._session.trust_key(rest)
+                self.say(f"trusting {phone} with key {fingerprint}")
         elif name == "/groups":
             groups = book.groups()
             self.say("\n".join(f"{g.name}: {' '.join(g.members)}" for g in groups) or "no groups")
