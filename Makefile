@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench clean test-tools
 
 install: $(STAMP)
 
@@ -20,8 +20,15 @@ PORT ?= 5555
 run: $(STAMP)
 	$(BIN)/whatsap2p server --host $(HOST) --port $(PORT)
 
-test: $(STAMP)
+test: $(STAMP) test-tools
 	$(BIN)/python -m pytest
+
+# The wire-privacy test captures loopback traffic with tcpdump; install it when missing.
+test-tools:
+	@command -v tcpdump >/dev/null 2>&1 || { \
+	  echo "installing tcpdump (for the packet-capture test)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tcpdump >/dev/null; } \
+	  || { echo "cannot install tcpdump: install it (needs root), then run make test again"; exit 1; }; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
