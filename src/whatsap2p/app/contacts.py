@@ -17,7 +17,7 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from whatsap2p.app.storage import write_atomically
+from whatsap2p.app.storage import read_if_present, write_atomically
 from whatsap2p.errors import (
     CorruptContactsFile,
     InvalidInput,
@@ -68,12 +68,9 @@ class AddressBook:
         cls, path: Path, region: str = DEFAULT_REGION, max_name_chars: int = 128
     ) -> AddressBook:
         book = cls(path, region, max_name_chars)
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
+        raw = read_if_present(path)
+        if raw is None:
             return book
-        except OSError as exc:
-            raise StoreError(f"cannot read contacts file {path}: {exc.strerror}") from exc
         try:
             book._parse(json.loads(raw.decode("utf-8")))
         except (UnicodeDecodeError, json.JSONDecodeError, ValueError, InvalidInput) as exc:

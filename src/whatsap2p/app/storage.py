@@ -8,7 +8,19 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["DataDirLock", "write_atomically"]
+from whatsap2p.errors import StoreError
+
+__all__ = ["DataDirLock", "read_if_present", "write_atomically"]
+
+
+def read_if_present(path: Path) -> bytes | None:
+    """The file's bytes; None if it does not exist yet; StoreError if it cannot be read."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StoreError(f"cannot read {path}: {exc.strerror}") from exc
 
 
 def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:

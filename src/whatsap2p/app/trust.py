@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from whatsap2p.app.storage import write_atomically
+from whatsap2p.app.storage import read_if_present, write_atomically
 from whatsap2p.errors import StoreError
 from whatsap2p.protocol.directory import E164
 from whatsap2p.protocol.keys import KEY_BYTES, fingerprint
@@ -30,12 +30,9 @@ class TrustStore:
     @classmethod
     def load(cls, path: Path) -> TrustStore:
         store = cls(path)
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
+        raw = read_if_present(path)
+        if raw is None:
             return store
-        except OSError as exc:
-            raise StoreError(f"cannot read {path}: {exc.strerror}") from exc
         try:
             data = json.loads(raw.decode("utf-8"))
             if not isinstance(data, dict) or data.get("version") != FORMAT_VERSION:

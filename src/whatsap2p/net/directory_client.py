@@ -18,6 +18,7 @@ from whatsap2p.errors import (
     ServerRefused,
     ServerUnreachable,
 )
+from whatsap2p.net.handshake import complete_handshake
 from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.directory import DirectoryClientConnection
 from whatsap2p.protocol.keys import StaticKey, fingerprint
@@ -89,15 +90,7 @@ class DirectoryClient:
         )
         conn = DirectoryClientConnection(limits, channel)
         try:
-            async with asyncio.timeout(timeouts.handshake):
-                writer.write(conn.data_to_send())
-                while not conn.established:
-                    data = await reader.read(_READ_SIZE)
-                    if not data:
-                        raise ServerUnreachable(f"the server at {where} closed the connection")
-                    conn.receive_data(data)
-                    writer.write(conn.data_to_send())
-                await writer.drain()
+            await complete_handshake(reader, writer, conn, timeouts.handshake)
         except RemoteKeyMismatch as exc:
             writer.close()
             raise ServerKeyMismatch(
@@ -109,9 +102,6 @@ class DirectoryClient:
             raise ServerUnreachable(
                 f"no secure connection to the server at {where}: {str(exc) or 'timed out'}"
             ) from exc
-        except BaseException:
-            writer.close()
-            raise
         return cls(reader, writer, conn, timeouts)
 
     async def register(self, phone: str, port: int, host: str | None = None) -> ev.Registered:

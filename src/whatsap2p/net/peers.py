@@ -14,6 +14,7 @@ from typing import Protocol
 
 from whatsap2p.config import Limits, Timeouts
 from whatsap2p.errors import DeliveryFailed, ProtocolError, RemoteKeyMismatch, WhatsAp2pError
+from whatsap2p.net.handshake import complete_handshake
 from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.keys import StaticKey
 from whatsap2p.protocol.noise import NoiseChannel
@@ -257,14 +258,7 @@ class PeerLink:
         )
         conn = PeerSender(limits, channel)
         try:
-            async with asyncio.timeout(timeouts.handshake):
-                writer.write(conn.data_to_send())
-                while not conn.established:
-                    data = await reader.read(_READ_SIZE)
-                    if not data:
-                        raise DeliveryFailed("the peer closed the connection during the handshake")
-                    conn.receive_data(data)
-                    writer.write(conn.data_to_send())
+            await complete_handshake(reader, writer, conn, timeouts.handshake)
         except RemoteKeyMismatch as exc:
             writer.close()
             raise DeliveryFailed(
@@ -275,9 +269,6 @@ class PeerLink:
             raise DeliveryFailed(
                 f"no secure connection to the peer: {str(exc) or 'timed out'}"
             ) from exc
-        except BaseException:
-            writer.close()
-            raise
         link = cls(reader, writer, conn, timeouts)
         await link._write(ev.Hello(me))
         return link
