@@ -59,10 +59,10 @@ asyncio.run(main())
 _drains: set[asyncio.Task[None]] = set()
 
 
-async def spawn(*args: str) -> tuple[asyncio.subprocess.Process, str]:
-    """Start a process; return it and its first line of output. The rest of its output
-    is read and dropped, as a real consumer would read it: a module whose stdout is
-    never read blocks on it."""
+async def spawn(*args: str, ready: str = "") -> tuple[asyncio.subprocess.Process, str]:
+    """Start a process; return it and its first line of output that starts with `ready`.
+    The rest of its output is read and dropped, as a real consumer would read it: a
+    module whose stdout is never read blocks on it."""
     proc = await asyncio.create_subprocess_exec(
         *args,
         stdin=asyncio.subprocess.PIPE,
@@ -72,6 +72,8 @@ async def spawn(*args: str) -> tuple[asyncio.subprocess.Process, str]:
     stdout = proc.stdout
     assert stdout is not None
     first = (await stdout.readline()).decode().strip()
+    while not first.startswith(ready):
+        first = (await stdout.readline()).decode().strip()
 
     async def drain() -> None:
         while await stdout.read(1 << 16):
@@ -127,7 +129,15 @@ async def main(out: Path | None, quick: bool) -> None:
     work = Path(tempfile.mkdtemp(prefix="whatsap2p-bench-"))
     procs: list[asyncio.subprocess.Process] = []
     try:
-        server, line = await spawn(WHATSAP2P, "server", "--port", "0")
+        server, line = await spawn(
+            WHATSAP2P,
+            "server",
+            "--port",
+            "0",
+            "--db",
+            str(work / "server.sqlite3"),
+            ready="listening on",
+        )
         procs.append(server)
         server_port = int(line.rsplit(":", 1)[1])
         bob, _ = await spawn(

@@ -45,6 +45,15 @@ async def test_line_mode_sends_receives_and_escapes(cluster: Cluster, tmp_path: 
 
     proc.stdin.write(b"/who bob\n")
     assert await line() == f"{BOB} online"
+    bob_fp = (await bob.call("identity"))["fingerprint"]
+    proc.stdin.write(b"/contacts\n")
+    assert await line() == f"bob: {BOB} key {bob_fp}"
+    proc.stdin.write(b"/identity\n")
+    assert re.fullmatch(rf"\{ALICE} key [0-9a-f]{{64}}", await line())
+    proc.stdin.write(b"/trust bob-is-not-a-number\n")
+    assert (await line()).startswith("error: invalid phone number")
+    proc.stdin.write(f"/trust {BOB}\n".encode())
+    assert await line() == f"trusting {BOB} with key {bob_fp}"
     proc.stdin.write(b"/msg nobody hi\n")
     assert (await line()).startswith("error: no contact or group named 'nobody'")
     proc.stdin.write(b"/bogus\n")

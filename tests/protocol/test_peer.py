@@ -250,3 +250,28 @@ def test_any_sequence_of_messages_keeps_the_receiver_consistent(
         if receiver.state is ReceiverState.CLOSED:
             return
     assert photo_bytes <= LIMITS.max_photo_bytes
+
+
+def test_deadlines_cover_the_secure_handshake_then_the_hello() -> None:
+    from whatsap2p.protocol.keys import StaticKey
+    from whatsap2p.protocol.noise import NoiseChannel
+
+    timeouts = Timeouts(handshake=3, hello_deadline=7)
+    responder = NoiseChannel(StaticKey.generate(), initiator=False, max_body=1 << 20)
+    receiver = PeerReceiver(now=100, timeouts=timeouts, channel=responder)
+    assert receiver.get_timer() == 103
+    receiver.handle_timer(103)
+    assert receiver.next_event() == ev.ConnectionTimedOut("no secure handshake in time")
+
+    responder = NoiseChannel(StaticKey.generate(), initiator=False, max_body=1 << 20)
+    receiver = PeerReceiver(now=100, timeouts=timeouts, channel=responder)
+    sender_key = StaticKey.generate()
+    sender = PeerSender(channel=NoiseChannel(sender_key, initiator=True, max_body=1 << 20))
+    receiver.receive_data(sender.data_to_send(), now=101)
+    sender.receive_data(receiver.data_to_send())
+    receiver.receive_data(sender.data_to_send(), now=102)
+    assert receiver.established
+    assert receiver.get_timer() == 102 + 7  # now the hello deadline
+    receiver.receive_data(sender.send(ev.Hello(ALICE)), now=103)
+    assert receiver.next_event() == ev.Hello(ALICE)
+    assert receiver.remote_key == sender_key.public

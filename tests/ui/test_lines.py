@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from whatsap2p.app.events import TextReceived
-from whatsap2p.ui.lines import escape_untrusted, format_received, split_target
+from whatsap2p.app.events import IdentityChanged, TextReceived
+from whatsap2p.ui.lines import escape_untrusted, format_event, format_received, split_target
 
 
 @pytest.mark.parametrize(
@@ -35,3 +35,9 @@ def test_group_messages_name_the_group() -> None:
     event = TextReceived("m", "+5511999990001", None, "fam\x1b", "2026-11-27T10:00:00+00:00", "hi")
     line = format_received(event)
     assert line.endswith("] +5511999990001 [fam\\x1b]: hi")
+
+
+def test_a_key_change_is_announced_with_what_to_do() -> None:
+    line = format_event(IdentityChanged("+5511999990002", "ab" * 32))
+    assert line.startswith("! the key of +5511999990002 changed (now abab")
+    assert line.endswith("/trust +5511999990002")

@@ -1,0 +1,27 @@
+"""`make bench` keeps working: the benchmark runs end to end in its quick mode.
+
+Nothing here asserts a timing; performance is measured by `make bench`, not tested.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).parent.parent / "bench" / "run.py"
+
+
+async def test_the_benchmark_runs_end_to_end() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(BENCH),
+        "--quick",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    table = out.decode()
+    assert "| what | WhatsAp2p | baseline | ratio |" in table
+    assert "| photo 1 MiB, delivered and verified |" in table
