@@ -267,3 +267,20 @@ async def test_a_sender_claiming_another_number_is_refused(world: World) -> None
     await link.close()
     assert bob.events.empty()
     assert alice.phone == ALICE
+
+
+async def test_the_identity_is_private_stable_and_never_replaced(world: World) -> None:
+    alice = await world.user(ALICE)
+    key_file = world.root / ALICE / IDENTITY_FILE
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    first = alice.fingerprint
+    await alice.close()
+    again = Session(session_config(world.port, ALICE, world.root / ALICE))
+    await again.start()
+    assert again.fingerprint == first  # the same identity across restarts
+    await again.close()
+    key_file.write_text("whatsap2p-key 1\nnot base64!\n")
+    broken = Session(session_config(world.port, ALICE, world.root / ALICE))
+    with pytest.raises(StoreError, match=r"corrupt.*was not changed"):
+        await broken.start()
+    assert key_file.read_text() == "whatsap2p-key 1\nnot base64!\n"

@@ -20,6 +20,7 @@ from whatsap2p.config import RateLimits, Timeouts
 from whatsap2p.errors import NumberAlreadyOnline, NumberBound, RateLimited, ServerKeyMismatch
 from whatsap2p.net.directory_client import DirectoryClient
 from whatsap2p.protocol import events as ev
+from whatsap2p.protocol.codec import encode_message
 from whatsap2p.protocol.keys import StaticKey
 
 ALICE, BOB = "+5511999990001", "+5511999990002"
@@ -227,3 +228,22 @@ async def test_unauthenticated_connections_per_ip_are_capped() -> None:
         user = await client(port)  # once they are gone, others get in again
         await user.register(ALICE, 4001)
         await user.close()
+
+
+async def test_unknown_and_known_but_offline_numbers_look_the_same() -> None:
+    async with running_server() as (server, port):
+        owner = await client(port)
+        await owner.register(ALICE, 4001)
+        await owner.unregister()
+        await owner.close()
+        assert server.bindings.key_of(ALICE) is not None  # known: bound, but offline
+        asker = await client(port)
+        await asker.register(BOB, 4002)
+        raw: list[bytes] = []
+        for phone in (ALICE, "+5511999990099"):  # known-offline, never seen
+            rid = asker._conn.next_rid()
+            answer = await asker._request(ev.Lookup(rid, (phone,)))
+            assert answer == ev.LookupResult(rid, ())
+            raw.append(encode_message(ev.LookupResult(0, answer.peers)))
+        assert raw[0] == raw[1]
+        await asker.close()
