@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import shutil
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -284,3 +285,53 @@ async def test_the_identity_is_private_stable_and_never_replaced(world: World) -
     with pytest.raises(StoreError, match=r"corrupt.*was not changed"):
         await broken.start()
     assert key_file.read_text() == "whatsap2p-key 1\nnot base64!\n"
+
+
+async def test_a_retried_delivery_is_acknowledged_but_shown_once(world: World) -> None:
+    alice, bob = await world.user(ALICE), await world.user(BOB)
+    text = ev.Text("retry-1", "2026-11-27T10:00:00.000+00:00", "only once please")
+    for _ in range(2):  # the sender did not see the first ack and sends again
+        link = await raw_link(alice, bob)
+        await link.send_text(text)
+        await link.close()
+    data = image_bytes()
+    offer = ev.PhotoOffer(
+        "retry-2",
+        "2026-11-27T10:00:00.000+00:00",
+        "same.png",
+        len(data),
+        hashlib.sha256(data).hexdigest(),
+        "image/png",
+    )
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield data
+
+    for _ in range(2):
+        link = await raw_link(alice, bob)
+        await link.send_photo(offer, chunks())
+        await link.close()
+    shown = [await next_event(bob), await next_event(bob)]
+    assert [e.id for e in shown] == ["retry-1", "retry-2"]  # type: ignore[union-attr]
+    assert bob.events.empty()
+    assert [p.name for p in (bob.config.data_dir / "photos").iterdir()] == ["same.png"]
+    assert bob.history is not None
+    assert [e.id for e in bob.history.entries(ALICE)] == ["retry-2", "retry-1"]
+
+
+async def test_history_records_both_directions_with_states(world: World, photo: Path) -> None:
+    alice, bob = await world.user(ALICE), await world.user(BOB)
+    await alice.send_text(BOB, "first")
+    await next_event(bob)
+    await bob.send_text(ALICE, "reply")
+    await next_event(alice)
+    alice.book.create_group("g", [BOB, DAVE])
+    await alice.send_photo("g", photo)
+    await next_event(bob)
+    direct = alice.conversation(BOB, 10)
+    assert [(e.sender, e.text, e.state) for e in direct] == [
+        (BOB, "reply", "received"),
+        (ALICE, "first", "delivered"),
+    ]
+    group = {e.recipient: e.state for e in alice.conversation("g", 10)}
+    assert group == {BOB: "delivered", DAVE: "offline"}

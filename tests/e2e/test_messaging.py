@@ -6,9 +6,11 @@ import asyncio
 import hashlib
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import image_bytes
 from tests.e2e.conftest import Cluster
-from tests.e2e.procs import UserProcess
+from tests.e2e.procs import RpcError, UserProcess
 
 ALICE, BOB, CAROL, DAVE, ERIN = (f"+551199999000{i}" for i in range(1, 6))
 
@@ -129,3 +131,51 @@ async def test_end_of_input_and_signals_unregister_cleanly(cluster: Cluster) -> 
         carol.proc.send_signal(getattr(__import__("signal"), signum))
         assert await carol.wait() == 0
         assert (await watcher.call("status", target=CAROL))[CAROL] == {"online": False}
+
+
+async def test_history_through_json_rpc(cluster: Cluster, tmp_path: Path) -> None:
+    alice, bob = await cluster.user(ALICE), await cluster.user(BOB)
+    await alice.call("addContact", name="bob", phone=BOB)
+    first = await alice.call("send", to="bob", text="one")
+    await bob.notification("receive")
+    reply = await bob.call("send", to=ALICE, text="two")
+    await alice.notification("receive")
+    photo = tmp_path / "p.png"
+    photo.write_bytes(image_bytes())
+    await alice.call("createGroup", name="g", members=[BOB, CAROL])
+    group_send = await alice.call("send", to="g", photo=str(photo))
+    await bob.notification("receive")
+
+    assert await alice.call("history", **{"with": "bob", "limit": 10}) == [
+        {
+            "id": reply["id"],
+            "from": BOB,
+            "to": ALICE,
+            "group": None,
+            "timestamp": (await bob.call("history", **{"with": ALICE}))[0]["timestamp"],
+            "text": "two",
+            "state": "received",
+        },
+        {
+            "id": first["id"],
+            "from": ALICE,
+            "to": BOB,
+            "group": None,
+            "timestamp": (await bob.call("history", **{"with": ALICE}))[1]["timestamp"],
+            "text": "one",
+            "state": "delivered",
+        },
+    ]
+    assert len(await alice.call("history", **{"with": "bob", "limit": 1})) == 1
+    group = await alice.call("history", **{"with": "g"})
+    assert sorted((e["to"], e["state"]) for e in group) == [(BOB, "delivered"), (CAROL, "offline")]
+    assert all(e["id"] == group_send["id"] and e["photo"]["filename"] == "p.png" for e in group)
+    (received,) = await bob.call("history", **{"with": "g"})
+    assert received["state"] == "received"
+    assert Path(received["photo"]["path"]).parent == bob.data_dir / "photos"
+    with pytest.raises(RpcError) as caught:
+        await alice.call("history", **{"with": "bob", "limit": 0})
+    assert caught.value.code == -32602
+    assert await alice.quit() == 0
+    alice = await cluster.user(ALICE)  # the history survives a restart
+    assert [e["text"] for e in await alice.call("history", **{"with": "bob"})] == ["two", "one"]

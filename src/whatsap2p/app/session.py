@@ -29,6 +29,8 @@ from whatsap2p.app.events import (
     SessionEvent,
     TextReceived,
 )
+from whatsap2p.app.history import FILE_NAME as HISTORY_FILE
+from whatsap2p.app.history import History, HistoryEntry, State
 from whatsap2p.app.photos import (
     IncomingPhoto,
     OutgoingPhoto,
@@ -46,6 +48,7 @@ from whatsap2p.errors import (
     DirectoryError,
     InvalidInput,
     StoreError,
+    UnknownTarget,
 )
 from whatsap2p.keyfile import load_or_create_key
 from whatsap2p.net.directory_client import DirectoryClient
@@ -96,6 +99,7 @@ class Session:
         self.listen_address: tuple[str, int] | None = None
         self.published: ev.Registered | None = None
         self.identity: StaticKey | None = None
+        self.history: History | None = None
         self._listener: PeerListener | None = None
         self._directory: DirectoryClient | None = None
         self._lock = DataDirLock(config.data_dir)
@@ -132,6 +136,7 @@ class Session:
             # Only with the lock held: this clears half-received photos of earlier runs.
             self.photos.open()
             self.identity = load_or_create_key(config.data_dir / IDENTITY_FILE)
+            self.history = History(config.data_dir / HISTORY_FILE, self.phone)
         except OSError as exc:
             self._lock.release()
             raise StoreError(f"cannot use data dir {config.data_dir}: {exc.strerror}") from exc
@@ -171,6 +176,9 @@ class Session:
             await self._directory.close()
         if self._listener is not None:
             await self._listener.close()
+        if self.history is not None:
+            self.history.close()
+            self.history = None
         self._lock.release()
 
     # --- directory and trust ------------------------------------------------------------
@@ -227,7 +235,9 @@ class Session:
         async def deliver(link: PeerLink) -> None:
             await link.send_text(message)
 
-        return await self._fan_out(message.id, recipients, deliver)
+        report = await self._fan_out(message.id, recipients, deliver)
+        self._record_sent(report, recipients.group, message.timestamp, text=text)
+        return report
 
     async def send_photo(self, target: str, path: str | Path) -> DeliveryReport:
         recipients = self._recipients(target)
@@ -247,7 +257,46 @@ class Session:
         async def deliver(link: PeerLink) -> None:
             await link.send_photo(offer, read_chunks(photo, self.config.limits.photo_chunk))
 
-        return await self._fan_out(offer.id, recipients, deliver)
+        report = await self._fan_out(offer.id, recipients, deliver)
+        described = {
+            "path": str(photo.path),
+            "filename": photo.filename,
+            "bytes": photo.size,
+            "sha256": photo.sha256,
+            "mime": photo.mime,
+        }
+        self._record_sent(report, recipients.group, offer.timestamp, photo=described)
+        return report
+
+    def _record_sent(
+        self,
+        report: DeliveryReport,
+        group: str | None,
+        timestamp: str,
+        text: str | None = None,
+        photo: dict[str, object] | None = None,
+    ) -> None:
+        assert self.history is not None
+        delivered: tuple[State, str | None] = ("delivered", None)
+        outcomes = dict.fromkeys(report.delivered, delivered)
+        outcomes.update((phone, ("offline", None)) for phone in report.offline)
+        outcomes.update((phone, ("failed", error)) for phone, error in report.failed)
+        self.history.record_sent(report.id, outcomes, group, timestamp, text, photo)
+
+    def conversation(self, target: str, limit: int) -> list[HistoryEntry]:
+        """Newest first: the messages with a contact or number, or of a group (ours, or
+        one we were messaged in: group names are chosen by their senders)."""
+        assert self.history is not None
+        try:
+            recipients = self.book.resolve(target)
+        except UnknownTarget:
+            if not self.history.has_group(target):
+                raise
+            return self.history.entries(group=target, limit=limit)
+        if recipients.group is not None:
+            return self.history.entries(group=recipients.group, limit=limit)
+        (phone,) = recipients.phones
+        return self.history.entries(phone=phone, limit=limit)
 
     def _recipients(self, target: str) -> Recipients:
         recipients = self.book.resolve(target)
@@ -331,11 +380,23 @@ class _Inbound:
 
     async def text_received(self, sender: str, text: ev.Text) -> None:
         session = self._session
-        name = session.book.name_of(sender)
-        session._publish(TextReceived(text.id, sender, name, text.group, text.timestamp, text.body))
+        assert session.history is not None
+        # Stored before it is acknowledged; a copy already stored is acknowledged again
+        # (the sender retried) but not shown twice.
+        if session.history.record_received(
+            text.id, sender, text.group, text.timestamp, text=text.body
+        ):
+            name = session.book.name_of(sender)
+            session._publish(
+                TextReceived(text.id, sender, name, text.group, text.timestamp, text.body)
+            )
 
-    def photo_offered(self, sender: str, offer: ev.PhotoOffer) -> _PhotoSink:
-        return _PhotoSink(self._session, sender, offer, self._session.photos.begin(offer))
+    def photo_offered(self, sender: str, offer: ev.PhotoOffer) -> _PhotoSink | None:
+        session = self._session
+        assert session.history is not None
+        if session.history.was_received(offer.id, sender):
+            return None  # already stored: acknowledge without taking the bytes again
+        return _PhotoSink(session, sender, offer, session.photos.begin(offer))
 
 
 class _PhotoSink:
@@ -353,6 +414,19 @@ class _PhotoSink:
     async def complete(self) -> None:
         stored = await asyncio.to_thread(self._incoming.finish)
         offer, session = self._offer, self._session
+        assert session.history is not None
+        described: dict[str, object] = {
+            "path": str(stored.path),
+            "filename": stored.filename,
+            "bytes": stored.size,
+            "sha256": stored.sha256,
+            "mime": stored.mime,
+        }
+        if not session.history.record_received(
+            offer.id, self._sender, offer.group, offer.timestamp, photo=described
+        ):
+            stored.path.unlink()  # the same photo arrived twice at once: keep one
+            return
         name = session.book.name_of(self._sender)
         session._publish(
             PhotoReceived(offer.id, self._sender, name, offer.group, offer.timestamp, stored)

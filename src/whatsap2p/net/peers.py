@@ -50,7 +50,9 @@ class Inbound(Protocol):
 
     async def text_received(self, sender: str, text: ev.Text) -> None: ...
 
-    def photo_offered(self, sender: str, offer: ev.PhotoOffer) -> PhotoSink: ...
+    def photo_offered(self, sender: str, offer: ev.PhotoOffer) -> PhotoSink | None:
+        """Where the photo's bytes go; None when it is already stored (it is then
+        acknowledged at once, and its bytes are not taken again)."""
 
 
 class PeerListener:
@@ -185,6 +187,9 @@ class _ReceiverSession:
                 except WhatsAp2pError as exc:
                     await self._answer(ev.Rejected(event.id, str(exc)))
                     return False
+                if self._sink is None:
+                    await self._answer(ev.Ack(event.id))
+                    return False  # its chunks are on the way: drain them and close
                 self._offer = event
             elif isinstance(event, ev.PhotoChunk):
                 assert self._sink is not None

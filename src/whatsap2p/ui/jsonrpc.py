@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
 
 from whatsap2p.app.events import DeliveryReport, IdentityChanged, PhotoReceived, Received
+from whatsap2p.app.history import HistoryEntry
 from whatsap2p.app.session import Session
 from whatsap2p.errors import DirectoryError, InvalidInput, StoreError, WhatsAp2pError
 from whatsap2p.ui.stdin import LineReader
@@ -34,6 +35,8 @@ INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 #: The server cannot be reached, or a local file cannot be written.
 SERVER_ERROR = -32000
+#: The most history entries one request returns.
+MAX_HISTORY = 1000
 
 Params = dict[str, Any]
 
@@ -59,6 +62,24 @@ def report_json(report: DeliveryReport) -> dict[str, object]:
         "offline": report.offline,
         "failed": [{"phone": phone, "error": error} for phone, error in report.failed],
     }
+
+
+def history_json(entry: HistoryEntry) -> dict[str, object]:
+    item: dict[str, object] = {
+        "id": entry.id,
+        "from": entry.sender,
+        "to": entry.recipient,
+        "group": entry.group,
+        "timestamp": entry.timestamp,
+    }
+    if entry.photo is not None:
+        item["photo"] = entry.photo
+    else:
+        item["text"] = entry.text
+    item["state"] = entry.state
+    if entry.error is not None:
+        item["error"] = entry.error
+    return item
 
 
 def received_json(event: Received) -> dict[str, object]:
@@ -100,6 +121,7 @@ class JsonRpc:
             "listGroups": self._list_groups,
             "status": self._status,
             "identity": self._identity,
+            "history": self._history,
             "trust": self._trust,
             "quit": self._quit,
         }
@@ -282,6 +304,13 @@ class JsonRpc:
     async def _status(self, params: Params) -> object:
         online = await self._session.status(_text_param(params, "target"))
         return {phone: {"online": is_online} for phone, is_online in online.items()}
+
+    async def _history(self, params: Params) -> object:
+        limit = params.get("limit", 50)
+        if type(limit) is not int or not 1 <= limit <= MAX_HISTORY:
+            raise _RpcError(INVALID_PARAMS, f"param 'limit' must be an integer 1..{MAX_HISTORY}")
+        entries = self._session.conversation(_text_param(params, "with"), limit)
+        return [history_json(entry) for entry in entries]
 
     async def _identity(self, params: Params) -> object:
         return {"phone": self._session.phone, "fingerprint": self._session.fingerprint}

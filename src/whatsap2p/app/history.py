@@ -1,0 +1,181 @@
+"""Every message sent and received, with its delivery state, in `history.sqlite3`.
+
+One row per message and peer: a received message is one row (peer = its sender); a
+sent message has one row per recipient, so a group send shows each member's state.
+The primary key (id, direction, peer) is also how a retried delivery is recognised:
+the receiver stores a message before acknowledging it, and a second copy with the same
+id from the same sender is acknowledged but not shown again.
+
+SQLite in WAL mode: a transaction is either in the file or not, also after kill -9.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from whatsap2p.errors import StoreError
+
+__all__ = ["FILE_NAME", "History", "HistoryEntry", "State"]
+
+FILE_NAME = "history.sqlite3"
+
+State = Literal["received", "delivered", "queued", "offline", "failed"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+    id        TEXT NOT NULL,
+    direction TEXT NOT NULL CHECK (direction IN ('in', 'out')),
+    peer      TEXT NOT NULL,
+    grp       TEXT,
+    timestamp TEXT NOT NULL,
+    text      TEXT,
+    photo     TEXT,
+    state     TEXT NOT NULL,
+    error     TEXT,
+    UNIQUE (id, direction, peer)
+);
+CREATE INDEX IF NOT EXISTS messages_peer ON messages (peer, seq);
+CREATE INDEX IF NOT EXISTS messages_grp ON messages (grp, seq);
+"""
+
+
+_DIRECT_QUERY = (
+    "SELECT id, direction, peer, grp, timestamp, text, photo, state, error FROM messages"
+    " WHERE peer = ? AND grp IS NULL ORDER BY seq DESC LIMIT ?"
+)
+_GROUP_QUERY = (
+    "SELECT id, direction, peer, grp, timestamp, text, photo, state, error FROM messages"
+    " WHERE grp = ? ORDER BY seq DESC LIMIT ?"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    id: str
+    sender: str
+    recipient: str
+    group: str | None
+    timestamp: str
+    text: str | None
+    photo: dict[str, object] | None
+    state: str
+    error: str | None
+
+
+class History:
+    def __init__(self, path: Path, me: str) -> None:
+        self.path = path
+        self._me = me
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode: a commit survives the process being killed; only a
+            # power cut can lose the last transactions, never corrupt the file.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the history {path}: {exc}") from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    def record_received(
+        self,
+        message_id: str,
+        sender: str,
+        group: str | None,
+        timestamp: str,
+        text: str | None = None,
+        photo: dict[str, object] | None = None,
+    ) -> bool:
+        """Store a received message; False if this sender's message id was already stored."""
+        cursor = self._execute(
+            "INSERT OR IGNORE INTO messages (id, direction, peer, grp, timestamp, text, photo,"
+            " state) VALUES (?, 'in', ?, ?, ?, ?, ?, 'received')",
+            (message_id, sender, group, timestamp, text, _json(photo)),
+        )
+        return cursor.rowcount == 1
+
+    def was_received(self, message_id: str, sender: str) -> bool:
+        row = self._execute(
+            "SELECT 1 FROM messages WHERE id = ? AND direction = 'in' AND peer = ?",
+            (message_id, sender),
+        ).fetchone()
+        return row is not None
+
+    def record_sent(
+        self,
+        message_id: str,
+        outcomes: dict[str, tuple[State, str | None]],
+        group: str | None,
+        timestamp: str,
+        text: str | None = None,
+        photo: dict[str, object] | None = None,
+    ) -> None:
+        """Store a sent message: one row per recipient with its state (and error)."""
+        rows = [
+            (message_id, phone, group, timestamp, text, _json(photo), state, error)
+            for phone, (state, error) in outcomes.items()
+        ]
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO messages (id, direction, peer, grp, timestamp, text,"
+                    " photo, state, error) VALUES (?, 'out', ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+        except sqlite3.Error as exc:
+            raise StoreError(f"history: {exc}") from exc
+
+    def set_state(self, message_id: str, phone: str, state: State, error: str | None) -> None:
+        self._execute(
+            "UPDATE messages SET state = ?, error = ? WHERE id = ? AND direction = 'out'"
+            " AND peer = ?",
+            (state, error, message_id, phone),
+        )
+
+    def entries(
+        self, phone: str | None = None, group: str | None = None, limit: int = 50
+    ) -> list[HistoryEntry]:
+        """Newest first: the direct messages with `phone`, or the messages of `group`."""
+        if group is not None:
+            query, key = _GROUP_QUERY, group
+        else:
+            assert phone is not None
+            query, key = _DIRECT_QUERY, phone
+        return [self._entry(row) for row in self._execute(query, (key, limit)).fetchall()]
+
+    def has_group(self, group: str) -> bool:
+        row = self._execute("SELECT 1 FROM messages WHERE grp = ? LIMIT 1", (group,)).fetchone()
+        return row is not None
+
+    def _entry(self, row: tuple[object, ...]) -> HistoryEntry:
+        message_id, direction, peer, group, timestamp, text, photo, state, error = row
+        sender, recipient = (peer, self._me) if direction == "in" else (self._me, peer)
+        return HistoryEntry(
+            str(message_id),
+            str(sender),
+            str(recipient),
+            None if group is None else str(group),
+            str(timestamp),
+            None if text is None else str(text),
+            None if photo is None else json.loads(str(photo)),
+            str(state),
+            None if error is None else str(error),
+        )
+
+    def _execute(self, sql: str, args: tuple[object, ...]) -> sqlite3.Cursor:
+        try:
+            return self._db.execute(sql, args)
+        except sqlite3.Error as exc:
+            raise StoreError(f"history: {exc}") from exc
+
+
+def _json(photo: dict[str, object] | None) -> str | None:
+    return None if photo is None else json.dumps(photo)

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from whatsap2p.app.history import History
+
+ME, BOB, CAROL = "+5511999990001", "+5511999990002", "+5511999990003"
+T = "2026-11-27T10:00:00.000+00:00"
+
+
+def test_a_received_message_is_stored_once(tmp_path: Path) -> None:
+    history = History(tmp_path / "h.sqlite3", ME)
+    assert history.record_received("m1", BOB, None, T, text="hi")
+    assert not history.record_received("m1", BOB, None, T, text="hi")  # a retry
+    assert history.record_received("m1", CAROL, None, T, text="same id, other sender")
+    assert history.was_received("m1", BOB)
+    assert not history.was_received("m2", BOB)
+    assert [(e.id, e.sender, e.recipient, e.text, e.state) for e in history.entries(BOB)] == [
+        ("m1", BOB, ME, "hi", "received")
+    ]
+
+
+def test_sent_messages_keep_a_state_per_recipient(tmp_path: Path) -> None:
+    history = History(tmp_path / "h.sqlite3", ME)
+    history.record_sent(
+        "g1",
+        {BOB: ("delivered", None), CAROL: ("failed", "refused")},
+        "pals",
+        T,
+        photo={"filename": "a.png"},
+    )
+    entries = history.entries(group="pals")
+    assert sorted((e.recipient, e.state, e.error) for e in entries) == [
+        (BOB, "delivered", None),
+        (CAROL, "failed", "refused"),
+    ]
+    assert all(e.photo == {"filename": "a.png"} and e.text is None for e in entries)
+    assert history.entries(BOB) == []  # group messages are not in the direct conversation
+    history.set_state("g1", CAROL, "delivered", None)
+    assert {e.recipient: e.state for e in history.entries(group="pals")}[CAROL] == "delivered"
+
+
+def test_history_is_newest_first_limited_and_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite3"
+    history = History(path, ME)
+    for i in range(5):
+        history.record_sent(f"s{i}", {BOB: ("delivered", None)}, None, T, text=f"out {i}")
+        history.record_received(f"r{i}", BOB, None, T, text=f"in {i}")
+    history.close()
+    again = History(path, ME)
+    assert [e.text for e in again.entries(BOB, limit=3)] == ["in 4", "out 4", "in 3"]
+    assert len(again.entries(BOB, limit=100)) == 10
