@@ -46,6 +46,10 @@ class Timeouts:
     server_reply: float = 10.0
     #: Interval between heartbeats sent to the server.
     heartbeat_interval: float = 10.0
+    #: Reconnecting to the server: the first retry, and the longest pause between retries
+    #: (each pause is doubled, capped, then jittered down by up to half).
+    reconnect_first: float = 0.1
+    reconnect_max: float = 2.0
     #: Server side: a connection that sends nothing for this long is dropped (and unregistered).
     server_idle: float = 25.0
     #: Server side: a connection must register within this time.

@@ -13,7 +13,13 @@ import pytest
 
 from tests.conftest import image_bytes
 from tests.servers import FAST, directory_client, running_server, session_config
-from whatsap2p.app.events import IdentityChanged, PhotoReceived, SessionEvent, TextReceived
+from whatsap2p.app.events import (
+    IdentityChanged,
+    PhotoReceived,
+    ServerConnectionChanged,
+    SessionEvent,
+    TextReceived,
+)
 from whatsap2p.app.session import IDENTITY_FILE, Session
 from whatsap2p.config import Limits
 from whatsap2p.errors import (
@@ -335,3 +341,14 @@ async def test_history_records_both_directions_with_states(world: World, photo: 
     ]
     group = {e.recipient: e.state for e in alice.conversation("g", 10)}
     assert group == {BOB: "delivered", DAVE: "offline"}
+
+
+async def test_a_dropped_server_connection_is_restored_by_itself(world: World) -> None:
+    alice, bob = await world.user(ALICE), await world.user(BOB)
+    assert alice._directory is not None
+    alice._directory._writer.transport.abort()  # the connection dies under us
+    assert await next_event(alice) == ServerConnectionChanged("lost")
+    assert await next_event(alice) == ServerConnectionChanged("restored")
+    assert alice.server_connected
+    assert (await bob.send_text(ALICE, "found you again")).delivered == [ALICE]
+    assert (await next_event(alice)).text == "found you again"  # type: ignore[union-attr]

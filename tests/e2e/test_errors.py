@@ -190,21 +190,34 @@ async def test_garbage_at_a_peer_while_others_keep_working(cluster: Cluster) -> 
     assert (await alice.call("send", to=BOB, text="ok?"))["delivered"] == [BOB]
 
 
-async def test_when_the_server_goes_away_sends_fail_clearly_and_the_module_lives(
-    tmp_path: Path,
-) -> None:
-    server = await ServerProcess.start(tmp_path / "bindings.sqlite3")
+async def test_modules_survive_a_server_restart_and_say_so(tmp_path: Path) -> None:
+    db = tmp_path / "bindings.sqlite3"
+    server = await ServerProcess.start(db)
     alice = await UserProcess.start(server.address, ALICE, tmp_path / "a")
+    bob = await UserProcess.start(server.address, BOB, tmp_path / "b")
     try:
         assert await server.stop() == 0
+        for user in (alice, bob):
+            assert await user.notification("serverConnection") == {"state": "lost"}
         with pytest.raises(RpcError) as caught:
             await alice.call("send", to=BOB, text="anyone?")
         assert caught.value.code == -32000
-        assert "lost the connection to the server" in caught.value.message
+        assert "not connected to the server" in caught.value.message
         assert await alice.call("addContact", name="bob", phone=BOB) == {
             "name": "bob",
             "phone": BOB,
         }
+
+        server = await ServerProcess.start(db, port=server.port)  # back, same address
+        back = asyncio.get_running_loop().time()
+        for user in (alice, bob):
+            assert await user.notification("serverConnection") == {"state": "restored"}
+        assert asyncio.get_running_loop().time() - back < 5
+        assert (await alice.call("send", to="bob", text="you there?"))["delivered"] == [BOB]
+        assert (await bob.notification("receive"))["text"] == "you there?"
         assert await alice.quit() == 0
+        assert await bob.quit() == 0
     finally:
         await alice.close()
+        await bob.close()
+        assert await server.stop() == 0

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from whatsap2p.app.events import IdentityChanged, TextReceived
+from whatsap2p.app.events import IdentityChanged, ServerConnectionChanged, TextReceived
 from whatsap2p.ui.lines import escape_untrusted, format_event, format_received, split_target
 
 
@@ -41,3 +41,8 @@ def test_a_key_change_is_announced_with_what_to_do() -> None:
     line = format_event(IdentityChanged("+5511999990002", "ab" * 32))
     assert line.startswith("! the key of +5511999990002 changed (now abab")
     assert line.endswith("/trust +5511999990002")
+
+
+def test_the_server_connection_state_is_announced() -> None:
+    assert "reconnecting" in format_event(ServerConnectionChanged("lost"))
+    assert format_event(ServerConnectionChanged("restored")) == "! connected to the server again"

@@ -11,6 +11,7 @@ __all__ = [
     "IdentityChanged",
     "PhotoReceived",
     "Received",
+    "ServerConnectionChanged",
     "SessionEvent",
     "TextReceived",
 ]
@@ -48,7 +49,15 @@ class IdentityChanged:
     fingerprint: str
 
 
-SessionEvent = TextReceived | PhotoReceived | IdentityChanged
+@dataclass(frozen=True, slots=True)
+class ServerConnectionChanged:
+    """The connection to the server was `lost` (we keep trying) or is `restored`
+    (registered again)."""
+
+    state: str
+
+
+SessionEvent = TextReceived | PhotoReceived | IdentityChanged | ServerConnectionChanged
 
 
 @dataclass(slots=True)

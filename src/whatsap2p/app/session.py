@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import random
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from whatsap2p.app.events import (
     DeliveryReport,
     IdentityChanged,
     PhotoReceived,
+    ServerConnectionChanged,
     SessionEvent,
     TextReceived,
 )
@@ -47,6 +49,7 @@ from whatsap2p.errors import (
     DeliveryFailed,
     DirectoryError,
     InvalidInput,
+    ServerUnreachable,
     StoreError,
     UnknownTarget,
 )
@@ -105,12 +108,11 @@ class Session:
         self._lock = DataDirLock(config.data_dir)
         #: Keys that differ from the pinned ones, waiting for the user's `trust`.
         self._changed: dict[str, bytes] = {}
+        self._supervisor: asyncio.Task[None] | None = None
 
     @property
-    def server_lost(self) -> asyncio.Event:
-        """Set when the connection to the server ends (and with it the registration)."""
-        assert self._directory is not None
-        return self._directory.closed
+    def server_connected(self) -> bool:
+        return self._directory is not None and not self._directory.closed.is_set()
 
     @property
     def fingerprint(self) -> str:
@@ -152,23 +154,64 @@ class Session:
                 f"cannot listen on {config.listen_host}:{config.listen_port}: {exc.strerror}"
             ) from exc
         try:
-            self._directory = await DirectoryClient.connect(
-                config.server_host,
-                config.server_port,
-                self.identity,
-                server_fingerprint=config.server_fingerprint,
-                limits=config.limits,
-                timeouts=config.timeouts,
-            )
-            self.published = await self._directory.register(
-                self.phone, self.listen_address[1], config.advertise
-            )
+            await self._register()
         except BaseException:
             await self.close()
             raise
+        self._supervisor = asyncio.create_task(self._stay_registered(), name="stay-registered")
+
+    async def _register(self) -> None:
+        """Connect to the server and register (replacing any earlier connection)."""
+        config = self.config
+        assert self.identity is not None
+        assert self.listen_address is not None
+        directory = await DirectoryClient.connect(
+            config.server_host,
+            config.server_port,
+            self.identity,
+            server_fingerprint=config.server_fingerprint,
+            limits=config.limits,
+            timeouts=config.timeouts,
+        )
+        try:
+            self.published = await directory.register(
+                self.phone, self.listen_address[1], config.advertise
+            )
+        except BaseException:
+            await directory.close()
+            raise
+        self._directory = directory
+
+    async def _stay_registered(self) -> None:
+        """When the server connection ends, say so, and reconnect with backoff and jitter
+        until registered again (after a server restart: within a couple of seconds)."""
+        timeouts = self.config.timeouts
+        while True:
+            assert self._directory is not None
+            await self._directory.closed.wait()
+            log.warning("lost the connection to the server; reconnecting")
+            self._publish(ServerConnectionChanged("lost"))
+            pause = timeouts.reconnect_first
+            while True:
+                # Jitter spreads the reconnections of many modules after a server restart.
+                await asyncio.sleep(pause * random.uniform(0.5, 1.0))
+                try:
+                    await self._register()
+                except DirectoryError as exc:
+                    log.info("reconnecting: %s", exc)
+                    pause = min(pause * 2, timeouts.reconnect_max)
+                    continue
+                break
+            log.warning("connected to the server again")
+            self._publish(ServerConnectionChanged("restored"))
 
     async def close(self) -> None:
         """Unregister (if the server is still there) and stop listening."""
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+            self._supervisor = None
         if self._directory is not None:
             if self.published is not None and not self._directory.closed.is_set():
                 with contextlib.suppress(Exception):
@@ -185,6 +228,8 @@ class Session:
 
     async def lookup(self, phones: list[str]) -> dict[str, ev.PeerAddress]:
         assert self._directory is not None, "start() the session first"
+        if self._directory.closed.is_set():
+            raise ServerUnreachable("not connected to the server (reconnecting)")
         return await self._directory.lookup(phones)
 
     async def status(self, target: str) -> dict[str, bool]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
@@ -285,7 +284,6 @@ async def _run_user(args: argparse.Namespace) -> int:
     session = Session(config)
     await session.start()
     try:
-        watcher = asyncio.create_task(_warn_when_server_lost(session))
         if args.json:
             from whatsap2p.ui.jsonrpc import JsonRpc
 
@@ -295,13 +293,6 @@ async def _run_user(args: argparse.Namespace) -> int:
             from whatsap2p.ui.lines import LineMode
 
             await LineMode(session).run(stop)
-        watcher.cancel()
     finally:
         await session.close()
     return EXIT_OK
-
-
-async def _warn_when_server_lost(session: Session) -> None:
-    await session.server_lost.wait()
-    with contextlib.suppress(Exception):
-        log.warning("lost the connection to the server: peers can no longer find this module")

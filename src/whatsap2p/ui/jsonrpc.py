@@ -12,7 +12,13 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
 
-from whatsap2p.app.events import DeliveryReport, IdentityChanged, PhotoReceived, Received
+from whatsap2p.app.events import (
+    DeliveryReport,
+    IdentityChanged,
+    PhotoReceived,
+    Received,
+    ServerConnectionChanged,
+)
 from whatsap2p.app.history import HistoryEntry
 from whatsap2p.app.session import Session
 from whatsap2p.errors import DirectoryError, InvalidInput, StoreError, WhatsAp2pError
@@ -176,6 +182,8 @@ class JsonRpc:
                 self.notify(
                     "identityChanged", {"phone": event.phone, "fingerprint": event.fingerprint}
                 )
+            elif isinstance(event, ServerConnectionChanged):
+                self.notify("serverConnection", {"state": event.state})
             else:
                 self.notify("receive", received_json(event))
 

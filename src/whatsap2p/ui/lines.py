@@ -14,6 +14,7 @@ from whatsap2p.app.events import (
     IdentityChanged,
     PhotoReceived,
     Received,
+    ServerConnectionChanged,
     SessionEvent,
 )
 from whatsap2p.app.session import Session
@@ -91,6 +92,10 @@ def split_target(rest: str) -> tuple[str, str]:
 
 
 def format_event(event: SessionEvent) -> str:
+    if isinstance(event, ServerConnectionChanged):
+        if event.state == "lost":
+            return "! lost the connection to the server; reconnecting (sends fail meanwhile)"
+        return "! connected to the server again"
     if isinstance(event, IdentityChanged):
         return (
             f"! the key of {event.phone} changed (now {event.fingerprint}); nothing is "
