@@ -247,3 +247,31 @@ async def test_unknown_and_known_but_offline_numbers_look_the_same() -> None:
             raw.append(encode_message(ev.LookupResult(0, answer.peers)))
         assert raw[0] == raw[1]
         await asker.close()
+
+
+async def test_watchers_are_told_when_a_number_comes_online() -> None:
+    async with running_server() as (_, port):
+        alice = await client(port)
+        await alice.register(ALICE, 4001)
+        came_online: asyncio.Queue[ev.PeerAddress] = asyncio.Queue()
+        alice.on_online = came_online.put_nowait
+        assert await alice.watch([BOB, "+5511999990009"]) == {}
+        bob_key = StaticKey.generate()
+        bob = await directory_client(port, bob_key)
+        await bob.register(BOB, 4002)
+        pushed = await asyncio.wait_for(came_online.get(), 5)
+        assert pushed == ev.PeerAddress(BOB, "127.0.0.1", 4002, bob_key.public)
+        await bob.close()
+        # watching a number that is online answers with it at once
+        again = await directory_client(port, bob_key)
+        await again.register(BOB, 4003)
+        assert (await asyncio.wait_for(came_online.get(), 5)).port == 4003
+        assert list(await alice.watch([BOB])) == [BOB]
+        await alice.watch([])  # no longer interested
+        await again.close()
+        third = await directory_client(port, bob_key)
+        await third.register(BOB, 4004)
+        await alice.lookup([BOB])  # a round trip after the registration: nothing was pushed
+        assert came_online.empty()
+        await third.close()
+        await alice.close()

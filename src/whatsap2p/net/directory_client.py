@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from whatsap2p.config import Limits, Timeouts
 from whatsap2p.errors import (
@@ -53,6 +54,8 @@ class DirectoryClient:
         self._timeouts = timeouts
         self._conn = conn
         self.server_key = conn.remote_key
+        #: Called with each watched number that comes online (pushed by the server).
+        self.on_online: Callable[[ev.PeerAddress], None] | None = None
         self._waiting: dict[int, asyncio.Future[ev.Message]] = {}
         self._lost: BaseException | None = None
         self.closed = asyncio.Event()
@@ -119,6 +122,12 @@ class DirectoryClient:
         asked = set(phones)
         return {peer.phone: peer for peer in answer.peers if peer.phone in asked}
 
+    async def watch(self, phones: list[str]) -> dict[str, ev.PeerAddress]:
+        """Be told (on_online) when any of `phones` comes online; returns those online now."""
+        answer = await self._request(ev.Watch(self._conn.next_rid(), tuple(phones)))
+        assert isinstance(answer, ev.Watching)
+        return {peer.phone: peer for peer in answer.peers}
+
     async def unregister(self) -> None:
         await self._request(ev.Unregister(self._conn.next_rid()))
 
@@ -170,6 +179,10 @@ class DirectoryClient:
 
     def _dispatch(self, message: ev.Message) -> None:
         assert isinstance(message, ev.DirectoryMessage)
+        if isinstance(message, ev.Online):
+            if self.on_online is not None:
+                self.on_online(message.peer)
+            return
         future = self._waiting.get(message.rid)
         if future is not None and not future.done():
             future.set_result(message)

@@ -22,14 +22,17 @@ __all__ = ["DirectoryClientConnection", "DirectoryServerConnection", "ServerStat
 
 E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 
-_REQUESTS = (ev.Register, ev.Lookup, ev.Unregister, ev.Ping)
-_ANSWERS = (ev.Registered, ev.LookupResult, ev.Unregistered, ev.Pong, ev.Failure)
+_REQUESTS = (ev.Register, ev.Lookup, ev.Watch, ev.Unregister, ev.Ping)
+_ANSWERS = (ev.Registered, ev.LookupResult, ev.Watching, ev.Unregistered, ev.Pong, ev.Failure)
 _ANSWER_TO: dict[type[ev.Message], type[ev.Message]] = {
     ev.Register: ev.Registered,
     ev.Lookup: ev.LookupResult,
+    ev.Watch: ev.Watching,
     ev.Unregister: ev.Unregistered,
     ev.Ping: ev.Pong,
 }
+#: What the server sends on its own (rid 0), not as an answer.
+_PUSHES = (ev.Online, ev.Failure)
 
 
 class ServerState(enum.Enum):
@@ -43,6 +46,7 @@ _SERVER_ACCEPTS: dict[tuple[ServerState, type[ev.Message]], bool] = {
     (ServerState.NEW, ev.Register): True,
     (ServerState.NEW, ev.Ping): True,
     (ServerState.REGISTERED, ev.Lookup): True,
+    (ServerState.REGISTERED, ev.Watch): True,
     (ServerState.REGISTERED, ev.Ping): True,
     (ServerState.REGISTERED, ev.Unregister): True,
 }
@@ -53,6 +57,8 @@ _SERVER_SENDS: dict[tuple[ServerState, type[ev.Message]], ServerState] = {
     (ServerState.NEW, ev.Failure): ServerState.NEW,
     (ServerState.NEW, ev.Pong): ServerState.NEW,
     (ServerState.REGISTERED, ev.LookupResult): ServerState.REGISTERED,
+    (ServerState.REGISTERED, ev.Watching): ServerState.REGISTERED,
+    (ServerState.REGISTERED, ev.Online): ServerState.REGISTERED,
     (ServerState.REGISTERED, ev.Pong): ServerState.REGISTERED,
     (ServerState.REGISTERED, ev.Failure): ServerState.REGISTERED,
     (ServerState.REGISTERED, ev.Unregistered): ServerState.CLOSED,
@@ -111,7 +117,7 @@ class DirectoryServerConnection(OverChannel):
                 raise RemoteProtocolError(f"invalid port {message.port}")
             if message.host is not None and not 0 < len(message.host) <= 255:
                 raise RemoteProtocolError("invalid advertised host")
-        elif isinstance(message, ev.Lookup):
+        elif isinstance(message, ev.Lookup | ev.Watch):
             if len(message.phones) > self.limits.max_lookup_phones:
                 raise RemoteProtocolError(
                     f"a lookup may ask for at most {self.limits.max_lookup_phones} numbers"
@@ -125,12 +131,13 @@ class DirectoryServerConnection(OverChannel):
         return self._events.popleft() if self._events else None
 
     def send(self, message: ev.Message) -> bytes:
-        if not isinstance(message, _ANSWERS):
+        if not isinstance(message, _ANSWERS + _PUSHES):
             raise LocalProtocolError(f"the server does not send {message.TYPE!r}")
         next_state = _SERVER_SENDS.get((self.state, type(message)))
         if next_state is None:
             raise LocalProtocolError(f"cannot send {message.TYPE!r} when {self.state.value}")
-        if message.rid not in self._pending and not isinstance(message, ev.Failure):
+        pushed = isinstance(message, _PUSHES) and message.rid == 0
+        if message.rid not in self._pending and not pushed:
             raise LocalProtocolError(f"no request {message.rid} to answer")
         self._pending.discard(message.rid)
         self.state = next_state
@@ -184,13 +191,15 @@ class DirectoryClientConnection(OverChannel):
         self._channel.receive_data(data)
         while (body := self._channel.next_body()) is not None:
             message = decode_message(body)
-            if not isinstance(message, _ANSWERS):
+            if not isinstance(message, _ANSWERS + _PUSHES):
                 raise RemoteProtocolError(f"a server may not send {message.TYPE!r}")
+            if isinstance(message, _PUSHES) and message.rid == 0:
+                self._events.append(message)
+                continue
             asked = self._outstanding.pop(message.rid, None)
             if asked is None:
-                if not (isinstance(message, ev.Failure) and message.rid == 0):
-                    raise RemoteProtocolError(f"answer to unknown request {message.rid}")
-            elif not isinstance(message, (_ANSWER_TO[asked], ev.Failure)):
+                raise RemoteProtocolError(f"answer to unknown request {message.rid}")
+            if not isinstance(message, (_ANSWER_TO[asked], ev.Failure)):
                 raise RemoteProtocolError(f"{message.TYPE!r} does not answer {asked.TYPE!r}")
             self._events.append(message)
 

@@ -20,6 +20,7 @@ __all__ = [
     "Lookup",
     "LookupResult",
     "Message",
+    "Online",
     "PeerAddress",
     "PeerMessage",
     "PhotoChunk",
@@ -34,6 +35,8 @@ __all__ = [
     "Text",
     "Unregister",
     "Unregistered",
+    "Watch",
+    "Watching",
 ]
 
 
@@ -98,6 +101,30 @@ class LookupResult(DirectoryMessage):
 
     TYPE: ClassVar[str] = "lookup_result"
     peers: tuple[PeerAddress, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Watch(DirectoryMessage):
+    """Tell me when any of these numbers comes online (replaces the earlier watch list)."""
+
+    TYPE: ClassVar[str] = "watch"
+    phones: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Watching(DirectoryMessage):
+    """The watch is in place; `peers` are the watched numbers online right now."""
+
+    TYPE: ClassVar[str] = "watching"
+    peers: tuple[PeerAddress, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Online(DirectoryMessage):
+    """Pushed by the server (rid 0): a watched number has just registered."""
+
+    TYPE: ClassVar[str] = "online"
+    peer: PeerAddress
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,6 +56,8 @@ class DirectoryServer:
         self.ip_lookups = BucketsByKey(rates.ip_lookup_rate, rates.ip_lookup_burst)
         self.ip_registrations = BucketsByKey(rates.ip_register_rate, rates.ip_register_burst)
         self.unauthenticated: Counter[str] = Counter()
+        #: phone -> the connections waiting for it to come online
+        self.watchers: dict[str, set[_Client]] = {}
 
     async def start(self) -> tuple[str, int]:
         """Bind; returns the address actually bound (the real port when asked for 0)."""
@@ -98,6 +100,7 @@ class DirectoryServer:
             log.info("client %s: %s", peer, str(exc) or "timed out")
         finally:
             handler.authenticated()  # no longer counts as unauthenticated, whatever happened
+            handler.watch(())
             self._connections.pop(task, None)
             if handler.phone is not None:
                 await self.directory.unregister(handler.phone, conn_id)
@@ -133,6 +136,7 @@ class _Client:
         self._conn = DirectoryServerConnection(now, config.limits, config.timeouts, channel)
         self._lookups = TokenBucket(config.rates.lookup_rate, config.rates.lookup_burst, now)
         self.phone: str | None = None
+        self.watching: tuple[str, ...] = ()
         self._counted = True
         server.unauthenticated[ip] += 1
 
@@ -142,6 +146,25 @@ class _Client:
             self._server.unauthenticated[self._ip] -= 1
             if self._server.unauthenticated[self._ip] <= 0:
                 del self._server.unauthenticated[self._ip]
+
+    def watch(self, phones: tuple[str, ...]) -> None:
+        """Replace the numbers this connection waits for."""
+        watchers = self._server.watchers
+        for phone in self.watching:
+            waiting = watchers.get(phone)
+            if waiting is not None:
+                waiting.discard(self)
+                if not waiting:
+                    del watchers[phone]
+        self.watching = tuple(dict.fromkeys(phones))
+        for phone in self.watching:
+            watchers.setdefault(phone, set()).add(self)
+
+    def push_online(self, address: ev.PeerAddress) -> None:
+        """Tell this connection a number it watches has come online. Its own loop drains
+        the write, and drops the connection if it stops reading."""
+        with contextlib.suppress(ProtocolError):
+            self._writer.write(self._conn.send(ev.Online(0, address)))
 
     def failure(self, rid: int, code: str, message: str) -> bytes:
         return self._conn.send(ev.Failure(rid, code, message))
@@ -190,6 +213,8 @@ class _Client:
                 return self.failure(request.rid, "number-online", str(exc))
             self.phone = request.phone
             log.info("%s online at %s:%s", address.phone, address.host, address.port)
+            for watcher in list(server.watchers.get(address.phone, ())):
+                watcher.push_online(address)
             return self._conn.send(
                 ev.Registered(request.rid, address.phone, address.host, address.port)
             )
@@ -199,6 +224,13 @@ class _Client:
                 return self.failure(request.rid, "rate-limited", "too many lookups; slow down")
             found = await server.directory.lookup(list(request.phones))
             return self._conn.send(ev.LookupResult(request.rid, tuple(found)))
+        if isinstance(request, ev.Watch):
+            cost = max(1, len(request.phones))
+            if not self._lookups.take(now, cost) or not server.ip_lookups.take(self._ip, now, cost):
+                return self.failure(request.rid, "rate-limited", "too many lookups; slow down")
+            self.watch(request.phones)
+            found = await server.directory.lookup(list(request.phones))
+            return self._conn.send(ev.Watching(request.rid, tuple(found)))
         if isinstance(request, ev.Unregister):
             assert self.phone is not None
             await server.directory.unregister(self.phone, self._id)
