@@ -32,6 +32,8 @@ class Limits:
     max_lookup_phones: int = 1024
     #: Longest phone number string accepted on the wire (E.164 is at most 16).
     max_phone_chars: int = 32
+    #: Most messages (one per recipient) waiting in the outbox.
+    max_outbox: int = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +52,10 @@ class Timeouts:
     #: (each pause is doubled, capped, then jittered down by up to half).
     reconnect_first: float = 0.1
     reconnect_max: float = 2.0
+    #: Retrying queued messages to a recipient that is online but failed: first and
+    #: longest pause (doubling in between).
+    outbox_retry_first: float = 2.0
+    outbox_retry_max: float = 60.0
     #: Server side: a connection that sends nothing for this long is dropped (and unregistered).
     server_idle: float = 25.0
     #: Server side: a connection must register within this time.

@@ -22,6 +22,7 @@
     │   ├── RateLimited
     │   └── ServerRefused
     └── DeliveryFailed                one peer could not be given a message
+        └── DeliveryRefused           the peer answered that it will not store it
 
 Lower-layer exceptions (OSError, msgpack, Pillow) are re-raised as these with `from exc`,
 and `ui/cli.py` is the one place where they become exit codes.
@@ -33,6 +34,7 @@ __all__ = [
     "CannotListen",
     "CorruptContactsFile",
     "DeliveryFailed",
+    "DeliveryRefused",
     "DirectoryError",
     "FrameTooLarge",
     "InvalidInput",
@@ -145,3 +147,7 @@ class ServerRefused(DirectoryError):
 
 class DeliveryFailed(WhatsAp2pError):
     """A message could not be handed to one peer; the text says why."""
+
+
+class DeliveryRefused(DeliveryFailed):
+    """The peer received the message and refused to store it (retrying will not help)."""

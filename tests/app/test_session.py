@@ -16,6 +16,7 @@ from tests.servers import FAST, directory_client, running_server, session_config
 from whatsap2p.app.events import (
     IdentityChanged,
     PhotoReceived,
+    QueuedDelivered,
     ServerConnectionChanged,
     SessionEvent,
     TextReceived,
@@ -352,3 +353,50 @@ async def test_a_dropped_server_connection_is_restored_by_itself(world: World) -
     assert alice.server_connected
     assert (await bob.send_text(ALICE, "found you again")).delivered == [ALICE]
     assert (await next_event(alice)).text == "found you again"  # type: ignore[union-attr]
+
+
+async def test_queued_messages_wait_for_the_recipient_then_arrive_once(
+    world: World, tmp_path: Path
+) -> None:
+    alice = await world.user(ALICE)
+    original = tmp_path / "queued.png"
+    original.write_bytes(image_bytes(size=(80, 60)))
+    text = await alice.send_text(BOB, "when you are back", queue=True)
+    assert (text.queued, text.offline, text.delivered) == ([BOB], [], [])
+    photo = await alice.send_photo(BOB, original, queue=True)
+    assert photo.queued == [BOB]
+    original.unlink()  # the sender's copy in outbox/ is what will travel
+    assert [e.id for e in alice.outbox()] == [text.id, photo.id]
+    not_queued = await alice.send_text(CAROL, "no queue")
+    assert (not_queued.offline, not_queued.queued) == ([CAROL], [])
+
+    bob = await world.user(BOB)  # comes online: the server pushes it to alice
+    delivered = {await next_event(alice), await next_event(alice)}
+    assert delivered == {QueuedDelivered(text.id, BOB), QueuedDelivered(photo.id, BOB)}
+    got = [await next_event(bob), await next_event(bob)]
+    assert [e.id for e in got] == [text.id, photo.id]  # type: ignore[union-attr]
+    assert alice.outbox() == []
+    assert list((alice.config.data_dir / "outbox").iterdir()) == []
+    assert {e.id: e.state for e in alice.conversation(BOB, 10)} == {
+        text.id: "delivered",
+        photo.id: "delivered",
+    }
+
+
+async def test_the_outbox_survives_a_restart_of_the_sender(world: World) -> None:
+    alice = await world.user(ALICE)
+    queued = await alice.send_text(BOB, "sent before a restart", queue=True)
+    await alice.close()
+    alice = await world.user(ALICE)
+    assert [e.id for e in alice.outbox()] == [queued.id]
+    bob = await world.user(BOB)
+    assert await next_event(alice) == QueuedDelivered(queued.id, BOB)
+    assert (await next_event(bob)).text == "sent before a restart"  # type: ignore[union-attr]
+
+
+async def test_the_outbox_has_a_limit(world: World) -> None:
+    alice = await world.user(ALICE, Limits(max_outbox=2))
+    await alice.send_text(BOB, "1", queue=True)
+    await alice.send_text(CAROL, "2", queue=True)
+    with pytest.raises(InvalidInput, match="outbox is full"):
+        await alice.send_text(DAVE, "3", queue=True)

@@ -179,3 +179,38 @@ async def test_history_through_json_rpc(cluster: Cluster, tmp_path: Path) -> Non
     assert await alice.quit() == 0
     alice = await cluster.user(ALICE)  # the history survives a restart
     assert [e["text"] for e in await alice.call("history", **{"with": "bob"})] == ["two", "one"]
+
+
+async def test_queued_messages_survive_a_killed_sender_and_arrive(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    alice = await cluster.user(ALICE)
+    photo = tmp_path / "later.gif"
+    photo.write_bytes(image_bytes("GIF"))
+    ids = []
+    for params in ({"text": "first"}, {"text": "second"}, {"photo": str(photo)}):
+        sent = await alice.call("send", to=BOB, queue=True, **params)
+        assert (sent["queued"], sent["offline"], sent["delivered"]) == ([BOB], [], [])
+        ids.append(sent["id"])
+    plain = await alice.call("send", to=BOB, text="not queued")
+    assert (plain["offline"], plain["queued"]) == ([BOB], [])
+    alice.kill()  # kill -9 right after queueing
+    assert await alice.wait() != 0
+
+    alice = await cluster.user(ALICE)
+    pending = await alice.call("outbox")
+    assert [(p["id"], p["to"]) for p in pending] == [(i, BOB) for i in ids]
+    assert pending[0]["text"] == "first"
+    assert pending[2]["photo"]["filename"] == "later.gif"
+
+    bob = await cluster.user(BOB)
+    delivered = [await alice.notification("delivered") for _ in ids]
+    assert delivered == [{"id": i, "phone": BOB} for i in ids]
+    received = [await bob.notification("receive") for _ in ids]
+    assert [r["id"] for r in received] == ids
+    assert [r.get("text") for r in received[:2]] == ["first", "second"]
+    assert received[2]["photo"]["sha256"] == hashlib.sha256(photo.read_bytes()).hexdigest()
+    assert await alice.call("outbox") == []
+    states = {e["id"]: e["state"] for e in await alice.call("history", **{"with": BOB})}
+    assert [states[i] for i in ids] == ["delivered"] * 3
+    assert states[plain["id"]] == "offline"

@@ -10,6 +10,7 @@ __all__ = [
     "DeliveryReport",
     "IdentityChanged",
     "PhotoReceived",
+    "QueuedDelivered",
     "Received",
     "ServerConnectionChanged",
     "SessionEvent",
@@ -57,7 +58,17 @@ class ServerConnectionChanged:
     state: str
 
 
-SessionEvent = TextReceived | PhotoReceived | IdentityChanged | ServerConnectionChanged
+@dataclass(frozen=True, slots=True)
+class QueuedDelivered:
+    """A queued message `id` has now been acknowledged by `phone`."""
+
+    id: str
+    phone: str
+
+
+SessionEvent = (
+    TextReceived | PhotoReceived | IdentityChanged | ServerConnectionChanged | QueuedDelivered
+)
 
 
 @dataclass(slots=True)
@@ -68,3 +79,5 @@ class DeliveryReport:
     delivered: list[str] = field(default_factory=list)
     offline: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    #: Offline recipients whose copy waits in the outbox (a send with queue=True).
+    queued: list[str] = field(default_factory=list)

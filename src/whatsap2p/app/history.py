@@ -54,6 +54,16 @@ _GROUP_QUERY = (
 )
 
 
+_QUEUED_QUERY = (
+    "SELECT id, direction, peer, grp, timestamp, text, photo, state, error FROM messages"
+    " WHERE direction = 'out' AND state = 'queued' ORDER BY seq"
+)
+_QUEUED_FOR_QUERY = (
+    "SELECT id, direction, peer, grp, timestamp, text, photo, state, error FROM messages"
+    " WHERE direction = 'out' AND state = 'queued' AND peer = ? ORDER BY seq"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class HistoryEntry:
     id: str
@@ -150,6 +160,33 @@ class History:
             assert phone is not None
             query, key = _DIRECT_QUERY, phone
         return [self._entry(row) for row in self._execute(query, (key, limit)).fetchall()]
+
+    def queued(self, phone: str | None = None) -> list[HistoryEntry]:
+        """The outbox, oldest first: sent messages still waiting for a recipient."""
+        if phone is None:
+            rows = self._execute(_QUEUED_QUERY, ()).fetchall()
+        else:
+            rows = self._execute(_QUEUED_FOR_QUERY, (phone,)).fetchall()
+        return [self._entry(row) for row in rows]
+
+    def queued_phones(self) -> list[str]:
+        rows = self._execute(
+            "SELECT DISTINCT peer FROM messages WHERE direction = 'out' AND state = 'queued'", ()
+        ).fetchall()
+        return [str(row[0]) for row in rows]
+
+    def count_queued(self) -> int:
+        row = self._execute(
+            "SELECT COUNT(*) FROM messages WHERE direction = 'out' AND state = 'queued'", ()
+        ).fetchone()
+        return int(row[0])
+
+    def still_queued(self, message_id: str) -> bool:
+        row = self._execute(
+            "SELECT 1 FROM messages WHERE id = ? AND direction = 'out' AND state = 'queued'",
+            (message_id,),
+        ).fetchone()
+        return row is not None
 
     def has_group(self, group: str) -> bool:
         row = self._execute("SELECT 1 FROM messages WHERE grp = ? LIMIT 1", (group,)).fetchone()

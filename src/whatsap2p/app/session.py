@@ -17,7 +17,7 @@ import datetime as dt
 import logging
 import random
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from whatsap2p.app.events import (
     DeliveryReport,
     IdentityChanged,
     PhotoReceived,
+    QueuedDelivered,
     ServerConnectionChanged,
     SessionEvent,
     TextReceived,
@@ -40,13 +41,14 @@ from whatsap2p.app.photos import (
     prepare_photo,
     read_chunks,
 )
-from whatsap2p.app.storage import DataDirLock
+from whatsap2p.app.storage import DataDirLock, write_atomically
 from whatsap2p.app.trust import FILE_NAME as TRUST_FILE
 from whatsap2p.app.trust import TrustStore
 from whatsap2p.config import Limits, Timeouts
 from whatsap2p.errors import (
     CannotListen,
     DeliveryFailed,
+    DeliveryRefused,
     DirectoryError,
     InvalidInput,
     ServerUnreachable,
@@ -109,6 +111,10 @@ class Session:
         #: Keys that differ from the pinned ones, waiting for the user's `trust`.
         self._changed: dict[str, bytes] = {}
         self._supervisor: asyncio.Task[None] | None = None
+        #: Outbox deliveries running, one per recipient, and the retries waiting.
+        self._flushing: dict[str, asyncio.Task[None]] = {}
+        self._retries: dict[str, asyncio.TimerHandle] = {}
+        self._retry_pause: dict[str, float] = {}
 
     @property
     def server_connected(self) -> bool:
@@ -181,6 +187,8 @@ class Session:
             await directory.close()
             raise
         self._directory = directory
+        directory.on_online = self._schedule_flush
+        await self._watch_outbox()
 
     async def _stay_registered(self) -> None:
         """When the server connection ends, say so, and reconnect with backoff and jitter
@@ -212,6 +220,11 @@ class Session:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
             self._supervisor = None
+        for handle in self._retries.values():
+            handle.cancel()
+        for task in list(self._flushing.values()):
+            task.cancel()
+        await asyncio.gather(*self._flushing.values(), return_exceptions=True)
         if self._directory is not None:
             if self.published is not None and not self._directory.closed.is_set():
                 with contextlib.suppress(Exception):
@@ -249,6 +262,9 @@ class Session:
         if key is None:
             raise InvalidInput(f"no key known for {phone}: it has not been seen online")
         self.trust.pin(phone, key)
+        assert self.history is not None
+        if phone in self.history.queued_phones():  # its outbox waited for this
+            asyncio.get_running_loop().create_task(self._retry(phone))
         return phone, fingerprint(key)
 
     def _check_pinned(self, phone: str, key: bytes) -> str | None:
@@ -269,23 +285,29 @@ class Session:
 
     # --- sending --------------------------------------------------------------------------
 
-    async def send_text(self, target: str, text: str) -> DeliveryReport:
+    async def send_text(self, target: str, text: str, queue: bool = False) -> DeliveryReport:
         if not isinstance(text, str):
             raise InvalidInput("text must be a string")
         if len(text.encode("utf-8", "surrogatepass")) > self.config.limits.max_text_bytes:
             raise InvalidInput(f"text longer than {self.config.limits.max_text_bytes} bytes")
         recipients = self._recipients(target)
+        self._check_outbox_room(recipients, queue)
         message = ev.Text(uuid.uuid4().hex, _now(), text, recipients.group)
 
         async def deliver(link: PeerLink) -> None:
             await link.send_text(message)
 
-        report = await self._fan_out(message.id, recipients, deliver)
+        report = await self._fan_out(message.id, recipients, deliver, queue)
         self._record_sent(report, recipients.group, message.timestamp, text=text)
+        if report.queued:
+            await self._watch_outbox()
         return report
 
-    async def send_photo(self, target: str, path: str | Path) -> DeliveryReport:
+    async def send_photo(
+        self, target: str, path: str | Path, queue: bool = False
+    ) -> DeliveryReport:
         recipients = self._recipients(target)
+        self._check_outbox_room(recipients, queue)
         photo: OutgoingPhoto = await asyncio.to_thread(
             prepare_photo, Path(path), self.config.limits
         )
@@ -302,15 +324,20 @@ class Session:
         async def deliver(link: PeerLink) -> None:
             await link.send_photo(offer, read_chunks(photo, self.config.limits.photo_chunk))
 
-        report = await self._fan_out(offer.id, recipients, deliver)
-        described = {
-            "path": str(photo.path),
+        report = await self._fan_out(offer.id, recipients, deliver, queue)
+        kept = photo.path
+        if report.queued:  # the original may change or go away before it is delivered
+            kept = await asyncio.to_thread(self._keep_for_outbox, photo, offer.id)
+        described: dict[str, object] = {
+            "path": str(kept),
             "filename": photo.filename,
             "bytes": photo.size,
             "sha256": photo.sha256,
             "mime": photo.mime,
         }
         self._record_sent(report, recipients.group, offer.timestamp, photo=described)
+        if report.queued:
+            await self._watch_outbox()
         return report
 
     def _record_sent(
@@ -325,6 +352,7 @@ class Session:
         delivered: tuple[State, str | None] = ("delivered", None)
         outcomes = dict.fromkeys(report.delivered, delivered)
         outcomes.update((phone, ("offline", None)) for phone in report.offline)
+        outcomes.update((phone, ("queued", None)) for phone in report.queued)
         outcomes.update((phone, ("failed", error)) for phone, error in report.failed)
         self.history.record_sent(report.id, outcomes, group, timestamp, text, photo)
 
@@ -357,11 +385,17 @@ class Session:
         message_id: str,
         recipients: Recipients,
         deliver: Callable[[PeerLink], Awaitable[None]],
+        queue: bool = False,
     ) -> DeliveryReport:
-        """One lookup for all recipients, then every online one concurrently."""
+        """One lookup for all recipients, then every online one concurrently; the
+        offline ones are reported `offline`, or `queued` for later when asked to."""
         online = await self.lookup(list(recipients.phones))
         report = DeliveryReport(message_id)
-        report.offline = [p for p in recipients.phones if p not in online]
+        absent = [p for p in recipients.phones if p not in online]
+        if queue:
+            report.queued = absent
+        else:
+            report.offline = absent
         targets = []
         for phone in recipients.phones:
             if phone in online:
@@ -398,6 +432,142 @@ class Session:
             log.info("delivery to %s failed: %s", address.phone, exc)
             return str(exc)
         return None
+
+    # --- the outbox -------------------------------------------------------------------------
+
+    def outbox(self) -> list[HistoryEntry]:
+        assert self.history is not None
+        return self.history.queued()
+
+    def _check_outbox_room(self, recipients: Recipients, queue: bool) -> None:
+        assert self.history is not None
+        limit = self.config.limits.max_outbox
+        if queue and self.history.count_queued() + len(recipients.phones) > limit:
+            raise InvalidInput(f"the outbox is full ({limit} messages wait for delivery)")
+
+    def _keep_for_outbox(self, photo: OutgoingPhoto, message_id: str) -> Path:
+        """A private copy of a queued photo (blocking: run it in a thread)."""
+        folder = self.config.data_dir / "outbox"
+        folder.mkdir(exist_ok=True)
+        final = folder / f"{message_id}{photo.path.suffix or '.img'}"
+        try:
+            write_atomically(final, photo.path.read_bytes())
+        except OSError as exc:
+            raise StoreError(f"cannot keep the photo for later delivery: {exc.strerror}") from exc
+        return final
+
+    async def _watch_outbox(self) -> None:
+        """Ask the server to say when recipients of queued messages come online."""
+        assert self.history is not None
+        directory = self._directory
+        if directory is None or directory.closed.is_set():
+            return  # done again when the connection is restored
+        try:
+            online = await directory.watch(self.history.queued_phones())
+        except DirectoryError as exc:
+            log.warning("cannot watch the outbox recipients: %s", exc)
+            return
+        for address in online.values():
+            self._schedule_flush(address)
+
+    def _schedule_flush(self, address: ev.PeerAddress) -> None:
+        if address.phone not in self._flushing:
+            task = asyncio.create_task(self._flush(address), name=f"outbox-{address.phone}")
+            self._flushing[address.phone] = task
+
+    async def _flush(self, address: ev.PeerAddress) -> None:
+        """Deliver everything queued for one recipient that is online, over one connection."""
+        assert self.history is not None
+        assert self.identity is not None
+        phone = address.phone
+        try:
+            pending = self.history.queued(phone)
+            if not pending:
+                return
+            refusal = self._check_pinned(phone, address.key)
+            if refusal is not None:
+                log.warning("outbox for %s waits: %s", phone, refusal)
+                return  # until the user trusts the new key
+            config = self.config
+            link = await PeerLink.open(
+                address, self.phone, self.identity, config.limits, config.timeouts
+            )
+            try:
+                while pending:
+                    for entry in pending:
+                        await self._deliver_queued(link, entry)
+                    pending = self.history.queued(phone)
+            finally:
+                await link.close()
+            self._retry_pause.pop(phone, None)
+        except DeliveryFailed as exc:
+            self._retry_later(phone, str(exc))
+        finally:
+            self._flushing.pop(phone, None)
+
+    async def _deliver_queued(self, link: PeerLink, entry: HistoryEntry) -> None:
+        assert self.history is not None
+        phone = entry.recipient
+        try:
+            if entry.photo is None:
+                await link.send_text(
+                    ev.Text(entry.id, entry.timestamp, entry.text or "", entry.group)
+                )
+            else:
+                await link.send_photo(*self._queued_photo(entry))
+        except DeliveryRefused as exc:  # final: it will not be stored, however often we try
+            self.history.set_state(entry.id, phone, "failed", str(exc))
+        else:
+            self.history.set_state(entry.id, phone, "delivered", None)
+            self._publish(QueuedDelivered(entry.id, phone))
+        self._drop_outbox_copy(entry)
+
+    def _drop_outbox_copy(self, entry: HistoryEntry) -> None:
+        """Remove a queued photo's private copy once no recipient waits for it."""
+        assert self.history is not None
+        if entry.photo is None or self.history.still_queued(entry.id):
+            return
+        kept = Path(str(entry.photo["path"]))
+        if kept.parent == self.config.data_dir / "outbox":
+            with contextlib.suppress(OSError):
+                kept.unlink()
+
+    def _queued_photo(self, entry: HistoryEntry) -> tuple[ev.PhotoOffer, AsyncIterator[bytes]]:
+        photo = entry.photo
+        assert photo is not None
+        kept = OutgoingPhoto(
+            Path(str(photo["path"])),
+            str(photo["filename"]),
+            int(str(photo["bytes"])),
+            str(photo["sha256"]),
+            str(photo["mime"]),
+        )
+        offer = ev.PhotoOffer(
+            entry.id, entry.timestamp, kept.filename, kept.size, kept.sha256, kept.mime, entry.group
+        )
+        return offer, read_chunks(kept, self.config.limits.photo_chunk)
+
+    def _retry_later(self, phone: str, reason: str) -> None:
+        """The recipient is online but could not be reached: try again, less and less often."""
+        timeouts = self.config.timeouts
+        pause = self._retry_pause.get(phone, timeouts.outbox_retry_first)
+        self._retry_pause[phone] = min(pause * 2, timeouts.outbox_retry_max)
+        log.info("outbox for %s: %s; retrying in %.0f s", phone, reason, pause)
+        old = self._retries.pop(phone, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        self._retries[phone] = loop.call_later(
+            pause, lambda: asyncio.ensure_future(self._retry(phone))
+        )
+
+    async def _retry(self, phone: str) -> None:
+        self._retries.pop(phone, None)
+        with contextlib.suppress(DirectoryError):
+            online = await self.lookup([phone])
+            if phone in online:
+                self._schedule_flush(online[phone])
+        # offline: the server's push will bring it back
 
     # --- receiving ------------------------------------------------------------------------
 

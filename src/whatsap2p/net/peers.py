@@ -13,7 +13,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 from whatsap2p.config import Limits, Timeouts
-from whatsap2p.errors import DeliveryFailed, ProtocolError, RemoteKeyMismatch, WhatsAp2pError
+from whatsap2p.errors import (
+    DeliveryFailed,
+    DeliveryRefused,
+    ProtocolError,
+    RemoteKeyMismatch,
+    WhatsAp2pError,
+)
 from whatsap2p.net.handshake import complete_handshake
 from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.keys import StaticKey
@@ -335,7 +341,7 @@ class PeerLink:
         if answer.id != message_id:
             raise DeliveryFailed("peer acknowledged another message")
         if isinstance(answer, ev.Rejected):
-            raise DeliveryFailed(f"refused by the peer: {answer.reason}")
+            raise DeliveryRefused(f"refused by the peer: {answer.reason}")
 
     async def _next_answer(self) -> ev.Ack | ev.Rejected | ev.Closing:
         while (answer := self._conn.next_event()) is None:

@@ -16,6 +16,7 @@ from whatsap2p.app.events import (
     DeliveryReport,
     IdentityChanged,
     PhotoReceived,
+    QueuedDelivered,
     Received,
     ServerConnectionChanged,
 )
@@ -67,6 +68,7 @@ def report_json(report: DeliveryReport) -> dict[str, object]:
         "delivered": report.delivered,
         "offline": report.offline,
         "failed": [{"phone": phone, "error": error} for phone, error in report.failed],
+        "queued": report.queued,
     }
 
 
@@ -128,6 +130,7 @@ class JsonRpc:
             "status": self._status,
             "identity": self._identity,
             "history": self._history,
+            "outbox": self._outbox,
             "trust": self._trust,
             "quit": self._quit,
         }
@@ -184,6 +187,8 @@ class JsonRpc:
                 )
             elif isinstance(event, ServerConnectionChanged):
                 self.notify("serverConnection", {"state": event.state})
+            elif isinstance(event, QueuedDelivered):
+                self.notify("delivered", {"id": event.id, "phone": event.phone})
             else:
                 self.notify("receive", received_json(event))
 
@@ -264,10 +269,13 @@ class JsonRpc:
         has_text, has_photo = "text" in params, "photo" in params
         if has_text == has_photo:
             raise _RpcError(INVALID_PARAMS, "give exactly one of 'text' and 'photo'")
+        queue = params.get("queue", False)
+        if not isinstance(queue, bool):
+            raise _RpcError(INVALID_PARAMS, "param 'queue' must be true or false")
         if has_text:
-            report = await self._session.send_text(target, _text_param(params, "text"))
+            report = await self._session.send_text(target, _text_param(params, "text"), queue)
         else:
-            report = await self._session.send_photo(target, _text_param(params, "photo"))
+            report = await self._session.send_photo(target, _text_param(params, "photo"), queue)
         return report_json(report)
 
     async def _add_contact(self, params: Params) -> object:
@@ -319,6 +327,14 @@ class JsonRpc:
             raise _RpcError(INVALID_PARAMS, f"param 'limit' must be an integer 1..{MAX_HISTORY}")
         entries = self._session.conversation(_text_param(params, "with"), limit)
         return [history_json(entry) for entry in entries]
+
+    async def _outbox(self, params: Params) -> object:
+        pending = []
+        for entry in self._session.outbox():
+            item = history_json(entry)
+            del item["from"], item["state"]
+            pending.append(item)
+        return pending
 
     async def _identity(self, params: Params) -> object:
         return {"phone": self._session.phone, "fingerprint": self._session.fingerprint}

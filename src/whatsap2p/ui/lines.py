@@ -13,6 +13,7 @@ from whatsap2p.app.events import (
     DeliveryReport,
     IdentityChanged,
     PhotoReceived,
+    QueuedDelivered,
     Received,
     ServerConnectionChanged,
     SessionEvent,
@@ -92,6 +93,8 @@ def split_target(rest: str) -> tuple[str, str]:
 
 
 def format_event(event: SessionEvent) -> str:
+    if isinstance(event, QueuedDelivered):
+        return f"! queued message {event.id} delivered to {event.phone}"
     if isinstance(event, ServerConnectionChanged):
         if event.state == "lost":
             return "! lost the connection to the server; reconnecting (sends fail meanwhile)"
@@ -110,6 +113,8 @@ def format_report(report: DeliveryReport) -> str:
         parts.append("delivered to " + ", ".join(report.delivered))
     if report.offline:
         parts.append("offline: " + ", ".join(report.offline))
+    if report.queued:
+        parts.append("queued for: " + ", ".join(report.queued))
     parts.extend(f"failed: {phone} ({error})" for phone, error in report.failed)
     return "; ".join(parts) or "no recipients"
 
@@ -229,7 +234,7 @@ class LineMode:
             if len(args) != 2:
                 self.say("usage: /photo TARGET PATH")
             else:
-                self.say(format_report(await self._session.send_photo(*args)))
+                self.say(format_report(await self._session.send_photo(args[0], args[1])))
         elif name == "/who":
             target, extra = split_target(rest)
             if not target or extra:
