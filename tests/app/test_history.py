@@ -50,3 +50,27 @@ def test_history_is_newest_first_limited_and_survives_reopening(tmp_path: Path) 
     again = History(path, ME)
     assert [e.text for e in again.entries(BOB, limit=3)] == ["in 4", "out 4", "in 3"]
     assert len(again.entries(BOB, limit=100)) == 10
+
+
+def test_a_history_from_before_the_shown_column_is_migrated(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as old:
+        old.execute(
+            "CREATE TABLE messages (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL,"
+            " direction TEXT NOT NULL, peer TEXT NOT NULL, grp TEXT, timestamp TEXT NOT NULL,"
+            " text TEXT, photo TEXT, state TEXT NOT NULL, error TEXT,"
+            " UNIQUE (id, direction, peer))"
+        )
+        old.execute(
+            "INSERT INTO messages (id, direction, peer, timestamp, text, state)"
+            " VALUES ('m0', 'in', ?, ?, 'old', 'received')",
+            (BOB, T),
+        )
+    old.close()
+    history = History(path, ME)
+    assert [e.text for e in history.entries(BOB)] == ["old"]
+    assert history.unshown() == []  # what an earlier version received was shown then
+    assert history.record_received("m1", BOB, None, T, text="new")
+    assert [e.id for e in history.unshown()] == ["m1"]

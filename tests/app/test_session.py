@@ -400,3 +400,20 @@ async def test_the_outbox_has_a_limit(world: World) -> None:
     await alice.send_text(CAROL, "2", queue=True)
     with pytest.raises(InvalidInput, match="outbox is full"):
         await alice.send_text(DAVE, "3", queue=True)
+
+
+async def test_a_message_stored_but_never_shown_is_shown_at_the_next_start(
+    world: World,
+) -> None:
+    alice, bob = await world.user(ALICE), await world.user(BOB)
+    first = await alice.send_text(BOB, "seen")
+    second = await alice.send_text(BOB, "stored, then the module died")
+    shown = await next_event(bob)
+    bob.shown(shown)  # type: ignore[arg-type]
+    await next_event(bob)  # published, but the UI never got to show it
+    await bob.close()
+    bob = await world.user(BOB)
+    again = await next_event(bob)
+    assert (again.id, again.text) == (second.id, "stored, then the module died")  # type: ignore[union-attr]
+    assert bob.events.empty()
+    assert first.id == shown.id  # type: ignore[union-attr]

@@ -97,7 +97,9 @@ async def test_startup_errors_are_one_clear_line(tmp_path: Path) -> None:
     with socket.socket() as probe:  # a port with nothing behind it
         probe.bind(("127.0.0.1", 0))
         free = probe.getsockname()[1]
-    err = await expect_startup_error("user", f"127.0.0.1:{free}", "--phone", ALICE, "--json")
+    err = await expect_startup_error(
+        "user", f"127.0.0.1:{free}", "--phone", ALICE, "--json", "--data-dir", str(tmp_path / "u")
+    )
     assert "cannot reach the server" in err
     err = await expect_startup_error("user", "127.0.0.1:5555", "--phone", "123")
     assert "invalid phone number" in err

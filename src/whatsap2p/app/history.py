@@ -6,6 +6,10 @@ The primary key (id, direction, peer) is also how a retried delivery is recognis
 the receiver stores a message before acknowledging it, and a second copy with the same
 id from the same sender is acknowledged but not shown again.
 
+A received message is `shown` once the UI has written it out. One the module stored
+but had not shown when it died is shown at the next start: nothing is silently lost,
+and a crash between showing and marking repeats at most that one message (same id).
+
 SQLite in WAL mode: a transaction is either in the file or not, also after kill -9.
 """
 
@@ -37,10 +41,13 @@ CREATE TABLE IF NOT EXISTS messages (
     photo     TEXT,
     state     TEXT NOT NULL,
     error     TEXT,
+    shown     INTEGER NOT NULL DEFAULT 1,
     UNIQUE (id, direction, peer)
 );
 CREATE INDEX IF NOT EXISTS messages_peer ON messages (peer, seq);
 CREATE INDEX IF NOT EXISTS messages_grp ON messages (grp, seq);
+CREATE INDEX IF NOT EXISTS messages_state ON messages (state, direction, peer, seq);
+CREATE INDEX IF NOT EXISTS messages_unshown ON messages (shown, seq);
 """
 
 
@@ -87,9 +94,16 @@ class History:
             # NORMAL in WAL mode: a commit survives the process being killed; only a
             # power cut can lose the last transactions, never corrupt the file.
             self._db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the history {path}: {exc}") from exc
+
+    def _migrate(self) -> None:
+        """Bring a history written by an earlier version up to this schema."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(messages)")}
+        if columns and "shown" not in columns:  # before 'shown': all were shown
+            self._db.execute("ALTER TABLE messages ADD COLUMN shown INTEGER NOT NULL DEFAULT 1")
 
     def close(self) -> None:
         self._db.close()
@@ -106,7 +120,7 @@ class History:
         """Store a received message; False if this sender's message id was already stored."""
         cursor = self._execute(
             "INSERT OR IGNORE INTO messages (id, direction, peer, grp, timestamp, text, photo,"
-            " state) VALUES (?, 'in', ?, ?, ?, ?, ?, 'received')",
+            " state, shown) VALUES (?, 'in', ?, ?, ?, ?, ?, 'received', 0)",
             (message_id, sender, group, timestamp, text, _json(photo)),
         )
         return cursor.rowcount == 1
@@ -160,6 +174,21 @@ class History:
             assert phone is not None
             query, key = _DIRECT_QUERY, phone
         return [self._entry(row) for row in self._execute(query, (key, limit)).fetchall()]
+
+    def mark_shown(self, message_id: str, sender: str) -> None:
+        self._execute(
+            "UPDATE messages SET shown = 1 WHERE id = ? AND direction = 'in' AND peer = ?",
+            (message_id, sender),
+        )
+
+    def unshown(self) -> list[HistoryEntry]:
+        """Received messages the UI never showed (the module died first), oldest first."""
+        rows = self._execute(
+            "SELECT id, direction, peer, grp, timestamp, text, photo, state, error FROM messages"
+            " WHERE shown = 0 ORDER BY seq",
+            (),
+        ).fetchall()
+        return [self._entry(row) for row in rows]
 
     def queued(self, phone: str | None = None) -> list[HistoryEntry]:
         """The outbox, oldest first: sent messages still waiting for a recipient."""

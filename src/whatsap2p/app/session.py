@@ -38,6 +38,7 @@ from whatsap2p.app.photos import (
     IncomingPhoto,
     OutgoingPhoto,
     PhotoStore,
+    StoredPhoto,
     prepare_photo,
     read_chunks,
 )
@@ -115,6 +116,9 @@ class Session:
         self._flushing: dict[str, asyncio.Task[None]] = {}
         self._retries: dict[str, asyncio.TimerHandle] = {}
         self._retry_pause: dict[str, float] = {}
+        #: Numbers the server has been asked to watch on the current connection.
+        self._watched: frozenset[str] = frozenset()
+        self._queued_count = 0
 
     @property
     def server_connected(self) -> bool:
@@ -145,6 +149,7 @@ class Session:
             self.photos.open()
             self.identity = load_or_create_key(config.data_dir / IDENTITY_FILE)
             self.history = History(config.data_dir / HISTORY_FILE, self.phone)
+            self._queued_count = self.history.count_queued()
         except OSError as exc:
             self._lock.release()
             raise StoreError(f"cannot use data dir {config.data_dir}: {exc.strerror}") from exc
@@ -165,6 +170,38 @@ class Session:
             await self.close()
             raise
         self._supervisor = asyncio.create_task(self._stay_registered(), name="stay-registered")
+        self._show_again()
+
+    def _show_again(self) -> None:
+        """Publish what was stored but never shown before the last run ended."""
+        assert self.history is not None
+        for entry in self.history.unshown():
+            name = self.book.name_of(entry.sender)
+            if entry.photo is None:
+                self._publish(
+                    TextReceived(
+                        entry.id, entry.sender, name, entry.group, entry.timestamp, entry.text or ""
+                    )
+                )
+            else:
+                photo = entry.photo
+                stored = StoredPhoto(
+                    Path(str(photo["path"])),
+                    str(photo["filename"]),
+                    int(str(photo["bytes"])),
+                    str(photo["sha256"]),
+                    str(photo["mime"]),
+                )
+                self._publish(
+                    PhotoReceived(
+                        entry.id, entry.sender, name, entry.group, entry.timestamp, stored
+                    )
+                )
+
+    def shown(self, event: TextReceived | PhotoReceived) -> None:
+        """The UI has shown `event`: it will not be shown again after a restart."""
+        if self.history is not None:
+            self.history.mark_shown(event.id, event.sender)
 
     async def _register(self) -> None:
         """Connect to the server and register (replacing any earlier connection)."""
@@ -188,6 +225,7 @@ class Session:
             raise
         self._directory = directory
         directory.on_online = self._schedule_flush
+        self._watched = frozenset()
         await self._watch_outbox()
 
     async def _stay_registered(self) -> None:
@@ -299,7 +337,7 @@ class Session:
 
         report = await self._fan_out(message.id, recipients, deliver, queue)
         self._record_sent(report, recipients.group, message.timestamp, text=text)
-        if report.queued:
+        if not self._watched.issuperset(report.queued):
             await self._watch_outbox()
         return report
 
@@ -336,7 +374,7 @@ class Session:
             "mime": photo.mime,
         }
         self._record_sent(report, recipients.group, offer.timestamp, photo=described)
-        if report.queued:
+        if not self._watched.issuperset(report.queued):
             await self._watch_outbox()
         return report
 
@@ -355,6 +393,7 @@ class Session:
         outcomes.update((phone, ("queued", None)) for phone in report.queued)
         outcomes.update((phone, ("failed", error)) for phone, error in report.failed)
         self.history.record_sent(report.id, outcomes, group, timestamp, text, photo)
+        self._queued_count += len(report.queued)
 
     def conversation(self, target: str, limit: int) -> list[HistoryEntry]:
         """Newest first: the messages with a contact or number, or of a group (ours, or
@@ -442,7 +481,7 @@ class Session:
     def _check_outbox_room(self, recipients: Recipients, queue: bool) -> None:
         assert self.history is not None
         limit = self.config.limits.max_outbox
-        if queue and self.history.count_queued() + len(recipients.phones) > limit:
+        if queue and self._queued_count + len(recipients.phones) > limit:
             raise InvalidInput(f"the outbox is full ({limit} messages wait for delivery)")
 
     def _keep_for_outbox(self, photo: OutgoingPhoto, message_id: str) -> Path:
@@ -462,11 +501,13 @@ class Session:
         directory = self._directory
         if directory is None or directory.closed.is_set():
             return  # done again when the connection is restored
+        phones = self.history.queued_phones()
         try:
-            online = await directory.watch(self.history.queued_phones())
+            online = await directory.watch(phones)
         except DirectoryError as exc:
             log.warning("cannot watch the outbox recipients: %s", exc)
             return
+        self._watched = frozenset(phones)
         for address in online.values():
             self._schedule_flush(address)
 
@@ -520,6 +561,7 @@ class Session:
         else:
             self.history.set_state(entry.id, phone, "delivered", None)
             self._publish(QueuedDelivered(entry.id, phone))
+        self._queued_count -= 1
         self._drop_outbox_copy(entry)
 
     def _drop_outbox_copy(self, entry: HistoryEntry) -> None:

@@ -191,6 +191,7 @@ class JsonRpc:
                 self.notify("delivered", {"id": event.id, "phone": event.phone})
             else:
                 self.notify("receive", received_json(event))
+                self._session.shown(event)
 
     async def _handle_line(self, line: str) -> None:
         if line == LineReader.TOO_LONG:

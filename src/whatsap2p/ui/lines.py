@@ -17,6 +17,7 @@ from whatsap2p.app.events import (
     Received,
     ServerConnectionChanged,
     SessionEvent,
+    TextReceived,
 )
 from whatsap2p.app.session import Session
 from whatsap2p.errors import WhatsAp2pError
@@ -154,7 +155,10 @@ class LineMode:
 
     async def _print_received(self) -> None:
         while True:
-            self.say(format_event(await self._session.events.get()))
+            event = await self._session.events.get()
+            self.say(format_event(event))
+            if isinstance(event, TextReceived | PhotoReceived):
+                self._session.shown(event)
 
     async def command(self, line: str) -> bool:
         """Carry out one line; False when the user asked to quit."""
