@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench soak clean test-tools
+.PHONY: install run test lint bench soak fuzz clean test-tools
 
 install: $(STAMP)
 
@@ -31,12 +31,17 @@ test-tools:
 	  || { echo "cannot install tcpdump: install it (needs root), then run make test again"; exit 1; }; }
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench fuzz
+	$(BIN)/ruff format --check src tests bench fuzz
 	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py --out bench/RESULTS.md
+
+# Coverage-guided fuzzing (atheris) of every parser; FUZZ_SECONDS per harness.
+FUZZ_SECONDS ?= 60
+fuzz: $(STAMP)
+	$(BIN)/python fuzz/run.py --seconds $(FUZZ_SECONDS)
 
 # 10,000 queued messages while the receiver is killed twice and the server restarted.
 soak: $(STAMP)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 
 import pytest
@@ -137,3 +138,21 @@ def test_arbitrary_bytes_never_raise_anything_else(data: bytes, established: boo
     bob.receive_data(framed)
     with contextlib.suppress(RemoteProtocolError):
         bob.next_body()
+
+
+# Found by the handshake fuzzer: an initiator whose ephemeral key is a low-order point
+# (here all zeros) made the responder's DH fail while *writing* its answer.
+LOW_ORDER_HELLO = base64.b64decode(
+    "AgAAACAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA///HcEMUowEAtGZvtEYMhPYAAAf+H2iO+HJQAgAAxxdyUAIAAAAAAAAAFw=="
+)
+
+
+def test_a_low_order_ephemeral_key_is_refused_cleanly() -> None:
+    bob = NoiseChannel(BOB, initiator=False, max_body=CAP)
+    bob.receive_data(LOW_ORDER_HELLO)
+    with pytest.raises(RemoteProtocolError, match="handshake failed"):
+        bob.next_body()
+    zeros = NoiseChannel(BOB, initiator=False, max_body=CAP)
+    zeros.receive_data(b"\x02\x00\x00\x00\x20" + bytes(32))
+    with pytest.raises(RemoteProtocolError, match="handshake failed"):
+        zeros.next_body()

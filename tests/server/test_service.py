@@ -275,3 +275,15 @@ async def test_watchers_are_told_when_a_number_comes_online() -> None:
         assert came_online.empty()
         await third.close()
         await alice.close()
+
+
+async def test_a_low_order_key_in_the_handshake_is_refused_and_others_go_on() -> None:
+    async with running_server() as (_, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"\x02\x00\x00\x00\x20" + bytes(32))  # handshake frame, e = all zeros
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+        user = await client(port)
+        await user.register(ALICE, 4001)
+        await user.close()

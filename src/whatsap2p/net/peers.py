@@ -103,6 +103,9 @@ class PeerListener:
             log.warning("peer %s broke the protocol: %s", peer, exc)
         except (OSError, asyncio.IncompleteReadError) as exc:
             log.info("peer %s: connection lost: %s", peer, exc)
+        except Exception:
+            # A bug, not bad input: say so loudly, close this connection, serve the rest.
+            log.exception("unexpected error on the connection from %s", peer)
         finally:
             self._connections.pop(task, None)
             writer.close()

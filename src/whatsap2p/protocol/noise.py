@@ -124,7 +124,13 @@ class NoiseChannel:
     # --- internals ------------------------------------------------------------------------
 
     def _send_handshake(self) -> None:
-        self._outgoing += encode_frame(bytes(self._noise.write_message()), MAX_NOISE_MESSAGE)
+        try:
+            message = self._noise.write_message()
+        except _NOISE_ERRORS as exc:
+            # Answering needs a DH with what the other side sent: a low-order point (an
+            # all-zero key, say) fails here, not while reading it. Found by fuzzing.
+            raise RemoteProtocolError(f"secure handshake failed: {exc}") from exc
+        self._outgoing += encode_frame(bytes(message), MAX_NOISE_MESSAGE)
 
     def _handshake_step(self, frame: bytes) -> None:
         try:

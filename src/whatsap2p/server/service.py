@@ -98,6 +98,9 @@ class DirectoryServer:
                 writer.write(handler.failure(0, "protocol-error", str(exc)))
         except (OSError, TimeoutError) as exc:
             log.info("client %s: %s", peer, str(exc) or "timed out")
+        except Exception:
+            # A bug, not bad input: say so loudly, close this connection, serve the rest.
+            log.exception("unexpected error on the connection from %s", peer)
         finally:
             handler.authenticated()  # no longer counts as unauthenticated, whatever happened
             handler.watch(())
