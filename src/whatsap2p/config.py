@@ -65,9 +65,9 @@ class Timeouts:
     #: Peer side: a connection silent for this long is closed.
     peer_idle: float = 30.0
     #: A write that cannot drain for this long means the other side is frozen.
-    write_drain: float = 15.0
+    write_drain: float = 20.0
     #: Sender side: waiting for the acknowledgement after the last byte was sent.
-    peer_ack: float = 30.0
+    peer_ack: float = 20.0
 
 
 @dataclass(frozen=True, slots=True)

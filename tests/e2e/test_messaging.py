@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import signal
 from pathlib import Path
 
 import pytest
@@ -214,3 +215,33 @@ async def test_queued_messages_survive_a_killed_sender_and_arrive(
     states = {e["id"]: e["state"] for e in await alice.call("history", **{"with": BOB})}
     assert [states[i] for i in ids] == ["delivered"] * 3
     assert states[plain["id"]] == "offline"
+
+
+async def test_a_receiver_frozen_mid_photo_fails_alone_and_keeps_nothing(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    alice = await cluster.user(ALICE, "--peer-timeout", "2")
+    bob, carol = await cluster.user(BOB), await cluster.user(CAROL)
+    await alice.call("createGroup", name="pals", members=[BOB, CAROL])
+    big = tmp_path / "big.png"
+    big.write_bytes(image_bytes(marker=bytes(48 * 1024 * 1024)))  # more than socket buffers
+    sending = asyncio.create_task(alice.call("send", to="pals", photo=str(big)))
+    photos = bob.data_dir / "photos"
+    while not any(p.stat().st_size > 0 for p in photos.glob(".incoming-*.part")):  # noqa: ASYNC110
+        await asyncio.sleep(0.01)  # until bob is receiving: the event is in bob's process
+    bob.proc.send_signal(signal.SIGSTOP)  # frozen in the middle of the photo
+    started = asyncio.get_running_loop().time()
+    try:
+        sent = await asyncio.wait_for(sending, 30)
+        assert asyncio.get_running_loop().time() - started < 10
+        assert sent["delivered"] == [CAROL]  # the others are not held up
+        assert [f["phone"] for f in sent["failed"]] == [BOB]
+        assert "timed out" in sent["failed"][0]["error"]
+        assert (await carol.notification("receive"))["photo"]["bytes"] == big.stat().st_size
+    finally:
+        bob.proc.send_signal(signal.SIGCONT)
+    # bob wakes up to a closed connection: the partial file goes, nothing is shown
+    while list(photos.iterdir()):  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    assert await bob.call("status", target=ALICE) == {ALICE: {"online": True}}  # bob is fine
+    assert bob.notifications["receive"].empty()

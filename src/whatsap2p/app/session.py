@@ -463,10 +463,8 @@ class Session:
             link = await PeerLink.open(
                 address, self.phone, self.identity, config.limits, config.timeouts
             )
-            try:
+            async with link:  # a failed link is aborted, not closed gracefully
                 await deliver(link)
-            finally:
-                await link.close()
         except DeliveryFailed as exc:
             log.info("delivery to %s failed: %s", address.phone, exc)
             return str(exc)
@@ -533,13 +531,11 @@ class Session:
             link = await PeerLink.open(
                 address, self.phone, self.identity, config.limits, config.timeouts
             )
-            try:
+            async with link:
                 while pending:
                     for entry in pending:
                         await self._deliver_queued(link, entry)
                     pending = self.history.queued(phone)
-            finally:
-                await link.close()
             self._retry_pause.pop(phone, None)
         except DeliveryFailed as exc:
             self._retry_later(phone, str(exc))

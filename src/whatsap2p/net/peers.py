@@ -287,10 +287,28 @@ class PeerLink:
         await link._write(ev.Hello(me))
         return link
 
+    async def __aenter__(self) -> PeerLink:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is None:
+            await self.close()
+        else:
+            self.abort()
+
     async def close(self) -> None:
+        """Close after what was written has gone out; abort if that does not happen in
+        time (a graceful close waits for a frozen peer forever)."""
         self._writer.close()
-        with contextlib.suppress(OSError):
-            await self._writer.wait_closed()
+        try:
+            async with asyncio.timeout(self._timeouts.write_drain):
+                await self._writer.wait_closed()
+        except (OSError, TimeoutError):
+            self.abort()
+
+    def abort(self) -> None:
+        """Drop the connection now, unsent bytes and all."""
+        self._writer.transport.abort()
 
     async def send_text(self, text: ev.Text) -> None:
         """Returns once the peer acknowledged; raises DeliveryFailed with the reason."""

@@ -172,6 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest photo sent or accepted (default %(default)g)",
     )
     user.add_argument(
+        "--peer-timeout",
+        type=_positive,
+        default=Timeouts().peer_ack,
+        metavar="SECONDS",
+        help="a peer that stops reading or answering this long is reported failed "
+        "(default %(default)g)",
+    )
+    user.add_argument(
         "--heartbeat",
         type=_positive,
         default=Timeouts().heartbeat_interval,
@@ -274,7 +282,12 @@ def _user_config(args: argparse.Namespace) -> SessionConfig:
         region=args.region,
         server_fingerprint=args.server_key,
         limits=limits,
-        timeouts=replace(Timeouts(), heartbeat_interval=args.heartbeat),
+        timeouts=replace(
+            Timeouts(),
+            heartbeat_interval=args.heartbeat,
+            write_drain=args.peer_timeout,
+            peer_ack=args.peer_timeout,
+        ),
     )
 
 
