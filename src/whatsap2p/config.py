@@ -56,6 +56,8 @@ class Timeouts:
     #: longest pause (doubling in between).
     outbox_retry_first: float = 2.0
     outbox_retry_max: float = 60.0
+    #: How long the start of an interrupted incoming photo is kept for a resume.
+    partial_keep: float = 24 * 3600.0
     #: Server side: a connection that sends nothing for this long is dropped (and unregistered).
     server_idle: float = 25.0
     #: Server side: a connection must register within this time.

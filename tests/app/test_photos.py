@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ from whatsap2p.errors import PhotoRejected
 from whatsap2p.protocol.events import PhotoOffer
 
 LIMITS = Limits()
+KEEP = 3600.0
+SENDER = "+5511999990009"
 
 
 def offer_for(data: bytes, filename: str = "cat.png", mime: str = "image/png") -> PhotoOffer:
@@ -79,14 +82,14 @@ def test_file_names_from_senders_are_sanitised(name: str, safe: str) -> None:
 
 
 def store_one(store: PhotoStore, data: bytes, **kw: str) -> Path:
-    incoming = store.begin(offer_for(data, **kw))
+    incoming = store.begin(SENDER, offer_for(data, **kw))
     incoming.write(data)
     return incoming.finish().path
 
 
 def test_received_photos_never_overwrite(tmp_path: Path) -> None:
     store = PhotoStore(tmp_path / "photos", LIMITS)
-    store.open()
+    store.open(time.time(), KEEP)
     data = image_bytes()
     (tmp_path / "photos" / "cat.png").write_bytes(b"precious")
     first = store_one(store, data)
@@ -117,19 +120,42 @@ def test_bad_photos_are_rejected_and_leave_nothing(
     tmp_path: Path, data: bytes, offered: bytes | None, reason: str
 ) -> None:
     store = PhotoStore(tmp_path / "photos", LIMITS)
-    store.open()
-    incoming = store.begin(offer_for(offered or data))
+    store.open(time.time(), KEEP)
+    incoming = store.begin(SENDER, offer_for(offered or data))
     incoming.write(data)
     with pytest.raises(PhotoRejected, match=reason):
         incoming.finish()
     assert list((tmp_path / "photos").iterdir()) == []
+    assert list((tmp_path / "partial").iterdir()) == []  # bad bytes are not kept either
 
 
-def test_leftovers_of_an_interrupted_run_are_cleared(tmp_path: Path) -> None:
+def test_an_interrupted_photo_is_kept_hidden_and_resumes(tmp_path: Path) -> None:
     store = PhotoStore(tmp_path / "photos", LIMITS)
-    store.open()
-    incoming = store.begin(offer_for(b"abc"))
-    incoming.write(b"ab")
-    PhotoStore(tmp_path / "photos", LIMITS).open()
-    assert list((tmp_path / "photos").iterdir()) == []
-    incoming.discard()
+    store.open(time.time(), KEEP)
+    data = image_bytes(marker=bytes(10_000))
+    incoming = store.begin(SENDER, offer_for(data))
+    assert incoming.offset == 0
+    incoming.write(data[:6000])
+    incoming.interrupted()  # the connection dropped
+    assert list((tmp_path / "photos").iterdir()) == []  # nothing shown or stored
+    (partial,) = (tmp_path / "partial").iterdir()
+    resumed = store.begin(SENDER, offer_for(data))  # the same photo from the same sender
+    assert resumed.offset == 6000
+    resumed.write(data[6000:])
+    assert resumed.finish().path.read_bytes() == data  # the hash covered the kept bytes
+    assert not partial.exists()
+    other = store.begin("+5511999990077", offer_for(data))
+    assert other.offset == 0  # another sender's copy starts afresh
+    other.discard()
+
+
+def test_partial_transfers_expire(tmp_path: Path) -> None:
+    store = PhotoStore(tmp_path / "photos", LIMITS)
+    store.open(time.time(), KEEP)
+    incoming = store.begin(SENDER, offer_for(b"abcdef"))
+    incoming.write(b"abc")
+    incoming.interrupted()
+    store.open(time.time(), KEEP)
+    assert len(list((tmp_path / "partial").iterdir())) == 1  # still fresh: kept
+    store.open(time.time() + KEEP + 1, KEEP)
+    assert list((tmp_path / "partial").iterdir()) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import shutil
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -189,22 +190,38 @@ async def raw_link(sender: Session, receiver: Session) -> PeerLink:
     return await PeerLink.open(address, sender.phone, sender.identity, Limits(), FAST)
 
 
-async def test_a_sender_that_dies_mid_photo_leaves_nothing_behind(world: World) -> None:
+async def test_a_photo_cut_off_mid_way_shows_nothing_and_then_resumes(world: World) -> None:
     alice, bob = await world.user(ALICE), await world.user(BOB)
-    link = await raw_link(alice, bob)
-    data = image_bytes(size=(500, 500), marker=b"\0" * 100_000)
+    data = image_bytes(size=(500, 500), marker=os.urandom(300_000))
     offer = ev.PhotoOffer(
-        "p1", "2026-11-27T10:00:00+00:00", "x.png", len(data), "0" * 64, "image/png"
+        "p1",
+        "2026-11-27T10:00:00+00:00",
+        "x.png",
+        len(data),
+        hashlib.sha256(data).hexdigest(),
+        "image/png",
     )
+    link = await raw_link(alice, bob)
     await link._write(offer)
-    await link._write(ev.PhotoChunk("p1", data[:50_000]))
-    photos = bob.config.data_dir / "photos"
-    link._writer.transport.abort()  # the sender dies half-way
-    # the receiver discards the partial file once it sees the connection drop
+    assert await link._answer_for("p1") == ev.Resume("p1", 0)
+    await link._write(ev.PhotoChunk("p1", data[:100_000]))
+    link.abort()  # the sender dies half-way
     connections = bob._listener._connections  # type: ignore[union-attr]
     await asyncio.wait_for(asyncio.gather(*connections, return_exceptions=True), 5)
-    assert list(photos.iterdir()) == []
-    assert bob.events.empty()
+    assert list((bob.config.data_dir / "photos").iterdir()) == []  # nothing stored...
+    assert bob.events.empty()  # ...nothing shown
+    (partial,) = (bob.config.data_dir / "partial").iterdir()  # kept, hidden, for a resume
+    assert partial.stat().st_size == 100_000
+
+    async def from_offset(offset: int) -> AsyncIterator[bytes]:
+        yield data[offset:]
+
+    async with await raw_link(alice, bob) as again:
+        assert await again.send_photo(offer, from_offset) == len(data) - 100_000
+    got = await next_event(bob)
+    assert isinstance(got, PhotoReceived)
+    assert got.photo.path.read_bytes() == data
+    assert list((bob.config.data_dir / "partial").iterdir()) == []
 
 
 async def test_a_damaged_photo_is_reported_failed_and_not_kept(world: World) -> None:
@@ -219,9 +236,10 @@ async def test_a_damaged_photo_is_reported_failed_and_not_kept(world: World) -> 
         yield data
 
     with pytest.raises(DeliveryFailed, match="SHA-256 does not match"):
-        await link.send_photo(offer, chunks())
+        await link.send_photo(offer, lambda offset: chunks())
     await link.close()
     assert list((bob.config.data_dir / "photos").iterdir()) == []
+    assert list((bob.config.data_dir / "partial").iterdir()) == []  # bad bytes go too
 
 
 async def test_a_data_dir_is_used_by_one_module_at_a_time(world: World) -> None:
@@ -314,10 +332,12 @@ async def test_a_retried_delivery_is_acknowledged_but_shown_once(world: World) -
     async def chunks() -> AsyncIterator[bytes]:
         yield data
 
+    sent = []
     for _ in range(2):
         link = await raw_link(alice, bob)
-        await link.send_photo(offer, chunks())
+        sent.append(await link.send_photo(offer, lambda offset: chunks()))
         await link.close()
+    assert sent == [len(data), 0]  # the second offer was acknowledged without its bytes
     shown = [await next_event(bob), await next_event(bob)]
     assert [e.id for e in shown] == ["retry-1", "retry-2"]  # type: ignore[union-attr]
     assert bob.events.empty()

@@ -226,8 +226,8 @@ async def test_a_receiver_frozen_mid_photo_fails_alone_and_keeps_nothing(
     big = tmp_path / "big.png"
     big.write_bytes(image_bytes(marker=bytes(48 * 1024 * 1024)))  # more than socket buffers
     sending = asyncio.create_task(alice.call("send", to="pals", photo=str(big)))
-    photos = bob.data_dir / "photos"
-    while not any(p.stat().st_size > 0 for p in photos.glob(".incoming-*.part")):  # noqa: ASYNC110
+    partial = bob.data_dir / "partial"
+    while not any(p.stat().st_size > 0 for p in partial.glob("*.part")):  # noqa: ASYNC110
         await asyncio.sleep(0.01)  # until bob is receiving: the event is in bob's process
     bob.proc.send_signal(signal.SIGSTOP)  # frozen in the middle of the photo
     started = asyncio.get_running_loop().time()
@@ -240,8 +240,13 @@ async def test_a_receiver_frozen_mid_photo_fails_alone_and_keeps_nothing(
         assert (await carol.notification("receive"))["photo"]["bytes"] == big.stat().st_size
     finally:
         bob.proc.send_signal(signal.SIGCONT)
-    # bob wakes up to a closed connection: the partial file goes, nothing is shown
-    while list(photos.iterdir()):  # noqa: ASYNC110
-        await asyncio.sleep(0.01)
-    assert await bob.call("status", target=ALICE) == {ALICE: {"online": True}}  # bob is fine
+    # bob wakes up to a closed connection: nothing is stored or shown...
+    assert await bob.call("status", target=ALICE) == {ALICE: {"online": True}}
+    assert list((bob.data_dir / "photos").iterdir()) == []
     assert bob.notifications["receive"].empty()
+    # ...and sending the photo again resumes from what bob kept
+    again = await alice.call("send", to=BOB, photo=str(big))
+    assert again["delivered"] == [BOB]
+    got = (await bob.notification("receive"))["photo"]
+    assert got["sha256"] == hashlib.sha256(big.read_bytes()).hexdigest()
+    assert list(partial.iterdir()) == []

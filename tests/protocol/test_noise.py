@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from whatsap2p.errors import LocalProtocolError, RemoteKeyMismatch, RemoteProtocolError
+from whatsap2p.protocol.framing import PROTOCOL_VERSION
 from whatsap2p.protocol.keys import StaticKey, fingerprint, normalise_fingerprint
 from whatsap2p.protocol.noise import SEGMENT, NoiseChannel
 
@@ -134,7 +135,7 @@ def test_arbitrary_bytes_never_raise_anything_else(data: bytes, established: boo
         _, bob = pair()
     else:
         bob = NoiseChannel(BOB, initiator=False, max_body=CAP)
-    framed = b"\x02" + len(data).to_bytes(4, "big") + data
+    framed = bytes([PROTOCOL_VERSION]) + len(data).to_bytes(4, "big") + data
     bob.receive_data(framed)
     with contextlib.suppress(RemoteProtocolError):
         bob.next_body()
@@ -142,9 +143,12 @@ def test_arbitrary_bytes_never_raise_anything_else(data: bytes, established: boo
 
 # Found by the handshake fuzzer: an initiator whose ephemeral key is a low-order point
 # (here all zeros) made the responder's DH fail while *writing* its answer.
-LOW_ORDER_HELLO = base64.b64decode(
-    "AgAAACAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA///HcEMUowEAtGZvtEYMhPYAAAf+H2iO+HJQAgAAxxdyUAIAAAAAAAAAFw=="
-)
+LOW_ORDER_HELLO = (
+    bytes([PROTOCOL_VERSION])
+    + base64.b64decode(
+        "AgAAACAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA///HcEMUowEAtGZvtEYMhPYAAAf+H2iO+HJQAgAAxxdyUAIAAAAAAAAAFw=="
+    )[1:]
+)  # re-framed for the current protocol version
 
 
 def test_a_low_order_ephemeral_key_is_refused_cleanly() -> None:
@@ -153,6 +157,6 @@ def test_a_low_order_ephemeral_key_is_refused_cleanly() -> None:
     with pytest.raises(RemoteProtocolError, match="handshake failed"):
         bob.next_body()
     zeros = NoiseChannel(BOB, initiator=False, max_body=CAP)
-    zeros.receive_data(b"\x02\x00\x00\x00\x20" + bytes(32))
+    zeros.receive_data(bytes([PROTOCOL_VERSION]) + b"\x00\x00\x00\x20" + bytes(32))
     with pytest.raises(RemoteProtocolError, match="handshake failed"):
         zeros.next_body()

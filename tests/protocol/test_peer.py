@@ -39,7 +39,9 @@ class Pair:
             events.append(event)
         return events
 
-    def answer(self, answer: ev.Ack | ev.Rejected) -> ev.Ack | ev.Rejected | ev.Closing | None:
+    def answer(
+        self, answer: ev.Ack | ev.Rejected | ev.Resume
+    ) -> ev.Ack | ev.Rejected | ev.Resume | ev.Closing | None:
         self.sender.receive_data(self.receiver.send(answer))
         return self.sender.next_event()
 
@@ -70,6 +72,8 @@ def test_photo_streams_in_chunks_then_completes() -> None:
     pair.send(ev.Hello(ALICE))
     data = bytes(range(256)) * 3
     assert pair.send(offer(len(data), data)) == [offer(len(data), data)]
+    assert pair.receiver.state.value == ReceiverState.DECIDING.value
+    assert pair.answer(ev.Resume("p1", 0)) == ev.Resume("p1", 0)
     assert pair.receiver.state.value == ReceiverState.RECEIVING_PHOTO.value
     received = b""
     for start in range(0, len(data), 100):
@@ -97,16 +101,18 @@ def test_photo_streams_in_chunks_then_completes() -> None:
         (offer(10, timestamp="2026-11-27T10:00:00"), "without a time zone"),
     ],
 )
-def test_bad_photo_offers_are_refused_and_close(bad: ev.PhotoOffer, reason: str) -> None:
+def test_bad_photo_offers_are_refused_and_the_connection_goes_on(
+    bad: ev.PhotoOffer, reason: str
+) -> None:
     pair = Pair()
     pair.send(ev.Hello(ALICE))
     (event,) = pair.send(bad)
     assert isinstance(event, ev.Refused)
     assert reason in event.reason
-    assert event.fatal
-    assert pair.receiver.state is ReceiverState.CLOSED
+    assert not event.fatal  # no chunk was sent before our answer
     assert isinstance(pair.answer(ev.Rejected("p1", event.reason)), ev.Rejected)
-    assert pair.sender.state is SenderState.CLOSED  # no more chunks go out
+    assert pair.sender.state is SenderState.READY
+    assert pair.send(ev.Text("m2", STAMP, "next")) == [ev.Text("m2", STAMP, "next")]
 
 
 def test_too_long_text_is_refused_but_the_connection_goes_on() -> None:
@@ -138,13 +144,44 @@ def test_chunks_must_fit_the_offer() -> None:
     pair = Pair()
     pair.send(ev.Hello(ALICE))
     pair.send(offer(3, b"abc"))
-    with pytest.raises(RemoteProtocolError, match="exceed the announced size"):
-        pair.receiver.receive_data(seal(encode_message(ev.PhotoChunk("p1", b"abcd"))), 0)
+    with pytest.raises(RemoteProtocolError, match="not allowed while deciding"):
+        pair.receiver.receive_data(seal(encode_message(ev.PhotoChunk("p1", b"a"))), 0)
     pair = Pair()
     pair.send(ev.Hello(ALICE))
     pair.send(offer(3, b"abc"))
+    pair.answer(ev.Resume("p1", 1))  # the receiver kept one byte: two more are due
+    with pytest.raises(RemoteProtocolError, match="exceed the announced size"):
+        pair.receiver.receive_data(seal(encode_message(ev.PhotoChunk("p1", b"abc"))), 0)
+    pair = Pair()
+    pair.send(ev.Hello(ALICE))
+    pair.send(offer(3, b"abc"))
+    pair.answer(ev.Resume("p1", 0))
     with pytest.raises(RemoteProtocolError, match="not being sent"):
         pair.receiver.receive_data(seal(encode_message(ev.PhotoChunk("other", b"a"))), 0)
+
+
+def test_a_resumed_photo_needs_only_its_missing_bytes() -> None:
+    pair = Pair()
+    pair.send(ev.Hello(ALICE))
+    pair.send(offer(10, b"0123456789"))
+    pair.answer(ev.Resume("p1", 6))
+    with pytest.raises(LocalProtocolError):
+        pair.sender.send(ev.PhotoChunk("p1", b"6789!"))  # more than the 4 bytes missing
+    assert pair.send(ev.PhotoChunk("p1", b"6789"))[-1] == ev.PhotoCompleted("p1")
+    other = Pair()
+    other.send(ev.Hello(ALICE))
+    other.send(offer(10, b"0123456789"))
+    with pytest.raises(LocalProtocolError):  # a resume must fall inside the photo
+        other.receiver.send(ev.Resume("p1", 10))
+
+
+def test_an_offer_answered_with_ack_needs_no_bytes() -> None:
+    pair = Pair()
+    pair.send(ev.Hello(ALICE))
+    pair.send(offer(3, b"abc"))
+    assert pair.answer(ev.Ack("p1")) == ev.Ack("p1")  # already stored
+    assert pair.sender.state is SenderState.READY
+    assert pair.receiver.state is ReceiverState.IDLE
 
 
 def test_sender_refuses_to_break_the_protocol() -> None:
@@ -156,7 +193,7 @@ def test_sender_refuses_to_break_the_protocol() -> None:
     with pytest.raises(LocalProtocolError):
         sender.send(ev.Text("m1", STAMP, "in the middle of a photo"))
     with pytest.raises(LocalProtocolError):
-        sender.send(ev.PhotoChunk("p1", b"abcd"))
+        sender.send(ev.PhotoChunk("p1", b"a"))  # not before the receiver said from where
 
 
 def test_reused_message_ids_are_refused() -> None:

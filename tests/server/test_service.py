@@ -21,6 +21,7 @@ from whatsap2p.errors import NumberAlreadyOnline, NumberBound, RateLimited, Serv
 from whatsap2p.net.directory_client import DirectoryClient
 from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.codec import encode_message
+from whatsap2p.protocol.framing import PROTOCOL_VERSION
 from whatsap2p.protocol.keys import StaticKey
 
 ALICE, BOB = "+5511999990001", "+5511999990002"
@@ -280,7 +281,8 @@ async def test_watchers_are_told_when_a_number_comes_online() -> None:
 async def test_a_low_order_key_in_the_handshake_is_refused_and_others_go_on() -> None:
     async with running_server() as (_, port):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"\x02\x00\x00\x00\x20" + bytes(32))  # handshake frame, e = all zeros
+        # a handshake frame whose ephemeral key is all zeros
+        writer.write(bytes([PROTOCOL_VERSION]) + b"\x00\x00\x00\x20" + bytes(32))
         await writer.drain()
         assert await asyncio.wait_for(reader.read(), 5) == b""
         writer.close()

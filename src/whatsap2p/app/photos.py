@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import os
 import re
-import tempfile
 import unicodedata
 import warnings
 from collections.abc import AsyncIterator
@@ -120,11 +119,15 @@ def prepare_photo(path: Path, limits: Limits) -> OutgoingPhoto:
     )
 
 
-async def read_chunks(photo: OutgoingPhoto, chunk_size: int) -> AsyncIterator[bytes]:
-    """The photo's bytes in chunks; exactly `photo.size` of them, or DeliveryFailed."""
-    remaining = photo.size
+async def read_chunks(
+    photo: OutgoingPhoto, chunk_size: int, offset: int = 0
+) -> AsyncIterator[bytes]:
+    """The photo's bytes from `offset` on, in chunks; exactly `photo.size - offset` of
+    them, or DeliveryFailed."""
+    remaining = photo.size - offset
     try:
         with photo.path.open("rb") as source:
+            source.seek(offset)
             while remaining:
                 chunk = source.read(min(chunk_size, remaining))
                 if not chunk:
@@ -148,17 +151,30 @@ _KNOWN_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp"})
 
 
 class IncomingPhoto:
-    """One photo streaming in: a temp file that becomes a stored photo or disappears."""
+    """One photo streaming in. Its bytes go to a partial file in `partial/`, named after
+    the sender, the photo's SHA-256 and its size; it becomes a stored photo once whole
+    and verified, stays behind (hidden, never shown) if the transfer is interrupted so
+    the same photo can resume from there, and is removed if it is found bad."""
 
-    def __init__(self, folder: Path, offer: PhotoOffer, limits: Limits) -> None:
-        self._folder = folder
+    def __init__(self, store: PhotoStore, key: str, path: Path, offer: PhotoOffer) -> None:
+        self._store = store
+        self._key = key
+        self._path = path
         self._offer = offer
-        self._limits = limits
         self._digest = hashlib.sha256()
-        self._written = 0
-        fd, temp = tempfile.mkstemp(prefix=".incoming-", suffix=".part", dir=folder)
-        self._temp = Path(temp)
-        self._file: IO[bytes] | None = os.fdopen(fd, "wb")
+        self.offset = 0
+        try:
+            if path.exists() and 0 < path.stat().st_size < offer.size:
+                self._file: IO[bytes] | None = path.open("r+b")
+                while block := self._file.read(1024 * 1024):  # the hash resumes too
+                    self._digest.update(block)
+                self.offset = self._file.tell()
+            else:
+                self._file = path.open("wb")
+        except OSError as exc:
+            store.release(key)
+            raise PhotoRejected(f"receiver cannot store photos: {exc.strerror}") from exc
+        self._written = self.offset
 
     def write(self, data: bytes) -> None:
         assert self._file is not None
@@ -176,13 +192,12 @@ class IncomingPhoto:
             assert self._file is not None
             self._file.flush()
             os.fsync(self._file.fileno())
-            self._file.close()
-            self._file = None
+            self._close()
             if self._written != offer.size:
                 raise PhotoRejected(f"received {self._written} of {offer.size} bytes")
             if self._digest.hexdigest() != offer.sha256:
                 raise PhotoRejected("photo damaged in transit: SHA-256 does not match")
-            mime = _identify(self._temp, self._limits)
+            mime = _identify(self._path, self._store.limits)
             if mime != offer.mime:
                 raise PhotoRejected(f"photo announced as {offer.mime} but is {mime}")
             filename = safe_file_name(offer.filename, mime)
@@ -190,46 +205,73 @@ class IncomingPhoto:
         except BaseException:
             self.discard()
             raise
+        self._store.release(self._key)
         return StoredPhoto(final, filename, offer.size, offer.sha256, mime)
 
     def _place(self, filename: str) -> Path:
         # os.link fails when the name exists, so an existing file is never replaced even
         # if another photo with the same name lands at the same moment.
+        folder = self._store.folder
         stem, suffix = Path(filename).stem, Path(filename).suffix
         for attempt in range(1, 10_000):
-            candidate = self._folder / (filename if attempt == 1 else f"{stem} ({attempt}){suffix}")
+            candidate = folder / (filename if attempt == 1 else f"{stem} ({attempt}){suffix}")
             try:
-                os.link(self._temp, candidate)
+                os.link(self._path, candidate)
             except FileExistsError:
                 continue
-            self._temp.unlink()
+            self._path.unlink()
             return candidate
         raise PhotoRejected(f"too many photos named {filename!r}")
 
+    def interrupted(self) -> None:
+        """Keep the bytes received so far for a resume; nothing is shown."""
+        self._close()
+        if not 0 < self._written < self._offer.size:
+            with contextlib.suppress(FileNotFoundError):
+                self._path.unlink()
+        self._store.release(self._key)
+
     def discard(self) -> None:
+        """The bytes are bad: remove them."""
+        self._close()
+        with contextlib.suppress(FileNotFoundError):
+            self._path.unlink()
+        self._store.release(self._key)
+
+    def _close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
-        with contextlib.suppress(FileNotFoundError):
-            self._temp.unlink()
 
 
 class PhotoStore:
-    """The data dir's `photos/` folder."""
+    """The data dir's `photos/` folder, and `partial/` for transfers still under way."""
 
-    def __init__(self, folder: Path, limits: Limits) -> None:
+    def __init__(self, folder: Path, limits: Limits, partial: Path | None = None) -> None:
         self.folder = folder
-        self._limits = limits
+        self.partial = partial or folder.parent / "partial"
+        self.limits = limits
+        self._active: set[str] = set()
 
-    def open(self) -> None:
-        """Create the folder and clear what an earlier run left half-received."""
+    def open(self, now: float, keep_partial: float) -> None:
+        """Create the folders; drop partial transfers older than `keep_partial` seconds
+        (and what versions before resumable transfers left in photos/)."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.partial.mkdir(parents=True, exist_ok=True)
         for leftover in self.folder.glob(".incoming-*.part"):
             with contextlib.suppress(OSError):
                 leftover.unlink()
+        for partial in self.partial.glob("*.part"):
+            with contextlib.suppress(OSError):
+                if now - partial.stat().st_mtime > keep_partial:
+                    partial.unlink()
 
-    def begin(self, offer: PhotoOffer) -> IncomingPhoto:
-        try:
-            return IncomingPhoto(self.folder, offer, self._limits)
-        except OSError as exc:
-            raise PhotoRejected(f"receiver cannot store photos: {exc.strerror}") from exc
+    def begin(self, sender: str, offer: PhotoOffer) -> IncomingPhoto:
+        key = f"{sender.lstrip('+')}-{offer.sha256}-{offer.size}"
+        if key in self._active:  # the same photo arriving twice at once: no resume
+            key = f"{key}-{os.urandom(4).hex()}"
+        self._active.add(key)
+        return IncomingPhoto(self, key, self.partial / f"{key}.part", offer)
+
+    def release(self, key: str) -> None:
+        self._active.discard(key)

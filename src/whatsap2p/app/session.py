@@ -16,6 +16,7 @@ import contextlib
 import datetime as dt
 import logging
 import random
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -146,7 +147,7 @@ class Session:
                     f"data dir {config.data_dir} is in use by another whatsap2p module"
                 )
             # Only with the lock held: this clears half-received photos of earlier runs.
-            self.photos.open()
+            self.photos.open(time.time(), config.timeouts.partial_keep)
             self.identity = load_or_create_key(config.data_dir / IDENTITY_FILE)
             self.history = History(config.data_dir / HISTORY_FILE, self.phone)
             self._queued_count = self.history.count_queued()
@@ -359,8 +360,11 @@ class Session:
             recipients.group,
         )
 
+        def chunks_from(offset: int) -> AsyncIterator[bytes]:
+            return read_chunks(photo, self.config.limits.photo_chunk, offset)
+
         async def deliver(link: PeerLink) -> None:
-            await link.send_photo(offer, read_chunks(photo, self.config.limits.photo_chunk))
+            await link.send_photo(offer, chunks_from)
 
         report = await self._fan_out(offer.id, recipients, deliver, queue)
         kept = photo.path
@@ -570,7 +574,9 @@ class Session:
             with contextlib.suppress(OSError):
                 kept.unlink()
 
-    def _queued_photo(self, entry: HistoryEntry) -> tuple[ev.PhotoOffer, AsyncIterator[bytes]]:
+    def _queued_photo(
+        self, entry: HistoryEntry
+    ) -> tuple[ev.PhotoOffer, Callable[[int], AsyncIterator[bytes]]]:
         photo = entry.photo
         assert photo is not None
         kept = OutgoingPhoto(
@@ -583,7 +589,8 @@ class Session:
         offer = ev.PhotoOffer(
             entry.id, entry.timestamp, kept.filename, kept.size, kept.sha256, kept.mime, entry.group
         )
-        return offer, read_chunks(kept, self.config.limits.photo_chunk)
+        chunk = self.config.limits.photo_chunk
+        return offer, lambda offset: read_chunks(kept, chunk, offset)
 
     def _retry_later(self, phone: str, reason: str) -> None:
         """The recipient is online but could not be reached: try again, less and less often."""
@@ -649,7 +656,7 @@ class _Inbound:
         assert session.history is not None
         if session.history.was_received(offer.id, sender):
             return None  # already stored: acknowledge without taking the bytes again
-        return _PhotoSink(session, sender, offer, session.photos.begin(offer))
+        return _PhotoSink(session, sender, offer, session.photos.begin(sender, offer))
 
 
 class _PhotoSink:
@@ -660,6 +667,7 @@ class _PhotoSink:
         self._sender = sender
         self._offer = offer
         self._incoming = incoming
+        self.offset = incoming.offset
 
     def write(self, data: bytes) -> None:
         self._incoming.write(data)
@@ -685,5 +693,5 @@ class _PhotoSink:
             PhotoReceived(offer.id, self._sender, name, offer.group, offer.timestamp, stored)
         )
 
-    def discard(self) -> None:
-        self._incoming.discard()
+    def interrupted(self) -> None:
+        self._incoming.interrupted()

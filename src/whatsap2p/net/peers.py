@@ -39,13 +39,16 @@ _REFUSAL_GRACE = 2.0
 class PhotoSink(Protocol):
     """Where the chunks of one incoming photo go."""
 
+    #: How many of its bytes are already here (kept from an interrupted transfer).
+    offset: int
+
     def write(self, data: bytes) -> None: ...
 
     async def complete(self) -> None:
         """All bytes are in: verify and store, or raise WhatsAp2pError saying why not."""
 
-    def discard(self) -> None:
-        """The photo will not complete: remove whatever was written."""
+    def interrupted(self) -> None:
+        """The transfer stopped short: keep what can be resumed, show nothing."""
 
 
 class Inbound(Protocol):
@@ -157,7 +160,7 @@ class _ReceiverSession:
                     return
         finally:
             if self._sink is not None:
-                self._sink.discard()
+                self._sink.interrupted()
 
     async def _linger(self) -> None:
         # Closing with unread bytes makes the kernel send a reset, which can destroy the
@@ -184,7 +187,7 @@ class _ReceiverSession:
                     return False
             elif isinstance(event, ev.Refused):
                 await self._answer(ev.Rejected(event.id, event.reason))
-                if event.fatal:
+                if event.fatal:  # pragma: no cover -- no refusal is fatal in version 3
                     return False
             elif isinstance(event, ev.Text):
                 assert self._conn.peer_phone is not None
@@ -195,10 +198,11 @@ class _ReceiverSession:
                     self._sink = self._inbound.photo_offered(self._conn.peer_phone, event)
                 except WhatsAp2pError as exc:
                     await self._answer(ev.Rejected(event.id, str(exc)))
-                    return False
+                    continue
                 if self._sink is None:
-                    await self._answer(ev.Ack(event.id))
-                    return False  # its chunks are on the way: drain them and close
+                    await self._answer(ev.Ack(event.id))  # already stored: no bytes needed
+                    continue
+                await self._answer(ev.Resume(event.id, self._sink.offset))
                 self._offer = event
             elif isinstance(event, ev.PhotoChunk):
                 assert self._sink is not None
@@ -227,7 +231,7 @@ class _ReceiverSession:
             return ev.Rejected(message_id, str(exc))
         return ev.Ack(message_id)
 
-    async def _answer(self, answer: ev.Ack | ev.Rejected | ev.Closing) -> None:
+    async def _answer(self, answer: ev.Ack | ev.Rejected | ev.Resume | ev.Closing) -> None:
         self._writer.write(self._conn.send(answer))
         await asyncio.wait_for(self._writer.drain(), self._timeouts.write_drain)
 
@@ -315,10 +319,19 @@ class PeerLink:
         await self._write(text)
         await self._answer_to(text.id)
 
-    async def send_photo(self, offer: ev.PhotoOffer, chunks: AsyncIterator[bytes]) -> None:
-        """Streams the photo; returns once the peer stored and verified it."""
+    async def send_photo(
+        self, offer: ev.PhotoOffer, chunks_from: Callable[[int], AsyncIterator[bytes]]
+    ) -> int:
+        """Offer the photo and stream it from where the peer says (it may hold the start
+        of it from an interrupted transfer); returns once the peer stored and verified
+        it, with the number of bytes that had to be sent."""
         await self._write(offer)
+        decision = await self._answer_for(offer.id)
+        if isinstance(decision, ev.Ack):
+            return 0  # the peer already has it
+        assert isinstance(decision, ev.Resume)
         answer_task = asyncio.create_task(self._answer_to(offer.id))
+        chunks = chunks_from(decision.offset)
         try:
             try:
                 async for chunk in chunks:
@@ -336,6 +349,7 @@ class PeerLink:
                 answer_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await answer_task
+        return offer.size - decision.offset
 
     async def _write(self, message: ev.PeerMessage) -> None:
         try:
@@ -349,6 +363,13 @@ class PeerLink:
             raise DeliveryFailed(str(exc)) from exc
 
     async def _answer_to(self, message_id: str) -> None:
+        """Wait for the ack of `message_id`; DeliveryFailed (or Refused) otherwise."""
+        answer = await self._answer_for(message_id)
+        if isinstance(answer, ev.Resume):
+            raise DeliveryFailed("peer asked for a photo it had already been sent")
+
+    async def _answer_for(self, message_id: str) -> ev.Ack | ev.Resume:
+        """The peer's next answer, if it is about `message_id` and not a refusal."""
         try:
             answer = await asyncio.wait_for(self._next_answer(), self._timeouts.peer_ack)
         except TimeoutError as exc:
@@ -363,8 +384,9 @@ class PeerLink:
             raise DeliveryFailed("peer acknowledged another message")
         if isinstance(answer, ev.Rejected):
             raise DeliveryRefused(f"refused by the peer: {answer.reason}")
+        return answer
 
-    async def _next_answer(self) -> ev.Ack | ev.Rejected | ev.Closing:
+    async def _next_answer(self) -> ev.Ack | ev.Rejected | ev.Resume | ev.Closing:
         while (answer := self._conn.next_event()) is None:
             data = await self._reader.read(_READ_SIZE)
             if not data:

@@ -39,6 +39,7 @@ _WIRE_TYPES: dict[str, type[ev.Message]] = {
         ev.Text,
         ev.PhotoOffer,
         ev.PhotoChunk,
+        ev.Resume,
         ev.Ack,
         ev.Rejected,
         ev.Closing,

@@ -32,6 +32,7 @@ __all__ = [
     "Register",
     "Registered",
     "Rejected",
+    "Resume",
     "Text",
     "Unregister",
     "Unregistered",
@@ -206,6 +207,16 @@ class PhotoChunk(PeerMessage):
     TYPE: ClassVar[str] = "chunk"
     id: str
     data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Resume(PeerMessage):
+    """The receiver takes photo `id`: send its bytes from `offset` on (0: all of them;
+    more: the receiver kept that much of an earlier, interrupted transfer)."""
+
+    TYPE: ClassVar[str] = "resume"
+    id: str
+    offset: int
 
 
 @dataclass(frozen=True, slots=True)

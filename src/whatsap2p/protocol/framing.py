@@ -12,7 +12,7 @@ from whatsap2p.errors import FrameTooLarge, LocalProtocolError, RemoteProtocolEr
 
 __all__ = ["HEADER_SIZE", "PROTOCOL_VERSION", "FrameDecoder", "encode_frame"]
 
-PROTOCOL_VERSION = 2  # 2: every connection runs inside a Noise channel
+PROTOCOL_VERSION = 3  # 2: Noise channels; 3: the receiver decides before a photo flows
 _HEADER = struct.Struct(">BI")
 HEADER_SIZE = _HEADER.size
 

@@ -30,7 +30,7 @@ __all__ = ["NOISE_NAME", "NoiseChannel"]
 
 NOISE_NAME = b"Noise_XX_25519_ChaChaPoly_SHA256"
 #: Binds the handshake to this protocol and version: a peer speaking anything else fails.
-PROLOGUE = b"WhatsAp2p/2"
+PROLOGUE = b"WhatsAp2p/3"
 MAX_NOISE_MESSAGE = 65535
 _TAG = 16
 _MORE, _LAST = b"\x00", b"\x01"

@@ -5,11 +5,12 @@
     Text(id, ...)        ->
                          <-     Ack(id) | Rejected(id, reason)
     PhotoOffer(id, size) ->
-    PhotoChunk(id, data) ->     ... exactly `size` bytes in all
+                         <-     Resume(id, offset) | Ack(id) (already stored) | Rejected
+    PhotoChunk(id, data) ->     ... exactly `size - offset` bytes in all
                          <-     Ack(id) once the file is stored and verified | Rejected
 
 Several messages may travel on one connection; a photo's chunks are not interleaved
-with anything else. A receiver that refuses a photo answers Rejected and closes.
+with anything else, and they only flow once the receiver has said from where.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ ReceiverEvent = (
 class ReceiverState(enum.Enum):
     AWAIT_HELLO = "awaiting hello"
     IDLE = "idle"
+    DECIDING = "deciding on a photo"  # offered; we have not said Resume/Ack/Rejected yet
     RECEIVING_PHOTO = "receiving a photo"
     CLOSED = "closed"
 
@@ -62,7 +64,7 @@ class ReceiverState(enum.Enum):
 _RECEIVER_TRANSITIONS: dict[tuple[ReceiverState, type[ev.Message]], ReceiverState] = {
     (ReceiverState.AWAIT_HELLO, ev.Hello): ReceiverState.IDLE,
     (ReceiverState.IDLE, ev.Text): ReceiverState.IDLE,
-    (ReceiverState.IDLE, ev.PhotoOffer): ReceiverState.RECEIVING_PHOTO,
+    (ReceiverState.IDLE, ev.PhotoOffer): ReceiverState.DECIDING,
     (ReceiverState.RECEIVING_PHOTO, ev.PhotoChunk): ReceiverState.RECEIVING_PHOTO,
 }
 
@@ -87,6 +89,7 @@ class PeerReceiver(OverChannel):
             self.timeouts.hello_deadline if self._channel.established else self.timeouts.handshake
         )
         self._photo_id: str | None = None
+        self._photo_size = 0
         self._photo_remaining = 0
         self._unanswered: set[str] = set()
         self._seen: set[str] = set()
@@ -119,12 +122,11 @@ class PeerReceiver(OverChannel):
             self._unanswered.add(message.id)
             refusal = self._refusal(message)
             if refusal is not None:
-                fatal = isinstance(message, ev.PhotoOffer)  # its chunks are already on the way
-                self.state = ReceiverState.CLOSED if fatal else self.state
-                self._events.append(ev.Refused(message.id, refusal, fatal))
+                # No chunk flows before our decision, so a refusal leaves the connection usable.
+                self._events.append(ev.Refused(message.id, refusal, fatal=False))
                 return
             if isinstance(message, ev.PhotoOffer):
-                self._photo_id, self._photo_remaining = message.id, message.size
+                self._photo_id, self._photo_size = message.id, message.size
         elif isinstance(message, ev.PhotoChunk):
             if message.id != self._photo_id:
                 raise RemoteProtocolError("chunk of a photo that is not being sent")
@@ -172,13 +174,22 @@ class PeerReceiver(OverChannel):
     def next_event(self) -> ReceiverEvent | None:
         return self._events.popleft() if self._events else None
 
-    def send(self, message: ev.Ack | ev.Rejected | ev.Closing) -> bytes:
+    def send(self, message: ev.Ack | ev.Rejected | ev.Resume | ev.Closing) -> bytes:
         """Answer a message received on this connection, or refuse the whole connection."""
         if isinstance(message, ev.Closing):
             self.state = ReceiverState.CLOSED
             return self._channel.seal(encode_message(message))
         if message.id not in self._unanswered:
             raise LocalProtocolError(f"no message {message.id} to answer")
+        deciding = self.state is ReceiverState.DECIDING and message.id == self._photo_id
+        if isinstance(message, ev.Resume):
+            if not deciding or not 0 <= message.offset < self._photo_size:
+                raise LocalProtocolError("resume only a photo being decided, inside its size")
+            self._photo_remaining = self._photo_size - message.offset
+            self.state = ReceiverState.RECEIVING_PHOTO
+            return self._channel.seal(encode_message(message))
+        if deciding:  # taken without its bytes (already stored), or refused
+            self.state, self._photo_id = ReceiverState.IDLE, None
         self._unanswered.discard(message.id)
         return self._channel.seal(encode_message(message))
 
@@ -201,6 +212,7 @@ class PeerReceiver(OverChannel):
 class SenderState(enum.Enum):
     NEW = "new"
     READY = "ready"
+    OFFERING = "waiting to hear from where to send a photo"
     SENDING_PHOTO = "sending a photo"
     CLOSED = "closed"
 
@@ -208,7 +220,7 @@ class SenderState(enum.Enum):
 _SENDER_TRANSITIONS: dict[tuple[SenderState, type[ev.Message]], SenderState] = {
     (SenderState.NEW, ev.Hello): SenderState.READY,
     (SenderState.READY, ev.Text): SenderState.READY,
-    (SenderState.READY, ev.PhotoOffer): SenderState.SENDING_PHOTO,
+    (SenderState.READY, ev.PhotoOffer): SenderState.OFFERING,
     (SenderState.SENDING_PHOTO, ev.PhotoChunk): SenderState.SENDING_PHOTO,
 }
 
@@ -222,8 +234,9 @@ class PeerSender(OverChannel):
         self._channel = channel or PlainChannel(self.limits.max_peer_frame)
         self._outstanding: set[str] = set()
         self._photo_id: str | None = None
+        self._photo_size = 0
         self._photo_remaining = 0
-        self._events: deque[ev.Ack | ev.Rejected | ev.Closing] = deque()
+        self._events: deque[ev.Ack | ev.Rejected | ev.Resume | ev.Closing] = deque()
 
     def send(self, message: ev.PeerMessage) -> bytes:
         next_state = _SENDER_TRANSITIONS.get((self.state, type(message)))
@@ -234,7 +247,7 @@ class PeerSender(OverChannel):
                 raise LocalProtocolError(f"message id {message.id} is already outstanding")
             self._outstanding.add(message.id)
             if isinstance(message, ev.PhotoOffer):
-                self._photo_id, self._photo_remaining = message.id, message.size
+                self._photo_id, self._photo_size = message.id, message.size
         elif isinstance(message, ev.PhotoChunk):
             if message.id != self._photo_id or not 0 < len(message.data) <= self._photo_remaining:
                 raise LocalProtocolError("chunk does not fit the photo being sent")
@@ -252,14 +265,23 @@ class PeerSender(OverChannel):
                 self.state = SenderState.CLOSED
                 self._events.append(message)
                 continue
-            if not isinstance(message, ev.Ack | ev.Rejected):
+            if not isinstance(message, ev.Ack | ev.Rejected | ev.Resume):
                 raise RemoteProtocolError(f"a receiver may not send {message.TYPE!r}")
             if message.id not in self._outstanding:
                 raise RemoteProtocolError(f"answer for unknown message {message.id[:64]!r}")
-            self._outstanding.discard(message.id)
-            if message.id == self._photo_id:  # refused mid-photo: no more chunks
-                self.state, self._photo_id = SenderState.CLOSED, None
+            offering = self.state is SenderState.OFFERING and message.id == self._photo_id
+            if isinstance(message, ev.Resume):
+                if not offering or not 0 <= message.offset < self._photo_size:
+                    raise RemoteProtocolError("resume of a photo not on offer, or past its end")
+                self._photo_remaining = self._photo_size - message.offset
+                self.state = SenderState.SENDING_PHOTO
+            else:
+                self._outstanding.discard(message.id)
+                if offering:  # taken as it is (already stored) or refused: nothing to send
+                    self.state, self._photo_id = SenderState.READY, None
+                elif message.id == self._photo_id:  # refused mid-photo: no more chunks
+                    self.state, self._photo_id = SenderState.CLOSED, None
             self._events.append(message)
 
-    def next_event(self) -> ev.Ack | ev.Rejected | ev.Closing | None:
+    def next_event(self) -> ev.Ack | ev.Rejected | ev.Resume | ev.Closing | None:
         return self._events.popleft() if self._events else None
