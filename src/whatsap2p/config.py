@@ -34,6 +34,10 @@ class Limits:
     max_phone_chars: int = 32
     #: Most messages (one per recipient) waiting in the outbox.
     max_outbox: int = 100_000
+    #: Incoming peer connections (each may carry a photo transfer) held at once, in all
+    #: and from one source IP; more are closed as they arrive.
+    max_peer_connections: int = 512
+    max_peer_connections_per_ip: int = 64
 
 
 @dataclass(frozen=True, slots=True)

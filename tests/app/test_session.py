@@ -437,3 +437,19 @@ async def test_a_message_stored_but_never_shown_is_shown_at_the_next_start(
     assert (again.id, again.text) == (second.id, "stored, then the module died")  # type: ignore[union-attr]
     assert bob.events.empty()
     assert first.id == shown.id  # type: ignore[union-attr]
+
+
+async def test_a_peer_holds_a_bounded_number_of_incoming_connections(world: World) -> None:
+    alice = await world.user(ALICE)
+    bob = await world.user(BOB, Limits(max_peer_connections_per_ip=3))
+    assert bob.listen_address is not None
+    held = [await asyncio.open_connection("127.0.0.1", bob.listen_address[1]) for _ in range(3)]
+    reader, writer = await asyncio.open_connection("127.0.0.1", bob.listen_address[1])
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # the fourth is refused at once
+    writer.close()
+    for _, w in held:
+        w.close()
+        await w.wait_closed()
+    connections = bob._listener._connections  # type: ignore[union-attr]
+    await asyncio.wait_for(asyncio.gather(*connections, return_exceptions=True), 5)
+    assert (await alice.send_text(BOB, "room again")).delivered == [BOB]

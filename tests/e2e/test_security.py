@@ -219,3 +219,38 @@ async def test_a_malformed_server_key_is_a_usage_error(bad: str) -> None:
     code, _, err = await run("user", "127.0.0.1:1", "--phone", ALICE, "--server-key", bad)
     assert code == 2
     assert "not a key fingerprint" in err
+
+
+async def test_a_thousand_idle_connections_do_not_get_in_the_way(tmp_path: Path) -> None:
+    server = await ServerProcess.start(
+        tmp_path / "bindings.sqlite3",
+        "--ip-register-rate",
+        "100000",
+        "--ip-register-burst",
+        "100000",
+    )  # the operator allows one host to register this many
+    idle: list[DirectoryClient] = []
+    alice = await UserProcess.start(server.address, ALICE, tmp_path / "alice")
+    bob = await UserProcess.start(server.address, BOB, tmp_path / "bob")
+    try:
+
+        async def one_idle(n: int) -> DirectoryClient:
+            client = await DirectoryClient.connect("127.0.0.1", server.port, StaticKey.generate())
+            await client.register(f"+551198{n:07d}", 30000 + n % 20000)
+            return client
+
+        for start in range(0, 1000, 100):
+            idle.extend(await asyncio.gather(*(one_idle(n) for n in range(start, start + 100))))
+        sent = await alice.call("send", to=BOB, text="still quick")
+        assert sent["delivered"] == [BOB]
+        assert (await bob.notification("receive"))["text"] == "still quick"
+        some = await alice.call("status", target="+5511980000999")
+        assert some == {"+5511980000999": {"online": True}}
+        assert await alice.quit() == 0
+        assert await bob.quit() == 0
+    finally:
+        for client in idle:
+            await client.close()
+        await alice.close()
+        await bob.close()
+        assert await server.stop() == 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
@@ -76,6 +77,7 @@ class PeerListener:
         self._timeouts = timeouts
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._per_ip: Counter[str] = Counter()
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Bind and start accepting; returns the address actually bound."""
@@ -94,10 +96,20 @@ class PeerListener:
             await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        ip = str(peer[0]) if peer else "?"
+        limits = self._limits
+        if (
+            len(self._connections) >= limits.max_peer_connections
+            or self._per_ip[ip] >= limits.max_peer_connections_per_ip
+        ):
+            log.warning("refusing a peer connection from %s: too many at once", ip)
+            writer.transport.abort()
+            return
         task = asyncio.current_task()
         assert task is not None
         self._connections[task] = writer
-        peer = writer.get_extra_info("peername")
+        self._per_ip[ip] += 1
         try:
             await _ReceiverSession(
                 self._inbound, self._key, reader, writer, self._limits, self._timeouts
@@ -111,6 +123,9 @@ class PeerListener:
             log.exception("unexpected error on the connection from %s", peer)
         finally:
             self._connections.pop(task, None)
+            self._per_ip[ip] -= 1
+            if self._per_ip[ip] <= 0:
+                del self._per_ip[ip]
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
