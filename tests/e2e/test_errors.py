@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import signal
 import socket
 from pathlib import Path
 
@@ -222,4 +223,22 @@ async def test_modules_survive_a_server_restart_and_say_so(tmp_path: Path) -> No
     finally:
         await alice.close()
         await bob.close()
+        assert await server.stop() == 0
+
+
+async def test_a_frozen_server_is_noticed_and_rejoined_when_it_thaws(tmp_path: Path) -> None:
+    server = await ServerProcess.start(tmp_path / "bindings.sqlite3")
+    alice = await UserProcess.start(server.address, ALICE, tmp_path / "a", "--heartbeat", "0.5")
+    try:
+        server.proc.send_signal(signal.SIGSTOP)  # the connection stays up; nobody answers
+        frozen_at = asyncio.get_running_loop().time()
+        assert await alice.notification("serverConnection") == {"state": "lost"}
+        assert asyncio.get_running_loop().time() - frozen_at < 3  # two heartbeats
+        server.proc.send_signal(signal.SIGCONT)
+        assert await alice.notification("serverConnection", timeout=30) == {"state": "restored"}
+        assert await alice.call("status", target=ALICE) == {ALICE: {"online": True}}
+        assert await alice.quit() == 0
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+        await alice.close()
         assert await server.stop() == 0

@@ -142,7 +142,9 @@ class DirectoryClient:
             await self._writer.wait_closed()
         self._fail_all(ServerUnreachable("the connection to the server is closed"))
 
-    async def _request(self, message: ev.DirectoryMessage) -> ev.Message:
+    async def _request(
+        self, message: ev.DirectoryMessage, timeout: float | None = None
+    ) -> ev.Message:
         if self._lost is not None:
             raise ServerUnreachable(f"lost the connection to the server: {self._lost}")
         future: asyncio.Future[ev.Message] = asyncio.get_running_loop().create_future()
@@ -150,7 +152,7 @@ class DirectoryClient:
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
             # that races with the answer, and close() would then wait forever.
-            async with asyncio.timeout(self._timeouts.server_reply):
+            async with asyncio.timeout(timeout or self._timeouts.server_reply):
                 self._writer.write(self._conn.send(message))
                 await self._writer.drain()
                 answer = await future
@@ -199,7 +201,10 @@ class DirectoryClient:
         while True:
             await asyncio.sleep(self._timeouts.heartbeat_interval)
             try:
-                await self._request(ev.Ping(self._conn.next_rid()))
+                # Unanswered within one interval: the server (or the path) is gone, even if
+                # the connection looks open — detection takes at most two intervals.
+                interval = self._timeouts.heartbeat_interval
+                await self._request(ev.Ping(self._conn.next_rid()), timeout=interval)
             except DirectoryError as exc:
                 log.warning("heartbeat failed: %s", exc)
                 self._writer.close()
