@@ -58,6 +58,14 @@ async def test_line_mode_sends_receives_and_escapes(cluster: Cluster, tmp_path: 
     assert (await line()).startswith("error: no contact or group named 'nobody'")
     proc.stdin.write(b"/bogus\n")
     assert (await line()).startswith("error: unknown command /bogus")
+    proc.stdin.write(b"/queue +5511999990007 see you later\n")
+    assert await line() == "queued for: +5511999990007"
+    proc.stdin.write(b"/outbox\n")
+    assert re.fullmatch(r"[0-9a-f]{32} to \+5511999990007: see you later", await line())
+    proc.stdin.write(b"/history +5511999990007\n")
+    assert re.fullmatch(
+        rf"\[\d\d:\d\d\] \{ALICE} -> \+5511999990007: see you later \(queued\)", await line()
+    )
     proc.stdin.write(b"/quit\n")
     assert await asyncio.wait_for(proc.wait(), 10) == 0
     assert (await bob.call("status", target=ALICE))[ALICE] == {"online": False}

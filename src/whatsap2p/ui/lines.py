@@ -19,6 +19,7 @@ from whatsap2p.app.events import (
     SessionEvent,
     TextReceived,
 )
+from whatsap2p.app.history import HistoryEntry
 from whatsap2p.app.session import Session
 from whatsap2p.errors import WhatsAp2pError
 from whatsap2p.ui.stdin import LineReader
@@ -39,6 +40,9 @@ commands:
   /group NAME MEMBER...     create a group of contacts or phone numbers
   /msg TARGET TEXT...       send a text to a contact, a group or a phone number
   /photo TARGET PATH        send a photo (JPEG, PNG, GIF or WebP)
+  /queue TARGET TEXT...     like /msg, and keep it for recipients who are offline
+  /outbox                   queued messages still waiting for their recipient
+  /history TARGET [N]       the last N (default 20) messages with TARGET
   /who TARGET               who of TARGET is online
   /identity                 your number and key fingerprint
   /trust PHONE              accept the new key of a number whose key changed
@@ -106,6 +110,21 @@ def format_event(event: SessionEvent) -> str:
             f"exchanged with it until you check it and /trust {event.phone}"
         )
     return format_received(event)
+
+
+def _summary(entry: HistoryEntry) -> str:
+    if entry.photo is not None:
+        return f"photo {escape_untrusted(str(entry.photo.get('filename', '')))}"
+    return escape_untrusted(entry.text or "")
+
+
+def format_history(entry: HistoryEntry) -> str:
+    """One line of a conversation, oldest first: `[HH:MM] FROM -> TO: text (state)`."""
+    try:
+        clock = dt.datetime.fromisoformat(entry.timestamp).astimezone().strftime("%H:%M")
+    except ValueError:
+        clock = "--:--"
+    return f"[{clock}] {entry.sender} -> {entry.recipient}: {_summary(entry)} ({entry.state})"
 
 
 def format_report(report: DeliveryReport) -> str:
@@ -233,6 +252,27 @@ class LineMode:
                 self.say("usage: /msg TARGET TEXT...")
             else:
                 self.say(format_report(await self._session.send_text(target, text)))
+        elif name == "/queue":
+            target, text = split_target(rest)
+            if not target or not text:
+                self.say("usage: /queue TARGET TEXT...")
+            else:
+                self.say(format_report(await self._session.send_text(target, text, queue=True)))
+        elif name == "/outbox":
+            pending = self._session.outbox()
+            self.say(
+                "\n".join(f"{e.id} to {e.recipient}: {_summary(e)}" for e in pending)
+                or "nothing is waiting"
+            )
+        elif name == "/history":
+            target, count = split_target(rest)
+            if not target or (count and not count.isdigit()):
+                self.say("usage: /history TARGET [N]")
+            else:
+                entries = self._session.conversation(target, int(count or 20))
+                self.say(
+                    "\n".join(format_history(e) for e in reversed(entries)) or "no messages yet"
+                )
         elif name == "/photo":
             args = shlex.split(rest)
             if len(args) != 2:
