@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from whatsap2p.app.photos import StoredPhoto
+from whatsap2p.app.photos import PhotoFile
 
 __all__ = [
     "DeliveryReport",
@@ -35,7 +35,7 @@ class PhotoReceived:
     name: str | None
     group: str | None
     timestamp: str
-    photo: StoredPhoto
+    photo: PhotoFile
 
 
 Received = TextReceived | PhotoReceived

@@ -27,9 +27,8 @@ from whatsap2p.protocol.events import PhotoOffer
 
 __all__ = [
     "IncomingPhoto",
-    "OutgoingPhoto",
+    "PhotoFile",
     "PhotoStore",
-    "StoredPhoto",
     "prepare_photo",
     "read_chunks",
     "safe_file_name",
@@ -47,21 +46,34 @@ _MAX_STEM = 80
 
 
 @dataclass(frozen=True, slots=True)
-class OutgoingPhoto:
+class PhotoFile:
+    """A checked photo on disk: one we send, one we stored, one waiting in the outbox."""
+
     path: Path
     filename: str
     size: int
     sha256: str
     mime: str
 
+    def describe(self) -> dict[str, object]:
+        """The form kept in the history and shown to scripts (`bytes` is the size)."""
+        return {
+            "path": str(self.path),
+            "filename": self.filename,
+            "bytes": self.size,
+            "sha256": self.sha256,
+            "mime": self.mime,
+        }
 
-@dataclass(frozen=True, slots=True)
-class StoredPhoto:
-    path: Path
-    filename: str
-    size: int
-    sha256: str
-    mime: str
+    @classmethod
+    def from_description(cls, described: dict[str, object]) -> PhotoFile:
+        return cls(
+            Path(str(described["path"])),
+            str(described["filename"]),
+            int(str(described["bytes"])),
+            str(described["sha256"]),
+            str(described["mime"]),
+        )
 
 
 def _identify(path: Path, limits: Limits) -> str:
@@ -89,7 +101,7 @@ def _identify(path: Path, limits: Limits) -> str:
     return _FORMATS[fmt]
 
 
-def prepare_photo(path: Path, limits: Limits) -> OutgoingPhoto:
+def prepare_photo(path: Path, limits: Limits) -> PhotoFile:
     """Check a photo before sending and hash it (blocking: run it in a thread)."""
     try:
         resolved = path.expanduser().resolve(strict=True)
@@ -114,14 +126,10 @@ def prepare_photo(path: Path, limits: Limits) -> OutgoingPhoto:
                 digest.update(block)
     except OSError as exc:
         raise PhotoRejected(f"cannot read photo {path}: {exc.strerror}") from exc
-    return OutgoingPhoto(
-        resolved, safe_file_name(resolved.name, mime), size, digest.hexdigest(), mime
-    )
+    return PhotoFile(resolved, safe_file_name(resolved.name, mime), size, digest.hexdigest(), mime)
 
 
-async def read_chunks(
-    photo: OutgoingPhoto, chunk_size: int, offset: int = 0
-) -> AsyncIterator[bytes]:
+async def read_chunks(photo: PhotoFile, chunk_size: int, offset: int = 0) -> AsyncIterator[bytes]:
     """The photo's bytes from `offset` on, in chunks; exactly `photo.size - offset` of
     them, or DeliveryFailed."""
     remaining = photo.size - offset
@@ -185,7 +193,7 @@ class IncomingPhoto:
         self._digest.update(data)
         self._written += len(data)
 
-    def finish(self) -> StoredPhoto:
+    def finish(self) -> PhotoFile:
         """Verify and move into place (blocking: run it in a thread)."""
         offer = self._offer
         try:
@@ -206,7 +214,7 @@ class IncomingPhoto:
             self.discard()
             raise
         self._store.release(self._key)
-        return StoredPhoto(final, filename, offer.size, offer.sha256, mime)
+        return PhotoFile(final, filename, offer.size, offer.sha256, mime)
 
     def _place(self, filename: str) -> Path:
         # os.link fails when the name exists, so an existing file is never replaced even

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import random
@@ -37,9 +38,8 @@ from whatsap2p.app.history import FILE_NAME as HISTORY_FILE
 from whatsap2p.app.history import History, HistoryEntry, State
 from whatsap2p.app.photos import (
     IncomingPhoto,
-    OutgoingPhoto,
+    PhotoFile,
     PhotoStore,
-    StoredPhoto,
     prepare_photo,
     read_chunks,
 )
@@ -185,14 +185,7 @@ class Session:
                     )
                 )
             else:
-                photo = entry.photo
-                stored = StoredPhoto(
-                    Path(str(photo["path"])),
-                    str(photo["filename"]),
-                    int(str(photo["bytes"])),
-                    str(photo["sha256"]),
-                    str(photo["mime"]),
-                )
+                stored = PhotoFile.from_description(entry.photo)
                 self._publish(
                     PhotoReceived(
                         entry.id, entry.sender, name, entry.group, entry.timestamp, stored
@@ -347,9 +340,7 @@ class Session:
     ) -> DeliveryReport:
         recipients = self._recipients(target)
         self._check_outbox_room(recipients, queue)
-        photo: OutgoingPhoto = await asyncio.to_thread(
-            prepare_photo, Path(path), self.config.limits
-        )
+        photo: PhotoFile = await asyncio.to_thread(prepare_photo, Path(path), self.config.limits)
         offer = ev.PhotoOffer(
             uuid.uuid4().hex,
             _now(),
@@ -367,17 +358,10 @@ class Session:
             await link.send_photo(offer, chunks_from)
 
         report = await self._fan_out(offer.id, recipients, deliver, queue)
-        kept = photo.path
+        kept = photo
         if report.queued:  # the original may change or go away before it is delivered
             kept = await asyncio.to_thread(self._keep_for_outbox, photo, offer.id)
-        described: dict[str, object] = {
-            "path": str(kept),
-            "filename": photo.filename,
-            "bytes": photo.size,
-            "sha256": photo.sha256,
-            "mime": photo.mime,
-        }
-        self._record_sent(report, recipients.group, offer.timestamp, photo=described)
+        self._record_sent(report, recipients.group, offer.timestamp, photo=kept.describe())
         if not self._watched.issuperset(report.queued):
             await self._watch_outbox()
         return report
@@ -486,7 +470,7 @@ class Session:
         if queue and self._queued_count + len(recipients.phones) > limit:
             raise InvalidInput(f"the outbox is full ({limit} messages wait for delivery)")
 
-    def _keep_for_outbox(self, photo: OutgoingPhoto, message_id: str) -> Path:
+    def _keep_for_outbox(self, photo: PhotoFile, message_id: str) -> PhotoFile:
         """A private copy of a queued photo (blocking: run it in a thread)."""
         folder = self.config.data_dir / "outbox"
         folder.mkdir(exist_ok=True)
@@ -495,7 +479,7 @@ class Session:
             write_atomically(final, photo.path.read_bytes())
         except OSError as exc:
             raise StoreError(f"cannot keep the photo for later delivery: {exc.strerror}") from exc
-        return final
+        return dataclasses.replace(photo, path=final)
 
     async def _watch_outbox(self) -> None:
         """Ask the server to say when recipients of queued messages come online."""
@@ -579,13 +563,7 @@ class Session:
     ) -> tuple[ev.PhotoOffer, Callable[[int], AsyncIterator[bytes]]]:
         photo = entry.photo
         assert photo is not None
-        kept = OutgoingPhoto(
-            Path(str(photo["path"])),
-            str(photo["filename"]),
-            int(str(photo["bytes"])),
-            str(photo["sha256"]),
-            str(photo["mime"]),
-        )
+        kept = PhotoFile.from_description(photo)
         offer = ev.PhotoOffer(
             entry.id, entry.timestamp, kept.filename, kept.size, kept.sha256, kept.mime, entry.group
         )
@@ -676,15 +654,8 @@ class _PhotoSink:
         stored = await asyncio.to_thread(self._incoming.finish)
         offer, session = self._offer, self._session
         assert session.history is not None
-        described: dict[str, object] = {
-            "path": str(stored.path),
-            "filename": stored.filename,
-            "bytes": stored.size,
-            "sha256": stored.sha256,
-            "mime": stored.mime,
-        }
         if not session.history.record_received(
-            offer.id, self._sender, offer.group, offer.timestamp, photo=described
+            offer.id, self._sender, offer.group, offer.timestamp, photo=stored.describe()
         ):
             stored.path.unlink()  # the same photo arrived twice at once: keep one
             return

@@ -99,14 +99,7 @@ def received_json(event: Received) -> dict[str, object]:
         "timestamp": event.timestamp,
     }
     if isinstance(event, PhotoReceived):
-        photo = event.photo
-        params["photo"] = {
-            "path": str(photo.path),
-            "filename": photo.filename,
-            "bytes": photo.size,
-            "sha256": photo.sha256,
-            "mime": photo.mime,
-        }
+        params["photo"] = event.photo.describe()
     else:
         params["text"] = event.text
     return params
