@@ -69,7 +69,7 @@ class Timeouts:
     #: Peer side: the sender must say hello within this time.
     hello_deadline: float = 10.0
     #: Peer side: a connection silent for this long is closed.
-    peer_idle: float = 30.0
+    peer_idle: float = 25.0
     #: A write that cannot drain for this long means the other side is frozen.
     write_drain: float = 20.0
     #: Sender side: waiting for the acknowledgement after the last byte was sent.

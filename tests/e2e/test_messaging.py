@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import os
 import signal
 from pathlib import Path
 
@@ -250,3 +252,44 @@ async def test_a_receiver_frozen_mid_photo_fails_alone_and_keeps_nothing(
     got = (await bob.notification("receive"))["photo"]
     assert got["sha256"] == hashlib.sha256(big.read_bytes()).hexdigest()
     assert list(partial.iterdir()) == []
+
+
+async def test_a_sender_killed_mid_photo_resends_and_the_photo_resumes(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    alice, bob = await cluster.user(ALICE), await cluster.user(BOB)
+    big = tmp_path / "big.png"
+    big.write_bytes(image_bytes(marker=os.urandom(32 * 1024 * 1024)))
+    sending = asyncio.create_task(alice.call("send", to=BOB, photo=str(big)))
+    partial = bob.data_dir / "partial"
+    while not any(p.stat().st_size > 1_000_000 for p in partial.glob("*.part")):  # noqa: ASYNC110
+        await asyncio.sleep(0.01)  # until a good part has arrived: the event is in bob
+    alice.kill()  # kill -9 of the sender in the middle of the photo
+    assert await alice.wait() != 0
+    sending.cancel()
+    with contextlib.suppress(asyncio.CancelledError, RpcError):
+        await sending
+    # bob notices the dead connection, keeps what came, shows nothing
+    assert await bob.call("status", target=BOB) == {BOB: {"online": True}}
+    kept = sum(p.stat().st_size for p in partial.glob("*.part"))
+    assert 1_000_000 < kept < big.stat().st_size
+    assert list((bob.data_dir / "photos").iterdir()) == []
+    assert bob.notifications["receive"].empty()
+
+    alice = await cluster.user(ALICE)  # back again: the same photo, sent anew
+    assert (await alice.call("send", to=BOB, photo=str(big)))["delivered"] == [BOB]
+    got = (await bob.notification("receive"))["photo"]
+    assert Path(got["path"]).read_bytes() == big.read_bytes()
+    assert list(partial.iterdir()) == []  # the kept part was used, then cleared
+
+
+async def test_a_slow_loris_at_a_peer_is_closed_while_messages_flow(cluster: Cluster) -> None:
+    alice, bob = await cluster.user(ALICE), await cluster.user(BOB)
+    _, port = bob.ready["listen"].rsplit(":", 1)
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(port))
+    writer.write(b"\x03\x00")  # the start of a frame header, then nothing more
+    await writer.drain()
+    for i in range(3):
+        assert (await alice.call("send", to=BOB, text=f"meanwhile {i}"))["delivered"] == [BOB]
+    assert await asyncio.wait_for(reader.read(), 15) == b""  # closed at the handshake deadline
+    writer.close()
