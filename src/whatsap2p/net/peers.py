@@ -202,8 +202,6 @@ class _ReceiverSession:
                     return False
             elif isinstance(event, ev.Refused):
                 await self._answer(ev.Rejected(event.id, event.reason))
-                if event.fatal:  # pragma: no cover -- no refusal is fatal in version 3
-                    return False
             elif isinstance(event, ev.Text):
                 assert self._conn.peer_phone is not None
                 await self._answer(await self._deliver(event.id, self._text(event)))

@@ -257,11 +257,10 @@ class PhotoCompleted:
 
 @dataclass(frozen=True, slots=True)
 class Refused:
-    """A peer's message breaks a limit; answer with Rejected. `fatal`: then close."""
+    """A peer's message breaks a limit; answer with Rejected (the connection goes on)."""
 
     id: str
     reason: str
-    fatal: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -123,7 +123,7 @@ class PeerReceiver(OverChannel):
             refusal = self._refusal(message)
             if refusal is not None:
                 # No chunk flows before our decision, so a refusal leaves the connection usable.
-                self._events.append(ev.Refused(message.id, refusal, fatal=False))
+                self._events.append(ev.Refused(message.id, refusal))
                 return
             if isinstance(message, ev.PhotoOffer):
                 self._photo_id, self._photo_size = message.id, message.size
