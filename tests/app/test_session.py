@@ -179,6 +179,13 @@ async def test_a_peer_that_went_away_is_reported_failed(world: World) -> None:
     assert report.failed[0][1].startswith("cannot connect")
 
 
+def offer_of(data: bytes, message_id: str, filename: str) -> ev.PhotoOffer:
+    """A correct offer for the PNG bytes `data`."""
+    digest = hashlib.sha256(data).hexdigest()
+    stamp = "2026-11-27T10:00:00+00:00"
+    return ev.PhotoOffer(message_id, stamp, filename, len(data), digest, "image/png")
+
+
 async def raw_link(sender: Session, receiver: Session) -> PeerLink:
     """A bare peer link from `sender` to `receiver`, to send what a Session would not."""
     assert receiver.listen_address is not None
@@ -193,14 +200,7 @@ async def raw_link(sender: Session, receiver: Session) -> PeerLink:
 async def test_a_photo_cut_off_mid_way_shows_nothing_and_then_resumes(world: World) -> None:
     alice, bob = await world.user(ALICE), await world.user(BOB)
     data = image_bytes(size=(500, 500), marker=os.urandom(300_000))
-    offer = ev.PhotoOffer(
-        "p1",
-        "2026-11-27T10:00:00+00:00",
-        "x.png",
-        len(data),
-        hashlib.sha256(data).hexdigest(),
-        "image/png",
-    )
+    offer = offer_of(data, "p1", "x.png")
     link = await raw_link(alice, bob)
     await link._write(offer)
     assert await link._answer_for("p1") == ev.Resume("p1", 0)
@@ -320,14 +320,7 @@ async def test_a_retried_delivery_is_acknowledged_but_shown_once(world: World) -
         await link.send_text(text)
         await link.close()
     data = image_bytes()
-    offer = ev.PhotoOffer(
-        "retry-2",
-        "2026-11-27T10:00:00.000+00:00",
-        "same.png",
-        len(data),
-        hashlib.sha256(data).hexdigest(),
-        "image/png",
-    )
+    offer = offer_of(data, "retry-2", "same.png")
 
     async def chunks() -> AsyncIterator[bytes]:
         yield data
