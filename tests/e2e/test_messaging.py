@@ -293,3 +293,40 @@ async def test_a_slow_loris_at_a_peer_is_closed_while_messages_flow(cluster: Clu
         assert (await alice.call("send", to=BOB, text=f"meanwhile {i}"))["delivered"] == [BOB]
     assert await asyncio.wait_for(reader.read(), 15) == b""  # closed at the handshake deadline
     writer.close()
+
+
+def established_to(port: int) -> int:
+    """Established IPv4 TCP connections whose local port is `port` (from /proc/net/tcp)."""
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    fields = (line.split() for line in lines)
+    return sum(1 for f in fields if int(f[1].split(":")[1], 16) == port and f[3] == "01")
+
+
+async def test_a_sender_frozen_mid_photo_is_given_up_and_the_photo_resumes_later(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    alice = await cluster.user(ALICE, "--peer-timeout", "2")
+    bob = await cluster.user(BOB, "--peer-timeout", "2")
+    bob_port = int(bob.ready["listen"].rsplit(":", 1)[1])
+    big = tmp_path / "big.png"
+    big.write_bytes(image_bytes(marker=os.urandom(32 * 1024 * 1024)))
+    sending = asyncio.create_task(alice.call("send", to=BOB, photo=str(big)))
+    partial = bob.data_dir / "partial"
+    while not any(p.stat().st_size > 1_000_000 for p in partial.glob("*.part")):  # noqa: ASYNC110
+        await asyncio.sleep(0.01)  # until a good part has arrived: the event is in bob
+    alice.proc.send_signal(signal.SIGSTOP)  # the sender freezes mid-photo
+    try:
+        while established_to(bob_port):  # noqa: ASYNC110 -- until bob hangs up on it
+            await asyncio.sleep(0.05)
+        assert list((bob.data_dir / "photos").iterdir()) == []  # nothing stored or shown
+        assert bob.notifications["receive"].empty()
+        assert list(partial.glob("*.part"))  # but the part that came is kept
+    finally:
+        alice.proc.send_signal(signal.SIGCONT)
+    first = await asyncio.wait_for(sending, 30)  # alice learns the link is gone
+    assert [f["phone"] for f in first["failed"]] == [BOB]
+    again = await alice.call("send", to=BOB, photo=str(big))
+    assert again["delivered"] == [BOB]
+    got = (await bob.notification("receive"))["photo"]
+    assert Path(got["path"]).read_bytes() == big.read_bytes()
+    assert list(partial.iterdir()) == []

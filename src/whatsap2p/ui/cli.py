@@ -174,10 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     user.add_argument(
         "--peer-timeout",
         type=_positive,
-        default=Timeouts().peer_ack,
         metavar="SECONDS",
-        help="a peer that stops reading or answering this long is reported failed "
-        "(default %(default)g)",
+        help="a peer that stops reading, answering or sending this long is given up "
+        f"(default {Timeouts().peer_ack:g} s for receivers, "
+        f"{Timeouts().peer_idle:g} s for senders)",
     )
     user.add_argument(
         "--heartbeat",
@@ -282,13 +282,16 @@ def _user_config(args: argparse.Namespace) -> SessionConfig:
         region=args.region,
         server_fingerprint=args.server_key,
         limits=limits,
-        timeouts=replace(
-            Timeouts(),
-            heartbeat_interval=args.heartbeat,
-            write_drain=args.peer_timeout,
-            peer_ack=args.peer_timeout,
-        ),
+        timeouts=_timeouts(args),
     )
+
+
+def _timeouts(args: argparse.Namespace) -> Timeouts:
+    timeouts = replace(Timeouts(), heartbeat_interval=args.heartbeat)
+    if args.peer_timeout is not None:
+        peer = args.peer_timeout
+        timeouts = replace(timeouts, write_drain=peer, peer_ack=peer, peer_idle=peer)
+    return timeouts
 
 
 async def _run_user(args: argparse.Namespace) -> int:
