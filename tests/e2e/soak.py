@@ -1,4 +1,4 @@
-"""The soak: queued messages from A to B while B is killed twice and the server restarted.
+"""The soak: queued messages from A to B while B is killed twice and the server once (-9).
 
 Used by `make soak` (bench/soak.py, 10,000 messages) and, shortened, by the test suite.
 Every process is a real `whatsap2p` command on 127.0.0.1.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import sqlite3
 import time
 from collections import Counter
@@ -88,8 +89,8 @@ async def soak(root: Path, count: int) -> SoakResult:
             bob = await UserProcess.start(server.address, BOB, root / "bob")
             users.append(bob)
             await receive_until(bob, shown, cut)
-            if cut > count // 3:  # the second time, the server goes away too
-                assert await server.stop() == 0
+            if cut > count // 3:  # the second time, the server is killed (-9) too
+                assert await server.stop(signal.SIGKILL) == -signal.SIGKILL
                 server = await ServerProcess.start(db, *LOAD_RATES, port=server.port)
                 restarts += 1
             bob.kill()  # kill -9 in the middle of the flow

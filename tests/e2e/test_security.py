@@ -17,6 +17,7 @@ from tests.e2e.conftest import Cluster
 from tests.e2e.procs import ServerProcess, UserProcess, run
 from whatsap2p.errors import RateLimited
 from whatsap2p.net.directory_client import DirectoryClient
+from whatsap2p.protocol.framing import PROTOCOL_VERSION
 from whatsap2p.protocol.keys import StaticKey
 
 ALICE, BOB, CAROL = "+5511999990001", "+5511999990002", "+5511999990003"
@@ -253,4 +254,29 @@ async def test_a_thousand_idle_connections_do_not_get_in_the_way(tmp_path: Path)
             await client.close()
         await alice.close()
         await bob.close()
+        assert await server.stop() == 0
+
+
+def rss_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^VmRSS:\s+(\d+) kB$", status, re.MULTILINE).group(1))  # type: ignore[union-attr]
+
+
+async def test_half_sent_frames_cannot_make_the_server_grow(tmp_path: Path) -> None:
+    server = await ServerProcess.start(tmp_path / "bindings.sqlite3")
+    held: list[asyncio.StreamWriter] = []
+    try:
+        before = rss_kib(server.proc.pid)
+        for _ in range(200):  # each announces the largest frame and sends half of it
+            _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(bytes([PROTOCOL_VERSION]) + (65535).to_bytes(4, "big") + bytes(32000))
+            held.append(writer)
+        await asyncio.gather(*(w.drain() for w in held))
+        alice = await UserProcess.start(server.address, ALICE, tmp_path / "alice")
+        assert await alice.quit() == 0  # the server still serves
+        grown = rss_kib(server.proc.pid) - before
+        assert grown < 64 * 1024, f"the server grew by {grown} KiB"  # 200 x 64 KiB at most
+    finally:
+        for writer in held:
+            writer.close()
         assert await server.stop() == 0
