@@ -34,6 +34,10 @@ class Limits:
     max_phone_chars: int = 32
     #: Most messages (one per recipient) waiting in the outbox.
     max_outbox: int = 100_000
+    #: History rows kept (each message, once per peer); older ones are dropped, never
+    #: ones still queued or not yet shown. The ids of what is kept are how a retried
+    #: delivery is recognised, so this also bounds that memory of seen messages.
+    max_history: int = 1_000_000
     #: Incoming peer connections (each may carry a photo transfer) held at once, in all
     #: and from one source IP; more are closed as they arrive.
     max_peer_connections: int = 512

@@ -74,3 +74,16 @@ def test_a_history_from_before_the_shown_column_is_migrated(tmp_path: Path) -> N
     assert history.unshown() == []  # what an earlier version received was shown then
     assert history.record_received("m1", BOB, None, T, text="new")
     assert [e.id for e in history.unshown()] == ["m1"]
+
+
+def test_the_history_is_bounded_but_keeps_what_still_matters(tmp_path: Path) -> None:
+    history = History(tmp_path / "h.sqlite3", ME, keep=5)
+    history.record_sent("q", {CAROL: ("queued", None)}, None, T, text="waiting")
+    history.record_received("unshown", CAROL, None, T, text="not shown yet")
+    for i in range(10):
+        history.record_received(f"r{i}", BOB, None, T, text=str(i))
+        history.mark_shown(f"r{i}", BOB)
+    assert history.prune() == 5  # the oldest shown rows beyond the newest five
+    assert [e.id for e in history.entries(BOB, limit=100)] == ["r9", "r8", "r7", "r6", "r5"]
+    assert [e.id for e in history.queued()] == ["q"]  # the outbox is never dropped
+    assert [e.id for e in history.unshown()] == ["unshown"]  # nor what is still to show

@@ -85,9 +85,11 @@ class HistoryEntry:
 
 
 class History:
-    def __init__(self, path: Path, me: str) -> None:
+    def __init__(self, path: Path, me: str, keep: int = 1_000_000) -> None:
         self.path = path
         self._me = me
+        self._keep = keep
+        self._since_prune = 0
         try:
             self._db = sqlite3.connect(path, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -98,6 +100,17 @@ class History:
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the history {path}: {exc}") from exc
+        self.prune()
+
+    def prune(self) -> int:
+        """Drop the oldest rows beyond `keep`, except queued or unshown ones; how many."""
+        self._since_prune = 0
+        cursor = self._execute(
+            "DELETE FROM messages WHERE seq <= (SELECT MAX(seq) FROM messages) - ?"
+            " AND state != 'queued' AND shown = 1",
+            (self._keep,),
+        )
+        return cursor.rowcount
 
     def _migrate(self) -> None:
         """Bring a history written by an earlier version up to this schema."""
@@ -123,6 +136,9 @@ class History:
             " state, shown) VALUES (?, 'in', ?, ?, ?, ?, ?, 'received', 0)",
             (message_id, sender, group, timestamp, text, _json(photo)),
         )
+        self._since_prune += 1
+        if self._since_prune >= 4096:  # cheap (by primary key), so now and then is enough
+            self.prune()
         return cursor.rowcount == 1
 
     def was_received(self, message_id: str, sender: str) -> bool:

@@ -149,7 +149,9 @@ class Session:
             # Only with the lock held: this clears half-received photos of earlier runs.
             self.photos.open(time.time(), config.timeouts.partial_keep)
             self.identity = load_or_create_key(config.data_dir / IDENTITY_FILE)
-            self.history = History(config.data_dir / HISTORY_FILE, self.phone)
+            self.history = History(
+                config.data_dir / HISTORY_FILE, self.phone, config.limits.max_history
+            )
             self._queued_count = self.history.count_queued()
         except OSError as exc:
             self._lock.release()
