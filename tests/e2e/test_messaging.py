@@ -8,6 +8,7 @@ import hashlib
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -219,14 +220,32 @@ async def test_queued_messages_survive_a_killed_sender_and_arrive(
     assert states[plain["id"]] == "offline"
 
 
+async def photo_under_way(
+    sender: UserProcess, receiver: UserProcess, photo: Path, min_bytes: int
+) -> asyncio.Task[Any]:
+    """Start sending `photo` and return once the receiver holds more than `min_bytes` of
+    it (polled: the event is in the receiver's process)."""
+    sending = asyncio.create_task(sender.call("send", to=receiver.phone, photo=str(photo)))
+    partial = receiver.data_dir / "partial"
+    while not any(p.stat().st_size > min_bytes for p in partial.glob("*.part")):  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    return sending
+
+
+def big_photo(folder: Path, mib: int) -> Path:
+    """A real PNG padded with random bytes: larger than the socket buffers in between."""
+    path = folder / "big.png"
+    path.write_bytes(image_bytes(marker=os.urandom(mib * 1024 * 1024)))
+    return path
+
+
 async def test_a_receiver_frozen_mid_photo_fails_alone_and_keeps_nothing(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     alice = await cluster.user(ALICE, "--peer-timeout", "2")
     bob, carol = await cluster.user(BOB), await cluster.user(CAROL)
     await alice.call("createGroup", name="pals", members=[BOB, CAROL])
-    big = tmp_path / "big.png"
-    big.write_bytes(image_bytes(marker=bytes(48 * 1024 * 1024)))  # more than socket buffers
+    big = big_photo(tmp_path, 48)
     sending = asyncio.create_task(alice.call("send", to="pals", photo=str(big)))
     partial = bob.data_dir / "partial"
     while not any(p.stat().st_size > 0 for p in partial.glob("*.part")):  # noqa: ASYNC110
@@ -258,12 +277,9 @@ async def test_a_sender_killed_mid_photo_resends_and_the_photo_resumes(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     alice, bob = await cluster.user(ALICE), await cluster.user(BOB)
-    big = tmp_path / "big.png"
-    big.write_bytes(image_bytes(marker=os.urandom(32 * 1024 * 1024)))
-    sending = asyncio.create_task(alice.call("send", to=BOB, photo=str(big)))
+    big = big_photo(tmp_path, 32)
+    sending = await photo_under_way(alice, bob, big, 1_000_000)
     partial = bob.data_dir / "partial"
-    while not any(p.stat().st_size > 1_000_000 for p in partial.glob("*.part")):  # noqa: ASYNC110
-        await asyncio.sleep(0.01)  # until a good part has arrived: the event is in bob
     alice.kill()  # kill -9 of the sender in the middle of the photo
     assert await alice.wait() != 0
     sending.cancel()
@@ -308,12 +324,9 @@ async def test_a_sender_frozen_mid_photo_is_given_up_and_the_photo_resumes_later
     alice = await cluster.user(ALICE, "--peer-timeout", "2")
     bob = await cluster.user(BOB, "--peer-timeout", "2")
     bob_port = int(bob.ready["listen"].rsplit(":", 1)[1])
-    big = tmp_path / "big.png"
-    big.write_bytes(image_bytes(marker=os.urandom(32 * 1024 * 1024)))
-    sending = asyncio.create_task(alice.call("send", to=BOB, photo=str(big)))
+    big = big_photo(tmp_path, 32)
+    sending = await photo_under_way(alice, bob, big, 1_000_000)
     partial = bob.data_dir / "partial"
-    while not any(p.stat().st_size > 1_000_000 for p in partial.glob("*.part")):  # noqa: ASYNC110
-        await asyncio.sleep(0.01)  # until a good part has arrived: the event is in bob
     alice.proc.send_signal(signal.SIGSTOP)  # the sender freezes mid-photo
     try:
         while established_to(bob_port):  # noqa: ASYNC110 -- until bob hangs up on it
