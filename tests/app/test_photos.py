@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from pathlib import Path
@@ -8,7 +9,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import image_bytes
-from whatsap2p.app.photos import PhotoStore, prepare_photo, safe_file_name
+from whatsap2p.app.photos import IncomingPhoto, PhotoStore, prepare_photo, safe_file_name
 from whatsap2p.config import Limits
 from whatsap2p.errors import PhotoRejected
 from whatsap2p.protocol.events import PhotoOffer
@@ -81,9 +82,14 @@ def test_file_names_from_senders_are_sanitised(name: str, safe: str) -> None:
     assert safe_file_name(name, "image/png") == safe
 
 
+def write(incoming: IncomingPhoto, data: bytes) -> None:
+    """The receiving loop's write (queued to the photo's writer thread), from a test."""
+    asyncio.run(incoming.write(data))
+
+
 def store_one(store: PhotoStore, data: bytes, **kw: str) -> Path:
     incoming = store.begin(SENDER, offer_for(data, **kw))
-    incoming.write(data)
+    write(incoming, data)
     return incoming.finish().path
 
 
@@ -122,7 +128,7 @@ def test_bad_photos_are_rejected_and_leave_nothing(
     store = PhotoStore(tmp_path / "photos", LIMITS)
     store.open(time.time(), KEEP)
     incoming = store.begin(SENDER, offer_for(offered or data))
-    incoming.write(data)
+    write(incoming, data)
     with pytest.raises(PhotoRejected, match=reason):
         incoming.finish()
     assert list((tmp_path / "photos").iterdir()) == []
@@ -135,13 +141,13 @@ def test_an_interrupted_photo_is_kept_hidden_and_resumes(tmp_path: Path) -> None
     data = image_bytes(marker=bytes(10_000))
     incoming = store.begin(SENDER, offer_for(data))
     assert incoming.offset == 0
-    incoming.write(data[:6000])
+    write(incoming, data[:6000])
     incoming.interrupted()  # the connection dropped
     assert list((tmp_path / "photos").iterdir()) == []  # nothing shown or stored
     (partial,) = (tmp_path / "partial").iterdir()
     resumed = store.begin(SENDER, offer_for(data))  # the same photo from the same sender
     assert resumed.offset == 6000
-    resumed.write(data[6000:])
+    write(resumed, data[6000:])
     assert resumed.finish().path.read_bytes() == data  # the hash covered the kept bytes
     assert not partial.exists()
     other = store.begin("+5511999990077", offer_for(data))
@@ -153,7 +159,7 @@ def test_partial_transfers_expire(tmp_path: Path) -> None:
     store = PhotoStore(tmp_path / "photos", LIMITS)
     store.open(time.time(), KEEP)
     incoming = store.begin(SENDER, offer_for(b"abcdef"))
-    incoming.write(b"abc")
+    write(incoming, b"abc")
     incoming.interrupted()
     store.open(time.time(), KEEP)
     assert len(list((tmp_path / "partial").iterdir())) == 1  # still fresh: kept

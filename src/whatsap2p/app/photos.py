@@ -8,13 +8,16 @@ name, sanitised, never a path, never replacing an existing file.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
 import re
 import unicodedata
 import warnings
+from collections import deque
 from collections.abc import AsyncIterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -162,7 +165,13 @@ class IncomingPhoto:
     """One photo streaming in. Its bytes go to a partial file in `partial/`, named after
     the sender, the photo's SHA-256 and its size; it becomes a stored photo once whole
     and verified, stays behind (hidden, never shown) if the transfer is interrupted so
-    the same photo can resume from there, and is removed if it is found bad."""
+    the same photo can resume from there, and is removed if it is found bad.
+
+    Writing and hashing run on a thread of the photo's own (both release the GIL), so the
+    event loop opens the next chunk while the last one goes to disk; at most
+    `_IN_FLIGHT` chunks wait there, so a slow disk slows the sender down, not memory."""
+
+    _IN_FLIGHT = 2
 
     def __init__(self, store: PhotoStore, key: str, path: Path, offer: PhotoOffer) -> None:
         self._store = store
@@ -183,8 +192,18 @@ class IncomingPhoto:
             store.release(key)
             raise PhotoRejected(f"receiver cannot store photos: {exc.strerror}") from exc
         self._written = self.offset
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="photo-writer")
+        self._in_flight: deque[Future[None]] = deque()
 
-    def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | bytearray) -> None:
+        """Queue `data` for the disk; PhotoRejected if an earlier write failed."""
+        self._in_flight.append(self._worker.submit(self._write, data))
+        while len(self._in_flight) > self._IN_FLIGHT or (
+            self._in_flight and self._in_flight[0].done()
+        ):
+            await asyncio.wrap_future(self._in_flight.popleft())
+
+    def _write(self, data: bytes | bytearray) -> None:
         assert self._file is not None
         try:
             self._file.write(data)
@@ -193,10 +212,20 @@ class IncomingPhoto:
         self._digest.update(data)
         self._written += len(data)
 
+    def _settle(self) -> None:
+        """Wait for the queued writes (a couple of chunks at most); raise the first error."""
+        try:
+            while self._in_flight:
+                self._in_flight.popleft().result()
+        finally:
+            self._in_flight.clear()
+            self._worker.shutdown(wait=True)
+
     def finish(self) -> PhotoFile:
         """Verify and move into place (blocking: run it in a thread)."""
         offer = self._offer
         try:
+            self._settle()
             assert self._file is not None
             self._file.flush()
             os.fsync(self._file.fileno())
@@ -247,6 +276,8 @@ class IncomingPhoto:
         self._store.release(self._key)
 
     def _close(self) -> None:
+        with contextlib.suppress(PhotoRejected):
+            self._settle()
         if self._file is not None:
             self._file.close()
             self._file = None

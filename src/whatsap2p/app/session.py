@@ -649,8 +649,8 @@ class _PhotoSink:
         self._incoming = incoming
         self.offset = incoming.offset
 
-    def write(self, data: bytes) -> None:
-        self._incoming.write(data)
+    async def write(self, data: bytes) -> None:
+        await self._incoming.write(data)
 
     async def complete(self) -> None:
         stored = await asyncio.to_thread(self._incoming.finish)

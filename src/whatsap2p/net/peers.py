@@ -32,6 +32,7 @@ __all__ = ["Inbound", "PeerLink", "PeerListener", "PhotoSink"]
 log = logging.getLogger(__name__)
 
 _READ_SIZE = 256 * 1024
+_WRITE_BUFFER = 2 * 1024 * 1024
 #: After a refusal, how long a receiver drains the sender's bytes (so the refusal is not
 #: lost in a TCP reset) and how long a sender waits for that refusal once writes fail.
 _REFUSAL_GRACE = 2.0
@@ -43,7 +44,7 @@ class PhotoSink(Protocol):
     #: How many of its bytes are already here (kept from an interrupted transfer).
     offset: int
 
-    def write(self, data: bytes) -> None: ...
+    async def write(self, data: bytes) -> None: ...
 
     async def complete(self) -> None:
         """All bytes are in: verify and store, or raise WhatsAp2pError saying why not."""
@@ -220,7 +221,7 @@ class _ReceiverSession:
             elif isinstance(event, ev.PhotoChunk):
                 assert self._sink is not None
                 try:
-                    self._sink.write(event.data)
+                    await self._sink.write(event.data)
                 except WhatsAp2pError as exc:
                     await self._answer(ev.Rejected(event.id, str(exc)))
                     return False
@@ -284,6 +285,9 @@ class PeerLink:
             raise DeliveryFailed("connection timed out") from exc
         except OSError as exc:
             raise DeliveryFailed(f"cannot connect: {exc.strerror or exc}") from exc
+        # A photo streams in chunks: let a few of them queue in the transport so the
+        # socket never idles while we wait for `drain`.
+        writer.transport.set_write_buffer_limits(high=_WRITE_BUFFER)
         channel = NoiseChannel(
             key, initiator=True, max_body=limits.max_peer_frame, expected_remote=address.key
         )

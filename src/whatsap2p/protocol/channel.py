@@ -11,7 +11,10 @@ from typing import Protocol
 
 from whatsap2p.protocol.framing import FrameDecoder, encode_frame
 
-__all__ = ["Channel", "OverChannel", "PlainChannel"]
+__all__ = ["Buffer", "Channel", "OverChannel", "PlainChannel"]
+
+#: Bytes as the channels pass them around (a bytearray saves a copy of large bodies).
+Buffer = bytes | bytearray
 
 
 class Channel(Protocol):
@@ -25,13 +28,13 @@ class Channel(Protocol):
     def data_to_send(self) -> bytes:
         """Bytes the channel itself wants sent (handshake messages)."""
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: Buffer) -> None:
         """Bytes from the network."""
 
-    def next_body(self) -> bytes | None:
+    def next_body(self) -> Buffer | None:
         """The next complete message body, or None until more bytes arrive."""
 
-    def seal(self, body: bytes) -> bytes:
+    def seal(self, body: Buffer) -> Buffer:
         """The bytes to put on the network for one message body."""
 
 
@@ -51,13 +54,13 @@ class PlainChannel:
     def data_to_send(self) -> bytes:
         return b""
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: Buffer) -> None:
         self._decoder.receive_data(data)
 
     def next_body(self) -> bytes | None:
         return self._decoder.next_frame()
 
-    def seal(self, body: bytes) -> bytes:
+    def seal(self, body: Buffer) -> Buffer:
         return encode_frame(body, self._max_body)
 
 

@@ -63,7 +63,7 @@ def _to_wire(value: object) -> object:
     return value
 
 
-def decode_message(body: bytes) -> ev.Message:
+def decode_message(body: bytes | bytearray) -> ev.Message:
     try:
         raw = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
     except Exception as exc:  # msgpack raises a zoo of types for malformed input

@@ -15,7 +15,7 @@ from collections import deque
 from whatsap2p.config import Limits, Timeouts
 from whatsap2p.errors import LocalProtocolError, RemoteProtocolError
 from whatsap2p.protocol import events as ev
-from whatsap2p.protocol.channel import Channel, OverChannel, PlainChannel
+from whatsap2p.protocol.channel import Buffer, Channel, OverChannel, PlainChannel
 from whatsap2p.protocol.codec import decode_message, encode_message
 
 __all__ = ["DirectoryClientConnection", "DirectoryServerConnection", "ServerState"]
@@ -87,7 +87,7 @@ class DirectoryServerConnection(OverChannel):
         )
         self._pending: set[int] = set()
 
-    def receive_data(self, data: bytes, now: float) -> None:
+    def receive_data(self, data: Buffer, now: float) -> None:
         """Bytes from the client. Raises RemoteProtocolError; the caller then closes."""
         if self.state is ServerState.CLOSED:
             return
@@ -130,7 +130,7 @@ class DirectoryServerConnection(OverChannel):
     def next_event(self) -> ev.Message | ev.ConnectionTimedOut | None:
         return self._events.popleft() if self._events else None
 
-    def send(self, message: ev.Message) -> bytes:
+    def send(self, message: ev.Message) -> Buffer:
         if not isinstance(message, _ANSWERS + _PUSHES):
             raise LocalProtocolError(f"the server does not send {message.TYPE!r}")
         next_state = _SERVER_SENDS.get((self.state, type(message)))
@@ -179,7 +179,7 @@ class DirectoryClientConnection(OverChannel):
         self._next_rid += 1
         return rid
 
-    def send(self, message: ev.Message) -> bytes:
+    def send(self, message: ev.Message) -> Buffer:
         if not isinstance(message, _REQUESTS):
             raise LocalProtocolError(f"a client does not send {message.TYPE!r}")
         if message.rid in self._outstanding:
@@ -187,7 +187,7 @@ class DirectoryClientConnection(OverChannel):
         self._outstanding[message.rid] = type(message)
         return self._channel.seal(encode_message(message))
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: Buffer) -> None:
         self._channel.receive_data(data)
         while (body := self._channel.next_body()) is not None:
             message = decode_message(body)

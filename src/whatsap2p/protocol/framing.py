@@ -12,12 +12,12 @@ from whatsap2p.errors import FrameTooLarge, LocalProtocolError, RemoteProtocolEr
 
 __all__ = ["HEADER_SIZE", "PROTOCOL_VERSION", "FrameDecoder", "encode_frame"]
 
-PROTOCOL_VERSION = 3  # 2: Noise channels; 3: the receiver decides before a photo flows
+PROTOCOL_VERSION = 4  # 2: Noise; 3: the receiver decides before a photo flows; 4: AES-GCM in place
 _HEADER = struct.Struct(">BI")
 HEADER_SIZE = _HEADER.size
 
 
-def encode_frame(body: bytes, max_body: int) -> bytes:
+def encode_frame(body: bytes | bytearray, max_body: int) -> bytes:
     """One frame around `body`; refuses (locally) to build a frame the peer must reject."""
     if len(body) > max_body:
         raise LocalProtocolError(f"frame of {len(body)} bytes exceeds the {max_body}-byte cap")
@@ -37,11 +37,23 @@ class FrameDecoder:
         """Bytes received but not yet returned as a frame."""
         return len(self._buffer) - self._pos
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         self._buffer += data
+
+    @property
+    def buffer(self) -> bytearray:
+        """Where the spans `next_span` returns point (valid until the next call)."""
+        return self._buffer
 
     def next_frame(self) -> bytes | None:
         """The next complete frame body, or None until more data arrives."""
+        span = self.next_span()
+        if span is None:
+            return None
+        return bytes(self._buffer[span[0] : span[1]])
+
+    def next_span(self) -> tuple[int, int] | None:
+        """Where in `buffer` the next complete frame body is, without copying it."""
         if self.buffered < HEADER_SIZE:
             self._compact()
             return None
@@ -56,9 +68,9 @@ class FrameDecoder:
         if len(self._buffer) < end:
             self._compact()
             return None
-        body = bytes(self._buffer[self._pos + HEADER_SIZE : end])
+        start = self._pos + HEADER_SIZE
         self._pos = end
-        return body
+        return start, end
 
     def _compact(self) -> None:
         # Drop consumed bytes only when waiting, so a burst of small frames is not O(n^2).

@@ -1,9 +1,14 @@
-"""The secure channel under every connection: Noise_XX_25519_ChaChaPoly_SHA256.
+"""The secure channel under every connection: Noise_XX_25519_AESGCM_SHA256.
 
-The handshake (three messages) authenticates both sides' long-term keys and agrees
-transport keys; after it, every message body is encrypted and authenticated. Noise
-limits a transport message to 65,535 bytes, so a body is carried in segments, each
-one frame: a 1-byte flag (more / last) and up to 65,518 bytes, sealed.
+The handshake (three messages, run by the noiseprotocol library) authenticates both
+sides' long-term keys and agrees the two transport keys; after it, every message body
+is encrypted and authenticated. Noise limits a transport message to 65,535 bytes, so a
+body is carried in segments, each one frame: a 1-byte flag (more / last) in the clear
+and up to 65,519 bytes sealed with the flag as associated data, so it is authenticated
+too. The transport is Noise's CipherState (ENCRYPT(k, n++, ad, plaintext), the nonce
+the big-endian counter after four zero bytes) on the keys the handshake split, run on
+cryptography's AES-GCM directly so a segment is sealed and opened in place, without
+the copies the library's bytes-in-bytes-out interface makes.
 
 The initiator may name the key it expects the responder to have (`expected_remote`, or
 its `expected_fingerprint`): a different key stops the handshake before the initiator
@@ -12,7 +17,10 @@ reveals its own identity or sends anything.
 
 from __future__ import annotations
 
+import struct
+
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from noise.connection import Keypair, NoiseConnection
 from noise.exceptions import (
     NoiseHandshakeError,
@@ -23,18 +31,47 @@ from noise.exceptions import (
 )
 
 from whatsap2p.errors import LocalProtocolError, RemoteKeyMismatch, RemoteProtocolError
-from whatsap2p.protocol.framing import FrameDecoder, encode_frame
+from whatsap2p.protocol.framing import HEADER_SIZE, PROTOCOL_VERSION, FrameDecoder, encode_frame
 from whatsap2p.protocol.keys import StaticKey, fingerprint
 
 __all__ = ["NOISE_NAME", "NoiseChannel"]
 
-NOISE_NAME = b"Noise_XX_25519_ChaChaPoly_SHA256"
+NOISE_NAME = b"Noise_XX_25519_AESGCM_SHA256"
 #: Binds the handshake to this protocol and version: a peer speaking anything else fails.
-PROLOGUE = b"WhatsAp2p/3"
+PROLOGUE = b"WhatsAp2p/4"
 MAX_NOISE_MESSAGE = 65535
 _TAG = 16
-_MORE, _LAST = b"\x00", b"\x01"
-SEGMENT = MAX_NOISE_MESSAGE - _TAG - 1
+_MORE, _LAST = 0, 1
+_FLAGS = (b"\x00", b"\x01")
+#: Plaintext bytes per segment: a sealed segment is exactly one maximal Noise message.
+SEGMENT = MAX_NOISE_MESSAGE - _TAG
+_SEGMENT_FRAME = 1 + MAX_NOISE_MESSAGE  # flag + sealed segment
+_HEADER = struct.Struct(">BI")
+_MAX_NONCE = 2**64 - 1
+
+
+class _CipherState:
+    """One direction of Noise's transport: AES-GCM under key k with nonce n++."""
+
+    __slots__ = ("_aead", "_n")
+
+    def __init__(self, key: bytes, n: int) -> None:
+        self._aead = AESGCM(key)
+        self._n = n
+
+    def _nonce(self) -> bytes:
+        n = self._n
+        if n >= _MAX_NONCE:
+            raise LocalProtocolError("the secure channel used up its nonces")
+        self._n = n + 1
+        return b"\x00\x00\x00\x00" + n.to_bytes(8, "big")
+
+    def seal_into(self, flag: bytes, plain: memoryview, out: memoryview) -> None:
+        self._aead.encrypt_into(self._nonce(), plain, flag, out)
+
+    def open_into(self, flag: bytes, sealed: memoryview, out: memoryview) -> None:
+        self._aead.decrypt_into(self._nonce(), sealed, flag, out)
+
 
 # What the library (and cryptography beneath it) raise for bytes that are not a valid
 # handshake or transport message; they have no common base class.
@@ -52,6 +89,19 @@ _NOISE_ERRORS = (
 class NoiseChannel:
     """Sans-IO: `receive_data` bytes in, `next_body` / `data_to_send` out."""
 
+    __slots__ = (
+        "_expected",
+        "_frames",
+        "_handshake",
+        "_max_body",
+        "_noise",
+        "_outgoing",
+        "_partial",
+        "_receiving",
+        "_sending",
+        "remote_key",
+    )
+
     def __init__(
         self,
         key: StaticKey,
@@ -62,31 +112,33 @@ class NoiseChannel:
         expected_fingerprint: str | None = None,
     ) -> None:
         self._max_body = max_body
-        self._initiator = initiator
         self._expected = (
             fingerprint(expected_remote) if expected_remote is not None else expected_fingerprint
         )
-        self._frames = FrameDecoder(MAX_NOISE_MESSAGE)
+        self._frames = FrameDecoder(_SEGMENT_FRAME)
         self._outgoing = bytearray()
         self._partial = bytearray()
+        self._sending: _CipherState | None = None
+        self._receiving: _CipherState | None = None
         self.remote_key: bytes | None = None
-        self._noise = NoiseConnection.from_name(NOISE_NAME)
+        noise = NoiseConnection.from_name(NOISE_NAME)
         if initiator:
-            self._noise.set_as_initiator()
+            noise.set_as_initiator()
         else:
-            self._noise.set_as_responder()
-        self._noise.set_keypair_from_private_bytes(Keypair.STATIC, key.private)
-        self._noise.set_prologue(PROLOGUE)
-        self._noise.start_handshake()
+            noise.set_as_responder()
+        noise.set_keypair_from_private_bytes(Keypair.STATIC, key.private)
+        noise.set_prologue(PROLOGUE)
+        noise.start_handshake()
+        self._noise: NoiseConnection | None = noise
         # The library drops its handshake state when the handshake ends; keep a handle
         # to read the remote static key from.
-        self._handshake = self._noise.noise_protocol.handshake_state
+        self._handshake = noise.noise_protocol.handshake_state
         if initiator:
             self._send_handshake()
 
     @property
     def established(self) -> bool:
-        return bool(self._noise.handshake_finished)
+        return self._sending is not None
 
     def data_to_send(self) -> bytes:
         """Handshake bytes the channel wants sent (empty when there are none)."""
@@ -94,36 +146,50 @@ class NoiseChannel:
         self._outgoing.clear()
         return data
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         self._frames.receive_data(data)
 
-    def next_body(self) -> bytes | None:
-        while (frame := self._frames.next_frame()) is not None:
-            if not self.established:
-                self._handshake_step(frame)
+    def next_body(self) -> bytearray | None:
+        frames = self._frames
+        while (span := frames.next_span()) is not None:
+            start, end = span
+            if self._receiving is None:
+                self._handshake_step(bytes(frames.buffer[start:end]))
                 continue
-            body = self._open(frame)
+            body = self._open(self._receiving, frames.buffer, start, end)
             if body is not None:
                 return body
         return None
 
-    def seal(self, body: bytes) -> bytes:
-        if not self.established:
+    def seal(self, body: bytes | bytearray) -> bytearray:
+        sending = self._sending
+        if sending is None:
             raise LocalProtocolError("cannot send before the secure channel is established")
-        if len(body) > self._max_body:
-            raise LocalProtocolError(f"message of {len(body)} bytes exceeds {self._max_body}")
-        out = bytearray(self._outgoing)  # a pending handshake message goes first
-        self._outgoing.clear()
-        view = memoryview(body)
-        for start in range(0, max(len(body), 1), SEGMENT):
-            flag = _LAST if start + SEGMENT >= len(body) else _MORE
-            sealed = self._noise.encrypt(flag + bytes(view[start : start + SEGMENT]))
-            out += encode_frame(sealed, MAX_NOISE_MESSAGE)
-        return bytes(out)
+        size = len(body)
+        if size > self._max_body:
+            raise LocalProtocolError(f"message of {size} bytes exceeds {self._max_body}")
+        segments = max(1, -(-size // SEGMENT))
+        pending = self._outgoing  # a pending handshake message goes first
+        pos = len(pending)
+        out = bytearray(pos + size + segments * (HEADER_SIZE + 1 + _TAG))
+        out[:pos] = pending
+        pending.clear()
+        with memoryview(body) as plain, memoryview(out) as sealed:
+            for start in range(0, max(size, 1), SEGMENT):
+                chunk = plain[start : start + SEGMENT]
+                last = start + SEGMENT >= size
+                frame = 1 + len(chunk) + _TAG
+                _HEADER.pack_into(sealed, pos, PROTOCOL_VERSION, frame)
+                sealed[pos + HEADER_SIZE] = last
+                pos += HEADER_SIZE + 1
+                sending.seal_into(_FLAGS[last], chunk, sealed[pos : pos + frame - 1])
+                pos += frame - 1
+        return out
 
     # --- internals ------------------------------------------------------------------------
 
     def _send_handshake(self) -> None:
+        assert self._noise is not None
         try:
             message = self._noise.write_message()
         except _NOISE_ERRORS as exc:
@@ -131,8 +197,10 @@ class NoiseChannel:
             # all-zero key, say) fails here, not while reading it. Found by fuzzing.
             raise RemoteProtocolError(f"secure handshake failed: {exc}") from exc
         self._outgoing += encode_frame(bytes(message), MAX_NOISE_MESSAGE)
+        self._start_transport()
 
     def _handshake_step(self, frame: bytes) -> None:
+        assert self._noise is not None
         try:
             self._noise.read_message(frame)
         except _NOISE_ERRORS as exc:
@@ -148,21 +216,44 @@ class NoiseChannel:
                     f"{self._expected}",
                     self.remote_key,
                 )
-        if not self.established:
+        if self._noise.handshake_finished:
+            self._start_transport()
+        else:
             self._send_handshake()
 
-    def _open(self, frame: bytes) -> bytes | None:
-        try:
-            plain = self._noise.decrypt(frame)
-        except _NOISE_ERRORS as exc:
-            raise RemoteProtocolError("a message failed authentication") from exc
-        if not plain or plain[:1] not in (_MORE, _LAST):
+    def _start_transport(self) -> None:
+        """Once the handshake is done, keep the two split keys and drop the rest."""
+        noise = self._noise
+        if noise is None or not noise.handshake_finished:
+            return
+        protocol = noise.noise_protocol
+        encrypt, decrypt = protocol.cipher_state_encrypt, protocol.cipher_state_decrypt
+        self._sending = _CipherState(encrypt.k, encrypt.n)
+        self._receiving = _CipherState(decrypt.k, decrypt.n)
+        self._noise = None
+        self._handshake = None
+
+    def _open(
+        self, receiving: _CipherState, buffer: bytearray, start: int, end: int
+    ) -> bytearray | None:
+        size = end - start - 1 - _TAG
+        flag = buffer[start] if size >= 0 else -1
+        if flag not in (_MORE, _LAST):
             raise RemoteProtocolError("malformed secure segment")
-        if len(self._partial) + len(plain) - 1 > self._max_body:
+        partial = self._partial
+        have = len(partial)
+        if have + size > self._max_body:
             raise RemoteProtocolError(f"message exceeds the {self._max_body}-byte cap")
-        self._partial += plain[1:]
-        if plain[:1] == _MORE:
+        partial += _ZEROS if size == SEGMENT else bytes(size)
+        try:
+            with memoryview(buffer) as sealed, memoryview(partial) as plain:
+                receiving.open_into(_FLAGS[flag], sealed[start + 1 : end], plain[have:])
+        except (InvalidTag, ValueError) as exc:
+            raise RemoteProtocolError("a message failed authentication") from exc
+        if flag == _MORE:
             return None
-        body = bytes(self._partial)
-        self._partial.clear()
-        return body
+        self._partial = bytearray()
+        return partial
+
+
+_ZEROS = bytes(SEGMENT)

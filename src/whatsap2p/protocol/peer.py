@@ -23,7 +23,7 @@ from collections import deque
 from whatsap2p.config import Limits, Timeouts
 from whatsap2p.errors import LocalProtocolError, RemoteProtocolError
 from whatsap2p.protocol import events as ev
-from whatsap2p.protocol.channel import Channel, OverChannel, PlainChannel
+from whatsap2p.protocol.channel import Buffer, Channel, OverChannel, PlainChannel
 from whatsap2p.protocol.codec import decode_message, encode_message
 from whatsap2p.protocol.directory import E164
 
@@ -94,7 +94,7 @@ class PeerReceiver(OverChannel):
         self._unanswered: set[str] = set()
         self._seen: set[str] = set()
 
-    def receive_data(self, data: bytes, now: float) -> None:
+    def receive_data(self, data: Buffer, now: float) -> None:
         if self.state is ReceiverState.CLOSED:
             return
         was_established = self._channel.established
@@ -174,7 +174,7 @@ class PeerReceiver(OverChannel):
     def next_event(self) -> ReceiverEvent | None:
         return self._events.popleft() if self._events else None
 
-    def send(self, message: ev.Ack | ev.Rejected | ev.Resume | ev.Closing) -> bytes:
+    def send(self, message: ev.Ack | ev.Rejected | ev.Resume | ev.Closing) -> Buffer:
         """Answer a message received on this connection, or refuse the whole connection."""
         if isinstance(message, ev.Closing):
             self.state = ReceiverState.CLOSED
@@ -238,7 +238,7 @@ class PeerSender(OverChannel):
         self._photo_remaining = 0
         self._events: deque[ev.Ack | ev.Rejected | ev.Resume | ev.Closing] = deque()
 
-    def send(self, message: ev.PeerMessage) -> bytes:
+    def send(self, message: ev.PeerMessage) -> Buffer:
         next_state = _SENDER_TRANSITIONS.get((self.state, type(message)))
         if next_state is None:
             raise LocalProtocolError(f"cannot send {message.TYPE!r} while {self.state.value}")
@@ -257,7 +257,7 @@ class PeerSender(OverChannel):
         self.state = next_state
         return self._channel.seal(encode_message(message))
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: Buffer) -> None:
         self._channel.receive_data(data)
         while (body := self._channel.next_body()) is not None:
             message = decode_message(body)

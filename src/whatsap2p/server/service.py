@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from whatsap2p.config import Limits, RateLimits, Timeouts
 from whatsap2p.errors import NumberAlreadyOnline, NumberBound, ProtocolError
 from whatsap2p.protocol import events as ev
+from whatsap2p.protocol.channel import Buffer
 from whatsap2p.protocol.directory import DirectoryServerConnection
 from whatsap2p.protocol.keys import StaticKey
 from whatsap2p.protocol.noise import NoiseChannel
@@ -169,7 +170,7 @@ class _Client:
         with contextlib.suppress(ProtocolError):
             self._writer.write(self._conn.send(ev.Online(0, address)))
 
-    def failure(self, rid: int, code: str, message: str) -> bytes:
+    def failure(self, rid: int, code: str, message: str) -> Buffer:
         return self._conn.send(ev.Failure(rid, code, message))
 
     async def run(self) -> None:
@@ -197,7 +198,7 @@ class _Client:
                 self._writer.write(await self._answer(event))
             await asyncio.wait_for(self._writer.drain(), self._timeouts.write_drain)
 
-    async def _answer(self, request: ev.Message) -> bytes:
+    async def _answer(self, request: ev.Message) -> Buffer:
         server = self._server
         now = self._loop.time()
         if isinstance(request, ev.Register):

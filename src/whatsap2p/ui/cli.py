@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import platformdirs
+import uvloop
 
 from whatsap2p import __version__
 from whatsap2p.app.session import Session, SessionConfig
@@ -200,8 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "server":
             if args.server_command == "release":
                 return _release(args)
-            return asyncio.run(_run_server(args))
-        return asyncio.run(_run_user(args))
+            return uvloop.run(_run_server(args))
+        return uvloop.run(_run_user(args))
     except WhatsAp2pError as exc:
         print(f"whatsap2p: {exc}", file=sys.stderr)
         return EXIT_ERROR
