@@ -116,6 +116,21 @@ def test_heartbeats_keep_a_registration_alive_and_silence_ends_it() -> None:
     assert server.next_event() == ev.ConnectionTimedOut("heartbeats stopped")
 
 
+def test_a_registration_that_only_heartbeats_outlives_the_registration_deadline() -> None:
+    # Found by loadgen: the register deadline (10 s) stayed in force after registering,
+    # so a module whose first heartbeat came 10 s after registering was dropped.
+    server = DirectoryServerConnection(now=100, timeouts=TIMEOUTS)
+    client = DirectoryClientConnection()
+    server.receive_data(client.send(ev.Register(1, PHONE, 4000)), now=105)
+    assert server.next_event() == ev.Register(1, PHONE, 4000)
+    server.send(ev.Registered(1, PHONE, "127.0.0.1", 4000))
+    assert server.get_timer() == 105 + TIMEOUTS.server_idle
+    server.handle_timer(105 + TIMEOUTS.heartbeat_interval + 1)
+    assert server.next_event() is None
+    server.receive_data(client.send(ev.Ping(2)), now=105 + TIMEOUTS.heartbeat_interval + 1)
+    assert server.next_event() == ev.Ping(2)
+
+
 def test_server_refuses_bad_registrations() -> None:
     client = DirectoryClientConnection()
     for bad in (ev.Register(1, "5511999", 4000), ev.Register(1, PHONE, 0)):

@@ -86,11 +86,13 @@ class DirectoryServerConnection(OverChannel):
             else self.timeouts.handshake
         )
         self._pending: set[int] = set()
+        self._now = now
 
     def receive_data(self, data: Buffer, now: float) -> None:
         """Bytes from the client. Raises RemoteProtocolError; the caller then closes."""
         if self.state is ServerState.CLOSED:
             return
+        self._now = now
         was_established = self._channel.established
         self._channel.receive_data(data)
         while (body := self._channel.next_body()) is not None:
@@ -140,6 +142,10 @@ class DirectoryServerConnection(OverChannel):
         if message.rid not in self._pending and not pushed:
             raise LocalProtocolError(f"no request {message.rid} to answer")
         self._pending.discard(message.rid)
+        if next_state is ServerState.REGISTERED and self.state is not ServerState.REGISTERED:
+            # Registered from now on: the idle deadline replaces the registration one,
+            # counted from the request's arrival (the latest time we were given).
+            self._deadline = self._now + self.timeouts.server_idle
         self.state = next_state
         return self._channel.seal(encode_message(message))
 

@@ -24,6 +24,7 @@ from whatsap2p.phone import DEFAULT_REGION, normalise_phone
 from whatsap2p.protocol.keys import normalise_fingerprint
 from whatsap2p.server.bindings import Bindings
 from whatsap2p.server.service import DirectoryServer, ServerConfig
+from whatsap2p.ui.loadgen import main_loadgen
 
 __all__ = ["main", "parse_address"]
 
@@ -69,6 +70,20 @@ def _fingerprint(text: str) -> str:
     if fp is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a key fingerprint (64 hex digits)")
     return fp
+
+
+def _address_list(text: str) -> list[tuple[str, int]]:
+    return [parse_address(part.strip()) for part in text.split(",") if part.strip()]
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
+    return value
 
 
 def _positive(text: str) -> float:
@@ -141,6 +156,30 @@ def build_parser() -> argparse.ArgumentParser:
     release.add_argument("--db", type=Path, default=DEFAULT_DB, metavar="PATH", dest="release_db")
     release.add_argument("--region", default=DEFAULT_REGION)
 
+    load = commands.add_parser(
+        "loadgen", help="load a directory server with simulated users (operators' benchmark)"
+    )
+    load.add_argument(
+        "servers",
+        type=_address_list,
+        metavar="SERVER_HOST:PORT[,HOST:PORT...]",
+        help="the server (a comma-separated list spreads the users over several)",
+    )
+    load.add_argument("--users", type=_count, required=True, help="users to register and hold")
+    load.add_argument("--lookups", type=_count, default=0, help="lookups to run once all are on")
+    load.add_argument("--concurrency", type=_count, default=50, help="clients running lookups")
+    load.add_argument("--workers", type=_count, help="processes to spread over (default: cores)")
+    load.add_argument("--server-key", type=_fingerprint, metavar="FINGERPRINT")
+    load.add_argument(
+        "--seed",
+        default="loadgen",
+        help="the simulated users' keys derive from it (default %(default)s)",
+    )
+    load.add_argument(
+        "--hold", type=float, default=0.0, metavar="SECONDS", help="stay online after the report"
+    )
+    load.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
     user = commands.add_parser("user", help="run a user module")
     user.add_argument("server", type=parse_address, metavar="SERVER_HOST:SERVER_PORT")
     user.add_argument("--phone", required=True, help="your phone number")
@@ -202,6 +241,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.server_command == "release":
                 return _release(args)
             return uvloop.run(_run_server(args))
+        if args.command == "loadgen":
+            return main_loadgen(
+                args.servers,
+                args.users,
+                args.lookups,
+                args.concurrency,
+                as_json=args.json,
+                workers=args.workers,
+                server_fingerprint=args.server_key,
+                seed=args.seed,
+                hold=args.hold,
+            )
         return uvloop.run(_run_user(args))
     except WhatsAp2pError as exc:
         print(f"whatsap2p: {exc}", file=sys.stderr)

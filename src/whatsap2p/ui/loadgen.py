@@ -1,0 +1,346 @@
+"""`whatsap2p loadgen`: an operator's load generator for a directory server.
+
+It plays N user modules with the real protocol (connect, Noise handshake, register,
+heartbeat), holds them online, then runs M lookups from C concurrent clients and
+reports throughput and latency, in the spirit of redis-benchmark. Its connections are
+spread over several worker processes so that the generator is not the bottleneck;
+they take their orders from the parent over a pipe, phase by phase, so the figures of
+every phase cover all the workers at once.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TextIO
+
+import uvloop
+
+from whatsap2p.config import Timeouts
+from whatsap2p.errors import WhatsAp2pError
+from whatsap2p.net.directory_client import DirectoryClient
+from whatsap2p.protocol.keys import StaticKey
+
+__all__ = ["LoadResult", "key_of", "phone_of", "run_loadgen"]
+
+#: Handshakes one worker runs at once (the server caps unauthenticated connections per IP).
+_CONNECTING = 32
+#: Where the simulated users say they listen (nobody connects to them).
+_FAKE_PORT = 9
+
+
+def phone_of(index: int) -> str:
+    """The number of simulated user `index` (São Paulo mobiles, +55 11 99...)."""
+    return f"+551199{index:07d}"
+
+
+def key_of(seed: str, index: int) -> StaticKey:
+    """Simulated user `index`'s key, derived from `seed`: a server keeps numbers bound to
+    keys, so the same numbers can come back (another run, another server) only with the
+    same keys. Test identities, never anyone's real one."""
+    return StaticKey.from_private(
+        hashlib.sha256(f"whatsap2p-loadgen {seed} {index}".encode()).digest()
+    )
+
+
+@dataclass
+class LoadResult:
+    users_online: int = 0
+    register_per_s: float = 0.0
+    lookups_per_s: float = 0.0
+    lookup_p50_ms: float = 0.0
+    lookup_p99_ms: float = 0.0
+    errors: int = 0
+    error_kinds: dict[str, int] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "users_online": self.users_online,
+            "register_per_s": round(self.register_per_s, 1),
+            "lookups_per_s": round(self.lookups_per_s, 1),
+            "lookup_p50_ms": round(self.lookup_p50_ms, 3),
+            "lookup_p99_ms": round(self.lookup_p99_ms, 3),
+            "errors": self.errors,
+        }
+
+    def table(self) -> str:
+        rows = [
+            ("users online", f"{self.users_online:,}"),
+            ("registrations/s", f"{self.register_per_s:,.0f}"),
+            ("lookups/s", f"{self.lookups_per_s:,.0f}"),
+            ("lookup p50", f"{self.lookup_p50_ms:.3f} ms"),
+            ("lookup p99", f"{self.lookup_p99_ms:.3f} ms"),
+            ("errors", f"{self.errors:,}"),
+        ]
+        rows += [(f"  {kind}", f"{count:,}") for kind, count in sorted(self.error_kinds.items())]
+        width = max(len(name) for name, _ in rows)
+        return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def run_loadgen(
+    servers: list[tuple[str, int]],
+    users: int,
+    lookups: int,
+    concurrency: int,
+    *,
+    workers: int | None = None,
+    server_fingerprint: str | None = None,
+    seed: str = "loadgen",
+    hold: float = 0.0,
+    progress: TextIO | None = None,
+    report: Callable[[LoadResult], None] | None = None,
+) -> LoadResult:
+    """Run the whole load; blocking. The result goes to `report` as soon as it is known;
+    with `hold`, the users then stay online (heartbeating) that many seconds more."""
+    count = max(1, min(workers or os.cpu_count() or 1, users or 1))
+    context = multiprocessing.get_context("spawn")
+    pipes: list[multiprocessing.connection.Connection] = []
+    procs = []
+    share = [users // count + (1 if i < users % count else 0) for i in range(count)]
+    first = 0
+    for worker in range(count):
+        parent, child = context.Pipe()
+        proc = context.Process(
+            target=_worker_main,
+            args=(child, servers, first, share[worker], server_fingerprint, seed),
+            name=f"loadgen-{worker}",
+            daemon=True,
+        )
+        proc.start()
+        child.close()
+        pipes.append(parent)
+        procs.append(proc)
+        first += share[worker]
+    result = LoadResult()
+    try:
+        registered = [pipe.recv() for pipe in pipes]
+        _merge_errors(result, registered)
+        result.users_online = sum(r["online"] for r in registered)
+        spans = [r for r in registered if r["online"]]
+        if spans:
+            took = max(r["end"] for r in spans) - min(r["start"] for r in spans)
+            result.register_per_s = result.users_online / took if took > 0 else 0.0
+        if progress is not None:
+            print(f"{result.users_online:,} users online", file=progress, flush=True)
+        if lookups and result.users_online:
+            clients = [
+                concurrency // count + (1 if i < concurrency % count else 0) for i in range(count)
+            ]
+            asks = [lookups * c // max(1, concurrency) for c in clients]
+            asks[0] += lookups - sum(asks)
+            for pipe, c, n in zip(pipes, clients, asks, strict=True):
+                pipe.send(("lookup", c, n, users))
+            looked = [pipe.recv() for pipe in pipes]
+            _merge_errors(result, looked)
+            latencies = array.array("d")
+            for answer in looked:
+                latencies.frombytes(answer["latencies"])
+            busy = [r for r in looked if r["done"]]
+            if busy:
+                took = max(r["end"] for r in busy) - min(r["start"] for r in busy)
+                done = sum(r["done"] for r in busy)
+                result.lookups_per_s = done / took if took > 0 else 0.0
+            if latencies:
+                cuts = statistics.quantiles(latencies, n=100, method="inclusive")
+                result.lookup_p50_ms = statistics.median(latencies) * 1e3
+                result.lookup_p99_ms = cuts[98] * 1e3
+        if report is not None:
+            report(result)
+        if hold > 0:
+            time.sleep(hold)
+        for pipe in pipes:
+            pipe.send(("stop",))
+    finally:
+        for proc in procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+    return result
+
+
+def _merge_errors(result: LoadResult, answers: list[dict[str, object]]) -> None:
+    for answer in answers:
+        kinds = answer["errors"]
+        assert isinstance(kinds, dict)
+        for kind, n in kinds.items():
+            result.error_kinds[kind] = result.error_kinds.get(kind, 0) + n
+            result.errors += n
+
+
+def _worker_main(
+    pipe: multiprocessing.connection.Connection,
+    servers: list[tuple[str, int]],
+    first: int,
+    count: int,
+    server_fingerprint: str | None,
+    seed: str,
+) -> None:
+    # One line per lost heartbeat of thousands of users helps nobody: the report counts.
+    logging.getLogger("whatsap2p").setLevel(logging.ERROR)
+    with contextlib.suppress(KeyboardInterrupt):
+        uvloop.run(_Worker(pipe, servers, first, count, server_fingerprint, seed).run())
+
+
+class _Worker:
+    def __init__(
+        self,
+        pipe: multiprocessing.connection.Connection,
+        servers: list[tuple[str, int]],
+        first: int,
+        count: int,
+        server_fingerprint: str | None,
+        seed: str,
+    ) -> None:
+        self._seed = seed
+        self._pipe = pipe
+        self._servers = servers
+        self._first = first
+        self._count = count
+        self._fingerprint = server_fingerprint
+        self._clients: list[DirectoryClient] = []
+        self._errors: dict[str, int] = {}
+        # Heartbeats at the default interval keep the users online for as long as we hold.
+        self._timeouts = Timeouts()
+
+    def _error(self, exc: BaseException) -> None:
+        kind = type(exc).__name__
+        self._errors[kind] = self._errors.get(kind, 0) + 1
+
+    async def _order(self) -> tuple[object, ...]:
+        order: tuple[object, ...] = await asyncio.to_thread(self._pipe.recv)
+        return order
+
+    async def run(self) -> None:
+        start = time.monotonic()
+        gate = asyncio.Semaphore(_CONNECTING)
+        await asyncio.gather(*(self._register(self._first + i, gate) for i in range(self._count)))
+        self._pipe.send(
+            {
+                "online": len(self._clients),
+                "start": start,
+                "end": time.monotonic(),
+                "errors": self._take_errors(),
+            }
+        )
+        try:
+            while True:
+                order = await self._order()
+                if order[0] == "lookup":
+                    _, concurrency, lookups, population = order
+                    assert isinstance(concurrency, int)
+                    assert isinstance(lookups, int)
+                    assert isinstance(population, int)
+                    self._pipe.send(await self._lookups(concurrency, lookups, population))
+                else:
+                    return
+        finally:
+            await asyncio.gather(*(c.close() for c in self._clients), return_exceptions=True)
+
+    def _take_errors(self) -> dict[str, int]:
+        errors, self._errors = self._errors, {}
+        return errors
+
+    async def _register(self, index: int, gate: asyncio.Semaphore) -> None:
+        host, port = self._servers[index % len(self._servers)]
+        async with gate:
+            try:
+                client = await DirectoryClient.connect(
+                    host,
+                    port,
+                    key_of(self._seed, index),
+                    server_fingerprint=self._fingerprint,
+                    timeouts=self._timeouts,
+                )
+            except (WhatsAp2pError, OSError) as exc:
+                self._error(exc)
+                return
+            try:
+                await client.register(phone_of(index), _FAKE_PORT)
+            except (WhatsAp2pError, OSError) as exc:
+                self._error(exc)
+                await client.close()
+                return
+        self._clients.append(client)
+
+    async def _lookups(self, concurrency: int, lookups: int, population: int) -> dict[str, object]:
+        latencies = array.array("d")
+        clients = self._clients[: max(1, concurrency)]
+        if not clients or not lookups:
+            return {
+                "latencies": b"",
+                "done": 0,
+                "start": 0.0,
+                "end": 0.0,
+                "errors": self._take_errors(),
+            }
+        shares = [
+            lookups // len(clients) + (1 if i < lookups % len(clients) else 0)
+            for i in range(len(clients))
+        ]
+        rng = random.Random(self._first)
+
+        async def client_loop(client: DirectoryClient, n: int) -> None:
+            for _ in range(n):
+                phone = phone_of(rng.randrange(population))
+                began = time.perf_counter()
+                try:
+                    found = await client.lookup([phone])
+                except (WhatsAp2pError, OSError) as exc:
+                    self._error(exc)
+                    continue
+                latencies.append(time.perf_counter() - began)
+                if phone not in found:
+                    self._errors["not-found"] = self._errors.get("not-found", 0) + 1
+
+        start = time.monotonic()
+        await asyncio.gather(*(client_loop(c, n) for c, n in zip(clients, shares, strict=True)))
+        return {
+            "latencies": latencies.tobytes(),
+            "done": len(latencies),
+            "start": start,
+            "end": time.monotonic(),
+            "errors": self._take_errors(),
+        }
+
+
+def main_loadgen(
+    servers: list[tuple[str, int]],
+    users: int,
+    lookups: int,
+    concurrency: int,
+    *,
+    as_json: bool,
+    workers: int | None,
+    server_fingerprint: str | None,
+    seed: str,
+    hold: float,
+) -> int:
+    def report(result: LoadResult) -> None:
+        print(json.dumps(result.as_json()) if as_json else result.table(), flush=True)
+
+    result = run_loadgen(
+        servers,
+        users,
+        lookups,
+        concurrency,
+        workers=workers,
+        server_fingerprint=server_fingerprint,
+        seed=seed,
+        hold=hold,
+        progress=None if as_json else sys.stderr,
+        report=report,
+    )
+    return 0 if result.users_online == users and not result.errors else 1
