@@ -23,7 +23,7 @@ from whatsap2p.net.handshake import complete_handshake
 from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.directory import DirectoryClientConnection
 from whatsap2p.protocol.keys import StaticKey, fingerprint
-from whatsap2p.protocol.noise import NoiseChannel
+from whatsap2p.protocol.noise import COMPACT, NoiseChannel
 
 __all__ = ["DirectoryClient"]
 
@@ -88,6 +88,7 @@ class DirectoryClient:
         channel = NoiseChannel(
             key,
             initiator=True,
+            suite=COMPACT,
             max_body=limits.max_directory_frame,
             expected_fingerprint=server_fingerprint,
         )

@@ -47,20 +47,36 @@ _WIRE_TYPES: dict[str, type[ev.Message]] = {
 }
 
 
+_PACKER = msgpack.Packer(use_bin_type=True)
+
+
 def encode_message(message: ev.Message) -> bytes:
     fields: dict[str, Any] = {"t": message.TYPE}
-    for field in dataclasses.fields(message):
-        fields[field.name] = _to_wire(getattr(message, field.name))
-    packed: bytes = msgpack.packb(fields, use_bin_type=True)
+    for name in _names(type(message)):
+        fields[name] = _to_wire(getattr(message, name))
+    packed: bytes = _PACKER.pack(fields)
     return packed
 
 
 def _to_wire(value: object) -> object:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _to_wire(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (str, bytes, int)) or value is None:
+        return value
     if isinstance(value, tuple):
         return [_to_wire(item) for item in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {name: _to_wire(getattr(value, name)) for name in _names(type(value))}
     return value
+
+
+_NAMES: dict[type[Any], tuple[str, ...]] = {}
+
+
+def _names(cls: type[Any]) -> tuple[str, ...]:
+    """The field names of a message class, worked out once per class."""
+    names = _NAMES.get(cls)
+    if names is None:
+        names = _NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
 
 
 def decode_message(body: bytes | bytearray) -> ev.Message:

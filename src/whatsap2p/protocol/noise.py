@@ -1,4 +1,9 @@
-"""The secure channel under every connection: Noise_XX_25519_AESGCM_SHA256.
+"""The secure channel under every connection: Noise_XX_25519_{AESGCM,ChaChaPoly}_SHA256.
+
+Peer connections carry photos and use AES-GCM (this hardware has AES-NI: 17 GB/s against
+ChaCha20-Poly1305's 3.7). Directory connections carry small messages and are held by
+the thousand, so they use ChaChaPoly: cryptography builds an AESGCM object with its key
+schedule up front (2.5 KB each, two per connection) while ChaCha20Poly1305 costs 13 bytes.
 
 The handshake (three messages, run by the noiseprotocol library) authenticates both
 sides' long-term keys and agrees the two transport keys; after it, every message body
@@ -18,9 +23,10 @@ reveals its own identity or sends anything.
 from __future__ import annotations
 
 import struct
+from typing import Literal
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from noise.connection import Keypair, NoiseConnection
 from noise.exceptions import (
     NoiseHandshakeError,
@@ -34,9 +40,11 @@ from whatsap2p.errors import LocalProtocolError, RemoteKeyMismatch, RemoteProtoc
 from whatsap2p.protocol.framing import HEADER_SIZE, PROTOCOL_VERSION, FrameDecoder, encode_frame
 from whatsap2p.protocol.keys import StaticKey, fingerprint
 
-__all__ = ["NOISE_NAME", "NoiseChannel"]
+__all__ = ["BULK", "COMPACT", "NoiseChannel"]
 
-NOISE_NAME = b"Noise_XX_25519_AESGCM_SHA256"
+#: The cipher of connections that move large bodies (peers), and of those held by the
+#: thousand with small messages (the directory).
+BULK, COMPACT = "AESGCM", "ChaChaPoly"
 #: Binds the handshake to this protocol and version: a peer speaking anything else fails.
 PROLOGUE = b"WhatsAp2p/4"
 MAX_NOISE_MESSAGE = 65535
@@ -53,10 +61,12 @@ _MAX_NONCE = 2**64 - 1
 class _CipherState:
     """One direction of Noise's transport: AES-GCM under key k with nonce n++."""
 
-    __slots__ = ("_aead", "_n")
+    __slots__ = ("_aead", "_n", "_order")
 
-    def __init__(self, key: bytes, n: int) -> None:
-        self._aead = AESGCM(key)
+    def __init__(self, suite: str, key: bytes, n: int) -> None:
+        # Noise's nonce encoding: big-endian for AESGCM, little-endian for ChaChaPoly.
+        self._aead = AESGCM(key) if suite == BULK else ChaCha20Poly1305(key)
+        self._order: Literal["big", "little"] = "big" if suite == BULK else "little"
         self._n = n
 
     def _nonce(self) -> bytes:
@@ -64,7 +74,7 @@ class _CipherState:
         if n >= _MAX_NONCE:
             raise LocalProtocolError("the secure channel used up its nonces")
         self._n = n + 1
-        return b"\x00\x00\x00\x00" + n.to_bytes(8, "big")
+        return b"\x00\x00\x00\x00" + n.to_bytes(8, self._order)
 
     def seal_into(self, flag: bytes, plain: memoryview, out: memoryview) -> None:
         self._aead.encrypt_into(self._nonce(), plain, flag, out)
@@ -99,6 +109,7 @@ class NoiseChannel:
         "_partial",
         "_receiving",
         "_sending",
+        "_suite",
         "remote_key",
     )
 
@@ -110,7 +121,11 @@ class NoiseChannel:
         max_body: int,
         expected_remote: bytes | None = None,
         expected_fingerprint: str | None = None,
+        suite: str = BULK,
     ) -> None:
+        if suite not in (BULK, COMPACT):
+            raise ValueError(f"unknown cipher suite {suite!r}")
+        self._suite = suite
         self._max_body = max_body
         self._expected = (
             fingerprint(expected_remote) if expected_remote is not None else expected_fingerprint
@@ -121,7 +136,7 @@ class NoiseChannel:
         self._sending: _CipherState | None = None
         self._receiving: _CipherState | None = None
         self.remote_key: bytes | None = None
-        noise = NoiseConnection.from_name(NOISE_NAME)
+        noise = NoiseConnection.from_name(f"Noise_XX_25519_{suite}_SHA256".encode())
         if initiator:
             noise.set_as_initiator()
         else:
@@ -228,8 +243,8 @@ class NoiseChannel:
             return
         protocol = noise.noise_protocol
         encrypt, decrypt = protocol.cipher_state_encrypt, protocol.cipher_state_decrypt
-        self._sending = _CipherState(encrypt.k, encrypt.n)
-        self._receiving = _CipherState(decrypt.k, decrypt.n)
+        self._sending = _CipherState(self._suite, encrypt.k, encrypt.n)
+        self._receiving = _CipherState(self._suite, decrypt.k, decrypt.n)
         self._noise = None
         self._handshake = None
 

@@ -21,7 +21,7 @@ from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.channel import Buffer
 from whatsap2p.protocol.directory import DirectoryServerConnection
 from whatsap2p.protocol.keys import StaticKey
-from whatsap2p.protocol.noise import NoiseChannel
+from whatsap2p.protocol.noise import COMPACT, NoiseChannel
 from whatsap2p.server.bindings import Bindings
 from whatsap2p.server.directory import Directory, MemoryDirectory
 from whatsap2p.server.ratelimit import BucketsByKey, TokenBucket
@@ -31,6 +31,8 @@ __all__ = ["DirectoryServer", "ServerConfig"]
 log = logging.getLogger(__name__)
 
 _READ_SIZE = 64 * 1024
+#: Wait for the client to read only past this much unsent (asyncio's own high-water mark).
+_WRITE_HIGH = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +119,22 @@ class DirectoryServer:
 class _Client:
     """One connected user module."""
 
+    __slots__ = (
+        "__weakref__",
+        "_conn",
+        "_counted",
+        "_id",
+        "_ip",
+        "_lookups",
+        "_loop",
+        "_reader",
+        "_server",
+        "_timeouts",
+        "_writer",
+        "phone",
+        "watching",
+    )
+
     def __init__(
         self,
         server: DirectoryServer,
@@ -135,7 +153,10 @@ class _Client:
         self._timeouts = config.timeouts
         now = self._loop.time()
         channel = NoiseChannel(
-            config.key, initiator=False, max_body=config.limits.max_directory_frame
+            config.key,
+            initiator=False,
+            max_body=config.limits.max_directory_frame,
+            suite=COMPACT,
         )
         self._conn = DirectoryServerConnection(now, config.limits, config.timeouts, channel)
         self._lookups = TokenBucket(config.rates.lookup_rate, config.rates.lookup_burst, now)
@@ -179,9 +200,10 @@ class _Client:
             if timer is None:
                 return
             try:
-                data = await asyncio.wait_for(
-                    self._reader.read(_READ_SIZE), max(0.0, timer - self._loop.time())
-                )
+                # timeout_at, not wait_for: no task per read (this loop is the server's
+                # hot path, once per request of every connection).
+                async with asyncio.timeout_at(timer):
+                    data = await self._reader.read(_READ_SIZE)
             except TimeoutError:
                 self._conn.handle_timer(self._loop.time())
             else:
@@ -196,7 +218,8 @@ class _Client:
                     log.info("dropping %s: %s", self.phone or self._ip, event.reason)
                     return
                 self._writer.write(await self._answer(event))
-            await asyncio.wait_for(self._writer.drain(), self._timeouts.write_drain)
+            if self._writer.transport.get_write_buffer_size() > _WRITE_HIGH:
+                await asyncio.wait_for(self._writer.drain(), self._timeouts.write_drain)
 
     async def _answer(self, request: ev.Message) -> Buffer:
         server = self._server
