@@ -24,4 +24,6 @@ async def test_the_benchmark_runs_end_to_end() -> None:
     assert proc.returncode == 0, err.decode()[-2000:]
     table = out.decode()
     assert "| what | WhatsAp2p | baseline | ratio |" in table
-    assert "| photo 1 MiB, delivered and verified |" in table
+    assert "| photo 2 MB, delivered and verified |" in table
+    assert "| users online | 1,000 |" in table  # loadgen held every user it registered
+    assert "| errors | 0 |" in table
