@@ -89,6 +89,13 @@ async def spawn(*args: str, ready: str = "") -> tuple[asyncio.subprocess.Process
     return proc, first
 
 
+async def start_server(db: Path, *args: str) -> tuple[asyncio.subprocess.Process, str]:
+    """A `whatsap2p server` on a free port; returns it and its `listening on` line."""
+    return await spawn(
+        WHATSAP2P, "server", "--port", "0", "--db", str(db), *args, ready="listening on"
+    )
+
+
 async def baseline_send(port: int, payload: bytes) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 18)
     writer.write(len(payload).to_bytes(8, "big"))
@@ -134,16 +141,7 @@ async def directory_load(work: Path, users: int) -> list[str]:
     unlimited = ["--ip-register-rate", "1e9", "--ip-register-burst", "1e9", "--ip-lookup-rate"]
     unlimited += ["1e9", "--ip-lookup-burst", "1e9", "--lookup-rate", "1e9", "--lookup-burst"]
     unlimited += ["1e9", "--max-unauthenticated", "1e9"]
-    server, line = await spawn(
-        WHATSAP2P,
-        "server",
-        "--port",
-        "0",
-        "--db",
-        str(work / "load.sqlite3"),
-        *unlimited,
-        ready="listening on",
-    )
+    server, line = await start_server(work / "load.sqlite3", *unlimited)
     try:
         before = rss_kib(server.pid)
         loadgen = await asyncio.create_subprocess_exec(
@@ -207,15 +205,7 @@ async def main(out: Path | None, quick: bool) -> None:
     work = Path(tempfile.mkdtemp(prefix="whatsap2p-bench-"))
     procs: list[asyncio.subprocess.Process] = []
     try:
-        server, line = await spawn(
-            WHATSAP2P,
-            "server",
-            "--port",
-            "0",
-            "--db",
-            str(work / "server.sqlite3"),
-            ready="listening on",
-        )
+        server, line = await start_server(work / "server.sqlite3")
         procs.append(server)
         server_port = int(line.rsplit(":", 1)[1])
         bob, _ = await spawn(

@@ -115,7 +115,7 @@ def run_loadgen(
         parent, child = context.Pipe()
         proc = context.Process(
             target=_worker_main,
-            args=(child, servers, first, share[worker], server_fingerprint, seed),
+            args=(child, _Share(servers, first, share[worker], server_fingerprint, seed)),
             name=f"loadgen-{worker}",
             daemon=True,
         )
@@ -180,36 +180,32 @@ def _merge_errors(result: LoadResult, answers: list[dict[str, object]]) -> None:
             result.errors += n
 
 
-def _worker_main(
-    pipe: multiprocessing.connection.Connection,
-    servers: list[tuple[str, int]],
-    first: int,
-    count: int,
-    server_fingerprint: str | None,
-    seed: str,
-) -> None:
+@dataclass(frozen=True)
+class _Share:
+    """What one worker process plays: users `first` to `first + count - 1`."""
+
+    servers: list[tuple[str, int]]
+    first: int
+    count: int
+    server_fingerprint: str | None
+    seed: str
+
+
+def _worker_main(pipe: multiprocessing.connection.Connection, share: _Share) -> None:
     # One line per lost heartbeat of thousands of users helps nobody: the report counts.
     logging.getLogger("whatsap2p").setLevel(logging.ERROR)
     with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(_Worker(pipe, servers, first, count, server_fingerprint, seed).run())
+        uvloop.run(_Worker(pipe, share).run())
 
 
 class _Worker:
-    def __init__(
-        self,
-        pipe: multiprocessing.connection.Connection,
-        servers: list[tuple[str, int]],
-        first: int,
-        count: int,
-        server_fingerprint: str | None,
-        seed: str,
-    ) -> None:
-        self._seed = seed
+    def __init__(self, pipe: multiprocessing.connection.Connection, share: _Share) -> None:
+        self._seed = share.seed
         self._pipe = pipe
-        self._servers = servers
-        self._first = first
-        self._count = count
-        self._fingerprint = server_fingerprint
+        self._servers = share.servers
+        self._first = share.first
+        self._count = share.count
+        self._fingerprint = share.server_fingerprint
         self._clients: list[DirectoryClient] = []
         self._errors: dict[str, int] = {}
         # Heartbeats at the default interval keep the users online for as long as we hold.
