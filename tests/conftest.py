@@ -1,11 +1,14 @@
-"""Shared fixtures: real image files made with Pillow."""
+"""Shared fixtures: real image files made with Pillow; every async test on uvloop."""
 
 from __future__ import annotations
 
+import asyncio
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import uvloop
 from PIL import Image
 
 
@@ -21,3 +24,10 @@ def photo(tmp_path: Path) -> Path:
     path = tmp_path / "holiday.png"
     path.write_bytes(image_bytes())
     return path
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """The loop the product runs on (`whatsap2p` starts uvloop), so tests see what it does."""
+    return {"uvloop": uvloop.new_event_loop}

@@ -132,6 +132,9 @@ class DirectoryServerConnection(OverChannel):
     def next_event(self) -> ev.Message | ev.ConnectionTimedOut | None:
         return self._events.popleft() if self._events else None
 
+    def has_events(self) -> bool:
+        return bool(self._events)
+
     def send(self, message: ev.Message) -> Buffer:
         if not isinstance(message, _ANSWERS + _PUSHES):
             raise LocalProtocolError(f"the server does not send {message.TYPE!r}")

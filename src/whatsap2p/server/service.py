@@ -2,8 +2,14 @@
 
 Every connection runs inside a Noise channel: the server proves its key, the module
 proves its own, and a number may only be registered by the key it is bound to. Each
-connection is its own task with its own deadlines (handshake, register, heartbeat,
-write drain) and rate limits, so a slow, hostile or greedy client never stalls others.
+connection has its own deadlines (handshake, register, heartbeat, write drain) and rate
+limits, so a slow, hostile or greedy client never stalls others.
+
+A connection is an `asyncio.Protocol`, not a task with streams: the server holds tens
+of thousands of mostly idle connections, and a task, a StreamReader and a StreamWriter
+each would be most of a connection's memory. Bytes go straight into the sans-IO state
+machine; answering (which may await the directory) runs in a short task per burst of
+requests, in order; one timer per connection follows its deadline.
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import typing
 from collections import Counter
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 
 from whatsap2p.config import Limits, RateLimits, Timeouts
@@ -30,8 +38,7 @@ __all__ = ["DirectoryServer", "ServerConfig"]
 
 log = logging.getLogger(__name__)
 
-_READ_SIZE = 64 * 1024
-#: Wait for the client to read only past this much unsent (asyncio's own high-water mark).
+#: Stop reading a client's requests while this much of our answers waits unsent.
 _WRITE_HIGH = 64 * 1024
 
 
@@ -54,7 +61,9 @@ class DirectoryServer:
         self.directory: Directory = directory or MemoryDirectory()
         self._server: asyncio.Server | None = None
         self._ids = itertools.count(1)
-        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self.connections: set[_Client] = set()
+        #: Work that outlives a connection (taking its number offline), awaited by close().
+        self.background: set[asyncio.Task[None]] = set()
         rates = config.rates
         self.ip_lookups = BucketsByKey(rates.ip_lookup_rate, rates.ip_lookup_burst)
         self.ip_registrations = BucketsByKey(rates.ip_register_rate, rates.ip_register_burst)
@@ -64,8 +73,12 @@ class DirectoryServer:
 
     async def start(self) -> tuple[str, int]:
         """Bind; returns the address actually bound (the real port when asked for 0)."""
-        self._server = await asyncio.start_server(
-            self._serve, self.config.host, self.config.port, backlog=1024
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Client(self, next(self._ids)),
+            self.config.host,
+            self.config.port,
+            backlog=1024,
         )
         bound = self._server.sockets[0].getsockname()
         return str(bound[0]), int(bound[1])
@@ -73,97 +86,137 @@ class DirectoryServer:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        # Aborting the transports ends each connection task normally (reads return EOF);
-        # cancelling them would trip an error callback in 3.11's asyncio.streams.
-        for writer in self._connections.values():
-            writer.transport.abort()
-        await asyncio.gather(*self._connections, return_exceptions=True)
+        for client in list(self.connections):
+            client.abort()
+        while self.background:
+            await asyncio.gather(*self.background, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        ip = str(peer[0]) if peer else "?"
-        if self.unauthenticated[ip] >= self.config.rates.max_unauthenticated_per_ip:
-            log.warning("refusing a connection from %s: too many unauthenticated ones", ip)
-            writer.transport.abort()
-            return
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections[task] = writer
-        conn_id = next(self._ids)
-        handler = _Client(self, conn_id, reader, writer, ip)
-        try:
-            await handler.run()
-        except ProtocolError as exc:
-            log.info("client %s broke the protocol: %s", peer, exc)
-            with contextlib.suppress(Exception):
-                writer.write(handler.failure(0, "protocol-error", str(exc)))
-        except (OSError, TimeoutError) as exc:
-            log.info("client %s: %s", peer, str(exc) or "timed out")
-        except Exception:
-            # A bug, not bad input: say so loudly, close this connection, serve the rest.
-            log.exception("unexpected error on the connection from %s", peer)
-        finally:
-            handler.authenticated()  # no longer counts as unauthenticated, whatever happened
-            handler.watch(())
-            self._connections.pop(task, None)
-            if handler.phone is not None:
-                await self.directory.unregister(handler.phone, conn_id)
-                log.info("%s offline (connection closed)", handler.phone)
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+    def spawn(self, work: Coroutine[object, object, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
 
-class _Client:
+class _Client(asyncio.Protocol):
     """One connected user module."""
 
     __slots__ = (
         "__weakref__",
+        "_answering",
         "_conn",
         "_counted",
         "_id",
         "_ip",
         "_lookups",
         "_loop",
-        "_reader",
+        "_paused",
         "_server",
-        "_timeouts",
-        "_writer",
+        "_timer",
+        "_transport",
         "phone",
         "watching",
     )
 
-    def __init__(
-        self,
-        server: DirectoryServer,
-        conn_id: int,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        ip: str,
-    ) -> None:
+    def __init__(self, server: DirectoryServer, conn_id: int) -> None:
         self._loop = asyncio.get_running_loop()
         self._server = server
         self._id = conn_id
-        self._reader = reader
-        self._writer = writer
-        self._ip = ip
+        self._ip = "?"
+        self._transport: asyncio.Transport | None = None
+        self._conn: DirectoryServerConnection | None = None
+        self._lookups: TokenBucket | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._answering: asyncio.Task[None] | None = None
+        self._paused: asyncio.TimerHandle | None = None
+        self.phone: str | None = None
+        self.watching: tuple[str, ...] = ()
+        self._counted = False
+
+    # --- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        transport = typing.cast(asyncio.Transport, transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self._ip = ip = str(peer[0]) if peer else "?"
+        server = self._server
         config = server.config
-        self._timeouts = config.timeouts
-        now = self._loop.time()
+        if server.unauthenticated[ip] >= config.rates.max_unauthenticated_per_ip:
+            log.warning("refusing a connection from %s: too many unauthenticated ones", ip)
+            transport.abort()
+            return
+        server.unauthenticated[ip] += 1
+        self._counted = True
+        server.connections.add(self)
+        transport.set_write_buffer_limits(high=_WRITE_HIGH)
         channel = NoiseChannel(
             config.key,
             initiator=False,
             max_body=config.limits.max_directory_frame,
             suite=COMPACT,
         )
+        now = self._loop.time()
         self._conn = DirectoryServerConnection(now, config.limits, config.timeouts, channel)
-        self._lookups = TokenBucket(config.rates.lookup_rate, config.rates.lookup_burst, now)
-        self.phone: str | None = None
-        self.watching: tuple[str, ...] = ()
-        self._counted = True
-        server.unauthenticated[ip] += 1
+        self._arm_timer()
+
+    def data_received(self, data: bytes) -> None:
+        conn, transport = self._conn, self._transport
+        if conn is None or transport is None or transport.is_closing():
+            return
+        try:
+            conn.receive_data(data, self._loop.time())
+        except ProtocolError as exc:
+            self._broke_protocol(exc)
+            return
+        if handshake := conn.data_to_send():
+            transport.write(handshake)
+        if conn.established:
+            self.authenticated()
+        self._arm_timer()
+        if self._answering is None and conn.has_events():
+            self._answering = self._loop.create_task(self._answer_all())
+
+    def eof_received(self) -> bool:
+        return False  # the client is done: close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for handle in (self._timer, self._paused):
+            if handle is not None:
+                handle.cancel()
+        if self._answering is not None:
+            self._answering.cancel()
+        server = self._server
+        if self not in server.connections:
+            return  # refused in connection_made
+        server.connections.discard(self)
+        self.authenticated()  # no longer counts as unauthenticated, whatever happened
+        self.watch(())
+        if self.phone is not None:
+            server.spawn(self._offline(self.phone))
+
+    def pause_writing(self) -> None:
+        # The client stopped reading our answers: stop reading its requests, and drop it
+        # if it does not catch up in time.
+        assert self._transport is not None
+        self._transport.pause_reading()
+        timeout = self._server.config.timeouts.write_drain
+        self._paused = self._loop.call_later(timeout, self._drain_timed_out)
+
+    def resume_writing(self) -> None:
+        if self._paused is not None:
+            self._paused.cancel()
+            self._paused = None
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+
+    # --- the rest --------------------------------------------------------------------------
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
 
     def authenticated(self) -> None:
         if self._counted:
@@ -186,48 +239,88 @@ class _Client:
             watchers.setdefault(phone, set()).add(self)
 
     def push_online(self, address: ev.PeerAddress) -> None:
-        """Tell this connection a number it watches has come online. Its own loop drains
-        the write, and drops the connection if it stops reading."""
+        """Tell this connection a number it watches has come online (a client that stops
+        reading is dropped by the write-drain deadline)."""
+        if self._conn is None or self._transport is None or self._transport.is_closing():
+            return
         with contextlib.suppress(ProtocolError):
-            self._writer.write(self._conn.send(ev.Online(0, address)))
+            self._transport.write(self._conn.send(ev.Online(0, address)))
 
     def failure(self, rid: int, code: str, message: str) -> Buffer:
+        assert self._conn is not None
         return self._conn.send(ev.Failure(rid, code, message))
 
-    async def run(self) -> None:
-        while True:
-            timer = self._conn.get_timer()
-            if timer is None:
+    def _broke_protocol(self, exc: ProtocolError) -> None:
+        log.info("client %s broke the protocol: %s", self._ip, exc)
+        assert self._transport is not None
+        with contextlib.suppress(Exception):
+            self._transport.write(self.failure(0, "protocol-error", str(exc)))
+        self._transport.close()  # after the failure is written
+
+    def _drain_timed_out(self) -> None:
+        log.info("dropping %s: it stopped reading", self.phone or self._ip)
+        self.abort()
+
+    def _arm_timer(self) -> None:
+        """One timer per connection, never later than its deadline. A deadline that moved
+        later keeps the timer (it re-arms when it fires); one that moved earlier (the
+        register deadline after the handshake one) moves it."""
+        assert self._conn is not None
+        deadline = self._conn.get_timer()
+        timer = self._timer
+        if timer is not None and not timer.cancelled():
+            if deadline is not None and timer.when() <= deadline:
                 return
-            try:
-                # timeout_at, not wait_for: no task per read (this loop is the server's
-                # hot path, once per request of every connection).
-                async with asyncio.timeout_at(timer):
-                    data = await self._reader.read(_READ_SIZE)
-            except TimeoutError:
-                self._conn.handle_timer(self._loop.time())
-            else:
-                if not data:
-                    return
-                self._conn.receive_data(data, self._loop.time())
-                self._writer.write(self._conn.data_to_send())
-                if self._conn.established:
-                    self.authenticated()
-            while (event := self._conn.next_event()) is not None:
+            timer.cancel()
+        self._timer = None if deadline is None else self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        self._timer = None
+        conn.handle_timer(self._loop.time())
+        self._arm_timer()  # at the deadline that replaced this one; none once timed out
+        if conn.has_events() and self._answering is None:
+            self._answering = self._loop.create_task(self._answer_all())
+
+    async def _offline(self, phone: str) -> None:
+        await self._server.directory.unregister(phone, self._id)
+        log.info("%s offline (connection closed)", phone)
+
+    async def _answer_all(self) -> None:
+        """Answer the requests received so far, in order (then those that arrive meanwhile)."""
+        conn, transport = self._conn, self._transport
+        assert conn is not None
+        assert transport is not None
+        try:
+            while (event := conn.next_event()) is not None:
                 if isinstance(event, ev.ConnectionTimedOut):
                     log.info("dropping %s: %s", self.phone or self._ip, event.reason)
+                    transport.abort()
                     return
-                self._writer.write(await self._answer(event))
-            if self._writer.transport.get_write_buffer_size() > _WRITE_HIGH:
-                await asyncio.wait_for(self._writer.drain(), self._timeouts.write_drain)
+                answer = await self._answer(event)
+                if transport.is_closing():
+                    return
+                transport.write(answer)
+                self._arm_timer()  # answering Register starts the idle deadline
+        except ProtocolError as exc:
+            self._broke_protocol(exc)
+        except Exception:
+            # A bug, not bad input: say so loudly, close this connection, serve the rest.
+            log.exception("unexpected error on the connection from %s", self._ip)
+            transport.abort()
+        finally:
+            self._answering = None
 
     async def _answer(self, request: ev.Message) -> Buffer:
         server = self._server
+        conn = self._conn
+        assert conn is not None
         now = self._loop.time()
         if isinstance(request, ev.Register):
             if not server.ip_registrations.take(self._ip, now):
                 return self.failure(request.rid, "rate-limited", "too many registrations")
-            key = self._conn.remote_key
+            key = conn.remote_key
             assert key is not None  # messages only arrive once the channel is established
             try:
                 server.bindings.bind(request.phone, key)
@@ -242,27 +335,32 @@ class _Client:
             log.info("%s online at %s:%s", address.phone, address.host, address.port)
             for watcher in list(server.watchers.get(address.phone, ())):
                 watcher.push_online(address)
-            return self._conn.send(
-                ev.Registered(request.rid, address.phone, address.host, address.port)
-            )
+            return conn.send(ev.Registered(request.rid, address.phone, address.host, address.port))
         if isinstance(request, ev.Lookup):
             cost = max(1, len(request.phones))
-            if not self._lookups.take(now, cost) or not server.ip_lookups.take(self._ip, now, cost):
+            if not self._may_look_up(now, cost):
                 return self.failure(request.rid, "rate-limited", "too many lookups; slow down")
             found = await server.directory.lookup(list(request.phones))
-            return self._conn.send(ev.LookupResult(request.rid, tuple(found)))
+            return conn.send(ev.LookupResult(request.rid, tuple(found)))
         if isinstance(request, ev.Watch):
             cost = max(1, len(request.phones))
-            if not self._lookups.take(now, cost) or not server.ip_lookups.take(self._ip, now, cost):
+            if not self._may_look_up(now, cost):
                 return self.failure(request.rid, "rate-limited", "too many lookups; slow down")
             self.watch(request.phones)
             found = await server.directory.lookup(list(request.phones))
-            return self._conn.send(ev.Watching(request.rid, tuple(found)))
+            return conn.send(ev.Watching(request.rid, tuple(found)))
         if isinstance(request, ev.Unregister):
             assert self.phone is not None
             await server.directory.unregister(self.phone, self._id)
             log.info("%s offline (unregistered)", self.phone)
             self.phone = None
-            return self._conn.send(ev.Unregistered(request.rid))
+            return conn.send(ev.Unregistered(request.rid))
         assert isinstance(request, ev.Ping)
-        return self._conn.send(ev.Pong(request.rid))
+        return conn.send(ev.Pong(request.rid))
+
+    def _may_look_up(self, now: float, cost: int) -> bool:
+        """Both buckets allow `cost` more lookups (this connection's is made on first use)."""
+        rates = self._server.config.rates
+        if self._lookups is None:
+            self._lookups = TokenBucket(rates.lookup_rate, rates.lookup_burst, now)
+        return self._lookups.take(now, cost) and self._server.ip_lookups.take(self._ip, now, cost)
