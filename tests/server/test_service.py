@@ -23,6 +23,7 @@ from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.codec import encode_message
 from whatsap2p.protocol.framing import PROTOCOL_VERSION
 from whatsap2p.protocol.keys import StaticKey
+from whatsap2p.server.directory import MemoryDirectory
 
 ALICE, BOB = "+5511999990001", "+5511999990002"
 
@@ -31,8 +32,23 @@ async def client(port: int) -> DirectoryClient:
     return await directory_client(port)
 
 
-async def test_register_lookup_and_unregister() -> None:
-    async with running_server() as (_, port):
+class RemoteLikeDirectory(MemoryDirectory):
+    """A directory whose calls suspend, as one in another process (Redis) would."""
+
+    immediate = False
+
+    async def register(self, address: ev.PeerAddress, owner: int) -> None:
+        await asyncio.sleep(0)
+        await super().register(address, owner)
+
+    async def lookup(self, phones: list[str]) -> list[ev.PeerAddress]:
+        await asyncio.sleep(0)
+        return await super().lookup(phones)
+
+
+@pytest.mark.parametrize("directory", [MemoryDirectory, RemoteLikeDirectory])
+async def test_register_lookup_and_unregister(directory: type[MemoryDirectory]) -> None:
+    async with running_server(directory=directory()) as (_, port):
         bob_key = StaticKey.generate()
         alice, bob = await client(port), await directory_client(port, bob_key)
         assert alice.server_key == SERVER_KEY.public

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -90,58 +91,78 @@ def decode_message(body: bytes | bytearray) -> ev.Message:
     cls = _WIRE_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise RemoteProtocolError(f"unknown message type {kind!r}")
-    return typing.cast(ev.Message, _from_wire(cls, raw, kind))
+    assert isinstance(kind, str)
+    return typing.cast(ev.Message, _decoder(cls, kind)(raw))
 
 
-def _from_wire(cls: type[Any], raw: dict[str, Any], where: object) -> object:
-    values: dict[str, object] = {}
-    for name, (annotation, required) in _schema(cls).items():
-        if name not in raw:
-            if required:
+_Check = Callable[[object], object]
+_DECODERS: dict[tuple[type[Any], str], Callable[[dict[str, Any]], object]] = {}
+
+
+def _decoder(cls: type[Any], where: str) -> Callable[[dict[str, Any]], object]:
+    """A function checking a wire map against `cls` and building it, compiled once per
+    class and position (so error messages name the field without building strings for
+    every message)."""
+    decoder = _DECODERS.get((cls, where))
+    if decoder is not None:
+        return decoder
+    hints = typing.get_type_hints(cls)
+    fields = [
+        (f.name, _checker(hints[f.name], f"{where}.{f.name}"), f.default is dataclasses.MISSING)
+        for f in dataclasses.fields(cls)
+    ]
+
+    def decode(raw: dict[str, Any]) -> object:
+        values: dict[str, object] = {}
+        for name, check, required in fields:
+            if name in raw:
+                values[name] = check(raw[name])
+            elif required:
                 raise RemoteProtocolError(f"{where}: missing field {name!r}")
-            continue
-        values[name] = _check(raw[name], annotation, f"{where}.{name}")
-    return cls(**values)
+        return cls(**values)
+
+    _DECODERS[(cls, where)] = decode
+    return decode
 
 
-_SCHEMAS: dict[type[Any], dict[str, tuple[object, bool]]] = {}
+def _checker(annotation: object, where: str) -> _Check:
+    if annotation in (str, bytes, int):
+        expected = typing.cast(type, annotation)
+        what = "an integer" if expected is int else expected.__name__
 
+        def exactly(value: object) -> object:
+            # type(), not isinstance(): a bool is not an integer here.
+            if type(value) is not expected:
+                raise RemoteProtocolError(f"{where}: expected {what}")
+            return value
 
-def _schema(cls: type[Any]) -> dict[str, tuple[object, bool]]:
-    """Field name -> (annotation, required), worked out once per class."""
-    schema = _SCHEMAS.get(cls)
-    if schema is None:
-        hints = typing.get_type_hints(cls)
-        schema = {
-            f.name: (hints[f.name], f.default is dataclasses.MISSING)
-            for f in dataclasses.fields(cls)
-        }
-        _SCHEMAS[cls] = schema
-    return schema
-
-
-def _check(value: object, annotation: object, where: str) -> object:
-    if annotation in (str, bytes):
-        if type(value) is not annotation:
-            raise RemoteProtocolError(f"{where}: expected {annotation.__name__}")
-        return value
-    if annotation is int:
-        if type(value) is not int:
-            raise RemoteProtocolError(f"{where}: expected an integer")
-        return value
+        return exactly
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin is types.UnionType:  # X | None
-        if value is None and type(None) in args:
-            return None
         (inner,) = [a for a in args if a is not type(None)]
-        return _check(value, inner, where)
+        check_inner = _checker(inner, where)
+
+        def optional(value: object) -> object:
+            return None if value is None else check_inner(value)
+
+        return optional
     if origin is tuple:  # tuple[X, ...]
-        if not isinstance(value, list):
-            raise RemoteProtocolError(f"{where}: expected a list")
-        return tuple(_check(item, args[0], f"{where}[]") for item in value)
+        check_item = _checker(args[0], f"{where}[]")
+
+        def items(value: object) -> object:
+            if not isinstance(value, list):
+                raise RemoteProtocolError(f"{where}: expected a list")
+            return tuple(check_item(item) for item in value)
+
+        return items
     if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
-        if not isinstance(value, dict):
-            raise RemoteProtocolError(f"{where}: expected a map")
-        return _from_wire(annotation, value, where)
+        decode = _decoder(annotation, where)
+
+        def nested(value: object) -> object:
+            if not isinstance(value, dict):
+                raise RemoteProtocolError(f"{where}: expected a map")
+            return decode(value)
+
+        return nested
     raise TypeError(f"no wire form for {annotation!r}")  # a bug in events.py, not bad input

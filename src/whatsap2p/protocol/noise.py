@@ -76,6 +76,12 @@ class _CipherState:
         self._n = n + 1
         return b"\x00\x00\x00\x00" + n.to_bytes(8, self._order)
 
+    def seal(self, flag: bytes, plain: bytes | bytearray) -> bytes:
+        return self._aead.encrypt(self._nonce(), plain, flag)
+
+    def open(self, flag: bytes, sealed: memoryview) -> bytes:
+        return self._aead.decrypt(self._nonce(), sealed, flag)
+
     def seal_into(self, flag: bytes, plain: memoryview, out: memoryview) -> None:
         self._aead.encrypt_into(self._nonce(), plain, flag, out)
 
@@ -164,7 +170,7 @@ class NoiseChannel:
     def receive_data(self, data: bytes | bytearray) -> None:
         self._frames.receive_data(data)
 
-    def next_body(self) -> bytearray | None:
+    def next_body(self) -> bytes | bytearray | None:
         frames = self._frames
         while (span := frames.next_span()) is not None:
             start, end = span
@@ -176,15 +182,18 @@ class NoiseChannel:
                 return body
         return None
 
-    def seal(self, body: bytes | bytearray) -> bytearray:
+    def seal(self, body: bytes | bytearray) -> bytes | bytearray:
         sending = self._sending
         if sending is None:
             raise LocalProtocolError("cannot send before the secure channel is established")
         size = len(body)
         if size > self._max_body:
             raise LocalProtocolError(f"message of {size} bytes exceeds {self._max_body}")
-        segments = max(1, -(-size // SEGMENT))
         pending = self._outgoing  # a pending handshake message goes first
+        if size <= SEGMENT and not pending:  # the common small message: one segment
+            small = sending.seal(_FLAGS[_LAST], body)
+            return _HEADER.pack(PROTOCOL_VERSION, 1 + len(small)) + _FLAGS[_LAST] + small
+        segments = max(1, -(-size // SEGMENT))
         pos = len(pending)
         out = bytearray(pos + size + segments * (HEADER_SIZE + 1 + _TAG))
         out[:pos] = pending
@@ -250,7 +259,7 @@ class NoiseChannel:
 
     def _open(
         self, receiving: _CipherState, buffer: bytearray, start: int, end: int
-    ) -> bytearray | None:
+    ) -> bytes | bytearray | None:
         size = end - start - 1 - _TAG
         flag = buffer[start] if size >= 0 else -1
         if flag not in (_MORE, _LAST):
@@ -259,6 +268,12 @@ class NoiseChannel:
         have = len(partial)
         if have + size > self._max_body:
             raise RemoteProtocolError(f"message exceeds the {self._max_body}-byte cap")
+        if flag == _LAST and not have:  # the common small message: one segment
+            try:
+                with memoryview(buffer) as sealed:
+                    return receiving.open(_FLAGS[flag], sealed[start + 1 : end])
+            except (InvalidTag, ValueError) as exc:
+                raise RemoteProtocolError("a message failed authentication") from exc
         partial += _ZEROS if size == SEGMENT else bytes(size)
         try:
             with memoryview(buffer) as sealed, memoryview(partial) as plain:

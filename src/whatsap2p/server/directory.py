@@ -23,6 +23,10 @@ class Registration:
 
 
 class Directory(Protocol):
+    #: Its coroutines never suspend (the directory is in this process): the server then
+    #: answers inside the callback that received the request, without a task per request.
+    immediate: bool
+
     async def register(self, address: PeerAddress, owner: int) -> None:
         """Publish `address`; NumberAlreadyOnline if another live owner has the number."""
 
@@ -37,6 +41,8 @@ class Directory(Protocol):
 
 
 class MemoryDirectory:
+    immediate = True
+
     def __init__(self) -> None:
         self._online: dict[str, Registration] = {}
 

@@ -176,8 +176,7 @@ class _Client(asyncio.Protocol):
         if conn.established:
             self.authenticated()
         self._arm_timer()
-        if self._answering is None and conn.has_events():
-            self._answering = self._loop.create_task(self._answer_all())
+        self._start_answering()
 
     def eof_received(self) -> bool:
         return False  # the client is done: close our side too
@@ -280,12 +279,20 @@ class _Client(asyncio.Protocol):
         self._timer = None
         conn.handle_timer(self._loop.time())
         self._arm_timer()  # at the deadline that replaced this one; none once timed out
-        if conn.has_events() and self._answering is None:
-            self._answering = self._loop.create_task(self._answer_all())
+        self._start_answering()
 
     async def _offline(self, phone: str) -> None:
         await self._server.directory.unregister(phone, self._id)
         log.info("%s offline (connection closed)", phone)
+
+    def _start_answering(self) -> None:
+        assert self._conn is not None
+        if self._answering is not None or not self._conn.has_events():
+            return  # nothing to answer, or already answering (in order)
+        if self._server.directory.immediate:
+            _run_now(self._answer_all())
+        else:
+            self._answering = self._loop.create_task(self._answer_all())
 
     async def _answer_all(self) -> None:
         """Answer the requests received so far, in order (then those that arrive meanwhile)."""
@@ -364,3 +371,13 @@ class _Client(asyncio.Protocol):
         if self._lookups is None:
             self._lookups = TokenBucket(rates.lookup_rate, rates.lookup_burst, now)
         return self._lookups.take(now, cost) and self._server.ip_lookups.take(self._ip, now, cost)
+
+
+def _run_now(coro: Coroutine[object, object, None]) -> None:
+    """Run to its end, here and now, a coroutine that never suspends."""
+    try:
+        coro.send(None)
+    except StopIteration:
+        return
+    coro.close()
+    raise RuntimeError("a coroutine that was not to suspend did")
