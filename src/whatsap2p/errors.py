@@ -149,5 +149,9 @@ class DeliveryFailed(WhatsAp2pError):
     """A message could not be handed to one peer; the text says why."""
 
 
+class LinkClosed(DeliveryFailed):
+    """The connection to the peer was found closed (reset, or ended before an answer)."""
+
+
 class DeliveryRefused(DeliveryFailed):
     """The peer received the message and refused to store it (retrying will not help)."""

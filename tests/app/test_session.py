@@ -86,6 +86,31 @@ async def test_text_both_ways_with_contact_names(world: World) -> None:
     assert (got.sender, got.name) == (BOB, None)
 
 
+async def test_a_burst_to_one_peer_shares_its_connections(world: World) -> None:
+    alice, bob = await world.user(ALICE), await world.user(BOB)
+    assert bob._listener is not None
+    for i in range(5):
+        assert (await alice.send_text(BOB, f"one by one {i}")).delivered == [BOB]
+    assert bob._listener.accepted == 1  # one connection, one handshake, five texts
+    reports = await asyncio.gather(*(alice.send_text(BOB, f"at once {i}") for i in range(40)))
+    assert all(report.delivered == [BOB] for report in reports)
+    assert bob._listener.accepted <= 1 + 8  # at most 8 links to one peer at a time
+    texts = [await next_event(bob) for _ in range(45)]
+    assert len({t.id for t in texts if isinstance(t, TextReceived)}) == 45
+
+
+async def test_a_kept_connection_the_peer_closed_is_replaced(world: World) -> None:
+    alice = await world.user(ALICE)
+    bob = await world.user(BOB, peer_idle=0.2)  # bob closes quiet connections quickly
+    assert bob._listener is not None
+    assert (await alice.send_text(BOB, "first")).delivered == [BOB]
+    await asyncio.sleep(0.5)  # the property is about time passing: bob's idle timeout
+    assert (await alice.send_text(BOB, "second")).delivered == [BOB]
+    assert bob._listener.accepted == 2
+    got = [await next_event(bob) for _ in range(2)]
+    assert [t.text for t in got if isinstance(t, TextReceived)] == ["first", "second"]
+
+
 async def test_photo_to_a_group_with_an_offline_member(world: World, photo: Path) -> None:
     alice, bob, carol = await world.user(ALICE), await world.user(BOB), await world.user(CAROL)
     alice.book.create_group("trip", [BOB, CAROL, DAVE, ALICE])

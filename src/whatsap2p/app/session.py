@@ -59,7 +59,7 @@ from whatsap2p.errors import (
 )
 from whatsap2p.keyfile import load_or_create_key
 from whatsap2p.net.directory_client import DirectoryClient
-from whatsap2p.net.peers import PeerLink, PeerListener
+from whatsap2p.net.peers import LinkPool, PeerLink, PeerListener
 from whatsap2p.phone import DEFAULT_REGION, normalise_phone
 from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.keys import StaticKey, fingerprint
@@ -108,6 +108,8 @@ class Session:
         self.identity: StaticKey | None = None
         self.history: History | None = None
         self._listener: PeerListener | None = None
+        #: Links to peers, kept a few seconds for the next message to the same peer.
+        self._links: LinkPool | None = None
         self._directory: DirectoryClient | None = None
         self._lock = DataDirLock(config.data_dir)
         #: Keys that differ from the pinned ones, waiting for the user's `trust`.
@@ -160,6 +162,7 @@ class Session:
             self._lock.release()
             raise
         self._listener = PeerListener(_Inbound(self), self.identity, config.limits, config.timeouts)
+        self._links = LinkPool(self.phone, self.identity, config.limits, config.timeouts)
         try:
             self.listen_address = await self._listener.start(config.listen_host, config.listen_port)
         except OSError as exc:
@@ -264,6 +267,8 @@ class Session:
                 with contextlib.suppress(Exception):
                     await self._directory.unregister()
             await self._directory.close()
+        if self._links is not None:
+            await self._links.close()
         if self._listener is not None:
             await self._listener.close()
         if self.history is not None:
@@ -447,14 +452,9 @@ class Session:
         self, address: ev.PeerAddress, deliver: Callable[[PeerLink], Awaitable[None]]
     ) -> str | None:
         """None when the peer acknowledged, else the reason it did not."""
-        config = self.config
-        assert self.identity is not None
+        assert self._links is not None
         try:
-            link = await PeerLink.open(
-                address, self.phone, self.identity, config.limits, config.timeouts
-            )
-            async with link:  # a failed link is aborted, not closed gracefully
-                await deliver(link)
+            await self._links.deliver(address, deliver)
         except DeliveryFailed as exc:
             log.info("delivery to %s failed: %s", address.phone, exc)
             return str(exc)

@@ -17,6 +17,7 @@ from whatsap2p.config import Limits, Timeouts
 from whatsap2p.errors import (
     DeliveryFailed,
     DeliveryRefused,
+    LinkClosed,
     ProtocolError,
     RemoteKeyMismatch,
     WhatsAp2pError,
@@ -27,7 +28,7 @@ from whatsap2p.protocol.keys import StaticKey
 from whatsap2p.protocol.noise import NoiseChannel
 from whatsap2p.protocol.peer import PeerReceiver, PeerSender
 
-__all__ = ["Inbound", "PeerLink", "PeerListener", "PhotoSink"]
+__all__ = ["Inbound", "LinkPool", "PeerLink", "PeerListener", "PhotoSink"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,8 @@ class PeerListener:
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._per_ip: Counter[str] = Counter()
+        #: Peer connections taken since the start (senders keep theirs for a burst).
+        self.accepted = 0
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Bind and start accepting; returns the address actually bound."""
@@ -111,6 +114,7 @@ class PeerListener:
         assert task is not None
         self._connections[task] = writer
         self._per_ip[ip] += 1
+        self.accepted += 1
         try:
             await _ReceiverSession(
                 self._inbound, self._key, reader, writer, self._limits, self._timeouts
@@ -331,6 +335,13 @@ class PeerLink:
         """Drop the connection now, unsent bytes and all."""
         self._writer.transport.abort()
 
+    @property
+    def usable(self) -> bool:
+        """Still open both ways, with nothing unread (so it may carry another message)."""
+        return not (self._writer.transport.is_closing() or self._reader.at_eof()) and (
+            self._conn.next_event() is None
+        )
+
     async def send_text(self, text: ev.Text) -> None:
         """Returns once the peer acknowledged; raises DeliveryFailed with the reason."""
         await self._write(text)
@@ -375,7 +386,7 @@ class PeerLink:
         except TimeoutError as exc:
             raise DeliveryFailed("peer stopped reading (timed out)") from exc
         except OSError as exc:
-            raise DeliveryFailed(f"connection lost: {exc.strerror or exc}") from exc
+            raise LinkClosed(f"connection lost: {exc.strerror or exc}") from exc
         except ProtocolError as exc:
             raise DeliveryFailed(str(exc)) from exc
 
@@ -392,7 +403,7 @@ class PeerLink:
         except TimeoutError as exc:
             raise DeliveryFailed("no acknowledgement from the peer (timed out)") from exc
         except OSError as exc:
-            raise DeliveryFailed(f"connection lost: {exc.strerror or exc}") from exc
+            raise LinkClosed(f"connection lost: {exc.strerror or exc}") from exc
         except ProtocolError as exc:
             raise DeliveryFailed(f"peer broke the protocol: {exc}") from exc
         if isinstance(answer, ev.Closing):
@@ -407,6 +418,117 @@ class PeerLink:
         while (answer := self._conn.next_event()) is None:
             data = await self._reader.read(_READ_SIZE)
             if not data:
-                raise DeliveryFailed("peer closed the connection before acknowledging")
+                raise LinkClosed("peer closed the connection before acknowledging")
             self._conn.receive_data(data)
         return answer
+
+
+class LinkPool:
+    """Open links kept for reuse, per peer (its address and key): a burst of sends to
+    one contact pays for one connection and one handshake, not one each. At most
+    `per_peer` links to one peer at once (further sends wait for one), each kept
+    `idle` seconds after its last use, less than a receiver's idle timeout."""
+
+    def __init__(
+        self,
+        me: str,
+        key: StaticKey,
+        limits: Limits,
+        timeouts: Timeouts,
+        per_peer: int = 8,
+        idle: float = 10.0,
+    ) -> None:
+        self._me = me
+        self._key = key
+        self._limits = limits
+        self._timeouts = timeouts
+        self._per_peer = per_peer
+        self._idle_for = min(idle, timeouts.peer_idle / 2)
+        self._idle: dict[ev.PeerAddress, list[PeerLink]] = {}
+        self._slots: dict[ev.PeerAddress, asyncio.Semaphore] = {}
+        self._busy: dict[ev.PeerAddress, int] = {}  # sends under way, per peer
+        self._expiry: dict[PeerLink, asyncio.TimerHandle] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    async def deliver(
+        self, address: ev.PeerAddress, deliver: Callable[[PeerLink], Awaitable[None]]
+    ) -> None:
+        """Run `deliver` on a link to `address`; DeliveryFailed as it says. `deliver` must
+        be safe to repeat: on a kept link found closed it runs once more on a new one (the
+        receiver recognises a message it already has by its id)."""
+        slots = self._slots.setdefault(address, asyncio.Semaphore(self._per_peer))
+        self._busy[address] = self._busy.get(address, 0) + 1
+        try:
+            async with slots:
+                await self._run(address, deliver)
+        finally:
+            self._busy[address] -= 1
+            if not self._busy[address]:
+                del self._busy[address]
+                if address not in self._idle:
+                    self._slots.pop(address, None)
+
+    async def _run(
+        self, address: ev.PeerAddress, deliver: Callable[[PeerLink], Awaitable[None]]
+    ) -> None:
+        link = self._take(address)
+        if link is not None:
+            try:
+                await deliver(link)
+            except LinkClosed:
+                link.abort()  # went away while idle: try once on a new connection
+            except BaseException:
+                link.abort()
+                raise
+            else:
+                self._keep(address, link)
+                return
+        link = await PeerLink.open(address, self._me, self._key, self._limits, self._timeouts)
+        try:
+            await deliver(link)
+        except BaseException:
+            link.abort()
+            raise
+        self._keep(address, link)
+
+    async def close(self) -> None:
+        for links in self._idle.values():
+            for link in links:
+                self._closing_task(link)
+        self._idle.clear()
+        for handle in self._expiry.values():
+            handle.cancel()
+        self._expiry.clear()
+        await asyncio.gather(*self._closing, return_exceptions=True)
+
+    def _take(self, address: ev.PeerAddress) -> PeerLink | None:
+        links = self._idle.get(address)
+        while links:
+            link = links.pop()
+            self._expiry.pop(link).cancel()
+            if link.usable:
+                return link
+            link.abort()
+        self._idle.pop(address, None)
+        return None
+
+    def _keep(self, address: ev.PeerAddress, link: PeerLink) -> None:
+        self._idle.setdefault(address, []).append(link)
+        loop = asyncio.get_running_loop()
+        self._expiry[link] = loop.call_later(self._idle_for, self._expire, address, link)
+
+    def _expire(self, address: ev.PeerAddress, link: PeerLink) -> None:
+        self._expiry.pop(link, None)
+        links = self._idle.get(address)
+        if links is not None and link in links:
+            links.remove(link)
+            if not links:
+                del self._idle[address]
+                if address not in self._busy:
+                    self._slots.pop(address, None)
+            self._closing_task(link)
+
+    def _closing_task(self, link: PeerLink) -> None:
+        task = asyncio.get_running_loop().create_task(link.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
