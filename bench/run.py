@@ -60,13 +60,59 @@ asyncio.run(main())
 """
 
 
+# A sink for the text baselines: per connection, a 1-byte ack for every 100 bytes read.
+ACKER = r"""
+import asyncio
+async def handle(reader, writer):
+    try:
+        while True:
+            await reader.readexactly(100)
+            writer.write(b"k")
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+TEXT = "x" * 100
+# What the JSON-RPC output lines say: an answer to a request, a delivery to B, a receipt.
+ANSWER, DELIVERED, RECEIVED = '"id":', f'"delivered":["{BOB}"]', '"method":"receive"'
+
 _drains: set[asyncio.Task[None]] = set()
 
 
-async def spawn(*args: str, ready: str = "") -> tuple[asyncio.subprocess.Process, str]:
+class Lines:
+    """How many lines of a process's output contained each marker so far."""
+
+    def __init__(self, *markers: str) -> None:
+        self.seen = dict.fromkeys(markers, 0)
+        self._changed = asyncio.Event()
+
+    def feed(self, line: bytes) -> None:
+        for marker in self.seen:
+            if marker.encode() in line:
+                self.seen[marker] += 1
+                self._changed.set()
+
+    async def until(self, marker: str, count: int) -> None:
+        while self.seen[marker] < count:
+            self._changed.clear()
+            await self._changed.wait()
+
+
+#: The markers counted in each spawned process's output, by process id.
+output: dict[int, Lines] = {}
+
+
+async def spawn(
+    *args: str, ready: str = "", count: tuple[str, ...] = ()
+) -> tuple[asyncio.subprocess.Process, str]:
     """Start a process; return it and its first line of output that starts with `ready`.
-    The rest of its output is read and dropped, as a real consumer would read it: a
-    module whose stdout is never read blocks on it."""
+    The rest of its output is read and dropped, as a real consumer would read it (a
+    module whose stdout is never read blocks on it); lines with the markers in `count`
+    are counted in `output[pid]`."""
     proc = await asyncio.create_subprocess_exec(
         *args,
         stdin=asyncio.subprocess.PIPE,
@@ -79,9 +125,11 @@ async def spawn(*args: str, ready: str = "") -> tuple[asyncio.subprocess.Process
     while not first.startswith(ready):
         first = (await stdout.readline()).decode().strip()
 
+    lines = output[proc.pid] = Lines(*count)
+
     async def drain() -> None:
-        while await stdout.read(1 << 16):
-            pass
+        while line := await stdout.readline():
+            lines.feed(line)
 
     task = asyncio.create_task(drain())
     _drains.add(task)
@@ -192,6 +240,119 @@ async def directory_load(work: Path, users: int) -> list[str]:
     ]
 
 
+def percentile(samples: list[float], share: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
+
+
+def latency_rows(what: str, ours: list[float], base: list[float]) -> list[str]:
+    return [
+        row(f"{what}, p50", percentile(ours, 0.5), percentile(base, 0.5), "ms", 1e3),
+        row(f"{what}, p99", percentile(ours, 0.99), percentile(base, 0.99), "ms", 1e3),
+    ]
+
+
+async def cold_texts(server_port: int, work: Path, runs: int) -> list[float]:
+    """First text from a fresh module to BOB: lookup, connect, handshake, hello, ack."""
+    samples = []
+    for i in range(runs):
+        phone = f"+55119999{i + 100:05d}"
+        config = SessionConfig(phone, "127.0.0.1", server_port, work / phone, "127.0.0.1")
+        async with Session(config) as sender:
+            start = time.perf_counter()
+            report = await sender.send_text(BOB, TEXT)
+            samples.append(time.perf_counter() - start)
+            assert report.delivered == [BOB], report
+    return samples
+
+
+async def warm_texts(alice: Session, runs: int) -> list[float]:
+    """Texts to BOB one after another: lookup, the kept link, ack."""
+    await alice.send_text(BOB, TEXT)
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        report = await alice.send_text(BOB, TEXT)
+        samples.append(time.perf_counter() - start)
+        assert report.delivered == [BOB], report
+    return samples
+
+
+async def baseline_cold(port: int, runs: int) -> list[float]:
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(TEXT.encode())
+        await reader.readexactly(1)
+        samples.append(time.perf_counter() - start)
+        writer.close()
+        await writer.wait_closed()
+    return samples
+
+
+async def baseline_warm(port: int, runs: int) -> list[float]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        writer.write(TEXT.encode())
+        await reader.readexactly(1)
+        samples.append(time.perf_counter() - start)
+    writer.close()
+    return samples
+
+
+async def baseline_pipelined(port: int, count: int) -> float:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    start = time.perf_counter()
+    writer.write(TEXT.encode() * count)
+    await reader.readexactly(count)
+    took = time.perf_counter() - start
+    writer.close()
+    return took
+
+
+async def pipelined_texts(
+    server_port: int, work: Path, bob: asyncio.subprocess.Process, count: int
+) -> tuple[float, int, int]:
+    """`count` sends written at once into a JSON-RPC module (A) for BOB: the time until
+    the last answer, how many were delivered, and how many B printed."""
+    alice, _ = await spawn(
+        WHATSAP2P,
+        "user",
+        f"127.0.0.1:{server_port}",
+        "--phone",
+        "+5511999990003",
+        "--json",
+        "--data-dir",
+        str(work / "pipelined"),
+        "--listen",
+        "127.0.0.1:0",
+        count=(ANSWER, DELIVERED),
+    )
+    received_before = output[bob.pid].seen[RECEIVED]
+    assert alice.stdin is not None
+    requests = "".join(
+        json.dumps(
+            {"jsonrpc": "2.0", "id": i, "method": "send", "params": {"to": BOB, "text": TEXT}}
+        )
+        + "\n"
+        for i in range(count)
+    ).encode()
+    start = time.perf_counter()
+    alice.stdin.write(requests)
+    await alice.stdin.drain()
+    await output[alice.pid].until(ANSWER, count)
+    took = time.perf_counter() - start
+    delivered = output[alice.pid].seen[DELIVERED]
+    # B prints every text it acknowledged; wait for them (a lost one would hang here).
+    await output[bob.pid].until(RECEIVED, received_before + delivered)
+    alice.stdin.close()
+    await alice.wait()
+    return took, delivered, output[bob.pid].seen[RECEIVED] - received_before
+
+
 def row(what: str, ours: float, base: float, unit: str, scale: float) -> str:
     return (
         f"| {what} | {ours * scale:,.2f} {unit} | {base * scale:,.2f} {unit} | {ours / base:.2f}x |"
@@ -219,6 +380,7 @@ async def main(out: Path | None, quick: bool) -> None:
             str(work / "bob"),
             "--listen",
             "127.0.0.1:0",
+            count=(RECEIVED,),
         )
         procs.append(bob)
         sink, sink_port = await spawn(sys.executable, "-c", SINK)
@@ -232,28 +394,36 @@ async def main(out: Path | None, quick: bool) -> None:
             limits=Limits(),
         )
         rows = []
+        acker, acker_port = await spawn(sys.executable, "-c", ACKER)
+        procs.append(acker)
+        runs = 5 if quick else 30
+        rows += latency_rows(
+            "text, cold (first to a peer: lookup, connect, handshake, ack)",
+            await cold_texts(server_port, work, runs),
+            await baseline_cold(int(acker_port), runs),
+        )
         async with Session(config) as alice:
-            texts = 20 if quick else 200
-            body = "x" * 100
-
-            async def our_texts() -> None:
-                for _ in range(texts):
-                    report = await alice.send_text(BOB, body)
-                    assert report.delivered == [BOB], report
-
-            async def base_texts() -> None:
-                payload = body.encode()
-                for _ in range(texts):
-                    await baseline_send(int(sink_port), payload)
-
-            ours, base = await timed(our_texts), await timed(base_texts)
-            rows.append(row(f"{texts} texts of 100 B, one after another", ours, base, "ms", 1e3))
+            texts = 50 if quick else 1000
+            rows += latency_rows(
+                "text, warm (lookup, kept connection, ack)",
+                await warm_texts(alice, texts),
+                await baseline_warm(int(acker_port), texts),
+            )
+            pipelined = 1_000 if quick else 10_000
+            took, delivered, received = await pipelined_texts(server_port, work, bob, pipelined)
+            base = await baseline_pipelined(int(acker_port), pipelined)
             rows.append(
-                row("one text (lookup, connect, ack)", ours / texts, base / texts, "ms", 1e3)
+                f"| {pipelined:,} texts pipelined A->B through JSON-RPC | "
+                f"{pipelined / took:,.0f} msg/s | {pipelined / base:,.0f} msg/s | "
+                f"{base / took:.3f} of baseline |"
+            )
+            rows.append(
+                f"| ... delivered (acknowledged) / printed by B | {delivered:,} / {received:,}"
+                f" of {pipelined:,} | | |"
             )
 
             async def one_lookup() -> None:
-                for _ in range(texts):
+                for _ in range(200):
                     await alice.lookup([BOB])
 
             lookups = await timed(one_lookup)
@@ -308,7 +478,7 @@ async def main(out: Path | None, quick: bool) -> None:
     ]
     footer = [
         "",
-        f"Directory lookup round trip (one number): {lookups / texts * 1e3:.3f} ms median.",
+        f"Directory lookup round trip (one number): {lookups / 200 * 1e3:.3f} ms median.",
         "",
         "What the photo time includes beyond the baseline: the sender's Pillow check and",
         "SHA-256 pass, framing, the receiver's hashing while streaming, fsync, Pillow",

@@ -25,5 +25,6 @@ async def test_the_benchmark_runs_end_to_end() -> None:
     table = out.decode()
     assert "| what | WhatsAp2p | baseline | ratio |" in table
     assert "| photo 2 MB, delivered and verified |" in table
+    assert "| ... delivered (acknowledged) / printed by B | 1,000 / 1,000 of 1,000 | | |" in table
     assert "| users online | 1,000 |" in table  # loadgen held every user it registered
     assert "| errors | 0 |" in table
