@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import phonenumbers
 
 from whatsap2p.errors import InvalidPhoneNumber
@@ -11,6 +13,7 @@ __all__ = ["DEFAULT_REGION", "looks_like_phone", "normalise_phone"]
 DEFAULT_REGION = "BR"
 
 
+@functools.lru_cache(maxsize=4096)  # parsing costs ~0.1 ms, and senders repeat numbers
 def normalise_phone(text: str, region: str = DEFAULT_REGION) -> str:
     """Return `text` as an E.164 number, or raise InvalidPhoneNumber saying why."""
     candidate = text.strip()

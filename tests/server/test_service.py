@@ -205,11 +205,15 @@ async def test_a_client_refuses_a_server_with_another_key() -> None:
         await ok.close()
 
 
-async def lookups_until_limited(clients: list[DirectoryClient], most: int) -> int:
-    """How many lookups (round robin over `clients`) pass before one is rate-limited."""
+async def lookups_until_limited(
+    clients: list[DirectoryClient], most: int, same_number: bool = False
+) -> int:
+    """How many lookups (round robin over `clients`) pass before one is rate-limited:
+    of a different number each time, as a scraper would, or of the same one."""
     for done in range(most):
+        phone = BOB if same_number else f"+551198{done:07d}"
         try:
-            await clients[done % len(clients)].lookup([BOB])
+            await clients[done % len(clients)].lookup([phone])
         except RateLimited as exc:
             if "too many lookups" not in str(exc):
                 raise
@@ -224,12 +228,18 @@ async def test_lookup_floods_are_rate_limited_per_connection_and_per_ip() -> Non
         await flooder.register(ALICE, 4001)
         answered = await lookups_until_limited([flooder], 100)
         assert 15 <= answered <= 25  # the burst, plus what refilled meanwhile
+        # Asking again for a number asked within the last second costs a tenth (a burst of
+        # sends to one contact); not nothing.
+        repeater = await client(port)
+        await repeater.register(BOB, 4002)
+        repeated = await lookups_until_limited([repeater], 1000, same_number=True)
+        assert 150 <= repeated <= 400
         others = [await client(port) for _ in range(3)]
         for i, other in enumerate(others):
             await other.register(f"+55119999900{10 + i}", 4010 + i)
         spent = await lookups_until_limited(others, 200)  # the IP's bucket, across connections
         assert spent < 150
-        for c in [flooder, *others]:
+        for c in [flooder, repeater, *others]:
             await c.close()
 
 

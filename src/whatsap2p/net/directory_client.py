@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from whatsap2p.config import Limits, Timeouts
 from whatsap2p.errors import (
@@ -61,6 +63,10 @@ class DirectoryClient:
         self.closed = asyncio.Event()
         self._reader_task = asyncio.create_task(self._read_loop(), name="directory-reader")
         self._heartbeat_task: asyncio.Task[None] | None = None
+        # Numbers waiting for the next lookup request, and the task that sends them.
+        self._batches: deque[_LookupBatch] = deque()
+        self._looking_up: asyncio.Task[None] | None = None
+        self._max_lookup = conn.limits.max_lookup_phones
 
     @classmethod
     async def connect(
@@ -115,13 +121,49 @@ class DirectoryClient:
         return answer
 
     async def lookup(self, phones: list[str]) -> dict[str, ev.PeerAddress]:
-        """The online ones among `phones`, with their addresses."""
+        """The online ones among `phones`, with their addresses.
+
+        Lookups are coalesced like group commits: while one lookup request is out,
+        the numbers asked meanwhile wait together for the next one, sent as soon as the
+        answer is in. Every caller's answer so comes from a request made after it asked,
+        and a burst of sends costs a few requests (and rate-limit tokens), not one each."""
         if not phones:
             return {}
-        answer = await self._request(ev.Lookup(self._conn.next_rid(), tuple(phones)))
-        assert isinstance(answer, ev.LookupResult)
-        asked = set(phones)
-        return {peer.phone: peer for peer in answer.peers if peer.phone in asked}
+        batch = self._batches[-1] if self._batches else None
+        if batch is None or len(batch.phones) + len(phones) > self._max_lookup:
+            batch = _LookupBatch(asyncio.get_running_loop().create_future())
+            self._batches.append(batch)
+        batch.phones.update(phones)
+        if self._looking_up is None:
+            self._looking_up = asyncio.create_task(self._send_lookups(), name="lookups")
+        found = await asyncio.shield(batch.answer)
+        return {phone: found[phone] for phone in phones if phone in found}
+
+    async def _send_lookups(self) -> None:
+        try:
+            while self._batches:
+                batch = self._batches.popleft()
+                try:
+                    answer = await self._request(
+                        ev.Lookup(self._conn.next_rid(), tuple(batch.phones))
+                    )
+                except BaseException as exc:
+                    error = (
+                        exc
+                        if isinstance(exc, Exception)
+                        else ServerUnreachable("the connection to the server is closed")
+                    )
+                    for failed in (batch, *self._batches):
+                        if not failed.answer.done():
+                            failed.answer.set_exception(error)
+                    self._batches.clear()
+                    if isinstance(exc, Exception):
+                        return  # the askers have it
+                    raise
+                assert isinstance(answer, ev.LookupResult)
+                batch.answer.set_result({peer.phone: peer for peer in answer.peers})
+        finally:
+            self._looking_up = None
 
     async def watch(self, phones: list[str]) -> dict[str, ev.PeerAddress]:
         """Be told (on_online) when any of `phones` comes online; returns those online now."""
@@ -133,7 +175,7 @@ class DirectoryClient:
         await self._request(ev.Unregister(self._conn.next_rid()))
 
     async def close(self) -> None:
-        for task in (self._heartbeat_task, self._reader_task):
+        for task in (self._heartbeat_task, self._reader_task, self._looking_up):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -197,6 +239,10 @@ class DirectoryClient:
             if not future.done():
                 future.set_exception(error)
         self._waiting.clear()
+        while self._batches:
+            answer = self._batches.popleft().answer
+            if not answer.done():
+                answer.set_exception(error)
 
     async def _heartbeat(self) -> None:
         while True:
@@ -210,3 +256,16 @@ class DirectoryClient:
                 log.warning("heartbeat failed: %s", exc)
                 self._writer.close()
                 return
+
+
+@dataclass(eq=False)
+class _LookupBatch:
+    """Numbers asked while another lookup was out, answered together."""
+
+    answer: asyncio.Future[dict[str, ev.PeerAddress]]
+    phones: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        # Every asker may have given up (cancelled) by the time a failure comes: mark
+        # the failure seen so asyncio does not log it as never retrieved.
+        self.answer.add_done_callback(lambda f: f.cancelled() or f.exception())

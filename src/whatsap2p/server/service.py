@@ -38,6 +38,9 @@ __all__ = ["DirectoryServer", "ServerConfig"]
 
 log = logging.getLogger(__name__)
 
+#: A number this connection asked for less than a window ago costs a tenth of a token;
+#: it remembers the last few numbers it asked for.
+_REPEAT_COST, _REPEAT_WINDOW, _RECENT_NUMBERS = 0.1, 1.0, 64
 #: Stop reading a client's requests while this much of our answers waits unsent.
 _WRITE_HIGH = 64 * 1024
 
@@ -112,6 +115,7 @@ class _Client(asyncio.Protocol):
         "_lookups",
         "_loop",
         "_paused",
+        "_recent",
         "_server",
         "_timer",
         "_transport",
@@ -130,6 +134,7 @@ class _Client(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._answering: asyncio.Task[None] | None = None
         self._paused: asyncio.TimerHandle | None = None
+        self._recent: dict[str, float] | None = None  # number -> when it was last asked
         self.phone: str | None = None
         self.watching: tuple[str, ...] = ()
         self._counted = False
@@ -344,14 +349,12 @@ class _Client(asyncio.Protocol):
                 watcher.push_online(address)
             return conn.send(ev.Registered(request.rid, address.phone, address.host, address.port))
         if isinstance(request, ev.Lookup):
-            cost = max(1, len(request.phones))
-            if not self._may_look_up(now, cost):
+            if not self._may_look_up(now, request.phones):
                 return self.failure(request.rid, "rate-limited", "too many lookups; slow down")
             found = await server.directory.lookup(list(request.phones))
             return conn.send(ev.LookupResult(request.rid, tuple(found)))
         if isinstance(request, ev.Watch):
-            cost = max(1, len(request.phones))
-            if not self._may_look_up(now, cost):
+            if not self._may_look_up(now, request.phones):
                 return self.failure(request.rid, "rate-limited", "too many lookups; slow down")
             self.watch(request.phones)
             found = await server.directory.lookup(list(request.phones))
@@ -365,12 +368,29 @@ class _Client(asyncio.Protocol):
         assert isinstance(request, ev.Ping)
         return conn.send(ev.Pong(request.rid))
 
-    def _may_look_up(self, now: float, cost: int) -> bool:
-        """Both buckets allow `cost` more lookups (this connection's is made on first use)."""
+    def _may_look_up(self, now: float, phones: tuple[str, ...]) -> bool:
+        """Both buckets allow these lookups (this connection's is made on first use)."""
         rates = self._server.config.rates
         if self._lookups is None:
             self._lookups = TokenBucket(rates.lookup_rate, rates.lookup_burst, now)
+        cost = self._lookup_cost(now, phones) or 1.0  # an empty lookup is not free either
         return self._lookups.take(now, cost) and self._server.ip_lookups.take(self._ip, now, cost)
+
+    def _lookup_cost(self, now: float, phones: tuple[str, ...]) -> float:
+        """A number costs a token, or a tenth of one if this connection asked for it in
+        the last second: scraping means many different numbers, while a burst of sends to
+        one contact asks for the same few again and again (still not for free)."""
+        recent = self._recent
+        if recent is None:
+            recent = self._recent = {}
+        cost = 0.0
+        for phone in phones:
+            asked = recent.pop(phone, None)
+            cost += _REPEAT_COST if asked is not None and now - asked < _REPEAT_WINDOW else 1.0
+            recent[phone] = now
+        while len(recent) > _RECENT_NUMBERS:
+            del recent[next(iter(recent))]
+        return cost
 
 
 def _run_now(coro: Coroutine[object, object, None]) -> None:
