@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from whatsap2p.app.history import History
@@ -76,14 +77,32 @@ def test_a_history_from_before_the_shown_column_is_migrated(tmp_path: Path) -> N
     assert [e.id for e in history.unshown()] == ["m1"]
 
 
-def test_the_history_is_bounded_but_keeps_what_still_matters(tmp_path: Path) -> None:
+async def test_the_history_is_bounded_but_keeps_what_still_matters(tmp_path: Path) -> None:
     history = History(tmp_path / "h.sqlite3", ME, keep=5)
     history.record_sent("q", {CAROL: ("queued", None)}, None, T, text="waiting")
     history.record_received("unshown", CAROL, None, T, text="not shown yet")
     for i in range(10):
         history.record_received(f"r{i}", BOB, None, T, text=str(i))
         history.mark_shown(f"r{i}", BOB)
+    await history.settled()  # marks are group-committed
     assert history.prune() == 5  # the oldest shown rows beyond the newest five
     assert [e.id for e in history.entries(BOB, limit=100)] == ["r9", "r8", "r7", "r6", "r5"]
     assert [e.id for e in history.queued()] == ["q"]  # the outbox is never dropped
     assert [e.id for e in history.unshown()] == ["unshown"]  # nor what is still to show
+
+
+async def test_writes_of_one_moment_share_a_commit_and_each_caller_waits_for_it(
+    tmp_path: Path,
+) -> None:
+    history = History(tmp_path / "h.sqlite3", ME)
+    stored = await asyncio.gather(
+        *(history.store_received(f"m{i}", BOB, None, T, text=str(i)) for i in range(50)),
+        history.store_received("m0", BOB, None, T, text="a retry"),
+        history.store_sent("s1", {BOB: ("delivered", None)}, None, T, text="out"),
+    )
+    assert stored[:50] == [True] * 50
+    assert stored[50] is False  # the same id from the same sender: stored once
+    history.close()
+    again = History(tmp_path / "h.sqlite3", ME)  # committed, not just buffered
+    assert len(again.entries(BOB, limit=100)) == 51
+    again.close()

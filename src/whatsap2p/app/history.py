@@ -15,11 +15,14 @@ SQLite in WAL mode: a transaction is either in the file or not, also after kill 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from whatsap2p.errors import StoreError
 
@@ -84,12 +87,33 @@ class HistoryEntry:
     error: str | None
 
 
+_T = TypeVar("_T")
+log = logging.getLogger(__name__)
+
+_INSERT_RECEIVED = (
+    "INSERT OR IGNORE INTO messages (id, direction, peer, grp, timestamp, text, photo,"
+    " state, shown) VALUES (?, 'in', ?, ?, ?, ?, ?, 'received', 0)"
+)
+_INSERT_SENT = (
+    "INSERT OR REPLACE INTO messages (id, direction, peer, grp, timestamp, text,"
+    " photo, state, error) VALUES (?, 'out', ?, ?, ?, ?, ?, ?, ?)"
+)
+_MARK_SHOWN = "UPDATE messages SET shown = 1 WHERE id = ? AND direction = 'in' AND peer = ?"
+
+
 class History:
+    """The history, in SQLite. The writes of the message path (`store_received`,
+    `store_sent`, `mark_shown`) are group-committed: those made in one turn of the event
+    loop share one transaction, so a burst of messages costs a few commits, not one (and
+    a WAL write) each; each caller still resumes only once its write is committed."""
+
     def __init__(self, path: Path, me: str, keep: int = 1_000_000) -> None:
         self.path = path
         self._me = me
         self._keep = keep
         self._since_prune = 0
+        self._batch: list[tuple[Callable[[sqlite3.Connection], object], asyncio.Future[object]]]
+        self._batch = []
         try:
             self._db = sqlite3.connect(path, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -119,7 +143,77 @@ class History:
             self._db.execute("ALTER TABLE messages ADD COLUMN shown INTEGER NOT NULL DEFAULT 1")
 
     def close(self) -> None:
+        if self._batch:
+            self._commit_batch()
         self._db.close()
+
+    async def store_received(
+        self,
+        message_id: str,
+        sender: str,
+        group: str | None,
+        timestamp: str,
+        text: str | None = None,
+        photo: dict[str, object] | None = None,
+    ) -> bool:
+        """`record_received`, group-committed."""
+        args = (message_id, sender, group, timestamp, text, _json(photo))
+        stored = await self._soon(lambda db: db.execute(_INSERT_RECEIVED, args).rowcount == 1)
+        self._counted_insert()
+        return stored
+
+    async def store_sent(
+        self,
+        message_id: str,
+        outcomes: dict[str, tuple[State, str | None]],
+        group: str | None,
+        timestamp: str,
+        text: str | None = None,
+        photo: dict[str, object] | None = None,
+    ) -> None:
+        """`record_sent`, group-committed."""
+        rows = _sent_rows(message_id, outcomes, group, timestamp, text, photo)
+        await self._soon(lambda db: db.executemany(_INSERT_SENT, rows))
+
+    def mark_shown(self, message_id: str, sender: str) -> None:
+        """The UI showed it: committed with the next group (a crash before that shows it
+        again at the next start, with its id, rather than never)."""
+        self._soon(lambda db: db.execute(_MARK_SHOWN, (message_id, sender)))
+
+    async def settled(self) -> None:
+        """Returns once every write asked for so far is committed (or failed)."""
+        if self._batch:
+            await asyncio.wait([self._batch[-1][1]])
+
+    def _soon(self, work: Callable[[sqlite3.Connection], _T]) -> asyncio.Future[_T]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[_T] = loop.create_future()
+        future.add_done_callback(_log_failure)
+        self._batch.append((work, future))  # type: ignore[arg-type]
+        if len(self._batch) == 1:
+            loop.call_soon(self._commit_batch)
+        return future
+
+    def _commit_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                results = [work(self._db) for work, _ in batch]
+        except sqlite3.Error as exc:
+            error = StoreError(f"history: {exc}")
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+    def _counted_insert(self) -> None:
+        self._since_prune += 1
+        if self._since_prune >= 4096:  # cheap (by primary key), so now and then is enough
+            self.prune()
 
     def record_received(
         self,
@@ -132,13 +226,9 @@ class History:
     ) -> bool:
         """Store a received message; False if this sender's message id was already stored."""
         cursor = self._execute(
-            "INSERT OR IGNORE INTO messages (id, direction, peer, grp, timestamp, text, photo,"
-            " state, shown) VALUES (?, 'in', ?, ?, ?, ?, ?, 'received', 0)",
-            (message_id, sender, group, timestamp, text, _json(photo)),
+            _INSERT_RECEIVED, (message_id, sender, group, timestamp, text, _json(photo))
         )
-        self._since_prune += 1
-        if self._since_prune >= 4096:  # cheap (by primary key), so now and then is enough
-            self.prune()
+        self._counted_insert()
         return cursor.rowcount == 1
 
     def was_received(self, message_id: str, sender: str) -> bool:
@@ -158,18 +248,11 @@ class History:
         photo: dict[str, object] | None = None,
     ) -> None:
         """Store a sent message: one row per recipient with its state (and error)."""
-        rows = [
-            (message_id, phone, group, timestamp, text, _json(photo), state, error)
-            for phone, (state, error) in outcomes.items()
-        ]
+        rows = _sent_rows(message_id, outcomes, group, timestamp, text, photo)
         try:
             with self._db:
                 self._db.execute("BEGIN")
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO messages (id, direction, peer, grp, timestamp, text,"
-                    " photo, state, error) VALUES (?, 'out', ?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
+                self._db.executemany(_INSERT_SENT, rows)
         except sqlite3.Error as exc:
             raise StoreError(f"history: {exc}") from exc
 
@@ -190,12 +273,6 @@ class History:
             assert phone is not None
             query, key = _DIRECT_QUERY, phone
         return [self._entry(row) for row in self._execute(query, (key, limit)).fetchall()]
-
-    def mark_shown(self, message_id: str, sender: str) -> None:
-        self._execute(
-            "UPDATE messages SET shown = 1 WHERE id = ? AND direction = 'in' AND peer = ?",
-            (message_id, sender),
-        )
 
     def unshown(self) -> list[HistoryEntry]:
         """Received messages the UI never showed (the module died first), oldest first."""
@@ -257,6 +334,28 @@ class History:
             return self._db.execute(sql, args)
         except sqlite3.Error as exc:
             raise StoreError(f"history: {exc}") from exc
+
+
+def _sent_rows(
+    message_id: str,
+    outcomes: dict[str, tuple[State, str | None]],
+    group: str | None,
+    timestamp: str,
+    text: str | None,
+    photo: dict[str, object] | None,
+) -> list[tuple[object, ...]]:
+    """One row per recipient of a sent message, with its state (and error)."""
+    return [
+        (message_id, phone, group, timestamp, text, _json(photo), state, error)
+        for phone, (state, error) in outcomes.items()
+    ]
+
+
+def _log_failure(future: asyncio.Future[Any]) -> None:
+    # A mark_shown nobody awaits must not fail silently (and asyncio must not complain
+    # that the error was never retrieved).
+    if not future.cancelled() and (exc := future.exception()) is not None:
+        log.error("%s", exc)
 
 
 def _json(photo: dict[str, object] | None) -> str | None:

@@ -337,7 +337,7 @@ class Session:
             await link.send_text(message)
 
         report = await self._fan_out(message.id, recipients, deliver, queue)
-        self._record_sent(report, recipients.group, message.timestamp, text=text)
+        await self._record_sent(report, recipients.group, message.timestamp, text=text)
         if not self._watched.issuperset(report.queued):
             await self._watch_outbox()
         return report
@@ -368,12 +368,12 @@ class Session:
         kept = photo
         if report.queued:  # the original may change or go away before it is delivered
             kept = await asyncio.to_thread(self._keep_for_outbox, photo, offer.id)
-        self._record_sent(report, recipients.group, offer.timestamp, photo=kept.describe())
+        await self._record_sent(report, recipients.group, offer.timestamp, photo=kept.describe())
         if not self._watched.issuperset(report.queued):
             await self._watch_outbox()
         return report
 
-    def _record_sent(
+    async def _record_sent(
         self,
         report: DeliveryReport,
         group: str | None,
@@ -387,7 +387,7 @@ class Session:
         outcomes.update((phone, ("offline", None)) for phone in report.offline)
         outcomes.update((phone, ("queued", None)) for phone in report.queued)
         outcomes.update((phone, ("failed", error)) for phone, error in report.failed)
-        self.history.record_sent(report.id, outcomes, group, timestamp, text, photo)
+        await self.history.store_sent(report.id, outcomes, group, timestamp, text, photo)
         self._queued_count += len(report.queued)
 
     def conversation(self, target: str, limit: int) -> list[HistoryEntry]:
@@ -623,7 +623,7 @@ class _Inbound:
         assert session.history is not None
         # Stored before it is acknowledged; a copy already stored is acknowledged again
         # (the sender retried) but not shown twice.
-        if session.history.record_received(
+        if await session.history.store_received(
             text.id, sender, text.group, text.timestamp, text=text.body
         ):
             name = session.book.name_of(sender)

@@ -111,6 +111,8 @@ class JsonRpc:
         self._out = out or sys.stdout
         self._tasks: set[asyncio.Task[None]] = set()
         self.quit = asyncio.Event()
+        self._flush_soon = False
+        self._shown: list[Received] = []
         self._methods: dict[str, Callable[[Params], Awaitable[object]]] = {
             "send": self._send,
             "addContact": self._add_contact,
@@ -129,9 +131,21 @@ class JsonRpc:
         }
 
     def write(self, message: dict[str, object]) -> None:
+        """Buffered, and flushed once per turn of the event loop: a burst of answers and
+        notifications costs a few writes to stdout, not one each."""
         # ensure_ascii: U+2028 and friends stay escaped, so every reader sees one line.
         self._out.write(json.dumps(message, ensure_ascii=True, separators=(",", ":")) + "\n")
+        if not self._flush_soon:
+            self._flush_soon = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Out to the reader, then (only then) remember what was shown."""
+        self._flush_soon = False
         self._out.flush()
+        shown, self._shown = self._shown, []
+        for event in shown:
+            self._session.shown(event)
 
     def notify(self, method: str, params: dict[str, object]) -> None:
         self.write({"jsonrpc": "2.0", "method": method, "params": params})
@@ -142,29 +156,24 @@ class JsonRpc:
         listen = f"{self._session.listen_address[0]}:{self._session.listen_address[1]}"
         self.notify("ready", {"phone": self._session.phone, "listen": listen})
         pump = asyncio.create_task(self._forward_received())
-        reader = LineReader()
+        reading = asyncio.create_task(self._read_requests(LineReader()))
+        stop_task = asyncio.ensure_future(stop.wait())
+        quit_task = asyncio.ensure_future(self.quit.wait())
         try:
-            while not self.quit.is_set():
-                line_task = asyncio.ensure_future(reader.readline())
-                stop_task = asyncio.ensure_future(stop.wait())
-                quit_task = asyncio.ensure_future(self.quit.wait())
-                await asyncio.wait(
-                    {line_task, stop_task, quit_task}, return_when=asyncio.FIRST_COMPLETED
-                )
-                for task in (stop_task, quit_task):
-                    task.cancel()
-                if not line_task.done():
-                    line_task.cancel()
-                    break
-                line = line_task.result()
-                if line is None:
-                    break
-                if line.strip():
-                    self._spawn(self._handle_line(line))
+            await asyncio.wait({reading, stop_task, quit_task}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (reading, stop_task, quit_task):
+                task.cancel()
             if self._tasks:
                 await asyncio.wait(self._tasks)
         finally:
             pump.cancel()
+            self._flush()
+
+    async def _read_requests(self, reader: LineReader) -> None:
+        """Start answering each request line, until end of input."""
+        while (line := await reader.readline()) is not None:
+            if line.strip():
+                self._spawn(self._handle_line(line))
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
@@ -184,7 +193,7 @@ class JsonRpc:
                 self.notify("delivered", {"id": event.id, "phone": event.phone})
             else:
                 self.notify("receive", received_json(event))
-                self._session.shown(event)
+                self._shown.append(event)  # marked shown once flushed
 
     async def _handle_line(self, line: str) -> None:
         if line == LineReader.TOO_LONG:

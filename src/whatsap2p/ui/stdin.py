@@ -1,13 +1,15 @@
 """Lines from standard input, whatever it is (terminal, pipe or regular file).
 
-asyncio cannot watch a regular file, so one daemon thread reads and hands each line to
-the loop. It reads the raw descriptor with os.read: a thread blocked inside
+asyncio cannot watch a regular file, so one daemon thread reads and hands the lines of
+each chunk it reads to the loop at once (one hand-over per chunk, not per line). It
+reads the raw descriptor with os.read: a thread blocked inside
 `sys.stdin.buffer` holds that object's lock, and the interpreter aborts at exit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import os
@@ -32,6 +34,7 @@ class LineReader:
     def __init__(self, max_line: int = 1024 * 1024, fd: int | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize=64)
+        self._ready: collections.deque[str] = collections.deque()
         self._fd = sys.stdin.fileno() if fd is None else fd
         self._max_line = max_line
         threading.Thread(target=self._pump, name="stdin", daemon=True).start()
@@ -47,22 +50,27 @@ class LineReader:
             if not chunk:
                 break
             pending += chunk
-            while (end := pending.find(b"\n")) >= 0:
-                line = bytes(pending[:end])
-                del pending[: end + 1]
+            lines: list[str] = []
+            start = 0
+            while (end := pending.find(b"\n", start)) >= 0:
+                line = bytes(pending[start:end])
+                start = end + 1
                 if skipping:
                     skipping = False
                 elif len(line) > self._max_line:
-                    self._put(self.TOO_LONG)
+                    lines.append(self.TOO_LONG)
                 else:
-                    self._put(line.rstrip(b"\r").decode("utf-8", "replace"))
+                    lines.append(line.rstrip(b"\r").decode("utf-8", "replace"))
+            del pending[:start]
             if len(pending) > self._max_line:
                 if not skipping:
-                    self._put(self.TOO_LONG)
+                    lines.append(self.TOO_LONG)
                 skipping = True
                 pending.clear()
+            if lines:
+                self._put(lines)
         if pending and not skipping:
-            self._put(pending.rstrip(b"\r").decode("utf-8", "replace"))
+            self._put([pending.rstrip(b"\r").decode("utf-8", "replace")])
         self._put(_EOF)
 
     def _put(self, item: object) -> None:
@@ -72,9 +80,11 @@ class LineReader:
             asyncio.run_coroutine_threadsafe(self._queue.put(item), self._loop).result()
 
     async def readline(self) -> str | None:
-        item = await self._queue.get()
-        if item is _EOF:
-            self._queue.put_nowait(_EOF)  # stays at end of input for later calls
-            return None
-        assert isinstance(item, str)
-        return item
+        if not self._ready:
+            item = await self._queue.get()
+            if item is _EOF:
+                self._queue.put_nowait(_EOF)  # stays at end of input for later calls
+                return None
+            assert isinstance(item, list)
+            self._ready.extend(item)
+        return self._ready.popleft()
