@@ -78,7 +78,11 @@ asyncio.run(main())
 """
 TEXT = "x" * 100
 # What the JSON-RPC output lines say: an answer to a request, a delivery to B, a receipt.
-ANSWER, DELIVERED, RECEIVED = '"id":', f'"delivered":["{BOB}"]', '"method":"receive"'
+ANSWER, DELIVERED, RECEIVED = (
+    '{"jsonrpc":"2.0","id":',
+    f'"delivered":["{BOB}"]',
+    '"method":"receive"',
+)
 
 _drains: set[asyncio.Task[None]] = set()
 
@@ -90,10 +94,11 @@ class Lines:
         self.seen = dict.fromkeys(markers, 0)
         self._changed = asyncio.Event()
 
-    def feed(self, line: bytes) -> None:
+    def feed(self, lines: bytes) -> None:
+        """Whole lines; a marker counts once per line it is in (none is in a line twice)."""
         for marker in self.seen:
-            if marker.encode() in line:
-                self.seen[marker] += 1
+            if found := lines.count(marker.encode()):
+                self.seen[marker] += found
                 self._changed.set()
 
     async def until(self, marker: str, count: int) -> None:
@@ -128,8 +133,10 @@ async def spawn(
     lines = output[proc.pid] = Lines(*count)
 
     async def drain() -> None:
-        while line := await stdout.readline():
-            lines.feed(line)
+        partial = b""
+        while chunk := await stdout.read(1 << 16):
+            whole, _, partial = (partial + chunk).rpartition(b"\n")
+            lines.feed(whole)
 
     task = asyncio.create_task(drain())
     _drains.add(task)

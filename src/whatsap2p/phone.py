@@ -28,6 +28,7 @@ def normalise_phone(text: str, region: str = DEFAULT_REGION) -> str:
     return str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
 
 
+@functools.lru_cache(maxsize=4096)
 def looks_like_phone(text: str) -> bool:
     """True when `text` is written like a number (digits, spaces, + - ( ) .), not like a name."""
     stripped = text.strip()
