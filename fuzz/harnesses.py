@@ -106,6 +106,7 @@ def seeds(name: str) -> list[bytes]:
                 )
             )
             + seal(encode_message(ev.PhotoChunk("p1", b"abc")))
+            + seal(encode_message(ev.PhotoEnd("p1", "ba7816bf" * 8)))
         ]
     if name == "handshake":
         initiator = NoiseChannel(StaticKey.generate(), initiator=True, max_body=1 << 20)

@@ -9,7 +9,13 @@ import pytest
 from PIL import Image
 
 from tests.conftest import image_bytes
-from whatsap2p.app.photos import IncomingPhoto, PhotoStore, prepare_photo, safe_file_name
+from whatsap2p.app.photos import (
+    IncomingPhoto,
+    PhotoStore,
+    photo_key,
+    prepare_photo,
+    safe_file_name,
+)
 from whatsap2p.config import Limits
 from whatsap2p.errors import PhotoRejected
 from whatsap2p.protocol.events import PhotoOffer
@@ -25,9 +31,13 @@ def offer_for(data: bytes, filename: str = "cat.png", mime: str = "image/png") -
         "2026-11-27T10:00:00+00:00",
         filename,
         len(data),
-        hashlib.sha256(data).hexdigest(),
+        hashlib.sha256(data[:10]).hexdigest(),  # the key: any digest names the photo
         mime,
     )
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 @pytest.mark.parametrize(
@@ -39,7 +49,8 @@ def test_every_supported_format_is_prepared(tmp_path: Path, fmt: str, mime: str)
     path.write_bytes(image_bytes(fmt))
     photo = prepare_photo(path, LIMITS)
     assert photo.mime == mime
-    assert photo.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert photo.key == photo_key(path, photo.size)  # names it for a resume
+    assert photo.sha256 == ""  # the whole file is hashed while it is sent
 
 
 def test_what_cannot_be_sent_says_why(tmp_path: Path) -> None:
@@ -90,7 +101,7 @@ def write(incoming: IncomingPhoto, data: bytes) -> None:
 def store_one(store: PhotoStore, data: bytes, **kw: str) -> Path:
     incoming = store.begin(SENDER, offer_for(data, **kw))
     write(incoming, data)
-    return incoming.finish().path
+    return incoming.finish(sha256(data)).path
 
 
 def test_received_photos_never_overwrite(tmp_path: Path) -> None:
@@ -130,7 +141,7 @@ def test_bad_photos_are_rejected_and_leave_nothing(
     incoming = store.begin(SENDER, offer_for(offered or data))
     write(incoming, data)
     with pytest.raises(PhotoRejected, match=reason):
-        incoming.finish()
+        incoming.finish(sha256(offered or data))  # what the sender hashed
     assert list((tmp_path / "photos").iterdir()) == []
     assert list((tmp_path / "partial").iterdir()) == []  # bad bytes are not kept either
 
@@ -148,7 +159,7 @@ def test_an_interrupted_photo_is_kept_hidden_and_resumes(tmp_path: Path) -> None
     resumed = store.begin(SENDER, offer_for(data))  # the same photo from the same sender
     assert resumed.offset == 6000
     write(resumed, data[6000:])
-    assert resumed.finish().path.read_bytes() == data  # the hash covered the kept bytes
+    assert resumed.finish(sha256(data)).path.read_bytes() == data  # the hash covered the kept bytes
     assert not partial.exists()
     other = store.begin("+5511999990077", offer_for(data))
     assert other.offset == 0  # another sender's copy starts afresh
@@ -164,4 +175,18 @@ def test_partial_transfers_expire(tmp_path: Path) -> None:
     store.open(time.time(), KEEP)
     assert len(list((tmp_path / "partial").iterdir())) == 1  # still fresh: kept
     store.open(time.time() + KEEP + 1, KEEP)
+    assert list((tmp_path / "partial").iterdir()) == []
+
+
+def test_a_photo_that_arrives_whole_leaves_no_partial_copy_behind(tmp_path: Path) -> None:
+    store = PhotoStore(tmp_path / "photos", LIMITS)
+    store.open(time.time(), KEEP)
+    data = image_bytes(marker=bytes(10_000))
+    stalled = store.begin(SENDER, offer_for(data))  # a transfer that will stop half-way
+    write(stalled, data[:4000])
+    second = store.begin(SENDER, offer_for(data))  # the same photo again, meanwhile
+    assert second.offset == 0  # the first still holds its file: no resume from it
+    write(second, data)
+    assert second.finish(sha256(data)).path.read_bytes() == data
+    stalled.interrupted()  # its connection ends after the photo arrived whole
     assert list((tmp_path / "partial").iterdir()) == []

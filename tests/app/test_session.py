@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -206,9 +206,20 @@ async def test_a_peer_that_went_away_is_reported_failed(world: World) -> None:
 
 def offer_of(data: bytes, message_id: str, filename: str) -> ev.PhotoOffer:
     """A correct offer for the PNG bytes `data`."""
-    digest = hashlib.sha256(data).hexdigest()
+    key = hashlib.sha256(data[:1000]).hexdigest()
     stamp = "2026-11-27T10:00:00+00:00"
-    return ev.PhotoOffer(message_id, stamp, filename, len(data), digest, "image/png")
+    return ev.PhotoOffer(message_id, stamp, filename, len(data), key, "image/png")
+
+
+class InMemory:
+    """A photo's bytes from memory, from `offset` on, claiming `sha256` for the whole."""
+
+    def __init__(self, data: bytes, offset: int = 0, sha256: str | None = None) -> None:
+        self._rest = data[offset:]
+        self.sha256: str | None = sha256 or hashlib.sha256(data).hexdigest()
+
+    async def __aiter__(self) -> AsyncGenerator[bytes]:
+        yield self._rest
 
 
 async def raw_link(sender: Session, receiver: Session) -> PeerLink:
@@ -238,11 +249,9 @@ async def test_a_photo_cut_off_mid_way_shows_nothing_and_then_resumes(world: Wor
     (partial,) = (bob.config.data_dir / "partial").iterdir()  # kept, hidden, for a resume
     assert partial.stat().st_size == 100_000
 
-    async def from_offset(offset: int) -> AsyncIterator[bytes]:
-        yield data[offset:]
-
     async with await raw_link(alice, bob) as again:
-        assert await again.send_photo(offer, from_offset) == len(data) - 100_000
+        sent = await again.send_photo(offer, lambda offset: InMemory(data, offset))
+        assert sent == len(data) - 100_000
     got = await next_event(bob)
     assert isinstance(got, PhotoReceived)
     assert got.photo.path.read_bytes() == data
@@ -256,12 +265,9 @@ async def test_a_damaged_photo_is_reported_failed_and_not_kept(world: World) -> 
     offer = ev.PhotoOffer(
         "p1", "2026-11-27T10:00:00+00:00", "x.png", len(data), "0" * 64, "image/png"
     )
-
-    async def chunks() -> AsyncIterator[bytes]:
-        yield data
-
+    damaged = InMemory(data, sha256="0" * 64)  # not what arrives
     with pytest.raises(DeliveryFailed, match="SHA-256 does not match"):
-        await link.send_photo(offer, lambda offset: chunks())
+        await link.send_photo(offer, lambda offset: damaged)
     await link.close()
     assert list((bob.config.data_dir / "photos").iterdir()) == []
     assert list((bob.config.data_dir / "partial").iterdir()) == []  # bad bytes go too
@@ -346,14 +352,10 @@ async def test_a_retried_delivery_is_acknowledged_but_shown_once(world: World) -
         await link.close()
     data = image_bytes()
     offer = offer_of(data, "retry-2", "same.png")
-
-    async def chunks() -> AsyncIterator[bytes]:
-        yield data
-
     sent = []
     for _ in range(2):
         link = await raw_link(alice, bob)
-        sent.append(await link.send_photo(offer, lambda offset: chunks()))
+        sent.append(await link.send_photo(offer, lambda offset: InMemory(data, offset)))
         await link.close()
     assert sent == [len(data), 0]  # the second offer was acknowledged without its bytes
     shown = [await next_event(bob), await next_event(bob)]

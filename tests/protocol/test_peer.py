@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 
 import pytest
@@ -12,6 +13,8 @@ from hypothesis import strategies as st
 from whatsap2p.config import Limits, Timeouts
 from whatsap2p.errors import LocalProtocolError, RemoteProtocolError
 from whatsap2p.protocol import events as ev
+from whatsap2p.protocol.channel import PlainChannel
+from whatsap2p.protocol.codec import encode_message
 from whatsap2p.protocol.peer import (
     PeerReceiver,
     PeerSender,
@@ -46,6 +49,15 @@ class Pair:
         return self.sender.next_event()
 
 
+def state_of(receiver: PeerReceiver) -> ReceiverState:
+    """The state now (a function, so the type checker does not pin an earlier one)."""
+    return receiver.state
+
+
+def sender_state_of(sender: PeerSender) -> SenderState:
+    return sender.state
+
+
 def offer(size: int, data: bytes = b"", mid: str = "p1", **kw: str) -> ev.PhotoOffer:
     fields = {"filename": "cat.png", "mime": "image/png", "timestamp": STAMP} | kw
     return ev.PhotoOffer(
@@ -78,13 +90,17 @@ def test_photo_streams_in_chunks_then_completes() -> None:
     received = b""
     for start in range(0, len(data), 100):
         for event in pair.send(ev.PhotoChunk("p1", data[start : start + 100])):
-            if isinstance(event, ev.PhotoChunk):
-                received += event.data
-            else:
-                assert event == ev.PhotoCompleted("p1")
+            assert isinstance(event, ev.PhotoChunk)
+            received += event.data
     assert received == data
-    assert pair.receiver.state is ReceiverState.IDLE
-    assert pair.sender.state is SenderState.READY
+    assert pair.receiver.state is ReceiverState.AWAIT_END  # the bytes, then the digest
+    assert pair.sender.state is SenderState.ENDING
+    with pytest.raises(LocalProtocolError):
+        pair.sender.send(ev.Text("m9", STAMP, "not before the digest"))
+    digest = hashlib.sha256(data).hexdigest()
+    assert pair.send(ev.PhotoEnd("p1", digest)) == [ev.PhotoCompleted("p1", digest)]
+    assert state_of(pair.receiver) is ReceiverState.IDLE
+    assert sender_state_of(pair.sender) is SenderState.READY
     assert pair.answer(ev.Ack("p1")) == ev.Ack("p1")
     # and the connection carries the next message
     assert pair.send(ev.Text("m2", STAMP, "next")) == [ev.Text("m2", STAMP, "next")]
@@ -99,6 +115,7 @@ def test_photo_streams_in_chunks_then_completes() -> None:
         (offer(10, filename=""), "invalid file name"),
         (offer(10, timestamp="yesterday"), "invalid timestamp"),
         (offer(10, timestamp="2026-11-27T10:00:00"), "without a time zone"),
+        (dataclasses.replace(offer(10), key="not a digest"), "invalid photo key"),
     ],
 )
 def test_bad_photo_offers_are_refused_and_the_connection_goes_on(
@@ -166,7 +183,9 @@ def test_a_resumed_photo_needs_only_its_missing_bytes() -> None:
     pair.answer(ev.Resume("p1", 6))
     with pytest.raises(LocalProtocolError):
         pair.sender.send(ev.PhotoChunk("p1", b"6789!"))  # more than the 4 bytes missing
-    assert pair.send(ev.PhotoChunk("p1", b"6789"))[-1] == ev.PhotoCompleted("p1")
+    assert pair.send(ev.PhotoChunk("p1", b"6789")) == [ev.PhotoChunk("p1", b"6789")]
+    end = ev.PhotoEnd("p1", hashlib.sha256(b"0123456789").hexdigest())
+    assert pair.send(end) == [ev.PhotoCompleted("p1", end.sha256)]
     other = Pair()
     other.send(ev.Hello(ALICE))
     other.send(offer(10, b"0123456789"))
@@ -250,6 +269,7 @@ wire_messages = st.one_of(
         mime=st.sampled_from(["image/png", "text/html"]),
     ),
     st.builds(ev.PhotoChunk, st.sampled_from(["p1", "p2"]), st.binary(max_size=300)),
+    st.builds(ev.PhotoEnd, st.sampled_from(["p1", "p2"]), st.sampled_from(["ab" * 32, "x"])),
     st.builds(ev.Ack, st.just("m1")),
     st.builds(ev.Ping, st.integers(0, 3)),
 )
@@ -311,3 +331,23 @@ def test_deadlines_cover_the_secure_handshake_then_the_hello() -> None:
     receiver.receive_data(sender.send(ev.Hello(ALICE)), now=103)
     assert receiver.next_event() == ev.Hello(ALICE)
     assert receiver.remote_key == sender_key.public
+
+
+def test_a_photo_digest_must_follow_its_bytes_and_be_a_digest() -> None:
+    early = Pair()
+    early.send(ev.Hello(ALICE))
+    early.send(offer(4, b"0123"))
+    early.answer(ev.Resume("p1", 0))
+    with pytest.raises(RemoteProtocolError):  # before the last byte
+        early.receiver.receive_data(
+            PlainChannel(1 << 20).seal(encode_message(ev.PhotoEnd("p1", "ab" * 32))), now=0
+        )
+    bad = Pair()
+    bad.send(ev.Hello(ALICE))
+    bad.send(offer(4, b"0123"))
+    bad.answer(ev.Resume("p1", 0))
+    bad.send(ev.PhotoChunk("p1", b"0123"))
+    with pytest.raises(RemoteProtocolError, match="SHA-256"):
+        bad.receiver.receive_data(
+            PlainChannel(1 << 20).seal(encode_message(ev.PhotoEnd("p1", "not hex"))), now=0
+        )

@@ -16,7 +16,7 @@ import re
 import unicodedata
 import warnings
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +32,10 @@ __all__ = [
     "IncomingPhoto",
     "PhotoFile",
     "PhotoStore",
+    "PhotoStream",
+    "file_sha256",
+    "photo_key",
     "prepare_photo",
-    "read_chunks",
     "safe_file_name",
 ]
 
@@ -55,8 +57,9 @@ class PhotoFile:
     path: Path
     filename: str
     size: int
-    sha256: str
+    sha256: str  # of the whole file; "" for one we send, until it has been sent (or hashed)
     mime: str
+    key: str = ""  # for one we send: names it for a resume (photo_key)
 
     def describe(self) -> dict[str, object]:
         """The form kept in the history and shown to scripts (`bytes` is the size)."""
@@ -122,31 +125,86 @@ def prepare_photo(path: Path, limits: Limits) -> PhotoFile:
             f"photo {path} is {size} bytes, more than the {limits.max_photo_bytes}-byte limit"
         )
     mime = _identify(resolved, limits)
-    digest = hashlib.sha256()
     try:
-        with resolved.open("rb") as source:
-            while block := source.read(1024 * 1024):
-                digest.update(block)
+        key = photo_key(resolved, size)
     except OSError as exc:
         raise PhotoRejected(f"cannot read photo {path}: {exc.strerror}") from exc
-    return PhotoFile(resolved, safe_file_name(resolved.name, mime), size, digest.hexdigest(), mime)
+    return PhotoFile(resolved, safe_file_name(resolved.name, mime), size, "", mime, key)
 
 
-async def read_chunks(photo: PhotoFile, chunk_size: int, offset: int = 0) -> AsyncIterator[bytes]:
-    """The photo's bytes from `offset` on, in chunks; exactly `photo.size - offset` of
-    them, or DeliveryFailed."""
-    remaining = photo.size - offset
-    try:
-        with photo.path.open("rb") as source:
-            source.seek(offset)
-            while remaining:
-                chunk = source.read(min(chunk_size, remaining))
-                if not chunk:
-                    raise DeliveryFailed("the photo file shrank while it was being sent")
-                remaining -= len(chunk)
-                yield chunk
-    except OSError as exc:
-        raise DeliveryFailed(f"cannot read the photo: {exc.strerror}") from exc
+_KEY_SAMPLE = 1024 * 1024
+
+
+def photo_key(path: Path, size: int) -> str:
+    """What names a photo for a resume, cheaply: the SHA-256 of its size and of its first
+    and last MiB (blocking). Two files that share these but differ in the middle resume
+    into a mix that the whole file's SHA-256, checked at the end, then refuses."""
+    digest = hashlib.sha256(size.to_bytes(8, "big"))
+    with path.open("rb") as source:
+        digest.update(source.read(_KEY_SAMPLE))
+        if size > _KEY_SAMPLE:
+            source.seek(max(_KEY_SAMPLE, size - _KEY_SAMPLE))
+            digest.update(source.read(_KEY_SAMPLE))
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a whole file (blocking)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as source:
+        while block := source.read(_KEY_SAMPLE):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class PhotoStream:
+    """The photo's bytes from `offset` on, in chunks: exactly `photo.size - offset` of
+    them, or DeliveryFailed. They are read and hashed on a thread of the stream's own
+    (both release the GIL) a few chunks ahead of the sender, so hashing costs the sender
+    no time; once all are out, `sha256` is the digest of the whole file (the bytes before
+    `offset` are hashed first)."""
+
+    _AHEAD = 3
+
+    def __init__(self, photo: PhotoFile, chunk_size: int, offset: int = 0) -> None:
+        self._photo = photo
+        self._chunk_size = chunk_size
+        self._offset = offset
+        self.sha256: str | None = None
+
+    async def __aiter__(self) -> AsyncGenerator[bytes]:
+        loop = asyncio.get_running_loop()
+        digest = hashlib.sha256()
+        photo = self._photo
+
+        def read(size: int) -> bytes:
+            data = source.read(size)
+            if len(data) != size:
+                raise DeliveryFailed("the photo file shrank while it was being sent")
+            digest.update(data)
+            return data
+
+        try:
+            with (
+                ThreadPoolExecutor(1, thread_name_prefix="photo-reader") as reader,
+                photo.path.open("rb") as source,
+            ):
+                before = self._offset
+                while before:  # the bytes the receiver kept still count in the digest
+                    step = min(before, _KEY_SAMPLE)
+                    await loop.run_in_executor(reader, read, step)
+                    before -= step
+                unread = photo.size - self._offset
+                ahead: deque[asyncio.Future[bytes]] = deque()
+                while unread or ahead:
+                    while unread and len(ahead) < self._AHEAD:
+                        step = min(self._chunk_size, unread)
+                        ahead.append(loop.run_in_executor(reader, read, step))
+                        unread -= step
+                    yield await ahead.popleft()
+        except OSError as exc:
+            raise DeliveryFailed(f"cannot read the photo: {exc.strerror}") from exc
+        self.sha256 = digest.hexdigest()
 
 
 def safe_file_name(name: str, mime: str) -> str:
@@ -163,7 +221,7 @@ _KNOWN_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp"})
 
 class IncomingPhoto:
     """One photo streaming in. Its bytes go to a partial file in `partial/`, named after
-    the sender, the photo's SHA-256 and its size; it becomes a stored photo once whole
+    the sender, the photo's key and its size; it becomes a stored photo once whole
     and verified, stays behind (hidden, never shown) if the transfer is interrupted so
     the same photo can resume from there, and is removed if it is found bad.
 
@@ -221,8 +279,9 @@ class IncomingPhoto:
             self._in_flight.clear()
             self._worker.shutdown(wait=True)
 
-    def finish(self) -> PhotoFile:
-        """Verify and move into place (blocking: run it in a thread)."""
+    def finish(self, sha256: str) -> PhotoFile:
+        """Verify against the sender's digest of the whole file and move into place
+        (blocking: run it in a thread)."""
         offer = self._offer
         try:
             self._settle()
@@ -232,7 +291,7 @@ class IncomingPhoto:
             self._close()
             if self._written != offer.size:
                 raise PhotoRejected(f"received {self._written} of {offer.size} bytes")
-            if self._digest.hexdigest() != offer.sha256:
+            if self._digest.hexdigest() != sha256:
                 raise PhotoRejected("photo damaged in transit: SHA-256 does not match")
             mime = _identify(self._path, self._store.limits)
             if mime != offer.mime:
@@ -243,7 +302,8 @@ class IncomingPhoto:
             self.discard()
             raise
         self._store.release(self._key)
-        return PhotoFile(final, filename, offer.size, offer.sha256, mime)
+        self._store.stored(self._key)
+        return PhotoFile(final, filename, offer.size, sha256, mime)
 
     def _place(self, filename: str) -> Path:
         # os.link fails when the name exists, so an existing file is never replaced even
@@ -261,9 +321,10 @@ class IncomingPhoto:
         raise PhotoRejected(f"too many photos named {filename!r}")
 
     def interrupted(self) -> None:
-        """Keep the bytes received so far for a resume; nothing is shown."""
+        """Keep the bytes received so far for a resume; nothing is shown. (Unless the same
+        photo arrived whole meanwhile, over another connection: then they are not needed.)"""
         self._close()
-        if not 0 < self._written < self._offer.size:
+        if not 0 < self._written < self._offer.size or self._store.arrived(self._key):
             with contextlib.suppress(FileNotFoundError):
                 self._path.unlink()
         self._store.release(self._key)
@@ -283,6 +344,9 @@ class IncomingPhoto:
             self._file = None
 
 
+_TWIN = "~"  # between a photo's key and the suffix of a second transfer of it at once
+
+
 class PhotoStore:
     """The data dir's `photos/` folder, and `partial/` for transfers still under way."""
 
@@ -291,6 +355,7 @@ class PhotoStore:
         self.partial = partial or folder.parent / "partial"
         self.limits = limits
         self._active: set[str] = set()
+        self._arrived: dict[str, None] = {}  # the photos stored lately (a bounded set)
 
     def open(self, now: float, keep_partial: float) -> None:
         """Create the folders; drop partial transfers older than `keep_partial` seconds
@@ -306,11 +371,25 @@ class PhotoStore:
                     partial.unlink()
 
     def begin(self, sender: str, offer: PhotoOffer) -> IncomingPhoto:
-        key = f"{sender.lstrip('+')}-{offer.sha256}-{offer.size}"
+        key = f"{sender.lstrip('+')}-{offer.key}-{offer.size}"
         if key in self._active:  # the same photo arriving twice at once: no resume
-            key = f"{key}-{os.urandom(4).hex()}"
+            key = f"{key}{_TWIN}{os.urandom(4).hex()}"
         self._active.add(key)
         return IncomingPhoto(self, key, self.partial / f"{key}.part", offer)
 
     def release(self, key: str) -> None:
         self._active.discard(key)
+
+    def stored(self, key: str) -> None:
+        """Photo `key` arrived whole: what other transfers of it kept is not needed."""
+        photo = key.split(_TWIN)[0]
+        self._arrived[photo] = None
+        while len(self._arrived) > 256:
+            del self._arrived[next(iter(self._arrived))]
+        for partial in self.partial.glob(f"{photo}*.part"):
+            if partial.stem not in self._active:
+                with contextlib.suppress(OSError):
+                    partial.unlink()
+
+    def arrived(self, key: str) -> bool:
+        return key.split(_TWIN)[0] in self._arrived

@@ -19,7 +19,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,8 +40,10 @@ from whatsap2p.app.photos import (
     IncomingPhoto,
     PhotoFile,
     PhotoStore,
+    PhotoStream,
+    file_sha256,
+    photo_key,
     prepare_photo,
-    read_chunks,
 )
 from whatsap2p.app.storage import DataDirLock, write_atomically
 from whatsap2p.app.trust import FILE_NAME as TRUST_FILE
@@ -353,18 +355,27 @@ class Session:
             _now(),
             photo.filename,
             photo.size,
-            photo.sha256,
+            photo.key,
             photo.mime,
             recipients.group,
         )
+        streams: list[PhotoStream] = []  # each hashes the whole file as it sends it
 
-        def chunks_from(offset: int) -> AsyncIterator[bytes]:
-            return read_chunks(photo, self.config.limits.photo_chunk, offset)
+        def stream_from(offset: int) -> PhotoStream:
+            stream = PhotoStream(photo, self.config.limits.photo_chunk, offset)
+            streams.append(stream)
+            return stream
 
         async def deliver(link: PeerLink) -> None:
-            await link.send_photo(offer, chunks_from)
+            await link.send_photo(offer, stream_from)
 
         report = await self._fan_out(offer.id, recipients, deliver, queue)
+        digests = [s.sha256 for s in streams if s.sha256 is not None]
+        if digests:
+            photo = dataclasses.replace(photo, sha256=digests[0])
+        else:  # sent to nobody (offline, queued, failed, or already had it): hash it now
+            sha256 = await asyncio.to_thread(file_sha256, photo.path)
+            photo = dataclasses.replace(photo, sha256=sha256)
         kept = photo
         if report.queued:  # the original may change or go away before it is delivered
             kept = await asyncio.to_thread(self._keep_for_outbox, photo, offer.id)
@@ -541,7 +552,7 @@ class Session:
                     ev.Text(entry.id, entry.timestamp, entry.text or "", entry.group)
                 )
             else:
-                await link.send_photo(*self._queued_photo(entry))
+                await link.send_photo(*await asyncio.to_thread(self._queued_photo, entry))
         except DeliveryRefused as exc:  # final: it will not be stored, however often we try
             self.history.set_state(entry.id, phone, "failed", str(exc))
         else:
@@ -562,15 +573,20 @@ class Session:
 
     def _queued_photo(
         self, entry: HistoryEntry
-    ) -> tuple[ev.PhotoOffer, Callable[[int], AsyncIterator[bytes]]]:
+    ) -> tuple[ev.PhotoOffer, Callable[[int], PhotoStream]]:
+        """The offer of a queued photo, and its bytes (blocking: reads the photo's key)."""
         photo = entry.photo
         assert photo is not None
         kept = PhotoFile.from_description(photo)
+        try:
+            key = photo_key(kept.path, kept.size)
+        except OSError as exc:
+            raise DeliveryFailed(f"cannot read the queued photo: {exc.strerror}") from exc
         offer = ev.PhotoOffer(
-            entry.id, entry.timestamp, kept.filename, kept.size, kept.sha256, kept.mime, entry.group
+            entry.id, entry.timestamp, kept.filename, kept.size, key, kept.mime, entry.group
         )
         chunk = self.config.limits.photo_chunk
-        return offer, lambda offset: read_chunks(kept, chunk, offset)
+        return offer, lambda offset: PhotoStream(kept, chunk, offset)
 
     def _retry_later(self, phone: str, reason: str) -> None:
         """The recipient is online but could not be reached: try again, less and less often."""
@@ -652,8 +668,8 @@ class _PhotoSink:
     async def write(self, data: bytes) -> None:
         await self._incoming.write(data)
 
-    async def complete(self) -> None:
-        stored = await asyncio.to_thread(self._incoming.finish)
+    async def complete(self, sha256: str) -> None:
+        stored = await asyncio.to_thread(self._incoming.finish, sha256)
         offer, session = self._offer, self._session
         assert session.history is not None
         if not session.history.record_received(

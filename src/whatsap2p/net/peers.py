@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Protocol
 
 from whatsap2p.config import Limits, Timeouts
@@ -28,7 +29,7 @@ from whatsap2p.protocol.keys import StaticKey
 from whatsap2p.protocol.noise import NoiseChannel
 from whatsap2p.protocol.peer import PeerReceiver, PeerSender
 
-__all__ = ["Inbound", "LinkPool", "PeerLink", "PeerListener", "PhotoSink"]
+__all__ = ["Inbound", "LinkPool", "PeerLink", "PeerListener", "PhotoSink", "PhotoSource"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,14 @@ _WRITE_BUFFER = 2 * 1024 * 1024
 _REFUSAL_GRACE = 2.0
 
 
+class PhotoSource(Protocol):
+    """A photo's bytes from some offset on, in chunks; then the whole file's SHA-256."""
+
+    sha256: str | None
+
+    def __aiter__(self) -> AsyncGenerator[bytes]: ...
+
+
 class PhotoSink(Protocol):
     """Where the chunks of one incoming photo go."""
 
@@ -47,8 +56,9 @@ class PhotoSink(Protocol):
 
     async def write(self, data: bytes) -> None: ...
 
-    async def complete(self) -> None:
-        """All bytes are in: verify and store, or raise WhatsAp2pError saying why not."""
+    async def complete(self, sha256: str) -> None:
+        """All bytes are in, and the sender's digest of them: verify and store, or raise
+        WhatsAp2pError saying why not."""
 
     def interrupted(self) -> None:
         """The transfer stopped short: keep what can be resumed, show nothing."""
@@ -232,7 +242,8 @@ class _ReceiverSession:
             elif isinstance(event, ev.PhotoCompleted):
                 sink, self._sink = self._sink, None
                 assert sink is not None
-                await self._answer(await self._deliver(event.id, sink.complete))
+                complete = functools.partial(sink.complete, event.sha256)
+                await self._answer(await self._deliver(event.id, complete))
         return True
 
     def _text(self, text: ev.Text) -> Callable[[], Awaitable[None]]:
@@ -348,24 +359,28 @@ class PeerLink:
         await self._answer_to(text.id)
 
     async def send_photo(
-        self, offer: ev.PhotoOffer, chunks_from: Callable[[int], AsyncIterator[bytes]]
+        self, offer: ev.PhotoOffer, stream_from: Callable[[int], PhotoSource]
     ) -> int:
         """Offer the photo and stream it from where the peer says (it may hold the start
-        of it from an interrupted transfer); returns once the peer stored and verified
-        it, with the number of bytes that had to be sent."""
+        of it from an interrupted transfer), then its digest; returns once the peer stored
+        and verified it, with the number of bytes that had to be sent."""
         await self._write(offer)
         decision = await self._answer_for(offer.id)
         if isinstance(decision, ev.Ack):
             return 0  # the peer already has it
         assert isinstance(decision, ev.Resume)
         answer_task = asyncio.create_task(self._answer_to(offer.id))
-        chunks = chunks_from(decision.offset)
+        source = stream_from(decision.offset)
         try:
             try:
-                async for chunk in chunks:
-                    if answer_task.done():  # refused early: stop sending
-                        break
-                    await self._write(ev.PhotoChunk(offer.id, chunk))
+                async with contextlib.aclosing(aiter(source)) as chunks:
+                    async for chunk in chunks:
+                        if answer_task.done():  # refused early: stop sending
+                            break
+                        await self._write(ev.PhotoChunk(offer.id, chunk))
+                if not answer_task.done():
+                    assert source.sha256 is not None
+                    await self._write(ev.PhotoEnd(offer.id, source.sha256))
             except DeliveryFailed:
                 # A receiver that refuses says why, then closes: prefer its reason.
                 with contextlib.suppress(TimeoutError):

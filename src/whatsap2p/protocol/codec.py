@@ -40,6 +40,7 @@ _WIRE_TYPES: dict[str, type[ev.Message]] = {
         ev.Text,
         ev.PhotoOffer,
         ev.PhotoChunk,
+        ev.PhotoEnd,
         ev.Resume,
         ev.Ack,
         ev.Rejected,

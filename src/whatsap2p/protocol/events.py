@@ -190,14 +190,16 @@ class Text(PeerMessage):
 
 @dataclass(frozen=True, slots=True)
 class PhotoOffer(PeerMessage):
-    """A photo of `size` bytes follows as PhotoChunks; `sha256` is of the whole file."""
+    """A photo of `size` bytes follows as PhotoChunks, then PhotoEnd with the SHA-256 of
+    the whole file (the sender hashes while it sends). `key` names the photo for a
+    resume: the SHA-256 of its size and of its first and last MiB (see photo_key)."""
 
     TYPE: ClassVar[str] = "photo"
     id: str
     timestamp: str
     filename: str
     size: int
-    sha256: str
+    key: str
     mime: str
     group: str | None = None
 
@@ -207,6 +209,15 @@ class PhotoChunk(PeerMessage):
     TYPE: ClassVar[str] = "chunk"
     id: str
     data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PhotoEnd(PeerMessage):
+    """After the last chunk of photo `id`: the SHA-256 of the whole file, to verify."""
+
+    TYPE: ClassVar[str] = "photo-end"
+    id: str
+    sha256: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,9 +261,10 @@ class Closing(PeerMessage):
 
 @dataclass(frozen=True, slots=True)
 class PhotoCompleted:
-    """The last chunk of photo `id` has been received; the file can now be verified."""
+    """All of photo `id` and its digest have been received; the file can be verified."""
 
     id: str
+    sha256: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@
     PhotoOffer(id, size) ->
                          <-     Resume(id, offset) | Ack(id) (already stored) | Rejected
     PhotoChunk(id, data) ->     ... exactly `size - offset` bytes in all
+    PhotoEnd(id, sha256) ->     the whole file's digest, hashed while sending
                          <-     Ack(id) once the file is stored and verified | Rejected
 
 Several messages may travel on one connection; a photo's chunks are not interleaved
@@ -57,6 +58,7 @@ class ReceiverState(enum.Enum):
     IDLE = "idle"
     DECIDING = "deciding on a photo"  # offered; we have not said Resume/Ack/Rejected yet
     RECEIVING_PHOTO = "receiving a photo"
+    AWAIT_END = "awaiting a photo's digest"
     CLOSED = "closed"
 
 
@@ -66,6 +68,7 @@ _RECEIVER_TRANSITIONS: dict[tuple[ReceiverState, type[ev.Message]], ReceiverStat
     (ReceiverState.IDLE, ev.Text): ReceiverState.IDLE,
     (ReceiverState.IDLE, ev.PhotoOffer): ReceiverState.DECIDING,
     (ReceiverState.RECEIVING_PHOTO, ev.PhotoChunk): ReceiverState.RECEIVING_PHOTO,
+    (ReceiverState.AWAIT_END, ev.PhotoEnd): ReceiverState.IDLE,
 }
 
 
@@ -135,9 +138,16 @@ class PeerReceiver(OverChannel):
             self._photo_remaining -= len(message.data)
             self._events.append(message)
             if self._photo_remaining == 0:
-                self._photo_id = None
-                self.state = ReceiverState.IDLE
-                self._events.append(ev.PhotoCompleted(message.id))
+                self.state = ReceiverState.AWAIT_END
+            return
+        elif isinstance(message, ev.PhotoEnd):
+            if message.id != self._photo_id:
+                raise RemoteProtocolError("digest of a photo that is not being sent")
+            if not _SHA256.fullmatch(message.sha256):
+                raise RemoteProtocolError("invalid SHA-256")
+            self._photo_id = None
+            self.state = next_state
+            self._events.append(ev.PhotoCompleted(message.id, message.sha256))
             return
         assert isinstance(message, ev.Hello | ev.Text | ev.PhotoOffer)
         self.state = next_state
@@ -165,8 +175,8 @@ class PeerReceiver(OverChannel):
             return f"photo size {message.size} outside 1..{limits.max_photo_bytes} bytes"
         if message.mime not in PHOTO_MIME_TYPES:
             return f"unsupported photo type {message.mime[:40]!r}"
-        if not _SHA256.fullmatch(message.sha256):
-            return "invalid SHA-256"
+        if not _SHA256.fullmatch(message.key):
+            return "invalid photo key"
         if not 0 < len(message.filename) <= limits.max_name_chars:
             return "invalid file name"
         return None
@@ -214,6 +224,7 @@ class SenderState(enum.Enum):
     READY = "ready"
     OFFERING = "waiting to hear from where to send a photo"
     SENDING_PHOTO = "sending a photo"
+    ENDING = "sending a photo's digest"
     CLOSED = "closed"
 
 
@@ -222,6 +233,7 @@ _SENDER_TRANSITIONS: dict[tuple[SenderState, type[ev.Message]], SenderState] = {
     (SenderState.READY, ev.Text): SenderState.READY,
     (SenderState.READY, ev.PhotoOffer): SenderState.OFFERING,
     (SenderState.SENDING_PHOTO, ev.PhotoChunk): SenderState.SENDING_PHOTO,
+    (SenderState.ENDING, ev.PhotoEnd): SenderState.READY,
 }
 
 
@@ -253,7 +265,11 @@ class PeerSender(OverChannel):
                 raise LocalProtocolError("chunk does not fit the photo being sent")
             self._photo_remaining -= len(message.data)
             if self._photo_remaining == 0:
-                next_state, self._photo_id = SenderState.READY, None
+                next_state = SenderState.ENDING
+        elif isinstance(message, ev.PhotoEnd):
+            if message.id != self._photo_id:
+                raise LocalProtocolError("digest of another photo than the one being sent")
+            self._photo_id = None
         self.state = next_state
         return self._channel.seal(encode_message(message))
 
