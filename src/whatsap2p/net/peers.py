@@ -175,9 +175,8 @@ class _ReceiverSession:
                 if timer is None:
                     return
                 try:
-                    data = await asyncio.wait_for(
-                        self._reader.read(_READ_SIZE), max(0.0, timer - self._loop.time())
-                    )
+                    async with asyncio.timeout_at(timer):  # no task per read, unlike wait_for
+                        data = await self._reader.read(_READ_SIZE)
                 except TimeoutError:
                     self._conn.handle_timer(self._loop.time())
                 else:
@@ -262,7 +261,7 @@ class _ReceiverSession:
 
     async def _answer(self, answer: ev.Ack | ev.Rejected | ev.Resume | ev.Closing) -> None:
         self._writer.write(self._conn.send(answer))
-        await asyncio.wait_for(self._writer.drain(), self._timeouts.write_drain)
+        await _drained(self._writer, self._timeouts.write_drain)
 
 
 class PeerLink:
@@ -397,7 +396,7 @@ class PeerLink:
     async def _write(self, message: ev.PeerMessage) -> None:
         try:
             self._writer.write(self._conn.send(message))
-            await asyncio.wait_for(self._writer.drain(), self._timeouts.write_drain)
+            await _drained(self._writer, self._timeouts.write_drain)
         except TimeoutError as exc:
             raise DeliveryFailed("peer stopped reading (timed out)") from exc
         except OSError as exc:
@@ -414,7 +413,8 @@ class PeerLink:
     async def _answer_for(self, message_id: str) -> ev.Ack | ev.Resume:
         """The peer's next answer, if it is about `message_id` and not a refusal."""
         try:
-            answer = await asyncio.wait_for(self._next_answer(), self._timeouts.peer_ack)
+            async with asyncio.timeout(self._timeouts.peer_ack):
+                answer = await self._next_answer()
         except TimeoutError as exc:
             raise DeliveryFailed("no acknowledgement from the peer (timed out)") from exc
         except OSError as exc:
@@ -547,3 +547,12 @@ class LinkPool:
         task = asyncio.get_running_loop().create_task(link.close())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+
+
+async def _drained(writer: asyncio.StreamWriter, timeout: float) -> None:
+    """Wait (at most `timeout`) for the peer to read, when more than the transport's
+    high-water mark waits unsent; otherwise return at once, without a timer or a task."""
+    transport = writer.transport
+    if transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]:
+        async with asyncio.timeout(timeout):
+            await writer.drain()
