@@ -351,3 +351,23 @@ def test_a_photo_digest_must_follow_its_bytes_and_be_a_digest() -> None:
         bad.receiver.receive_data(
             PlainChannel(1 << 20).seal(encode_message(ev.PhotoEnd("p1", "not hex"))), now=0
         )
+
+
+def test_a_hello_in_the_same_bytes_as_the_handshake_starts_the_idle_timeout() -> None:
+    # Found when links began to be kept: the hello deadline replaced the idle one when
+    # the handshake's last message, the hello and a text came in one read.
+    from whatsap2p.protocol.keys import StaticKey
+    from whatsap2p.protocol.noise import NoiseChannel
+
+    timeouts = Timeouts(hello_deadline=2, peer_idle=0.2)
+    initiator = NoiseChannel(StaticKey.generate(), initiator=True, max_body=1 << 20)
+    responder = NoiseChannel(StaticKey.generate(), initiator=False, max_body=1 << 20)
+    receiver = PeerReceiver(now=0, timeouts=timeouts, channel=responder)
+    receiver.receive_data(initiator.data_to_send(), now=0)
+    initiator.receive_data(receiver.data_to_send())
+    assert initiator.next_body() is None
+    assert initiator.established
+    sender = PeerSender(channel=initiator)
+    burst = initiator.data_to_send() + bytes(sender.send(ev.Hello(ALICE)))
+    receiver.receive_data(burst + bytes(sender.send(ev.Text("m1", STAMP, "hi"))), now=10)
+    assert receiver.get_timer() == 10 + timeouts.peer_idle

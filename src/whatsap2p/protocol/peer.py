@@ -105,7 +105,11 @@ class PeerReceiver(OverChannel):
         while not self._closed() and (body := self._channel.next_body()) is not None:
             self._handle(decode_message(body))
             self._deadline = now + self.timeouts.peer_idle
-        if not was_established and self._channel.established:
+        if (
+            not was_established
+            and self._channel.established
+            and self.state is ReceiverState.AWAIT_HELLO
+        ):  # (the hello may have come with the handshake's last message: then it is idle)
             self._deadline = now + self.timeouts.hello_deadline
 
     def _handle(self, message: ev.Message) -> None:
