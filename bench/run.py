@@ -259,6 +259,15 @@ def latency_rows(what: str, ours: list[float], base: list[float]) -> list[str]:
     ]
 
 
+async def text_to_bob(sender: Session) -> float:
+    """Seconds from asking `sender` to send a text to BOB until BOB acknowledged it."""
+    start = time.perf_counter()
+    report = await sender.send_text(BOB, TEXT)
+    took = time.perf_counter() - start
+    assert report.delivered == [BOB], report
+    return took
+
+
 async def cold_texts(server_port: int, work: Path, runs: int) -> list[float]:
     """First text from a fresh module to BOB: lookup, connect, handshake, hello, ack."""
     samples = []
@@ -266,23 +275,14 @@ async def cold_texts(server_port: int, work: Path, runs: int) -> list[float]:
         phone = f"+55119999{i + 100:05d}"
         config = SessionConfig(phone, "127.0.0.1", server_port, work / phone, "127.0.0.1")
         async with Session(config) as sender:
-            start = time.perf_counter()
-            report = await sender.send_text(BOB, TEXT)
-            samples.append(time.perf_counter() - start)
-            assert report.delivered == [BOB], report
+            samples.append(await text_to_bob(sender))
     return samples
 
 
 async def warm_texts(alice: Session, runs: int) -> list[float]:
     """Texts to BOB one after another: lookup, the kept link, ack."""
-    await alice.send_text(BOB, TEXT)
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        report = await alice.send_text(BOB, TEXT)
-        samples.append(time.perf_counter() - start)
-        assert report.delivered == [BOB], report
-    return samples
+    await text_to_bob(alice)
+    return [await text_to_bob(alice) for _ in range(runs)]
 
 
 async def baseline_cold(port: int, runs: int) -> list[float]:

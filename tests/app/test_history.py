@@ -9,11 +9,11 @@ ME, BOB, CAROL = "+5511999990001", "+5511999990002", "+5511999990003"
 T = "2026-11-27T10:00:00.000+00:00"
 
 
-def test_a_received_message_is_stored_once(tmp_path: Path) -> None:
+async def test_a_received_message_is_stored_once(tmp_path: Path) -> None:
     history = History(tmp_path / "h.sqlite3", ME)
-    assert history.record_received("m1", BOB, None, T, text="hi")
-    assert not history.record_received("m1", BOB, None, T, text="hi")  # a retry
-    assert history.record_received("m1", CAROL, None, T, text="same id, other sender")
+    assert await history.store_received("m1", BOB, None, T, text="hi")
+    assert not await history.store_received("m1", BOB, None, T, text="hi")  # a retry
+    assert await history.store_received("m1", CAROL, None, T, text="same id, other sender")
     assert history.was_received("m1", BOB)
     assert not history.was_received("m2", BOB)
     assert [(e.id, e.sender, e.recipient, e.text, e.state) for e in history.entries(BOB)] == [
@@ -21,9 +21,9 @@ def test_a_received_message_is_stored_once(tmp_path: Path) -> None:
     ]
 
 
-def test_sent_messages_keep_a_state_per_recipient(tmp_path: Path) -> None:
+async def test_sent_messages_keep_a_state_per_recipient(tmp_path: Path) -> None:
     history = History(tmp_path / "h.sqlite3", ME)
-    history.record_sent(
+    await history.store_sent(
         "g1",
         {BOB: ("delivered", None), CAROL: ("failed", "refused")},
         "pals",
@@ -41,19 +41,19 @@ def test_sent_messages_keep_a_state_per_recipient(tmp_path: Path) -> None:
     assert {e.recipient: e.state for e in history.entries(group="pals")}[CAROL] == "delivered"
 
 
-def test_history_is_newest_first_limited_and_survives_reopening(tmp_path: Path) -> None:
+async def test_history_is_newest_first_limited_and_survives_reopening(tmp_path: Path) -> None:
     path = tmp_path / "h.sqlite3"
     history = History(path, ME)
     for i in range(5):
-        history.record_sent(f"s{i}", {BOB: ("delivered", None)}, None, T, text=f"out {i}")
-        history.record_received(f"r{i}", BOB, None, T, text=f"in {i}")
+        await history.store_sent(f"s{i}", {BOB: ("delivered", None)}, None, T, text=f"out {i}")
+        await history.store_received(f"r{i}", BOB, None, T, text=f"in {i}")
     history.close()
     again = History(path, ME)
     assert [e.text for e in again.entries(BOB, limit=3)] == ["in 4", "out 4", "in 3"]
     assert len(again.entries(BOB, limit=100)) == 10
 
 
-def test_a_history_from_before_the_shown_column_is_migrated(tmp_path: Path) -> None:
+async def test_a_history_from_before_the_shown_column_is_migrated(tmp_path: Path) -> None:
     import sqlite3
 
     path = tmp_path / "old.sqlite3"
@@ -73,16 +73,16 @@ def test_a_history_from_before_the_shown_column_is_migrated(tmp_path: Path) -> N
     history = History(path, ME)
     assert [e.text for e in history.entries(BOB)] == ["old"]
     assert history.unshown() == []  # what an earlier version received was shown then
-    assert history.record_received("m1", BOB, None, T, text="new")
+    assert await history.store_received("m1", BOB, None, T, text="new")
     assert [e.id for e in history.unshown()] == ["m1"]
 
 
 async def test_the_history_is_bounded_but_keeps_what_still_matters(tmp_path: Path) -> None:
     history = History(tmp_path / "h.sqlite3", ME, keep=5)
-    history.record_sent("q", {CAROL: ("queued", None)}, None, T, text="waiting")
-    history.record_received("unshown", CAROL, None, T, text="not shown yet")
+    await history.store_sent("q", {CAROL: ("queued", None)}, None, T, text="waiting")
+    await history.store_received("unshown", CAROL, None, T, text="not shown yet")
     for i in range(10):
-        history.record_received(f"r{i}", BOB, None, T, text=str(i))
+        await history.store_received(f"r{i}", BOB, None, T, text=str(i))
         history.mark_shown(f"r{i}", BOB)
     await history.settled()  # marks are group-committed
     assert history.prune() == 5  # the oldest shown rows beyond the newest five

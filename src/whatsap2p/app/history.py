@@ -156,7 +156,8 @@ class History:
         text: str | None = None,
         photo: dict[str, object] | None = None,
     ) -> bool:
-        """`record_received`, group-committed."""
+        """Store a received message; False if this sender's message id was already
+        stored. Group-committed."""
         args = (message_id, sender, group, timestamp, text, _json(photo))
         stored = await self._soon(lambda db: db.execute(_INSERT_RECEIVED, args).rowcount == 1)
         self._counted_insert()
@@ -171,7 +172,8 @@ class History:
         text: str | None = None,
         photo: dict[str, object] | None = None,
     ) -> None:
-        """`record_sent`, group-committed."""
+        """Store a sent message, one row per recipient with its state (and error);
+        group-committed."""
         rows = _sent_rows(message_id, outcomes, group, timestamp, text, photo)
         await self._soon(lambda db: db.executemany(_INSERT_SENT, rows))
 
@@ -215,46 +217,12 @@ class History:
         if self._since_prune >= 4096:  # cheap (by primary key), so now and then is enough
             self.prune()
 
-    def record_received(
-        self,
-        message_id: str,
-        sender: str,
-        group: str | None,
-        timestamp: str,
-        text: str | None = None,
-        photo: dict[str, object] | None = None,
-    ) -> bool:
-        """Store a received message; False if this sender's message id was already stored."""
-        cursor = self._execute(
-            _INSERT_RECEIVED, (message_id, sender, group, timestamp, text, _json(photo))
-        )
-        self._counted_insert()
-        return cursor.rowcount == 1
-
     def was_received(self, message_id: str, sender: str) -> bool:
         row = self._execute(
             "SELECT 1 FROM messages WHERE id = ? AND direction = 'in' AND peer = ?",
             (message_id, sender),
         ).fetchone()
         return row is not None
-
-    def record_sent(
-        self,
-        message_id: str,
-        outcomes: dict[str, tuple[State, str | None]],
-        group: str | None,
-        timestamp: str,
-        text: str | None = None,
-        photo: dict[str, object] | None = None,
-    ) -> None:
-        """Store a sent message: one row per recipient with its state (and error)."""
-        rows = _sent_rows(message_id, outcomes, group, timestamp, text, photo)
-        try:
-            with self._db:
-                self._db.execute("BEGIN")
-                self._db.executemany(_INSERT_SENT, rows)
-        except sqlite3.Error as exc:
-            raise StoreError(f"history: {exc}") from exc
 
     def set_state(self, message_id: str, phone: str, state: State, error: str | None) -> None:
         self._execute(

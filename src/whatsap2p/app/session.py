@@ -672,7 +672,7 @@ class _PhotoSink:
         stored = await asyncio.to_thread(self._incoming.finish, sha256)
         offer, session = self._offer, self._session
         assert session.history is not None
-        if not session.history.record_received(
+        if not await session.history.store_received(
             offer.id, self._sender, offer.group, offer.timestamp, photo=stored.describe()
         ):
             stored.path.unlink()  # the same photo arrived twice at once: keep one
