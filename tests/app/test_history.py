@@ -106,3 +106,25 @@ async def test_writes_of_one_moment_share_a_commit_and_each_caller_waits_for_it(
     again = History(tmp_path / "h.sqlite3", ME)  # committed, not just buffered
     assert len(again.entries(BOB, limit=100)) == 51
     again.close()
+
+
+async def test_indexes_of_every_row_from_earlier_versions_are_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite3"
+    History(path, ME).close()
+    import sqlite3
+
+    with sqlite3.connect(path) as old:  # what an earlier version left
+        old.execute("CREATE INDEX messages_state ON messages (state, direction, peer, seq)")
+        old.execute("CREATE INDEX messages_unshown ON messages (shown, seq)")
+    old.close()
+    history = History(path, ME)
+    await history.store_sent("q", {CAROL: ("queued", None)}, None, T, text="waiting")
+    await history.store_received("u", BOB, None, T, text="to show")
+    assert [e.id for e in history.queued()] == ["q"]
+    assert [e.id for e in history.unshown()] == ["u"]
+    history.close()
+    with sqlite3.connect(path) as db:
+        names = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    db.close()
+    assert {"messages_queued", "messages_to_show"} <= names
+    assert not names & {"messages_state", "messages_unshown"}
