@@ -92,11 +92,12 @@ async def test_a_burst_to_one_peer_shares_its_connections(world: World) -> None:
     for i in range(5):
         assert (await alice.send_text(BOB, f"one by one {i}")).delivered == [BOB]
     assert bob._listener.accepted == 1  # one connection, one handshake, five texts
-    reports = await asyncio.gather(*(alice.send_text(BOB, f"at once {i}") for i in range(40)))
+    reports = await asyncio.gather(*(alice.send_text(BOB, f"at once {i}") for i in range(80)))
     assert all(report.delivered == [BOB] for report in reports)
-    assert bob._listener.accepted <= 1 + 8  # at most 8 links to one peer at a time
-    texts = [await next_event(bob) for _ in range(45)]
-    assert len({t.id for t in texts if isinstance(t, TextReceived)}) == 45
+    cap = Limits().max_links_per_peer
+    assert bob._listener.accepted <= 1 + cap  # at most so many links to one peer at once
+    texts = [await next_event(bob) for _ in range(85)]
+    assert len({t.id for t in texts if isinstance(t, TextReceived)}) == 85
 
 
 async def test_a_kept_connection_the_peer_closed_is_replaced(world: World) -> None:

@@ -441,8 +441,8 @@ class PeerLink:
 class LinkPool:
     """Open links kept for reuse, per peer (its address and key): a burst of sends to
     one contact pays for one connection and one handshake, not one each. At most
-    `per_peer` links to one peer at once (further sends wait for one), each kept
-    `idle` seconds after its last use, less than a receiver's idle timeout."""
+    `Limits.max_links_per_peer` links to one peer at once (further sends wait for one),
+    each kept `idle` seconds after its last use, less than a receiver's idle timeout."""
 
     def __init__(
         self,
@@ -450,14 +450,13 @@ class LinkPool:
         key: StaticKey,
         limits: Limits,
         timeouts: Timeouts,
-        per_peer: int = 8,
         idle: float = 10.0,
     ) -> None:
         self._me = me
         self._key = key
         self._limits = limits
         self._timeouts = timeouts
-        self._per_peer = per_peer
+        self._per_peer = limits.max_links_per_peer
         self._idle_for = min(idle, timeouts.peer_idle / 2)
         self._idle: dict[ev.PeerAddress, list[PeerLink]] = {}
         self._slots: dict[ev.PeerAddress, asyncio.Semaphore] = {}
