@@ -487,9 +487,9 @@ async def main(out: Path | None, quick: bool) -> None:
         "",
         f"Directory lookup round trip (one number): {lookups / 200 * 1e3:.3f} ms median.",
         "",
-        "What the photo time includes beyond the baseline: the sender's Pillow check and",
-        "SHA-256 pass, framing, the receiver's hashing while streaming, fsync, Pillow",
-        "verification and the rename into `photos/`.",
+        "What the photo time includes beyond the baseline: the sender's Pillow check, the",
+        "encryption and framing, SHA-256 of the whole file on both sides while it streams,",
+        "the receiver's fsync, Pillow verification and the rename into `photos/`.",
     ]
     report = "\n".join(header + rows + footer + directory) + "\n"
     print(report)
