@@ -463,6 +463,7 @@ class LinkPool:
         self._busy: dict[ev.PeerAddress, int] = {}  # sends under way, per peer
         self._expiry: dict[PeerLink, asyncio.TimerHandle] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     async def deliver(
         self, address: ev.PeerAddress, deliver: Callable[[PeerLink], Awaitable[None]]
@@ -506,6 +507,7 @@ class LinkPool:
         self._keep(address, link)
 
     async def close(self) -> None:
+        self._closed = True  # links still sending are closed when they come back
         for links in self._idle.values():
             for link in links:
                 self._closing_task(link)
@@ -527,6 +529,9 @@ class LinkPool:
         return None
 
     def _keep(self, address: ev.PeerAddress, link: PeerLink) -> None:
+        if self._closed:
+            self._closing_task(link)
+            return
         self._idle.setdefault(address, []).append(link)
         loop = asyncio.get_running_loop()
         self._expiry[link] = loop.call_later(self._idle_for, self._expire, address, link)
