@@ -10,8 +10,9 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections import Counter
-from collections.abc import AsyncGenerator, Awaitable, Callable
+import typing
+from collections import Counter, deque
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from typing import Protocol
 
 from whatsap2p.config import Limits, Timeouts
@@ -34,6 +35,8 @@ __all__ = ["Inbound", "LinkPool", "PeerLink", "PeerListener", "PhotoSink", "Phot
 log = logging.getLogger(__name__)
 
 _READ_SIZE = 256 * 1024
+#: Bytes a receiver lets wait unread before it stops reading from the socket.
+_INBOX_HIGH = 1024 * 1024
 _WRITE_BUFFER = 2 * 1024 * 1024
 #: After a refusal, how long a receiver drains the sender's bytes (so the refusal is not
 #: lost in a TCP reset) and how long a sender waits for that refusal once writes fail.
@@ -88,14 +91,15 @@ class PeerListener:
         self._limits = limits
         self._timeouts = timeouts
         self._server: asyncio.Server | None = None
-        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._connections: dict[asyncio.Task[None], _Inbox] = {}
         self._per_ip: Counter[str] = Counter()
         #: Peer connections taken since the start (senders keep theirs for a burst).
         self.accepted = 0
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Bind and start accepting; returns the address actually bound."""
-        self._server = await asyncio.start_server(self._serve, host, port, limit=_READ_SIZE)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Inbox(self._serve), host, port)
         bound = self._server.sockets[0].getsockname()
         return str(bound[0]), int(bound[1])
 
@@ -109,7 +113,8 @@ class PeerListener:
         if self._server is not None:
             await self._server.wait_closed()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, connection: _Inbox) -> None:
+        reader = writer = connection
         peer = writer.get_extra_info("peername")
         ip = str(peer[0]) if peer else "?"
         limits = self._limits
@@ -146,6 +151,107 @@ class PeerListener:
                 await writer.wait_closed()
 
 
+class _Inbox(asyncio.Protocol):
+    """An incoming peer connection, offering _ReceiverSession what it used of asyncio's
+    StreamReader and StreamWriter, without StreamReader's buffer: each chunk the transport
+    read is handed over as it is (two copies fewer for every byte of a photo). Reading
+    pauses while more than `_INBOX_HIGH` bytes wait to be handled."""
+
+    def __init__(self, serve: Callable[[_Inbox], Coroutine[object, object, None]]) -> None:
+        self._serve = serve
+        self._loop = asyncio.get_running_loop()
+        self.transport = typing.cast(asyncio.Transport, None)
+        self._chunks: deque[bytes] = deque()
+        self._waiting = 0  # bytes received, not yet read
+        self._eof = False
+        self._reading_paused = False
+        self._readable: asyncio.Future[None] | None = None
+        self._writable: asyncio.Future[None] | None = None
+        self._closed: asyncio.Future[None] = self._loop.create_future()
+        self._task: asyncio.Task[None] | None = None
+
+    # --- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = typing.cast(asyncio.Transport, transport)
+        self._task = self._loop.create_task(self._serve(self))
+
+    def data_received(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._waiting += len(data)
+        self._wake_reader()
+        if self._waiting > _INBOX_HIGH and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake_reader()
+        return True  # keep our side open: an answer may still have to go out
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        self._wake_reader()
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_exception(ConnectionResetError("connection lost"))
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._writable = self._loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        self._writable = None
+
+    # --- what the session uses ---------------------------------------------------------------
+
+    async def read(self, _: int = -1) -> bytes:
+        """The next chunk received, or b"" at the end."""
+        while not self._chunks and not self._eof:
+            self._readable = self._loop.create_future()
+            try:
+                await self._readable
+            finally:
+                self._readable = None
+        if not self._chunks:
+            return b""
+        data = self._chunks.popleft()
+        self._waiting -= len(data)
+        if self._reading_paused and self._waiting <= _INBOX_HIGH // 2:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return data
+
+    def write(self, data: bytes | bytearray) -> None:
+        self.transport.write(data)
+
+    def write_eof(self) -> None:
+        if self.transport.can_write_eof() and not self.transport.is_closing():
+            self.transport.write_eof()
+
+    async def drain(self) -> None:
+        if self.transport.is_closing() and self._closed.done():
+            raise ConnectionResetError("connection lost")
+        if self._writable is not None:
+            await asyncio.shield(self._writable)
+
+    def get_extra_info(self, name: str) -> typing.Any:
+        return self.transport.get_extra_info(name)
+
+    def close(self) -> None:
+        self.transport.close()
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._closed)
+
+    def _wake_reader(self) -> None:
+        if self._readable is not None and not self._readable.done():
+            self._readable.set_result(None)
+
+
 class _ReceiverSession:
     """One incoming connection, from hello to close."""
 
@@ -153,8 +259,8 @@ class _ReceiverSession:
         self,
         inbound: Inbound,
         key: StaticKey,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        reader: _Inbox,
+        writer: _Inbox,
         limits: Limits,
         timeouts: Timeouts,
     ) -> None:
@@ -553,7 +659,14 @@ class LinkPool:
         task.add_done_callback(self._closing.discard)
 
 
-async def _drained(writer: asyncio.StreamWriter, timeout: float) -> None:
+class _Writer(typing.Protocol):
+    @property
+    def transport(self) -> asyncio.WriteTransport: ...
+
+    async def drain(self) -> None: ...
+
+
+async def _drained(writer: _Writer, timeout: float) -> None:
     """Wait (at most `timeout`) for the peer to read, when more than the transport's
     high-water mark waits unsent; otherwise return at once, without a timer or a task."""
     transport = writer.transport
