@@ -107,15 +107,14 @@ class PeerListener:
         if self._server is not None:
             self._server.close()
         # Abort rather than cancel: the tasks then end normally (see server/service.py).
-        for writer in self._connections.values():
-            writer.transport.abort()
+        for connection in self._connections.values():
+            connection.transport.abort()
         await asyncio.gather(*self._connections, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
 
     async def _serve(self, connection: _Inbox) -> None:
-        reader = writer = connection
-        peer = writer.get_extra_info("peername")
+        peer = connection.get_extra_info("peername")
         ip = str(peer[0]) if peer else "?"
         limits = self._limits
         if (
@@ -123,16 +122,16 @@ class PeerListener:
             or self._per_ip[ip] >= limits.max_peer_connections_per_ip
         ):
             log.warning("refusing a peer connection from %s: too many at once", ip)
-            writer.transport.abort()
+            connection.transport.abort()
             return
         task = asyncio.current_task()
         assert task is not None
-        self._connections[task] = writer
+        self._connections[task] = connection
         self._per_ip[ip] += 1
         self.accepted += 1
         try:
             await _ReceiverSession(
-                self._inbound, self._key, reader, writer, self._limits, self._timeouts
+                self._inbound, self._key, connection, self._limits, self._timeouts
             ).run()
         except ProtocolError as exc:
             log.warning("peer %s broke the protocol: %s", peer, exc)
@@ -146,9 +145,9 @@ class PeerListener:
             self._per_ip[ip] -= 1
             if self._per_ip[ip] <= 0:
                 del self._per_ip[ip]
-            writer.close()
+            connection.close()
             with contextlib.suppress(OSError):
-                await writer.wait_closed()
+                await connection.wait_closed()
 
 
 class _Inbox(asyncio.Protocol):
@@ -259,15 +258,13 @@ class _ReceiverSession:
         self,
         inbound: Inbound,
         key: StaticKey,
-        reader: _Inbox,
-        writer: _Inbox,
+        connection: _Inbox,
         limits: Limits,
         timeouts: Timeouts,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._inbound = inbound
-        self._reader = reader
-        self._writer = writer
+        self._io = connection
         self._timeouts = timeouts
         channel = NoiseChannel(key, initiator=False, max_body=limits.max_peer_frame)
         self._conn = PeerReceiver(self._loop.time(), limits, timeouts, channel)
@@ -282,14 +279,14 @@ class _ReceiverSession:
                     return
                 try:
                     async with asyncio.timeout_at(timer):  # no task per read, unlike wait_for
-                        data = await self._reader.read(_READ_SIZE)
+                        data = await self._io.read(_READ_SIZE)
                 except TimeoutError:
                     self._conn.handle_timer(self._loop.time())
                 else:
                     if not data:
                         return
                     self._conn.receive_data(data, self._loop.time())
-                    self._writer.write(self._conn.data_to_send())
+                    self._io.write(self._conn.data_to_send())
                 if not await self._drain_events():
                     await self._linger()
                     return
@@ -301,9 +298,9 @@ class _ReceiverSession:
         # Closing with unread bytes makes the kernel send a reset, which can destroy the
         # Rejected we just wrote before the sender reads it: half-close, drain, then close.
         with contextlib.suppress(OSError, TimeoutError):
-            self._writer.write_eof()
+            self._io.write_eof()
             async with asyncio.timeout(_REFUSAL_GRACE):
-                while await self._reader.read(_READ_SIZE):
+                while await self._io.read(_READ_SIZE):
                     pass
 
     async def _drain_events(self) -> bool:
@@ -366,8 +363,8 @@ class _ReceiverSession:
         return ev.Ack(message_id)
 
     async def _answer(self, answer: ev.Ack | ev.Rejected | ev.Resume | ev.Closing) -> None:
-        self._writer.write(self._conn.send(answer))
-        await _drained(self._writer, self._timeouts.write_drain)
+        self._io.write(self._conn.send(answer))
+        await _drained(self._io, self._timeouts.write_drain)
 
 
 class PeerLink:
