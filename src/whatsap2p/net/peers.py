@@ -451,8 +451,8 @@ class PeerLink:
     @property
     def usable(self) -> bool:
         """Still open both ways, with nothing unread (so it may carry another message)."""
-        return not (self._writer.transport.is_closing() or self._reader.at_eof()) and (
-            self._conn.next_event() is None
+        return not (
+            self._writer.transport.is_closing() or self._reader.at_eof() or self._conn.has_events()
         )
 
     async def send_text(self, text: ev.Text) -> None:

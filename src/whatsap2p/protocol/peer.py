@@ -303,5 +303,8 @@ class PeerSender(OverChannel):
                     self.state, self._photo_id = SenderState.CLOSED, None
             self._events.append(message)
 
+    def has_events(self) -> bool:
+        return bool(self._events)
+
     def next_event(self) -> ev.Ack | ev.Rejected | ev.Resume | ev.Closing | None:
         return self._events.popleft() if self._events else None
