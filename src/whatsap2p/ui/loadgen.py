@@ -200,12 +200,8 @@ def _worker_main(pipe: multiprocessing.connection.Connection, share: _Share) -> 
 
 class _Worker:
     def __init__(self, pipe: multiprocessing.connection.Connection, share: _Share) -> None:
-        self._seed = share.seed
+        self._share = share
         self._pipe = pipe
-        self._servers = share.servers
-        self._first = share.first
-        self._count = share.count
-        self._fingerprint = share.server_fingerprint
         self._clients: list[DirectoryClient] = []
         self._errors: dict[str, int] = {}
         # Heartbeats at the default interval keep the users online for as long as we hold.
@@ -222,7 +218,9 @@ class _Worker:
     async def run(self) -> None:
         start = time.monotonic()
         gate = asyncio.Semaphore(_CONNECTING)
-        await asyncio.gather(*(self._register(self._first + i, gate) for i in range(self._count)))
+        await asyncio.gather(
+            *(self._register(self._share.first + i, gate) for i in range(self._share.count))
+        )
         self._pipe.send(
             {
                 "online": len(self._clients),
@@ -250,14 +248,15 @@ class _Worker:
         return errors
 
     async def _register(self, index: int, gate: asyncio.Semaphore) -> None:
-        host, port = self._servers[index % len(self._servers)]
+        servers = self._share.servers
+        host, port = servers[index % len(servers)]
         async with gate:
             try:
                 client = await DirectoryClient.connect(
                     host,
                     port,
-                    key_of(self._seed, index),
-                    server_fingerprint=self._fingerprint,
+                    key_of(self._share.seed, index),
+                    server_fingerprint=self._share.server_fingerprint,
                     timeouts=self._timeouts,
                 )
             except (WhatsAp2pError, OSError) as exc:
@@ -286,7 +285,7 @@ class _Worker:
             lookups // len(clients) + (1 if i < lookups % len(clients) else 0)
             for i in range(len(clients))
         ]
-        rng = random.Random(self._first)
+        rng = random.Random(self._share.first)
 
         async def client_loop(client: DirectoryClient, n: int) -> None:
             for _ in range(n):
