@@ -174,7 +174,7 @@ class _Inbox(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = typing.cast(asyncio.Transport, transport)
-        self._task = self._loop.create_task(self._serve(self))
+        self._task = self._loop.create_task(self._serve(self))  # held: the loop keeps weak refs
 
     def data_received(self, data: bytes) -> None:
         self._chunks.append(data)
@@ -269,7 +269,6 @@ class _ReceiverSession:
         channel = NoiseChannel(key, initiator=False, max_body=limits.max_peer_frame)
         self._conn = PeerReceiver(self._loop.time(), limits, timeouts, channel)
         self._sink: PhotoSink | None = None
-        self._offer: ev.PhotoOffer | None = None
 
     async def run(self) -> None:
         try:
@@ -333,7 +332,6 @@ class _ReceiverSession:
                     await self._answer(ev.Ack(event.id))  # already stored: no bytes needed
                     continue
                 await self._answer(ev.Resume(event.id, self._sink.offset))
-                self._offer = event
             elif isinstance(event, ev.PhotoChunk):
                 assert self._sink is not None
                 try:
