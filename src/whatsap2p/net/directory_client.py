@@ -63,9 +63,10 @@ class DirectoryClient:
         self.closed = asyncio.Event()
         self._reader_task = asyncio.create_task(self._read_loop(), name="directory-reader")
         self._heartbeat_task: asyncio.Task[None] | None = None
-        # Numbers waiting for the next lookup request, and the task that sends them.
+        # Numbers waiting for the next lookup request, and the one request out (its rid,
+        # its batch and its deadline).
         self._batches: deque[_LookupBatch] = deque()
-        self._looking_up: asyncio.Task[None] | None = None
+        self._lookup_out: tuple[int, _LookupBatch, asyncio.TimerHandle] | None = None
         self._max_lookup = conn.limits.max_lookup_phones
 
     @classmethod
@@ -134,36 +135,58 @@ class DirectoryClient:
             batch = _LookupBatch(asyncio.get_running_loop().create_future())
             self._batches.append(batch)
         batch.phones.update(phones)
-        if self._looking_up is None:
-            self._looking_up = asyncio.create_task(self._send_lookups(), name="lookups")
-        found = await asyncio.shield(batch.answer)
+        if self._lookup_out is None:
+            self._send_lookup()
+        found = await asyncio.shield(batch.answer)  # an asker that gives up leaves the rest
         return {phone: found[phone] for phone in phones if phone in found}
 
-    async def _send_lookups(self) -> None:
+    def _send_lookup(self) -> None:
+        """Send the oldest waiting batch as one lookup request. No task and no drain: one
+        request is out at a time, answered from the read loop, which sends the next."""
+        if not self._batches:
+            return
+        batch = self._batches.popleft()
+        if self._lost is not None:
+            self._fail_lookups(batch, ServerUnreachable(f"lost the connection: {self._lost}"))
+            return
+        rid = self._conn.next_rid()
         try:
-            while self._batches:
-                batch = self._batches.popleft()
-                try:
-                    answer = await self._request(
-                        ev.Lookup(self._conn.next_rid(), tuple(batch.phones))
-                    )
-                except BaseException as exc:
-                    error = (
-                        exc
-                        if isinstance(exc, Exception)
-                        else ServerUnreachable("the connection to the server is closed")
-                    )
-                    for failed in (batch, *self._batches):
-                        if not failed.answer.done():
-                            failed.answer.set_exception(error)
-                    self._batches.clear()
-                    if isinstance(exc, Exception):
-                        return  # the askers have it
-                    raise
-                assert isinstance(answer, ev.LookupResult)
+            self._writer.write(self._conn.send(ev.Lookup(rid, tuple(batch.phones))))
+        except (OSError, RuntimeError, ProtocolError) as exc:
+            self._fail_lookups(batch, ServerUnreachable(f"cannot ask the server: {exc}"))
+            return
+        timer = asyncio.get_running_loop().call_later(
+            self._timeouts.server_reply, self._lookup_timed_out
+        )
+        self._lookup_out = (rid, batch, timer)
+
+    def _lookup_answered(self, answer: ev.Message) -> None:
+        assert self._lookup_out is not None
+        _, batch, timer = self._lookup_out
+        self._lookup_out = None
+        timer.cancel()
+        if isinstance(answer, ev.LookupResult):
+            if not batch.answer.done():
                 batch.answer.set_result({peer.phone: peer for peer in answer.peers})
-        finally:
-            self._looking_up = None
+            self._send_lookup()
+        elif isinstance(answer, ev.Failure):
+            error = _FAILURES.get(answer.code, ServerRefused)
+            self._fail_lookups(batch, error(f"the server refused: {answer.message}"))
+        else:
+            self._fail_lookups(batch, ServerRefused(f"unexpected answer {type(answer).__name__}"))
+
+    def _lookup_timed_out(self) -> None:
+        assert self._lookup_out is not None
+        _, batch, _ = self._lookup_out
+        self._lookup_out = None
+        self._fail_lookups(batch, ServerUnreachable("the server does not answer"))
+
+    def _fail_lookups(self, batch: _LookupBatch, error: DirectoryError) -> None:
+        """This batch and every one waiting behind it fail with `error`."""
+        for failed in (batch, *self._batches):
+            if not failed.answer.done():
+                failed.answer.set_exception(error)
+        self._batches.clear()
 
     async def watch(self, phones: list[str]) -> dict[str, ev.PeerAddress]:
         """Be told (on_online) when any of `phones` comes online; returns those online now."""
@@ -175,7 +198,7 @@ class DirectoryClient:
         await self._request(ev.Unregister(self._conn.next_rid()))
 
     async def close(self) -> None:
-        for task in (self._heartbeat_task, self._reader_task, self._looking_up):
+        for task in (self._heartbeat_task, self._reader_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -228,6 +251,10 @@ class DirectoryClient:
             if self.on_online is not None:
                 self.on_online(message.peer)
             return
+        out = self._lookup_out
+        if out is not None and message.rid == out[0]:
+            self._lookup_answered(message)
+            return
         future = self._waiting.get(message.rid)
         if future is not None and not future.done():
             future.set_result(message)
@@ -239,6 +266,11 @@ class DirectoryClient:
             if not future.done():
                 future.set_exception(error)
         self._waiting.clear()
+        if self._lookup_out is not None:
+            _, batch, timer = self._lookup_out
+            self._lookup_out = None
+            timer.cancel()
+            self._fail_lookups(batch, error)
         while self._batches:
             answer = self._batches.popleft().answer
             if not answer.done():
