@@ -53,32 +53,62 @@ _PACKER = msgpack.Packer(use_bin_type=True)
 
 
 def encode_message(message: ev.Message) -> bytes:
-    fields: dict[str, Any] = {"t": message.TYPE}
-    for name in _names(type(message)):
-        fields[name] = _to_wire(getattr(message, name))
-    packed: bytes = _PACKER.pack(fields)
+    cls = type(message)
+    encode = _ENCODERS.get(cls) or _encoder(cls)
+    packed: bytes = _PACKER.pack(encode(message))
     return packed
 
 
-def _to_wire(value: object) -> object:
-    if isinstance(value, (str, bytes, int)) or value is None:
-        return value
-    if isinstance(value, tuple):
-        return [_to_wire(item) for item in value]
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {name: _to_wire(getattr(value, name)) for name in _names(type(value))}
-    return value
+_Encode = Callable[[Any], Any]
+_ENCODERS: dict[type[Any], Callable[[Any], dict[str, Any]]] = {}
 
 
-_NAMES: dict[type[Any], tuple[str, ...]] = {}
+def _encoder(cls: type[Any]) -> Callable[[Any], dict[str, Any]]:
+    """A function turning a `cls` into its wire map, compiled once per class from its
+    type hints: plain fields are copied, nested messages and tuples of them converted.
+    A message's map starts with its type (`t`); a nested value's has none."""
+    tag = getattr(cls, "TYPE", None)
+    hints = typing.get_type_hints(cls)
+    plain: list[str] = []
+    converted: list[tuple[str, _Encode]] = []
+    for f in dataclasses.fields(cls):
+        convert = _wire_form(hints[f.name])
+        if convert is None:
+            plain.append(f.name)
+        else:
+            converted.append((f.name, convert))
+
+    def encode(message: Any) -> dict[str, Any]:
+        wire = {} if tag is None else {"t": tag}
+        for name in plain:
+            wire[name] = getattr(message, name)
+        for name, convert in converted:
+            wire[name] = convert(getattr(message, name))
+        return wire
+
+    _ENCODERS[cls] = encode
+    return encode
 
 
-def _names(cls: type[Any]) -> tuple[str, ...]:
-    """The field names of a message class, worked out once per class."""
-    names = _NAMES.get(cls)
-    if names is None:
-        names = _NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
-    return names
+def _wire_form(annotation: object) -> _Encode | None:
+    """How a field of this type is converted for the wire; None when it goes as it is."""
+    if annotation in (str, bytes, int):
+        return None
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is types.UnionType:  # X | None
+        (inner,) = [a for a in args if a is not type(None)]
+        convert_inner = _wire_form(inner)
+        if convert_inner is None:
+            return None
+        return lambda value: None if value is None else convert_inner(value)
+    if origin is tuple:  # tuple[X, ...]
+        convert_item = _wire_form(args[0])
+        if convert_item is None:
+            return None  # msgpack packs a tuple as an array
+        return lambda value: [convert_item(item) for item in value]
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
+        return _ENCODERS.get(annotation) or _encoder(annotation)
+    raise TypeError(f"no wire form for {annotation!r}")  # a bug in events.py, not bad input
 
 
 def decode_message(body: bytes | bytearray) -> ev.Message:
