@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench soak fuzz clean test-tools
+.PHONY: install run test lint bench bench-tools soak fuzz clean test-tools
 
 install: $(STAMP)
 
@@ -35,8 +35,17 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench fuzz
 	$(BIN)/mypy
 
-bench: $(STAMP)
+bench: $(STAMP) bench-tools
 	$(BIN)/python bench/run.py --out bench/RESULTS.md
+
+# The outside baselines of `make bench` (scp, redis-benchmark), from Debian's packages.
+# Best effort: without them the report names the baseline it could not measure.
+bench-tools:
+	@command -v redis-benchmark >/dev/null 2>&1 && test -x /usr/sbin/sshd || { \
+	  echo "installing redis-server and openssh-server (baselines for make bench)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    redis-server openssh-server openssh-client >/dev/null; } \
+	  || echo "could not install them: the report will say which baselines are missing"; }
 
 # Coverage-guided fuzzing (atheris) of every parser; FUZZ_SECONDS per harness.
 FUZZ_SECONDS ?= 60

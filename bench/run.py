@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import io
@@ -27,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import uvloop
+from baselines import Scp, redis_get_per_s
 from PIL import Image
 
 from whatsap2p.app.session import Session, SessionConfig
@@ -196,6 +198,7 @@ async def directory_load(work: Path, users: int) -> list[str]:
     unlimited = ["--ip-register-rate", "1e9", "--ip-register-burst", "1e9", "--ip-lookup-rate"]
     unlimited += ["1e9", "--ip-lookup-burst", "1e9", "--lookup-rate", "1e9", "--lookup-burst"]
     unlimited += ["1e9", "--max-unauthenticated", "1e9"]
+    redis = await (redis_get_per_s(20_000, 1) if users < 5_000 else redis_get_per_s())
     server, line = await start_server(work / "load.sqlite3", *unlimited)
     try:
         before = rss_kib(server.pid)
@@ -241,9 +244,25 @@ async def directory_load(work: Path, users: int) -> list[str]:
         f"| errors | {result['errors']:,} |",
         f"| server RSS | {before / 1024:,.1f} MiB idle, {during / 1024:,.1f} MiB with the users |",
         f"| RSS per online user | {per_user / 1024:,.1f} KiB |",
+        *redis_rows(redis, result),
+    ]
+
+
+def redis_rows(redis: tuple[float, float] | str, result: dict[str, float]) -> list[str]:
+    if isinstance(redis, str):
+        return ["", f"No redis-benchmark baseline in this run: {redis}."]
+    gets, p50 = redis
+    return [
         "",
-        "No redis-benchmark baseline in this run: redis-server is not installed here (issue 7",
-        "installs it); shared/measurements.md gives 105k GET/s at 50 connections, p50 0.25 ms.",
+        "Baseline measured just before, on the same machine: `redis-benchmark -t get -c 50`",
+        f"against a `redis-server` on loopback: {gets:,.0f} GET/s, p50 {p50:.3f} ms.",
+        "",
+        "| what | WhatsAp2p | redis-server | ratio |",
+        "|---|---|---|---|",
+        f"| lookups/s vs GET/s, 50 connections | {result['lookups_per_s']:,.0f} | {gets:,.0f} | "
+        f"{result['lookups_per_s'] / gets:.1%} |",
+        f"| p50 | {result['lookup_p50_ms']:.3f} ms | {p50:.3f} ms | "
+        f"{result['lookup_p50_ms'] / p50:.1f}x |",
     ]
 
 
@@ -372,6 +391,7 @@ async def main(out: Path | None, quick: bool) -> None:
         RUNS = 1
     work = Path(tempfile.mkdtemp(prefix="whatsap2p-bench-"))
     procs: list[asyncio.subprocess.Process] = []
+    stack = contextlib.AsyncExitStack()
     try:
         server, line = await start_server(work / "server.sqlite3")
         procs.append(server)
@@ -436,6 +456,7 @@ async def main(out: Path | None, quick: bool) -> None:
             lookups = await timed(one_lookup)
 
             sizes = [2 * MB, 8 * MB] if quick else [2 * MB, 8 * MB, 50 * MB]
+            scp = await stack.enter_async_context(Scp())
             for size in sizes:
                 path = photo_of(size, work)
                 payload = path.read_bytes()
@@ -462,10 +483,18 @@ async def main(out: Path | None, quick: bool) -> None:
                 rows.append(
                     f"| SHA-256 of {mb:.0f} MB (yardstick) | {hash_time * 1e3:,.2f} ms | | |"
                 )
+                if not scp.why_not:
+                    copy = statistics.median([await scp.copy_seconds(path) for _ in range(RUNS)])
+                    rows.append(
+                        f"| photo {mb:.0f} MB: scp (OpenSSH, set-up included) | "
+                        f"{ours * 1e3:,.2f} ms | {copy * 1e3:,.2f} ms | "
+                        f"{copy / ours:.2f}x faster than scp |"
+                    )
                 for stored in (work / "bob" / "photos").glob("*"):
                     stored.unlink()
         directory = await directory_load(work, users=1_000 if quick else 19_000)
     finally:
+        await stack.aclose()
         for proc in procs:
             if proc.returncode is None:
                 proc.terminate()
@@ -483,6 +512,8 @@ async def main(out: Path | None, quick: bool) -> None:
         "| what | WhatsAp2p | baseline | ratio |",
         "|---|---|---|---|",
     ]
+    if scp.why_not:
+        rows.append(f"| scp baseline | not measured: {scp.why_not} | | |")
     footer = [
         "",
         f"Directory lookup round trip (one number): {lookups / 200 * 1e3:.3f} ms median.",

@@ -1,0 +1,174 @@
+"""Outside baselines measured in the same run as our figures, when the tools are here.
+
+- `Scp`: an OpenSSH server of our own on a free loopback port (its own host key, an
+  authorised key of its own, nothing of the machine's configuration), and `scp` of the
+  same file, timed from the command's start to its end (connection set-up included, as
+  a user of scp pays it).
+- `redis_get_per_s`: a `redis-server` on a free loopback port with nothing saved, and
+  `redis-benchmark -t get -c 50`: the GET/s and p50 that issue 5 compares lookups with.
+
+`make bench-tools` installs both (Debian's openssh-server, redis-server); without them
+the report says which baseline is missing instead of failing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import os
+import shutil
+import socket
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+SSHD, SCP, SSH_KEYGEN = "/usr/sbin/sshd", shutil.which("scp"), shutil.which("ssh-keygen")
+REDIS_SERVER, REDIS_BENCHMARK = shutil.which("redis-server"), shutil.which("redis-benchmark")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def wait_listening(port: int, proc: asyncio.subprocess.Process) -> None:
+    """Until something accepts on `port` (the process died: raise)."""
+    for _ in range(500):
+        if proc.returncode is not None:
+            raise RuntimeError(f"the baseline server exited with {proc.returncode}")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.01)  # a foreign program: no event to wait for
+            continue
+        writer.close()
+        return
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+async def run(*args: str) -> bytes:
+    proc = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"{args[0]} failed: {err.decode(errors='replace').strip()}")
+    return out
+
+
+class Scp:
+    """`async with Scp() as scp: await scp.copy_seconds(path)`; `why_not` when unusable."""
+
+    def __init__(self) -> None:
+        self.why_not = ""
+        self._work = Path(tempfile.mkdtemp(prefix="whatsap2p-scp-"))
+        self._proc: asyncio.subprocess.Process | None = None
+        self._port = 0
+
+    async def __aenter__(self) -> Scp:
+        if not (os.path.exists(SSHD) and SCP and SSH_KEYGEN):
+            self.why_not = "OpenSSH (sshd, scp) is not installed: `make bench-tools`"
+            return self
+        if os.geteuid() != 0:
+            self.why_not = "sshd needs root to log a user in"
+            return self
+        work = self._work
+        for name in ("host", "user"):
+            await run(SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-f", str(work / name))
+        shutil.copy(work / "user.pub", work / "authorized_keys")
+        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
+        self._port = free_port()
+        (work / "sshd_config").write_text(
+            f"Port {self._port}\nListenAddress 127.0.0.1\nHostKey {work / 'host'}\n"
+            f"AuthorizedKeysFile {work / 'authorized_keys'}\nPasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+            f"PidFile {work / 'sshd.pid'}\nSubsystem sftp internal-sftp\n"
+        )
+        self._proc = await asyncio.create_subprocess_exec(
+            SSHD, "-D", "-e", "-f", str(work / "sshd_config"), stderr=asyncio.subprocess.DEVNULL
+        )
+        try:
+            await wait_listening(self._port, self._proc)
+        except RuntimeError as exc:
+            self.why_not = str(exc)
+        return self
+
+    async def copy_seconds(self, path: Path) -> float:
+        """One `scp` of `path` to a fresh name on this machine, checked, in seconds."""
+        assert SCP is not None
+        target = self._work / f"copy-{path.name}"
+        start = time.perf_counter()
+        await run(
+            SCP,
+            "-q",
+            "-i",
+            str(self._work / "user"),
+            "-P",
+            str(self._port),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            str(path),
+            f"root@127.0.0.1:{target}",
+        )
+        took = time.perf_counter() - start
+        if target.stat().st_size != path.stat().st_size:
+            raise RuntimeError("scp copied a different size")
+        target.unlink()
+        return took
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.terminate()
+            await self._proc.wait()
+        shutil.rmtree(self._work, ignore_errors=True)
+
+
+async def redis_get_per_s(requests: int = 200_000, runs: int = 3) -> tuple[float, float] | str:
+    """(GET/s, p50 ms), medians of `runs` runs of redis-benchmark with 50 connections, or
+    why there is no figure."""
+    if not (REDIS_SERVER and REDIS_BENCHMARK):
+        return "redis-server is not installed: `make bench-tools`"
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        REDIS_SERVER,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        await wait_listening(port, proc)
+        rates, p50s = [], []
+        for _ in range(runs):
+            out = await run(
+                REDIS_BENCHMARK,
+                "-p",
+                str(port),
+                "-c",
+                "50",
+                "-n",
+                str(requests),
+                "-t",
+                "get",
+                "--csv",
+            )
+            rows = list(csv.reader(io.StringIO(out.decode())))
+            header, values = rows[0], rows[-1]
+            rates.append(float(values[header.index("rps")]))
+            p50s.append(float(values[header.index("p50_latency_ms")]))
+        return statistics.median(rates), statistics.median(p50s)
+    finally:
+        proc.terminate()
+        await proc.wait()
