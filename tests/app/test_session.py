@@ -17,6 +17,7 @@ from tests.servers import FAST, directory_client, running_server, session_config
 from whatsap2p.app.events import (
     IdentityChanged,
     PhotoReceived,
+    PresenceChanged,
     QueuedDelivered,
     ServerConnectionChanged,
     SessionEvent,
@@ -474,3 +475,29 @@ async def test_a_peer_holds_a_bounded_number_of_incoming_connections(world: Worl
     connections = bob._listener._connections  # type: ignore[union-attr]
     await asyncio.wait_for(asyncio.gather(*connections, return_exceptions=True), 5)
     assert (await alice.send_text(BOB, "room again")).delivered == [BOB]
+
+
+async def test_photo_progress_follows_every_recipient_to_the_end(world: World) -> None:
+    alice, bob, carol = await world.user(ALICE), await world.user(BOB), await world.user(CAROL)
+    alice.book.create_group("pals", [BOB, CAROL])
+    big = world.root / "big.png"
+    big.write_bytes(image_bytes() + os.urandom(3 * Limits().photo_chunk))  # several chunks
+    seen: list[tuple[int, int]] = []
+    report = await alice.send_photo("pals", big, progress=lambda *p: seen.append(p))
+    assert sorted(report.delivered) == [BOB, CAROL]
+    size = big.stat().st_size
+    assert seen[-1] == (2 * size, 2 * size)  # both recipients, every byte
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)  # never backwards
+    assert len(seen) > 4  # chunk by chunk, not only at the end
+    for who in (bob, carol):
+        got = await next_event(who)
+        assert isinstance(got, PhotoReceived)
+
+
+async def test_presence_is_pushed_when_a_watched_number_comes_online(world: World) -> None:
+    alice, _ = await world.user(ALICE), await world.user(BOB)
+    assert await alice.watch_presence([BOB, CAROL]) == {BOB: True, CAROL: False}
+    await world.user(CAROL)
+    got = await next_event(alice)
+    assert got == PresenceChanged(CAROL, True)
+    assert await alice.presence([BOB, CAROL, DAVE]) == {BOB: True, CAROL: True, DAVE: False}

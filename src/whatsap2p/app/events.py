@@ -10,6 +10,7 @@ __all__ = [
     "DeliveryReport",
     "IdentityChanged",
     "PhotoReceived",
+    "PresenceChanged",
     "QueuedDelivered",
     "Received",
     "ServerConnectionChanged",
@@ -66,8 +67,22 @@ class QueuedDelivered:
     phone: str
 
 
+@dataclass(frozen=True, slots=True)
+class PresenceChanged:
+    """A number given to `Session.watch_presence` came online (pushed by the server).
+    Going offline is not pushed: a UI looks again now and then (`Session.presence`)."""
+
+    phone: str
+    online: bool
+
+
 SessionEvent = (
-    TextReceived | PhotoReceived | IdentityChanged | ServerConnectionChanged | QueuedDelivered
+    TextReceived
+    | PhotoReceived
+    | IdentityChanged
+    | ServerConnectionChanged
+    | QueuedDelivered
+    | PresenceChanged
 )
 
 

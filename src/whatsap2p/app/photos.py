@@ -16,7 +16,7 @@ import re
 import unicodedata
 import warnings
 from collections import deque
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,6 +171,11 @@ class PhotoStream:
         self._chunk_size = chunk_size
         self._offset = offset
         self.sha256: str | None = None
+        #: Bytes the receiver has or was handed so far (the resumed ones included): each
+        #: chunk counts once the sender comes back for the next one, i.e. once sent.
+        self.done = offset
+        #: Called after each chunk is sent (a UI's progress bar).
+        self.on_progress: Callable[[], None] | None = None
 
     async def __aiter__(self) -> AsyncGenerator[bytes]:
         loop = asyncio.get_running_loop()
@@ -201,7 +206,11 @@ class PhotoStream:
                         step = min(self._chunk_size, unread)
                         ahead.append(loop.run_in_executor(reader, read, step))
                         unread -= step
-                    yield await ahead.popleft()
+                    chunk = await ahead.popleft()
+                    yield chunk
+                    self.done += len(chunk)
+                    if self.on_progress is not None:
+                        self.on_progress()
         except OSError as exc:
             raise DeliveryFailed(f"cannot read the photo: {exc.strerror}") from exc
         self.sha256 = digest.hexdigest()

@@ -15,11 +15,12 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from whatsap2p.app.events import (
     DeliveryReport,
     IdentityChanged,
     PhotoReceived,
+    PresenceChanged,
     QueuedDelivered,
     ServerConnectionChanged,
     SessionEvent,
@@ -123,6 +125,8 @@ class Session:
         self._retry_pause: dict[str, float] = {}
         #: Numbers the server has been asked to watch on the current connection.
         self._watched: frozenset[str] = frozenset()
+        #: Numbers whose coming online the UI wants to hear of (PresenceChanged).
+        self._presence: frozenset[str] = frozenset()
         self._queued_count = 0
 
     @property
@@ -225,7 +229,7 @@ class Session:
             await directory.close()
             raise
         self._directory = directory
-        directory.on_online = self._schedule_flush
+        directory.on_online = self._came_online
         self._watched = frozenset()
         await self._watch_outbox()
 
@@ -335,7 +339,7 @@ class Session:
         self._check_outbox_room(recipients, queue)
         message = ev.Text(uuid.uuid4().hex, _now(), text, recipients.group)
 
-        async def deliver(link: PeerLink) -> None:
+        async def deliver(link: PeerLink, phone: str) -> None:
             await link.send_text(message)
 
         report = await self._fan_out(message.id, recipients, deliver, queue)
@@ -345,8 +349,14 @@ class Session:
         return report
 
     async def send_photo(
-        self, target: str, path: str | Path, queue: bool = False
+        self,
+        target: str,
+        path: str | Path,
+        queue: bool = False,
+        progress: Callable[[int, int], None] | None = None,
     ) -> DeliveryReport:
+        """Send a photo; `progress(sent, total)` follows the transfer, in bytes summed
+        over the recipients being sent to (a resumed transfer starts part way)."""
         recipients = self._recipients(target)
         self._check_outbox_room(recipients, queue)
         photo: PhotoFile = await asyncio.to_thread(prepare_photo, Path(path), self.config.limits)
@@ -359,18 +369,24 @@ class Session:
             photo.mime,
             recipients.group,
         )
-        streams: list[PhotoStream] = []  # each hashes the whole file as it sends it
+        streams: dict[str, PhotoStream] = {}  # each hashes the whole file as it sends it
 
-        def stream_from(offset: int) -> PhotoStream:
-            stream = PhotoStream(photo, self.config.limits.photo_chunk, offset)
-            streams.append(stream)
+        def report_progress() -> None:
+            assert progress is not None
+            progress(sum(s.done for s in streams.values()), photo.size * len(streams))
+
+        def stream_to(phone: str, offset: int) -> PhotoStream:
+            stream = streams[phone] = PhotoStream(photo, self.config.limits.photo_chunk, offset)
+            if progress is not None:
+                stream.on_progress = report_progress
+                report_progress()
             return stream
 
-        async def deliver(link: PeerLink) -> None:
-            await link.send_photo(offer, stream_from)
+        async def deliver(link: PeerLink, phone: str) -> None:
+            await link.send_photo(offer, functools.partial(stream_to, phone))
 
         report = await self._fan_out(offer.id, recipients, deliver, queue)
-        digests = [s.sha256 for s in streams if s.sha256 is not None]
+        digests = [s.sha256 for s in streams.values() if s.sha256 is not None]
         if digests:
             photo = dataclasses.replace(photo, sha256=digests[0])
         else:  # sent to nobody (offline, queued, failed, or already had it): hash it now
@@ -429,7 +445,7 @@ class Session:
         self,
         message_id: str,
         recipients: Recipients,
-        deliver: Callable[[PeerLink], Awaitable[None]],
+        deliver: Callable[[PeerLink, str], Awaitable[None]],
         queue: bool = False,
     ) -> DeliveryReport:
         """One lookup for all recipients, then every online one concurrently; the
@@ -460,12 +476,12 @@ class Session:
         return report
 
     async def _deliver_to(
-        self, address: ev.PeerAddress, deliver: Callable[[PeerLink], Awaitable[None]]
+        self, address: ev.PeerAddress, deliver: Callable[[PeerLink, str], Awaitable[None]]
     ) -> str | None:
         """None when the peer acknowledged, else the reason it did not."""
         assert self._links is not None
         try:
-            await self._links.deliver(address, deliver)
+            await self._links.deliver(address, lambda link: deliver(link, address.phone))
         except DeliveryFailed as exc:
             log.info("delivery to %s failed: %s", address.phone, exc)
             return str(exc)
@@ -494,21 +510,45 @@ class Session:
             raise StoreError(f"cannot keep the photo for later delivery: {exc.strerror}") from exc
         return dataclasses.replace(photo, path=final)
 
-    async def _watch_outbox(self) -> None:
-        """Ask the server to say when recipients of queued messages come online."""
+    async def _watch_outbox(self) -> dict[str, ev.PeerAddress]:
+        """Ask the server to say when recipients of queued messages (and the numbers the
+        UI watches) come online; returns those online now."""
         assert self.history is not None
         directory = self._directory
         if directory is None or directory.closed.is_set():
-            return  # done again when the connection is restored
-        phones = self.history.queued_phones()
+            return {}  # done again when the connection is restored
+        queued = self.history.queued_phones()
+        phones = sorted(set(queued) | self._presence)
         try:
             online = await directory.watch(phones)
         except DirectoryError as exc:
             log.warning("cannot watch the outbox recipients: %s", exc)
-            return
+            return {}
         self._watched = frozenset(phones)
         for address in online.values():
-            self._schedule_flush(address)
+            if address.phone in queued:
+                self._schedule_flush(address)
+        return online
+
+    def _came_online(self, address: ev.PeerAddress) -> None:
+        """The server's push: a watched number came online."""
+        if address.phone in self._presence:
+            self._publish(PresenceChanged(address.phone, True))
+        self._schedule_flush(address)
+
+    async def watch_presence(self, phones: Iterable[str]) -> dict[str, bool]:
+        """Be told (PresenceChanged) when any of `phones` comes online, instead of the
+        numbers given before; returns which of them are online now."""
+        wanted = frozenset(normalise_phone(p, self.config.region) for p in phones)
+        self._presence = wanted
+        online = await self._watch_outbox()
+        return {phone: phone in online for phone in sorted(wanted)}
+
+    async def presence(self, phones: Iterable[str]) -> dict[str, bool]:
+        """Which of `phones` are online now (one lookup)."""
+        wanted = sorted({normalise_phone(p, self.config.region) for p in phones})
+        online = await self.lookup(wanted) if wanted else {}
+        return {phone: phone in online for phone in wanted}
 
     def _schedule_flush(self, address: ev.PeerAddress) -> None:
         if address.phone not in self._flushing:

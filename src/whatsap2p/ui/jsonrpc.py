@@ -16,6 +16,7 @@ from whatsap2p.app.events import (
     DeliveryReport,
     IdentityChanged,
     PhotoReceived,
+    PresenceChanged,
     QueuedDelivered,
     Received,
     ServerConnectionChanged,
@@ -191,6 +192,8 @@ class JsonRpc:
                 self.notify("serverConnection", {"state": event.state})
             elif isinstance(event, QueuedDelivered):
                 self.notify("delivered", {"id": event.id, "phone": event.phone})
+            elif isinstance(event, PresenceChanged):
+                self.notify("presence", {"phone": event.phone, "online": event.online})
             else:
                 self.notify("receive", received_json(event))
                 self._shown.append(event)  # marked shown once flushed

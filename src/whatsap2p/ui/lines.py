@@ -13,6 +13,7 @@ from whatsap2p.app.events import (
     DeliveryReport,
     IdentityChanged,
     PhotoReceived,
+    PresenceChanged,
     QueuedDelivered,
     Received,
     ServerConnectionChanged,
@@ -100,6 +101,8 @@ def split_target(rest: str) -> tuple[str, str]:
 def format_event(event: SessionEvent) -> str:
     if isinstance(event, QueuedDelivered):
         return f"! queued message {event.id} delivered to {event.phone}"
+    if isinstance(event, PresenceChanged):
+        return f"! {event.phone} is {'online' if event.online else 'offline'}"
     if isinstance(event, ServerConnectionChanged):
         if event.state == "lost":
             return "! lost the connection to the server; reconnecting (sends fail meanwhile)"
