@@ -346,6 +346,30 @@ def _timeouts(args: argparse.Namespace) -> Timeouts:
     return timeouts
 
 
+async def _run_tui(session: Session, stop: asyncio.Event) -> None:
+    """The Textual UI until the person quits or a signal comes. Log lines would tear the
+    screen: while it runs they go to `tui.log` in the data dir."""
+    from whatsap2p.ui.tui import ChatApp
+
+    root = logging.getLogger()
+    handlers = root.handlers[:]
+    log_file = logging.FileHandler(session.config.data_dir / "tui.log", encoding="utf-8")
+    log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.handlers[:] = [log_file]
+    app = ChatApp(session)
+    try:
+        running = asyncio.ensure_future(app.run_async())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not running.done():
+            app.exit()
+        await running
+    finally:
+        root.handlers[:] = handlers
+        log_file.close()
+
+
 async def _run_user(args: argparse.Namespace) -> int:
     config = _user_config(args)
     stop = _stop_on_signals()
@@ -356,11 +380,12 @@ async def _run_user(args: argparse.Namespace) -> int:
             from whatsap2p.ui.jsonrpc import JsonRpc
 
             await JsonRpc(session).run(stop)
-        else:
-            # The Textual terminal UI is not built yet; a terminal gets the line mode too.
+        elif args.plain or not (sys.stdin.isatty() and sys.stdout.isatty()):
             from whatsap2p.ui.lines import LineMode
 
             await LineMode(session).run(stop)
+        else:
+            await _run_tui(session, stop)
     finally:
         await session.close()
     return EXIT_OK

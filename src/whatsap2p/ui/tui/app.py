@@ -1,0 +1,596 @@
+"""The interactive terminal UI (Textual): contacts and groups on the left, the selected
+conversation on the right, an input line at the bottom.
+
+It drives the same `Session` as the plain and JSON-RPC modes and never touches a socket:
+sends run as workers (the screen stays live while a 50 MB photo goes out), the
+session's events arrive through one worker that reads `Session.events`. The input line
+takes every plain-mode command, carried out by the plain mode's own code (`LineMode`)
+with its output shown as notes; `/msg`, `/queue` and `/photo` also select the
+conversation they send to, and plain text goes to the selected conversation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import io
+import logging
+import shlex
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import ClassVar
+
+from rich.text import Text
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import Footer, Input, ListView, Static
+
+from whatsap2p.app.events import (
+    IdentityChanged,
+    PhotoReceived,
+    PresenceChanged,
+    QueuedDelivered,
+    ServerConnectionChanged,
+    TextReceived,
+)
+from whatsap2p.app.session import Session
+from whatsap2p.errors import DirectoryError, UnknownTarget, WhatsAp2pError
+from whatsap2p.ui.lines import LineMode, split_target
+from whatsap2p.ui.tui.dialogs import Field, FormDialog, TrustDialog
+from whatsap2p.ui.tui.model import SENDING, Conversation, Row, group_key, phone_key
+from whatsap2p.ui.tui.render import halfblocks, literal
+from whatsap2p.ui.tui.widgets import ConversationItem, MessageBox, StatusLine
+
+__all__ = ["ChatApp"]
+
+log = logging.getLogger(__name__)
+
+#: How often presence is looked up again (going offline is not pushed by the server).
+PRESENCE_EVERY = 5.0
+#: Messages of a conversation read from the history when it is first shown.
+HISTORY_ROWS = 100
+#: Size of a photo preview, in cells.
+PREVIEW_COLUMNS, PREVIEW_ROWS = 28, 7
+
+WELCOME = (
+    "Welcome. Pick a conversation on the left (↑/↓ or ctrl+↑/↓), or type "
+    "/msg NAME TEXT, /add NAME PHONE, /group NAME MEMBER..., /help for all commands."
+)
+
+
+class _Commands(LineMode):
+    """The plain mode's commands, with what they print shown as notes."""
+
+    def __init__(self, session: Session, note: Callable[[str], None]) -> None:
+        super().__init__(session, out=io.StringIO())
+        self._note = note
+
+    def say(self, line: str) -> None:
+        self._note(line)
+
+
+class ChatApp(App[None]):
+    TITLE = "WhatsAp2p"
+    CSS = """
+    StatusLine { height: 1; background: $primary-background; color: $text; }
+    #main { height: 1fr; }
+    #sidebar { width: 30%; min-width: 18; max-width: 36; border-right: vkey $secondary; }
+    #chat { width: 1fr; }
+    #title { height: 1; padding: 0 1; background: $boost; text-style: bold; }
+    #messages { height: 1fr; padding: 0 1; }
+    MessageBox { height: auto; margin-bottom: 1; }
+    MessageBox.note { color: $text-muted; margin-bottom: 0; }
+    MessageBox.mine { border-left: outer $primary; padding-left: 1; }
+    MessageBox.theirs { border-left: outer $accent; padding-left: 1; }
+    MessageBox .preview { height: auto; width: auto; }
+    MessageBox .progress { height: 1; }
+    MessageBox .states { height: auto; }
+    #input { height: 3; }
+    FormDialog, TrustDialog { align: center middle; }
+    .dialog { width: 76; max-width: 100%; height: auto; padding: 1 2;
+              border: thick $primary; background: $surface; }
+    .dialog.trust { border: thick $warning; }
+    .dialog Input { margin-bottom: 1; }
+    .buttons { height: auto; align-horizontal: right; }
+    .buttons Button { margin-left: 2; }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("ctrl+n", "new_contact", "Contact"),
+        Binding("ctrl+g", "new_group", "Group"),
+        Binding("ctrl+o", "attach", "Photo"),
+        Binding("ctrl+down,alt+down", "next_chat", "Next", key_display="^↓"),
+        Binding("ctrl+up,alt+up", "previous_chat", "Prev", key_display="^↑"),
+        Binding("ctrl+q", "quit", "Quit", priority=True),
+    ]
+
+    def __init__(
+        self,
+        session: Session,
+        *,
+        start_session: bool = False,
+        clock: Callable[[], dt.datetime] | None = None,
+        presence_every: float = PRESENCE_EVERY,
+    ) -> None:
+        """`session` is started already, unless `start_session` (the app then starts it
+        when mounted and closes it when it ends). `clock` stamps what we send as shown."""
+        super().__init__()
+        self.session = session
+        self._start_session = start_session
+        self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
+        self._presence_every = presence_every
+        self.conversations: dict[str, Conversation] = {}
+        self.current: Conversation | None = None
+        self.online: dict[str, bool] = {}
+        self._notes: list[Row] = []  # shown while no conversation is selected
+        self._commands = _Commands(session, self.note)
+        self._previews: dict[Path, Text] = {}
+        self.ready = asyncio.Event()
+        #: Set whenever what the screen shows changed (tests and scripts wait on it).
+        self.changed = asyncio.Event()
+
+    # --- layout -------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield StatusLine(id="status")
+        with Horizontal(id="main"):
+            yield ListView(id="sidebar")
+            with Vertical(id="chat"):
+                yield Static(id="title", markup=False)
+                yield VerticalScroll(id="messages")
+        yield Input(id="input", placeholder="message, or /help")
+        yield Footer()
+
+    async def on_mount(self) -> None:
+        if self._start_session:
+            await self.session.start()
+        self._show_status()
+        self._notes.append(Row("welcome", "", "", note=True, text=WELCOME))
+        await self.sync_sidebar()
+        await self._show_conversation(None)
+        self.query_one("#input", Input).focus()
+        self._pump_events()
+        self._watch_presence()
+        self.set_interval(self._presence_every, self._refresh_presence)
+        self.ready.set()
+
+    async def on_unmount(self) -> None:
+        if self._start_session:
+            await self.session.close()
+
+    def _show_status(self) -> None:
+        session = self.session
+        status = self.query_one(StatusLine)
+        status.show(session.phone, session.fingerprint, session.server_connected)
+
+    # --- conversations ------------------------------------------------------------------
+
+    def name_of(self, phone: str) -> str:
+        if phone == self.session.phone:
+            return "me"
+        return self.session.book.name_of(phone) or phone
+
+    def _wanted_keys(self) -> list[str]:
+        book = self.session.book
+        keys = [phone_key(c.phone) for c in book.contacts()]
+        keys += [group_key(g.name) for g in book.groups()]
+        # numbers and groups we had messages with (a removed contact stays while it has some)
+        keys += [k for k, c in self.conversations.items() if k not in keys and c.rows]
+        return list(dict.fromkeys(keys))
+
+    def conversation(self, key: str) -> Conversation:
+        """The conversation `key` stands for, made (with its stored history) on first use."""
+        conv = self.conversations.get(key)
+        if conv is not None:
+            return conv
+        kind, _, name = key.partition(":")
+        if kind == "g":
+            conv = Conversation(key, name, name, group=True)
+        else:
+            conv = Conversation(key, self.name_of(name), name)
+        self.conversations[key] = conv
+        try:
+            conv.load(self.session.conversation(conv.target, HISTORY_ROWS), self.session.phone)
+        except WhatsAp2pError:
+            conv.loaded = True  # a group we were never messaged in: nothing stored
+        return conv
+
+    def _members(self, conv: Conversation) -> list[str]:
+        if not conv.group:
+            return [conv.target]
+        try:
+            return list(self.session.book.resolve(conv.target).phones)
+        except UnknownTarget:
+            return []
+
+    async def sync_sidebar(self) -> None:
+        """The sidebar lists the contacts, the groups and the numbers that wrote to us."""
+        sidebar = self.query_one("#sidebar", ListView)
+        keys = self._wanted_keys()
+        for key in keys:
+            conv = self.conversation(key)
+            if not conv.group:
+                conv.title = self.name_of(conv.target)
+        items = list(sidebar.query(ConversationItem))
+        if [item.conversation.key for item in items] != keys:
+            await sidebar.clear()
+            items = [ConversationItem(self.conversations[key]) for key in keys]
+            await sidebar.extend(items)
+            if self.current is not None and self.current.key in keys:
+                sidebar.index = keys.index(self.current.key)
+        for item in items:
+            self._show_item(item)
+
+    def _show_item(self, item: ConversationItem) -> None:
+        members = [p for p in self._members(item.conversation) if p != self.session.phone]
+        known = [self.online[p] for p in members if p in self.online]
+        online = sum(known) if known or not members else None
+        item.show(online, len(members))
+
+    def _refresh_items(self) -> None:
+        for item in self.query(ConversationItem):
+            self._show_item(item)
+        self.changed.set()
+
+    @on(ListView.Highlighted, "#sidebar")
+    async def _picked(self, event: ListView.Highlighted) -> None:
+        item = event.item
+        if isinstance(item, ConversationItem) and item.conversation is not self.current:
+            await self._show_conversation(item.conversation)
+
+    async def select(self, key: str) -> Conversation:
+        """Show conversation `key` (made if new) and highlight it in the sidebar."""
+        conv = self.conversation(key)
+        await self.sync_sidebar()
+        sidebar = self.query_one("#sidebar", ListView)
+        keys = [item.conversation.key for item in sidebar.query(ConversationItem)]
+        if key in keys:
+            sidebar.index = keys.index(key)
+        if conv is not self.current:
+            await self._show_conversation(conv)
+        return conv
+
+    async def _show_conversation(self, conv: Conversation | None) -> None:
+        self.current = conv
+        title = self.query_one("#title", Static)
+        messages = self.query_one("#messages", VerticalScroll)
+        await messages.remove_children()
+        if conv is None:
+            title.update(Text("no conversation selected", style="dim"))
+            rows = self._notes
+        else:
+            conv.unread = 0
+            heading = Text()
+            heading.append("# " if conv.group else "")
+            heading.append_text(literal(conv.title))
+            if not conv.group and conv.title != conv.target:
+                heading.append(f"  {conv.target}", style="dim")
+            if conv.group:
+                names = ", ".join(self.name_of(p) for p in self._members(conv))
+                heading.append("  ")
+                heading.append_text(literal(names, style="dim"))
+            title.update(heading)
+            rows = conv.rows
+            self._refresh_items()
+        boxes = [self._box(row, conv) for row in rows[-HISTORY_ROWS:]]
+        await messages.mount_all(boxes)
+        messages.anchor()  # follows new messages until the person scrolls up
+        self.changed.set()
+
+    def _box(self, row: Row, conv: Conversation | None) -> MessageBox:
+        box = MessageBox(row, self.name_of, conv is not None and conv.group)
+        if row.photo is not None:
+            preview = self._previews.get(row.photo)
+            if preview is not None:
+                box.set_preview(preview)
+            else:
+                self._render_preview(row.photo)
+        return box
+
+    async def _add_row(self, conv: Conversation | None, row: Row) -> None:
+        """Append `row` to `conv` (None: the notes), and to the screen if it is shown."""
+        (conv.rows if conv is not None else self._notes).append(row)
+        if conv is self.current:
+            await self.query_one("#messages", VerticalScroll).mount(self._box(row, conv))
+        self.changed.set()
+
+    def _refresh_row(self, row: Row) -> None:
+        for box in self.query(MessageBox):
+            if box.row is row:
+                box.refresh_row()
+        self.changed.set()
+
+    @work(group="previews")
+    async def _render_preview(self, path: Path) -> None:
+        try:
+            preview = await asyncio.to_thread(halfblocks, path, PREVIEW_COLUMNS, PREVIEW_ROWS)
+        except Exception as exc:  # Pillow raises many kinds for a bad file: no preview
+            preview = Text(f"(no preview: {exc})", style="dim italic")
+        self._previews[path] = preview
+        for box in self.query(MessageBox):
+            if box.row.photo == path:
+                box.set_preview(preview)
+        self.changed.set()
+
+    def note(self, text: str) -> None:
+        """A line for the user (a command's output, an error), in the current view."""
+        row = Row(uuid.uuid4().hex, "", "", note=True, text=text)
+        self.run_worker(self._add_row(self.current, row), group="notes")
+
+    # --- input --------------------------------------------------------------------------
+
+    @on(Input.Submitted, "#input")
+    def _submitted(self, event: Input.Submitted) -> None:
+        line = event.value
+        event.input.value = ""
+        if line.strip():
+            self.run_worker(self.handle_line(line), group="commands")
+
+    async def handle_line(self, line: str) -> None:
+        """One line typed into the input: a command, or text for the conversation."""
+        try:
+            await self._handle_line(line.strip())
+        except WhatsAp2pError as exc:
+            self.note(f"error: {exc}")
+        except ValueError as exc:  # unbalanced quotes
+            self.note(f"error: {exc}")
+
+    async def _handle_line(self, line: str) -> None:
+        if not line.startswith("/"):
+            if self.current is None:
+                self.note("choose a conversation on the left first, or use /msg TARGET TEXT")
+                return
+            await self.send_text(self.current, line)
+            return
+        name, _, rest = line.partition(" ")
+        if name == "/quit":
+            self.exit()
+        elif name in ("/msg", "/queue"):
+            target, text = split_target(rest)
+            if not target or not text:
+                self.note(f"usage: {name} TARGET TEXT...")
+                return
+            conv = await self.select(self._key_of(target))
+            await self.send_text(conv, text, queue=name == "/queue")
+        elif name == "/photo":
+            args = shlex.split(rest)
+            if len(args) != 2:
+                self.note("usage: /photo TARGET PATH")
+                return
+            conv = await self.select(self._key_of(args[0]))
+            await self.send_photo(conv, args[1])
+        else:
+            await self._commands.command(line)
+            if name in ("/add", "/remove", "/group", "/trust"):
+                if name == "/trust" and rest:
+                    self._key_trusted(rest.strip())
+                await self.sync_sidebar()
+                self._watch_presence()
+            if name in ("/add", "/group"):  # open the conversation with what was made
+                words = shlex.split(rest)
+                with contextlib.suppress(WhatsAp2pError):
+                    if words:
+                        await self.select(self._key_of(words[0]))
+
+    def _key_of(self, target: str) -> str:
+        recipients = self.session.book.resolve(target)
+        if recipients.group is not None:
+            return group_key(recipients.group)
+        return phone_key(recipients.phones[0])
+
+    def _key_trusted(self, phone_text: str) -> None:
+        for conv in self.conversations.values():
+            if conv.target == phone_text or conv.title == phone_text:
+                conv.key_changed = False
+        self._refresh_items()
+
+    # --- sending ------------------------------------------------------------------------
+
+    def _new_row(self, conv: Conversation, **content: object) -> Row:
+        phones = [p for p in self._members(conv) if p != self.session.phone]
+        row = Row(
+            f"pending-{uuid.uuid4().hex}",
+            self.session.phone,
+            self._clock().isoformat(),
+            mine=True,
+            **content,  # type: ignore[arg-type]
+        )
+        row.states = dict.fromkeys(phones, SENDING)
+        return row
+
+    async def send_text(self, conv: Conversation, text: str, queue: bool = False) -> None:
+        row = self._new_row(conv, text=text)
+        await self._add_row(conv, row)
+        try:
+            report = await self.session.send_text(conv.target, text, queue=queue)
+        except WhatsAp2pError as exc:
+            row.fail(str(exc))
+            self._refresh_row(row)
+            raise
+        row.apply(report)
+        self._refresh_row(row)
+
+    async def send_photo(self, conv: Conversation, path_text: str) -> None:
+        path = _photo_path(path_text)
+        row = self._new_row(conv, photo=path, photo_name=path.name)
+        row.progress = (0, 1)
+        await self._add_row(conv, row)
+
+        def progress(done: int, total: int) -> None:
+            row.progress = (done, total)
+            self._refresh_row(row)
+
+        try:
+            report = await self.session.send_photo(conv.target, path, progress=progress)
+        except WhatsAp2pError as exc:
+            row.fail(str(exc))
+            row.progress = None
+            self._refresh_row(row)
+            raise
+        row.apply(report)
+        row.progress = None
+        self._refresh_row(row)
+
+    # --- what the session tells ---------------------------------------------------------
+
+    @work(group="events")
+    async def _pump_events(self) -> None:
+        session = self.session
+        while True:
+            event = await session.events.get()
+            if isinstance(event, TextReceived | PhotoReceived):
+                await self._received(event)
+                session.shown(event)
+            elif isinstance(event, IdentityChanged):
+                self._identity_changed(event)
+            elif isinstance(event, ServerConnectionChanged):
+                self._show_status()
+                self.changed.set()
+                if event.state == "restored":
+                    self._watch_presence()
+            elif isinstance(event, QueuedDelivered):
+                for conv in self.conversations.values():
+                    row = conv.find(event.id)
+                    if row is not None:
+                        row.states[event.phone] = "delivered"
+                        self._refresh_row(row)
+            elif isinstance(event, PresenceChanged):
+                self.online[event.phone] = event.online
+                self._refresh_items()
+
+    async def _received(self, event: TextReceived | PhotoReceived) -> None:
+        key = group_key(event.group) if event.group is not None else phone_key(event.sender)
+        new = key not in self.conversations
+        conv = self.conversation(key)
+        if conv.find(event.id) is None:
+            row = Row(event.id, event.sender, event.timestamp)
+            if isinstance(event, TextReceived):
+                row.text = event.text
+            else:
+                row.photo, row.photo_name = event.photo.path, event.photo.filename
+            await self._add_row(conv, row)
+        if conv is not self.current:
+            conv.unread += 1
+        self.online[event.sender] = True
+        if new:
+            await self.sync_sidebar()
+            self._watch_presence()
+        else:
+            self._refresh_items()
+
+    def _identity_changed(self, event: IdentityChanged) -> None:
+        conv = self.conversation(phone_key(event.phone))
+        conv.key_changed = True
+        self.run_worker(self.sync_sidebar(), group="sidebar")
+        old = self.session.trust.fingerprint_of(event.phone)
+        name = self.session.book.name_of(event.phone)
+        dialog = TrustDialog(event.phone, name, old, event.fingerprint)
+
+        async def decided(trust: bool | None) -> None:
+            if trust:
+                phone, fingerprint = await self.session.trust_key(event.phone)
+                self._key_trusted(phone)
+                self.note(f"trusting {phone} with key {fingerprint}")
+            else:
+                self.note(
+                    f"{event.phone} stays blocked until you accept its new key "
+                    f"(/trust {event.phone})"
+                )
+
+        self.push_screen(dialog, decided)
+
+    # --- presence -----------------------------------------------------------------------
+
+    def _watched_phones(self) -> list[str]:
+        phones: set[str] = set()
+        for conv in self.conversations.values():
+            phones.update(self._members(conv))
+        phones.discard(self.session.phone)
+        return sorted(phones)
+
+    @work(group="presence", exclusive=True)
+    async def _watch_presence(self) -> None:
+        try:
+            self.online.update(await self.session.watch_presence(self._watched_phones()))
+        except DirectoryError as exc:
+            log.info("presence: %s", exc)
+        self._refresh_items()
+
+    @work(group="presence-refresh", exclusive=True)
+    async def _refresh_presence(self) -> None:
+        self._show_status()
+        phones = self._watched_phones()
+        if not phones or not self.session.server_connected:
+            return
+        try:
+            self.online.update(await self.session.presence(phones))
+        except DirectoryError as exc:
+            log.info("presence: %s", exc)
+        self._refresh_items()
+
+    # --- key bindings -------------------------------------------------------------------
+
+    def action_new_contact(self) -> None:
+        def added(values: list[str] | None) -> None:
+            if values and all(values):
+                name, phone = values
+                self.run_worker(self.handle_line(f"/add {_quoted(name)} {phone}"))
+
+        fields = [Field("Name", "e.g. Maria"), Field("Phone number", "e.g. +55 11 99999-0001")]
+        self.push_screen(FormDialog("New contact", fields), added)
+
+    def action_new_group(self) -> None:
+        def made(values: list[str] | None) -> None:
+            if values and all(values):
+                name, members = values
+                listed = " ".join(_quoted(m.strip()) for m in members.split(",") if m.strip())
+                self.run_worker(self.handle_line(f"/group {_quoted(name)} {listed}"))
+
+        fields = [
+            Field("Group name", "e.g. family"),
+            Field("Members (contact names or numbers, separated by commas)", "maria, +55..."),
+        ]
+        self.push_screen(FormDialog("New group", fields), made)
+
+    def action_attach(self) -> None:
+        conv = self.current
+        if conv is None:
+            self.note("choose a conversation first, then attach a photo")
+            return
+
+        def chosen(values: list[str] | None) -> None:
+            if values and values[0]:
+                self.run_worker(self._send_photo_safely(conv, values[0]), group="commands")
+
+        field = Field("Photo to send (→ completes the path)", "~/Pictures/", paths=True)
+        self.push_screen(FormDialog(f"Send a photo to {conv.title}", [field]), chosen)
+
+    async def _send_photo_safely(self, conv: Conversation, path: str) -> None:
+        try:
+            await self.send_photo(conv, path)
+        except WhatsAp2pError as exc:
+            self.note(f"error: {exc}")
+
+    def _move(self, step: int) -> None:
+        sidebar = self.query_one("#sidebar", ListView)
+        count = len(sidebar.children)
+        if count:
+            sidebar.index = ((sidebar.index if sidebar.index is not None else -1) + step) % count
+
+    def action_next_chat(self) -> None:
+        self._move(1)
+
+    def action_previous_chat(self) -> None:
+        self._move(-1)
+
+
+def _photo_path(text: str) -> Path:
+    return Path(text).expanduser().absolute()
+
+
+def _quoted(text: str) -> str:
+    """A name as one word of a command line (quoted when it needs to be)."""
+    return shlex.quote(text)

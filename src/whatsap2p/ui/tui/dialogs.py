@@ -1,0 +1,145 @@
+"""Modal dialogs: a small form (new contact, new group, attach a photo) and the trust
+prompt shown when a contact's key changes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from typing import ClassVar
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.suggester import Suggester
+from textual.widgets import Button, Input, Label, Static
+
+from whatsap2p.ui.tui.render import literal
+
+__all__ = ["Field", "FormDialog", "PathSuggester", "TrustDialog", "complete_path"]
+
+
+class PathSuggester(Suggester):
+    """Completes file paths as they are typed (→ or End accepts); `~` is the home folder."""
+
+    def __init__(self) -> None:
+        super().__init__(use_cache=False, case_sensitive=True)
+
+    async def get_suggestion(self, value: str) -> str | None:
+        return await asyncio.to_thread(complete_path, value)
+
+
+def complete_path(value: str) -> str | None:
+    """The first entry of the folder `value` names that completes it (hidden ones only
+    when asked for with a dot); a folder gets its separator."""
+    folder, partial = os.path.split(os.path.expanduser(value))
+    try:
+        names = sorted(os.listdir(folder or "."))
+    except OSError:
+        return None
+    for name in names:
+        if name == partial or not name.startswith(partial):
+            continue
+        if name.startswith(".") and not partial.startswith("."):
+            continue
+        completed = value[: len(value) - len(partial)] + name
+        if os.path.isdir(os.path.join(folder or ".", name)):
+            completed += os.sep
+        return completed
+    return None
+
+
+@dataclass(frozen=True)
+class Field:
+    label: str
+    placeholder: str = ""
+    paths: bool = False  # complete file paths
+
+
+class FormDialog(ModalScreen[list[str] | None]):
+    """A title, some fields, OK and Cancel; dismissed with the values, or None."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, title: str, fields: list[Field]) -> None:
+        super().__init__()
+        self._title = title
+        self._fields = fields
+        self._inputs = [
+            Input(placeholder=f.placeholder, suggester=PathSuggester() if f.paths else None)
+            for f in fields
+        ]
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(Text(self._title, style="bold"), markup=False)
+            for field, box in zip(self._fields, self._inputs, strict=True):
+                yield Label(Text(field.label), markup=False)
+                yield box
+            with Horizontal(classes="buttons"):
+                yield Button("OK", variant="primary", id="ok")
+                yield Button("Cancel", id="cancel")
+
+    @on(Input.Submitted)
+    def _next_or_done(self, event: Input.Submitted) -> None:
+        index = self._inputs.index(event.input)
+        if index + 1 < len(self._inputs):
+            self._inputs[index + 1].focus()
+        else:
+            self._done()
+
+    @on(Button.Pressed, "#ok")
+    def _done(self) -> None:
+        self.dismiss([box.value.strip() for box in self._inputs])
+
+    @on(Button.Pressed, "#cancel")
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class TrustDialog(ModalScreen[bool]):
+    """A contact proved a key other than the one pinned for it: show both fingerprints;
+    True when the person accepts the new key."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "later", "Not now")]
+
+    def __init__(self, phone: str, name: str | None, old: str | None, new: str) -> None:
+        super().__init__()
+        self._phone, self._name, self._old, self._new = phone, name, old, new
+
+    def compose(self) -> ComposeResult:
+        who = literal(f"{self._name} ({self._phone})" if self._name else self._phone)
+        text = Text()
+        text.append("The key of ", style="bold")
+        text.append_text(who)
+        text.append(" changed.\n\n", style="bold")
+        text.append("Before: ", style="dim")
+        text.append(_grouped(self._old) if self._old else "(none pinned)")
+        text.append("\nNow:    ", style="dim")
+        text.append(_grouped(self._new), style="bold yellow")
+        text.append(
+            "\n\nCompare the new fingerprint with the person (in person or on a call). "
+            "Nothing is sent to or accepted from this number until you trust it."
+        )
+        with Vertical(classes="dialog trust"):
+            yield Static(text, markup=False)
+            with Horizontal(classes="buttons"):
+                yield Button("Trust the new key", variant="warning", id="trust")
+                yield Button("Not now", id="later")
+
+    @on(Button.Pressed, "#trust")
+    def _trust(self) -> None:
+        self.dismiss(True)
+
+    @on(Button.Pressed, "#later")
+    def action_later(self) -> None:
+        self.dismiss(False)
+
+
+def _grouped(fingerprint: str) -> str:
+    """64 hex digits in groups of four, two lines of eight groups (fits 80 columns)."""
+    groups = [fingerprint[i : i + 4] for i in range(0, len(fingerprint), 4)]
+    return " ".join(groups[:8]) + "\n        " + " ".join(groups[8:])

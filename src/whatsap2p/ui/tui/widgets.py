@@ -1,0 +1,167 @@
+"""The terminal UI's widgets: the sidebar's entries and the messages of a conversation.
+
+Every string from a peer reaches the screen as a `Text` made by `render.literal`, so
+markup in it is shown as typed and never interpreted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import Label, ListItem, ProgressBar, Static
+
+from whatsap2p.ui.tui.model import SENDING, Conversation, Row
+from whatsap2p.ui.tui.render import clock_of, literal
+
+__all__ = ["ConversationItem", "MessageBox", "StatusLine"]
+
+_STATE_MARKS = {
+    "delivered": ("✓", "green"),
+    "queued": ("⏳", "yellow"),
+    "offline": ("○", "bright_black"),
+    "failed": ("✗", "red"),
+    SENDING: ("…", "bright_black"),
+    "received": ("✓", "green"),
+}
+
+
+class StatusLine(Static):
+    """Who I am (number, key fingerprint) and the server connection."""
+
+    def show(self, phone: str, fingerprint: str, connected: bool) -> None:
+        short = " ".join(fingerprint[i : i + 4] for i in range(0, 16, 4))
+        line = Text()
+        line.append(" WhatsAp2p ", style="bold")
+        line.append(f" {phone} ")
+        line.append(f" key {short}… ", style="dim")
+        if connected:
+            line.append(" ● server connected ", style="bold green")
+        else:
+            line.append(" ● server lost, reconnecting ", style="bold red")
+        self.update(line)
+
+
+class ConversationItem(ListItem):
+    """One entry of the sidebar: presence, title, unread count."""
+
+    def __init__(self, conversation: Conversation) -> None:
+        super().__init__()
+        self.conversation = conversation
+        self._label = Label(Text(""), markup=False)
+        self.plain = ""  # what the entry shows, as plain text
+
+    def compose(self) -> ComposeResult:
+        yield self._label
+
+    def show(self, online: int | None, members: int) -> None:
+        """`online`: None when unknown; for a group, how many of its `members` are."""
+        conv = self.conversation
+        line = Text(no_wrap=True, overflow="ellipsis")
+        if conv.group:
+            line.append("# ", style="bold cyan")
+        elif online:
+            line.append("● ", style="bold green")
+        else:
+            line.append("○ ", style="bright_black")
+        line.append_text(literal(conv.title, style="bold" if conv.unread else ""))
+        if conv.group and online is not None:
+            line.append(f" {online}/{members}", style="dim")
+        if conv.key_changed:
+            line.append(" ⚠", style="bold yellow")
+        if conv.unread:
+            line.append(f" ({conv.unread})", style="bold magenta")
+        self._label.update(line)
+        self.plain = line.plain
+
+
+class MessageBox(Vertical):
+    """One message: who and when, the text or the photo (with a preview and, while it is
+    being sent, a progress bar), and for ours the state per recipient."""
+
+    def __init__(self, row: Row, name_of: Callable[[str], str], group: bool) -> None:
+        classes = "note" if row.note else ("mine" if row.mine else "theirs")
+        super().__init__(classes=classes)
+        self.row = row
+        self._name_of = name_of
+        self._group = group
+        self._head = Static(markup=False)
+        self._preview = Static(classes="preview", markup=False)
+        self._bar = ProgressBar(show_eta=False, classes="progress")
+        self._states = Static(classes="states", markup=False)
+        self._has_preview = False
+
+    def compose(self) -> ComposeResult:
+        yield self._head
+        yield self._preview
+        yield self._bar
+        yield self._states
+
+    def on_mount(self) -> None:
+        self.refresh_row()
+
+    def plain(self) -> str:
+        """What the message shows, as plain text (previews aside)."""
+        parts = [str(self._head.content)]
+        if self._states.display:
+            parts.append(str(self._states.content))
+        return "\n".join(parts)
+
+    @property
+    def has_preview(self) -> bool:
+        return self._has_preview
+
+    def set_preview(self, preview: Text) -> None:
+        self._has_preview = True
+        self._preview.update(preview)
+        self._preview.display = True
+
+    def refresh_row(self) -> None:
+        row = self.row
+        head = Text()
+        if row.note:
+            head.append_text(literal(row.text or "", style="italic"))
+            self._head.update(head)
+            for part in (self._preview, self._bar, self._states):
+                part.display = False
+            return
+        head.append(f"{clock_of(row.timestamp)} ", style="dim")
+        who = "me" if row.mine else self._name_of(row.sender)
+        head.append_text(literal(who, style="bold blue" if row.mine else "bold magenta"))
+        head.append(": ")
+        if row.photo is not None or row.photo_name is not None:
+            head.append("photo ", style="italic")
+            head.append_text(literal(row.photo_name or "", style="underline"))
+            if row.photo is not None and not row.mine:
+                head.append("\n")
+                head.append_text(literal(f"saved to {row.photo}", style="dim"))
+        else:
+            head.append_text(literal(row.text or ""))
+        self._head.update(head)
+        self._preview.display = self._has_preview
+        if row.progress is not None:
+            done, total = row.progress
+            self._bar.update(total=max(total, 1), progress=done)
+        self._bar.display = row.progress is not None and any(
+            state == SENDING for state in row.states.values()
+        )
+        self._states.display = bool(row.states) and row.mine
+        if row.mine:
+            self._states.update(self._state_line())
+
+    def _state_line(self) -> Text:
+        line = Text(style="dim")
+        for i, (phone, state) in enumerate(self.row.states.items()):
+            if i:
+                line.append("  ")
+            mark, colour = _STATE_MARKS.get(state, ("?", ""))
+            line.append(f"{mark} ", style=colour)
+            line.append_text(literal(self._name_of(phone)))
+            line.append(f" {state}")
+            error = self.row.errors.get(phone)
+            if error:
+                line.append(": ")
+                line.append_text(literal(error))
+        return line

@@ -1,0 +1,303 @@
+"""The terminal UI, driven with Textual's pilot, against a real directory server and real
+peer sessions on 127.0.0.1 port 0."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pytest
+from textual.pilot import Pilot
+from textual.widgets import Input, ListView, ProgressBar, Static
+
+from tests.conftest import image_bytes
+from tests.servers import running_server, session_config
+from whatsap2p.app.events import PhotoReceived, TextReceived
+from whatsap2p.app.session import Session
+from whatsap2p.config import Limits
+from whatsap2p.server.service import DirectoryServer
+from whatsap2p.ui.tui import ChatApp
+from whatsap2p.ui.tui.dialogs import FormDialog, TrustDialog, complete_path
+from whatsap2p.ui.tui.model import Row
+from whatsap2p.ui.tui.widgets import ConversationItem, MessageBox, StatusLine
+
+ALICE, BOB, CAROL, DAVE = (f"+551199999000{i}" for i in range(1, 5))
+
+
+class World:
+    def __init__(self, stack: AsyncExitStack, server: DirectoryServer, port: int, root: Path):
+        self.stack, self.server, self.port, self.root = stack, server, port, root
+
+    async def user(self, phone: str, data_dir: str = "") -> Session:
+        config = session_config(self.port, phone, self.root / (data_dir or phone))
+        return await self.stack.enter_async_context(Session(config))
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    async with AsyncExitStack() as stack:
+        server, port = await stack.enter_async_context(running_server())
+        yield World(stack, server, port, tmp_path)
+
+
+async def until(app: ChatApp, check: Callable[[], object], timeout: float = 10) -> None:
+    """Wait until `check()` holds, re-checking each time the screen changes."""
+    async with asyncio.timeout(timeout):
+        while not check():
+            app.changed.clear()
+            await app.changed.wait()
+
+
+async def type_line(pilot: Pilot[None], line: str) -> None:
+    box = pilot.app.query_one("#input", Input)
+    box.focus()
+    box.value = line
+    await pilot.press("enter")
+
+
+def messages(app: ChatApp) -> list[str]:
+    return [box.plain() for box in app.query(MessageBox)]
+
+
+def sidebar(app: ChatApp) -> list[str]:
+    return [item.plain for item in app.query(ConversationItem)]
+
+
+async def next_event(session: Session) -> object:
+    return await asyncio.wait_for(session.events.get(), 10)
+
+
+async def test_add_a_contact_see_it_online_and_chat_both_ways(world: World) -> None:
+    alice, bob = await world.user(ALICE), await world.user(BOB)
+    app = ChatApp(alice)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await app.ready.wait()
+        status = str(app.query_one(StatusLine).content)
+        assert ALICE in status
+        assert alice.fingerprint[:4] in status
+        assert "server connected" in status
+
+        await type_line(pilot, "/add bob +55 11 99999-0002")
+        await until(app, lambda: sidebar(app) == ["● bob"])  # online, and selected
+        assert app.current is not None
+        assert app.current.target == BOB
+
+        await type_line(pilot, "hello bob")
+        got = await next_event(bob)
+        assert isinstance(got, TextReceived)
+        assert got.text == "hello bob"
+        await until(app, lambda: any("✓ bob delivered" in m for m in messages(app)))
+
+        hostile = "[bold red]x[/] [link=http://e.vil]y[/link]\x1b[31m\u202e"
+        await bob.send_text(ALICE, hostile)
+        await until(app, lambda: any("bob: [bold red]" in m for m in messages(app)))
+        shown = next(m for m in messages(app) if "bold red" in m)
+        assert "[bold red]x[/] [link=http://e.vil]y[/link]\\x1b[31m\\u202e" in shown
+
+
+async def test_a_stranger_opens_a_conversation_with_an_unread_count(world: World) -> None:
+    alice, carol = await world.user(ALICE), await world.user(CAROL)
+    alice.book.add_contact("bob", BOB)  # offline
+    app = ChatApp(alice)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await app.ready.wait()
+        await until(app, lambda: sidebar(app) == ["○ bob"])
+        await carol.send_text(ALICE, "hi, it's carol")
+        await until(app, lambda: sidebar(app) == ["○ bob", f"● {CAROL} (1)"])
+        await pilot.press("ctrl+down", "ctrl+down")  # bob, then carol's number
+        await until(app, lambda: sidebar(app) == ["○ bob", f"● {CAROL}"])
+        assert any("hi, it's carol" in m for m in messages(app))
+        await pilot.press("ctrl+up")
+        await until(app, lambda: app.current is not None and app.current.target == BOB)
+
+
+async def test_a_group_photo_shows_progress_per_recipient_and_previews(world: World) -> None:
+    alice, bob, carol = await world.user(ALICE), await world.user(BOB), await world.user(CAROL)
+    for name, phone in (("bob", BOB), ("carol", CAROL), ("dave", DAVE)):
+        alice.book.add_contact(name, phone)
+    big = world.root / "big.png"
+    big.write_bytes(image_bytes(size=(120, 80)) + os.urandom(6 * Limits().photo_chunk))
+    app = ChatApp(alice)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await app.ready.wait()
+        await type_line(pilot, "/group trip bob carol dave")
+        await until(app, lambda: "# trip 2/3" in sidebar(app))
+        bars: list[tuple[float | None, float | None]] = []  # what the bar showed, each update
+        refresh = app._refresh_row
+
+        def watched(row: Row) -> None:
+            refresh(row)
+            for box in app.query(MessageBox):
+                if box.row is row and box.query_one(ProgressBar).display:
+                    bar = box.query_one(ProgressBar)
+                    bars.append((bar.progress, bar.total))
+
+        app._refresh_row = watched  # type: ignore[method-assign]
+        await type_line(pilot, f"/photo trip {big}")
+        await until(app, lambda: app.current is not None and app.current.rows)
+        assert app.current is not None
+        row = app.current.rows[-1]
+        await until(app, lambda: row.progress is None and not row.id.startswith("pending"))
+        size = big.stat().st_size
+        assert bars[-1] == (2 * size, 2 * size)  # bob's and carol's copies, every byte
+        assert any(0 < done < 2 * size for done, _ in bars if done is not None)  # it moved
+        assert row.states == {BOB: "delivered", CAROL: "delivered", DAVE: "offline"}
+        await until(app, lambda: any(box.has_preview for box in app.query(MessageBox)))
+        text = messages(app)[-1]
+        assert "✓ bob delivered" in text
+        assert "○ dave offline" in text
+        for who in (bob, carol):
+            assert isinstance(await next_event(who), PhotoReceived)
+
+        # and one coming in: shown with its preview and where it was saved
+        photo = world.root / "back.png"
+        photo.write_bytes(image_bytes())
+        await bob.send_photo(ALICE, photo)
+        await pilot.press("ctrl+up", "ctrl+up", "ctrl+up")  # trip -> dave -> carol -> bob
+        await until(app, lambda: app.current is not None and app.current.target == BOB)
+        await until(app, lambda: any("saved to" in m for m in messages(app)))
+        await until(app, lambda: all(b.has_preview for b in app.query(MessageBox)))
+        assert str(alice.config.data_dir / "photos" / "back.png") in messages(app)[-1]
+
+
+async def test_a_changed_key_asks_and_blocks_until_accepted(world: World) -> None:
+    alice, bob = await world.user(ALICE), await world.user(BOB)
+    alice.book.add_contact("bob", BOB)
+    assert (await alice.send_text(BOB, "hi")).delivered == [BOB]  # alice pins bob's key
+    await bob.close()
+    assert world.server.bindings.release(BOB)
+    new_bob = await world.user(BOB, data_dir="new-bob")
+    app = ChatApp(alice)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await app.ready.wait()
+        await type_line(pilot, "/msg bob is it you?")
+        await until(app, lambda: isinstance(app.screen, TrustDialog))
+        await until(app, lambda: any("✗ bob failed: identity changed" in m for m in messages(app)))
+        await pilot.press("escape")  # not now: still blocked
+        await until(app, lambda: "stays blocked" in " ".join(messages(app)))
+        assert sidebar(app) == ["● bob ⚠"]
+        await type_line(pilot, "/msg bob still you?")
+        await until(app, lambda: sum("failed: identity changed" in m for m in messages(app)) == 2)
+        assert new_bob.events.empty()
+
+        # accepted on the dialog shown again by the next refusal... or with /trust
+        await type_line(pilot, f"/trust {BOB}")
+        await until(app, lambda: sidebar(app) == ["● bob"])
+        await type_line(pilot, "welcome back")
+        got = await next_event(new_bob)
+        assert isinstance(got, TextReceived)
+        assert got.text == "welcome back"
+
+
+async def test_the_trust_dialog_accepts_the_new_key(world: World) -> None:
+    alice, bob = await world.user(ALICE), await world.user(BOB)
+    assert (await alice.send_text(BOB, "hi")).delivered == [BOB]
+    old = bob.fingerprint
+    await bob.close()
+    assert world.server.bindings.release(BOB)
+    new_bob = await world.user(BOB, data_dir="new-bob")
+    app = ChatApp(alice)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await app.ready.wait()
+        await type_line(pilot, f"/msg {BOB} hello?")
+        await until(app, lambda: isinstance(app.screen, TrustDialog))
+        shown = " ".join(str(s.content) for s in app.screen.query(Static))
+        assert old[:4] in shown
+        assert new_bob.fingerprint[:4] in shown
+        await pilot.click("#trust")
+        await until(app, lambda: "trusting" in " ".join(messages(app)))
+        await type_line(pilot, "hello again")
+        await until(app, lambda: any("✓ +5511999990002 delivered" in m for m in messages(app)))
+
+
+async def test_key_bindings_for_contacts_groups_photos_and_quit(
+    world: World, tmp_path: Path
+) -> None:
+    alice, _ = await world.user(ALICE), await world.user(BOB)
+    photo = tmp_path / "pics" / "sunset.png"
+    photo.parent.mkdir()
+    photo.write_bytes(image_bytes())
+    app = ChatApp(alice)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await app.ready.wait()
+        await pilot.press("ctrl+n")
+        assert isinstance(app.screen, FormDialog)
+        name, phone = app.screen.query(Input)
+        name.value, phone.value = "bob", BOB
+        await pilot.click("#ok")
+        await until(app, lambda: sidebar(app) == ["● bob"])
+
+        await pilot.press("ctrl+g")
+        assert isinstance(app.screen, FormDialog)
+        group, members = app.screen.query(Input)
+        group.value, members.value = "pals", "bob, +5511999990003"
+        await pilot.click("#ok")
+        await until(app, lambda: "# pals 1/2" in sidebar(app))
+
+        await pilot.press("ctrl+o")
+        assert isinstance(app.screen, FormDialog)
+        (path,) = app.screen.query(Input)
+        path.value = str(photo)
+        await pilot.click("#ok")
+        await until(app, lambda: any("✓ bob delivered" in m for m in messages(app)))
+
+        await pilot.press("ctrl+up")
+        await until(app, lambda: app.current is not None and app.current.target == BOB)
+        await pilot.press("ctrl+n", "escape")  # a dialog cancelled changes nothing
+        assert sidebar(app) == ["● bob", "# pals 1/2"]
+
+        await type_line(pilot, "/quit")
+        await until(app, lambda: app.return_code is not None)
+    assert app.return_code == 0
+
+
+async def test_plain_mode_commands_work_as_typed(world: World) -> None:
+    alice = await world.user(ALICE)
+    app = ChatApp(alice)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await app.ready.wait()
+        await type_line(pilot, "/contacts")
+        await until(app, lambda: "no contacts" in messages(app))
+        await type_line(pilot, "/identity")
+        await until(app, lambda: f"{ALICE} key {alice.fingerprint}" in messages(app))
+        await type_line(pilot, "/frobnicate")
+        await until(app, lambda: any("unknown command /frobnicate" in m for m in messages(app)))
+        await type_line(pilot, "no conversation yet")
+        await until(app, lambda: any("choose a conversation" in m for m in messages(app)))
+        await type_line(pilot, "/msg nobody hi")
+        await until(app, lambda: any(m.startswith("error:") for m in messages(app)))
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40), (200, 60)])
+async def test_the_layout_fits_small_and_large_terminals(
+    world: World, size: tuple[int, int]
+) -> None:
+    alice = await world.user(ALICE)
+    alice.book.add_contact("a contact with a rather long name indeed", BOB)
+    app = ChatApp(alice)
+    async with app.run_test(size=size) as pilot:
+        await app.ready.wait()
+        await pilot.pause()
+        width, height = size
+        for selector in ("#status", "#sidebar", "#title", "#messages", "#input"):
+            region = app.query_one(selector).region
+            assert region.width > 0, selector
+            assert region.height > 0, selector
+            assert region.right <= width, selector
+            assert region.bottom <= height, selector
+        assert app.query_one("#sidebar", ListView).region.width >= 18
+        assert app.query_one("#messages").region.width >= width // 2
+
+
+def test_path_completion(tmp_path: Path) -> None:
+    (tmp_path / "holiday").mkdir()
+    (tmp_path / "holiday.png").write_bytes(b"x")
+    (tmp_path / ".hidden.png").write_bytes(b"x")
+    assert complete_path(str(tmp_path / "hol")) == str(tmp_path / "holiday") + os.sep
+    assert complete_path(str(tmp_path / "holiday.")) == str(tmp_path / "holiday.png")
+    assert complete_path(str(tmp_path / ".hid")) == str(tmp_path / ".hidden.png")
+    assert complete_path(str(tmp_path / "nothing")) is None
+    assert complete_path(str(tmp_path / "missing" / "x")) is None
