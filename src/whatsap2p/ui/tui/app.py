@@ -442,7 +442,7 @@ class ChatApp(App[None]):
         while True:
             event = await session.events.get()
             if isinstance(event, TextReceived | PhotoReceived):
-                await self._received(event)
+                await self.receive(event)
                 session.shown(event)
             elif isinstance(event, IdentityChanged):
                 self._identity_changed(event)
@@ -461,7 +461,8 @@ class ChatApp(App[None]):
                 self.online[event.phone] = event.online
                 self._refresh_items()
 
-    async def _received(self, event: TextReceived | PhotoReceived) -> None:
+    async def receive(self, event: TextReceived | PhotoReceived) -> None:
+        """Show a message that arrived (in its conversation, made if new)."""
         key = group_key(event.group) if event.group is not None else phone_key(event.sender)
         new = key not in self.conversations
         conv = self.conversation(key)

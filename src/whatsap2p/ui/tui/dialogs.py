@@ -116,9 +116,9 @@ class TrustDialog(ModalScreen[bool]):
         text.append("The key of ", style="bold")
         text.append_text(who)
         text.append(" changed.\n\n", style="bold")
-        text.append("Before: ", style="dim")
+        text.append("Before:\n", style="dim")
         text.append(_grouped(self._old) if self._old else "(none pinned)")
-        text.append("\nNow:    ", style="dim")
+        text.append("\nNow:\n", style="dim")
         text.append(_grouped(self._new), style="bold yellow")
         text.append(
             "\n\nCompare the new fingerprint with the person (in person or on a call). "
@@ -142,4 +142,4 @@ class TrustDialog(ModalScreen[bool]):
 def _grouped(fingerprint: str) -> str:
     """64 hex digits in groups of four, two lines of eight groups (fits 80 columns)."""
     groups = [fingerprint[i : i + 4] for i in range(0, len(fingerprint), 4)]
-    return " ".join(groups[:8]) + "\n        " + " ".join(groups[8:])
+    return " ".join(groups[:8]) + "\n" + " ".join(groups[8:])
