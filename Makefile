@@ -23,12 +23,13 @@ run: $(STAMP)
 test: $(STAMP) test-tools
 	$(BIN)/python -m pytest
 
-# The wire-privacy test captures loopback traffic with tcpdump; install it when missing.
+# The wire-privacy test captures loopback traffic with tcpdump, and the terminal UI is
+# driven on a real terminal in tmux; install them when missing.
 test-tools:
-	@command -v tcpdump >/dev/null 2>&1 || { \
-	  echo "installing tcpdump (for the packet-capture test)"; \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tcpdump >/dev/null; } \
-	  || { echo "cannot install tcpdump: install it (needs root), then run make test again"; exit 1; }; }
+	@command -v tcpdump >/dev/null 2>&1 && command -v tmux >/dev/null 2>&1 || { \
+	  echo "installing tcpdump and tmux (for the packet-capture and terminal UI tests)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tcpdump tmux >/dev/null; } \
+	  || { echo "cannot install tcpdump and tmux: install them (needs root), then run make test again"; exit 1; }; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench fuzz

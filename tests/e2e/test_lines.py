@@ -69,3 +69,14 @@ async def test_line_mode_sends_receives_and_escapes(cluster: Cluster, tmp_path: 
     proc.stdin.write(b"/quit\n")
     assert await asyncio.wait_for(proc.wait(), 10) == 0
     assert (await bob.call("status", target=ALICE))[ALICE] == {"online": False}
+
+
+async def test_without_a_terminal_the_line_mode_is_used(cluster: Cluster, tmp_path: Path) -> None:
+    """The terminal UI needs a TTY; piped standard streams get the plain mode."""
+    proc = await spawn_user(cluster.server.address, ALICE, tmp_path / "alice")
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    first = await asyncio.wait_for(proc.stdout.readline(), 10)
+    assert first.decode().startswith(f"online as {ALICE}")
+    proc.stdin.write(b"/quit\n")
+    assert await asyncio.wait_for(proc.wait(), 10) == 0
