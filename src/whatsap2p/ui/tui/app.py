@@ -43,7 +43,7 @@ from whatsap2p.ui.lines import LineMode, split_target
 from whatsap2p.ui.tui.dialogs import Field, FormDialog, TrustDialog
 from whatsap2p.ui.tui.model import SENDING, Conversation, Row, group_key, phone_key
 from whatsap2p.ui.tui.render import halfblocks, literal
-from whatsap2p.ui.tui.widgets import ConversationItem, MessageBox, StatusLine
+from whatsap2p.ui.tui.widgets import ChatInput, ConversationItem, MessageBox, StatusLine
 
 __all__ = ["ChatApp"]
 
@@ -141,7 +141,7 @@ class ChatApp(App[None]):
             with Vertical(id="chat"):
                 yield Static(id="title", markup=False)
                 yield VerticalScroll(id="messages")
-        yield Input(id="input", placeholder="message, or /help")
+        yield ChatInput(id="input", placeholder="message, or /help")
         yield Footer()
 
     async def on_mount(self) -> None:
@@ -322,12 +322,10 @@ class ChatApp(App[None]):
 
     # --- input --------------------------------------------------------------------------
 
-    @on(Input.Submitted, "#input")
-    def _submitted(self, event: Input.Submitted) -> None:
-        line = event.value
-        event.input.value = ""
-        if line.strip():
-            self.run_worker(self.handle_line(line), group="commands")
+    @on(ChatInput.Line)
+    def _submitted(self, event: ChatInput.Line) -> None:
+        if event.line.strip():
+            self.run_worker(self.handle_line(event.line), group="commands")
 
     async def handle_line(self, line: str) -> None:
         """One line typed into the input: a command, or text for the conversation."""

@@ -9,14 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from rich.text import Text
+from textual import events
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual.widgets import Label, ListItem, ProgressBar, Static
+from textual.message import Message
+from textual.widgets import Input, Label, ListItem, ProgressBar, Static
 
 from whatsap2p.ui.tui.model import SENDING, Conversation, Row
 from whatsap2p.ui.tui.render import clock_of, literal
 
-__all__ = ["ConversationItem", "MessageBox", "StatusLine"]
+__all__ = ["ChatInput", "ConversationItem", "MessageBox", "StatusLine"]
 
 _STATE_MARKS = {
     "delivered": ("✓", "green"),
@@ -26,6 +28,26 @@ _STATE_MARKS = {
     SENDING: ("…", "bright_black"),
     "received": ("✓", "green"),
 }
+
+
+class ChatInput(Input):
+    """The input line. Enter takes the line here, in order with the keys around it:
+    as a binding it would reach the app after keys typed just behind it (a fast typist,
+    or a script) and two lines would run together."""
+
+    class Line(Message):
+        def __init__(self, line: str) -> None:
+            super().__init__()
+            self.line = line
+
+    async def _on_key(self, event: events.Key) -> None:
+        if event.key == "enter":
+            event.stop()
+            event.prevent_default()
+            line, self.value = self.value, ""
+            self.post_message(self.Line(line))
+            return
+        await super()._on_key(event)
 
 
 class StatusLine(Static):
