@@ -193,7 +193,7 @@ class JsonRpc:
             elif isinstance(event, QueuedDelivered):
                 self.notify("delivered", {"id": event.id, "phone": event.phone})
             elif isinstance(event, PresenceChanged):
-                self.notify("presence", {"phone": event.phone, "online": event.online})
+                continue  # only the terminal UI asks to watch presence
             else:
                 self.notify("receive", received_json(event))
                 self._shown.append(event)  # marked shown once flushed
