@@ -301,3 +301,24 @@ def test_path_completion(tmp_path: Path) -> None:
     assert complete_path(str(tmp_path / ".hid")) == str(tmp_path / ".hidden.png")
     assert complete_path(str(tmp_path / "nothing")) is None
     assert complete_path(str(tmp_path / "missing" / "x")) is None
+
+
+async def test_terminals_with_a_graphics_protocol_get_real_pictures(world: World) -> None:
+    from textual_image.widget import TGPImage
+
+    from whatsap2p.ui.tui.graphics import terminal_graphics
+
+    assert terminal_graphics() is None  # not a terminal here: half blocks
+    alice, bob = await world.user(ALICE), await world.user(BOB)
+    app = ChatApp(alice, graphics=TGPImage)  # as on kitty
+    async with app.run_test(size=(80, 24)) as pilot:
+        await app.ready.wait()
+        photo = world.root / "p.png"
+        photo.write_bytes(image_bytes())
+        await bob.send_photo(ALICE, photo)
+        await until(app, lambda: bool(app.conversations))
+        await pilot.press("ctrl+down")
+        await until(app, lambda: any(b.has_preview for b in app.query(MessageBox)))
+        (picture,) = app.query(TGPImage)
+        assert picture.has_class("graphic")
+        assert isinstance(picture.parent, MessageBox)

@@ -350,13 +350,14 @@ async def _run_tui(session: Session, stop: asyncio.Event) -> None:
     """The Textual UI until the person quits or a signal comes. Log lines would tear the
     screen: while it runs they go to `tui.log` in the data dir."""
     from whatsap2p.ui.tui import ChatApp
+    from whatsap2p.ui.tui.graphics import terminal_graphics
 
     root = logging.getLogger()
     handlers = root.handlers[:]
     log_file = logging.FileHandler(session.config.data_dir / "tui.log", encoding="utf-8")
     log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.handlers[:] = [log_file]
-    app = ChatApp(session)
+    app = ChatApp(session, graphics=terminal_graphics())
     try:
         running = asyncio.ensure_future(app.run_async())
         stopping = asyncio.ensure_future(stop.wait())

@@ -27,6 +27,7 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widget import Widget
 from textual.widgets import Footer, Input, ListView, Static
 
 from whatsap2p.app.events import (
@@ -87,6 +88,7 @@ class ChatApp(App[None]):
     MessageBox.mine { border-left: outer $primary; padding-left: 1; }
     MessageBox.theirs { border-left: outer $accent; padding-left: 1; }
     MessageBox .preview { height: auto; width: auto; }
+    MessageBox .graphic { height: 7; width: auto; }
     MessageBox .progress { height: 1; }
     MessageBox .states { height: auto; }
     #input { height: 3; }
@@ -114,9 +116,12 @@ class ChatApp(App[None]):
         start_session: bool = False,
         clock: Callable[[], dt.datetime] | None = None,
         presence_every: float = PRESENCE_EVERY,
+        graphics: Callable[[Path], Widget] | None = None,
     ) -> None:
         """`session` is started already, unless `start_session` (the app then starts it
-        when mounted and closes it when it ends). `clock` stamps what we send as shown."""
+        when mounted and closes it when it ends). `clock` stamps what we send as shown.
+        `graphics`: a widget class showing a picture file with the terminal's graphics
+        protocol (`graphics.terminal_graphics`); without it, previews are half blocks."""
         super().__init__()
         self.session = session
         self._start_session = start_session
@@ -128,6 +133,7 @@ class ChatApp(App[None]):
         self._notes: list[Row] = []  # shown while no conversation is selected
         self._commands = _Commands(session, self.note)
         self._previews: dict[Path, Text] = {}
+        self._graphics = graphics
         self.ready = asyncio.Event()
         #: Set whenever what the screen shows changed (tests and scripts wait on it).
         self.changed = asyncio.Event()
@@ -282,7 +288,9 @@ class ChatApp(App[None]):
 
     def _box(self, row: Row, conv: Conversation | None) -> MessageBox:
         box = MessageBox(row, self.name_of, conv is not None and conv.group)
-        if row.photo is not None:
+        if row.photo is not None and self._graphics is not None:
+            box.set_graphic(self._graphics(row.photo))
+        elif row.photo is not None:
             preview = self._previews.get(row.photo)
             if preview is not None:
                 box.set_preview(preview)

@@ -13,6 +13,7 @@ from textual import events
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.message import Message
+from textual.widget import Widget
 from textual.widgets import Input, Label, ListItem, ProgressBar, Static
 
 from whatsap2p.ui.tui.model import SENDING, Conversation, Row
@@ -114,9 +115,12 @@ class MessageBox(Vertical):
         self._bar = ProgressBar(show_eta=False, classes="progress")
         self._states = Static(classes="states", markup=False)
         self._has_preview = False
+        self._graphic: Widget | None = None
 
     def compose(self) -> ComposeResult:
         yield self._head
+        if self._graphic is not None:
+            yield self._graphic
         yield self._preview
         yield self._bar
         yield self._states
@@ -134,6 +138,14 @@ class MessageBox(Vertical):
     @property
     def has_preview(self) -> bool:
         return self._has_preview
+
+    def set_graphic(self, picture: Widget) -> None:
+        """Show the photo with the terminal's graphics protocol instead of half blocks."""
+        self._has_preview = True
+        self._graphic = picture
+        picture.add_class("graphic")
+        if self.is_mounted:
+            self.mount(picture, after=self._head)
 
     def set_preview(self, preview: Text) -> None:
         self._has_preview = True
@@ -162,7 +174,7 @@ class MessageBox(Vertical):
         else:
             head.append_text(literal(row.text or ""))
         self._head.update(head)
-        self._preview.display = self._has_preview
+        self._preview.display = self._has_preview and self._graphic is None
         if row.progress is not None:
             done, total = row.progress
             self._bar.update(total=max(total, 1), progress=done)
