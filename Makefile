@@ -23,13 +23,16 @@ run: $(STAMP)
 test: $(STAMP) test-tools
 	$(BIN)/python -m pytest
 
-# The wire-privacy test captures loopback traffic with tcpdump, and the terminal UI is
-# driven on a real terminal in tmux; install them when missing.
+# The wire-privacy test captures loopback traffic with tcpdump, the terminal UI is driven
+# on a real terminal in tmux, the shared directory runs on a real redis-server (each
+# test run starts its own on a free loopback port); install them when missing.
+TEST_TOOLS := tcpdump tmux redis-server
 test-tools:
-	@command -v tcpdump >/dev/null 2>&1 && command -v tmux >/dev/null 2>&1 || { \
-	  echo "installing tcpdump and tmux (for the packet-capture and terminal UI tests)"; \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tcpdump tmux >/dev/null; } \
-	  || { echo "cannot install tcpdump and tmux: install them (needs root), then run make test again"; exit 1; }; }
+	@missing=""; for tool in $(TEST_TOOLS); do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	test -z "$$missing" || { \
+	  echo "installing$$missing (needed by the tests)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \
+	  || { echo "cannot install$$missing: install them (needs root), then run make test again"; exit 1; }; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench fuzz

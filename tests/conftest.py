@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,3 +31,22 @@ def pytest_asyncio_loop_factories(
 ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
     """The loop the product runs on (`whatsap2p` starts uvloop), so tests see what it does."""
     return {"uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture(scope="session")
+def redis_base() -> Iterator[str]:
+    from tests.redis_server import redis_server
+
+    with redis_server() as url:
+        yield url
+
+
+@pytest.fixture
+def redis_url(redis_base: str) -> str:
+    """A Redis with nothing in it, for this test."""
+    import redis
+
+    client = redis.Redis.from_url(redis_base)
+    client.flushall()
+    client.close()
+    return redis_base

@@ -291,6 +291,7 @@ async def test_a_changed_key_is_caught_both_ways_until_trusted(world: World) -> 
     assert bob.trust.pinned(ALICE) == alice.identity.public  # type: ignore[union-attr]
     # bob's number moves to a new key (his server binding was released)
     await bob.close()
+    assert world.server.bindings is not None
     assert world.server.bindings.release(BOB)
     new_bob = await world.user(BOB, data_dir="new-bob")
     assert new_bob.identity is not None

@@ -186,6 +186,7 @@ async def test_a_number_stays_bound_to_its_first_key(tmp_path: Path) -> None:
         await impostor.close()
         again = await directory_client(port, owner)
         await again.register(ALICE, 4003)
+        assert server.bindings is not None
         assert server.bindings.release(ALICE)
         await again.close()
         newcomer = await client(port)
@@ -263,6 +264,7 @@ async def test_unknown_and_known_but_offline_numbers_look_the_same() -> None:
         await owner.register(ALICE, 4001)
         await owner.unregister()
         await owner.close()
+        assert server.bindings is not None
         assert server.bindings.key_of(ALICE) is not None  # known: bound, but offline
         asker = await client(port)
         await asker.register(BOB, 4002)

@@ -168,6 +168,7 @@ async def test_a_changed_key_asks_and_blocks_until_accepted(world: World) -> Non
     alice.book.add_contact("bob", BOB)
     assert (await alice.send_text(BOB, "hi")).delivered == [BOB]  # alice pins bob's key
     await bob.close()
+    assert world.server.bindings is not None
     assert world.server.bindings.release(BOB)
     new_bob = await world.user(BOB, data_dir="new-bob")
     app = ChatApp(alice)
@@ -197,6 +198,7 @@ async def test_the_trust_dialog_accepts_the_new_key(world: World) -> None:
     assert (await alice.send_text(BOB, "hi")).delivered == [BOB]
     old = bob.fingerprint
     await bob.close()
+    assert world.server.bindings is not None
     assert world.server.bindings.release(BOB)
     new_bob = await world.user(BOB, data_dir="new-bob")
     app = ChatApp(alice)

@@ -197,6 +197,10 @@ class DirectoryClient:
     async def unregister(self) -> None:
         await self._request(ev.Unregister(self._conn.next_rid()))
 
+    async def ping(self) -> None:
+        """One heartbeat now (the server renews our registration)."""
+        await self._request(ev.Ping(self._conn.next_rid()))
+
     async def close(self) -> None:
         for task in (self._heartbeat_task, self._reader_task):
             if task is not None:

@@ -7,6 +7,7 @@ connection can only ever remove its own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -26,6 +27,20 @@ class Directory(Protocol):
     #: Its coroutines never suspend (the directory is in this process): the server then
     #: answers inside the callback that received the request, without a task per request.
     immediate: bool
+    #: register() checks and makes the number-to-key binding itself (a shared store);
+    #: otherwise the server's own `Bindings` do.
+    binds_keys: bool
+
+    async def start(self, on_online: Callable[[PeerAddress], None]) -> None:
+        """Call `on_online` for every registration, made here or on any other server
+        sharing this directory (a directory of this process only: none, the server
+        pushes its own)."""
+
+    async def close(self) -> None: ...
+
+    async def renew(self, phone: str, owner: int) -> bool:
+        """A heartbeat of `owner`'s registration; False if another connection took the
+        number over (the server then drops `owner`)."""
 
     async def register(self, address: PeerAddress, owner: int) -> None:
         """Publish `address`; NumberAlreadyOnline if another live owner has the number."""
@@ -42,9 +57,20 @@ class Directory(Protocol):
 
 class MemoryDirectory:
     immediate = True
+    binds_keys = False
 
     def __init__(self) -> None:
         self._online: dict[str, Registration] = {}
+
+    async def start(self, on_online: Callable[[PeerAddress], None]) -> None:
+        return None  # nobody else registers here: the server pushes its own
+
+    async def close(self) -> None:
+        return None
+
+    async def renew(self, phone: str, owner: int) -> bool:
+        current = self._online.get(phone)
+        return current is not None and current.owner == owner
 
     async def register(self, address: PeerAddress, owner: int) -> None:
         current = self._online.get(address.phone)

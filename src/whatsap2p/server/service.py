@@ -24,7 +24,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 
 from whatsap2p.config import Limits, RateLimits, Timeouts
-from whatsap2p.errors import NumberAlreadyOnline, NumberBound, ProtocolError
+from whatsap2p.errors import NumberAlreadyOnline, NumberBound, ProtocolError, StoreError
 from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.channel import Buffer
 from whatsap2p.protocol.directory import DirectoryServerConnection
@@ -57,11 +57,13 @@ class ServerConfig:
 
 class DirectoryServer:
     def __init__(
-        self, config: ServerConfig, bindings: Bindings, directory: Directory | None = None
+        self, config: ServerConfig, bindings: Bindings | None, directory: Directory | None = None
     ) -> None:
+        """`bindings` may be None only with a directory that binds keys itself."""
         self.config = config
         self.bindings = bindings
         self.directory: Directory = directory or MemoryDirectory()
+        assert bindings is not None or self.directory.binds_keys
         self._server: asyncio.Server | None = None
         self._ids = itertools.count(1)
         self.connections: set[_Client] = set()
@@ -77,6 +79,7 @@ class DirectoryServer:
     async def start(self) -> tuple[str, int]:
         """Bind; returns the address actually bound (the real port when asked for 0)."""
         loop = asyncio.get_running_loop()
+        await self.directory.start(self.came_online)
         self._server = await loop.create_server(
             lambda: _Client(self, next(self._ids)),
             self.config.host,
@@ -95,6 +98,13 @@ class DirectoryServer:
             await asyncio.gather(*self.background, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
+        await self.directory.close()
+
+    def came_online(self, address: ev.PeerAddress) -> None:
+        """`address` registered (here, or on a server sharing the directory): tell the
+        connections waiting for it."""
+        for watcher in list(self.watchers.get(address.phone, ())):
+            watcher.push_online(address)
 
     def spawn(self, work: Coroutine[object, object, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -310,7 +320,12 @@ class _Client(asyncio.Protocol):
                     log.info("dropping %s: %s", self.phone or self._ip, event.reason)
                     transport.abort()
                     return
-                answer = await self._answer(event)
+                try:
+                    answer = await self._answer(event)
+                except StoreError as exc:  # the shared store is down: say so, keep serving
+                    log.warning("directory store: %s", exc)
+                    assert isinstance(event, ev.DirectoryMessage)
+                    answer = self.failure(event.rid, "unavailable", "directory store unavailable")
                 if transport.is_closing():
                     return
                 transport.write(answer)
@@ -334,19 +349,19 @@ class _Client(asyncio.Protocol):
                 return self.failure(request.rid, "rate-limited", "too many registrations")
             key = conn.remote_key
             assert key is not None  # messages only arrive once the channel is established
-            try:
-                server.bindings.bind(request.phone, key)
-            except NumberBound as exc:
-                return self.failure(request.rid, "number-bound", str(exc))
             address = ev.PeerAddress(request.phone, request.host or self._ip, request.port, key)
             try:
+                if server.bindings is not None and not server.directory.binds_keys:
+                    server.bindings.bind(request.phone, key)
                 await server.directory.register(address, self._id)
+            except NumberBound as exc:
+                return self.failure(request.rid, "number-bound", str(exc))
             except NumberAlreadyOnline as exc:
                 return self.failure(request.rid, "number-online", str(exc))
             self.phone = request.phone
             log.info("%s online at %s:%s", address.phone, address.host, address.port)
-            for watcher in list(server.watchers.get(address.phone, ())):
-                watcher.push_online(address)
+            if server.directory.immediate:  # a shared directory tells every server itself
+                server.came_online(address)
             return conn.send(ev.Registered(request.rid, address.phone, address.host, address.port))
         if isinstance(request, ev.Lookup):
             if not self._may_look_up(now, request.phones):
@@ -366,6 +381,11 @@ class _Client(asyncio.Protocol):
             self.phone = None
             return conn.send(ev.Unregistered(request.rid))
         assert isinstance(request, ev.Ping)
+        if self.phone is not None and not await server.directory.renew(self.phone, self._id):
+            log.info("%s registered elsewhere since: dropping this connection", self.phone)
+            self.phone = None  # not ours to unregister any more
+            assert self._transport is not None
+            self._transport.close()
         return conn.send(ev.Pong(request.rid))
 
     def _may_look_up(self, now: float, phones: tuple[str, ...]) -> bool:

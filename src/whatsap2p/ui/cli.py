@@ -129,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument(
         "--key", type=Path, metavar="PATH", help="the server's key file (default: DB path + .key)"
     )
+    server.add_argument(
+        "--redis",
+        metavar="URL",
+        help="keep the directory in Redis/Valkey (redis://HOST:PORT/DB), shared by every "
+        "server given the same URL and key file; without it, in this process and --db",
+    )
     rates = RateLimits()
     for flag, name, help_text in (
         ("--lookup-rate", "lookup_rate", "numbers one connection may look up per second"),
@@ -155,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     release.add_argument("phone", metavar="PHONE")
     release.add_argument("--db", type=Path, default=DEFAULT_DB, metavar="PATH", dest="release_db")
     release.add_argument("--region", default=DEFAULT_REGION)
+    release.add_argument("--redis", metavar="URL", dest="release_redis")
 
     load = commands.add_parser(
         "loadgen", help="load a directory server with simulated users (operators' benchmark)"
@@ -239,6 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "server":
             if args.server_command == "release":
+                if args.release_redis:
+                    return uvloop.run(_release_redis(args))
                 return _release(args)
             return uvloop.run(_run_server(args))
         if args.command == "loadgen":
@@ -285,6 +294,21 @@ def _release(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _release_redis(args: argparse.Namespace) -> int:
+    from whatsap2p.server.redis_store import RedisDirectory
+
+    phone = normalise_phone(args.phone, args.region)
+    directory = RedisDirectory(args.release_redis)
+    try:
+        released = await directory.release(phone)
+    except Exception as exc:  # redis-py's errors: one line, not a traceback
+        raise StoreError(f"cannot use Redis at {args.release_redis}: {exc}") from exc
+    finally:
+        await directory.close()
+    print(f"released {phone}" if released else f"{phone} was not bound to any key")
+    return EXIT_OK
+
+
 async def _run_server(args: argparse.Namespace) -> int:
     timeouts = replace(
         Timeouts(), server_idle=args.idle_timeout, register_deadline=args.register_timeout
@@ -295,14 +319,25 @@ async def _run_server(args: argparse.Namespace) -> int:
     rates = replace(rates, max_unauthenticated_per_ip=int(rates.max_unauthenticated_per_ip))
     db_path: Path = args.db.expanduser()
     key = load_or_create_key(args.key or db_path.with_name(db_path.name + ".key"))
-    bindings = Bindings(db_path)
     config = ServerConfig(key, args.host, args.port, timeouts=timeouts, rates=rates)
-    server = DirectoryServer(config, bindings)
+    bindings: Bindings | None = None
+    if args.redis:
+        from whatsap2p.server.redis_store import RedisDirectory
+
+        server = DirectoryServer(config, None, RedisDirectory(args.redis))
+    else:
+        bindings = Bindings(db_path)
+        server = DirectoryServer(config, bindings)
     stop = _stop_on_signals()
     try:
         host, port = await server.start()
+    except StoreError:
+        await server.close()
+        raise
     except OSError as exc:
-        bindings.close()
+        await server.close()
+        if bindings is not None:
+            bindings.close()
         print(
             f"whatsap2p: cannot listen on {_format_address(args.host, args.port)}: "
             f"{exc.strerror or exc}",
@@ -315,7 +350,8 @@ async def _run_server(args: argparse.Namespace) -> int:
         await stop.wait()
     finally:
         await server.close()
-        bindings.close()
+        if bindings is not None:
+            bindings.close()
     return EXIT_OK
 
 

@@ -1,0 +1,229 @@
+"""The directory on Redis (or Valkey), shared by any number of `whatsap2p server`s.
+
+Keys (the `{phone}` hash tag puts both keys of a number in one Redis Cluster slot, so
+the scripts that touch both stay on one node):
+
+- `wa:bind:{+5511...}`   string, the 32-byte key the number is bound to; no expiry.
+- `wa:online:{+5511...}` string, msgpack `[owner, host, port, key]` (strings as msgpack
+  raw strings, which the scripts' cmsgpack reads), expiring `ttl`
+  seconds after the last heartbeat its server saw (a crashed server's users are gone
+  within `ttl`). `owner` is `SERVER-ID:CONNECTION-ID`: only that connection may renew
+  or remove it.
+- channel `wa:came-online`: msgpack `[phone, host, port, key]`, published on every
+  registration, so each server can push it to the connections watching that number.
+
+Registration is one script (binding check, bind on first use, one live registration
+per number), so two servers never both accept a number. The same key registering again
+from elsewhere (its module failed over to another server, the old connection is dead or
+dying) takes the registration over; the old server finds out at its next renewal and
+drops that connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from whatsap2p.errors import NumberAlreadyOnline, NumberBound, StoreError
+from whatsap2p.protocol.events import PeerAddress
+
+__all__ = ["RedisDirectory"]
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "wa:came-online"
+#: A crashed server's users show offline everywhere within this many seconds.
+DEFAULT_TTL = 30.0
+
+# KEYS: bind, online. ARGV: key, owner, record, ttl-ms.
+_REGISTER = """
+local bound = redis.call('GET', KEYS[1])
+if bound and bound ~= ARGV[1] then return 'bound' end
+local current = redis.call('GET', KEYS[2])
+if current then
+  local record = cmsgpack.unpack(current)
+  if record[1] ~= ARGV[2] and record[4] ~= ARGV[1] then return 'online' end
+end
+if not bound then redis.call('SET', KEYS[1], ARGV[1]) end
+redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+return 'ok'
+"""
+
+# KEYS: online. ARGV: owner, record, ttl-ms. 'ok' renewed (or restored after expiring),
+# 'taken' when another connection holds the number now.
+_RENEW = """
+local current = redis.call('GET', KEYS[1])
+if current and cmsgpack.unpack(current)[1] ~= ARGV[1] then return 'taken' end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 'ok'
+"""
+
+# KEYS: online. ARGV: owner.
+_UNREGISTER = """
+local current = redis.call('GET', KEYS[1])
+if current and cmsgpack.unpack(current)[1] == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"""
+
+
+def _pack(values: list[object]) -> bytes:
+    """msgpack without the bin type (Redis' cmsgpack predates it): bytes and str both
+    become raw strings, read back with `raw=True`."""
+    packed: bytes = msgpack.packb(values, use_bin_type=False)
+    return packed
+
+
+def _bind_key(phone: str) -> str:
+    return f"wa:bind:{{{phone}}}"
+
+
+def _online_key(phone: str) -> str:
+    return f"wa:online:{{{phone}}}"
+
+
+class RedisDirectory:
+    """A `Directory` (and the number-to-key bindings) in Redis."""
+
+    immediate = False  # every call is a round trip to Redis
+    binds_keys = True  # register() checks and makes the binding itself
+
+    def __init__(self, url: str, ttl: float = DEFAULT_TTL) -> None:
+        self.url = url
+        self.ttl_ms = int(ttl * 1000)
+        self.server_id = uuid.uuid4().hex[:12]
+        self._redis: redis.Redis = redis.Redis.from_url(url, decode_responses=False)
+        self._register = self._redis.register_script(_REGISTER)
+        self._renew = self._redis.register_script(_RENEW)
+        self._unregister = self._redis.register_script(_UNREGISTER)
+        self._records: dict[str, bytes] = {}  # our own registrations, for renewals
+        self._listener: asyncio.Task[None] | None = None
+
+    async def start(self, on_online: Callable[[PeerAddress], None]) -> None:
+        """Check Redis answers, and hear of every registration on every server."""
+        try:
+            await self._redis.ping()
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            await pubsub.subscribe(CHANNEL)
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"cannot use Redis at {self.url}: {exc}") from exc
+        self._listener = asyncio.create_task(self._listen(pubsub, on_online), name="redis-sub")
+
+    async def _listen(self, pubsub: Any, on_online: Callable[[PeerAddress], None]) -> None:
+        try:
+            while True:
+                try:
+                    message = await pubsub.get_message(timeout=None)
+                except (RedisError, OSError) as exc:
+                    log.warning("redis subscription: %s; resubscribing", exc)
+                    await asyncio.sleep(1.0)
+                    with contextlib.suppress(RedisError, OSError):
+                        await pubsub.subscribe(CHANNEL)
+                    continue
+                if message is None or message.get("type") != "message":
+                    continue
+                try:
+                    phone, host, port, key = msgpack.unpackb(message["data"], raw=True)
+                    address = PeerAddress(phone.decode(), host.decode(), int(port), bytes(key))
+                except (ValueError, TypeError, UnicodeDecodeError) as exc:
+                    log.warning("ignoring a malformed presence message: %s", exc)
+                    continue
+                on_online(address)
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        await self._redis.aclose()
+
+    def _owner(self, owner: int) -> bytes:
+        return f"{self.server_id}:{owner}".encode()
+
+    async def register(self, address: PeerAddress, owner: int) -> None:
+        record = _pack([self._owner(owner), address.host, address.port, address.key])
+        try:
+            outcome = await self._register(
+                keys=[_bind_key(address.phone), _online_key(address.phone)],
+                args=[address.key, self._owner(owner), record, self.ttl_ms],
+            )
+            if outcome == b"ok":
+                pushed = _pack([address.phone, address.host, address.port, address.key])
+                await self._redis.publish(CHANNEL, pushed)
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"directory store: {exc}") from exc
+        if outcome == b"bound":
+            raise NumberBound(f"{address.phone} is bound to another key")
+        if outcome == b"online":
+            raise NumberAlreadyOnline(f"{address.phone} is already online")
+        self._records[address.phone] = record
+
+    async def renew(self, phone: str, owner: int) -> bool:
+        """A heartbeat: keep `phone` online; False if another connection has taken it."""
+        record = self._records.get(phone)
+        if record is None:
+            return False
+        try:
+            outcome = await self._renew(
+                keys=[_online_key(phone)], args=[self._owner(owner), record, self.ttl_ms]
+            )
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"directory store: {exc}") from exc
+        if outcome == b"taken":
+            self._records.pop(phone, None)
+            return False
+        return True
+
+    async def unregister(self, phone: str, owner: int) -> bool:
+        self._records.pop(phone, None)
+        try:
+            removed = await self._unregister(keys=[_online_key(phone)], args=[self._owner(owner)])
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"directory store: {exc}") from exc
+        return bool(removed)
+
+    async def lookup(self, phones: list[str]) -> list[PeerAddress]:
+        wanted = list(dict.fromkeys(phones))
+        if not wanted:
+            return []
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for phone in wanted:
+                    pipe.get(_online_key(phone))
+                records = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"directory store: {exc}") from exc
+        found = []
+        for phone, record in zip(wanted, records, strict=True):
+            if record is not None:
+                _, host, port, key = msgpack.unpackb(record, raw=True)
+                found.append(PeerAddress(phone, host.decode(), port, key))
+        return found
+
+    async def count(self) -> int:
+        """Users online on all servers (a scan: for tests and operators, not hot paths)."""
+        total = 0
+        async for _ in self._redis.scan_iter(match="wa:online:*", count=1000):
+            total += 1
+        return total
+
+    async def release(self, phone: str) -> bool:
+        """Free `phone` from its key (the operator's `server release`)."""
+        return bool(await self._redis.delete(_bind_key(phone)))
+
+    async def key_of(self, phone: str) -> bytes | None:
+        key = await self._redis.get(_bind_key(phone))
+        return key if isinstance(key, bytes) else None

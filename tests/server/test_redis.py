@@ -1,0 +1,171 @@
+"""Several directory servers sharing one real redis-server (no mock): lookups, one live
+registration per number, bindings, presence pushes, unregistering and expiry."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+
+import pytest
+import redis.asyncio as aioredis
+
+from tests.servers import directory_client, running_server
+from whatsap2p.errors import NumberAlreadyOnline, NumberBound, ServerUnreachable
+from whatsap2p.protocol import events as ev
+from whatsap2p.protocol.keys import StaticKey
+from whatsap2p.server.redis_store import RedisDirectory
+from whatsap2p.server.service import DirectoryServer
+
+ALICE, BOB, CAROL = "+5511999990001", "+5511999990002", "+5511999990003"
+
+
+class Servers:
+    def __init__(self, stack: AsyncExitStack, url: str) -> None:
+        self.stack, self.url = stack, url
+
+    async def start(self, ttl: float = 30.0) -> tuple[DirectoryServer, int]:
+        directory = RedisDirectory(self.url, ttl=ttl)
+        return await self.stack.enter_async_context(running_server(directory=directory))
+
+
+@pytest.fixture
+async def servers(redis_url: str) -> AsyncIterator[Servers]:
+    async with AsyncExitStack() as stack:
+        yield Servers(stack, redis_url)
+
+
+async def test_a_user_registered_on_one_server_is_found_on_the_others(servers: Servers) -> None:
+    (_, port_a), (_, port_b), (_, port_c) = [await servers.start() for _ in range(3)]
+    alice_key = StaticKey.generate()
+    alice = await directory_client(port_a, alice_key)
+    await alice.register(ALICE, 4001)
+    bob = await directory_client(port_b)
+    await bob.register(BOB, 4002)
+    asker = await directory_client(port_c)
+    await asker.register(CAROL, 4003)
+    found = await asker.lookup([ALICE, BOB, "+5511999990004"])
+    assert sorted(found) == [ALICE, BOB]
+    assert (found[ALICE].port, found[ALICE].key) == (4001, alice_key.public)
+    for client in (alice, bob, asker):
+        await client.close()
+
+
+async def test_one_live_registration_per_number_and_one_key_per_number(
+    servers: Servers,
+) -> None:
+    (_, port_a), (_, port_b) = await servers.start(), await servers.start()
+    key = StaticKey.generate()
+    first = await directory_client(port_a, key)
+    await first.register(ALICE, 4001)
+    thief = await directory_client(port_b)  # another key: the number is bound
+    with pytest.raises(NumberBound):
+        await thief.register(ALICE, 4009)
+    await thief.close()
+
+    # the rightful key again, from the other server (its module failed over): it takes
+    # the number over, and the first server drops the old connection at its heartbeat
+    second = await directory_client(port_b, key)
+    await second.register(ALICE, 4002)
+    asker = await directory_client(port_a)
+    await asker.register(CAROL, 4003)
+    assert (await asker.lookup([ALICE]))[ALICE].port == 4002
+    with pytest.raises(ServerUnreachable):
+        await first.ping()
+    await asyncio.wait_for(first.closed.wait(), 5)
+    assert (await asker.lookup([ALICE]))[ALICE].port == 4002  # the old one removed nothing
+    for client in (first, second, asker):
+        await client.close()
+
+
+async def test_a_number_online_on_a_live_connection_is_refused_to_the_same_server(
+    servers: Servers,
+) -> None:
+    _, port = await servers.start()
+    key = StaticKey.generate()
+    first = await directory_client(port, key)
+    await first.register(ALICE, 4001)
+    second = await directory_client(port, key)
+    await second.register(ALICE, 4002)  # the same key: a reconnecting module wins
+    other = await directory_client(port)
+    with pytest.raises((NumberBound, NumberAlreadyOnline)):
+        await other.register(ALICE, 4003)
+    for client in (first, second, other):
+        await client.close()
+
+
+async def test_presence_is_pushed_across_servers(servers: Servers) -> None:
+    (_, port_a), (_, port_b) = await servers.start(), await servers.start()
+    carol = await directory_client(port_a)
+    await carol.register(CAROL, 4003)
+    pushed: asyncio.Queue[ev.PeerAddress] = asyncio.Queue()
+    carol.on_online = pushed.put_nowait
+    assert await carol.watch([BOB]) == {}
+    bob = await directory_client(port_b)
+    await bob.register(BOB, 4002)
+    address = await asyncio.wait_for(pushed.get(), 5)
+    assert (address.phone, address.port) == (BOB, 4002)
+    assert pushed.empty()  # once, although every server heard it
+    for client in (carol, bob):
+        await client.close()
+
+
+async def test_unregistering_and_disconnecting_are_seen_everywhere(servers: Servers) -> None:
+    (_, port_a), (_, port_b) = await servers.start(), await servers.start()
+    asker = await directory_client(port_a)
+    await asker.register(CAROL, 4003)
+    bob_key = StaticKey.generate()
+    bob = await directory_client(port_b, bob_key)
+    await bob.register(BOB, 4002)
+    assert BOB in await asker.lookup([BOB])
+    await bob.unregister()
+    assert await asker.lookup([BOB]) == {}
+    await bob.close()
+    bob = await directory_client(port_b, bob_key)
+    await bob.register(BOB, 4002)
+    assert BOB in await asker.lookup([BOB])
+    await bob.close()  # the connection ends: the server removes the registration
+    async with asyncio.timeout(5):
+        while await asker.lookup([BOB]):
+            await asker.ping()  # one round trip later the removal has run
+    await asker.close()
+
+
+async def test_a_registration_nobody_renews_expires(servers: Servers, redis_url: str) -> None:
+    server, port = await servers.start(ttl=0.5)
+    bob = await directory_client(port)
+    await bob.register(BOB, 4002)
+    assert await server.directory.count() == 1
+    events = aioredis.Redis.from_url(redis_url)
+    expired = events.pubsub()
+    await expired.subscribe("__keyevent@0__:expired")
+    try:
+        # no heartbeat comes within the TTL (its module hangs, or its server died)
+        async with asyncio.timeout(10):
+            async for message in expired.listen():
+                if message["type"] == "message" and BOB.encode() in message["data"]:
+                    break
+        assert await server.directory.count() == 0
+        await bob.ping()  # the module was only slow: its heartbeat puts it back
+        assert await server.directory.count() == 1
+    finally:
+        await expired.aclose()  # type: ignore[no-untyped-call]
+        await events.aclose()
+        await bob.close()
+
+
+async def test_bindings_are_released_by_the_operator(servers: Servers, redis_url: str) -> None:
+    _, port = await servers.start()
+    owner = await directory_client(port)
+    await owner.register(ALICE, 4001)
+    await owner.close()
+    operator = RedisDirectory(redis_url)
+    try:
+        assert await operator.key_of(ALICE) is not None
+        assert await operator.release(ALICE)
+        assert not await operator.release(ALICE)
+    finally:
+        await operator.close()
+    newcomer = await directory_client(port)
+    await newcomer.register(ALICE, 4009)  # a new key may take it now
+    await newcomer.close()
