@@ -89,6 +89,13 @@ class SessionConfig:
     server_fingerprint: str | None = None
     limits: Limits = field(default_factory=Limits)
     timeouts: Timeouts = field(default_factory=Timeouts)
+    #: More servers of the same deployment (sharing one directory and one key), tried in
+    #: turn after (server_host, server_port) when it does not answer or is lost.
+    more_servers: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def servers(self) -> tuple[tuple[str, int], ...]:
+        return ((self.server_host, self.server_port), *self.more_servers)
 
 
 def _now() -> str:
@@ -125,6 +132,8 @@ class Session:
         self._retry_pause: dict[str, float] = {}
         #: Numbers the server has been asked to watch on the current connection.
         self._watched: frozenset[str] = frozenset()
+        #: The server of `config.servers` we use (or last used, or try next).
+        self._server_index = 0
         #: Numbers whose coming online the UI wants to hear of (PresenceChanged).
         self._presence: frozenset[str] = frozenset()
         self._queued_count = 0
@@ -208,14 +217,33 @@ class Session:
         if self.history is not None:
             self.history.mark_shown(event.id, event.sender)
 
-    async def _register(self) -> None:
-        """Connect to the server and register (replacing any earlier connection)."""
+    async def _register(self, first: int = 0) -> None:
+        """Connect to a server and register (replacing any earlier connection): the
+        servers of the list in turn from `first`, until one answers."""
+        config = self.config
+        servers = config.servers
+        error: DirectoryError | None = None
+        for step in range(len(servers)):
+            index = (first + step) % len(servers)
+            try:
+                await self._register_at(*servers[index])
+            except ServerUnreachable as exc:
+                if len(servers) > 1:
+                    log.info("server %s:%s: %s", *servers[index], exc)
+                error = exc
+                continue
+            self._server_index = index
+            return
+        assert error is not None
+        raise error
+
+    async def _register_at(self, host: str, port: int) -> None:
         config = self.config
         assert self.identity is not None
         assert self.listen_address is not None
         directory = await DirectoryClient.connect(
-            config.server_host,
-            config.server_port,
+            host,
+            port,
             self.identity,
             server_fingerprint=config.server_fingerprint,
             limits=config.limits,
@@ -247,7 +275,8 @@ class Session:
                 # Jitter spreads the reconnections of many modules after a server restart.
                 await asyncio.sleep(pause * random.uniform(0.5, 1.0))
                 try:
-                    await self._register()
+                    # the next server first: the one just lost may be down for good
+                    await self._register(self._server_index + 1)
                 except DirectoryError as exc:
                     log.info("reconnecting: %s", exc)
                     pause = min(pause * 2, timeouts.reconnect_max)

@@ -76,6 +76,13 @@ def _address_list(text: str) -> list[tuple[str, int]]:
     return [parse_address(part.strip()) for part in text.split(",") if part.strip()]
 
 
+def _server_list(text: str) -> list[tuple[str, int]]:
+    servers = _address_list(text)
+    if not servers:
+        raise argparse.ArgumentTypeError(f"{text!r} names no server")
+    return servers
+
+
 def _count(text: str) -> int:
     try:
         value = int(text)
@@ -135,6 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the directory in Redis/Valkey (redis://HOST:PORT/DB), shared by every "
         "server given the same URL and key file; without it, in this process and --db",
     )
+    server.add_argument(
+        "--presence-ttl",
+        type=_positive,
+        default=30.0,
+        metavar="SECONDS",
+        help="with --redis: a user whose server stops renewing it (crashed) shows offline "
+        "everywhere after this long (default %(default)g)",
+    )
     rates = RateLimits()
     for flag, name, help_text in (
         ("--lookup-rate", "lookup_rate", "numbers one connection may look up per second"),
@@ -188,7 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
     user = commands.add_parser("user", help="run a user module")
-    user.add_argument("server", type=parse_address, metavar="SERVER_HOST:SERVER_PORT")
+    user.add_argument(
+        "server",
+        type=_server_list,
+        metavar="SERVER_HOST:SERVER_PORT[,HOST:PORT...]",
+        help="the directory server; a comma-separated list of servers of one deployment "
+        "(one directory, one key) is tried in turn, and the module moves to another when "
+        "it loses the one it uses",
+    )
     user.add_argument("--phone", required=True, help="your phone number")
     user.add_argument(
         "--region", default=DEFAULT_REGION, help="region for national numbers (default BR)"
@@ -324,7 +346,7 @@ async def _run_server(args: argparse.Namespace) -> int:
     if args.redis:
         from whatsap2p.server.redis_store import RedisDirectory
 
-        server = DirectoryServer(config, None, RedisDirectory(args.redis))
+        server = DirectoryServer(config, None, RedisDirectory(args.redis, args.presence_ttl))
     else:
         bindings = Bindings(db_path)
         server = DirectoryServer(config, bindings)
@@ -361,8 +383,9 @@ def _user_config(args: argparse.Namespace) -> SessionConfig:
     limits = replace(Limits(), max_photo_bytes=int(args.max_photo_mb * MiB))
     return SessionConfig(
         phone=phone,
-        server_host=args.server[0],
-        server_port=args.server[1],
+        server_host=args.server[0][0],
+        server_port=args.server[0][1],
+        more_servers=tuple(args.server[1:]),
         data_dir=data_dir.expanduser().absolute(),
         listen_host=args.listen[0],
         listen_port=args.listen[1],
