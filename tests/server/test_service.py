@@ -317,3 +317,30 @@ async def test_a_low_order_key_in_the_handshake_is_refused_and_others_go_on() ->
         user = await client(port)
         await user.register(ALICE, 4001)
         await user.close()
+
+
+async def test_metrics_for_the_operator() -> None:
+    import urllib.request
+
+    async with running_server() as (server, port):
+        metrics_port = server.metrics.serve("127.0.0.1", 0)
+        alice = await directory_client(port)
+        await alice.register(ALICE, 4001)
+        assert await alice.lookup([ALICE, BOB]) == {ALICE: (await alice.lookup([ALICE]))[ALICE]}
+        thief = await directory_client(port)
+        with pytest.raises(NumberBound):
+            await thief.register(ALICE, 4002)
+        await thief.close()
+
+        def scrape() -> str:
+            url = f"http://127.0.0.1:{metrics_port}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                return str(answer.read().decode())
+
+        text = await asyncio.to_thread(scrape)
+        assert "whatsap2p_online_users 1.0" in text
+        assert "whatsap2p_lookups_total 3.0" in text
+        assert 'whatsap2p_requests_total{kind="lookup"} 2.0' in text
+        assert 'whatsap2p_rejected_total{reason="number-bound"} 1.0' in text
+        assert 'whatsap2p_request_seconds_count{kind="register"} 2.0' in text
+        await alice.close()

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 import typing
 from collections import Counter
 from collections.abc import Coroutine
@@ -32,6 +33,7 @@ from whatsap2p.protocol.keys import StaticKey
 from whatsap2p.protocol.noise import COMPACT, NoiseChannel
 from whatsap2p.server.bindings import Bindings
 from whatsap2p.server.directory import Directory, MemoryDirectory
+from whatsap2p.server.metrics import ServerMetrics
 from whatsap2p.server.ratelimit import BucketsByKey, TokenBucket
 
 __all__ = ["DirectoryServer", "ServerConfig"]
@@ -75,6 +77,7 @@ class DirectoryServer:
         self.unauthenticated: Counter[str] = Counter()
         #: phone -> the connections waiting for it to come online
         self.watchers: dict[str, set[_Client]] = {}
+        self.metrics = ServerMetrics()
 
     async def start(self) -> tuple[str, int]:
         """Bind; returns the address actually bound (the real port when asked for 0)."""
@@ -99,6 +102,7 @@ class DirectoryServer:
         if self._server is not None:
             await self._server.wait_closed()
         await self.directory.close()
+        self.metrics.close()
 
     def came_online(self, address: ev.PeerAddress) -> None:
         """`address` registered (here, or on a server sharing the directory): tell the
@@ -209,6 +213,7 @@ class _Client(asyncio.Protocol):
         self.authenticated()  # no longer counts as unauthenticated, whatever happened
         self.watch(())
         if self.phone is not None:
+            server.metrics.online_users -= 1
             server.spawn(self._offline(self.phone))
 
     def pause_writing(self) -> None:
@@ -262,6 +267,7 @@ class _Client(asyncio.Protocol):
 
     def failure(self, rid: int, code: str, message: str) -> Buffer:
         assert self._conn is not None
+        self._server.metrics.rejected(code)
         return self._conn.send(ev.Failure(rid, code, message))
 
     def _broke_protocol(self, exc: ProtocolError) -> None:
@@ -320,6 +326,7 @@ class _Client(asyncio.Protocol):
                     log.info("dropping %s: %s", self.phone or self._ip, event.reason)
                     transport.abort()
                     return
+                started = time.perf_counter()
                 try:
                     answer = await self._answer(event)
                 except StoreError as exc:  # the shared store is down: say so, keep serving
@@ -329,6 +336,7 @@ class _Client(asyncio.Protocol):
                 if transport.is_closing():
                     return
                 transport.write(answer)
+                self._server.metrics.answered(event.TYPE, time.perf_counter() - started)
                 self._arm_timer()  # answering Register starts the idle deadline
         except ProtocolError as exc:
             self._broke_protocol(exc)
@@ -358,17 +366,21 @@ class _Client(asyncio.Protocol):
                 return self.failure(request.rid, "number-bound", str(exc))
             except NumberAlreadyOnline as exc:
                 return self.failure(request.rid, "number-online", str(exc))
+            if self.phone is None:
+                server.metrics.online_users += 1
             self.phone = request.phone
             log.info("%s online at %s:%s", address.phone, address.host, address.port)
             if server.directory.immediate:  # a shared directory tells every server itself
                 server.came_online(address)
             return conn.send(ev.Registered(request.rid, address.phone, address.host, address.port))
         if isinstance(request, ev.Lookup):
+            server.metrics.lookups.inc(len(request.phones))
             if not self._may_look_up(now, request.phones):
                 return self.failure(request.rid, "rate-limited", "too many lookups; slow down")
             found = await server.directory.lookup(list(request.phones))
             return conn.send(ev.LookupResult(request.rid, tuple(found)))
         if isinstance(request, ev.Watch):
+            server.metrics.lookups.inc(len(request.phones))
             if not self._may_look_up(now, request.phones):
                 return self.failure(request.rid, "rate-limited", "too many lookups; slow down")
             self.watch(request.phones)
@@ -379,11 +391,13 @@ class _Client(asyncio.Protocol):
             await server.directory.unregister(self.phone, self._id)
             log.info("%s offline (unregistered)", self.phone)
             self.phone = None
+            server.metrics.online_users -= 1
             return conn.send(ev.Unregistered(request.rid))
         assert isinstance(request, ev.Ping)
         if self.phone is not None and not await server.directory.renew(self.phone, self._id):
             log.info("%s registered elsewhere since: dropping this connection", self.phone)
             self.phone = None  # not ours to unregister any more
+            server.metrics.online_users -= 1
             assert self._transport is not None
             self._transport.close()
         return conn.send(ev.Pong(request.rid))

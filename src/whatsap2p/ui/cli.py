@@ -18,7 +18,7 @@ import uvloop
 from whatsap2p import __version__
 from whatsap2p.app.session import Session, SessionConfig
 from whatsap2p.config import Limits, MiB, RateLimits, Timeouts
-from whatsap2p.errors import StoreError, WhatsAp2pError
+from whatsap2p.errors import CannotListen, StoreError, WhatsAp2pError
 from whatsap2p.keyfile import load_or_create_key
 from whatsap2p.phone import DEFAULT_REGION, normalise_phone
 from whatsap2p.protocol.keys import normalise_fingerprint
@@ -141,6 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="keep the directory in Redis/Valkey (redis://HOST:PORT/DB), shared by every "
         "server given the same URL and key file; without it, in this process and --db",
+    )
+    server.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://METRICS_HOST:PORT/metrics (0: a free port)",
+    )
+    server.add_argument(
+        "--metrics-host", default="127.0.0.1", help="address of the metrics endpoint"
     )
     server.add_argument(
         "--presence-ttl",
@@ -366,6 +375,17 @@ async def _run_server(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_ERROR
+    if args.metrics_port is not None:
+        try:
+            bound = server.metrics.serve(args.metrics_host, args.metrics_port)
+        except OSError as exc:
+            await server.close()
+            if bindings is not None:
+                bindings.close()
+            where = _format_address(args.metrics_host, args.metrics_port)
+            raise CannotListen(f"cannot serve metrics on {where}: {exc.strerror}") from exc
+        where = _format_address(args.metrics_host, bound)
+        print(f"metrics on http://{where}/metrics", file=sys.stderr, flush=True)
     print(f"fingerprint {key.fingerprint}", flush=True)
     print(f"listening on {_format_address(host, port)}", flush=True)
     try:
