@@ -20,6 +20,41 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 10
+    while True:  # a foreign process: no event to wait for but its port
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not start") from None
+            time.sleep(0.01)
+
+
+@contextmanager
+def redis_sentinel(master_url: str, service: str = "mymaster") -> Iterator[str]:
+    """A Sentinel watching the Redis at `master_url`; yields the `sentinel://` URL."""
+    assert REDIS_SERVER is not None
+    master_port = int(master_url.rsplit(":", 1)[1].split("/")[0])
+    port = free_port()
+    with tempfile.TemporaryDirectory() as folder:
+        conf = f"{folder}/sentinel.conf"  # sentinel rewrites its own configuration
+        with open(conf, "w") as out:
+            out.write(
+                f"port {port}\nbind 127.0.0.1\ndir {folder}\n"
+                f"sentinel monitor {service} 127.0.0.1 {master_port} 1\n"
+                f"sentinel down-after-milliseconds {service} 1000\n"
+            )
+        proc = subprocess.Popen([REDIS_SERVER, conf, "--sentinel"], stdout=subprocess.DEVNULL)
+        try:
+            _wait_for_port(port, proc, "redis-sentinel")
+            yield f"sentinel://127.0.0.1:{port}/{service}/0"
+        finally:
+            proc.terminate()
+            proc.wait()
+
+
 @contextmanager
 def redis_server() -> Iterator[str]:
     """Start redis-server (nothing saved to disk, expiry events published); yields its
@@ -47,15 +82,7 @@ def redis_server() -> Iterator[str]:
             stdout=subprocess.DEVNULL,
         )
         try:
-            deadline = time.monotonic() + 10
-            while True:  # a foreign process: no event to wait for but its port
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError("redis-server did not start") from None
-                    time.sleep(0.01)
+            _wait_for_port(port, proc, "redis-server")
             yield f"redis://127.0.0.1:{port}/0"
         finally:
             proc.terminate()

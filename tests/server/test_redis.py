@@ -169,3 +169,27 @@ async def test_bindings_are_released_by_the_operator(servers: Servers, redis_url
     newcomer = await directory_client(port)
     await newcomer.register(ALICE, 4009)  # a new key may take it now
     await newcomer.close()
+
+
+async def test_servers_find_redis_through_sentinel(redis_url: str) -> None:
+    from tests.redis_server import redis_sentinel
+
+    with redis_sentinel(redis_url) as sentinel_url:
+        async with AsyncExitStack() as stack:
+            servers = Servers(stack, sentinel_url)
+            (_, port_a), (_, port_b) = await servers.start(), await servers.start()
+            alice = await directory_client(port_a)
+            await alice.register(ALICE, 4001)
+            bob = await directory_client(port_b)
+            await bob.register(BOB, 4002)
+            assert sorted(await bob.lookup([ALICE, BOB])) == [ALICE, BOB]
+            for client in (alice, bob):
+                await client.close()
+
+
+def test_a_wrong_sentinel_url_is_a_clear_error() -> None:
+    from whatsap2p.errors import StoreError
+
+    for url in ("sentinel://nohost/x/0", "sentinel://127.0.0.1:1/", "sentinel://h:1/s/db"):
+        with pytest.raises(StoreError, match="not a sentinel URL"):
+            RedisDirectory(url)

@@ -30,6 +30,7 @@ from typing import Any
 
 import msgpack
 import redis.asyncio as redis
+from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import RedisError
 
 from whatsap2p.errors import NumberAlreadyOnline, NumberBound, StoreError
@@ -77,6 +78,25 @@ return 0
 """
 
 
+def _client(url: str) -> tuple[redis.Redis, Sentinel | None]:
+    """The client for `url`, and the Sentinel it goes through (None for a plain URL)."""
+    if not url.startswith("sentinel://"):
+        return redis.Redis.from_url(url, decode_responses=False), None
+    hosts, _, rest = url.removeprefix("sentinel://").partition("/")
+    service, _, db = rest.partition("/")
+    wrong = StoreError(f"not a sentinel URL: {url} (sentinel://HOST:PORT,.../SERVICE/DB)")
+    try:
+        sentinels = [(h, int(p)) for h, _, p in (a.rpartition(":") for a in hosts.split(","))]
+        number = int(db or 0)
+    except ValueError:
+        raise wrong from None
+    if not service or not all(h for h, _ in sentinels):
+        raise wrong
+    watchers = Sentinel(sentinels, socket_timeout=5.0)  # type: ignore[no-untyped-call]
+    master: redis.Redis = watchers.master_for(service, db=number, decode_responses=False)
+    return master, watchers
+
+
 def _pack(values: list[object]) -> bytes:
     """msgpack without the bin type (Redis' cmsgpack predates it): bytes and str both
     become raw strings, read back with `raw=True`."""
@@ -99,10 +119,13 @@ class RedisDirectory:
     binds_keys = True  # register() checks and makes the binding itself
 
     def __init__(self, url: str, ttl: float = DEFAULT_TTL) -> None:
+        """`url`: `redis://HOST:PORT/DB` (also `rediss://`, `unix://`), or, for a Redis
+        kept highly available by Sentinel, `sentinel://HOST:PORT[,HOST:PORT...]/SERVICE/DB`
+        (the sentinels; the client follows the master they name across failovers)."""
         self.url = url
         self.ttl_ms = int(ttl * 1000)
         self.server_id = uuid.uuid4().hex[:12]
-        self._redis: redis.Redis = redis.Redis.from_url(url, decode_responses=False)
+        self._redis, self._sentinel = _client(url)
         self._register = self._redis.register_script(_REGISTER)
         self._renew = self._redis.register_script(_RENEW)
         self._unregister = self._redis.register_script(_UNREGISTER)
@@ -149,6 +172,9 @@ class RedisDirectory:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
         await self._redis.aclose()
+        if self._sentinel is not None:
+            for sentinel in self._sentinel.sentinels:
+                await sentinel.aclose()
 
     def _owner(self, owner: int) -> bytes:
         return f"{self.server_id}:{owner}".encode()
