@@ -193,3 +193,25 @@ def test_a_wrong_sentinel_url_is_a_clear_error() -> None:
     for url in ("sentinel://nohost/x/0", "sentinel://127.0.0.1:1/", "sentinel://h:1/s/db"):
         with pytest.raises(StoreError, match="not a sentinel URL"):
             RedisDirectory(url)
+
+
+async def test_a_redis_that_goes_away_is_reported_and_comes_back() -> None:
+    from tests.redis_server import redis_server
+    from whatsap2p.errors import ServerRefused
+
+    with redis_server() as url:
+        async with AsyncExitStack() as stack:
+            _, port = await Servers(stack, url).start()
+            alice = await directory_client(port)
+            await alice.register(ALICE, 4001)
+            admin = aioredis.Redis.from_url(url)
+            assert ALICE in await alice.lookup([ALICE])
+            await admin.client_kill_filter(_type="normal", skipme=True)
+            await admin.config_set("requirepass", "locked")  # Redis says no to the servers
+            with pytest.raises(ServerRefused, match="unavailable"):
+                await alice.lookup([ALICE])
+            await admin.auth("locked")
+            await admin.config_set("requirepass", "")
+            await admin.aclose()
+            assert ALICE in await alice.lookup([ALICE])  # the same connection, served again
+            await alice.close()
