@@ -65,3 +65,36 @@ async def test_loadgen_refuses_an_impostor_server(tmp_path: Path) -> None:
         assert json.loads(out)["users_online"] == 0
     finally:
         assert await server.stop() == 0
+
+
+async def test_loadgen_spreads_over_servers_and_probes_another_loadgens_users(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """One loadgen holds users spread over two servers on one Redis; a second, on one
+    server only, looks them up among that population: every one is found."""
+    import asyncio
+
+    from tests.e2e.procs import WHATSAP2P
+
+    shared = ["--redis", redis_url, "--key", str(tmp_path / "deployment.key")]
+    a = await ServerProcess.start(tmp_path / "a.sqlite3", *shared)
+    b = await ServerProcess.start(tmp_path / "b.sqlite3", *shared)
+    holder = await asyncio.create_subprocess_exec(
+        WHATSAP2P, "loadgen", f"{a.address},{b.address}", "--users", "30", "--workers", "2",
+        "--json", "--hold", "60",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        held = json.loads(await asyncio.wait_for(holder.stdout.readline(), 30))
+        assert (held["users_online"], held["errors"]) == (30, 0)
+        probe = ["loadgen", b.address, "--first", "30", "--users", "2", "--population", "30"]
+        code, out, err = await run(*probe, "--lookups", "300", "--concurrency", "2", "--json")
+        assert code == 0, err
+        result = json.loads(out)
+        assert (result["users_online"], result["errors"]) == (2, 0)  # all 30 found from b
+    finally:
+        holder.kill()
+        await holder.wait()
+        assert await a.stop() == 0
+        assert await b.stop() == 0

@@ -210,6 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--hold", type=float, default=0.0, metavar="SECONDS", help="stay online after the report"
     )
     load.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    load.add_argument(
+        "--first", type=_count, default=0, help="number of the first simulated user (default 0)"
+    )
+    load.add_argument(
+        "--population",
+        type=_count,
+        help="look up numbers among the first N simulated users, held by this loadgen or "
+        "another (default: up to this loadgen's last)",
+    )
 
     user = commands.add_parser("user", help="run a user module")
     user.add_argument(
@@ -292,6 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 server_fingerprint=args.server_key,
                 seed=args.seed,
                 hold=args.hold,
+                first=args.first,
+                population=args.population,
             )
         return uvloop.run(_run_user(args))
     except WhatsAp2pError as exc:

@@ -102,15 +102,21 @@ def run_loadgen(
     hold: float = 0.0,
     progress: TextIO | None = None,
     report: Callable[[LoadResult], None] | None = None,
+    first: int = 0,
+    population: int | None = None,
 ) -> LoadResult:
     """Run the whole load; blocking. The result goes to `report` as soon as it is known;
-    with `hold`, the users then stay online (heartbeating) that many seconds more."""
+    with `hold`, the users then stay online (heartbeating) that many seconds more.
+
+    The simulated users are numbers `first` to `first + users - 1`; lookups ask for
+    numbers among the first `population` (default: up to ours), so several loadgens can
+    share a deployment: one holding many users, others looking them up."""
+    population = population if population is not None else first + users
     count = max(1, min(workers or os.cpu_count() or 1, users or 1))
     context = multiprocessing.get_context("spawn")
     pipes: list[multiprocessing.connection.Connection] = []
     procs = []
     share = [users // count + (1 if i < users % count else 0) for i in range(count)]
-    first = 0
     for worker in range(count):
         parent, child = context.Pipe()
         proc = context.Process(
@@ -142,7 +148,7 @@ def run_loadgen(
             asks = [lookups * c // max(1, concurrency) for c in clients]
             asks[0] += lookups - sum(asks)
             for pipe, c, n in zip(pipes, clients, asks, strict=True):
-                pipe.send(("lookup", c, n, users))
+                pipe.send(("lookup", c, n, population))
             looked = [pipe.recv() for pipe in pipes]
             _merge_errors(result, looked)
             latencies = array.array("d")
@@ -322,6 +328,8 @@ def main_loadgen(
     server_fingerprint: str | None,
     seed: str,
     hold: float,
+    first: int = 0,
+    population: int | None = None,
 ) -> int:
     def report(result: LoadResult) -> None:
         print(json.dumps(result.as_json()) if as_json else result.table(), flush=True)
@@ -337,5 +345,7 @@ def main_loadgen(
         hold=hold,
         progress=None if as_json else sys.stderr,
         report=report,
+        first=first,
+        population=population,
     )
     return 0 if result.users_online == users and not result.errors else 1
