@@ -14,6 +14,7 @@ the report says which baseline is missing instead of failing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import os
@@ -22,6 +23,7 @@ import socket
 import statistics
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 SSHD, SCP, SSH_KEYGEN = "/usr/sbin/sshd", shutil.which("scp"), shutil.which("ssh-keygen")
@@ -130,11 +132,10 @@ class Scp:
         shutil.rmtree(self._work, ignore_errors=True)
 
 
-async def redis_get_per_s(requests: int = 200_000, runs: int = 3) -> tuple[float, float] | str:
-    """(GET/s, p50 ms), medians of `runs` runs of redis-benchmark with 50 connections, or
-    why there is no figure."""
-    if not (REDIS_SERVER and REDIS_BENCHMARK):
-        return "redis-server is not installed: `make bench-tools`"
+@contextlib.asynccontextmanager
+async def redis_server() -> AsyncIterator[int]:
+    """A `redis-server` on a free loopback port with nothing saved; yields the port."""
+    assert REDIS_SERVER is not None
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
         REDIS_SERVER,
@@ -146,10 +147,24 @@ async def redis_get_per_s(requests: int = 200_000, runs: int = 3) -> tuple[float
         "",
         "--appendonly",
         "no",
+        "--maxclients",
+        "50000",
         stdout=asyncio.subprocess.DEVNULL,
     )
     try:
         await wait_listening(port, proc)
+        yield port
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+async def redis_get_per_s(requests: int = 200_000, runs: int = 3) -> tuple[float, float] | str:
+    """(GET/s, p50 ms), medians of `runs` runs of redis-benchmark with 50 connections, or
+    why there is no figure."""
+    if not (REDIS_SERVER and REDIS_BENCHMARK):
+        return "redis-server is not installed: `make bench-tools`"
+    async with redis_server() as port:
         rates, p50s = [], []
         for _ in range(runs):
             out = await run(
@@ -169,6 +184,3 @@ async def redis_get_per_s(requests: int = 200_000, runs: int = 3) -> tuple[float
             rates.append(float(values[header.index("rps")]))
             p50s.append(float(values[header.index("p50_latency_ms")]))
         return statistics.median(rates), statistics.median(p50s)
-    finally:
-        proc.terminate()
-        await proc.wait()

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import uvloop
 from baselines import Scp, redis_get_per_s
+from cluster import directory_cluster
 from PIL import Image
 
 from whatsap2p.app.session import Session, SessionConfig
@@ -191,13 +192,17 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
+#: A server loaded from one machine must not rate-limit the load generator.
+UNLIMITED = ["--ip-register-rate", "1e9", "--ip-register-burst", "1e9", "--ip-lookup-rate"]
+UNLIMITED += ["1e9", "--ip-lookup-burst", "1e9", "--lookup-rate", "1e9", "--lookup-burst"]
+UNLIMITED += ["1e9", "--max-unauthenticated", "1e9"]
+
+
 async def directory_load(work: Path, users: int) -> list[str]:
     """One server holding `users` heartbeating users (registered by `whatsap2p loadgen`
     over the real protocol), 100,000 lookups from 50 clients, and the server's RSS."""
     lookups, concurrency = (20_000 if users < 5_000 else 100_000), 50
-    unlimited = ["--ip-register-rate", "1e9", "--ip-register-burst", "1e9", "--ip-lookup-rate"]
-    unlimited += ["1e9", "--ip-lookup-burst", "1e9", "--lookup-rate", "1e9", "--lookup-burst"]
-    unlimited += ["1e9", "--max-unauthenticated", "1e9"]
+    unlimited = UNLIMITED
     redis = await (redis_get_per_s(20_000, 1) if users < 5_000 else redis_get_per_s())
     server, line = await start_server(work / "load.sqlite3", *unlimited)
     try:
@@ -493,6 +498,15 @@ async def main(out: Path | None, quick: bool) -> None:
                 for stored in (work / "bob" / "photos").glob("*"):
                     stored.unlink()
         directory = await directory_load(work, users=1_000 if quick else 19_000)
+        directory += await directory_cluster(
+            work,
+            users=2_000 if quick else 60_000,
+            lookups=2_000 if quick else 20_000,
+            whatsap2p=WHATSAP2P,
+            start=start_server,
+            unlimited=UNLIMITED,
+            rss_kib=rss_kib,
+        )
     finally:
         await stack.aclose()
         for proc in procs:
