@@ -130,3 +130,15 @@ def test_new_contact_form(snap_compare: SnapCompare, server_port: int, tmp_path:
         await pilot.app.ready.wait()
 
     assert snap_compare(app, terminal_size=(80, 24), run_before=ready, press=["ctrl+n"])
+
+
+def test_conversation_on_a_light_theme(
+    snap_compare: SnapCompare, server_port: int, tmp_path: Path
+) -> None:
+    app = make_app(server_port, tmp_path / "alice")
+
+    async def light(pilot: Pilot[None]) -> None:
+        pilot.app.theme = "textual-light"
+        await a_conversation(pilot)
+
+    assert snap_compare(app, terminal_size=(80, 24), run_before=light)
