@@ -11,7 +11,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.servers import directory_client, running_server
-from whatsap2p.errors import NumberAlreadyOnline, NumberBound, ServerUnreachable
+from whatsap2p.config import RateLimits
+from whatsap2p.errors import NumberAlreadyOnline, NumberBound, RateLimited, ServerUnreachable
 from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.keys import StaticKey
 from whatsap2p.server.redis_store import RedisDirectory
@@ -24,9 +25,12 @@ class Servers:
     def __init__(self, stack: AsyncExitStack, url: str) -> None:
         self.stack, self.url = stack, url
 
-    async def start(self, ttl: float = 30.0) -> tuple[DirectoryServer, int]:
+    async def start(
+        self, ttl: float = 30.0, rates: RateLimits | None = None
+    ) -> tuple[DirectoryServer, int]:
         directory = RedisDirectory(self.url, ttl=ttl)
-        return await self.stack.enter_async_context(running_server(directory=directory))
+        server = running_server(directory=directory, rates=rates)
+        return await self.stack.enter_async_context(server)
 
 
 @pytest.fixture
@@ -215,3 +219,22 @@ async def test_a_redis_that_goes_away_is_reported_and_comes_back() -> None:
             await admin.aclose()
             assert ALICE in await alice.lookup([ALICE])  # the same connection, served again
             await alice.close()
+
+
+async def test_a_source_ip_has_one_budget_across_all_servers(servers: Servers) -> None:
+    """Per-IP buckets live in Redis: moving to another server does not refill them."""
+    rates = RateLimits(ip_lookup_rate=0.001, ip_lookup_burst=10, ip_register_rate=0.001)
+    (_, port_a), (_, port_b) = await servers.start(rates=rates), await servers.start(rates=rates)
+    alice = await directory_client(port_a)
+    await alice.register(ALICE, 4001)
+    numbers = [f"+55119999911{i:02d}" for i in range(8)]
+    assert await alice.lookup(numbers) == {}  # 8 of the IP's 10 tokens
+    bob = await directory_client(port_b)
+    await bob.register(BOB, 4002)
+    assert await bob.lookup(numbers[:2]) == {}  # new numbers for bob: the last 2 tokens
+    with pytest.raises(RateLimited):
+        await bob.lookup(["+5511999991199"])
+    with pytest.raises(RateLimited):
+        await alice.lookup(["+5511999991198"])
+    for client in (alice, bob):
+        await client.close()

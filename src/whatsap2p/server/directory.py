@@ -13,6 +13,7 @@ from typing import Protocol
 
 from whatsap2p.errors import NumberAlreadyOnline
 from whatsap2p.protocol.events import PeerAddress
+from whatsap2p.server.ratelimit import BucketsByKey
 
 __all__ = ["Directory", "MemoryDirectory", "Registration"]
 
@@ -42,6 +43,13 @@ class Directory(Protocol):
         """A heartbeat of `owner`'s registration; False if another connection took the
         number over (the server then drops `owner`)."""
 
+    async def take(
+        self, bucket: str, key: str, rate: float, burst: float, cost: float, now: float
+    ) -> bool:
+        """Spend `cost` tokens of token bucket `bucket` of `key` (a source IP), which
+        holds `burst` and refills at `rate`/s; False (spending nothing) if too few.
+        Shared by every server of the directory, so spreading over them gains nothing."""
+
     async def register(self, address: PeerAddress, owner: int) -> None:
         """Publish `address`; NumberAlreadyOnline if another live owner has the number."""
 
@@ -61,6 +69,15 @@ class MemoryDirectory:
 
     def __init__(self) -> None:
         self._online: dict[str, Registration] = {}
+        self._buckets: dict[str, BucketsByKey] = {}
+
+    async def take(
+        self, bucket: str, key: str, rate: float, burst: float, cost: float, now: float
+    ) -> bool:
+        buckets = self._buckets.get(bucket)
+        if buckets is None:
+            buckets = self._buckets[bucket] = BucketsByKey(rate, burst)
+        return buckets.take(key, now, cost)
 
     async def start(self, on_online: Callable[[PeerAddress], None]) -> None:
         return None  # nobody else registers here: the server pushes its own

@@ -104,6 +104,26 @@ def _pack(values: list[object]) -> bytes:
     return packed
 
 
+# KEYS: bucket. ARGV: rate/s, burst, cost. Redis' clock, so servers' clocks do not matter.
+_TAKE = """
+local rate, burst, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens, at = tonumber(state[1]), tonumber(state[2])
+if not tokens then tokens, at = burst, now end
+tokens = math.min(burst, tokens + (now - at) * rate)
+local allowed = 0
+if cost <= tokens then
+  tokens = tokens - cost
+  allowed = 1
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil((burst / rate + 1) * 1000))
+return allowed
+"""
+
+
 def _bind_key(phone: str) -> str:
     return f"wa:bind:{{{phone}}}"
 
@@ -129,6 +149,7 @@ class RedisDirectory:
         self._register = self._redis.register_script(_REGISTER)
         self._renew = self._redis.register_script(_RENEW)
         self._unregister = self._redis.register_script(_UNREGISTER)
+        self._take = self._redis.register_script(_TAKE)
         self._records: dict[str, bytes] = {}  # our own registrations, for renewals
         self._listener: asyncio.Task[None] | None = None
 
@@ -172,9 +193,12 @@ class RedisDirectory:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
         await self._redis.aclose()
+        # every connection, in use or not (a pub/sub one cut by the cancel included)
+        await self._redis.connection_pool.disconnect(inuse_connections=True)
         if self._sentinel is not None:
             for sentinel in self._sentinel.sentinels:
                 await sentinel.aclose()
+                await sentinel.connection_pool.disconnect(inuse_connections=True)
 
     def _owner(self, owner: int) -> bytes:
         return f"{self.server_id}:{owner}".encode()
@@ -220,6 +244,15 @@ class RedisDirectory:
         except (RedisError, OSError) as exc:
             raise StoreError(f"directory store: {exc}") from exc
         return bool(removed)
+
+    async def take(
+        self, bucket: str, key: str, rate: float, burst: float, cost: float, now: float
+    ) -> bool:
+        try:
+            allowed = await self._take(keys=[f"wa:rate:{bucket}:{key}"], args=[rate, burst, cost])
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"directory store: {exc}") from exc
+        return bool(allowed)
 
     async def lookup(self, phones: list[str]) -> list[PeerAddress]:
         wanted = list(dict.fromkeys(phones))

@@ -34,7 +34,7 @@ from whatsap2p.protocol.noise import COMPACT, NoiseChannel
 from whatsap2p.server.bindings import Bindings
 from whatsap2p.server.directory import Directory, MemoryDirectory
 from whatsap2p.server.metrics import ServerMetrics
-from whatsap2p.server.ratelimit import BucketsByKey, TokenBucket
+from whatsap2p.server.ratelimit import TokenBucket
 
 __all__ = ["DirectoryServer", "ServerConfig"]
 
@@ -71,9 +71,6 @@ class DirectoryServer:
         self.connections: set[_Client] = set()
         #: Work that outlives a connection (taking its number offline), awaited by close().
         self.background: set[asyncio.Task[None]] = set()
-        rates = config.rates
-        self.ip_lookups = BucketsByKey(rates.ip_lookup_rate, rates.ip_lookup_burst)
-        self.ip_registrations = BucketsByKey(rates.ip_register_rate, rates.ip_register_burst)
         self.unauthenticated: Counter[str] = Counter()
         #: phone -> the connections waiting for it to come online
         self.watchers: dict[str, set[_Client]] = {}
@@ -353,7 +350,10 @@ class _Client(asyncio.Protocol):
         assert conn is not None
         now = self._loop.time()
         if isinstance(request, ev.Register):
-            if not server.ip_registrations.take(self._ip, now):
+            rates = server.config.rates
+            if not await server.directory.take(
+                "register", self._ip, rates.ip_register_rate, rates.ip_register_burst, 1.0, now
+            ):
                 return self.failure(request.rid, "rate-limited", "too many registrations")
             key = conn.remote_key
             assert key is not None  # messages only arrive once the channel is established
@@ -375,13 +375,13 @@ class _Client(asyncio.Protocol):
             return conn.send(ev.Registered(request.rid, address.phone, address.host, address.port))
         if isinstance(request, ev.Lookup):
             server.metrics.lookups.inc(len(request.phones))
-            if not self._may_look_up(now, request.phones):
+            if not await self._may_look_up(now, request.phones):
                 return self.failure(request.rid, "rate-limited", "too many lookups; slow down")
             found = await server.directory.lookup(list(request.phones))
             return conn.send(ev.LookupResult(request.rid, tuple(found)))
         if isinstance(request, ev.Watch):
             server.metrics.lookups.inc(len(request.phones))
-            if not self._may_look_up(now, request.phones):
+            if not await self._may_look_up(now, request.phones):
                 return self.failure(request.rid, "rate-limited", "too many lookups; slow down")
             self.watch(request.phones)
             found = await server.directory.lookup(list(request.phones))
@@ -402,13 +402,18 @@ class _Client(asyncio.Protocol):
             self._transport.close()
         return conn.send(ev.Pong(request.rid))
 
-    def _may_look_up(self, now: float, phones: tuple[str, ...]) -> bool:
-        """Both buckets allow these lookups (this connection's is made on first use)."""
+    async def _may_look_up(self, now: float, phones: tuple[str, ...]) -> bool:
+        """Both buckets allow these lookups: this connection's (made on first use), and
+        its source IP's (in the directory, shared by all its servers)."""
         rates = self._server.config.rates
         if self._lookups is None:
             self._lookups = TokenBucket(rates.lookup_rate, rates.lookup_burst, now)
         cost = self._lookup_cost(now, phones) or 1.0  # an empty lookup is not free either
-        return self._lookups.take(now, cost) and self._server.ip_lookups.take(self._ip, now, cost)
+        if not self._lookups.take(now, cost):
+            return False
+        return await self._server.directory.take(
+            "lookup", self._ip, rates.ip_lookup_rate, rates.ip_lookup_burst, cost, now
+        )
 
     def _lookup_cost(self, now: float, phones: tuple[str, ...]) -> float:
         """A number costs a token, or a tenth of one if this connection asked for it in
