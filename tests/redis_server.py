@@ -20,16 +20,24 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 10
-    while True:  # a foreign process: no event to wait for but its port
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{what} did not start") from None
-            time.sleep(0.01)
+@contextmanager
+def _running(command: list[str], port: int, what: str) -> Iterator[None]:
+    """`command` running until the block ends, once something listens on `port`."""
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # a foreign process: no event to wait for but its port
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{what} did not start") from None
+                time.sleep(0.01)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait()
 
 
 @contextmanager
@@ -46,13 +54,8 @@ def redis_sentinel(master_url: str, service: str = "mymaster") -> Iterator[str]:
                 f"sentinel monitor {service} 127.0.0.1 {master_port} 1\n"
                 f"sentinel down-after-milliseconds {service} 1000\n"
             )
-        proc = subprocess.Popen([REDIS_SERVER, conf, "--sentinel"], stdout=subprocess.DEVNULL)
-        try:
-            _wait_for_port(port, proc, "redis-sentinel")
+        with _running([REDIS_SERVER, conf, "--sentinel"], port, "redis-sentinel"):
             yield f"sentinel://127.0.0.1:{port}/{service}/0"
-        finally:
-            proc.terminate()
-            proc.wait()
 
 
 @contextmanager
@@ -63,27 +66,7 @@ def redis_server() -> Iterator[str]:
         raise RuntimeError("redis-server is not installed: run `make test`, which installs it")
     port = free_port()
     with tempfile.TemporaryDirectory() as folder:
-        proc = subprocess.Popen(
-            [
-                REDIS_SERVER,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                folder,
-                "--notify-keyspace-events",
-                "Ex",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        try:
-            _wait_for_port(port, proc, "redis-server")
+        command = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        command += ["--appendonly", "no", "--dir", folder, "--notify-keyspace-events", "Ex"]
+        with _running(command, port, "redis-server"):
             yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            proc.terminate()
-            proc.wait()

@@ -6,11 +6,11 @@ import asyncio
 import tempfile
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from whatsap2p.app.session import SessionConfig
+from whatsap2p.app.session import Session, SessionConfig
 from whatsap2p.config import Limits, RateLimits, Timeouts
 from whatsap2p.net.directory_client import DirectoryClient
 from whatsap2p.protocol.keys import StaticKey
@@ -86,3 +86,34 @@ class WatchedDirectory(MemoryDirectory):
         if removed:
             self.went_offline[phone].set()
         return removed
+
+
+class World:
+    """A real server on 127.0.0.1 port 0 and the sessions a test starts on it."""
+
+    def __init__(
+        self, stack: AsyncExitStack, server: DirectoryServer, port: int, root: Path
+    ) -> None:
+        self.stack, self.server, self.port, self.root = stack, server, port, root
+
+    async def user(
+        self, phone: str, limits: Limits | None = None, data_dir: str = "", **timeouts: float
+    ) -> Session:
+        folder = self.root / (data_dir or phone)
+        config = session_config(self.port, phone, folder, limits, **timeouts)
+        return await self.stack.enter_async_context(Session(config))
+
+    async def new_key(self, session: Session) -> Session:
+        """`session`'s number moves to a new key: the module ends, the operator releases
+        the number, a module with another data dir (another key) takes it."""
+        await session.close()
+        assert self.server.bindings is not None
+        assert self.server.bindings.release(session.phone)
+        return await self.user(session.phone, data_dir=f"new-{session.phone}")
+
+
+@asynccontextmanager
+async def world_at(root: Path) -> AsyncIterator[World]:
+    async with AsyncExitStack() as stack:
+        server, port = await stack.enter_async_context(running_server())
+        yield World(stack, server, port, root)

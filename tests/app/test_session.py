@@ -7,13 +7,12 @@ import hashlib
 import os
 import shutil
 from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import image_bytes
-from tests.servers import FAST, directory_client, running_server, session_config
+from tests.servers import FAST, World, directory_client, session_config, world_at
 from whatsap2p.app.events import (
     IdentityChanged,
     PhotoReceived,
@@ -36,30 +35,14 @@ from whatsap2p.errors import (
 )
 from whatsap2p.net.peers import PeerLink
 from whatsap2p.protocol import events as ev
-from whatsap2p.server.service import DirectoryServer
 
 ALICE, BOB, CAROL, DAVE = (f"+551199999000{i}" for i in range(1, 5))
 
 
-class World:
-    def __init__(
-        self, stack: AsyncExitStack, server: DirectoryServer, port: int, root: Path
-    ) -> None:
-        self.stack, self.server, self.port, self.root = stack, server, port, root
-
-    async def user(
-        self, phone: str, limits: Limits | None = None, data_dir: str = "", **timeouts: float
-    ) -> Session:
-        folder = self.root / (data_dir or phone)
-        config = session_config(self.port, phone, folder, limits, **timeouts)
-        return await self.stack.enter_async_context(Session(config))
-
-
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
-    async with AsyncExitStack() as stack:
-        server, port = await stack.enter_async_context(running_server())
-        yield World(stack, server, port, tmp_path)
+    async with world_at(tmp_path) as world:
+        yield world
 
 
 async def next_event(session: Session) -> SessionEvent:
@@ -290,10 +273,7 @@ async def test_a_changed_key_is_caught_both_ways_until_trusted(world: World) -> 
     assert alice.trust.pinned(BOB) == bob.identity.public  # type: ignore[union-attr]
     assert bob.trust.pinned(ALICE) == alice.identity.public  # type: ignore[union-attr]
     # bob's number moves to a new key (his server binding was released)
-    await bob.close()
-    assert world.server.bindings is not None
-    assert world.server.bindings.release(BOB)
-    new_bob = await world.user(BOB, data_dir="new-bob")
+    new_bob = await world.new_key(bob)
     assert new_bob.identity is not None
     assert new_bob.identity.public != bob.identity.public  # type: ignore[union-attr]
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
@@ -14,11 +13,10 @@ from textual.pilot import Pilot
 from textual.widgets import Input, ListView, ProgressBar, Static
 
 from tests.conftest import image_bytes
-from tests.servers import running_server, session_config
+from tests.servers import World, world_at
 from whatsap2p.app.events import PhotoReceived, TextReceived
 from whatsap2p.app.session import Session
 from whatsap2p.config import Limits
-from whatsap2p.server.service import DirectoryServer
 from whatsap2p.ui.tui import ChatApp
 from whatsap2p.ui.tui.dialogs import FormDialog, TrustDialog, complete_path
 from whatsap2p.ui.tui.model import Row
@@ -27,20 +25,10 @@ from whatsap2p.ui.tui.widgets import ConversationItem, MessageBox, StatusLine
 ALICE, BOB, CAROL, DAVE = (f"+551199999000{i}" for i in range(1, 5))
 
 
-class World:
-    def __init__(self, stack: AsyncExitStack, server: DirectoryServer, port: int, root: Path):
-        self.stack, self.server, self.port, self.root = stack, server, port, root
-
-    async def user(self, phone: str, data_dir: str = "") -> Session:
-        config = session_config(self.port, phone, self.root / (data_dir or phone))
-        return await self.stack.enter_async_context(Session(config))
-
-
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
-    async with AsyncExitStack() as stack:
-        server, port = await stack.enter_async_context(running_server())
-        yield World(stack, server, port, tmp_path)
+    async with world_at(tmp_path) as world:
+        yield world
 
 
 async def until(app: ChatApp, check: Callable[[], object], timeout: float = 10) -> None:
@@ -167,10 +155,7 @@ async def test_a_changed_key_asks_and_blocks_until_accepted(world: World) -> Non
     alice, bob = await world.user(ALICE), await world.user(BOB)
     alice.book.add_contact("bob", BOB)
     assert (await alice.send_text(BOB, "hi")).delivered == [BOB]  # alice pins bob's key
-    await bob.close()
-    assert world.server.bindings is not None
-    assert world.server.bindings.release(BOB)
-    new_bob = await world.user(BOB, data_dir="new-bob")
+    new_bob = await world.new_key(bob)
     app = ChatApp(alice)
     async with app.run_test(size=(80, 24)) as pilot:
         await app.ready.wait()
@@ -197,10 +182,7 @@ async def test_the_trust_dialog_accepts_the_new_key(world: World) -> None:
     alice, bob = await world.user(ALICE), await world.user(BOB)
     assert (await alice.send_text(BOB, "hi")).delivered == [BOB]
     old = bob.fingerprint
-    await bob.close()
-    assert world.server.bindings is not None
-    assert world.server.bindings.release(BOB)
-    new_bob = await world.user(BOB, data_dir="new-bob")
+    new_bob = await world.new_key(bob)
     app = ChatApp(alice)
     async with app.run_test(size=(80, 24)) as pilot:
         await app.ready.wait()
