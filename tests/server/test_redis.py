@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 
 from tests.servers import directory_client, running_server
 from whatsap2p.config import RateLimits
-from whatsap2p.errors import NumberAlreadyOnline, NumberBound, RateLimited, ServerUnreachable
+from whatsap2p.errors import NumberAlreadyOnline, NumberBound, RateLimited
 from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.keys import StaticKey
 from whatsap2p.server.redis_store import RedisDirectory
@@ -74,8 +74,7 @@ async def test_one_live_registration_per_number_and_one_key_per_number(
     asker = await directory_client(port_a)
     await asker.register(CAROL, 4003)
     assert (await asker.lookup([ALICE]))[ALICE].port == 4002
-    with pytest.raises(ServerUnreachable):
-        await first.ping()
+    await first.ping()  # answered; its renewal finds the number taken: dropped
     await asyncio.wait_for(first.closed.wait(), 5)
     assert (await asker.lookup([ALICE]))[ALICE].port == 4002  # the old one removed nothing
     for client in (first, second, asker):
@@ -151,6 +150,8 @@ async def test_a_registration_nobody_renews_expires(servers: Servers, redis_url:
                     break
         assert await server.directory.count() == 0
         await bob.ping()  # the module was only slow: its heartbeat puts it back
+        assert isinstance(server.directory, RedisDirectory)
+        await server.directory.flush()  # (renewals go out in batches)
         assert await server.directory.count() == 1
     finally:
         await expired.aclose()  # type: ignore[no-untyped-call]

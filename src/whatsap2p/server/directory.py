@@ -39,9 +39,9 @@ class Directory(Protocol):
 
     async def close(self) -> None: ...
 
-    async def renew(self, phone: str, owner: int) -> bool:
-        """A heartbeat of `owner`'s registration; False if another connection took the
-        number over (the server then drops `owner`)."""
+    def renew(self, phone: str, owner: int, taken: Callable[[], None]) -> None:
+        """A heartbeat of `owner`'s registration (now or soon); `taken()` is called if
+        another connection took the number over (the server then drops `owner`)."""
 
     async def take(
         self, bucket: str, key: str, rate: float, burst: float, cost: float, now: float
@@ -85,9 +85,10 @@ class MemoryDirectory:
     async def close(self) -> None:
         return None
 
-    async def renew(self, phone: str, owner: int) -> bool:
+    def renew(self, phone: str, owner: int, taken: Callable[[], None]) -> None:
         current = self._online.get(phone)
-        return current is not None and current.owner == owner
+        if current is None or current.owner != owner:
+            taken()
 
     async def register(self, address: PeerAddress, owner: int) -> None:
         current = self._online.get(address.phone)

@@ -41,6 +41,8 @@ __all__ = ["RedisDirectory"]
 log = logging.getLogger(__name__)
 
 CHANNEL = "wa:came-online"
+#: Heartbeats are renewed in Redis in batches gathered over this many seconds.
+RENEW_EVERY = 0.5
 #: A crashed server's users show offline everywhere within this many seconds.
 DEFAULT_TTL = 30.0
 
@@ -151,6 +153,9 @@ class RedisDirectory:
         self._unregister = self._redis.register_script(_UNREGISTER)
         self._take = self._redis.register_script(_TAKE)
         self._records: dict[str, bytes] = {}  # our own registrations, for renewals
+        self._renewals: dict[str, tuple[int, Callable[[], None]]] = {}
+        self._renewing: asyncio.TimerHandle | None = None
+        self._flushes: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Task[None] | None = None
 
     async def start(self, on_online: Callable[[PeerAddress], None]) -> None:
@@ -188,6 +193,10 @@ class RedisDirectory:
                 await pubsub.aclose()
 
     async def close(self) -> None:
+        if self._renewing is not None:
+            self._renewing.cancel()
+        for task in list(self._flushes):
+            task.cancel()
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -221,21 +230,44 @@ class RedisDirectory:
             raise NumberAlreadyOnline(f"{address.phone} is already online")
         self._records[address.phone] = record
 
-    async def renew(self, phone: str, owner: int) -> bool:
-        """A heartbeat: keep `phone` online; False if another connection has taken it."""
-        record = self._records.get(phone)
-        if record is None:
-            return False
+    def renew(self, phone: str, owner: int, taken: Callable[[], None]) -> None:
+        """A heartbeat: keep `phone` online. Renewals are gathered for `RENEW_EVERY`
+        seconds and sent as one pipeline (tens of thousands of users heartbeat every
+        10 s: one round trip each would be most of a server's work); `taken()` is called
+        if another connection has taken the number meanwhile."""
+        self._renewals[phone] = (owner, taken)
+        if self._renewing is None:
+            loop = asyncio.get_running_loop()
+            self._renewing = loop.call_later(RENEW_EVERY, self._start_renewals)
+
+    def _start_renewals(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.flush())
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def flush(self) -> None:
+        """Send the renewals gathered so far, now."""
+        if self._renewing is not None:
+            self._renewing.cancel()
+            self._renewing = None
+        batch, self._renewals = self._renewals, {}
+        batch = {p: b for p, b in batch.items() if p in self._records}
+        if not batch:
+            return
         try:
-            outcome = await self._renew(
-                keys=[_online_key(phone)], args=[self._owner(owner), record, self.ttl_ms]
-            )
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for phone, (owner, _) in batch.items():
+                    args: list[bytes | int] = [self._owner(owner), self._records[phone]]
+                    args.append(self.ttl_ms)
+                    await self._renew(keys=[_online_key(phone)], args=args, client=pipe)
+                outcomes = await pipe.execute()
         except (RedisError, OSError) as exc:
-            raise StoreError(f"directory store: {exc}") from exc
-        if outcome == b"taken":
-            self._records.pop(phone, None)
-            return False
-        return True
+            log.warning("renewing %d registrations: %s", len(batch), exc)
+            return
+        for (phone, (_, taken)), outcome in zip(batch.items(), outcomes, strict=True):
+            if outcome == b"taken":
+                self._records.pop(phone, None)
+                taken()
 
     async def unregister(self, phone: str, owner: int) -> bool:
         self._records.pop(phone, None)

@@ -394,13 +394,20 @@ class _Client(asyncio.Protocol):
             server.metrics.online_users -= 1
             return conn.send(ev.Unregistered(request.rid))
         assert isinstance(request, ev.Ping)
-        if self.phone is not None and not await server.directory.renew(self.phone, self._id):
-            log.info("%s registered elsewhere since: dropping this connection", self.phone)
-            self.phone = None  # not ours to unregister any more
-            server.metrics.online_users -= 1
-            assert self._transport is not None
-            self._transport.close()
+        if self.phone is not None:
+            server.directory.renew(self.phone, self._id, self._taken_over)
         return conn.send(ev.Pong(request.rid))
+
+    def _taken_over(self) -> None:
+        """Our number was registered through another connection since (its module moved
+        to another server): this one is stale."""
+        if self.phone is None:
+            return
+        log.info("%s registered elsewhere since: dropping this connection", self.phone)
+        self.phone = None  # not ours to unregister any more
+        self._server.metrics.online_users -= 1
+        if self._transport is not None:
+            self._transport.close()
 
     async def _may_look_up(self, now: float, phones: tuple[str, ...]) -> bool:
         """Both buckets allow these lookups: this connection's (made on first use), and
