@@ -143,6 +143,11 @@ class Session:
         return self._directory is not None and not self._directory.closed.is_set()
 
     @property
+    def changed_keys(self) -> frozenset[str]:
+        """Numbers that proved a key other than the pinned one, waiting for `trust_key`."""
+        return frozenset(self._changed)
+
+    @property
     def fingerprint(self) -> str:
         assert self.identity is not None, "start() the session first"
         return self.identity.fingerprint

@@ -234,7 +234,9 @@ class ChatApp(App[None]):
         members = [p for p in self._members(item.conversation) if p != self.session.phone]
         known = [self.online[p] for p in members if p in self.online]
         online = sum(known) if known or not members else None
-        item.show(online, len(members))
+        conv = item.conversation
+        changed = not conv.group and conv.target in self.session.changed_keys
+        item.show(online, len(members), changed)
 
     def _refresh_items(self) -> None:
         for item in self.query(ConversationItem):
@@ -371,8 +373,6 @@ class ChatApp(App[None]):
         else:
             await self._commands.command(line)
             if name in ("/add", "/remove", "/group", "/trust"):
-                if name == "/trust" and rest:
-                    self._key_trusted(rest.strip())
                 await self.sync_sidebar()
                 self._watch_presence()
             if name in ("/add", "/group"):  # open the conversation with what was made
@@ -386,12 +386,6 @@ class ChatApp(App[None]):
         if recipients.group is not None:
             return group_key(recipients.group)
         return phone_key(recipients.phones[0])
-
-    def _key_trusted(self, phone_text: str) -> None:
-        for conv in self.conversations.values():
-            if conv.target == phone_text or conv.title == phone_text:
-                conv.key_changed = False
-        self._refresh_items()
 
     # --- sending ------------------------------------------------------------------------
 
@@ -489,8 +483,7 @@ class ChatApp(App[None]):
             self._refresh_items()
 
     def _identity_changed(self, event: IdentityChanged) -> None:
-        conv = self.conversation(phone_key(event.phone))
-        conv.key_changed = True
+        self.conversation(phone_key(event.phone))  # the sidebar shows it, with its ⚠
         self.run_worker(self.sync_sidebar(), group="sidebar")
         old = self.session.trust.fingerprint_of(event.phone)
         name = self.session.book.name_of(event.phone)
@@ -499,7 +492,7 @@ class ChatApp(App[None]):
         async def decided(trust: bool | None) -> None:
             if trust:
                 phone, fingerprint = await self.session.trust_key(event.phone)
-                self._key_trusted(phone)
+                self._refresh_items()
                 self.note(f"trusting {phone} with key {fingerprint}")
             else:
                 self.note(

@@ -74,7 +74,6 @@ class Conversation:
     target: str  # what a send to it names: a phone, or a group name
     group: bool = False
     unread: int = 0
-    key_changed: bool = False
     rows: list[Row] = field(default_factory=list)
     loaded: bool = False  # history read from the store
 

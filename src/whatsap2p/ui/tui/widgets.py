@@ -79,8 +79,9 @@ class ConversationItem(ListItem):
     def compose(self) -> ComposeResult:
         yield self._label
 
-    def show(self, online: int | None, members: int) -> None:
-        """`online`: None when unknown; for a group, how many of its `members` are."""
+    def show(self, online: int | None, members: int, key_changed: bool) -> None:
+        """`online`: None when unknown; for a group, how many of its `members` are.
+        `key_changed`: the number's new key waits for the person's trust."""
         conv = self.conversation
         line = Text(no_wrap=True, overflow="ellipsis")
         if conv.group:
@@ -92,7 +93,7 @@ class ConversationItem(ListItem):
         line.append_text(literal(conv.title, style="bold" if conv.unread else ""))
         if conv.group and online is not None:
             line.append(f" {online}/{members}", style="dim")
-        if conv.key_changed:
+        if key_changed:
             line.append(" ⚠", style="bold yellow")
         if conv.unread:
             line.append(f" ({conv.unread})", style="bold magenta")
