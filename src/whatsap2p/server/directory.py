@@ -33,9 +33,8 @@ class Directory(Protocol):
     binds_keys: bool
 
     async def start(self, on_online: Callable[[PeerAddress], None]) -> None:
-        """Call `on_online` for every registration, made here or on any other server
-        sharing this directory (a directory of this process only: none, the server
-        pushes its own)."""
+        """Call `on_online` for every registration from now on, made through this
+        server or any other sharing the directory."""
 
     async def close(self) -> None: ...
 
@@ -70,6 +69,7 @@ class MemoryDirectory:
     def __init__(self) -> None:
         self._online: dict[str, Registration] = {}
         self._buckets: dict[str, BucketsByKey] = {}
+        self._on_online: Callable[[PeerAddress], None] | None = None
 
     async def take(
         self, bucket: str, key: str, rate: float, burst: float, cost: float, now: float
@@ -80,7 +80,7 @@ class MemoryDirectory:
         return buckets.take(key, now, cost)
 
     async def start(self, on_online: Callable[[PeerAddress], None]) -> None:
-        return None  # nobody else registers here: the server pushes its own
+        self._on_online = on_online
 
     async def close(self) -> None:
         return None
@@ -95,6 +95,8 @@ class MemoryDirectory:
         if current is not None and current.owner != owner:
             raise NumberAlreadyOnline(f"{address.phone} is already online")
         self._online[address.phone] = Registration(address, owner)
+        if self._on_online is not None:
+            self._on_online(address)
 
     async def unregister(self, phone: str, owner: int) -> bool:
         current = self._online.get(phone)

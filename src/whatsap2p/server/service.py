@@ -102,8 +102,8 @@ class DirectoryServer:
         self.metrics.close()
 
     def came_online(self, address: ev.PeerAddress) -> None:
-        """`address` registered (here, or on a server sharing the directory): tell the
-        connections waiting for it."""
+        """`address` registered (the directory says so, for this server and any other
+        sharing it): tell the connections waiting for it."""
         for watcher in list(self.watchers.get(address.phone, ())):
             watcher.push_online(address)
 
@@ -370,8 +370,6 @@ class _Client(asyncio.Protocol):
                 server.metrics.online_users += 1
             self.phone = request.phone
             log.info("%s online at %s:%s", address.phone, address.host, address.port)
-            if server.directory.immediate:  # a shared directory tells every server itself
-                server.came_online(address)
             return conn.send(ev.Registered(request.rid, address.phone, address.host, address.port))
         if isinstance(request, ev.Lookup):
             server.metrics.lookups.inc(len(request.phones))
