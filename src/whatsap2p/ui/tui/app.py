@@ -188,7 +188,8 @@ class ChatApp(App[None]):
         return list(dict.fromkeys(keys))
 
     def conversation(self, key: str) -> Conversation:
-        """The conversation `key` stands for, made (with its stored history) on first use."""
+        """The conversation `key` stands for, made on first use (its stored history is
+        read when it is first shown: not one query per contact at start-up)."""
         conv = self.conversations.get(key)
         if conv is not None:
             return conv
@@ -198,11 +199,13 @@ class ChatApp(App[None]):
         else:
             conv = Conversation(key, self.name_of(name), name)
         self.conversations[key] = conv
+        return conv
+
+    def _load(self, conv: Conversation) -> None:
         try:
             conv.load(self.session.conversation(conv.target, HISTORY_ROWS), self.session.phone)
         except WhatsAp2pError:
             conv.loaded = True  # a group we were never messaged in: nothing stored
-        return conv
 
     def _members(self, conv: Conversation) -> list[str]:
         if not conv.group:
@@ -270,6 +273,8 @@ class ChatApp(App[None]):
             title.update(Text("no conversation selected", style="dim"))
             rows = self._notes
         else:
+            if not conv.loaded:
+                self._load(conv)
             conv.unread = 0
             heading = Text()
             heading.append("# " if conv.group else "")
