@@ -46,7 +46,7 @@ RENEW_EVERY = 0.5
 #: A crashed server's users show offline everywhere within this many seconds.
 DEFAULT_TTL = 30.0
 
-# KEYS: bind, online. ARGV: key, owner, record, ttl-ms.
+# KEYS: bind, online. ARGV: key, owner, record, ttl-ms, channel, presence message.
 _REGISTER = """
 local bound = redis.call('GET', KEYS[1])
 if bound and bound ~= ARGV[1] then return 'bound' end
@@ -57,6 +57,7 @@ if current then
 end
 if not bound then redis.call('SET', KEYS[1], ARGV[1]) end
 redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 'ok'
 """
 
@@ -214,14 +215,12 @@ class RedisDirectory:
 
     async def register(self, address: PeerAddress, owner: int) -> None:
         record = _pack([self._owner(owner), address.host, address.port, address.key])
+        pushed = _pack([address.phone, address.host, address.port, address.key])
         try:
             outcome = await self._register(
                 keys=[_bind_key(address.phone), _online_key(address.phone)],
-                args=[address.key, self._owner(owner), record, self.ttl_ms],
+                args=[address.key, self._owner(owner), record, self.ttl_ms, CHANNEL, pushed],
             )
-            if outcome == b"ok":
-                pushed = _pack([address.phone, address.host, address.port, address.key])
-                await self._redis.publish(CHANNEL, pushed)
         except (RedisError, OSError) as exc:
             raise StoreError(f"directory store: {exc}") from exc
         if outcome == b"bound":
