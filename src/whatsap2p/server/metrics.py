@@ -8,15 +8,26 @@
   number-online, protocol-error, unavailable);
 - `whatsap2p_request_seconds{kind}`: how long answering took, a histogram.
 
-Each server has a registry of its own (several may run in one test process); the
-numbers are updated on the event loop and read by the exporter's thread.
+The event loop counts in plain integers (a request costs two list updates, not four
+locked metric calls); prometheus-client's exporter thread turns them into metric
+families when it is scraped (a custom collector, as its documentation describes for
+"metrics from another system"). Each server has a registry of its own (several may run
+in one test process).
 """
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import start_http_server
 
 __all__ = ["ServerMetrics"]
@@ -25,45 +36,61 @@ _KINDS = ("register", "lookup", "watch", "unregister", "ping")
 _BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
 
 
+class _Latency:
+    """One kind's histogram: a count per bucket (the last one is +Inf) and the sum."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(_BUCKETS) + 1)
+        self.total = 0.0
+
+
 class ServerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.online_users = 0
-        online = Gauge(
-            "whatsap2p_online_users", "Users registered through this server", registry=self.registry
-        )
-        online.set_function(lambda: self.online_users)
-        self.lookups = Counter(
-            "whatsap2p_lookups", "Numbers looked up (lookups and watches)", registry=self.registry
-        )
-        requests = Counter(
-            "whatsap2p_requests", "Requests answered", ["kind"], registry=self.registry
-        )
-        latency = Histogram(
-            "whatsap2p_request_seconds",
-            "Time from reading a request to writing its answer",
-            ["kind"],
-            buckets=_BUCKETS,
-            registry=self.registry,
-        )
-        self._rejected = Counter(
-            "whatsap2p_rejected", "Requests refused", ["reason"], registry=self.registry
-        )
-        # children bound once: a label lookup per request would cost more than the count
-        self._requests = {kind: requests.labels(kind) for kind in _KINDS}
-        self._latency = {kind: latency.labels(kind) for kind in _KINDS}
-        self._reasons: dict[str, Any] = {}
+        self.lookups = 0  # numbers looked up
+        self._latency = {kind: _Latency() for kind in _KINDS}
+        self._rejected: dict[str, int] = {}
         self._http: Any = None
+        self.registry.register(self)  # type: ignore[arg-type]  # a collector: has collect()
 
     def answered(self, kind: str, seconds: float) -> None:
-        self._requests[kind].inc()
-        self._latency[kind].observe(seconds)
+        latency = self._latency[kind]
+        latency.counts[bisect.bisect_left(_BUCKETS, seconds)] += 1
+        latency.total += seconds
 
     def rejected(self, reason: str) -> None:
-        child = self._reasons.get(reason)
-        if child is None:
-            child = self._reasons[reason] = self._rejected.labels(reason)
-        child.inc()
+        self._rejected[reason] = self._rejected.get(reason, 0) + 1
+
+    def collect(self) -> Iterator[Metric]:
+        """The metric families, when the exporter is scraped (its thread)."""
+        yield GaugeMetricFamily(
+            "whatsap2p_online_users", "Users registered through this server", self.online_users
+        )
+        yield CounterMetricFamily(
+            "whatsap2p_lookups", "Numbers looked up (lookups and watches)", self.lookups
+        )
+        requests = CounterMetricFamily("whatsap2p_requests", "Requests answered", labels=["kind"])
+        latency = HistogramMetricFamily(
+            "whatsap2p_request_seconds",
+            "Time from reading a request to writing its answer",
+            labels=["kind"],
+        )
+        for kind, seen in self._latency.items():
+            counts, running, buckets = list(seen.counts), 0, []
+            for bound, count in zip((*map(str, _BUCKETS), "+Inf"), counts, strict=True):
+                running += count
+                buckets.append((bound, running))
+            requests.add_metric([kind], running)
+            latency.add_metric([kind], buckets, seen.total)
+        yield requests
+        yield latency
+        rejected = CounterMetricFamily("whatsap2p_rejected", "Requests refused", labels=["reason"])
+        for reason, count in list(self._rejected.items()):
+            rejected.add_metric([reason], count)
+        yield rejected
 
     def serve(self, host: str, port: int) -> int:
         """Export on http://host:port/metrics (a thread); returns the port bound."""

@@ -372,13 +372,13 @@ class _Client(asyncio.Protocol):
             log.info("%s online at %s:%s", address.phone, address.host, address.port)
             return conn.send(ev.Registered(request.rid, address.phone, address.host, address.port))
         if isinstance(request, ev.Lookup):
-            server.metrics.lookups.inc(len(request.phones))
+            server.metrics.lookups += len(request.phones)
             if not await self._may_look_up(now, request.phones):
                 return self.failure(request.rid, "rate-limited", "too many lookups; slow down")
             found = await server.directory.lookup(list(request.phones))
             return conn.send(ev.LookupResult(request.rid, tuple(found)))
         if isinstance(request, ev.Watch):
-            server.metrics.lookups.inc(len(request.phones))
+            server.metrics.lookups += len(request.phones)
             if not await self._may_look_up(now, request.phones):
                 return self.failure(request.rid, "rate-limited", "too many lookups; slow down")
             self.watch(request.phones)
