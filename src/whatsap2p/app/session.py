@@ -499,7 +499,10 @@ class Session:
                     targets.append(phone)
                 else:
                     report.failed.append((phone, refusal))
-        outcomes = await asyncio.gather(*(self._deliver_to(online[p], deliver) for p in targets))
+        if len(targets) == 1:  # the common case: no gather (its futures cost per message)
+            outcomes = [await self._deliver_to(online[targets[0]], deliver)]
+        else:
+            outcomes = await asyncio.gather(*(self._deliver_to(online[p], deliver) for p in targets))
         for phone, error in zip(targets, outcomes, strict=True):
             if error is None:
                 report.delivered.append(phone)
