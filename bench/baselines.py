@@ -184,3 +184,76 @@ async def redis_get_per_s(requests: int = 200_000, runs: int = 3) -> tuple[float
             rates.append(float(values[header.index("rps")]))
             p50s.append(float(values[header.index("p50_latency_ms")]))
         return statistics.median(rates), statistics.median(p50s)
+
+
+# The yardstick of "what Python can do here": a uvloop echo server answering 64-byte
+# requests from 50 connections, one request out per connection (as redis-benchmark and
+# the loadgen's lookups), its clients in two processes. No work at all per request: the
+# gap to our lookups is what decoding, checking, looking up and sealing cost.
+ECHO = r"""
+import asyncio, multiprocessing, sys, time, uvloop
+
+class Echo(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+    def data_received(self, data):
+        self.transport.write(data)
+
+class Asker(asyncio.Protocol):
+    def __init__(self, left, done):
+        self.left, self.done = left, done
+    def connection_made(self, transport):
+        self.transport = transport
+        transport.write(b"x" * 64)
+    def data_received(self, data):
+        self.left -= 1
+        if self.left:
+            self.transport.write(b"x" * 64)
+        elif not self.done.done():
+            self.done.set_result(None)
+
+def serve(ports):
+    async def main():
+        server = await asyncio.get_running_loop().create_server(Echo, "127.0.0.1", 0)
+        ports.put(server.sockets[0].getsockname()[1])
+        await asyncio.Event().wait()
+    uvloop.run(main())
+
+def ask(port, connections, each, go):
+    async def main():
+        loop = asyncio.get_running_loop()
+        done = [loop.create_future() for _ in range(connections)]
+        go.wait()
+        for future in done:
+            await loop.create_connection(lambda f=future: Asker(each, f), "127.0.0.1", port)
+        await asyncio.gather(*done)
+    uvloop.run(main())
+
+if __name__ == "__main__":
+    total, connections, workers = int(sys.argv[1]), 50, 2
+    ports, go = multiprocessing.Queue(), multiprocessing.Event()
+    server = multiprocessing.Process(target=serve, args=(ports,), daemon=True)
+    server.start()
+    port = ports.get()
+    each = total // connections
+    askers = [multiprocessing.Process(target=ask, args=(port, connections // workers, each, go))
+              for _ in range(workers)]
+    for asker in askers:
+        asker.start()
+    start = time.perf_counter()
+    go.set()
+    for asker in askers:
+        asker.join()
+    print(each * connections / (time.perf_counter() - start))
+"""
+
+
+async def python_echo_per_s(python: str, requests: int = 200_000, runs: int = 3) -> float:
+    """Round trips/s of the uvloop echo yardstick (median of `runs`)."""
+    rates = []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory() as folder:
+            script = Path(folder) / "echo.py"  # multiprocessing's children import it
+            script.write_text(ECHO)
+            rates.append(float(await run(python, str(script), str(requests))))
+    return statistics.median(rates)

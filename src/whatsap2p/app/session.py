@@ -502,7 +502,8 @@ class Session:
         if len(targets) == 1:  # the common case: no gather (its futures cost per message)
             outcomes = [await self._deliver_to(online[targets[0]], deliver)]
         else:
-            outcomes = await asyncio.gather(*(self._deliver_to(online[p], deliver) for p in targets))
+            sends = (self._deliver_to(online[p], deliver) for p in targets)
+            outcomes = await asyncio.gather(*sends)
         for phone, error in zip(targets, outcomes, strict=True):
             if error is None:
                 report.delivered.append(phone)
