@@ -159,7 +159,9 @@ def run_loadgen(
                 took = max(r["end"] for r in busy) - min(r["start"] for r in busy)
                 done = sum(r["done"] for r in busy)
                 result.lookups_per_s = done / took if took > 0 else 0.0
-            if latencies:
+            if len(latencies) == 1:  # quantiles need two: one lookup is all its percentiles
+                result.lookup_p50_ms = result.lookup_p99_ms = latencies[0] * 1e3
+            elif latencies:
                 cuts = statistics.quantiles(latencies, n=100, method="inclusive")
                 result.lookup_p50_ms = statistics.median(latencies) * 1e3
                 result.lookup_p99_ms = cuts[98] * 1e3
