@@ -74,10 +74,17 @@ async def test_loadgen_spreads_over_servers_and_probes_another_loadgens_users(
     tmp_path: Path, redis_url: str
 ) -> None:
     """One loadgen holds users spread over two servers on one Redis; a second, on one
-    server only, looks them up among that population: every one is found."""
+    server only, looks them up among that population: every one is found. When one
+    server is killed, the holder registers its users again on the other."""
     import asyncio
+    import signal
+
+    import msgpack
+    import redis.asyncio as aioredis
 
     from tests.e2e.procs import WHATSAP2P
+    from whatsap2p.server.redis_store import CHANNEL
+    from whatsap2p.ui.loadgen import phone_of
 
     shared = ["--redis", redis_url, "--key", str(tmp_path / "deployment.key")]
     a = await ServerProcess.start(tmp_path / "a.sqlite3", *shared)
@@ -96,8 +103,30 @@ async def test_loadgen_spreads_over_servers_and_probes_another_loadgens_users(
         assert code == 0, err
         result = json.loads(out)
         assert (result["users_online"], result["errors"]) == (2, 0)  # all 30 found from b
+
+        # a's users (even numbers: a is first in the list) come back on b.
+        on_a = {phone_of(i) for i in range(0, 30, 2)}
+        events = aioredis.Redis.from_url(redis_url)
+        came = events.pubsub()
+        await came.subscribe(CHANNEL)
+        try:
+            assert await a.stop(signal.SIGKILL) == -signal.SIGKILL
+            back: set[str] = set()
+            async with asyncio.timeout(30):
+                async for message in came.listen():
+                    if message["type"] == "message":
+                        back.add(msgpack.unpackb(message["data"], raw=True)[0].decode())
+                        if on_a <= back:
+                            break
+        finally:
+            await came.aclose()  # type: ignore[no-untyped-call]
+            await events.aclose()
+        probe[3] = "40"  # two other probe users
+        code, out, err = await run(*probe, "--lookups", "300", "--concurrency", "2", "--json")
+        assert code == 0, err
+        assert json.loads(out)["errors"] == 0  # all 30 found from b, a's users too
     finally:
         holder.kill()
         await holder.wait()
-        assert await a.stop() == 0
+        await a.stop(signal.SIGKILL)
         assert await b.stop() == 0

@@ -58,6 +58,8 @@ class DirectoryClient:
         self.server_key = conn.remote_key
         #: Called with each watched number that comes online (pushed by the server).
         self.on_online: Callable[[ev.PeerAddress], None] | None = None
+        #: Called once the connection is gone (lost, or closed), after `closed` is set.
+        self.on_closed: Callable[[], None] | None = None
         self._waiting: dict[int, asyncio.Future[ev.Message]] = {}
         self._lost: BaseException | None = None
         self.closed = asyncio.Event()
@@ -248,6 +250,8 @@ class DirectoryClient:
             self._lost = reason
             self._fail_all(ServerUnreachable(f"lost the connection to the server: {reason}"))
             self.closed.set()
+            if self.on_closed is not None:
+                self.on_closed()
 
     def _dispatch(self, message: ev.Message) -> None:
         assert isinstance(message, ev.DirectoryMessage)

@@ -30,7 +30,7 @@ from typing import TextIO
 import uvloop
 
 from whatsap2p.config import Timeouts
-from whatsap2p.errors import WhatsAp2pError
+from whatsap2p.errors import ServerUnreachable, WhatsAp2pError
 from whatsap2p.net.directory_client import DirectoryClient
 from whatsap2p.protocol.keys import StaticKey
 
@@ -38,6 +38,8 @@ __all__ = ["LoadResult", "key_of", "phone_of", "run_loadgen"]
 
 #: Handshakes one worker runs at once (the server caps unauthenticated connections per IP).
 _CONNECTING = 32
+#: Tries to bring one user online, and the first pause between them (it grows).
+_ATTEMPTS, _RETRY_PAUSE = 5, 0.5
 #: Where the simulated users say they listen (nobody connects to them).
 _FAKE_PORT = 9
 
@@ -65,6 +67,8 @@ class LoadResult:
     lookup_p99_ms: float = 0.0
     errors: int = 0
     error_kinds: dict[str, int] = field(default_factory=dict)
+    #: Connections tried again while registering (not errors: they came online after).
+    retried: int = 0
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -86,6 +90,7 @@ class LoadResult:
             ("errors", f"{self.errors:,}"),
         ]
         rows += [(f"  {kind}", f"{count:,}") for kind, count in sorted(self.error_kinds.items())]
+        rows.append(("registrations tried again", f"{self.retried:,}"))
         width = max(len(name) for name, _ in rows)
         return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
@@ -135,6 +140,7 @@ def run_loadgen(
         registered = [pipe.recv() for pipe in pipes]
         _merge_errors(result, registered)
         result.users_online = sum(r["online"] for r in registered)
+        result.retried = sum(r["retried"] for r in registered)
         spans = [r for r in registered if r["online"]]
         if spans:
             took = max(r["end"] for r in spans) - min(r["start"] for r in spans)
@@ -210,8 +216,13 @@ class _Worker:
     def __init__(self, pipe: multiprocessing.connection.Connection, share: _Share) -> None:
         self._share = share
         self._pipe = pipe
-        self._clients: list[DirectoryClient] = []
+        self._clients: dict[int, DirectoryClient] = {}  # user index -> its connection
         self._errors: dict[str, int] = {}
+        self._retried = 0  # connections tried again (unreachable, or no answer in time)
+        self._reregistered = 0  # users registered again after losing their connection
+        self._stopping = False
+        self._gate = asyncio.Semaphore(_CONNECTING)
+        self._again: set[asyncio.Task[None]] = set()
         # Heartbeats at the default interval keep the users online for as long as we hold.
         self._timeouts = Timeouts()
 
@@ -225,9 +236,8 @@ class _Worker:
 
     async def run(self) -> None:
         start = time.monotonic()
-        gate = asyncio.Semaphore(_CONNECTING)
         await asyncio.gather(
-            *(self._register(self._share.first + i, gate) for i in range(self._share.count))
+            *(self._register(self._share.first + i) for i in range(self._share.count))
         )
         self._pipe.send(
             {
@@ -235,6 +245,7 @@ class _Worker:
                 "start": start,
                 "end": time.monotonic(),
                 "errors": self._take_errors(),
+                "retried": self._retried,
             }
         )
         try:
@@ -249,38 +260,72 @@ class _Worker:
                 else:
                     return
         finally:
-            await asyncio.gather(*(c.close() for c in self._clients), return_exceptions=True)
+            self._stopping = True
+            for task in self._again:
+                task.cancel()
+            clients = [*self._clients.values()]
+            await asyncio.gather(
+                *self._again, *(c.close() for c in clients), return_exceptions=True
+            )
 
     def _take_errors(self) -> dict[str, int]:
         errors, self._errors = self._errors, {}
         return errors
 
-    async def _register(self, index: int, gate: asyncio.Semaphore) -> None:
+    async def _register(self, index: int) -> None:
+        """Bring user `index` online. As a user module does, a server that cannot be
+        reached or does not answer in time is tried again after a pause (the pauses
+        grow, with jitter, so a crowd does not come back at once), on the next server of
+        the list if there are several; a refusal is final."""
+        for attempt in range(1, _ATTEMPTS + 1):
+            async with self._gate:
+                try:
+                    client = await self._connect(index, attempt)
+                except ServerUnreachable as exc:
+                    if attempt == _ATTEMPTS:
+                        self._error(exc)
+                        return
+                    self._retried += 1
+                except (WhatsAp2pError, OSError) as exc:
+                    self._error(exc)
+                    return
+                else:
+                    self._clients[index] = client
+                    client.on_closed = lambda: self._dropped(index)
+                    return
+            await asyncio.sleep(_RETRY_PAUSE * attempt * random.uniform(0.5, 1.5))
+
+    async def _connect(self, index: int, attempt: int) -> DirectoryClient:
         servers = self._share.servers
-        host, port = servers[index % len(servers)]
-        async with gate:
-            try:
-                client = await DirectoryClient.connect(
-                    host,
-                    port,
-                    key_of(self._share.seed, index),
-                    server_fingerprint=self._share.server_fingerprint,
-                    timeouts=self._timeouts,
-                )
-            except (WhatsAp2pError, OSError) as exc:
-                self._error(exc)
-                return
-            try:
-                await client.register(phone_of(index), _FAKE_PORT)
-            except (WhatsAp2pError, OSError) as exc:
-                self._error(exc)
-                await client.close()
-                return
-        self._clients.append(client)
+        host, port = servers[(index + attempt - 1) % len(servers)]
+        client = await DirectoryClient.connect(
+            host,
+            port,
+            key_of(self._share.seed, index),
+            server_fingerprint=self._share.server_fingerprint,
+            timeouts=self._timeouts,
+        )
+        try:
+            await client.register(phone_of(index), _FAKE_PORT)
+        except BaseException:
+            await client.close()
+            raise
+        return client
+
+    def _dropped(self, index: int) -> None:
+        """User `index` lost its connection (a heartbeat went unanswered, or the server
+        closed it): held users are registered again, as their module would."""
+        self._clients.pop(index, None)
+        if self._stopping:
+            return
+        self._reregistered += 1
+        task = asyncio.get_running_loop().create_task(self._register(index))
+        self._again.add(task)
+        task.add_done_callback(self._again.discard)
 
     async def _lookups(self, concurrency: int, lookups: int, population: int) -> dict[str, object]:
         latencies = array.array("d")
-        clients = self._clients[: max(1, concurrency)]
+        clients = [*self._clients.values()][: max(1, concurrency)]
         if not clients or not lookups:
             return {
                 "latencies": b"",
@@ -334,7 +379,13 @@ def main_loadgen(
     population: int | None = None,
 ) -> int:
     def report(result: LoadResult) -> None:
-        print(json.dumps(result.as_json()) if as_json else result.table(), flush=True)
+        if as_json:  # the JSON's keys are fixed: what they do not say goes to stderr
+            kinds = json.dumps(result.error_kinds, sort_keys=True)
+            print(f"errors by kind: {kinds}; registrations tried again: {result.retried}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            print(json.dumps(result.as_json()), flush=True)
+        else:
+            print(result.table(), flush=True)
 
     result = run_loadgen(
         servers,
