@@ -29,6 +29,17 @@ async def used_memory(port: int) -> int:
         await client.aclose()
 
 
+async def summary_line(stderr: asyncio.StreamReader, found: asyncio.Future[str]) -> None:
+    """Read a loadgen's stderr to its end (a pipe nobody reads blocks its writer); its
+    summary line ("errors by kind: ...; registrations tried again: N") goes to `found`."""
+    while line := await stderr.readline():
+        text = line.decode(errors="replace").strip()
+        if text.startswith("errors by kind:") and not found.done():
+            found.set_result(text)
+    if not found.done():
+        found.set_result("no summary from the loadgen")
+
+
 StartServer = Callable[..., Awaitable[tuple[asyncio.subprocess.Process, str]]]
 
 
@@ -59,11 +70,15 @@ async def directory_cluster(
             holder = await asyncio.create_subprocess_exec(
                 whatsap2p, "loadgen", ",".join(a for _, a in servers), "--users", str(users),
                 "--workers", "4", "--json", "--hold", "1800",
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             )  # fmt: skip
+            assert holder.stderr is not None
+            kinds = asyncio.get_running_loop().create_future()
+            stderr = asyncio.create_task(summary_line(holder.stderr, kinds))
             try:
                 assert holder.stdout is not None
                 held = json.loads(await holder.stdout.readline())
+                how = await kinds
                 after = await used_memory(redis_port)
                 rows = []
                 for i, (proc, address) in enumerate(servers):
@@ -84,6 +99,7 @@ async def directory_cluster(
             finally:
                 holder.kill()
                 await holder.wait()
+                await stderr
         finally:
             for proc, _ in servers:
                 with contextlib.suppress(ProcessLookupError):
@@ -97,8 +113,8 @@ async def directory_cluster(
         "",
         f"`whatsap2p loadgen` holds {online:,} users spread over {count} `whatsap2p server "
         "--redis` processes",
-        f"({held['register_per_s']:,.0f} registrations/s, {held['errors']:,} errors); then, "
-        f"through each server in turn, {lookups:,} lookups",
+        f"({held['register_per_s']:,.0f} registrations/s, {held['errors']:,} errors; {how});",
+        f"then, through each server in turn, {lookups:,} lookups",
         f"of numbers among all {users:,} users from 50 clients registered on that server. "
         "Everything shares",
         "this machine's two cores (servers, loadgens, redis-server, and the held users' "

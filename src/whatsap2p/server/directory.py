@@ -49,6 +49,19 @@ class Directory(Protocol):
         holds `burst` and refills at `rate`/s; False (spending nothing) if too few.
         Shared by every server of the directory, so spreading over them gains nothing."""
 
+    async def lookup_limited(
+        self,
+        phones: list[str],
+        bucket: str,
+        key: str,
+        rate: float,
+        burst: float,
+        cost: float,
+        now: float,
+    ) -> list[PeerAddress] | None:
+        """`take` then `lookup` in one step (one round trip to a shared store); None,
+        and nothing looked up, when the bucket refuses."""
+
     async def register(self, address: PeerAddress, owner: int) -> None:
         """Publish `address`; NumberAlreadyOnline if another live owner has the number."""
 
@@ -104,6 +117,20 @@ class MemoryDirectory:
             return False
         del self._online[phone]
         return True
+
+    async def lookup_limited(
+        self,
+        phones: list[str],
+        bucket: str,
+        key: str,
+        rate: float,
+        burst: float,
+        cost: float,
+        now: float,
+    ) -> list[PeerAddress] | None:
+        if not await self.take(bucket, key, rate, burst, cost, now):
+            return None
+        return await self.lookup(phones)
 
     async def lookup(self, phones: list[str]) -> list[PeerAddress]:
         found = (self._online.get(phone) for phone in dict.fromkeys(phones))

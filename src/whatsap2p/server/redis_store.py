@@ -12,6 +12,11 @@ the scripts that touch both stay on one node):
 - channel `wa:came-online`: msgpack `[phone, host, port, key]`, published on every
   registration, so each server can push it to the connections watching that number.
 
+Requests go to Redis in batches, like group commits: what the server's connections
+ask while one pipeline is out (lookups, their rate-limit buckets, registrations) goes
+out together in the next, so a crowd of lookups costs a round trip per batch rather
+than one or two each; heartbeat renewals are gathered for `RENEW_EVERY` seconds.
+
 Registration is one script (binding check, bind on first use, one live registration
 per number), so two servers never both accept a number. The same key registering again
 from elsewhere (its module failed over to another server, the old connection is dead or
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
 from collections.abc import Callable
@@ -31,7 +37,7 @@ from typing import Any
 import msgpack
 import redis.asyncio as redis
 from redis.asyncio.sentinel import Sentinel
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from whatsap2p.errors import NumberAlreadyOnline, NumberBound, StoreError
 from whatsap2p.protocol.events import PeerAddress
@@ -127,6 +133,115 @@ return allowed
 """
 
 
+#: Puts one command in a pipeline (a script's call returns a coroutine to await).
+_Command = Callable[[Any], object]
+
+
+def _script(script: Any, keys: list[str], args: list[Any]) -> _Command:
+    """The command that runs a registered script by its digest. (Through the script's
+    own call, redis-py asks SCRIPT EXISTS before every pipeline: a round trip more.)"""
+    return lambda pipe: pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+
+class _Batches:
+    """Commands of many requests sent together: whatever is asked while a pipeline is
+    out goes in the next one. Each caller gets the results of its own commands. Scripts
+    run by digest; a Redis that does not know them (restarted, flushed) gets them again
+    and runs what it refused (a refused script did not run, so it is not run twice)."""
+
+    def __init__(self, client: redis.Redis, scripts: list[Any]) -> None:
+        self._client = client
+        self._scripts = scripts
+        self._waiting: list[tuple[tuple[_Command, ...], asyncio.Future[list[Any]]]] = []
+        self._sent: list[tuple[tuple[_Command, ...], asyncio.Future[list[Any]]]] = []
+        self._sending: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def run(self, *commands: _Command) -> list[Any]:
+        """The results of `commands` (StoreError if Redis fails, or fails one of them)."""
+        if self._closed:
+            raise StoreError("directory store: closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        self._waiting.append((commands, future))
+        if self._sending is None:
+            self._sending = loop.create_task(self._send(), name="redis-batches")
+        return await future
+
+    async def _send(self) -> None:
+        try:
+            while self._waiting:
+                self._sent, self._waiting = self._waiting, []
+                await self._send_one(self._sent)
+                self._sent = []
+        finally:
+            self._sending = None
+
+    async def _send_one(
+        self, batch: list[tuple[tuple[_Command, ...], asyncio.Future[list[Any]]]]
+    ) -> None:
+        flat = [command for commands, _ in batch for command in commands]
+        try:
+            results = await self._execute(flat)
+            unknown = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            if unknown:
+                for script in self._scripts:
+                    await self._client.script_load(script.script)
+                again = await self._execute([flat[i] for i in unknown])
+                for i, result in zip(unknown, again, strict=True):
+                    results[i] = result
+        except (RedisError, OSError) as exc:
+            self._fail(batch, exc)
+            return
+        at = 0
+        for commands, future in batch:
+            mine, at = results[at : at + len(commands)], at + len(commands)
+            failed = next((r for r in mine if isinstance(r, Exception)), None)
+            if future.done():
+                continue  # its asker is gone (its connection closed)
+            if failed is not None:
+                future.set_exception(StoreError(f"directory store: {failed}"))
+            else:
+                future.set_result(mine)
+
+    async def _execute(self, commands: list[_Command]) -> list[Any]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for command in commands:
+                command(pipe)
+            return list(await pipe.execute(raise_on_error=False))
+
+    @staticmethod
+    def _fail(
+        batch: list[tuple[tuple[_Command, ...], asyncio.Future[list[Any]]]], exc: BaseException
+    ) -> None:
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(StoreError(f"directory store: {exc}"))
+
+    async def close(self) -> None:
+        """Stop: what is still asked for fails (and nothing more may be)."""
+        self._closed = True
+        if self._sending is not None:
+            self._sending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sending
+        left, self._sent, self._waiting = self._sent + self._waiting, [], []
+        self._fail(left, RuntimeError("the server is closing"))
+
+
+def _get(key: str, pipe: Any) -> object:
+    return pipe.get(key)
+
+
+def _found(phones: list[str], records: list[Any]) -> list[PeerAddress]:
+    found = []
+    for phone, record in zip(phones, records, strict=True):
+        if record is not None:
+            _, host, port, key = msgpack.unpackb(record, raw=True)
+            found.append(PeerAddress(phone, host.decode(), port, key))
+    return found
+
+
 def _bind_key(phone: str) -> str:
     return f"wa:bind:{{{phone}}}"
 
@@ -153,6 +268,9 @@ class RedisDirectory:
         self._renew = self._redis.register_script(_RENEW)
         self._unregister = self._redis.register_script(_UNREGISTER)
         self._take = self._redis.register_script(_TAKE)
+        self._batches = _Batches(
+            self._redis, [self._register, self._renew, self._unregister, self._take]
+        )
         self._records: dict[str, bytes] = {}  # our own registrations, for renewals
         self._renewals: dict[str, tuple[int, Callable[[], None]]] = {}
         self._renewing: asyncio.TimerHandle | None = None
@@ -198,6 +316,7 @@ class RedisDirectory:
             self._renewing.cancel()
         for task in list(self._flushes):
             task.cancel()
+        await self._batches.close()
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -216,13 +335,10 @@ class RedisDirectory:
     async def register(self, address: PeerAddress, owner: int) -> None:
         record = _pack([self._owner(owner), address.host, address.port, address.key])
         pushed = _pack([address.phone, address.host, address.port, address.key])
-        try:
-            outcome = await self._register(
-                keys=[_bind_key(address.phone), _online_key(address.phone)],
-                args=[address.key, self._owner(owner), record, self.ttl_ms, CHANNEL, pushed],
-            )
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"directory store: {exc}") from exc
+        keys = [_bind_key(address.phone), _online_key(address.phone)]
+        args: list[bytes | str | int] = [address.key, self._owner(owner), record, self.ttl_ms]
+        args += [CHANNEL, pushed]
+        [outcome] = await self._batches.run(_script(self._register, keys, args))
         if outcome == b"bound":
             raise NumberBound(f"{address.phone} is bound to another key")
         if outcome == b"online":
@@ -253,14 +369,17 @@ class RedisDirectory:
         batch = {p: b for p, b in batch.items() if p in self._records}
         if not batch:
             return
+        renewals = [
+            _script(
+                self._renew,
+                [_online_key(phone)],
+                [self._owner(owner), self._records[phone], self.ttl_ms],
+            )
+            for phone, (owner, _) in batch.items()
+        ]
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for phone, (owner, _) in batch.items():
-                    args: list[bytes | int] = [self._owner(owner), self._records[phone]]
-                    args.append(self.ttl_ms)
-                    await self._renew(keys=[_online_key(phone)], args=args, client=pipe)
-                outcomes = await pipe.execute()
-        except (RedisError, OSError) as exc:
+            outcomes = await self._batches.run(*renewals)
+        except StoreError as exc:
             log.warning("renewing %d registrations: %s", len(batch), exc)
             return
         for (phone, (_, taken)), outcome in zip(batch.items(), outcomes, strict=True):
@@ -270,38 +389,44 @@ class RedisDirectory:
 
     async def unregister(self, phone: str, owner: int) -> bool:
         self._records.pop(phone, None)
-        try:
-            removed = await self._unregister(keys=[_online_key(phone)], args=[self._owner(owner)])
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"directory store: {exc}") from exc
+        keys, args = [_online_key(phone)], [self._owner(owner)]
+        [removed] = await self._batches.run(_script(self._unregister, keys, args))
         return bool(removed)
 
     async def take(
         self, bucket: str, key: str, rate: float, burst: float, cost: float, now: float
     ) -> bool:
-        try:
-            allowed = await self._take(keys=[f"wa:rate:{bucket}:{key}"], args=[rate, burst, cost])
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"directory store: {exc}") from exc
+        [allowed] = await self._batches.run(self._taking(bucket, key, rate, burst, cost))
         return bool(allowed)
+
+    def _taking(self, bucket: str, key: str, rate: float, burst: float, cost: float) -> _Command:
+        return _script(self._take, [f"wa:rate:{bucket}:{key}"], [rate, burst, cost])
 
     async def lookup(self, phones: list[str]) -> list[PeerAddress]:
         wanted = list(dict.fromkeys(phones))
         if not wanted:
             return []
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for phone in wanted:
-                    pipe.get(_online_key(phone))
-                records = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"directory store: {exc}") from exc
-        found = []
-        for phone, record in zip(wanted, records, strict=True):
-            if record is not None:
-                _, host, port, key = msgpack.unpackb(record, raw=True)
-                found.append(PeerAddress(phone, host.decode(), port, key))
-        return found
+        gets = [functools.partial(_get, _online_key(phone)) for phone in wanted]
+        return _found(wanted, await self._batches.run(*gets))
+
+    async def lookup_limited(
+        self,
+        phones: list[str],
+        bucket: str,
+        key: str,
+        rate: float,
+        burst: float,
+        cost: float,
+        now: float,
+    ) -> list[PeerAddress] | None:
+        """The bucket and the lookup in one batch: one round trip (what the numbers'
+        records say is dropped unread when the bucket refuses)."""
+        wanted = list(dict.fromkeys(phones))
+        gets = [functools.partial(_get, _online_key(phone)) for phone in wanted]
+        allowed, *records = await self._batches.run(
+            self._taking(bucket, key, rate, burst, cost), *gets
+        )
+        return _found(wanted, records) if allowed else None
 
     async def count(self) -> int:
         """Users online on all servers (a scan: for tests and operators, not hot paths)."""

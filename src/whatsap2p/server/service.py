@@ -75,6 +75,8 @@ class DirectoryServer:
         #: phone -> the connections waiting for it to come online
         self.watchers: dict[str, set[_Client]] = {}
         self.metrics = ServerMetrics()
+        #: While closing: resolved once the last connection is gone.
+        self._all_lost: asyncio.Future[None] | None = None
 
     async def start(self) -> tuple[str, int]:
         """Bind; returns the address actually bound (the real port when asked for 0)."""
@@ -92,8 +94,13 @@ class DirectoryServer:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        for client in list(self.connections):
-            client.abort()
+        if self.connections:  # each takes its number offline once its transport says lost
+            self._all_lost = asyncio.get_running_loop().create_future()
+            for client in list(self.connections):
+                client.abort()
+            with contextlib.suppress(TimeoutError):  # bounded, should a transport not say
+                async with asyncio.timeout(5.0):
+                    await self._all_lost
         while self.background:
             await asyncio.gather(*self.background, return_exceptions=True)
         if self._server is not None:
@@ -106,6 +113,11 @@ class DirectoryServer:
         sharing it): tell the connections waiting for it."""
         for watcher in list(self.watchers.get(address.phone, ())):
             watcher.push_online(address)
+
+    def lost_all(self) -> None:
+        """The last connection is gone."""
+        if self._all_lost is not None and not self._all_lost.done():
+            self._all_lost.set_result(None)
 
     def spawn(self, work: Coroutine[object, object, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -212,6 +224,8 @@ class _Client(asyncio.Protocol):
         if self.phone is not None:
             server.metrics.online_users -= 1
             server.spawn(self._offline(self.phone))
+        if not server.connections:
+            server.lost_all()
 
     def pause_writing(self) -> None:
         # The client stopped reading our answers: stop reading its requests, and drop it
@@ -300,7 +314,11 @@ class _Client(asyncio.Protocol):
         self._start_answering()
 
     async def _offline(self, phone: str) -> None:
-        await self._server.directory.unregister(phone, self._id)
+        try:
+            await self._server.directory.unregister(phone, self._id)
+        except StoreError as exc:  # the registration expires on its own
+            log.warning("could not take %s offline now: %s", phone, exc)
+            return
         log.info("%s offline (connection closed)", phone)
 
     def _start_answering(self) -> None:
@@ -371,19 +389,18 @@ class _Client(asyncio.Protocol):
             self.phone = request.phone
             log.info("%s online at %s:%s", address.phone, address.host, address.port)
             return conn.send(ev.Registered(request.rid, address.phone, address.host, address.port))
-        if isinstance(request, ev.Lookup):
+        if isinstance(request, ev.Lookup | ev.Watch):
             server.metrics.lookups += len(request.phones)
-            if not await self._may_look_up(now, request.phones):
+            watched = self.watching
+            if isinstance(request, ev.Watch):
+                self.watch(request.phones)  # before looking: no registration slips between
+            found = await self._look_up(now, request.phones)
+            if found is None:
+                self.watch(watched)
                 return self.failure(request.rid, "rate-limited", "too many lookups; slow down")
-            found = await server.directory.lookup(list(request.phones))
+            if isinstance(request, ev.Watch):
+                return conn.send(ev.Watching(request.rid, tuple(found)))
             return conn.send(ev.LookupResult(request.rid, tuple(found)))
-        if isinstance(request, ev.Watch):
-            server.metrics.lookups += len(request.phones)
-            if not await self._may_look_up(now, request.phones):
-                return self.failure(request.rid, "rate-limited", "too many lookups; slow down")
-            self.watch(request.phones)
-            found = await server.directory.lookup(list(request.phones))
-            return conn.send(ev.Watching(request.rid, tuple(found)))
         if isinstance(request, ev.Unregister):
             assert self.phone is not None
             await server.directory.unregister(self.phone, self._id)
@@ -407,17 +424,18 @@ class _Client(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
-    async def _may_look_up(self, now: float, phones: tuple[str, ...]) -> bool:
-        """Both buckets allow these lookups: this connection's (made on first use), and
-        its source IP's (in the directory, shared by all its servers)."""
+    async def _look_up(self, now: float, phones: tuple[str, ...]) -> list[ev.PeerAddress] | None:
+        """The online ones among `phones`, or None when a bucket refuses: this
+        connection's (made on first use), or its source IP's (in the directory, shared
+        by all its servers, taken in the same round trip as the lookup)."""
         rates = self._server.config.rates
         if self._lookups is None:
             self._lookups = TokenBucket(rates.lookup_rate, rates.lookup_burst, now)
         cost = self._lookup_cost(now, phones) or 1.0  # an empty lookup is not free either
         if not self._lookups.take(now, cost):
-            return False
-        return await self._server.directory.take(
-            "lookup", self._ip, rates.ip_lookup_rate, rates.ip_lookup_burst, cost, now
+            return None
+        return await self._server.directory.lookup_limited(
+            list(phones), "lookup", self._ip, rates.ip_lookup_rate, rates.ip_lookup_burst, cost, now
         )
 
     def _lookup_cost(self, now: float, phones: tuple[str, ...]) -> float:
