@@ -128,5 +128,7 @@ async def test_loadgen_spreads_over_servers_and_probes_another_loadgens_users(
     finally:
         holder.kill()
         await holder.wait()
+        assert holder.stdout is not None
+        await holder.stdout.read()  # to its end: its workers (which share it) are gone too
         await a.stop(signal.SIGKILL)
         assert await b.stop() == 0
