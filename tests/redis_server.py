@@ -21,7 +21,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def _running(command: list[str], port: int, what: str) -> Iterator[None]:
+def _running(command: list[str], port: int, what: str) -> Iterator[subprocess.Popen[bytes]]:
     """`command` running until the block ends, once something listens on `port`."""
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     try:
@@ -34,7 +34,7 @@ def _running(command: list[str], port: int, what: str) -> Iterator[None]:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"{what} did not start") from None
                 time.sleep(0.01)
-        yield
+        yield proc
     finally:
         proc.terminate()
         proc.wait()
@@ -53,6 +53,7 @@ def redis_sentinel(master_url: str, service: str = "mymaster") -> Iterator[str]:
                 f"port {port}\nbind 127.0.0.1\ndir {folder}\n"
                 f"sentinel monitor {service} 127.0.0.1 {master_port} 1\n"
                 f"sentinel down-after-milliseconds {service} 1000\n"
+                f"sentinel failover-timeout {service} 10000\n"
             )
         with _running([REDIS_SERVER, conf, "--sentinel"], port, "redis-sentinel"):
             yield f"sentinel://127.0.0.1:{port}/{service}/0"
@@ -62,11 +63,19 @@ def redis_sentinel(master_url: str, service: str = "mymaster") -> Iterator[str]:
 def redis_server() -> Iterator[str]:
     """Start redis-server (nothing saved to disk, expiry events published); yields its
     URL. Fails clearly when redis-server is not installed."""
+    with redis_process() as (url, _):
+        yield url
+
+
+@contextmanager
+def redis_process(*args: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`redis_server` with more arguments (`--replicaof HOST PORT`), yielding the process
+    too (for a test that kills it)."""
     if REDIS_SERVER is None:
         raise RuntimeError("redis-server is not installed: run `make test`, which installs it")
     port = free_port()
     with tempfile.TemporaryDirectory() as folder:
         command = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
         command += ["--appendonly", "no", "--dir", folder, "--notify-keyspace-events", "Ex"]
-        with _running(command, port, "redis-server"):
-            yield f"redis://127.0.0.1:{port}/0"
+        with _running([*command, *args], port, "redis-server") as proc:
+            yield f"redis://127.0.0.1:{port}/0", proc

@@ -192,6 +192,61 @@ async def test_servers_find_redis_through_sentinel(redis_url: str) -> None:
                 await client.close()
 
 
+async def test_servers_follow_a_sentinel_failover() -> None:
+    """The master dies; the sentinel promotes its replica; the servers, told only of the
+    sentinel, find the new master: what was registered before (replicated) is still
+    found, and new registrations are written to the new master."""
+    import signal
+
+    from tests.redis_server import redis_process, redis_sentinel
+
+    with (
+        redis_process() as (master_url, master),
+        redis_process("--replicaof", "127.0.0.1", master_url.split(":")[2].split("/")[0]),
+    ):
+        admin = aioredis.Redis.from_url(master_url)
+
+        async def replicated() -> None:
+            """Until the replica has every write so far. WAIT waits for this connection's
+            own writes (up to 1 s a time): one write here comes after all the others in
+            the replication stream."""
+            await admin.incr("test:writes")
+            async with asyncio.timeout(30):
+                while await admin.execute_command("WAIT", 1, 1000) < 1:
+                    continue
+
+        await replicated()
+        with redis_sentinel(master_url) as sentinel_url:
+            async with AsyncExitStack() as stack:
+                servers = Servers(stack, sentinel_url)
+                (_, port_a), (_, port_b) = await servers.start(), await servers.start()
+                alice = await directory_client(port_a)
+                await alice.register(ALICE, 4001)
+                bob = await directory_client(port_b)
+                await bob.register(BOB, 4002)
+                await replicated()
+                await admin.aclose()
+                port = int(sentinel_url.split(":")[2].split("/")[0])
+                sentinel = aioredis.Redis(port=port)
+                switches = sentinel.pubsub()
+                await switches.subscribe("+switch-master")
+                try:
+                    master.send_signal(signal.SIGKILL)
+                    async with asyncio.timeout(30):
+                        async for message in switches.listen():
+                            if message["type"] == "message":
+                                break  # the replica is the master now
+                finally:
+                    await switches.aclose()  # type: ignore[no-untyped-call]
+                    await sentinel.aclose()
+                assert sorted(await bob.lookup([ALICE, BOB])) == [ALICE, BOB]
+                carol = await directory_client(port_a)
+                await carol.register(CAROL, 4003)
+                assert CAROL in await bob.lookup([CAROL])
+                for client in (alice, bob, carol):
+                    await client.close()
+
+
 def test_a_wrong_sentinel_url_is_a_clear_error() -> None:
     from whatsap2p.errors import StoreError
 
