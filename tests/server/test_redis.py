@@ -212,7 +212,7 @@ async def test_servers_follow_a_sentinel_failover() -> None:
             the replication stream."""
             await admin.incr("test:writes")
             async with asyncio.timeout(30):
-                while await admin.execute_command("WAIT", 1, 1000) < 1:
+                while await admin.wait(1, 1000) < 1:
                     continue
 
         await replicated()
