@@ -15,7 +15,20 @@ from whatsap2p.errors import NumberAlreadyOnline
 from whatsap2p.protocol.events import PeerAddress
 from whatsap2p.server.ratelimit import BucketsByKey
 
-__all__ = ["Directory", "MemoryDirectory", "Registration"]
+__all__ = ["Directory", "MemoryDirectory", "Registration", "Spend"]
+
+
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """`cost` tokens of token bucket `bucket` of `key` (a source IP), which holds `burst`
+    and refills at `rate`/s, spent at `now` (a shared store may use its own clock)."""
+
+    bucket: str
+    key: str
+    rate: float
+    burst: float
+    cost: float
+    now: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,23 +55,11 @@ class Directory(Protocol):
         """A heartbeat of `owner`'s registration (now or soon); `taken()` is called if
         another connection took the number over (the server then drops `owner`)."""
 
-    async def take(
-        self, bucket: str, key: str, rate: float, burst: float, cost: float, now: float
-    ) -> bool:
-        """Spend `cost` tokens of token bucket `bucket` of `key` (a source IP), which
-        holds `burst` and refills at `rate`/s; False (spending nothing) if too few.
-        Shared by every server of the directory, so spreading over them gains nothing."""
+    async def take(self, spend: Spend) -> bool:
+        """Spend the tokens; False (spending nothing) if the bucket has too few. Shared
+        by every server of the directory, so spreading over them gains nothing."""
 
-    async def lookup_limited(
-        self,
-        phones: list[str],
-        bucket: str,
-        key: str,
-        rate: float,
-        burst: float,
-        cost: float,
-        now: float,
-    ) -> list[PeerAddress] | None:
+    async def lookup_limited(self, phones: list[str], spend: Spend) -> list[PeerAddress] | None:
         """`take` then `lookup` in one step (one round trip to a shared store); None,
         and nothing looked up, when the bucket refuses."""
 
@@ -84,13 +85,11 @@ class MemoryDirectory:
         self._buckets: dict[str, BucketsByKey] = {}
         self._on_online: Callable[[PeerAddress], None] | None = None
 
-    async def take(
-        self, bucket: str, key: str, rate: float, burst: float, cost: float, now: float
-    ) -> bool:
-        buckets = self._buckets.get(bucket)
+    async def take(self, spend: Spend) -> bool:
+        buckets = self._buckets.get(spend.bucket)
         if buckets is None:
-            buckets = self._buckets[bucket] = BucketsByKey(rate, burst)
-        return buckets.take(key, now, cost)
+            buckets = self._buckets[spend.bucket] = BucketsByKey(spend.rate, spend.burst)
+        return buckets.take(spend.key, spend.now, spend.cost)
 
     async def start(self, on_online: Callable[[PeerAddress], None]) -> None:
         self._on_online = on_online
@@ -118,17 +117,8 @@ class MemoryDirectory:
         del self._online[phone]
         return True
 
-    async def lookup_limited(
-        self,
-        phones: list[str],
-        bucket: str,
-        key: str,
-        rate: float,
-        burst: float,
-        cost: float,
-        now: float,
-    ) -> list[PeerAddress] | None:
-        if not await self.take(bucket, key, rate, burst, cost, now):
+    async def lookup_limited(self, phones: list[str], spend: Spend) -> list[PeerAddress] | None:
+        if not await self.take(spend):
             return None
         return await self.lookup(phones)
 

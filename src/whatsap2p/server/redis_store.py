@@ -41,6 +41,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from whatsap2p.errors import NumberAlreadyOnline, NumberBound, StoreError
 from whatsap2p.protocol.events import PeerAddress
+from whatsap2p.server.directory import Spend
 
 __all__ = ["RedisDirectory"]
 
@@ -393,14 +394,14 @@ class RedisDirectory:
         [removed] = await self._batches.run(_script(self._unregister, keys, args))
         return bool(removed)
 
-    async def take(
-        self, bucket: str, key: str, rate: float, burst: float, cost: float, now: float
-    ) -> bool:
-        [allowed] = await self._batches.run(self._taking(bucket, key, rate, burst, cost))
+    async def take(self, spend: Spend) -> bool:
+        [allowed] = await self._batches.run(self._taking(spend))
         return bool(allowed)
 
-    def _taking(self, bucket: str, key: str, rate: float, burst: float, cost: float) -> _Command:
-        return _script(self._take, [f"wa:rate:{bucket}:{key}"], [rate, burst, cost])
+    def _taking(self, spend: Spend) -> _Command:
+        """Redis' clock, not `spend.now`: the servers' clocks need not agree."""
+        keys = [f"wa:rate:{spend.bucket}:{spend.key}"]
+        return _script(self._take, keys, [spend.rate, spend.burst, spend.cost])
 
     async def lookup(self, phones: list[str]) -> list[PeerAddress]:
         wanted = list(dict.fromkeys(phones))
@@ -409,23 +410,12 @@ class RedisDirectory:
         gets = [functools.partial(_get, _online_key(phone)) for phone in wanted]
         return _found(wanted, await self._batches.run(*gets))
 
-    async def lookup_limited(
-        self,
-        phones: list[str],
-        bucket: str,
-        key: str,
-        rate: float,
-        burst: float,
-        cost: float,
-        now: float,
-    ) -> list[PeerAddress] | None:
+    async def lookup_limited(self, phones: list[str], spend: Spend) -> list[PeerAddress] | None:
         """The bucket and the lookup in one batch: one round trip (what the numbers'
         records say is dropped unread when the bucket refuses)."""
         wanted = list(dict.fromkeys(phones))
         gets = [functools.partial(_get, _online_key(phone)) for phone in wanted]
-        allowed, *records = await self._batches.run(
-            self._taking(bucket, key, rate, burst, cost), *gets
-        )
+        allowed, *records = await self._batches.run(self._taking(spend), *gets)
         return _found(wanted, records) if allowed else None
 
     async def count(self) -> int:

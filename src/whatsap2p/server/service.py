@@ -32,7 +32,7 @@ from whatsap2p.protocol.directory import DirectoryServerConnection
 from whatsap2p.protocol.keys import StaticKey
 from whatsap2p.protocol.noise import COMPACT, NoiseChannel
 from whatsap2p.server.bindings import Bindings
-from whatsap2p.server.directory import Directory, MemoryDirectory
+from whatsap2p.server.directory import Directory, MemoryDirectory, Spend
 from whatsap2p.server.metrics import ServerMetrics
 from whatsap2p.server.ratelimit import TokenBucket
 
@@ -369,9 +369,10 @@ class _Client(asyncio.Protocol):
         now = self._loop.time()
         if isinstance(request, ev.Register):
             rates = server.config.rates
-            if not await server.directory.take(
+            spend = Spend(
                 "register", self._ip, rates.ip_register_rate, rates.ip_register_burst, 1.0, now
-            ):
+            )
+            if not await server.directory.take(spend):
                 return self.failure(request.rid, "rate-limited", "too many registrations")
             key = conn.remote_key
             assert key is not None  # messages only arrive once the channel is established
@@ -434,9 +435,8 @@ class _Client(asyncio.Protocol):
         cost = self._lookup_cost(now, phones) or 1.0  # an empty lookup is not free either
         if not self._lookups.take(now, cost):
             return None
-        return await self._server.directory.lookup_limited(
-            list(phones), "lookup", self._ip, rates.ip_lookup_rate, rates.ip_lookup_burst, cost, now
-        )
+        spend = Spend("lookup", self._ip, rates.ip_lookup_rate, rates.ip_lookup_burst, cost, now)
+        return await self._server.directory.lookup_limited(list(phones), spend)
 
     def _lookup_cost(self, now: float, phones: tuple[str, ...]) -> float:
         """A number costs a token, or a tenth of one if this connection asked for it in
