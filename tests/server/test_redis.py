@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from tests.servers import directory_client, running_server
 from whatsap2p.config import RateLimits
 from whatsap2p.errors import NumberAlreadyOnline, NumberBound, RateLimited
+from whatsap2p.net.directory_client import DirectoryClient
 from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.keys import StaticKey
 from whatsap2p.server.redis_store import RedisDirectory
@@ -176,20 +177,27 @@ async def test_bindings_are_released_by_the_operator(servers: Servers, redis_url
     await newcomer.close()
 
 
+async def alice_on_a_bob_on_b(stack: AsyncExitStack, url: str) -> tuple[int, DirectoryClient]:
+    """Two servers on the directory at `url`, alice registered on the first and bob on
+    the second (both closed with `stack`); returns the first's port and bob."""
+    servers = Servers(stack, url)
+    (_, port_a), (_, port_b) = await servers.start(), await servers.start()
+    alice = await directory_client(port_a)
+    stack.push_async_callback(alice.close)
+    await alice.register(ALICE, 4001)
+    bob = await directory_client(port_b)
+    stack.push_async_callback(bob.close)
+    await bob.register(BOB, 4002)
+    return port_a, bob
+
+
 async def test_servers_find_redis_through_sentinel(redis_url: str) -> None:
     from tests.redis_server import redis_sentinel
 
     with redis_sentinel(redis_url) as sentinel_url:
         async with AsyncExitStack() as stack:
-            servers = Servers(stack, sentinel_url)
-            (_, port_a), (_, port_b) = await servers.start(), await servers.start()
-            alice = await directory_client(port_a)
-            await alice.register(ALICE, 4001)
-            bob = await directory_client(port_b)
-            await bob.register(BOB, 4002)
+            _, bob = await alice_on_a_bob_on_b(stack, sentinel_url)
             assert sorted(await bob.lookup([ALICE, BOB])) == [ALICE, BOB]
-            for client in (alice, bob):
-                await client.close()
 
 
 async def test_servers_follow_a_sentinel_failover() -> None:
@@ -218,12 +226,7 @@ async def test_servers_follow_a_sentinel_failover() -> None:
         await replicated()
         with redis_sentinel(master_url) as sentinel_url:
             async with AsyncExitStack() as stack:
-                servers = Servers(stack, sentinel_url)
-                (_, port_a), (_, port_b) = await servers.start(), await servers.start()
-                alice = await directory_client(port_a)
-                await alice.register(ALICE, 4001)
-                bob = await directory_client(port_b)
-                await bob.register(BOB, 4002)
+                port_a, bob = await alice_on_a_bob_on_b(stack, sentinel_url)
                 await replicated()
                 await admin.aclose()
                 port = int(sentinel_url.split(":")[2].split("/")[0])
@@ -241,10 +244,9 @@ async def test_servers_follow_a_sentinel_failover() -> None:
                     await sentinel.aclose()
                 assert sorted(await bob.lookup([ALICE, BOB])) == [ALICE, BOB]
                 carol = await directory_client(port_a)
+                stack.push_async_callback(carol.close)
                 await carol.register(CAROL, 4003)
                 assert CAROL in await bob.lookup([CAROL])
-                for client in (alice, bob, carol):
-                    await client.close()
 
 
 def test_a_wrong_sentinel_url_is_a_clear_error() -> None:
