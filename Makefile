@@ -42,14 +42,22 @@ lint: $(STAMP)
 bench: $(STAMP) bench-tools
 	$(BIN)/python bench/run.py --out bench/RESULTS.md
 
-# The outside baselines of `make bench` (scp, redis-benchmark), from Debian's packages.
+# The outside baselines of `make bench`: scp and redis-benchmark from Debian's packages,
+# magic-wormhole (with its mailbox server and transit relay) in a venv of its own.
 # Best effort: without them the report names the baseline it could not measure.
+WORMHOLE_VENV := .run/wormhole-venv
 bench-tools:
 	@command -v redis-benchmark >/dev/null 2>&1 && test -x /usr/sbin/sshd || { \
 	  echo "installing redis-server and openssh-server (baselines for make bench)"; \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    redis-server openssh-server openssh-client >/dev/null; } \
 	  || echo "could not install them: the report will say which baselines are missing"; }
+	@test -x $(WORMHOLE_VENV)/bin/wormhole || { \
+	  echo "installing magic-wormhole (a baseline for make bench)"; \
+	  { $(PYTHON) -m venv $(WORMHOLE_VENV) && $(WORMHOLE_VENV)/bin/pip install -q \
+	    magic-wormhole==0.24.0 magic-wormhole-mailbox-server==0.8.0 \
+	    magic-wormhole-transit-relay==0.5.0; } \
+	  || echo "could not install magic-wormhole: the report will say so"; }
 
 # Coverage-guided fuzzing (atheris) of every parser; FUZZ_SECONDS per harness.
 FUZZ_SECONDS ?= 60

@@ -4,11 +4,16 @@
   authorised key of its own, nothing of the machine's configuration), and `scp` of the
   same file, timed from the command's start to its end (connection set-up included, as
   a user of scp pays it).
+- `Wormhole`: magic-wormhole between two processes of this machine, through a mailbox
+  server and a transit relay of its own on loopback; the sender's direct hints are this
+  machine's addresses, so the file goes directly (as it does between two computers
+  that can reach each other), timed from both commands' start to the receiver's end.
 - `redis_get_per_s`: a `redis-server` on a free loopback port with nothing saved, and
   `redis-benchmark -t get -c 50`: the GET/s and p50 that issue 5 compares lookups with.
 
-`make bench-tools` installs both (Debian's openssh-server, redis-server); without them
-the report says which baseline is missing instead of failing.
+`make bench-tools` installs them (Debian's openssh-server and redis-server, and
+magic-wormhole in `.run/wormhole-venv`); without them the report says which baseline is
+missing instead of failing.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import asyncio
 import contextlib
 import csv
 import io
+import itertools
 import os
 import shutil
 import socket
@@ -27,6 +33,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 SSHD, SCP, SSH_KEYGEN = "/usr/sbin/sshd", shutil.which("scp"), shutil.which("ssh-keygen")
+WORMHOLE_BIN = Path(__file__).resolve().parent.parent / ".run" / "wormhole-venv" / "bin"
 REDIS_SERVER, REDIS_BENCHMARK = shutil.which("redis-server"), shutil.which("redis-benchmark")
 
 
@@ -129,6 +136,65 @@ class Scp:
         if self._proc is not None and self._proc.returncode is None:
             self._proc.terminate()
             await self._proc.wait()
+        shutil.rmtree(self._work, ignore_errors=True)
+
+
+class Wormhole:
+    """`async with Wormhole() as wormhole: await wormhole.send_seconds(path)`; `why_not`
+    when unusable."""
+
+    def __init__(self) -> None:
+        self.why_not = ""
+        self._work = Path(tempfile.mkdtemp(prefix="whatsap2p-wormhole-"))
+        self._servers: list[asyncio.subprocess.Process] = []
+        self._command: list[str] = []
+        self._codes = itertools.count(1)
+
+    async def __aenter__(self) -> Wormhole:
+        twist, wormhole = WORMHOLE_BIN / "twist", WORMHOLE_BIN / "wormhole"
+        if not wormhole.exists():
+            self.why_not = "magic-wormhole is not installed: `make bench-tools`"
+            return self
+        mailbox, relay = free_port(), free_port()
+        for plugin, port in (("wormhole-mailbox", mailbox), ("transitrelay", relay)):
+            server = await asyncio.create_subprocess_exec(
+                str(twist), plugin, "--port", f"tcp:{port}:interface=127.0.0.1",
+                cwd=self._work, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
+            self._servers.append(server)
+            try:
+                await wait_listening(port, server)
+            except RuntimeError as exc:
+                self.why_not = str(exc)
+                return self
+        self._command = [str(wormhole), "--relay-url", f"ws://127.0.0.1:{mailbox}/v1"]
+        self._command += ["--transit-helper", f"tcp:127.0.0.1:{relay}"]
+        return self
+
+    async def send_seconds(self, path: Path) -> float:
+        """`wormhole send` of `path` and `wormhole receive` of it, checked, in seconds."""
+        code = f"{next(self._codes)}-whatsap2p-bench"
+        target = self._work / f"received-{path.name}"
+        start = time.perf_counter()
+        sender = await asyncio.create_subprocess_exec(
+            *self._command, "send", "--code", code, str(path),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        await run(*self._command, "receive", "--accept-file", "-o", str(target), code)
+        took = time.perf_counter() - start
+        if await sender.wait():
+            raise RuntimeError("wormhole send failed")
+        if target.stat().st_size != path.stat().st_size:
+            raise RuntimeError("magic-wormhole delivered a different size")
+        target.unlink()
+        return took
+
+    async def __aexit__(self, *exc: object) -> None:
+        for server in self._servers:
+            if server.returncode is None:
+                server.terminate()
+                await server.wait()
         shutil.rmtree(self._work, ignore_errors=True)
 
 

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import uvloop
-from baselines import Scp, python_echo_per_s, redis_get_per_s
+from baselines import Scp, Wormhole, python_echo_per_s, redis_get_per_s
 from cluster import directory_cluster
 from PIL import Image
 
@@ -469,6 +469,7 @@ async def main(out: Path | None, quick: bool) -> None:
 
             sizes = [2 * MB, 8 * MB] if quick else [2 * MB, 8 * MB, 50 * MB]
             scp = await stack.enter_async_context(Scp())
+            wormhole = await stack.enter_async_context(Wormhole())
             for size in sizes:
                 path = photo_of(size, work)
                 payload = path.read_bytes()
@@ -501,6 +502,14 @@ async def main(out: Path | None, quick: bool) -> None:
                         f"| photo {mb:.0f} MB: scp (OpenSSH, set-up included) | "
                         f"{ours * 1e3:,.2f} ms | {copy * 1e3:,.2f} ms | "
                         f"{copy / ours:.2f}x faster than scp |"
+                    )
+                if not wormhole.why_not:
+                    sends = [await wormhole.send_seconds(path) for _ in range(RUNS)]
+                    sent = statistics.median(sends)
+                    rows.append(
+                        f"| photo {mb:.0f} MB: magic-wormhole (direct, set-up included) | "
+                        f"{ours * 1e3:,.2f} ms | {sent * 1e3:,.2f} ms | "
+                        f"{sent / ours:.2f}x faster than magic-wormhole |"
                     )
                 for stored in (work / "bob" / "photos").glob("*"):
                     stored.unlink()
@@ -535,6 +544,8 @@ async def main(out: Path | None, quick: bool) -> None:
     ]
     if scp.why_not:
         rows.append(f"| scp baseline | not measured: {scp.why_not} | | |")
+    if wormhole.why_not:
+        rows.append(f"| magic-wormhole baseline | not measured: {wormhole.why_not} | | |")
     footer = [
         "",
         f"Directory lookup round trip (one number): {lookups / 200 * 1e3:.3f} ms median.",
