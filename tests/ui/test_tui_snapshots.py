@@ -9,7 +9,9 @@ new pictures before committing them.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import subprocess
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from textual.pilot import Pilot
+from textual.worker import Worker, WorkerCancelled
 
 from tests.servers import session_config
 from whatsap2p.app.events import TextReceived
@@ -85,6 +88,7 @@ async def a_conversation(pilot: Pilot[None]) -> None:
     app = pilot.app
     assert isinstance(app, ChatApp)
     await app.ready.wait()
+    await settled_presence(app)  # the server says they are offline; then they write
     stamp = NOON.replace(minute=2).isoformat()
     for i, (sender, text) in enumerate(
         [
@@ -97,6 +101,21 @@ async def a_conversation(pilot: Pilot[None]) -> None:
     conv = await app.select(phone_key(BOB))
     await app.send_text(conv, "yes, see you at 8")
     await pilot.pause()
+
+
+async def settled_presence(app: ChatApp) -> None:
+    """Until the presence asked of the server at start has come back: a message received
+    shows its sender online, and the server's older answer (nobody is really online
+    here) must not land after it, or the picture depends on which came first."""
+
+    async def finished(worker: Worker[None]) -> None:
+        with contextlib.suppress(WorkerCancelled):  # replaced by a newer ask
+            await worker.wait()
+
+    while asking := [
+        w for w in app.workers if w.group.startswith("presence") and not w.is_finished
+    ]:
+        await asyncio.gather(*map(finished, asking))
 
 
 async def a_changed_key(pilot: Pilot[None]) -> None:

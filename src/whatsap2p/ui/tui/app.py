@@ -31,6 +31,7 @@ from textual.widget import Widget
 from textual.widgets import Footer, Input, ListView, Static
 
 from whatsap2p.app.events import (
+    DeliveryReport,
     IdentityChanged,
     PhotoReceived,
     PresenceChanged,
@@ -417,6 +418,7 @@ class ChatApp(App[None]):
             raise
         row.apply(report)
         self._refresh_row(row)
+        self._learn_presence(report)
 
     async def send_photo(self, conv: Conversation, path_text: str) -> None:
         path = _photo_path(path_text)
@@ -436,6 +438,7 @@ class ChatApp(App[None]):
             self._refresh_row(row)
             raise
         row.apply(report)
+        self._learn_presence(report)
         row.progress = None
         self._refresh_row(row)
 
@@ -508,6 +511,12 @@ class ChatApp(App[None]):
         self.push_screen(dialog, decided)
 
     # --- presence -----------------------------------------------------------------------
+
+    def _learn_presence(self, report: DeliveryReport) -> None:
+        """A send has just asked the server: the freshest presence there is."""
+        self.online.update(dict.fromkeys(report.delivered, True))
+        self.online.update(dict.fromkeys([*report.offline, *report.queued], False))
+        self._refresh_items()
 
     def _watched_phones(self) -> list[str]:
         phones: set[str] = set()
