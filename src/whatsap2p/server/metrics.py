@@ -18,7 +18,7 @@ in one test process).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -47,9 +47,10 @@ class _Latency:
 
 
 class ServerMetrics:
-    def __init__(self) -> None:
+    def __init__(self, online_users: Callable[[], int]) -> None:
+        """`online_users()` counts them when scraped (from the exporter's thread)."""
         self.registry = CollectorRegistry()
-        self.online_users = 0
+        self._online_users = online_users
         self.lookups = 0  # numbers looked up
         self._latency = {kind: _Latency() for kind in _KINDS}
         self._rejected: dict[str, int] = {}
@@ -67,7 +68,7 @@ class ServerMetrics:
     def collect(self) -> Iterator[Metric]:
         """The metric families, when the exporter is scraped (its thread)."""
         yield GaugeMetricFamily(
-            "whatsap2p_online_users", "Users registered through this server", self.online_users
+            "whatsap2p_online_users", "Users registered through this server", self._online_users()
         )
         yield CounterMetricFamily(
             "whatsap2p_lookups", "Numbers looked up (lookups and watches)", self.lookups

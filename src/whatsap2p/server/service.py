@@ -74,7 +74,7 @@ class DirectoryServer:
         self.unauthenticated: Counter[str] = Counter()
         #: phone -> the connections waiting for it to come online
         self.watchers: dict[str, set[_Client]] = {}
-        self.metrics = ServerMetrics()
+        self.metrics = ServerMetrics(self._online_users)
         #: While closing: resolved once the last connection is gone.
         self._all_lost: asyncio.Future[None] | None = None
 
@@ -107,6 +107,10 @@ class DirectoryServer:
             await self._server.wait_closed()
         await self.directory.close()
         self.metrics.close()
+
+    def _online_users(self) -> int:
+        # list() copies the set in one step under the GIL: the exporter's thread calls this
+        return sum(client.phone is not None for client in list(self.connections))
 
     def came_online(self, address: ev.PeerAddress) -> None:
         """`address` registered (the directory says so, for this server and any other
@@ -222,7 +226,6 @@ class _Client(asyncio.Protocol):
         self.authenticated()  # no longer counts as unauthenticated, whatever happened
         self.watch(())
         if self.phone is not None:
-            server.metrics.online_users -= 1
             server.spawn(self._offline(self.phone))
         if not server.connections:
             server.lost_all()
@@ -385,8 +388,6 @@ class _Client(asyncio.Protocol):
                 return self.failure(request.rid, "number-bound", str(exc))
             except NumberAlreadyOnline as exc:
                 return self.failure(request.rid, "number-online", str(exc))
-            if self.phone is None:
-                server.metrics.online_users += 1
             self.phone = request.phone
             log.info("%s online at %s:%s", address.phone, address.host, address.port)
             return conn.send(ev.Registered(request.rid, address.phone, address.host, address.port))
@@ -407,7 +408,6 @@ class _Client(asyncio.Protocol):
             await server.directory.unregister(self.phone, self._id)
             log.info("%s offline (unregistered)", self.phone)
             self.phone = None
-            server.metrics.online_users -= 1
             return conn.send(ev.Unregistered(request.rid))
         assert isinstance(request, ev.Ping)
         if self.phone is not None:
@@ -421,7 +421,6 @@ class _Client(asyncio.Protocol):
             return
         log.info("%s registered elsewhere since: dropping this connection", self.phone)
         self.phone = None  # not ours to unregister any more
-        self._server.metrics.online_users -= 1
         if self._transport is not None:
             self._transport.close()
 
