@@ -371,35 +371,26 @@ async def _run_server(args: argparse.Namespace) -> int:
         bindings = Bindings(db_path)
         server = DirectoryServer(config, bindings)
     stop = _stop_on_signals()
-    try:
-        host, port = await server.start()
-    except StoreError:
-        await server.close()
-        raise
-    except OSError as exc:
-        await server.close()
-        if bindings is not None:
-            bindings.close()
-        print(
-            f"whatsap2p: cannot listen on {_format_address(args.host, args.port)}: "
-            f"{exc.strerror or exc}",
-            file=sys.stderr,
-        )
-        return EXIT_ERROR
-    if args.metrics_port is not None:
+    try:  # whatever happens, the server (and its store) is closed
         try:
-            bound = server.metrics.serve(args.metrics_host, args.metrics_port)
+            host, port = await server.start()
         except OSError as exc:
-            await server.close()
-            if bindings is not None:
-                bindings.close()
-            where = _format_address(args.metrics_host, args.metrics_port)
-            raise CannotListen(f"cannot serve metrics on {where}: {exc.strerror}") from exc
-        where = _format_address(args.metrics_host, bound)
-        print(f"metrics on http://{where}/metrics", file=sys.stderr, flush=True)
-    print(f"fingerprint {key.fingerprint}", flush=True)
-    print(f"listening on {_format_address(host, port)}", flush=True)
-    try:
+            print(
+                f"whatsap2p: cannot listen on {_format_address(args.host, args.port)}: "
+                f"{exc.strerror or exc}",
+                file=sys.stderr,
+            )
+            return EXIT_ERROR
+        if args.metrics_port is not None:
+            try:
+                bound = server.metrics.serve(args.metrics_host, args.metrics_port)
+            except OSError as exc:
+                where = _format_address(args.metrics_host, args.metrics_port)
+                raise CannotListen(f"cannot serve metrics on {where}: {exc.strerror}") from exc
+            where = _format_address(args.metrics_host, bound)
+            print(f"metrics on http://{where}/metrics", file=sys.stderr, flush=True)
+        print(f"fingerprint {key.fingerprint}", flush=True)
+        print(f"listening on {_format_address(host, port)}", flush=True)
         await stop.wait()
     finally:
         await server.close()
