@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import uuid
 from collections.abc import Callable
@@ -134,8 +133,10 @@ return allowed
 """
 
 
-#: Puts one command in a pipeline (a script's call returns a coroutine to await).
+#: Puts one command in a pipeline.
 _Command = Callable[[Any], object]
+#: What one caller asked, and where its results go.
+_Asked = tuple[tuple[_Command, ...], "asyncio.Future[list[Any]]"]
 
 
 def _script(script: Any, keys: list[str], args: list[Any]) -> _Command:
@@ -153,8 +154,8 @@ class _Batches:
     def __init__(self, client: redis.Redis, scripts: list[Any]) -> None:
         self._client = client
         self._scripts = scripts
-        self._waiting: list[tuple[tuple[_Command, ...], asyncio.Future[list[Any]]]] = []
-        self._sent: list[tuple[tuple[_Command, ...], asyncio.Future[list[Any]]]] = []
+        self._waiting: list[_Asked] = []
+        self._sent: list[_Asked] = []
         self._sending: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -178,9 +179,7 @@ class _Batches:
         finally:
             self._sending = None
 
-    async def _send_one(
-        self, batch: list[tuple[tuple[_Command, ...], asyncio.Future[list[Any]]]]
-    ) -> None:
+    async def _send_one(self, batch: list[_Asked]) -> None:
         flat = [command for commands, _ in batch for command in commands]
         try:
             results = await self._execute(flat)
@@ -197,9 +196,9 @@ class _Batches:
         at = 0
         for commands, future in batch:
             mine, at = results[at : at + len(commands)], at + len(commands)
-            failed = next((r for r in mine if isinstance(r, Exception)), None)
             if future.done():
                 continue  # its asker is gone (its connection closed)
+            failed = next((r for r in mine if isinstance(r, Exception)), None)
             if failed is not None:
                 future.set_exception(StoreError(f"directory store: {failed}"))
             else:
@@ -212,9 +211,7 @@ class _Batches:
             return list(await pipe.execute(raise_on_error=False))
 
     @staticmethod
-    def _fail(
-        batch: list[tuple[tuple[_Command, ...], asyncio.Future[list[Any]]]], exc: BaseException
-    ) -> None:
+    def _fail(batch: list[_Asked], exc: BaseException) -> None:
         for _, future in batch:
             if not future.done():
                 future.set_exception(StoreError(f"directory store: {exc}"))
@@ -230,8 +227,10 @@ class _Batches:
         self._fail(left, RuntimeError("the server is closing"))
 
 
-def _get(key: str, pipe: Any) -> object:
-    return pipe.get(key)
+def _get(phone: str) -> _Command:
+    """The command that reads `phone`'s registration."""
+    key = _online_key(phone)
+    return lambda pipe: pipe.get(key)
 
 
 def _found(phones: list[str], records: list[Any]) -> list[PeerAddress]:
@@ -405,17 +404,13 @@ class RedisDirectory:
 
     async def lookup(self, phones: list[str]) -> list[PeerAddress]:
         wanted = list(dict.fromkeys(phones))
-        if not wanted:
-            return []
-        gets = [functools.partial(_get, _online_key(phone)) for phone in wanted]
-        return _found(wanted, await self._batches.run(*gets))
+        return _found(wanted, await self._batches.run(*map(_get, wanted))) if wanted else []
 
     async def lookup_limited(self, phones: list[str], spend: Spend) -> list[PeerAddress] | None:
         """The bucket and the lookup in one batch: one round trip (what the numbers'
         records say is dropped unread when the bucket refuses)."""
         wanted = list(dict.fromkeys(phones))
-        gets = [functools.partial(_get, _online_key(phone)) for phone in wanted]
-        allowed, *records = await self._batches.run(self._taking(spend), *gets)
+        allowed, *records = await self._batches.run(self._taking(spend), *map(_get, wanted))
         return _found(wanted, records) if allowed else None
 
     async def count(self) -> int:
