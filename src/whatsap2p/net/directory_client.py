@@ -199,9 +199,9 @@ class DirectoryClient:
     async def unregister(self) -> None:
         await self._request(ev.Unregister(self._conn.next_rid()))
 
-    async def ping(self) -> None:
+    async def ping(self, timeout: float | None = None) -> None:
         """One heartbeat now (the server renews our registration)."""
-        await self._request(ev.Ping(self._conn.next_rid()))
+        await self._request(ev.Ping(self._conn.next_rid()), timeout)
 
     async def close(self) -> None:
         for task in (self._heartbeat_task, self._reader_task):
@@ -290,8 +290,7 @@ class DirectoryClient:
             try:
                 # Unanswered within one interval: the server (or the path) is gone, even if
                 # the connection looks open — detection takes at most two intervals.
-                interval = self._timeouts.heartbeat_interval
-                await self._request(ev.Ping(self._conn.next_rid()), timeout=interval)
+                await self.ping(timeout=self._timeouts.heartbeat_interval)
             except DirectoryError as exc:
                 log.warning("heartbeat failed: %s", exc)
                 self._writer.close()

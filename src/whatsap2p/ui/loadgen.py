@@ -219,7 +219,6 @@ class _Worker:
         self._clients: dict[int, DirectoryClient] = {}  # user index -> its connection
         self._errors: dict[str, int] = {}
         self._retried = 0  # connections tried again (unreachable, or no answer in time)
-        self._reregistered = 0  # users registered again after losing their connection
         self._stopping = False
         self._gate = asyncio.Semaphore(_CONNECTING)
         self._again: set[asyncio.Task[None]] = set()
@@ -318,7 +317,6 @@ class _Worker:
         self._clients.pop(index, None)
         if self._stopping:
             return
-        self._reregistered += 1
         task = asyncio.get_running_loop().create_task(self._register(index))
         self._again.add(task)
         task.add_done_callback(self._again.discard)
