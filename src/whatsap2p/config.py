@@ -42,8 +42,8 @@ class Limits:
     #: and from one source IP; more are closed as they arrive.
     max_peer_connections: int = 512
     max_peer_connections_per_ip: int = 64
-    #: Connections a module keeps open to one peer for a burst of messages (fewer than a
-    #: receiver takes from one IP, so a second sender there still gets in).
+    #: Connections a module opens to one peer for photos at once (its texts share one
+    #: more); fewer than a receiver takes from one IP, so a second sender there gets in.
     max_links_per_peer: int = 32
 
 

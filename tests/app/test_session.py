@@ -78,10 +78,73 @@ async def test_a_burst_to_one_peer_shares_its_connections(world: World) -> None:
     assert bob._listener.accepted == 1  # one connection, one handshake, five texts
     reports = await asyncio.gather(*(alice.send_text(BOB, f"at once {i}") for i in range(80)))
     assert all(report.delivered == [BOB] for report in reports)
-    cap = Limits().max_links_per_peer
-    assert bob._listener.accepted <= 1 + cap  # at most so many links to one peer at once
+    assert bob._listener.accepted == 1  # the 80 travelled together on the same connection
     texts = [await next_event(bob) for _ in range(85)]
     assert len({t.id for t in texts if isinstance(t, TextReceived)}) == 85
+
+
+async def test_texts_refused_among_many_at_once_fail_alone(world: World) -> None:
+    alice = await world.user(ALICE)
+    bob = await world.user(BOB, Limits(max_text_bytes=10))  # alice may send longer ones
+    texts = ["short" if i % 3 else f"much too long {i}" for i in range(30)]
+    reports = await asyncio.gather(*(alice.send_text(BOB, text) for text in texts))
+    for text, report in zip(texts, reports, strict=True):
+        if text == "short":
+            assert (report.delivered, report.failed) == ([BOB], [])
+        else:
+            assert report.delivered == []
+            assert report.failed == [(BOB, "refused by the peer: text longer than 10 bytes")]
+    assert bob._listener is not None
+    assert bob._listener.accepted == 1  # a refusal leaves the connection to the others
+    got = [await next_event(bob) for _ in range(20)]
+    delivered = {report.id for report in reports if report.delivered}
+    assert len(delivered) == 20
+    assert {t.id for t in got if isinstance(t, TextReceived)} == delivered
+    assert bob.events.empty()
+
+
+async def test_a_peer_that_takes_texts_but_never_answers_is_given_up(world: World) -> None:
+    alice = await world.user(ALICE, peer_ack=1.0)
+    bob = await world.user(BOB)
+    assert bob._listener is not None
+    inbound = bob._listener._inbound
+    answer = inbound.text_received
+    stuck: list[asyncio.Future[None]] = []
+
+    def never_stored(sender: str, text: ev.Text) -> asyncio.Future[None]:
+        stuck.append(asyncio.get_running_loop().create_future())
+        return stuck[-1]
+
+    inbound.text_received = never_stored  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    reports = await asyncio.gather(*(alice.send_text(BOB, f"lost? {i}") for i in range(3)))
+    assert loop.time() - started < 5
+    for report in reports:
+        assert report.failed == [(BOB, "no acknowledgement from the peer (timed out)")]
+    assert len(stuck) == 3  # bob had them: it did not answer
+    inbound.text_received = answer  # type: ignore[method-assign]
+    for future in stuck:
+        future.set_exception(StoreError("gave up"))  # the stuck receiver ends
+    assert (await alice.send_text(BOB, "and now?")).delivered == [BOB]
+    assert bob._listener.accepted == 2  # a new connection: the stuck one was dropped
+    got = await next_event(bob)
+    assert isinstance(got, TextReceived)
+    assert got.text == "and now?"
+
+
+async def test_a_quiet_connection_is_closed_by_its_sender(world: World) -> None:
+    alice = await world.user(ALICE, peer_idle=0.2)  # alice keeps a quiet link 0.1 s
+    bob = await world.user(BOB)  # bob would wait 25 s
+    assert bob._listener is not None
+    assert (await alice.send_text(BOB, "first")).delivered == [BOB]
+    connections = list(bob._listener._connections)
+    assert len(connections) == 1
+    await asyncio.wait_for(asyncio.gather(*connections), 5)  # alice closed it
+    assert (await alice.send_text(BOB, "second")).delivered == [BOB]
+    assert bob._listener.accepted == 2
+    got = [await next_event(bob) for _ in range(2)]
+    assert [t.text for t in got if isinstance(t, TextReceived)] == ["first", "second"]
 
 
 async def test_a_kept_connection_the_peer_closed_is_replaced(world: World) -> None:

@@ -152,7 +152,7 @@ class History:
             self._commit_batch()
         self._db.close()
 
-    async def store_received(
+    def store_received(
         self,
         message_id: str,
         sender: str,
@@ -160,13 +160,13 @@ class History:
         timestamp: str,
         text: str | None = None,
         photo: dict[str, object] | None = None,
-    ) -> bool:
-        """Store a received message; False if this sender's message id was already
-        stored. Group-committed."""
+    ) -> asyncio.Future[bool]:
+        """Store a received message, group-committed: the write joins the current group
+        at once (messages that came together share a commit); the future says, once
+        committed, True, or False if this sender's message id was already stored."""
         args = (message_id, sender, group, timestamp, text, _json(photo))
-        stored = await self._soon(lambda db: db.execute(_INSERT_RECEIVED, args).rowcount == 1)
         self._counted_insert()
-        return stored
+        return self._soon(lambda db: db.execute(_INSERT_RECEIVED, args).rowcount == 1)
 
     async def store_sent(
         self,

@@ -373,8 +373,11 @@ class Session:
         self._check_outbox_room(recipients, queue)
         message = ev.Text(uuid.uuid4().hex, _now(), text, recipients.group)
 
-        async def deliver(link: PeerLink, phone: str) -> None:
-            await link.send_text(message)
+        links = self._links
+        assert links is not None
+
+        def deliver(address: ev.PeerAddress) -> Awaitable[None]:
+            return links.send_text(address, message)
 
         report = await self._fan_out(message.id, recipients, deliver, queue)
         await self._record_sent(report, recipients.group, message.timestamp, text=text)
@@ -416,8 +419,12 @@ class Session:
                 report_progress()
             return stream
 
-        async def deliver(link: PeerLink, phone: str) -> None:
-            await link.send_photo(offer, functools.partial(stream_to, phone))
+        links = self._links
+        assert links is not None
+
+        async def deliver(address: ev.PeerAddress) -> None:
+            stream_from = functools.partial(stream_to, address.phone)
+            await links.deliver(address, lambda link: link.send_photo(offer, stream_from))
 
         report = await self._fan_out(offer.id, recipients, deliver, queue)
         digests = [s.sha256 for s in streams.values() if s.sha256 is not None]
@@ -479,7 +486,7 @@ class Session:
         self,
         message_id: str,
         recipients: Recipients,
-        deliver: Callable[[PeerLink, str], Awaitable[None]],
+        deliver: Callable[[ev.PeerAddress], Awaitable[None]],
         queue: bool = False,
     ) -> DeliveryReport:
         """One lookup for all recipients, then every online one concurrently; the
@@ -514,12 +521,11 @@ class Session:
         return report
 
     async def _deliver_to(
-        self, address: ev.PeerAddress, deliver: Callable[[PeerLink, str], Awaitable[None]]
+        self, address: ev.PeerAddress, deliver: Callable[[ev.PeerAddress], Awaitable[None]]
     ) -> str | None:
         """None when the peer acknowledged, else the reason it did not."""
-        assert self._links is not None
         try:
-            await self._links.deliver(address, lambda link: deliver(link, address.phone))
+            await deliver(address)
         except DeliveryFailed as exc:
             log.info("delivery to %s failed: %s", address.phone, exc)
             return str(exc)
@@ -712,14 +718,21 @@ class _Inbound:
         if refusal is not None:
             raise DeliveryFailed(refusal)
 
-    async def text_received(self, sender: str, text: ev.Text) -> None:
+    def text_received(self, sender: str, text: ev.Text) -> Awaitable[None]:
         session = self._session
         assert session.history is not None
         # Stored before it is acknowledged; a copy already stored is acknowledged again
         # (the sender retried) but not shown twice.
-        if await session.history.store_received(
+        stored = session.history.store_received(
             text.id, sender, text.group, text.timestamp, text=text.body
-        ):
+        )
+        return self._show_once_stored(stored, sender, text)
+
+    async def _show_once_stored(
+        self, stored: asyncio.Future[bool], sender: str, text: ev.Text
+    ) -> None:
+        session = self._session
+        if await stored:
             name = session.book.name_of(sender)
             session._publish(
                 TextReceived(text.id, sender, name, text.group, text.timestamp, text.body)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import typing
 from collections import Counter, deque
@@ -28,7 +27,7 @@ from whatsap2p.net.handshake import complete_handshake
 from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.keys import StaticKey
 from whatsap2p.protocol.noise import NoiseChannel
-from whatsap2p.protocol.peer import PeerReceiver, PeerSender
+from whatsap2p.protocol.peer import PeerReceiver, PeerSender, ReceiverEvent
 
 __all__ = ["Inbound", "LinkPool", "PeerLink", "PeerListener", "PhotoSink", "PhotoSource"]
 
@@ -73,7 +72,9 @@ class Inbound(Protocol):
     async def sender_proved(self, sender: str, key: bytes) -> None:
         """A sender claims number `sender` and proved `key`: raise to refuse it."""
 
-    async def text_received(self, sender: str, text: ev.Text) -> None: ...
+    def text_received(self, sender: str, text: ev.Text) -> Awaitable[None]:
+        """Start storing `text` now (texts that arrived together are stored together);
+        the awaitable ends once it is stored, or raises WhatsAp2pError to refuse it."""
 
     def photo_offered(self, sender: str, offer: ev.PhotoOffer) -> PhotoSink | None:
         """Where the photo's bytes go; None when it is already stored (it is then
@@ -304,61 +305,87 @@ class _ReceiverSession:
 
     async def _drain_events(self) -> bool:
         """Handle what the receiver produced; False once the connection must close."""
-        while (event := self._conn.next_event()) is not None:
-            if isinstance(event, ev.ConnectionTimedOut):
-                log.info("closing peer connection: %s", event.reason)
+        event = self._conn.next_event()
+        while event is not None:
+            if isinstance(event, ev.Text):
+                # Texts that came together are stored together and answered in one write.
+                texts = [event]
+                while isinstance(event := self._conn.next_event(), ev.Text):
+                    texts.append(event)
+                await self._answer_texts(texts)
+                continue
+            if not await self._handle(event):
                 return False
-            if isinstance(event, ev.Hello):
-                assert self._conn.remote_key is not None
-                try:
-                    await self._inbound.sender_proved(event.phone, self._conn.remote_key)
-                except WhatsAp2pError as exc:
-                    log.warning("refusing a sender claiming %s: %s", event.phone, exc)
-                    await self._answer(ev.Closing(str(exc)))
-                    return False
-            elif isinstance(event, ev.Refused):
-                await self._answer(ev.Rejected(event.id, event.reason))
-            elif isinstance(event, ev.Text):
-                assert self._conn.peer_phone is not None
-                await self._answer(await self._deliver(event.id, self._text(event)))
-            elif isinstance(event, ev.PhotoOffer):
-                assert self._conn.peer_phone is not None
-                try:
-                    self._sink = self._inbound.photo_offered(self._conn.peer_phone, event)
-                except WhatsAp2pError as exc:
-                    await self._answer(ev.Rejected(event.id, str(exc)))
-                    continue
-                if self._sink is None:
-                    await self._answer(ev.Ack(event.id))  # already stored: no bytes needed
-                    continue
-                await self._answer(ev.Resume(event.id, self._sink.offset))
-            elif isinstance(event, ev.PhotoChunk):
-                assert self._sink is not None
-                try:
-                    await self._sink.write(event.data)
-                except WhatsAp2pError as exc:
-                    await self._answer(ev.Rejected(event.id, str(exc)))
-                    return False
-            elif isinstance(event, ev.PhotoCompleted):
-                sink, self._sink = self._sink, None
-                assert sink is not None
-                complete = functools.partial(sink.complete, event.sha256)
-                await self._answer(await self._deliver(event.id, complete))
+            event = self._conn.next_event()
         return True
 
-    def _text(self, text: ev.Text) -> Callable[[], Awaitable[None]]:
-        assert self._conn.peer_phone is not None
-        sender = self._conn.peer_phone
-        return lambda: self._inbound.text_received(sender, text)
+    async def _handle(self, event: ReceiverEvent) -> bool:
+        """One event other than a text; False once the connection must close."""
+        if isinstance(event, ev.ConnectionTimedOut):
+            log.info("closing peer connection: %s", event.reason)
+            return False
+        if isinstance(event, ev.Hello):
+            assert self._conn.remote_key is not None
+            try:
+                await self._inbound.sender_proved(event.phone, self._conn.remote_key)
+            except WhatsAp2pError as exc:
+                log.warning("refusing a sender claiming %s: %s", event.phone, exc)
+                await self._answer(ev.Closing(str(exc)))
+                return False
+        elif isinstance(event, ev.Refused):
+            await self._answer(ev.Rejected(event.id, event.reason))
+        elif isinstance(event, ev.PhotoOffer):
+            assert self._conn.peer_phone is not None
+            try:
+                self._sink = self._inbound.photo_offered(self._conn.peer_phone, event)
+            except WhatsAp2pError as exc:
+                await self._answer(ev.Rejected(event.id, str(exc)))
+                return True
+            if self._sink is None:
+                await self._answer(ev.Ack(event.id))  # already stored: no bytes needed
+            else:
+                await self._answer(ev.Resume(event.id, self._sink.offset))
+        elif isinstance(event, ev.PhotoChunk):
+            assert self._sink is not None
+            try:
+                await self._sink.write(event.data)
+            except WhatsAp2pError as exc:
+                await self._answer(ev.Rejected(event.id, str(exc)))
+                return False
+        elif isinstance(event, ev.PhotoCompleted):
+            sink, self._sink = self._sink, None
+            assert sink is not None
+            try:
+                await sink.complete(event.sha256)
+            except WhatsAp2pError as exc:
+                await self._answer(ev.Rejected(event.id, str(exc)))
+            else:
+                await self._answer(ev.Ack(event.id))
+        return True
 
-    async def _deliver(
-        self, message_id: str, store: Callable[[], Awaitable[None]]
-    ) -> ev.Ack | ev.Rejected:
-        try:
-            await store()
-        except WhatsAp2pError as exc:
-            return ev.Rejected(message_id, str(exc))
-        return ev.Ack(message_id)
+    async def _answer_texts(self, texts: list[ev.Text]) -> None:
+        """Store texts that came together (all handed over before any is awaited, so they
+        share a commit), then acknowledge (or refuse) each, in one write."""
+        sender = self._conn.peer_phone
+        assert sender is not None
+        storing: list[Awaitable[None] | WhatsAp2pError] = []
+        for text in texts:
+            try:
+                storing.append(self._inbound.text_received(sender, text))
+            except WhatsAp2pError as exc:
+                storing.append(exc)
+        answers: list[ev.Ack | ev.Rejected] = []
+        for text, store in zip(texts, storing, strict=True):
+            try:
+                if isinstance(store, WhatsAp2pError):
+                    raise store
+                await store
+            except WhatsAp2pError as exc:
+                answers.append(ev.Rejected(text.id, str(exc)))
+            else:
+                answers.append(ev.Ack(text.id))
+        self._io.write(b"".join([self._conn.send(answer) for answer in answers]))
+        await _drained(self._io, self._timeouts.write_drain)
 
     async def _answer(self, answer: ev.Ack | ev.Rejected | ev.Resume | ev.Closing) -> None:
         self._io.write(self._conn.send(answer))
@@ -539,11 +566,156 @@ class PeerLink:
         return answer
 
 
+class _TextLane:
+    """One connection to a peer carrying many texts at once: each is written as soon as
+    it is sent (those sent in one turn of the event loop in one write), its answer is
+    matched by id as it comes, and no text waits for the one before it. Answers are read
+    by one task; one timer watches the oldest unanswered text (texts wait in the order
+    they were sent, so its deadline comes first) and, when nothing is outstanding, the
+    idle time after which the lane closes."""
+
+    def __init__(
+        self,
+        address: ev.PeerAddress,
+        link: PeerLink,
+        timeouts: Timeouts,
+        idle: float,
+        gone: Callable[[_TextLane], None],
+    ) -> None:
+        self.address = address
+        self._link = link
+        self._transport = link._writer.transport
+        self._conn = link._conn
+        self._timeouts = timeouts
+        self._idle = idle
+        self._gone = gone
+        self._loop = asyncio.get_running_loop()
+        #: id -> (answer, deadline), oldest first
+        self._waiting: dict[str, tuple[asyncio.Future[None], float]] = {}
+        self._out: list[bytes | bytearray] = []
+        self._last_used = self._loop.time()
+        self._timer: asyncio.TimerHandle | None = None
+        self._arm(self._last_used + idle)
+        #: Why the lane can carry nothing more (set once).
+        self.ended: DeliveryFailed | None = None
+        self._reader = self._loop.create_task(self._read(), name="text-lane")
+
+    async def send(self, text: ev.Text) -> None:
+        """Returns once the peer acknowledged; DeliveryFailed (LinkClosed if the
+        connection was found gone) with the reason otherwise."""
+        if self.ended is not None:
+            raise self.ended
+        try:
+            await _drained(self._link._writer, self._timeouts.write_drain)
+        except TimeoutError:
+            self._end(DeliveryFailed("peer stopped reading (timed out)"))
+        except OSError as exc:
+            self._end(LinkClosed(f"connection lost: {exc.strerror or exc}"))
+        if self.ended is not None:
+            raise self.ended
+        try:
+            frame = self._conn.send(text)
+        except ProtocolError as exc:
+            raise DeliveryFailed(str(exc)) from exc
+        answer = self._loop.create_future()
+        self._last_used = now = self._loop.time()
+        self._waiting[text.id] = (answer, now + self._timeouts.peer_ack)
+        if not self._out:
+            self._loop.call_soon(self._flush)
+        self._out.append(frame)
+        try:
+            await answer
+        finally:
+            self._waiting.pop(text.id, None)
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if out and self.ended is None:
+            self._transport.write(b"".join(out))
+
+    async def _read(self) -> None:
+        reader = self._link._reader
+        try:
+            while True:
+                data = await reader.read(_READ_SIZE)
+                if not data:
+                    raise LinkClosed("peer closed the connection before acknowledging")
+                self._conn.receive_data(data)
+                while (answer := self._conn.next_event()) is not None:
+                    self._answered(answer)
+        except DeliveryFailed as exc:
+            self._end(exc)
+        except ProtocolError as exc:
+            self._end(DeliveryFailed(f"peer broke the protocol: {exc}"))
+        except OSError as exc:
+            self._end(LinkClosed(f"connection lost: {exc.strerror or exc}"))
+
+    def _answered(self, answer: ev.Ack | ev.Rejected | ev.Resume | ev.Closing) -> None:
+        if isinstance(answer, ev.Closing):
+            raise DeliveryFailed(f"refused by the peer: {answer.reason}")
+        if isinstance(answer, ev.Resume):  # (the sender state refuses it: no photo here)
+            raise DeliveryFailed("peer asked for a photo it had not been offered")
+        waiting = self._waiting.pop(answer.id, None)
+        if waiting is None or waiting[0].done():
+            return  # its sender gave up (cancelled)
+        if isinstance(answer, ev.Rejected):
+            waiting[0].set_exception(DeliveryRefused(f"refused by the peer: {answer.reason}"))
+        else:
+            waiting[0].set_result(None)
+
+    def _arm(self, when: float) -> None:
+        self._timer = self._loop.call_at(when, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        now = self._loop.time()
+        if self._waiting:
+            _, deadline = next(iter(self._waiting.values()))
+            if deadline <= now:
+                self._end(DeliveryFailed("no acknowledgement from the peer (timed out)"))
+            else:
+                self._arm(deadline)
+        elif now >= self._last_used + self._idle:
+            self.close()
+        else:
+            self._arm(self._last_used + self._idle)
+
+    def _end(self, why: DeliveryFailed, abort: bool = True) -> None:
+        """Carry nothing more: every text still waiting fails with `why`."""
+        if self.ended is not None:
+            return
+        self.ended = why
+        self._gone(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for answer, _ in self._waiting.values():
+            if not answer.done():
+                answer.set_exception(why)
+        self._waiting.clear()
+        if abort:
+            self._link.abort()
+        if asyncio.current_task() is not self._reader:
+            self._reader.cancel()
+
+    def close(self) -> None:
+        """No more texts: those still waiting fail (LinkClosed); `wait_closed` then
+        closes the connection after what was written has gone out."""
+        self._end(LinkClosed("the link was closed"), abort=False)
+
+    async def wait_closed(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+        await self._link.close()
+
+
 class LinkPool:
     """Open links kept for reuse, per peer (its address and key): a burst of sends to
-    one contact pays for one connection and one handshake, not one each. At most
-    `Limits.max_links_per_peer` links to one peer at once (further sends wait for one),
-    each kept `idle` seconds after its last use, less than a receiver's idle timeout."""
+    one contact pays for one connection and one handshake, not one each. Texts share one
+    lane per peer, many at once (`send_text`); a photo takes a link of its own
+    (`deliver`), at most `Limits.max_links_per_peer` to one peer at once (further sends
+    wait for one). Each is kept `idle` seconds after its last use, less than a
+    receiver's idle timeout."""
 
     def __init__(
         self,
@@ -565,9 +737,63 @@ class LinkPool:
         self._expiry: dict[PeerLink, asyncio.TimerHandle] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self._closed = False
+        #: Texts travel on one lane per peer, many at once; photos on links of their own.
+        self._lanes: dict[ev.PeerAddress, _TextLane] = {}
+        self._opening: dict[ev.PeerAddress, asyncio.Task[_TextLane]] = {}
+
+    async def send_text(self, address: ev.PeerAddress, text: ev.Text) -> None:
+        """Send `text` on the lane to `address` (opened if there is none; sends made
+        meanwhile wait for the same one); returns once acknowledged, DeliveryFailed as it
+        says. A lane found closed (the peer went away since its last use) is replaced
+        once: the receiver recognises a text it already has by its id."""
+        lane = self._lanes.get(address)
+        if lane is None:
+            lane = await self._lane(address)
+        else:
+            try:
+                await lane.send(text)
+                return
+            except LinkClosed:
+                lane = await self._lane(address)
+        await lane.send(text)
+
+    async def _lane(self, address: ev.PeerAddress) -> _TextLane:
+        """The lane to `address` being opened, or a new one."""
+        if self._closed:
+            raise LinkClosed("closing")
+        lane = self._lanes.get(address)
+        if lane is not None and lane.ended is None:
+            return lane
+        opening = self._opening.get(address)
+        if opening is None:
+            opening = asyncio.get_running_loop().create_task(self._open_lane(address))
+            self._opening[address] = opening
+            # Seen here, so a failure nobody awaited any more is not logged as lost.
+            opening.add_done_callback(lambda task: task.cancelled() or task.exception())
+        return await asyncio.shield(opening)
+
+    async def _open_lane(self, address: ev.PeerAddress) -> _TextLane:
+        try:
+            link = await PeerLink.open(address, self._me, self._key, self._limits, self._timeouts)
+        finally:
+            del self._opening[address]
+        lane = _TextLane(address, link, self._timeouts, self._idle_for, self._lane_ended)
+        if self._closed:
+            lane.close()
+            raise LinkClosed("closing")
+        self._lanes[address] = lane
+        return lane
+
+    def _lane_ended(self, lane: _TextLane) -> None:
+        address = lane.address
+        if self._lanes.get(address) is lane:
+            del self._lanes[address]
+        task = asyncio.get_running_loop().create_task(lane.wait_closed())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def deliver(
-        self, address: ev.PeerAddress, deliver: Callable[[PeerLink], Awaitable[None]]
+        self, address: ev.PeerAddress, deliver: Callable[[PeerLink], Awaitable[object]]
     ) -> None:
         """Run `deliver` on a link to `address`; DeliveryFailed as it says. `deliver` must
         be safe to repeat: on a kept link found closed it runs once more on a new one (the
@@ -585,7 +811,7 @@ class LinkPool:
                     self._slots.pop(address, None)
 
     async def _run(
-        self, address: ev.PeerAddress, deliver: Callable[[PeerLink], Awaitable[None]]
+        self, address: ev.PeerAddress, deliver: Callable[[PeerLink], Awaitable[object]]
     ) -> None:
         link = self._take(address)
         if link is not None:
@@ -609,6 +835,11 @@ class LinkPool:
 
     async def close(self) -> None:
         self._closed = True  # links still sending are closed when they come back
+        for opening in self._opening.values():
+            opening.cancel()
+        await asyncio.gather(*self._opening.values(), return_exceptions=True)
+        for lane in list(self._lanes.values()):
+            lane.close()
         for links in self._idle.values():
             for link in links:
                 self._closing_task(link)
