@@ -104,7 +104,8 @@ async def test_texts_refused_among_many_at_once_fail_alone(world: World) -> None
 
 
 async def test_a_peer_that_takes_texts_but_never_answers_is_given_up(world: World) -> None:
-    alice = await world.user(ALICE, peer_ack=1.0)
+    # (a connection is kept longer, 30 s, than an answer is awaited)
+    alice = await world.user(ALICE, peer_ack=1.0, peer_idle=60)
     bob = await world.user(BOB)
     assert bob._listener is not None
     inbound = bob._listener._inbound
@@ -118,14 +119,16 @@ async def test_a_peer_that_takes_texts_but_never_answers_is_given_up(world: Worl
     inbound.text_received = never_stored  # type: ignore[method-assign]
     loop = asyncio.get_running_loop()
     started = loop.time()
-    reports = await asyncio.gather(*(alice.send_text(BOB, f"lost? {i}") for i in range(3)))
-    assert loop.time() - started < 5
+    try:
+        reports = await asyncio.gather(*(alice.send_text(BOB, f"lost? {i}") for i in range(3)))
+        assert loop.time() - started < 5
+    finally:
+        inbound.text_received = answer  # type: ignore[method-assign]
+        for future in stuck:
+            future.set_exception(StoreError("gave up"))  # the stuck receiver ends
     for report in reports:
         assert report.failed == [(BOB, "no acknowledgement from the peer (timed out)")]
     assert len(stuck) == 3  # bob had them: it did not answer
-    inbound.text_received = answer  # type: ignore[method-assign]
-    for future in stuck:
-        future.set_exception(StoreError("gave up"))  # the stuck receiver ends
     assert (await alice.send_text(BOB, "and now?")).delivered == [BOB]
     assert bob._listener.accepted == 2  # a new connection: the stuck one was dropped
     got = await next_event(bob)

@@ -619,7 +619,12 @@ class _TextLane:
             raise DeliveryFailed(str(exc)) from exc
         answer = self._loop.create_future()
         self._last_used = now = self._loop.time()
-        self._waiting[text.id] = (answer, now + self._timeouts.peer_ack)
+        deadline = now + self._timeouts.peer_ack
+        self._waiting[text.id] = (answer, deadline)
+        timer = self._timer
+        if timer is not None and timer.when() > deadline:  # it was waiting out idle time
+            timer.cancel()
+            self._arm(deadline)
         if not self._out:
             self._loop.call_soon(self._flush)
         self._out.append(frame)
