@@ -214,13 +214,28 @@ def test_sender_refuses_to_break_the_protocol() -> None:
         sender.send(ev.PhotoChunk("p1", b"a"))  # not before the receiver said from where
 
 
-def test_reused_message_ids_are_refused() -> None:
+def test_an_id_awaiting_its_answer_may_not_be_used_again() -> None:
     pair = Pair()
     pair.send(ev.Hello(ALICE))
-    pair.send(ev.Text("m1", STAMP, "a"))
-    pair.answer(ev.Ack("m1"))
+    pair.sender.send(ev.Text("m1", STAMP, "a"))
+    with pytest.raises(LocalProtocolError, match="already outstanding"):
+        pair.sender.send(ev.Text("m1", STAMP, "b"))
+    seal = PlainChannel(4096).seal  # a sender that does not check itself
+    pair.receiver.receive_data(seal(encode_message(ev.Text("m2", STAMP, "a"))), 0)
     with pytest.raises(RemoteProtocolError, match="used twice"):
-        pair.send(ev.Text("m1", STAMP, "b"))
+        pair.receiver.receive_data(seal(encode_message(ev.Text("m2", STAMP, "b"))), 0)
+
+
+def test_an_answered_id_sent_again_is_a_retry_and_remembers_nothing() -> None:
+    pair = Pair()
+    pair.send(ev.Hello(ALICE))
+    for _ in range(3):  # the app acknowledges a stored copy again, without showing it
+        assert pair.send(ev.Text("m1", STAMP, "a")) == [ev.Text("m1", STAMP, "a")]
+        pair.answer(ev.Ack("m1"))
+    for n in range(1000):  # a long-lived connection keeps no trace of answered messages
+        pair.send(ev.Text(f"n{n}", STAMP, "b"))
+        pair.answer(ev.Ack(f"n{n}"))
+    assert pair.receiver._unanswered == set()
 
 
 def test_answers_for_unknown_messages_are_refused() -> None:

@@ -95,7 +95,6 @@ class PeerReceiver(OverChannel):
         self._photo_size = 0
         self._photo_remaining = 0
         self._unanswered: set[str] = set()
-        self._seen: set[str] = set()
 
     def receive_data(self, data: Buffer, now: float) -> None:
         if self.state is ReceiverState.CLOSED:
@@ -123,9 +122,11 @@ class PeerReceiver(OverChannel):
         elif isinstance(message, ev.Text | ev.PhotoOffer):
             if not _MESSAGE_ID.fullmatch(message.id):
                 raise RemoteProtocolError("invalid message id")
-            if message.id in self._seen:
+            # Only the ids awaiting our answer are remembered (a connection may carry any
+            # number of messages): an answered one sent again is a retry, which the app
+            # acknowledges without showing it twice.
+            if message.id in self._unanswered:
                 raise RemoteProtocolError(f"message id {message.id} used twice")
-            self._seen.add(message.id)
             self._unanswered.add(message.id)
             refusal = self._refusal(message)
             if refusal is not None:
