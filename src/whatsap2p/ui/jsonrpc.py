@@ -45,6 +45,9 @@ INTERNAL_ERROR = -32603
 SERVER_ERROR = -32000
 #: The most history entries one request returns.
 MAX_HISTORY = 1000
+#: Requests handled at once: a client pipelining more waits (its lines stay unread)
+#: until one is answered, so a flood of sends to a frozen peer cannot use up memory.
+MAX_IN_FLIGHT = 4096
 
 Params = dict[str, Any]
 
@@ -107,10 +110,13 @@ def received_json(event: Received) -> dict[str, object]:
 
 
 class JsonRpc:
-    def __init__(self, session: Session, out: TextIO | None = None) -> None:
+    def __init__(
+        self, session: Session, out: TextIO | None = None, max_in_flight: int = MAX_IN_FLIGHT
+    ) -> None:
         self._session = session
         self._out = out or sys.stdout
         self._tasks: set[asyncio.Task[None]] = set()
+        self._room = asyncio.Semaphore(max_in_flight)
         self.quit = asyncio.Event()
         self._flush_soon = False
         self._shown: list[Received] = []
@@ -151,13 +157,14 @@ class JsonRpc:
     def notify(self, method: str, params: dict[str, object]) -> None:
         self.write({"jsonrpc": "2.0", "method": method, "params": params})
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Serve until `quit`, end of input, or `stop`; answers every request read."""
+    async def run(self, stop: asyncio.Event, requests: LineReader | None = None) -> None:
+        """Serve until `quit`, end of input, or `stop`; answers every request read (from
+        standard input, or `requests`)."""
         assert self._session.listen_address is not None
         listen = f"{self._session.listen_address[0]}:{self._session.listen_address[1]}"
         self.notify("ready", {"phone": self._session.phone, "listen": listen})
         pump = asyncio.create_task(self._forward_received())
-        reading = asyncio.create_task(self._read_requests(LineReader()))
+        reading = asyncio.create_task(self._read_requests(requests or LineReader()))
         stop_task = asyncio.ensure_future(stop.wait())
         quit_task = asyncio.ensure_future(self.quit.wait())
         try:
@@ -174,12 +181,14 @@ class JsonRpc:
         """Start answering each request line, until end of input."""
         while (line := await reader.readline()) is not None:
             if line.strip():
-                self._spawn(self._handle_line(line))
+                await self._room.acquire()  # given back when the request ends
+                task = asyncio.ensure_future(self._handle_line(line))
+                self._tasks.add(task)
+                task.add_done_callback(self._ended)
 
-    def _spawn(self, work: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._room.release()
 
     async def _forward_received(self) -> None:
         while True:
