@@ -25,6 +25,7 @@ from whatsap2p.errors import (
 )
 from whatsap2p.net.handshake import complete_handshake
 from whatsap2p.protocol import events as ev
+from whatsap2p.protocol.channel import Buffer
 from whatsap2p.protocol.keys import StaticKey
 from whatsap2p.protocol.noise import NoiseChannel
 from whatsap2p.protocol.peer import PeerReceiver, PeerSender, ReceiverEvent
@@ -521,6 +522,35 @@ class PeerLink:
                     await answer_task
         return offer.size - decision.offset
 
+    # --- for a text lane, which writes and reads on its own schedule ------------------------
+
+    def seal(self, text: ev.Text) -> Buffer:
+        """`text` as bytes to write (DeliveryFailed if it may not be sent now)."""
+        try:
+            return self._conn.send(text)
+        except ProtocolError as exc:
+            raise DeliveryFailed(str(exc)) from exc
+
+    def write_now(self, data: Buffer) -> None:
+        self._writer.transport.write(data)
+
+    async def drained(self) -> None:
+        """Once the peer has read enough of what we wrote; DeliveryFailed otherwise."""
+        try:
+            await _drained(self._writer, self._timeouts.write_drain)
+        except TimeoutError as exc:
+            raise DeliveryFailed("peer stopped reading (timed out)") from exc
+        except OSError as exc:
+            raise LinkClosed(f"connection lost: {exc.strerror or exc}") from exc
+
+    async def answers(self) -> list[ev.Ack | ev.Rejected | ev.Resume | ev.Closing]:
+        """The answers in the next bytes read (maybe none yet); LinkClosed at the end."""
+        await self._receive()
+        answers = []
+        while (answer := self._conn.next_event()) is not None:
+            answers.append(answer)
+        return answers
+
     async def _write(self, message: ev.PeerMessage) -> None:
         try:
             self._writer.write(self._conn.send(message))
@@ -545,10 +575,6 @@ class PeerLink:
                 answer = await self._next_answer()
         except TimeoutError as exc:
             raise DeliveryFailed("no acknowledgement from the peer (timed out)") from exc
-        except OSError as exc:
-            raise LinkClosed(f"connection lost: {exc.strerror or exc}") from exc
-        except ProtocolError as exc:
-            raise DeliveryFailed(f"peer broke the protocol: {exc}") from exc
         if isinstance(answer, ev.Closing):
             raise DeliveryFailed(f"refused by the peer: {answer.reason}")
         if answer.id != message_id:
@@ -559,11 +585,22 @@ class PeerLink:
 
     async def _next_answer(self) -> ev.Ack | ev.Rejected | ev.Resume | ev.Closing:
         while (answer := self._conn.next_event()) is None:
-            data = await self._reader.read(_READ_SIZE)
-            if not data:
-                raise LinkClosed("peer closed the connection before acknowledging")
-            self._conn.receive_data(data)
+            await self._receive()
         return answer
+
+    async def _receive(self) -> None:
+        """Read the next bytes into the sender's state: LinkClosed at the end, or when the
+        connection is lost; DeliveryFailed when they break the protocol."""
+        try:
+            data = await self._reader.read(_READ_SIZE)
+            if data:
+                self._conn.receive_data(data)
+        except OSError as exc:
+            raise LinkClosed(f"connection lost: {exc.strerror or exc}") from exc
+        except ProtocolError as exc:
+            raise DeliveryFailed(f"peer broke the protocol: {exc}") from exc
+        if not data:
+            raise LinkClosed("peer closed the connection before acknowledging")
 
 
 class _TextLane:
@@ -584,15 +621,13 @@ class _TextLane:
     ) -> None:
         self.address = address
         self._link = link
-        self._transport = link._writer.transport
-        self._conn = link._conn
         self._timeouts = timeouts
         self._idle = idle
         self._gone = gone
         self._loop = asyncio.get_running_loop()
         #: id -> (answer, deadline), oldest first
         self._waiting: dict[str, tuple[asyncio.Future[None], float]] = {}
-        self._out: list[bytes | bytearray] = []
+        self._out: list[Buffer] = []
         self._last_used = self._loop.time()
         self._timer: asyncio.TimerHandle | None = None
         self._arm(self._last_used + idle)
@@ -606,17 +641,12 @@ class _TextLane:
         if self.ended is not None:
             raise self.ended
         try:
-            await _drained(self._link._writer, self._timeouts.write_drain)
-        except TimeoutError:
-            self._end(DeliveryFailed("peer stopped reading (timed out)"))
-        except OSError as exc:
-            self._end(LinkClosed(f"connection lost: {exc.strerror or exc}"))
+            await self._link.drained()
+        except DeliveryFailed as exc:
+            self._end(exc)
         if self.ended is not None:
             raise self.ended
-        try:
-            frame = self._conn.send(text)
-        except ProtocolError as exc:
-            raise DeliveryFailed(str(exc)) from exc
+        frame = self._link.seal(text)
         answer = self._loop.create_future()
         self._last_used = now = self._loop.time()
         deadline = now + self._timeouts.peer_ack
@@ -636,24 +666,15 @@ class _TextLane:
     def _flush(self) -> None:
         out, self._out = self._out, []
         if out and self.ended is None:
-            self._transport.write(b"".join(out))
+            self._link.write_now(b"".join(out))
 
     async def _read(self) -> None:
-        reader = self._link._reader
         try:
             while True:
-                data = await reader.read(_READ_SIZE)
-                if not data:
-                    raise LinkClosed("peer closed the connection before acknowledging")
-                self._conn.receive_data(data)
-                while (answer := self._conn.next_event()) is not None:
+                for answer in await self._link.answers():
                     self._answered(answer)
         except DeliveryFailed as exc:
             self._end(exc)
-        except ProtocolError as exc:
-            self._end(DeliveryFailed(f"peer broke the protocol: {exc}"))
-        except OSError as exc:
-            self._end(LinkClosed(f"connection lost: {exc.strerror or exc}"))
 
     def _answered(self, answer: ev.Ack | ev.Rejected | ev.Resume | ev.Closing) -> None:
         if isinstance(answer, ev.Closing):
