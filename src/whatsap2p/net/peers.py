@@ -773,22 +773,21 @@ class LinkPool:
         says. A lane found closed (the peer went away since its last use) is replaced
         once: the receiver recognises a text it already has by its id."""
         lane = self._lanes.get(address)
-        if lane is None:
-            lane = await self._lane(address)
-        else:
+        if lane is not None:
             try:
                 await lane.send(text)
                 return
             except LinkClosed:
-                lane = await self._lane(address)
-        await lane.send(text)
+                pass  # gone since its last use: once more, on a new lane
+        await (await self._lane(address)).send(text)
 
     async def _lane(self, address: ev.PeerAddress) -> _TextLane:
-        """The lane to `address` being opened, or a new one."""
+        """The lane to `address` (an ended lane is no longer listed), the one being
+        opened, or a new one."""
         if self._closed:
             raise LinkClosed("closing")
         lane = self._lanes.get(address)
-        if lane is not None and lane.ended is None:
+        if lane is not None:
             return lane
         opening = self._opening.get(address)
         if opening is None:
@@ -814,9 +813,7 @@ class LinkPool:
         address = lane.address
         if self._lanes.get(address) is lane:
             del self._lanes[address]
-        task = asyncio.get_running_loop().create_task(lane.wait_closed())
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+        self._closing_task(lane.wait_closed())
 
     async def deliver(
         self, address: ev.PeerAddress, deliver: Callable[[PeerLink], Awaitable[object]]
@@ -868,7 +865,7 @@ class LinkPool:
             lane.close()
         for links in self._idle.values():
             for link in links:
-                self._closing_task(link)
+                self._closing_task(link.close())
         self._idle.clear()
         for handle in self._expiry.values():
             handle.cancel()
@@ -888,7 +885,7 @@ class LinkPool:
 
     def _keep(self, address: ev.PeerAddress, link: PeerLink) -> None:
         if self._closed:
-            self._closing_task(link)
+            self._closing_task(link.close())
             return
         self._idle.setdefault(address, []).append(link)
         loop = asyncio.get_running_loop()
@@ -903,10 +900,11 @@ class LinkPool:
                 del self._idle[address]
                 if address not in self._busy:
                     self._slots.pop(address, None)
-            self._closing_task(link)
+            self._closing_task(link.close())
 
-    def _closing_task(self, link: PeerLink) -> None:
-        task = asyncio.get_running_loop().create_task(link.close())
+    def _closing_task(self, closing: Coroutine[object, object, None]) -> None:
+        """Run `closing` (a link's or a lane's close); `close` waits for it."""
+        task = asyncio.get_running_loop().create_task(closing)
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
