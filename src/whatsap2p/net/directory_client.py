@@ -27,7 +27,7 @@ from whatsap2p.protocol.directory import DirectoryClientConnection
 from whatsap2p.protocol.keys import StaticKey, fingerprint
 from whatsap2p.protocol.noise import COMPACT, NoiseChannel
 
-__all__ = ["DirectoryClient"]
+__all__ = ["DirectoryClient", "refusal"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,11 @@ _FAILURES: dict[str, type[DirectoryError]] = {
     "number-bound": NumberBound,
     "rate-limited": RateLimited,
 }
+
+
+def refusal(answer: ev.Failure) -> DirectoryError:
+    """The error a Failure answer from the server stands for."""
+    return _FAILURES.get(answer.code, ServerRefused)(f"the server refused: {answer.message}")
 
 
 class DirectoryClient:
@@ -172,8 +177,7 @@ class DirectoryClient:
                 batch.answer.set_result({peer.phone: peer for peer in answer.peers})
             self._send_lookup()
         elif isinstance(answer, ev.Failure):
-            error = _FAILURES.get(answer.code, ServerRefused)
-            self._fail_lookups(batch, error(f"the server refused: {answer.message}"))
+            self._fail_lookups(batch, refusal(answer))
         else:
             self._fail_lookups(batch, ServerRefused(f"unexpected answer {type(answer).__name__}"))
 
@@ -233,8 +237,7 @@ class DirectoryClient:
         finally:
             self._waiting.pop(message.rid, None)
         if isinstance(answer, ev.Failure):
-            error = _FAILURES.get(answer.code, ServerRefused)
-            raise error(f"the server refused: {answer.message}")
+            raise refusal(answer)
         return answer
 
     async def _read_loop(self) -> None:
