@@ -218,6 +218,8 @@ class _Share:
     count: int
     server_fingerprint: str | None
     seed: str
+    #: Heartbeats at the default interval keep the users online for as long as we hold.
+    timeouts: Timeouts = field(default_factory=Timeouts)
 
 
 def _worker_main(pipe: multiprocessing.connection.Connection, share: _Share) -> None:
@@ -237,8 +239,7 @@ class _Worker:
         self._stopping = False
         self._gate = asyncio.Semaphore(_CONNECTING)
         self._again: set[asyncio.Task[None]] = set()
-        # Heartbeats at the default interval keep the users online for as long as we hold.
-        self._timeouts = Timeouts()
+        self._timeouts = share.timeouts
         self._limits = Limits()
 
     def _error(self, exc: BaseException) -> None:
