@@ -33,6 +33,7 @@ _ANSWER_TO: dict[type[ev.Message], type[ev.Message]] = {
 }
 #: What the server sends on its own (rid 0), not as an answer.
 _PUSHES = (ev.Online, ev.Failure)
+_FROM_SERVER = _ANSWERS + _PUSHES
 
 
 class ServerState(enum.Enum):
@@ -136,7 +137,7 @@ class DirectoryServerConnection(OverChannel):
         return bool(self._events)
 
     def send(self, message: ev.Message) -> Buffer:
-        if not isinstance(message, _ANSWERS + _PUSHES):
+        if not isinstance(message, _FROM_SERVER):
             raise LocalProtocolError(f"the server does not send {message.TYPE!r}")
         next_state = _SERVER_SENDS.get((self.state, type(message)))
         if next_state is None:
@@ -200,7 +201,7 @@ class DirectoryClientConnection(OverChannel):
         self._channel.receive_data(data)
         while (body := self._channel.next_body()) is not None:
             message = decode_message(body)
-            if not isinstance(message, _ANSWERS + _PUSHES):
+            if not isinstance(message, _FROM_SERVER):
                 raise RemoteProtocolError(f"a server may not send {message.TYPE!r}")
             if isinstance(message, _PUSHES) and message.rid == 0:
                 self._events.append(message)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from whatsap2p.errors import NumberAlreadyOnline
 from whatsap2p.protocol.events import PeerAddress
@@ -18,10 +18,10 @@ from whatsap2p.server.ratelimit import BucketsByKey
 __all__ = ["Directory", "MemoryDirectory", "Registration", "Spend"]
 
 
-@dataclass(frozen=True, slots=True)
-class Spend:
+class Spend(NamedTuple):
     """`cost` tokens of token bucket `bucket` of `key` (a source IP), which holds `burst`
-    and refills at `rate`/s, spent at `now` (a shared store may use its own clock)."""
+    and refills at `rate`/s, spent at `now` (a shared store may use its own clock).
+    A named tuple: one is made per request, and it costs a fifth of a frozen dataclass."""
 
     bucket: str
     key: str
