@@ -23,6 +23,7 @@ import contextlib
 import csv
 import io
 import itertools
+import json
 import os
 import shutil
 import socket
@@ -30,6 +31,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 SSHD, SCP, SSH_KEYGEN = "/usr/sbin/sshd", shutil.which("scp"), shutil.which("ssh-keygen")
@@ -257,7 +259,7 @@ async def redis_get_per_s(requests: int = 200_000, runs: int = 3) -> tuple[float
 # the loadgen's lookups), its clients in two processes. No work at all per request: the
 # gap to our lookups is what decoding, checking, looking up and sealing cost.
 ECHO = r"""
-import asyncio, multiprocessing, sys, time, uvloop
+import array, asyncio, json, multiprocessing, statistics, sys, time, uvloop
 
 class Echo(asyncio.Protocol):
     def connection_made(self, transport):
@@ -266,14 +268,18 @@ class Echo(asyncio.Protocol):
         self.transport.write(data)
 
 class Asker(asyncio.Protocol):
-    def __init__(self, left, done):
-        self.left, self.done = left, done
+    def __init__(self, left, done, latencies):
+        self.left, self.done, self.latencies = left, done, latencies
     def connection_made(self, transport):
         self.transport = transport
+        self.began = time.perf_counter()
         transport.write(b"x" * 64)
     def data_received(self, data):
+        now = time.perf_counter()
+        self.latencies.append(now - self.began)
         self.left -= 1
         if self.left:
+            self.began = now
             self.transport.write(b"x" * 64)
         elif not self.done.done():
             self.done.set_result(None)
@@ -285,41 +291,62 @@ def serve(ports):
         await asyncio.Event().wait()
     uvloop.run(main())
 
-def ask(port, connections, each, go):
+def ask(port, connections, each, go, results):
+    latencies = array.array("d")
     async def main():
         loop = asyncio.get_running_loop()
         done = [loop.create_future() for _ in range(connections)]
         go.wait()
         for future in done:
-            await loop.create_connection(lambda f=future: Asker(each, f), "127.0.0.1", port)
+            await loop.create_connection(
+                lambda f=future: Asker(each, f, latencies), "127.0.0.1", port
+            )
         await asyncio.gather(*done)
     uvloop.run(main())
+    results.put(latencies.tobytes())
 
 if __name__ == "__main__":
     total, connections, workers = int(sys.argv[1]), 50, 2
-    ports, go = multiprocessing.Queue(), multiprocessing.Event()
+    ports, go, results = multiprocessing.Queue(), multiprocessing.Event(), multiprocessing.Queue()
     server = multiprocessing.Process(target=serve, args=(ports,), daemon=True)
     server.start()
     port = ports.get()
     each = total // connections
-    askers = [multiprocessing.Process(target=ask, args=(port, connections // workers, each, go))
-              for _ in range(workers)]
+    askers = [
+        multiprocessing.Process(target=ask, args=(port, connections // workers, each, go, results))
+        for _ in range(workers)
+    ]
     for asker in askers:
         asker.start()
     start = time.perf_counter()
     go.set()
+    latencies = array.array("d")
+    for _ in askers:
+        latencies.frombytes(results.get())
+    took = time.perf_counter() - start
     for asker in askers:
         asker.join()
-    print(each * connections / (time.perf_counter() - start))
+    cuts = statistics.quantiles(latencies, n=100, method="inclusive")
+    print(json.dumps({"per_s": len(latencies) / took, "p50_ms": cuts[49] * 1e3,
+                      "p99_ms": cuts[98] * 1e3}))
 """
 
 
-async def python_echo_per_s(python: str, requests: int = 200_000, runs: int = 3) -> float:
-    """Round trips/s of the uvloop echo yardstick (median of `runs`)."""
-    rates = []
+@dataclass(frozen=True)
+class Echo:
+    """The uvloop echo yardstick: round trips/s and their latency (50 connections)."""
+
+    per_s: float
+    p50_ms: float
+    p99_ms: float
+
+
+async def python_echo(python: str, requests: int = 200_000, runs: int = 3) -> Echo:
+    """The uvloop echo yardstick: the run with the median round trips/s of `runs`."""
+    results = []
     for _ in range(runs):
         with tempfile.TemporaryDirectory() as folder:
             script = Path(folder) / "echo.py"  # multiprocessing's children import it
             script.write_text(ECHO)
-            rates.append(float(await run(python, str(script), str(requests))))
-    return statistics.median(rates)
+            results.append(Echo(**json.loads(await run(python, str(script), str(requests)))))
+    return sorted(results, key=lambda echo: echo.per_s)[len(results) // 2]

@@ -28,3 +28,5 @@ async def test_the_benchmark_runs_end_to_end() -> None:
     assert "| ... delivered (acknowledged) / printed by B | 1,000 / 1,000 of 1,000 | | |" in table
     assert "| users online | 1,000 |" in table  # loadgen held every user it registered
     assert "| errors | 0 |" in table
+    assert "| uvloop echo (yardstick) |" in table  # the tail's yardstick, next to the lookups'
+    assert "| lookups | " in table
