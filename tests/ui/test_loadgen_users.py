@@ -96,3 +96,13 @@ async def test_a_silent_server_loses_its_heartbeating_users() -> None:
         _silence(server)
         async with asyncio.timeout(5):
             await lost  # a ping unanswered for one interval drops the connection
+
+
+async def test_lookups_on_a_connection_already_gone_fail_at_once() -> None:
+    async with running_server() as (_, port):
+        user = await _worker(port)._connect(0, 1)
+        user.give_up(ConnectionResetError("gone"))
+        errors: dict[str, int] = {}
+        async with asyncio.timeout(5):
+            await user.look_up(3, lambda: phone_of(0), array.array("d"), errors)
+        assert errors == {"ServerUnreachable": 3}

@@ -494,7 +494,10 @@ class _SimUser(asyncio.Protocol):
         """Ask for `count` numbers from `pick`, one lookup at a time, each sent as soon
         as the one before is answered; resolved once all are answered or failed."""
         lookups = self._lookups = _Lookups(self, count, pick, latencies, errors)
-        lookups.next()
+        if self._lost is None:
+            lookups.next()
+        else:  # gone before the worker heard of it (it is told in the same loop turn)
+            lookups.lost()
         return lookups.done
 
     def close(self) -> None:
