@@ -86,6 +86,9 @@ class MemoryDirectory:
         self._on_online: Callable[[PeerAddress], None] | None = None
 
     async def take(self, spend: Spend) -> bool:
+        return self._take(spend)
+
+    def _take(self, spend: Spend) -> bool:
         buckets = self._buckets.get(spend.bucket)
         if buckets is None:
             buckets = self._buckets[spend.bucket] = BucketsByKey(spend.rate, spend.burst)
@@ -118,12 +121,18 @@ class MemoryDirectory:
         return True
 
     async def lookup_limited(self, phones: list[str], spend: Spend) -> list[PeerAddress] | None:
-        if not await self.take(spend):
+        # Sync helpers, not the async methods: every lookup passes here, and a coroutine
+        # each costs more than the work.
+        if not self._take(spend):
             return None
-        return await self.lookup(phones)
+        return self._lookup(phones)
 
     async def lookup(self, phones: list[str]) -> list[PeerAddress]:
-        found = (self._online.get(phone) for phone in dict.fromkeys(phones))
+        return self._lookup(phones)
+
+    def _lookup(self, phones: list[str]) -> list[PeerAddress]:
+        online = self._online
+        found = [online.get(phone) for phone in dict.fromkeys(phones)]
         return [r.address for r in found if r is not None]
 
     async def count(self) -> int:

@@ -203,10 +203,11 @@ class _Client(asyncio.Protocol):
         except ProtocolError as exc:
             self._broke_protocol(exc)
             return
-        if handshake := conn.data_to_send():
-            transport.write(handshake)
-        if conn.established:
-            self.authenticated()
+        if self._counted:  # in the handshake still (counted as unauthenticated until done)
+            if handshake := conn.data_to_send():
+                transport.write(handshake)
+            if conn.established:
+                self.authenticated()
         self._arm_timer()
         self._start_answering()
 
@@ -355,7 +356,8 @@ class _Client(asyncio.Protocol):
                     return
                 transport.write(answer)
                 self._server.metrics.answered(event.TYPE, time.perf_counter() - started)
-                self._arm_timer()  # answering Register starts the idle deadline
+                if isinstance(event, (ev.Register, ev.Unregister)):
+                    self._arm_timer()  # their answers start the idle deadline, or end it
         except ProtocolError as exc:
             self._broke_protocol(exc)
         except Exception:
