@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import array
 import asyncio
+from collections import Counter
 from dataclasses import replace
 
 from tests.servers import FAST, SERVER_KEY, running_server
+from whatsap2p.net.simulated import SimulatedUser
 from whatsap2p.protocol.keys import fingerprint
 from whatsap2p.server.directory import MemoryDirectory
 from whatsap2p.server.service import DirectoryServer
-from whatsap2p.ui.loadgen import _Share, _SimUser, _Worker, phone_of
+from whatsap2p.ui.loadgen import _Share, _Worker, phone_of
 
 QUICK = replace(FAST, server_reply=0.5, heartbeat_interval=0.3)
 
@@ -29,7 +31,7 @@ def _silence(server: DirectoryServer) -> None:
         client._transport.pause_reading()
 
 
-async def _lost(user: _SimUser) -> asyncio.Future[None]:
+async def _lost(user: SimulatedUser) -> asyncio.Future[None]:
     lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def said() -> None:
@@ -49,7 +51,7 @@ async def test_simulated_users_register_and_look_up() -> None:
         assert sorted(a.phone for a in online) == [phone_of(i) for i in range(3)]
 
         latencies: array.array[float] = array.array("d")
-        errors: dict[str, int] = {}
+        errors: Counter[str] = Counter()
         asks = iter([phone_of(1), phone_of(2), phone_of(77), phone_of(0), phone_of(78)])
         await users[0].look_up(5, lambda: next(asks), latencies, errors)
         assert len(latencies) == 5
@@ -64,7 +66,7 @@ async def test_lookups_to_a_server_that_stops_answering_fail_in_time() -> None:
         user = await _worker(port)._connect(0, 1)
         lost = await _lost(user)
         _silence(server)
-        errors: dict[str, int] = {}
+        errors: Counter[str] = Counter()
         began = asyncio.get_running_loop().time()
         async with asyncio.timeout(5):
             await user.look_up(4, lambda: phone_of(0), array.array("d"), errors)
@@ -102,7 +104,7 @@ async def test_lookups_on_a_connection_already_gone_fail_at_once() -> None:
     async with running_server() as (_, port):
         user = await _worker(port)._connect(0, 1)
         user.give_up(ConnectionResetError("gone"))
-        errors: dict[str, int] = {}
+        errors: Counter[str] = Counter()
         async with asyncio.timeout(5):
             await user.look_up(3, lambda: phone_of(0), array.array("d"), errors)
         assert errors == {"ServerUnreachable": 3}

@@ -27,7 +27,7 @@ from whatsap2p.protocol.directory import DirectoryClientConnection
 from whatsap2p.protocol.keys import StaticKey, fingerprint
 from whatsap2p.protocol.noise import COMPACT, NoiseChannel
 
-__all__ = ["DirectoryClient", "refusal"]
+__all__ = ["DirectoryClient", "cannot_reach", "client_connection", "handshake_failed", "refusal"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,42 @@ _FAILURES: dict[str, type[DirectoryError]] = {
 def refusal(answer: ev.Failure) -> DirectoryError:
     """The error a Failure answer from the server stands for."""
     return _FAILURES.get(answer.code, ServerRefused)(f"the server refused: {answer.message}")
+
+
+def client_connection(
+    key: StaticKey, limits: Limits, server_fingerprint: str | None
+) -> DirectoryClientConnection:
+    """A user module's side of a directory connection, before its handshake; with
+    `server_fingerprint`, it refuses any server that proves another key."""
+    channel = NoiseChannel(
+        key,
+        initiator=True,
+        suite=COMPACT,
+        max_body=limits.max_directory_frame,
+        expected_fingerprint=server_fingerprint,
+    )
+    return DirectoryClientConnection(limits, channel)
+
+
+def cannot_reach(where: str, exc: OSError | TimeoutError) -> ServerUnreachable:
+    """Why opening the connection to the server at `where` failed."""
+    reason = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+    return ServerUnreachable(f"cannot reach the server at {where}: {reason}")
+
+
+def handshake_failed(
+    where: str, exc: OSError | TimeoutError | ProtocolError, expected: str | None
+) -> DirectoryError:
+    """Why the secure handshake with the server at `where` failed: it proved a key other
+    than the `expected` one, or it did not complete."""
+    if isinstance(exc, RemoteKeyMismatch):
+        return ServerKeyMismatch(
+            f"the server at {where} has key {fingerprint(exc.remote_key)}, "
+            f"not the expected {expected}: refusing it"
+        )
+    return ServerUnreachable(
+        f"no secure connection to the server at {where}: {str(exc) or 'timed out'}"
+    )
 
 
 class DirectoryClient:
@@ -97,29 +133,13 @@ class DirectoryClient:
                 asyncio.open_connection(host, port), timeouts.connect
             )
         except (OSError, TimeoutError) as exc:
-            reason = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
-            raise ServerUnreachable(f"cannot reach the server at {where}: {reason}") from exc
-        channel = NoiseChannel(
-            key,
-            initiator=True,
-            suite=COMPACT,
-            max_body=limits.max_directory_frame,
-            expected_fingerprint=server_fingerprint,
-        )
-        conn = DirectoryClientConnection(limits, channel)
+            raise cannot_reach(where, exc) from exc
+        conn = client_connection(key, limits, server_fingerprint)
         try:
             await complete_handshake(reader, writer, conn, timeouts.handshake)
-        except RemoteKeyMismatch as exc:
-            writer.close()
-            raise ServerKeyMismatch(
-                f"the server at {where} has key {fingerprint(exc.remote_key)}, "
-                f"not the expected {server_fingerprint}: refusing it"
-            ) from exc
         except (OSError, TimeoutError, ProtocolError) as exc:
             writer.close()
-            raise ServerUnreachable(
-                f"no secure connection to the server at {where}: {str(exc) or 'timed out'}"
-            ) from exc
+            raise handshake_failed(where, exc, server_fingerprint) from exc
         return cls(reader, writer, conn, timeouts)
 
     async def register(self, phone: str, port: int, host: str | None = None) -> ev.Registered:

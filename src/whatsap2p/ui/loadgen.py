@@ -7,10 +7,8 @@ spread over several worker processes so that the generator is not the bottleneck
 they take their orders from the parent over a pipe, phase by phase, so the figures of
 every phase cover all the workers at once.
 
-A simulated user is the user module's protocol (the same sans-IO connection and Noise
-channel) driven straight from its transport's callbacks, as redis-benchmark drives its
-own: no task, no streams and no future per request, so the generator costs less than
-the server it measures.
+The simulated users are `net.simulated`'s: the module's protocol driven from callbacks,
+cheap enough that the generator costs less than the server it measures.
 """
 
 from __future__ import annotations
@@ -28,7 +26,7 @@ import random
 import statistics
 import sys
 import time
-import typing
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
@@ -36,18 +34,9 @@ from typing import TextIO
 import uvloop
 
 from whatsap2p.config import Limits, Timeouts
-from whatsap2p.errors import (
-    ProtocolError,
-    RemoteKeyMismatch,
-    ServerKeyMismatch,
-    ServerUnreachable,
-    WhatsAp2pError,
-)
-from whatsap2p.net.directory_client import refusal
-from whatsap2p.protocol import events as ev
-from whatsap2p.protocol.directory import DirectoryClientConnection
-from whatsap2p.protocol.keys import StaticKey, fingerprint
-from whatsap2p.protocol.noise import COMPACT, NoiseChannel
+from whatsap2p.errors import ServerUnreachable, WhatsAp2pError
+from whatsap2p.net.simulated import SimulatedUser, connect_simulated
+from whatsap2p.protocol.keys import StaticKey
 
 __all__ = ["LoadResult", "key_of", "phone_of", "run_loadgen"]
 
@@ -233,18 +222,16 @@ class _Worker:
     def __init__(self, pipe: multiprocessing.connection.Connection, share: _Share) -> None:
         self._share = share
         self._pipe = pipe
-        self._clients: dict[int, _SimUser] = {}  # user index -> its connection
-        self._errors: dict[str, int] = {}
+        self._clients: dict[int, SimulatedUser] = {}  # user index -> its connection
+        self._errors: Counter[str] = Counter()  # error kind -> how many
         self._retried = 0  # connections tried again (unreachable, or no answer in time)
         self._stopping = False
         self._gate = asyncio.Semaphore(_CONNECTING)
         self._again: set[asyncio.Task[None]] = set()
-        self._timeouts = share.timeouts
         self._limits = Limits()
 
     def _error(self, exc: BaseException) -> None:
-        kind = type(exc).__name__
-        self._errors[kind] = self._errors.get(kind, 0) + 1
+        self._errors[type(exc).__name__] += 1
 
     async def _order(self) -> tuple[object, ...]:
         order: tuple[object, ...] = await asyncio.to_thread(self._pipe.recv)
@@ -284,8 +271,8 @@ class _Worker:
                 client.close()
 
     def _take_errors(self) -> dict[str, int]:
-        errors, self._errors = self._errors, {}
-        return errors
+        errors, self._errors = self._errors, Counter()
+        return dict(errors)
 
     async def _register(self, index: int) -> None:
         """Bring user `index` online. As a user module does, a server that cannot be
@@ -310,54 +297,20 @@ class _Worker:
                     return
             await asyncio.sleep(_RETRY_PAUSE * attempt * random.uniform(0.5, 1.5))
 
-    async def _connect(self, index: int, attempt: int) -> _SimUser:
+    async def _connect(self, index: int, attempt: int) -> SimulatedUser:
         """User `index` connected, its secure channel up and its number registered."""
         servers = self._share.servers
         host, port = servers[(index + attempt - 1) % len(servers)]
-        where = f"{host}:{port}"
-        expected = self._share.server_fingerprint
-        channel = NoiseChannel(
+        return await connect_simulated(
+            host,
+            port,
             key_of(self._share.seed, index),
-            initiator=True,
-            suite=COMPACT,
-            max_body=self._limits.max_directory_frame,
-            expected_fingerprint=expected,
+            phone_of(index),
+            _FAKE_PORT,
+            server_fingerprint=self._share.server_fingerprint,
+            limits=self._limits,
+            timeouts=self._share.timeouts,
         )
-        conn = DirectoryClientConnection(self._limits, channel)
-        timeouts = self._timeouts
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(timeouts.connect):
-                _, user = await loop.create_connection(lambda: _SimUser(conn, timeouts), host, port)
-        except (OSError, TimeoutError) as exc:
-            reason = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
-            raise ServerUnreachable(f"cannot reach the server at {where}: {reason}") from exc
-        try:
-            try:
-                async with asyncio.timeout(timeouts.handshake):
-                    await user.established
-            except RemoteKeyMismatch as exc:
-                raise ServerKeyMismatch(
-                    f"the server at {where} has key {fingerprint(exc.remote_key)}, "
-                    f"not the expected {expected}: refusing it"
-                ) from exc
-            except (OSError, TimeoutError, ProtocolError) as exc:
-                raise ServerUnreachable(
-                    f"no secure connection to the server at {where}: {str(exc) or 'timed out'}"
-                ) from exc
-            register = ev.Register(conn.next_rid(), phone_of(index), _FAKE_PORT, None)
-            try:
-                async with asyncio.timeout(timeouts.server_reply):
-                    answer = await user.request(register)
-            except (OSError, TimeoutError, ProtocolError) as exc:
-                raise ServerUnreachable(f"no answer to register: {exc or 'timed out'}") from exc
-            if isinstance(answer, ev.Failure):
-                raise refusal(answer)
-        except BaseException:
-            user.close()
-            raise
-        user.start_heartbeats()
-        return user
 
     def _dropped(self, index: int) -> None:
         """User `index` lost its connection (a heartbeat went unanswered, or the server
@@ -403,236 +356,6 @@ class _Worker:
             "end": time.monotonic(),
             "errors": self._take_errors(),
         }
-
-
-class _SimUser(asyncio.Protocol):
-    """One simulated user module on its own connection (see the module's docstring)."""
-
-    __slots__ = ("_conn", "_heartbeat", "_lookups", "_loop", "_lost", "_ping", "_request",
-                 "_timeouts", "_transport", "established", "on_lost", "reply_timeout")  # fmt: skip
-
-    def __init__(self, conn: DirectoryClientConnection, timeouts: Timeouts) -> None:
-        self._conn = conn
-        self._timeouts = timeouts
-        self._loop = asyncio.get_running_loop()
-        self._transport: asyncio.Transport | None = None
-        #: Resolved once the secure channel is up (or failed with why it is not).
-        self.established: asyncio.Future[None] = self._loop.create_future()
-        #: The one request awaited as a future (the registration): its rid and future.
-        self._request: tuple[int, asyncio.Future[ev.Message]] | None = None
-        self._ping = 0  # the rid of the heartbeat still unanswered, 0 if none
-        self._heartbeat: asyncio.TimerHandle | None = None
-        self._lookups: _Lookups | None = None
-        self._lost: BaseException | None = None
-        self.reply_timeout = timeouts.server_reply
-        #: Called once the connection is gone, if it was not closed by us.
-        self.on_lost: Callable[[], None] | None = None
-
-    # --- asyncio.Protocol ----------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport = typing.cast(asyncio.Transport, transport)
-        transport.write(self._conn.data_to_send())  # the handshake's first message
-
-    def data_received(self, data: bytes) -> None:
-        conn, transport = self._conn, self._transport
-        assert transport is not None
-        try:
-            conn.receive_data(data)
-        except ProtocolError as exc:
-            self._end(exc)
-            transport.abort()
-            return
-        if not self.established.done():
-            if handshake := conn.data_to_send():
-                transport.write(handshake)
-            if conn.established:
-                self.established.set_result(None)
-        while (message := conn.next_event()) is not None:
-            assert isinstance(message, ev.DirectoryMessage)  # what the connection lets through
-            lookups = self._lookups
-            if lookups is not None and message.rid == lookups.rid:
-                lookups.answered(message)
-            elif message.rid == self._ping:
-                self._ping = 0
-            elif self._request is not None and message.rid == self._request[0]:
-                _, future = self._request
-                self._request = None
-                if not future.done():
-                    future.set_result(message)
-            # else: a push (a watched number online) or a late answer: nothing to do
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._end(exc or ConnectionResetError("the server closed the connection"))
-        if self.on_lost is not None:
-            self.on_lost()
-
-    # --- what the worker asks -----------------------------------------------------------
-
-    def request(self, message: ev.DirectoryMessage) -> asyncio.Future[ev.Message]:
-        """Send `message`; the future gets its answer (or the reason there is none)."""
-        future: asyncio.Future[ev.Message] = self._loop.create_future()
-        if self._lost is not None:
-            future.set_exception(self._lost)
-        else:
-            self._request = (message.rid, future)
-            self.send(message)
-        return future
-
-    def start_heartbeats(self) -> None:
-        """Ping every interval, as a module does; a ping still unanswered an interval
-        later means the server (or the path) is gone: the connection is dropped."""
-        self._heartbeat = self._loop.call_later(self._timeouts.heartbeat_interval, self._beat)
-
-    def look_up(
-        self,
-        count: int,
-        pick: Callable[[], str],
-        latencies: array.array[float],
-        errors: dict[str, int],
-    ) -> asyncio.Future[None]:
-        """Ask for `count` numbers from `pick`, one lookup at a time, each sent as soon
-        as the one before is answered; resolved once all are answered or failed."""
-        lookups = self._lookups = _Lookups(self, count, pick, latencies, errors)
-        if self._lost is None:
-            lookups.next()
-        else:  # gone before the worker heard of it (it is told in the same loop turn)
-            lookups.lost()
-        return lookups.done
-
-    def close(self) -> None:
-        self.on_lost = None
-        self._end(ConnectionAbortedError("closed by the load generator"))
-        if self._transport is not None:
-            self._transport.close()
-
-    def send(self, message: ev.DirectoryMessage) -> None:
-        assert self._transport is not None
-        self._transport.write(self._conn.send(message))
-
-    def next_rid(self) -> int:
-        return self._conn.next_rid()
-
-    def give_up(self, reason: BaseException) -> None:
-        """Drop the connection: everything waiting on it fails with `reason`."""
-        self._end(reason)
-        if self._transport is not None:
-            self._transport.abort()
-
-    # --- the rest --------------------------------------------------------------------------
-
-    def _beat(self) -> None:
-        if self._lost is not None:
-            return
-        if self._ping:
-            self.give_up(TimeoutError("heartbeat unanswered"))
-            return
-        self._ping = self._conn.next_rid()
-        self.send(ev.Ping(self._ping))
-        self.start_heartbeats()
-
-    def _end(self, reason: BaseException) -> None:
-        """The connection is gone (or going): whatever waits on it fails with `reason`."""
-        if self._lost is not None:
-            return
-        self._lost = reason
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-        if not self.established.done():
-            self.established.set_exception(reason)
-        if self._request is not None:
-            _, future = self._request
-            self._request = None
-            if not future.done():
-                future.set_exception(reason)
-        if self._lookups is not None:
-            self._lookups.lost()
-
-
-class _Lookups:
-    """One simulated user's run of lookups: one out at a time, with a deadline."""
-
-    __slots__ = ("_errors", "_latencies", "_left", "_loop", "_pick", "_reply", "_timer", "_user",
-                 "began", "done", "phone", "rid")  # fmt: skip
-
-    def __init__(
-        self,
-        user: _SimUser,
-        count: int,
-        pick: Callable[[], str],
-        latencies: array.array[float],
-        errors: dict[str, int],
-    ) -> None:
-        self._user = user
-        self._reply = user.reply_timeout
-        self._loop = asyncio.get_running_loop()
-        self._left = count
-        self._pick = pick
-        self._latencies = latencies
-        self._errors = errors
-        self._timer: asyncio.TimerHandle | None = None
-        self.done: asyncio.Future[None] = self._loop.create_future()
-        self.rid = 0  # the lookup out, 0 if none
-        self.phone = ""
-        self.began = 0.0
-
-    def next(self) -> None:
-        if self._left == 0:
-            self._finish()
-            return
-        self._left -= 1
-        self.phone = self._pick()
-        self.rid = self._user.next_rid()
-        self.began = time.perf_counter()
-        self._user.send(ev.Lookup(self.rid, (self.phone,)))
-        if self._timer is None:
-            self._timer = self._loop.call_later(self._reply, self._check)
-
-    def answered(self, answer: ev.Message) -> None:
-        if isinstance(answer, ev.LookupResult):
-            self._latencies.append(time.perf_counter() - self.began)
-            if not any(peer.phone == self.phone for peer in answer.peers):
-                self._error("not-found")
-        elif isinstance(answer, ev.Failure):
-            self._error(type(refusal(answer)).__name__)
-        else:
-            self._error("ServerRefused")
-        self.rid = 0
-        self.next()
-
-    def lost(self) -> None:
-        """The connection is gone: the lookup out and those not sent yet fail."""
-        if self.done.done():
-            return
-        self._errors["ServerUnreachable"] = (
-            self._errors.get("ServerUnreachable", 0) + self._left + (1 if self.rid else 0)
-        )
-        self._left = self.rid = 0
-        self._finish()
-
-    def _check(self) -> None:
-        """One timer for the whole run: it follows the lookup out, and a lookup
-        unanswered past the deadline drops the connection (the rest then fail)."""
-        self._timer = None
-        if self.done.done():
-            return
-        if not self.rid:  # between lookups: nothing out to watch
-            return
-        late = self.began + self._reply - time.perf_counter()
-        if late > 0:
-            self._timer = self._loop.call_later(late, self._check)
-            return
-        self._user.give_up(TimeoutError("the server does not answer"))
-
-    def _error(self, kind: str) -> None:
-        self._errors[kind] = self._errors.get(kind, 0) + 1
-
-    def _finish(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if not self.done.done():
-            self.done.set_result(None)
 
 
 def main_loadgen(
