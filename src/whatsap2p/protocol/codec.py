@@ -178,26 +178,13 @@ def _checker(annotation: object, where: str) -> _Check:
             return None if value is None else check_inner(value)
 
         return optional
-    if origin is tuple and args[0] in (str, bytes, int):  # tuple[str, ...]: a common case
-        expected_item = typing.cast(type, args[0])
-        check_plain = _checker(expected_item, f"{where}[]")
-
-        def plain_items(value: object) -> object:
-            if not isinstance(value, list):
-                raise RemoteProtocolError(f"{where}: expected a list")
-            for item in value:
-                if type(item) is not expected_item:
-                    check_plain(item)  # raises, naming what was expected
-            return tuple(value)
-
-        return plain_items
     if origin is tuple:  # tuple[X, ...]
         check_item = _checker(args[0], f"{where}[]")
 
         def items(value: object) -> object:
             if not isinstance(value, list):
                 raise RemoteProtocolError(f"{where}: expected a list")
-            return tuple(check_item(item) for item in value)
+            return tuple([check_item(item) for item in value])  # a list: no generator
 
         return items
     if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
