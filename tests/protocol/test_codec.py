@@ -69,12 +69,20 @@ def test_well_formed_maps_with_wrong_fields_are_refused_cleanly(kind: str, junk:
 
 
 def test_missing_and_mistyped_fields_say_which() -> None:
-    with pytest.raises(RemoteProtocolError, match=r"missing field 'phone'"):
+    with pytest.raises(RemoteProtocolError, match=r"missing required field `phone`"):
         decode_message(msgpack.packb({"t": "register", "rid": 1, "port": 5}))
-    with pytest.raises(RemoteProtocolError, match=r"register.port: expected an integer"):
+    with pytest.raises(RemoteProtocolError, match=r"Expected `int`, got `bool` - at `\$.port`"):
         decode_message(msgpack.packb({"t": "register", "rid": 1, "phone": "+1", "port": True}))
-    with pytest.raises(RemoteProtocolError, match="unknown message type"):
+    peer = {"phone": "+1", "host": "h", "port": 1, "key": "not bytes"}
+    with pytest.raises(RemoteProtocolError, match=r"got `str` - at `\$.peer.key`"):
+        decode_message(msgpack.packb({"t": "online", "rid": 0, "peer": peer}))
+    with pytest.raises(RemoteProtocolError, match=r"Invalid value 'launch' - at `\$.t`"):
         decode_message(msgpack.packb({"t": "launch"}))
+    with pytest.raises(RemoteProtocolError, match="undecodable message: 'utf-8' codec"):
+        decode_message(b"\x82\xa1t\xa3ack\xa2id\xa1\xff")  # a string that is not UTF-8
+    nested = b"\x91" * 100_000 + b"\xc0"  # an unknown field nested too deep
+    with pytest.raises(RemoteProtocolError, match="undecodable message"):
+        decode_message(b"\x83\xa1t\xa3ack\xa2id\xa1x\xa1z" + nested)
 
 
 def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:

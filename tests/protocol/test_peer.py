@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -115,7 +115,7 @@ def test_photo_streams_in_chunks_then_completes() -> None:
         (offer(10, filename=""), "invalid file name"),
         (offer(10, timestamp="yesterday"), "invalid timestamp"),
         (offer(10, timestamp="2026-11-27T10:00:00"), "without a time zone"),
-        (dataclasses.replace(offer(10), key="not a digest"), "invalid photo key"),
+        (msgspec.structs.replace(offer(10), key="not a digest"), "invalid photo key"),
     ],
 )
 def test_bad_photo_offers_are_refused_and_the_connection_goes_on(

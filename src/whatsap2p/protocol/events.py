@@ -1,14 +1,21 @@
-"""Everything that crosses a WhatsAp2p connection, as frozen dataclasses.
+"""Everything that crosses a WhatsAp2p connection, as frozen value types.
 
 Wire messages are nouns (they are sent by one side and received by the other, like h11's
 `Request`); events that only the local state machine produces are past tense.
-Each wire message has a `TYPE`, the value of the `t` key in its encoded form.
+Wire messages are msgspec Structs (frozen, slotted, compared by value, like a frozen
+dataclass) because msgspec encodes and validates them in C: MessagePack maps whose `t`
+key names the type (its `TYPE`, the Struct's tag), decoded straight into the right class
+with every field's type checked, about ten times faster than checking them in Python.
+Local events are frozen dataclasses.
 """
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 from typing import ClassVar
+
+import msgspec
 
 __all__ = [
     "Ack",
@@ -38,56 +45,49 @@ __all__ = [
     "Unregistered",
     "Watch",
     "Watching",
+    "WireMessage",
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(msgspec.Struct, frozen=True, tag_field="t"):
     """Base of every wire message."""
 
+    #: The value of its `t` key on the wire: its msgspec tag (set below for each type).
     TYPE: ClassVar[str] = ""
 
 
 # --- directory: user module <-> central server -------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class DirectoryMessage(Message):
+class DirectoryMessage(Message, frozen=True):
     """Requests carry a request id (`rid`) chosen by the client; the answer repeats it."""
 
     rid: int
 
 
-@dataclass(frozen=True, slots=True)
-class Register(DirectoryMessage):
+class Register(DirectoryMessage, frozen=True, tag="register"):
     """Publish this number at `port`; at `host` if given, else at the IP the server sees."""
 
-    TYPE: ClassVar[str] = "register"
     phone: str
     port: int
     host: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Registered(DirectoryMessage):
+class Registered(DirectoryMessage, frozen=True, tag="registered"):
     """The address now published for `phone`."""
 
-    TYPE: ClassVar[str] = "registered"
     phone: str
     host: str
     port: int
 
 
-@dataclass(frozen=True, slots=True)
-class Lookup(DirectoryMessage):
+class Lookup(DirectoryMessage, frozen=True, tag="lookup"):
     """Which of these numbers are online, and where (one round trip for a whole group)."""
 
-    TYPE: ClassVar[str] = "lookup"
     phones: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class PeerAddress:
+class PeerAddress(msgspec.Struct, frozen=True):
     """Where an online user's module accepts peers, and the key bound to its number."""
 
     phone: str
@@ -96,69 +96,53 @@ class PeerAddress:
     key: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class LookupResult(DirectoryMessage):
+class LookupResult(DirectoryMessage, frozen=True, tag="lookup_result"):
     """The online ones among the numbers asked for; unknown and offline look the same."""
 
-    TYPE: ClassVar[str] = "lookup_result"
     peers: tuple[PeerAddress, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Watch(DirectoryMessage):
+class Watch(DirectoryMessage, frozen=True, tag="watch"):
     """Tell me when any of these numbers comes online (replaces the earlier watch list)."""
 
-    TYPE: ClassVar[str] = "watch"
     phones: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Watching(DirectoryMessage):
+class Watching(DirectoryMessage, frozen=True, tag="watching"):
     """The watch is in place; `peers` are the watched numbers online right now."""
 
-    TYPE: ClassVar[str] = "watching"
     peers: tuple[PeerAddress, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Online(DirectoryMessage):
+class Online(DirectoryMessage, frozen=True, tag="online"):
     """Pushed by the server (rid 0): a watched number has just registered."""
 
-    TYPE: ClassVar[str] = "online"
     peer: PeerAddress
 
 
-@dataclass(frozen=True, slots=True)
-class Unregister(DirectoryMessage):
-    TYPE: ClassVar[str] = "unregister"
+class Unregister(DirectoryMessage, frozen=True, tag="unregister"):
+    """Take this connection's number offline (the connection is done)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Unregistered(DirectoryMessage):
-    TYPE: ClassVar[str] = "unregistered"
+class Unregistered(DirectoryMessage, frozen=True, tag="unregistered"):
+    """The number is offline."""
 
 
-@dataclass(frozen=True, slots=True)
-class Ping(DirectoryMessage):
+class Ping(DirectoryMessage, frozen=True, tag="ping"):
     """Heartbeat: proves the module is alive."""
 
-    TYPE: ClassVar[str] = "ping"
+
+class Pong(DirectoryMessage, frozen=True, tag="pong"):
+    """The server is alive too."""
 
 
-@dataclass(frozen=True, slots=True)
-class Pong(DirectoryMessage):
-    TYPE: ClassVar[str] = "pong"
-
-
-@dataclass(frozen=True, slots=True)
-class Failure(DirectoryMessage):
+class Failure(DirectoryMessage, frozen=True, tag="failure"):
     """The server refuses request `rid` (0 when the request could not be read at all).
 
     Codes: `number-online`, `number-bound` (bound to another key), `rate-limited`,
     `protocol-error`.
     """
 
-    TYPE: ClassVar[str] = "failure"
     code: str
     message: str
 
@@ -166,35 +150,28 @@ class Failure(DirectoryMessage):
 # --- peer: user module -> user module ---------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class PeerMessage(Message):
+class PeerMessage(Message, frozen=True):
     """Base of the messages between two user modules."""
 
 
-@dataclass(frozen=True, slots=True)
-class Hello(PeerMessage):
+class Hello(PeerMessage, frozen=True, tag="hello"):
     """First message of a sender: who is sending."""
 
-    TYPE: ClassVar[str] = "hello"
     phone: str
 
 
-@dataclass(frozen=True, slots=True)
-class Text(PeerMessage):
-    TYPE: ClassVar[str] = "text"
+class Text(PeerMessage, frozen=True, tag="text"):
     id: str
     timestamp: str
     body: str
     group: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class PhotoOffer(PeerMessage):
+class PhotoOffer(PeerMessage, frozen=True, tag="photo"):
     """A photo of `size` bytes follows as PhotoChunks, then PhotoEnd with the SHA-256 of
     the whole file (the sender hashes while it sends). `key` names the photo for a
     resume: the SHA-256 of its size and of its first and last MiB (see photo_key)."""
 
-    TYPE: ClassVar[str] = "photo"
     id: str
     timestamp: str
     filename: str
@@ -204,56 +181,71 @@ class PhotoOffer(PeerMessage):
     group: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class PhotoChunk(PeerMessage):
-    TYPE: ClassVar[str] = "chunk"
+class PhotoChunk(PeerMessage, frozen=True, tag="chunk"):
     id: str
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class PhotoEnd(PeerMessage):
+class PhotoEnd(PeerMessage, frozen=True, tag="photo-end"):
     """After the last chunk of photo `id`: the SHA-256 of the whole file, to verify."""
 
-    TYPE: ClassVar[str] = "photo-end"
     id: str
     sha256: str
 
 
-@dataclass(frozen=True, slots=True)
-class Resume(PeerMessage):
+class Resume(PeerMessage, frozen=True, tag="resume"):
     """The receiver takes photo `id`: send its bytes from `offset` on (0: all of them;
     more: the receiver kept that much of an earlier, interrupted transfer)."""
 
-    TYPE: ClassVar[str] = "resume"
     id: str
     offset: int
 
 
-@dataclass(frozen=True, slots=True)
-class Ack(PeerMessage):
+class Ack(PeerMessage, frozen=True, tag="ack"):
     """Message `id` is stored at the receiver (a photo: whole and verified)."""
 
-    TYPE: ClassVar[str] = "ack"
     id: str
 
 
-@dataclass(frozen=True, slots=True)
-class Rejected(PeerMessage):
+class Rejected(PeerMessage, frozen=True, tag="rejected"):
     """Message `id` was not stored, and why."""
 
-    TYPE: ClassVar[str] = "rejected"
     id: str
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class Closing(PeerMessage):
+class Closing(PeerMessage, frozen=True, tag="closing"):
     """The receiver refuses the whole connection (e.g. the sender's key is not the one
     bound to the number it claims), and closes it."""
 
-    TYPE: ClassVar[str] = "closing"
     reason: str
+
+
+WireMessage = (
+    Register
+    | Registered
+    | Lookup
+    | LookupResult
+    | Watch
+    | Watching
+    | Online
+    | Unregister
+    | Unregistered
+    | Ping
+    | Pong
+    | Failure
+    | Hello
+    | Text
+    | PhotoOffer
+    | PhotoChunk
+    | PhotoEnd
+    | Resume
+    | Ack
+    | Rejected
+    | Closing
+)
+for _type in typing.get_args(WireMessage):
+    _type.TYPE = _type.__struct_config__.tag
 
 
 # --- local events (never on the wire) ---------------------------------------------------
