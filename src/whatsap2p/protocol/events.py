@@ -6,7 +6,9 @@ Wire messages are msgspec Structs (frozen, slotted, compared by value, like a fr
 dataclass) because msgspec encodes and validates them in C: MessagePack maps whose `t`
 key names the type (its `TYPE`, the Struct's tag), decoded straight into the right class
 with every field's type checked, about ten times faster than checking them in Python.
-Local events are frozen dataclasses.
+They hold only strings, numbers, bytes and tuples of each other, so they can form no
+reference cycle: the garbage collector does not track them (`gc=False`), which keeps
+its passes over a server's many connections short. Local events are frozen dataclasses.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ __all__ = [
 ]
 
 
-class Message(msgspec.Struct, frozen=True, tag_field="t"):
+class Message(msgspec.Struct, frozen=True, gc=False, tag_field="t"):
     """Base of every wire message."""
 
     #: The value of its `t` key on the wire: its msgspec tag (set below for each type).
@@ -87,7 +89,7 @@ class Lookup(DirectoryMessage, frozen=True, tag="lookup"):
     phones: tuple[str, ...]
 
 
-class PeerAddress(msgspec.Struct, frozen=True):
+class PeerAddress(msgspec.Struct, frozen=True, gc=False):
     """Where an online user's module accepts peers, and the key bound to its number."""
 
     phone: str
