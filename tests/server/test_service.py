@@ -23,7 +23,7 @@ from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.codec import encode_message
 from whatsap2p.protocol.framing import PROTOCOL_VERSION
 from whatsap2p.protocol.keys import StaticKey
-from whatsap2p.server.directory import MemoryDirectory
+from whatsap2p.server.directory import MemoryDirectory, Spend
 
 ALICE, BOB = "+5511999990001", "+5511999990002"
 
@@ -59,6 +59,48 @@ async def test_register_lookup_and_unregister(directory: type[MemoryDirectory]) 
         assert found == {BOB: ev.PeerAddress(BOB, "192.0.2.7", 4002, bob_key.public)}
         await bob.unregister()
         assert await alice.lookup([BOB]) == {}
+        await alice.close()
+        await bob.close()
+
+
+class GatedDirectory(MemoryDirectory):
+    """Lookups wait until the test opens the gate (the server awaits them meanwhile)."""
+
+    immediate = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate, self.asked_once = asyncio.Event(), asyncio.Event()
+        self.asked: list[list[str]] = []
+
+    async def lookup_limited(self, phones: list[str], spend: Spend) -> list[ev.PeerAddress] | None:
+        self.asked.append(sorted(phones))
+        self.asked_once.set()
+        await self.gate.wait()
+        return await super().lookup_limited(phones, spend)
+
+
+async def test_lookups_asked_meanwhile_go_together_and_one_giving_up_leaves_the_rest() -> None:
+    directory = GatedDirectory()
+    async with running_server(directory=directory) as (_, port):
+        alice, bob = await client(port), await client(port)
+        directory.gate.set()
+        await alice.register(ALICE, 4001)
+        await bob.register(BOB, 4002)
+        directory.gate.clear()
+        first = asyncio.create_task(alice.lookup([BOB]))
+        gives_up = asyncio.create_task(alice.lookup([ALICE]))
+        waits = asyncio.create_task(alice.lookup([BOB, "+5511999990009"]))
+        await directory.asked_once.wait()  # the first is out; the other two wait behind it
+        gives_up.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gives_up
+        directory.gate.set()
+        assert list(await first) == [BOB]
+        assert list(await waits) == [BOB]
+        # One request for the first, one for the two behind it (the one that gave up
+        # included: its number had been asked already).
+        assert directory.asked == [[BOB], sorted([ALICE, BOB, "+5511999990009"])]
         await alice.close()
         await bob.close()
 

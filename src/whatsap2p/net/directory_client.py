@@ -159,12 +159,12 @@ class DirectoryClient:
             return {}
         batch = self._batches[-1] if self._batches else None
         if batch is None or len(batch.phones) + len(phones) > self._max_lookup:
-            batch = _LookupBatch(asyncio.get_running_loop().create_future())
+            batch = _LookupBatch()
             self._batches.append(batch)
-        batch.phones.update(phones)
+        asked = batch.ask(phones)
         if self._lookup_out is None:
             self._send_lookup()
-        found = await asyncio.shield(batch.answer)  # an asker that gives up leaves the rest
+        found = await asked
         return {phone: found[phone] for phone in phones if phone in found}
 
     def _send_lookup(self) -> None:
@@ -193,8 +193,7 @@ class DirectoryClient:
         self._lookup_out = None
         timer.cancel()
         if isinstance(answer, ev.LookupResult):
-            if not batch.answer.done():
-                batch.answer.set_result({peer.phone: peer for peer in answer.peers})
+            batch.answer({peer.phone: peer for peer in answer.peers})
             self._send_lookup()
         elif isinstance(answer, ev.Failure):
             self._fail_lookups(batch, refusal(answer))
@@ -210,8 +209,7 @@ class DirectoryClient:
     def _fail_lookups(self, batch: _LookupBatch, error: DirectoryError) -> None:
         """This batch and every one waiting behind it fail with `error`."""
         for failed in (batch, *self._batches):
-            if not failed.answer.done():
-                failed.answer.set_exception(error)
+            failed.fail(error)
         self._batches.clear()
 
     async def watch(self, phones: list[str]) -> dict[str, ev.PeerAddress]:
@@ -303,9 +301,7 @@ class DirectoryClient:
             timer.cancel()
             self._fail_lookups(batch, error)
         while self._batches:
-            answer = self._batches.popleft().answer
-            if not answer.done():
-                answer.set_exception(error)
+            self._batches.popleft().fail(error)
 
     async def _heartbeat(self) -> None:
         while True:
@@ -322,12 +318,27 @@ class DirectoryClient:
 
 @dataclass(eq=False)
 class _LookupBatch:
-    """Numbers asked while another lookup was out, answered together."""
+    """Numbers asked while another lookup was out, answered together. Each asker waits
+    on a future of its own: one that gives up (is cancelled) leaves the others waiting,
+    and none is left holding an answer or a failure that nobody will read."""
 
-    answer: asyncio.Future[dict[str, ev.PeerAddress]]
     phones: set[str] = field(default_factory=set)
+    askers: list[asyncio.Future[dict[str, ev.PeerAddress]]] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        # Every asker may have given up (cancelled) by the time a failure comes: mark
-        # the failure seen so asyncio does not log it as never retrieved.
-        self.answer.add_done_callback(lambda f: f.cancelled() or f.exception())
+    def ask(self, phones: list[str]) -> asyncio.Future[dict[str, ev.PeerAddress]]:
+        self.phones.update(phones)
+        asked: asyncio.Future[dict[str, ev.PeerAddress]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self.askers.append(asked)
+        return asked
+
+    def answer(self, found: dict[str, ev.PeerAddress]) -> None:
+        for asked in self.askers:
+            if not asked.done():  # cancelled: its asker gave up
+                asked.set_result(found)
+
+    def fail(self, error: DirectoryError) -> None:
+        for asked in self.askers:
+            if not asked.done():
+                asked.set_exception(error)
