@@ -25,6 +25,7 @@ from __future__ import annotations
 import struct
 from typing import Literal
 
+import msgspec
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from noise.connection import Keypair, NoiseConnection
@@ -58,16 +59,24 @@ _HEADER = struct.Struct(">BI")
 _MAX_NONCE = 2**64 - 1
 
 
-class _CipherState:
-    """One direction of Noise's transport: AES-GCM under key k with nonce n++."""
+class _CipherState(msgspec.Struct, gc=False):
+    """One direction of Noise's transport: the AEAD under key k with nonce n++.
 
-    __slots__ = ("_aead", "_n", "_order")
+    It refers to no container, so it can be in no reference cycle: a msgspec Struct
+    with gc=False is not tracked by the garbage collector (a server holds two per
+    connection, by the ten thousand)."""
 
-    def __init__(self, suite: str, key: bytes, n: int) -> None:
-        # Noise's nonce encoding: big-endian for AESGCM, little-endian for ChaChaPoly.
-        self._aead = AESGCM(key) if suite == BULK else ChaCha20Poly1305(key)
-        self._order: Literal["big", "little"] = "big" if suite == BULK else "little"
-        self._n = n
+    _aead: AESGCM | ChaCha20Poly1305
+    _order: Literal[
+        "big", "little"
+    ]  # Noise's nonce encoding: big for AESGCM, little for ChaChaPoly
+    _n: int
+
+    @classmethod
+    def start(cls, suite: str, key: bytes, n: int) -> _CipherState:
+        if suite == BULK:
+            return cls(AESGCM(key), "big", n)
+        return cls(ChaCha20Poly1305(key), "little", n)
 
     def _nonce(self) -> bytes:
         n = self._n
@@ -252,8 +261,8 @@ class NoiseChannel:
             return
         protocol = noise.noise_protocol
         encrypt, decrypt = protocol.cipher_state_encrypt, protocol.cipher_state_decrypt
-        self._sending = _CipherState(self._suite, encrypt.k, encrypt.n)
-        self._receiving = _CipherState(self._suite, decrypt.k, decrypt.n)
+        self._sending = _CipherState.start(self._suite, encrypt.k, encrypt.n)
+        self._receiving = _CipherState.start(self._suite, decrypt.k, decrypt.n)
         self._noise = None
         self._handshake = None
 

@@ -8,8 +8,9 @@ connection can only ever remove its own.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import NamedTuple, Protocol
+
+import msgspec
 
 from whatsap2p.errors import NumberAlreadyOnline
 from whatsap2p.protocol.events import PeerAddress
@@ -31,8 +32,10 @@ class Spend(NamedTuple):
     now: float
 
 
-@dataclass(frozen=True, slots=True)
-class Registration:
+class Registration(msgspec.Struct, frozen=True, gc=False):
+    """Holds no container, so it can be in no reference cycle: not tracked by the garbage
+    collector (gc=False), whose passes a server's thousands of registrations would lengthen."""
+
     address: PeerAddress
     owner: int  # the id of the connection that registered
 
