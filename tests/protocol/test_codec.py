@@ -88,3 +88,21 @@ def test_missing_and_mistyped_fields_say_which() -> None:
 def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
     body = msgpack.packb({"t": "ack", "id": "m1", "added_later": [1, 2]})
     assert decode_message(body) == ev.Ack("m1")
+
+
+def test_messages_are_not_tracked_by_the_garbage_collector() -> None:
+    # A server holds a registration (with its address) and two cipher states per user,
+    # by the ten thousand: left tracked, they lengthen every full collection.
+    import gc
+
+    from whatsap2p.protocol.noise import COMPACT, _CipherState
+    from whatsap2p.server.directory import Registration
+
+    address = ev.PeerAddress("+5511999990001", "127.0.0.1", 4000, bytes(32))
+    untracked = [
+        ev.LookupResult(1, (address,)),
+        ev.Text("m1", "2026-11-27T10:00:00+00:00", "hi"),
+        Registration(address, 1),
+        _CipherState.start(COMPACT, bytes(32), 0),
+    ]
+    assert not any(gc.is_tracked(value) for value in untracked)
