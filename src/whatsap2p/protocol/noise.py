@@ -67,9 +67,8 @@ class _CipherState(msgspec.Struct, gc=False):
     connection, by the ten thousand)."""
 
     _aead: AESGCM | ChaCha20Poly1305
-    _order: Literal[
-        "big", "little"
-    ]  # Noise's nonce encoding: big for AESGCM, little for ChaChaPoly
+    #: Noise's nonce encoding: big-endian for AESGCM, little-endian for ChaChaPoly.
+    _order: Literal["big", "little"]
     _n: int
 
     @classmethod
