@@ -90,7 +90,7 @@ def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
     assert decode_message(body) == ev.Ack("m1")
 
 
-def test_messages_are_not_tracked_by_the_garbage_collector() -> None:
+def test_messages_and_what_a_server_holds_per_user_are_not_tracked_by_the_gc() -> None:
     # A server holds a registration (with its address) and two cipher states per user,
     # by the ten thousand: left tracked, they lengthen every full collection.
     import gc
