@@ -10,9 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from whatsap2p.errors import LocalProtocolError, RemoteKeyMismatch, RemoteProtocolError
+from whatsap2p.protocol import noise
 from whatsap2p.protocol.framing import PROTOCOL_VERSION
 from whatsap2p.protocol.keys import StaticKey, fingerprint, normalise_fingerprint
-from whatsap2p.protocol.noise import SEGMENT, NoiseChannel
+from whatsap2p.protocol.noise import COMPACT, SEGMENT, NoiseChannel
 
 ALICE, BOB = StaticKey.generate(), StaticKey.generate()
 CAP = 1 << 20
@@ -55,6 +56,35 @@ def test_bodies_of_any_size_cross_in_segments(size: int) -> None:
     assert bob.next_body() == bytearray(body)
     alice.receive_data(bob.seal(b"and back"))
     assert alice.next_body() == bytearray(b"and back")
+
+
+def test_compact_channels_share_a_bounded_pool_of_ciphers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The directory's channels keep no AES-GCM object of their own: a pool holds those of
+    # the most recently used keys, and a channel whose object was dropped builds it again.
+    # Bob's end keeps its own objects, so both ends must build them from the same keys.
+    pool = noise._AeadPool(2)
+    monkeypatch.setattr(noise, "_POOL", pool)
+    pairs = [
+        handshake(
+            NoiseChannel(ALICE, initiator=True, max_body=CAP, suite=COMPACT),
+            NoiseChannel(BOB, initiator=False, max_body=CAP),
+        )
+        for _ in range(3)
+    ]
+    for round_ in range(3):
+        for i, (alice, bob) in enumerate(pairs):
+            body = f"round {round_} pair {i}".encode()
+            bob.receive_data(alice.seal(body))
+            assert bob.next_body() == body
+            alice.receive_data(bob.seal(body[::-1]))
+            assert alice.next_body() == body[::-1]
+            assert len(pool) == 2  # the last pair's two keys: the others' were dropped
+    big = bytes(range(256)) * 1000  # several segments, sealed and opened in place
+    alice, bob = pairs[0]
+    bob.receive_data(alice.seal(big))
+    assert bob.next_body() == big
 
 
 def test_ciphertext_hides_the_body() -> None:
