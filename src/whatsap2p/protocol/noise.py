@@ -59,6 +59,8 @@ _FLAGS = (b"\x00", b"\x01")
 SEGMENT = MAX_NOISE_MESSAGE - _TAG
 _SEGMENT_FRAME = 1 + MAX_NOISE_MESSAGE  # flag + sealed segment
 _HEADER = struct.Struct(">BI")
+#: A frame's header and its segment's flag, packed at once for the common small message.
+_HEADER_FLAG = struct.Struct(">BIB")
 #: Noise's AES-GCM nonce: four zero bytes, then the counter big-endian.
 _NONCE = struct.Struct(">4xQ")
 _MAX_NONCE = 2**64 - 1
@@ -234,7 +236,7 @@ class NoiseChannel:
         pending = self._outgoing  # a pending handshake message goes first
         if size <= SEGMENT and not pending:  # the common small message: one segment
             small = sending.seal(_FLAGS[_LAST], body)
-            return _HEADER.pack(PROTOCOL_VERSION, 1 + len(small)) + _FLAGS[_LAST] + small
+            return _HEADER_FLAG.pack(PROTOCOL_VERSION, 1 + len(small), _LAST) + small
         segments = max(1, -(-size // SEGMENT))
         pos = len(pending)
         out = bytearray(pos + size + segments * (HEADER_SIZE + 1 + _TAG))

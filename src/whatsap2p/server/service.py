@@ -398,8 +398,11 @@ class _Client(asyncio.Protocol):
             watched = self.watching
             if isinstance(request, ev.Watch):
                 self.watch(request.phones)  # before looking: no registration slips between
-            found = await self._look_up(now, request.phones)
-            if found is None:
+            ip_spend = self._lookup_spend(now, request.phones)
+            found: list[ev.PeerAddress] | None = None
+            if ip_spend is not None:  # a coroutine of its own would cost more than this does
+                found = await server.directory.lookup_limited(list(request.phones), ip_spend)
+            if found is None:  # a bucket refused: this connection's, or its source IP's
                 self.watch(watched)
                 return self.failure(request.rid, "rate-limited", "too many lookups; slow down")
             if isinstance(request, ev.Watch):
@@ -426,18 +429,17 @@ class _Client(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
-    async def _look_up(self, now: float, phones: tuple[str, ...]) -> list[ev.PeerAddress] | None:
-        """The online ones among `phones`, or None when a bucket refuses: this
-        connection's (made on first use), or its source IP's (in the directory, shared
-        by all its servers, taken in the same round trip as the lookup)."""
+    def _lookup_spend(self, now: float, phones: tuple[str, ...]) -> Spend | None:
+        """What looking up `phones` takes from its source IP's bucket (in the directory,
+        shared by all its servers, taken in the same round trip as the lookup), or None
+        when this connection's own bucket (made on first use) refuses."""
         rates = self._server.config.rates
         if self._lookups is None:
             self._lookups = TokenBucket(rates.lookup_rate, rates.lookup_burst, now)
         cost = self._lookup_cost(now, phones) or 1.0  # an empty lookup is not free either
         if not self._lookups.take(now, cost):
             return None
-        spend = Spend("lookup", self._ip, rates.ip_lookup_rate, rates.ip_lookup_burst, cost, now)
-        return await self._server.directory.lookup_limited(list(phones), spend)
+        return Spend("lookup", self._ip, rates.ip_lookup_rate, rates.ip_lookup_burst, cost, now)
 
     def _lookup_cost(self, now: float, phones: tuple[str, ...]) -> float:
         """A number costs a token, or a tenth of one if this connection asked for it in
