@@ -105,7 +105,7 @@ def seeds(name: str) -> list[bytes]:
                     )
                 )
             )
-            + seal(encode_message(ev.PhotoChunk("p1", b"abc")))
+            + seal(encode_message(ev.PhotoChunk("p1", memoryview(b"abc"))))
             + seal(encode_message(ev.PhotoEnd("p1", "ba7816bf" * 8)))
         ]
     if name == "handshake":

@@ -291,7 +291,7 @@ async def test_a_photo_cut_off_mid_way_shows_nothing_and_then_resumes(world: Wor
     link = await raw_link(alice, bob)
     await link._write(offer)
     assert await link._answer_for("p1") == ev.Resume("p1", 0)
-    await link._write(ev.PhotoChunk("p1", data[:100_000]))
+    await link._write(ev.PhotoChunk("p1", memoryview(data[:100_000])))
     link.abort()  # the sender dies half-way
     connections = bob._listener._connections  # type: ignore[union-attr]
     await asyncio.wait_for(asyncio.gather(*connections, return_exceptions=True), 5)

@@ -756,7 +756,7 @@ class _PhotoSink:
         self._incoming = incoming
         self.offset = incoming.offset
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: memoryview) -> None:
         await self._incoming.write(data)
 
     async def complete(self, sha256: str) -> None:

@@ -57,7 +57,7 @@ class PhotoSink(Protocol):
     #: How many of its bytes are already here (kept from an interrupted transfer).
     offset: int
 
-    async def write(self, data: bytes) -> None: ...
+    async def write(self, data: memoryview) -> None: ...
 
     async def complete(self, sha256: str) -> None:
         """All bytes are in, and the sender's digest of them: verify and store, or raise
@@ -505,7 +505,7 @@ class PeerLink:
                     async for chunk in chunks:
                         if answer_task.done():  # refused early: stop sending
                             break
-                        await self._write(ev.PhotoChunk(offer.id, chunk))
+                        await self._write(ev.PhotoChunk(offer.id, memoryview(chunk)))
                 if not answer_task.done():
                     assert source.sha256 is not None
                     await self._write(ev.PhotoEnd(offer.id, source.sha256))

@@ -185,7 +185,9 @@ class PhotoOffer(PeerMessage, frozen=True, tag="photo"):
 
 class PhotoChunk(PeerMessage, frozen=True, tag="chunk"):
     id: str
-    data: bytes
+    #: Decoded as a view into the message body received, not a copy of it (a photo moves
+    #: in chunks of 256 KiB, and each copy is an allocation the size of the chunk).
+    data: memoryview
 
 
 class PhotoEnd(PeerMessage, frozen=True, tag="photo-end"):
