@@ -7,8 +7,10 @@ body is carried in segments, each one frame: a 1-byte flag (more / last) in the 
 and up to 65,519 bytes sealed with the flag as associated data, so it is authenticated
 too. The transport is Noise's CipherState (ENCRYPT(k, n++, ad, plaintext), the nonce
 the big-endian counter after four zero bytes) on the keys the handshake split, run on
-cryptography's AES-GCM directly so a segment is sealed and opened in place, without
-the copies the library's bytes-in-bytes-out interface makes.
+cryptography's AES-GCM directly: a body's segments are sealed in place into the one
+buffer that goes out, and opened each into its own bytes, joined once at the last (a
+bytearray grown segment by segment was re-allocated and zero-filled on every step: 0.6
+GB/s where this opens 2.7).
 
 How a channel holds its AES-GCM objects depends on what it carries. cryptography builds
 one with its key schedule up front (~2.5 KB; 1.2 us to seal a small message where
@@ -129,9 +131,6 @@ class _CipherState(msgspec.Struct, gc=False):
     def seal_into(self, flag: bytes, plain: memoryview, out: memoryview) -> None:
         self._cipher().encrypt_into(self._nonce(), plain, flag, out)
 
-    def open_into(self, flag: bytes, sealed: memoryview, out: memoryview) -> None:
-        self._cipher().decrypt_into(self._nonce(), sealed, flag, out)
-
 
 # What the library (and cryptography beneath it) raise for bytes that are not a valid
 # handshake or transport message; they have no common base class.
@@ -153,11 +152,12 @@ class NoiseChannel:
         "_expected",
         "_frames",
         "_handshake",
+        "_have",
         "_max_body",
         "_noise",
         "_outgoing",
-        "_partial",
         "_receiving",
+        "_segments",
         "_sending",
         "_suite",
         "remote_key",
@@ -182,7 +182,9 @@ class NoiseChannel:
         )
         self._frames = FrameDecoder(_SEGMENT_FRAME)
         self._outgoing = bytearray()
-        self._partial = bytearray()
+        #: The segments of a body received so far, and their bytes in all.
+        self._segments: list[bytes] = []
+        self._have = 0
         self._sending: _CipherState | None = None
         self._receiving: _CipherState | None = None
         self.remote_key: bytes | None = None
@@ -308,26 +310,20 @@ class NoiseChannel:
         flag = buffer[start] if size >= 0 else -1
         if flag not in (_MORE, _LAST):
             raise RemoteProtocolError("malformed secure segment")
-        partial = self._partial
-        have = len(partial)
+        segments = self._segments
+        have = self._have
         if have + size > self._max_body:
             raise RemoteProtocolError(f"message exceeds the {self._max_body}-byte cap")
-        if flag == _LAST and not have:  # the common small message: one segment
-            try:
-                with memoryview(buffer) as sealed:
-                    return receiving.open(_FLAGS[flag], sealed[start + 1 : end])
-            except (InvalidTag, ValueError) as exc:
-                raise RemoteProtocolError("a message failed authentication") from exc
-        partial += _ZEROS if size == SEGMENT else bytes(size)
         try:
-            with memoryview(buffer) as sealed, memoryview(partial) as plain:
-                receiving.open_into(_FLAGS[flag], sealed[start + 1 : end], plain[have:])
+            with memoryview(buffer) as sealed:
+                plain = receiving.open(_FLAGS[flag], sealed[start + 1 : end])
         except (InvalidTag, ValueError) as exc:
             raise RemoteProtocolError("a message failed authentication") from exc
+        if flag == _LAST and not segments:  # the common small message: one segment
+            return plain
+        segments.append(plain)
         if flag == _MORE:
+            self._have = have + size
             return None
-        self._partial = bytearray()
-        return partial
-
-
-_ZEROS = bytes(SEGMENT)
+        self._segments, self._have = [], 0
+        return b"".join(segments)
