@@ -13,11 +13,12 @@ bytearray grown segment by segment was re-allocated and zero-filled on every ste
 GB/s where this opens 2.7).
 
 How a channel holds its AES-GCM objects depends on what it carries. cryptography builds
-one with its key schedule up front (~2.5 KB; 1.2 us to seal a small message where
-ChaCha20-Poly1305, rebuilt per call, takes 2.9): a peer connection (BULK) moving photos
-keeps its own; the directory's connections (COMPACT), held by the ten thousand and mostly
-idle, share a pool of the most recently used ones, an idle connection's rebuilt from its
-key (2 us) when it speaks again.
+one with its key schedule up front: 2.5 KB of memory (ChaCha20Poly1305's hold 2.3 KB too,
+measured by RSS over 20,000 of them), and 1.2 us to seal a small message where
+ChaCha20-Poly1305, copying its context per call, takes 2.9. A peer connection (BULK)
+moving photos keeps its own; the directory's connections (COMPACT), held by the ten
+thousand and mostly idle, share a pool of the most recently used ones, an idle
+connection's rebuilt from its key (2 us) when it speaks again.
 
 The initiator may name the key it expects the responder to have (`expected_remote`, or
 its `expected_fingerprint`): a different key stops the handshake before the initiator
