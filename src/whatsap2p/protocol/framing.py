@@ -12,8 +12,9 @@ from whatsap2p.errors import FrameTooLarge, LocalProtocolError, RemoteProtocolEr
 
 __all__ = ["HEADER_SIZE", "PROTOCOL_VERSION", "FrameDecoder", "encode_frame"]
 
-PROTOCOL_VERSION = 5  # 2: Noise; 3: the receiver decides before a photo flows; 4: AES-GCM in
-#: place; 5: the directory on AES-GCM too
+# 2: Noise; 3: the receiver decides before a photo flows; 4: AES-GCM in place; 5: the
+# directory on AES-GCM too.
+PROTOCOL_VERSION = 5
 _HEADER = struct.Struct(">BI")
 HEADER_SIZE = _HEADER.size
 
