@@ -186,7 +186,7 @@ class PhotoOffer(PeerMessage, frozen=True, tag="photo"):
 class PhotoChunk(PeerMessage, frozen=True, tag="chunk"):
     id: str
     #: Decoded as a view into the message body received, not a copy of it (a photo moves
-    #: in chunks of 256 KiB, and each copy is an allocation the size of the chunk).
+    #: in chunks of 1 MiB, and each copy is an allocation the size of the chunk).
     data: memoryview
 
 
