@@ -132,3 +132,35 @@ async def test_loadgen_spreads_over_servers_and_probes_another_loadgens_users(
         await holder.stdout.read()  # to its end: its workers (which share it) are gone too
         await a.stop(signal.SIGKILL)
         assert await b.stop() == 0
+
+
+async def test_a_held_loadgen_ends_on_sigterm_and_takes_its_users_offline(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+    import signal
+
+    from tests.e2e.procs import WHATSAP2P
+
+    server = await ServerProcess.start(tmp_path / "bindings.sqlite3")
+    holder = await asyncio.create_subprocess_exec(
+        WHATSAP2P, "loadgen", server.address, "--users", "20", "--workers", "2", "--json",
+        "--hold", "600",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        held = json.loads(await asyncio.wait_for(holder.stdout.readline(), 30))
+        assert (held["users_online"], held["errors"]) == (20, 0)
+        holder.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(holder.wait(), 30) == 0  # not killed: ended the hold
+        # Its workers took every user offline: a probe finds none of the 20 numbers.
+        probe = ["loadgen", server.address, "--first", "20", "--users", "1"]
+        code, out, _ = await run(*probe, "--population", "20", "--lookups", "40", "--json")
+        assert code == 1
+        assert json.loads(out)["errors"] == 40
+    finally:
+        if holder.returncode is None:
+            holder.kill()
+            await holder.wait()
+        assert await server.stop() == 0

@@ -207,7 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the simulated users' keys derive from it (default %(default)s)",
     )
     load.add_argument(
-        "--hold", type=float, default=0.0, metavar="SECONDS", help="stay online after the report"
+        "--hold",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="stay online after the report (Ctrl-C or SIGTERM ends it early)",
     )
     load.add_argument("--json", action="store_true", help="print the result as one JSON object")
     load.add_argument(

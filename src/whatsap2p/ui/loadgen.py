@@ -23,6 +23,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import random
+import signal
 import statistics
 import sys
 import time
@@ -178,10 +179,12 @@ def run_loadgen(
         if report is not None:
             report(result)
         if hold > 0:
-            time.sleep(hold)
-        for pipe in pipes:
-            pipe.send(("stop",))
+            with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C or SIGTERM: hold no longer
+                time.sleep(hold)
     finally:
+        for pipe in pipes:  # a worker Ctrl-C reached too has already gone
+            with contextlib.suppress(OSError):
+                pipe.send(("stop",))
         for proc in procs:
             proc.join(timeout=10)
             if proc.is_alive():
@@ -372,6 +375,9 @@ def main_loadgen(
     first: int = 0,
     population: int | None = None,
 ) -> int:
+    # SIGTERM as Ctrl-C: a hold ends early, and the users go offline cleanly either way.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
     def report(result: LoadResult) -> None:
         if as_json:  # the JSON's keys are fixed: what they do not say goes to stderr
             kinds = json.dumps(result.error_kinds, sort_keys=True)
