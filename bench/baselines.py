@@ -8,8 +8,9 @@
   server and a transit relay of its own on loopback; the sender's direct hints are this
   machine's addresses, so the file goes directly (as it does between two computers
   that can reach each other), timed from both commands' start to the receiver's end.
-- `redis_get_per_s`: a `redis-server` on a free loopback port with nothing saved, and
-  `redis-benchmark -t get -c 50`: the GET/s and p50 that issue 5 compares lookups with.
+- `redis_server` and `redis_get`: a `redis-server` on a free loopback port with nothing
+  saved, and `redis-benchmark -t get -c 50`: the GET/s and p50 that issue 5 compares
+  lookups with (run by `make bench` in rounds, each next to a round of our lookups).
 
 `make bench-tools` installs them (Debian's openssh-server and redis-server, and
 magic-wormhole in `.run/wormhole-venv`); without them the report says which baseline is
@@ -27,7 +28,6 @@ import json
 import os
 import shutil
 import socket
-import statistics
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -227,31 +227,23 @@ async def redis_server() -> AsyncIterator[int]:
         await proc.wait()
 
 
-async def redis_get_per_s(requests: int = 200_000, runs: int = 3) -> tuple[float, float] | str:
-    """(GET/s, p50 ms), medians of `runs` runs of redis-benchmark with 50 connections, or
-    why there is no figure."""
-    if not (REDIS_SERVER and REDIS_BENCHMARK):
-        return "redis-server is not installed: `make bench-tools`"
-    async with redis_server() as port:
-        rates, p50s = [], []
-        for _ in range(runs):
-            out = await run(
-                REDIS_BENCHMARK,
-                "-p",
-                str(port),
-                "-c",
-                "50",
-                "-n",
-                str(requests),
-                "-t",
-                "get",
-                "--csv",
-            )
-            rows = list(csv.reader(io.StringIO(out.decode())))
-            header, values = rows[0], rows[-1]
-            rates.append(float(values[header.index("rps")]))
-            p50s.append(float(values[header.index("p50_latency_ms")]))
-        return statistics.median(rates), statistics.median(p50s)
+def redis_missing() -> str | None:
+    """Why there can be no redis-benchmark baseline, or None."""
+    if REDIS_SERVER and REDIS_BENCHMARK:
+        return None
+    return "redis-server is not installed: `make bench-tools`"
+
+
+async def redis_get(port: int, requests: int) -> tuple[float, float]:
+    """(GET/s, p50 ms) of one run of redis-benchmark with 50 connections against the
+    `redis-server` on `port`."""
+    assert REDIS_BENCHMARK is not None
+    out = await run(
+        REDIS_BENCHMARK, "-p", str(port), "-c", "50", "-n", str(requests), "-t", "get", "--csv"
+    )
+    rows = list(csv.reader(io.StringIO(out.decode())))
+    header, values = rows[0], rows[-1]
+    return float(values[header.index("rps")]), float(values[header.index("p50_latency_ms")])
 
 
 # The yardstick of "what Python can do here": a uvloop echo server answering 64-byte

@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -28,7 +29,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import uvloop
-from baselines import Scp, Wormhole, python_echo, redis_get_per_s
+from baselines import Scp, Wormhole, python_echo, redis_get, redis_missing, redis_server
 from cluster import directory_cluster
 from PIL import Image
 
@@ -199,62 +200,70 @@ UNLIMITED += ["1e9", "--max-unauthenticated", "1e9"]
 
 
 async def directory_load(work: Path, users: int) -> list[str]:
-    """One server holding `users` heartbeating users (registered by `whatsap2p loadgen`
-    over the real protocol), 100,000 lookups from 50 clients, and the server's RSS."""
-    lookups, concurrency = (20_000 if users < 5_000 else 100_000), 50
-    unlimited = UNLIMITED
-    redis = await (redis_get_per_s(20_000, 1) if users < 5_000 else redis_get_per_s())
-    echo = await python_echo(sys.executable, 20_000 if users < 5_000 else 200_000)
-    server, line = await start_server(work / "load.sqlite3", *unlimited)
+    """One server holding `users` heartbeating users (registered by a `whatsap2p loadgen`
+    over the real protocol), its RSS, then rounds of lookups from 50 clients (a second
+    loadgen, looking the held users up), each right after a redis-benchmark run of GETs
+    with 50 connections, so that each ratio compares the two in the same spell."""
+    quick = users < 5_000
+    lookups, concurrency, rounds = (20_000, 50, 1) if quick else (100_000, 50, 3)
+    gets = 20_000 if quick else 200_000
+    echo = await python_echo(sys.executable, 20_000 if quick else 200_000)
+    server, line = await start_server(work / "load.sqlite3", *UNLIMITED)
+    address = line.rsplit(" ", 1)[1]
+    holder = None
     try:
         before = rss_kib(server.pid)
-        loadgen = await asyncio.create_subprocess_exec(
-            WHATSAP2P,
-            "loadgen",
-            line.rsplit(" ", 1)[1],
-            "--users",
-            str(users),
-            "--lookups",
-            str(lookups),
-            "--concurrency",
-            str(concurrency),
-            "--json",
-            "--hold",
-            "5",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        assert loadgen.stdout is not None
-        result = json.loads(await loadgen.stdout.readline())
-        during = rss_kib(server.pid)  # while all users are still online and heartbeating
-        await loadgen.wait()
+        holder = await asyncio.create_subprocess_exec(
+            WHATSAP2P, "loadgen", address, "--users", str(users), "--json", "--hold", "3600",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        assert holder.stdout is not None
+        held = json.loads(await holder.stdout.readline())
+        during = rss_kib(server.pid)  # while all users are online and heartbeating
+        why_no_redis = redis_missing()
+        async with contextlib.AsyncExitStack() as stack:
+            redis_port = None if why_no_redis else await stack.enter_async_context(redis_server())
+            measured: list[tuple[tuple[float, float] | None, dict[str, float]]] = []
+            for _ in range(rounds):
+                redis = await redis_get(redis_port, gets) if redis_port else None
+                measured.append((redis, await lookup_round(address, users, lookups, concurrency)))
+        holder.send_signal(signal.SIGTERM)  # ends the hold: its users go offline
+        await holder.wait()
     finally:
+        if holder is not None and holder.returncode is None:
+            holder.kill()
+            await holder.wait()
         server.terminate()
         await server.wait()
-    per_user = (during - before) * 1024 / max(1, result["users_online"])
+    ours = [result for _, result in measured]
+    per_s = statistics.median(r["lookups_per_s"] for r in ours)
+    p50 = statistics.median(r["lookup_p50_ms"] for r in ours)
+    p99 = statistics.median(r["lookup_p99_ms"] for r in ours)
+    errors = held["errors"] + sum(r["errors"] for r in ours)
+    per_user = (during - before) * 1024 / max(1, held["users_online"])
     return [
         "",
         f"## Directory load: one server process, {users:,} users",
         "",
         "`whatsap2p loadgen` registers the users with the real protocol (Noise handshake,",
-        "register, heartbeats), then runs the lookups from 50 clients; loadgen and server",
-        "share this machine's two cores.",
+        "register, heartbeats) and holds them; a second loadgen then runs the lookups of each",
+        f"round from {concurrency} clients of its own, among the held users' numbers. Both",
+        "share this machine's two cores with the server. Figures: medians of the rounds.",
         "",
         "| what | figure |",
         "|---|---|",
-        f"| users online | {result['users_online']:,} |",
-        f"| registrations/s | {result['register_per_s']:,.0f} |",
-        f"| lookups/s ({concurrency} clients) | {result['lookups_per_s']:,.0f} |",
-        f"| lookup p50 / p99 | {result['lookup_p50_ms']:.2f} ms / "
-        f"{result['lookup_p99_ms']:.2f} ms |",
-        f"| errors | {result['errors']:,} |",
+        f"| users online | {held['users_online']:,} |",
+        f"| registrations/s | {held['register_per_s']:,.0f} |",
+        f"| lookups/s ({concurrency} clients) | {per_s:,.0f} |",
+        f"| lookup p50 / p99 | {p50:.2f} ms / {p99:.2f} ms |",
+        f"| errors | {errors:,} |",
         f"| server RSS | {before / 1024:,.1f} MiB idle, {during / 1024:,.1f} MiB with the users |",
         f"| RSS per online user | {per_user / 1024:,.1f} KiB |",
-        *redis_rows(redis, result),
+        *redis_rows(why_no_redis, measured, lookups),
         "",
         "Yardstick of what Python does here with no work per request: a uvloop echo server,",
         f"64-byte requests from 50 connections (clients in two processes): {echo.per_s:,.0f} round",
-        f"trips/s. Our lookups run at {result['lookups_per_s'] / echo.per_s:.1%} of it; the rest",
+        f"trips/s. Our lookups run at {per_s / echo.per_s:.1%} of it; the rest",
         "is the lookup's own work on both sides (decrypt, decode, check, rate limits, look up,",
         "encode, encrypt), each side in Python.",
         "",
@@ -266,26 +275,55 @@ async def directory_load(work: Path, users: int) -> list[str]:
         "|---|---|---|---|",
         f"| uvloop echo (yardstick) | {echo.p50_ms:.3f} ms | {echo.p99_ms:.3f} ms | "
         f"{echo.p99_ms / echo.p50_ms:.1f} |",
-        f"| lookups | {result['lookup_p50_ms']:.3f} ms | {result['lookup_p99_ms']:.3f} ms | "
-        f"{result['lookup_p99_ms'] / max(result['lookup_p50_ms'], 1e-9):.1f} |",
+        f"| lookups | {p50:.3f} ms | {p99:.3f} ms | {p99 / max(p50, 1e-9):.1f} |",
     ]
 
 
-def redis_rows(redis: tuple[float, float] | str, result: dict[str, float]) -> list[str]:
-    if isinstance(redis, str):
-        return ["", f"No redis-benchmark baseline in this run: {redis}."]
-    gets, p50 = redis
+async def lookup_round(address: str, held: int, lookups: int, concurrency: int) -> dict[str, float]:
+    """One `whatsap2p loadgen` of `concurrency` users of its own running `lookups` lookups
+    of the numbers the holder keeps online; its JSON result."""
+    looker = await asyncio.create_subprocess_exec(
+        WHATSAP2P, "loadgen", address, "--users", str(concurrency), "--first", str(held),
+        "--population", str(held), "--lookups", str(lookups), "--concurrency", str(concurrency),
+        "--json",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    out, _ = await looker.communicate()
+    result: dict[str, float] = json.loads(out)
+    return result
+
+
+def redis_rows(
+    why_not: str | None,
+    measured: list[tuple[tuple[float, float] | None, dict[str, float]]],
+    lookups: int,
+) -> list[str]:
+    if why_not is not None:
+        return ["", f"No redis-benchmark baseline in this run: {why_not}."]
+    rounds = [(redis, ours) for redis, ours in measured if redis is not None]
+    gets = statistics.median(redis[0] for redis, _ in rounds)
+    redis_p50 = statistics.median(redis[1] for redis, _ in rounds)
+    ours = statistics.median(result["lookups_per_s"] for _, result in rounds)
+    p50 = statistics.median(result["lookup_p50_ms"] for _, result in rounds)
+    ratios = [result["lookups_per_s"] / redis[0] for redis, result in rounds]
     return [
         "",
-        "Baseline measured just before, on the same machine: `redis-benchmark -t get -c 50`",
-        f"against a `redis-server` on loopback: {gets:,.0f} GET/s, p50 {p50:.3f} ms.",
+        f"Baseline measured in the same rounds, each just before our {lookups:,} lookups:",
+        "`redis-benchmark -t get -c 50` against a `redis-server` on loopback.",
+        "",
+        "| round | redis GET/s | our lookups/s | ratio | our p50 / p99 |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {i} | {redis[0]:,.0f} | {result['lookups_per_s']:,.0f} | {ratio:.1%} | "
+            f"{result['lookup_p50_ms']:.2f} / {result['lookup_p99_ms']:.2f} ms |"
+            for i, ((redis, result), ratio) in enumerate(zip(rounds, ratios, strict=True), 1)
+        ),
         "",
         "| what | WhatsAp2p | redis-server | ratio |",
         "|---|---|---|---|",
-        f"| lookups/s vs GET/s, 50 connections | {result['lookups_per_s']:,.0f} | {gets:,.0f} | "
-        f"{result['lookups_per_s'] / gets:.1%} |",
-        f"| p50 | {result['lookup_p50_ms']:.3f} ms | {p50:.3f} ms | "
-        f"{result['lookup_p50_ms'] / p50:.1f}x |",
+        f"| lookups/s vs GET/s, 50 connections (medians) | {ours:,.0f} | {gets:,.0f} | "
+        f"{statistics.median(ratios):.1%} (median of the rounds' ratios) |",
+        f"| p50 | {p50:.3f} ms | {redis_p50:.3f} ms | {p50 / redis_p50:.1f}x |",
     ]
 
 

@@ -30,3 +30,6 @@ async def test_the_benchmark_runs_end_to_end() -> None:
     assert "| errors | 0 |" in table
     assert "| uvloop echo (yardstick) |" in table  # the tail's yardstick, next to the lookups'
     assert "| lookups | " in table
+    # Each round of lookups next to its redis-benchmark run (when redis is installed).
+    rounds = "| round | redis GET/s | our lookups/s | ratio | our p50 / p99 |"
+    assert rounds in table or "No redis-benchmark baseline in this run" in table
