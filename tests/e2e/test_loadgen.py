@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
 from pathlib import Path
 
-from tests.e2e.procs import ServerProcess, run
+from tests.e2e.procs import WHATSAP2P, ServerProcess, run
 
 KEYS = {
     "users_online",
@@ -76,28 +78,17 @@ async def test_loadgen_spreads_over_servers_and_probes_another_loadgens_users(
     """One loadgen holds users spread over two servers on one Redis; a second, on one
     server only, looks them up among that population: every one is found. When one
     server is killed, the holder registers its users again on the other."""
-    import asyncio
-    import signal
-
     import msgpack
     import redis.asyncio as aioredis
 
-    from tests.e2e.procs import WHATSAP2P
     from whatsap2p.server.redis_store import CHANNEL
     from whatsap2p.ui.loadgen import phone_of
 
     shared = ["--redis", redis_url, "--key", str(tmp_path / "deployment.key")]
     a = await ServerProcess.start(tmp_path / "a.sqlite3", *shared)
     b = await ServerProcess.start(tmp_path / "b.sqlite3", *shared)
-    holder = await asyncio.create_subprocess_exec(
-        WHATSAP2P, "loadgen", f"{a.address},{b.address}", "--users", "30", "--workers", "2",
-        "--json", "--hold", "60",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+    holder = await hold_users(f"{a.address},{b.address}", 30, 60)
     try:
-        assert holder.stdout is not None
-        held = json.loads(await asyncio.wait_for(holder.stdout.readline(), 30))
-        assert (held["users_online"], held["errors"]) == (30, 0)
         probe = ["loadgen", b.address, "--first", "30", "--users", "2", "--population", "30"]
         code, out, err = await run(*probe, "--lookups", "300", "--concurrency", "2", "--json")
         assert code == 0, err
@@ -137,21 +128,9 @@ async def test_loadgen_spreads_over_servers_and_probes_another_loadgens_users(
 async def test_a_held_loadgen_ends_on_sigterm_and_takes_its_users_offline(
     tmp_path: Path,
 ) -> None:
-    import asyncio
-    import signal
-
-    from tests.e2e.procs import WHATSAP2P
-
     server = await ServerProcess.start(tmp_path / "bindings.sqlite3")
-    holder = await asyncio.create_subprocess_exec(
-        WHATSAP2P, "loadgen", server.address, "--users", "20", "--workers", "2", "--json",
-        "--hold", "600",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+    holder = await hold_users(server.address, 20, 600)
     try:
-        assert holder.stdout is not None
-        held = json.loads(await asyncio.wait_for(holder.stdout.readline(), 30))
-        assert (held["users_online"], held["errors"]) == (20, 0)
         holder.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(holder.wait(), 30) == 0  # not killed: ended the hold
         # Its workers took every user offline: a probe finds none of the 20 numbers.
@@ -164,3 +143,22 @@ async def test_a_held_loadgen_ends_on_sigterm_and_takes_its_users_offline(
             holder.kill()
             await holder.wait()
         assert await server.stop() == 0
+
+
+async def hold_users(servers: str, users: int, hold: float) -> asyncio.subprocess.Process:
+    """A `whatsap2p loadgen` (two workers) holding `users` online for `hold` seconds,
+    returned once it reported every one of them online."""
+    holder = await asyncio.create_subprocess_exec(
+        WHATSAP2P, "loadgen", servers, "--users", str(users), "--workers", "2", "--json",
+        "--hold", str(hold),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        held = json.loads(await asyncio.wait_for(holder.stdout.readline(), 30))
+        assert (held["users_online"], held["errors"]) == (users, 0)
+    except BaseException:
+        holder.kill()
+        await holder.wait()
+        raise
+    return holder
