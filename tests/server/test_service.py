@@ -167,6 +167,33 @@ async def test_a_connection_that_never_registers_is_dropped() -> None:
         await idle.close()
 
 
+async def test_deadlines_share_one_timer_and_closed_connections_leave_it() -> None:
+    # A registered user's deadline is 30 s away; a connection that comes later and never
+    # registers has an earlier one (0.2 s) and is still dropped on time. Then a crowd of
+    # connections is cut: the server's deadlines hold none of them any more.
+    directory = WatchedDirectory()
+    timeouts = Timeouts(handshake=30, server_idle=30, register_deadline=0.2)
+    async with running_server(timeouts, directory=directory) as (server, port):
+        alice = await directory_client(port, timeouts=replace(FAST, heartbeat_interval=3600))
+        await alice.register(ALICE, 4001)
+        late = await client(port)  # handshake done, then nothing
+        await asyncio.wait_for(late.closed.wait(), 5)
+        assert not alice.closed.is_set()
+        await late.close()
+        crowd = {f"+55119990{i:05d}": await client(port) for i in range(20)}
+        for i, (phone, member) in enumerate(crowd.items()):
+            await member.register(phone, 4100 + i)
+        for member in crowd.values():
+            member._writer.transport.abort()  # like killed processes: no unregister
+        for phone in crowd:  # each taken offline once the server saw its connection lost
+            await asyncio.wait_for(directory.went_offline[phone].wait(), 5)
+        assert len(server.deadlines) == 1  # alice's, the one connection left
+        assert not alice.closed.is_set()
+        for member in crowd.values():
+            await member.close()
+        await alice.close()
+
+
 @pytest.mark.parametrize(
     "garbage",
     [

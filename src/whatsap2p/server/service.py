@@ -9,13 +9,15 @@ A connection is an `asyncio.Protocol`, not a task with streams: the server holds
 of thousands of mostly idle connections, and a task, a StreamReader and a StreamWriter
 each would be most of a connection's memory. Bytes go straight into the sans-IO state
 machine; answering (which may await the directory) runs in a short task per burst of
-requests, in order; one timer per connection follows its deadline.
+requests, in order; the connections' deadlines share one loop timer (a heap), so a busy
+connection costs nothing per request to keep its deadline, and an idle one no timer of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import itertools
 import logging
 import time
@@ -75,6 +77,7 @@ class DirectoryServer:
         #: phone -> the connections waiting for it to come online
         self.watchers: dict[str, set[_Client]] = {}
         self.metrics = ServerMetrics(self._online_users)
+        self.deadlines = _Deadlines()
         #: While closing: resolved once the last connection is gone.
         self._all_lost: asyncio.Future[None] | None = None
 
@@ -106,6 +109,7 @@ class DirectoryServer:
         if self._server is not None:
             await self._server.wait_closed()
         await self.directory.close()
+        self.deadlines.close()
         self.metrics.close()
 
     def _online_users(self) -> int:
@@ -143,8 +147,8 @@ class _Client(asyncio.Protocol):
         "_loop",
         "_paused",
         "_recent",
+        "_scheduled",
         "_server",
-        "_timer",
         "_transport",
         "phone",
         "watching",
@@ -158,7 +162,8 @@ class _Client(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._conn: DirectoryServerConnection | None = None
         self._lookups: TokenBucket | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        #: When this connection's entry in the server's deadlines comes up (None: no entry).
+        self._scheduled: float | None = None
         self._answering: asyncio.Task[None] | None = None
         self._paused: asyncio.TimerHandle | None = None
         self._recent: dict[str, float] | None = None  # number -> when it was last asked
@@ -215,9 +220,11 @@ class _Client(asyncio.Protocol):
         return False  # the client is done: close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for handle in (self._timer, self._paused):
-            if handle is not None:
-                handle.cancel()
+        if self._scheduled is not None:
+            self._scheduled = None
+            self._server.deadlines.dropped()
+        if self._paused is not None:
+            self._paused.cancel()
         if self._answering is not None:
             self._answering.cancel()
         server = self._server
@@ -297,25 +304,32 @@ class _Client(asyncio.Protocol):
         self.abort()
 
     def _arm_timer(self) -> None:
-        """One timer per connection, never later than its deadline. A deadline that moved
-        later keeps the timer (it re-arms when it fires); one that moved earlier (the
-        register deadline after the handshake one) moves it."""
+        """Keep an entry in the server's deadlines no later than this connection's deadline.
+        A deadline that moved later keeps the entry (it re-arms when it comes up); one that
+        moved earlier (the register deadline after the handshake one) takes a new entry."""
         assert self._conn is not None
         deadline = self._conn.get_timer()
-        timer = self._timer
-        if timer is not None and not timer.cancelled():
-            if deadline is not None and timer.when() <= deadline:
+        scheduled = self._scheduled
+        if scheduled is not None:
+            if deadline is not None and scheduled <= deadline:
                 return
-            timer.cancel()
-        self._timer = None if deadline is None else self._loop.call_at(deadline, self._on_timer)
+            self._server.deadlines.dropped()  # its entry is stale from now on
+        self._scheduled = deadline
+        if deadline is not None:
+            self._server.deadlines.push(deadline, self._id, self)
 
-    def _on_timer(self) -> None:
+    def deadline_reached(self, when: float) -> None:
+        """The server's deadlines say this connection's entry for `when` came up."""
         conn = self._conn
         assert conn is not None
-        self._timer = None
+        self._scheduled = None
         conn.handle_timer(self._loop.time())
         self._arm_timer()  # at the deadline that replaced this one; none once timed out
         self._start_answering()
+
+    def entry_current(self, when: float) -> bool:
+        """Whether the deadlines' entry for `when` is this connection's live one."""
+        return self._scheduled == when
 
     async def _offline(self, phone: str) -> None:
         try:
@@ -456,6 +470,75 @@ class _Client(asyncio.Protocol):
         while len(recent) > _RECENT_NUMBERS:
             del recent[next(iter(recent))]
         return cost
+
+
+class _Deadlines:
+    """The deadlines of every connection under one loop timer: a heap of (when, id,
+    connection). An entry is the deadline its connection had when it was pushed; when it
+    comes up, the connection looks at its deadline again (each request moves it later)
+    and pushes a new entry if it is not reached. Entries left behind (a connection closed,
+    or took an earlier deadline) are skipped when they come up, and dropped all at once
+    when they are half the heap, so closed connections are not kept for long. One tracked
+    tuple per connection, where a TimerHandle each was five objects for the collector."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, _Client]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._stale = 0
+        self._firing = False
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def push(self, when: float, conn_id: int, client: _Client) -> None:
+        heapq.heappush(self._heap, (when, conn_id, client))
+        if not self._firing:  # (when firing, the timer is set for the earliest after)
+            self._arm()
+
+    def dropped(self) -> None:
+        """An entry no longer counts."""
+        self._stale += 1
+        if self._stale * 2 > len(self._heap):
+            heap = self._heap  # in place: a firing loop may hold it
+            heap[:] = [entry for entry in heap if entry[2].entry_current(entry[0])]
+            heapq.heapify(heap)
+            self._stale = 0
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._heap.clear()
+        self._stale = 0
+
+    def _arm(self) -> None:
+        """The loop timer at the earliest entry."""
+        timer, heap = self._timer, self._heap
+        if not heap or (timer is not None and timer.when() <= heap[0][0]):
+            return
+        if timer is not None:
+            timer.cancel()
+        self._timer = asyncio.get_running_loop().call_at(heap[0][0], self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        heap = self._heap
+        now = asyncio.get_running_loop().time()
+        self._firing = True
+        try:
+            while heap and heap[0][0] <= now:
+                when, _, client = heapq.heappop(heap)
+                if not client.entry_current(when):
+                    self._stale = max(0, self._stale - 1)
+                    continue
+                try:
+                    client.deadline_reached(when)
+                except Exception:  # a bug, not bad input: that connection's, not the others'
+                    log.exception("a connection's deadline failed")
+                    client.abort()
+        finally:
+            self._firing = False
+        self._arm()
 
 
 def _run_now(coro: Coroutine[object, object, None]) -> None:
