@@ -183,8 +183,9 @@ class NoiseChannel:
         )
         self._frames = FrameDecoder(_SEGMENT_FRAME)
         self._outgoing = bytearray()
-        #: The segments of a body received so far, and their bytes in all.
-        self._segments: list[bytes] = []
+        #: The segments of a body received so far, and their bytes in all (no list until
+        #: a body comes in several: the directory's thousands of channels never need one).
+        self._segments: list[bytes] | tuple[()] = ()
         self._have = 0
         self._sending: _CipherState | None = None
         self._receiving: _CipherState | None = None
@@ -322,9 +323,11 @@ class NoiseChannel:
             raise RemoteProtocolError("a message failed authentication") from exc
         if flag == _LAST and not segments:  # the common small message: one segment
             return plain
+        if not segments:
+            segments = self._segments = []
         segments.append(plain)
         if flag == _MORE:
             self._have = have + size
             return None
-        self._segments, self._have = [], 0
+        self._segments, self._have = (), 0
         return b"".join(segments)
