@@ -218,7 +218,7 @@ class NoiseChannel:
     def receive_data(self, data: bytes | bytearray) -> None:
         self._frames.receive_data(data)
 
-    def next_body(self) -> bytes | bytearray | None:
+    def next_body(self) -> bytes | None:
         frames = self._frames
         while (span := frames.next_span()) is not None:
             start, end = span
@@ -307,7 +307,7 @@ class NoiseChannel:
 
     def _open(
         self, receiving: _CipherState, buffer: bytearray, start: int, end: int
-    ) -> bytes | bytearray | None:
+    ) -> bytes | None:
         size = end - start - 1 - _TAG
         flag = buffer[start] if size >= 0 else -1
         if flag not in (_MORE, _LAST):
