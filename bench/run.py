@@ -204,10 +204,9 @@ async def directory_load(work: Path, users: int) -> list[str]:
     over the real protocol), its RSS, then rounds of lookups from 50 clients (a second
     loadgen, looking the held users up), each right after a redis-benchmark run of GETs
     with 50 connections, so that each ratio compares the two in the same spell."""
-    quick = users < 5_000
-    lookups, concurrency, rounds = (20_000, 50, 1) if quick else (100_000, 50, 3)
-    gets = 20_000 if quick else 200_000
-    echo = await python_echo(sys.executable, 20_000 if quick else 200_000)
+    concurrency = 50
+    lookups, rounds, requests = (20_000, 1, 20_000) if users < 5_000 else (100_000, 3, 200_000)
+    echo = await python_echo(sys.executable, requests)
     server, line = await start_server(work / "load.sqlite3", *UNLIMITED)
     address = line.rsplit(" ", 1)[1]
     holder = None
@@ -225,7 +224,7 @@ async def directory_load(work: Path, users: int) -> list[str]:
             redis_port = None if why_no_redis else await stack.enter_async_context(redis_server())
             measured: list[tuple[tuple[float, float] | None, dict[str, float]]] = []
             for _ in range(rounds):
-                redis = await redis_get(redis_port, gets) if redis_port else None
+                redis = await redis_get(redis_port, requests) if redis_port else None
                 measured.append((redis, await lookup_round(address, users, lookups, concurrency)))
         holder.send_signal(signal.SIGTERM)  # ends the hold: its users go offline
         await holder.wait()
