@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import hashlib
+import os
 import time
 from pathlib import Path
 
@@ -9,6 +12,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import image_bytes
+from whatsap2p.app import photos
 from whatsap2p.app.photos import (
     IncomingPhoto,
     PhotoStore,
@@ -190,3 +194,71 @@ def test_a_photo_that_arrives_whole_leaves_no_partial_copy_behind(tmp_path: Path
     assert second.finish(sha256(data)).path.read_bytes() == data
     stalled.interrupted()  # its connection ends after the photo arrived whole
     assert list((tmp_path / "partial").iterdir()) == []
+
+
+def chunks(data: bytes, size: int) -> list[bytes]:
+    return [data[at : at + size] for at in range(0, len(data), size)]
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "page-cache"])
+def test_a_large_photo_arrives_byte_exact_across_an_interruption(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct: bool
+) -> None:
+    """Bytes gather in a buffer of whole disk blocks: chunks of any size, a photo larger
+    than the buffer, an interruption in the middle of a block all keep every byte."""
+    if not direct:  # where O_DIRECT does not exist the same buffer goes through the cache
+        monkeypatch.setattr(photos, "_DIRECT", 0)
+    store = PhotoStore(tmp_path / "photos", LIMITS)
+    store.open(time.time(), KEEP)
+    data = image_bytes(marker=os.urandom(photos._STAGE * 2 + photos._BLOCK + 123))
+    cut = photos._STAGE + 5000  # neither a block nor a chunk boundary
+    first = store.begin(SENDER, offer_for(data))
+    for chunk in chunks(data[:cut], 77_777):
+        write(first, chunk)
+    first.interrupted()
+    (partial,) = (tmp_path / "partial").iterdir()
+    assert partial.read_bytes() == data[:cut]  # all of it kept, nothing padded
+    resumed = store.begin(SENDER, offer_for(data))
+    assert resumed.offset == cut
+    for chunk in chunks(data[cut:], 300_001):
+        write(resumed, chunk)
+    stored = resumed.finish(sha256(data)).path
+    assert stored.read_bytes() == data
+    assert stored.stat().st_size == len(data)
+
+
+def test_a_file_system_refusing_direct_writes_still_stores_photos(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One refuses O_DIRECT when the file is opened, another at the first write (both say
+    EINVAL): the photo is written through the page cache instead."""
+    if not photos._DIRECT:
+        pytest.skip("no O_DIRECT on this platform: nothing to refuse")
+    real_open, real_pwrite = os.open, os.pwrite
+    refused: list[str] = []
+
+    def refuse_open(path: str, flags: int, mode: int = 0o777) -> int:
+        if flags & photos._DIRECT and "open" not in refused:
+            refused.append("open")
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, mode)
+
+    def refuse_write(fd: int, data: memoryview, offset: int) -> int:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & photos._DIRECT:
+            refused.append("write")
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", refuse_write)
+    store = PhotoStore(tmp_path / "photos", LIMITS)
+    store.open(time.time(), KEEP)
+    for attempt in ("open", "write"):
+        if attempt == "open":
+            monkeypatch.setattr(os, "open", refuse_open)
+        else:
+            monkeypatch.setattr(os, "open", real_open)
+        data = image_bytes(marker=os.urandom(photos._STAGE + 10) + attempt.encode())
+        incoming = store.begin(SENDER, offer_for(data))
+        write(incoming, data)
+        assert incoming.finish(sha256(data)).path.read_bytes() == data
+    assert refused == ["open", "write"]
