@@ -36,7 +36,7 @@ import uvloop
 
 from whatsap2p.config import Limits, Timeouts
 from whatsap2p.errors import ServerUnreachable, WhatsAp2pError
-from whatsap2p.net.simulated import SimulatedUser, connect_simulated
+from whatsap2p.net.simulated import Heartbeats, SimulatedUser, connect_simulated
 from whatsap2p.protocol.keys import StaticKey
 
 __all__ = ["LoadResult", "key_of", "phone_of", "run_loadgen"]
@@ -232,6 +232,7 @@ class _Worker:
         self._gate = asyncio.Semaphore(_CONNECTING)
         self._again: set[asyncio.Task[None]] = set()
         self._limits = Limits()
+        self._heartbeats = Heartbeats(share.timeouts.heartbeat_interval)
 
     def _error(self, exc: BaseException) -> None:
         self._errors[type(exc).__name__] += 1
@@ -272,6 +273,7 @@ class _Worker:
             await asyncio.gather(*self._again, return_exceptions=True)
             for client in [*self._clients.values()]:
                 client.close()
+            self._heartbeats.close()
 
     def _take_errors(self) -> dict[str, int]:
         errors, self._errors = self._errors, Counter()
@@ -313,6 +315,7 @@ class _Worker:
             server_fingerprint=self._share.server_fingerprint,
             limits=self._limits,
             timeouts=self._share.timeouts,
+            heartbeats=self._heartbeats,
         )
 
     def _dropped(self, index: int) -> None:
