@@ -19,14 +19,24 @@ CAP = 4096
 @given(
     bodies=st.lists(st.binary(max_size=CAP), max_size=20),
     cuts=st.lists(st.integers(min_value=0), max_size=30),
+    mutable=st.lists(st.booleans(), max_size=30),
 )
-def test_frames_round_trip_however_the_stream_is_cut(bodies: list[bytes], cuts: list[int]) -> None:
+def test_frames_round_trip_however_the_stream_is_cut(
+    bodies: list[bytes], cuts: list[int], mutable: list[bool]
+) -> None:
+    """Any split, pieces as bytes (kept as they are) or as a bytearray the caller
+    overwrites right after handing it over (so it must have been copied)."""
     stream = b"".join(encode_frame(b, CAP) for b in bodies)
     points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
     decoder = FrameDecoder(CAP)
     out = []
-    for start, end in itertools.pairwise(points):
-        decoder.receive_data(stream[start:end])
+    for i, (start, end) in enumerate(itertools.pairwise(points)):
+        if i < len(mutable) and mutable[i]:
+            piece = bytearray(stream[start:end])
+            decoder.receive_data(piece)
+            piece[:] = bytes(len(piece))
+        else:
+            decoder.receive_data(stream[start:end])
         while (frame := decoder.next_frame()) is not None:
             out.append(frame)
     assert out == bodies
