@@ -486,7 +486,10 @@ class _Deadlines:
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, _Client]] = []
-        self._timer: asyncio.TimerHandle | None = None
+        #: The loop's timer, and when it is set for (uvloop hands back a plain Handle, with
+        #: no when(), for a time already past: a busy loop arms those).
+        self._timer: asyncio.Handle | None = None
+        self._armed_at = 0.0
         self._stale = 0
         self._firing = False
 
@@ -517,11 +520,12 @@ class _Deadlines:
     def _arm(self) -> None:
         """The loop timer at the earliest entry."""
         timer, heap = self._timer, self._heap
-        if not heap or (timer is not None and timer.when() <= heap[0][0]):
+        if not heap or (timer is not None and self._armed_at <= heap[0][0]):
             return
         if timer is not None:
             timer.cancel()
-        self._timer = asyncio.get_running_loop().call_at(heap[0][0], self._fire)
+        self._armed_at = heap[0][0]
+        self._timer = asyncio.get_running_loop().call_at(self._armed_at, self._fire)
 
     def _fire(self) -> None:
         self._timer = None
