@@ -136,6 +136,23 @@ async def test_a_peer_that_takes_texts_but_never_answers_is_given_up(world: Worl
     assert got.text == "and now?"
 
 
+async def test_a_text_lane_whose_timer_came_due_at_once_still_sends(world: World) -> None:
+    # The lane's timer can be armed for a deadline less than half a millisecond away (its
+    # oldest text's, when it looks again just before it); uvloop then hands back a plain
+    # Handle with no when(), and a send in the same turn of the loop asked it for when():
+    # AttributeError, the text not sent.
+    alice, bob = await world.user(ALICE), await world.user(BOB)
+    assert (await alice.send_text(BOB, "first")).delivered == [BOB]
+    assert alice._links is not None
+    (lane,) = alice._links._lanes.values()
+    lane._arm(asyncio.get_running_loop().time())  # what such a tick arms
+    second = ev.Text("second-id", "2026-11-28T04:00:00+00:00", "second")
+    async with asyncio.timeout(5):
+        await lane.send(second)  # in this task: before the loop runs anything else
+    got = [await next_event(bob) for _ in range(2)]
+    assert [t.text for t in got if isinstance(t, TextReceived)] == ["first", "second"]
+
+
 async def test_a_quiet_connection_is_closed_by_its_sender(world: World) -> None:
     alice = await world.user(ALICE, peer_idle=0.2)  # alice keeps a quiet link 0.1 s
     bob = await world.user(BOB)  # bob would wait 25 s

@@ -629,7 +629,10 @@ class _TextLane:
         self._waiting: dict[str, tuple[asyncio.Future[None], float]] = {}
         self._out: list[Buffer] = []
         self._last_used = self._loop.time()
-        self._timer: asyncio.TimerHandle | None = None
+        #: The loop's timer and when it is set for (uvloop hands back a plain Handle, with
+        #: no when(), for a time less than half a millisecond ahead, or already past).
+        self._timer: asyncio.Handle | None = None
+        self._armed_at = 0.0
         self._arm(self._last_used + idle)
         #: Why the lane can carry nothing more (set once).
         self.ended: DeliveryFailed | None = None
@@ -652,7 +655,7 @@ class _TextLane:
         deadline = now + self._timeouts.peer_ack
         self._waiting[text.id] = (answer, deadline)
         timer = self._timer
-        if timer is not None and timer.when() > deadline:  # it was waiting out idle time
+        if timer is not None and self._armed_at > deadline:  # it was waiting out idle time
             timer.cancel()
             self._arm(deadline)
         if not self._out:
@@ -690,6 +693,7 @@ class _TextLane:
             waiting[0].set_result(None)
 
     def _arm(self, when: float) -> None:
+        self._armed_at = when
         self._timer = self._loop.call_at(when, self._tick)
 
     def _tick(self) -> None:
