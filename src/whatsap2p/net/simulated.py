@@ -92,7 +92,8 @@ class Heartbeats:
         self._interval = interval
         #: (when, user): appended at now + interval, so in order of time.
         self._due: deque[tuple[float, SimulatedUser]] = deque()
-        self._timer: asyncio.TimerHandle | None = None
+        #: (uvloop may hand back a plain Handle, with no when(): never asked for it.)
+        self._timer: asyncio.Handle | None = None
 
     def add(self, user: SimulatedUser) -> None:
         """`user` pings an interval from now, then every interval until it is lost."""
