@@ -441,8 +441,8 @@ async def test_deadlines_armed_for_a_time_already_past_take_more_entries() -> No
     past, later = asyncio.Event(), asyncio.Event()
     overdue = _Due(loop.time() - 1, past)
     soon = _Due(loop.time() + 0.05, later)
-    deadlines.push(overdue.when, 1, overdue)  # type: ignore[arg-type]  # (a stand-in)
-    deadlines.push(soon.when, 2, soon)  # type: ignore[arg-type]
+    deadlines.push(overdue.when, 1, overdue)
+    deadlines.push(soon.when, 2, soon)
     async with asyncio.timeout(5):
         await past.wait()
         await later.wait()

@@ -142,11 +142,11 @@ async def test_users_of_one_process_ping_once_an_interval_on_one_timer() -> None
     dying = _Beating(1, enough, counts)  # pings once, then is lost
     late = _Beating(1_000, enough, counts)
     added = loop.time()
-    heartbeats.add(lasting)  # type: ignore[arg-type]  # (it only calls beat())
-    heartbeats.add(dying)  # type: ignore[arg-type]
+    heartbeats.add(lasting)
+    heartbeats.add(dying)
     await asyncio.sleep(interval / 2)  # (the scenario: one registers half an interval later)
     late_added = loop.time()
-    heartbeats.add(late)  # type: ignore[arg-type]
+    heartbeats.add(late)
     async with asyncio.timeout(5):
         await enough
     heartbeats.close()

@@ -79,6 +79,10 @@ async def connect_simulated(
     return user
 
 
+class _Beating(typing.Protocol):
+    def beat(self) -> bool: ...
+
+
 class Heartbeats:
     """The heartbeats of one process's simulated users, on one timer. Each user pings
     once an interval from its registration on, as its module does; the pings due within
@@ -86,16 +90,16 @@ class Heartbeats:
     (with thousands of users, a timer per user cost the generator more than its pings).
     The server sees the same rate: users / interval pings a second."""
 
-    TICK = 0.01
+    TICK: typing.Final = 0.01
 
     def __init__(self, interval: float) -> None:
         self._interval = interval
         #: (when, user): appended at now + interval, so in order of time.
-        self._due: deque[tuple[float, SimulatedUser]] = deque()
+        self._due: deque[tuple[float, _Beating]] = deque()
         #: (uvloop may hand back a plain Handle, with no when(): never asked for it.)
         self._timer: asyncio.Handle | None = None
 
-    def add(self, user: SimulatedUser) -> None:
+    def add(self, user: _Beating) -> None:
         """`user` pings an interval from now, then every interval until it is lost."""
         loop = asyncio.get_running_loop()
         self._due.append((loop.time() + self._interval, user))

@@ -91,7 +91,8 @@ class DirectoryServer:
             self.config.port,
             backlog=1024,
         )
-        bound = self._server.sockets[0].getsockname()
+        # Any: typeshed says a tuple, uvloop gives a list (compiled, the type is checked)
+        bound = typing.cast(typing.Any, self._server).sockets[0].getsockname()
         return str(bound[0]), int(bound[1])
 
     async def close(self) -> None:
@@ -475,6 +476,16 @@ class _Client(asyncio.Protocol):
         return cost
 
 
+class _Timed(typing.Protocol):
+    """What the deadlines hold of a connection."""
+
+    def entry_current(self, when: float) -> bool: ...
+
+    def deadline_reached(self, when: float) -> None: ...
+
+    def abort(self) -> None: ...
+
+
 class _Deadlines:
     """The deadlines of every connection under one loop timer: a heap of (when, id,
     connection). An entry is the deadline its connection had when it was pushed; when it
@@ -485,7 +496,7 @@ class _Deadlines:
     tuple per connection, where a TimerHandle each was five objects for the collector."""
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, _Client]] = []
+        self._heap: list[tuple[float, int, _Timed]] = []
         #: The loop's timer, and when it is set for (uvloop hands back a plain Handle, with
         #: no when(), for a time already past: a busy loop arms those).
         self._timer: asyncio.Handle | None = None
@@ -496,7 +507,7 @@ class _Deadlines:
     def __len__(self) -> int:
         return len(self._heap)
 
-    def push(self, when: float, conn_id: int, client: _Client) -> None:
+    def push(self, when: float, conn_id: int, client: _Timed) -> None:
         heapq.heappush(self._heap, (when, conn_id, client))
         if not self._firing:  # (when firing, the timer is set for the earliest after)
             self._arm()
