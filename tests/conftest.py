@@ -26,6 +26,21 @@ def photo(tmp_path: Path) -> Path:
     return path
 
 
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Where `make` compiled the hot path into src/ (setup.py), Python imports the compiled
+    modules before the sources beside them: refuse to test sources changed since."""
+    src = _ROOT / "src"
+    if not any(src.rglob("*.so")):
+        return  # the package as written
+    built = _ROOT / ".venv" / ".compiled"
+    newest = max(path.stat().st_mtime for path in src.rglob("*.py"))
+    if not built.exists() or built.stat().st_mtime < newest:
+        pytest.exit("src/ changed since its modules were compiled: run `make test`", returncode=2)
+
+
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
 ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
