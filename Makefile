@@ -10,7 +10,7 @@ SOURCES := setup.py $(shell find src -name '*.py')
 
 install: $(BUILT)
 
-$(STAMP): pyproject.toml setup.py
+$(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "need python3.11 (or python3 >= 3.11) on PATH"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
