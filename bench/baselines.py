@@ -60,11 +60,28 @@ async def wait_listening(port: int, proc: asyncio.subprocess.Process) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
+async def stop(proc: asyncio.subprocess.Process, grace: float = 10.0) -> None:
+    """Ask `proc` to end (SIGTERM); what still runs after `grace` seconds is killed."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), grace)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+
 async def run(*args: str) -> bytes:
     proc = await asyncio.create_subprocess_exec(
         *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
-    out, err = await proc.communicate()
+    try:
+        out, err = await proc.communicate()
+    except BaseException:  # cancelled (a phase's deadline): it goes too
+        await stop(proc)
+        raise
     if proc.returncode:
         raise RuntimeError(f"{args[0]} failed: {err.decode(errors='replace').strip()}")
     return out
@@ -135,9 +152,8 @@ class Scp:
         return took
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._proc is not None and self._proc.returncode is None:
-            self._proc.terminate()
-            await self._proc.wait()
+        if self._proc is not None:
+            await stop(self._proc)
         shutil.rmtree(self._work, ignore_errors=True)
 
 
@@ -194,9 +210,7 @@ class Wormhole:
 
     async def __aexit__(self, *exc: object) -> None:
         for server in self._servers:
-            if server.returncode is None:
-                server.terminate()
-                await server.wait()
+            await stop(server)
         shutil.rmtree(self._work, ignore_errors=True)
 
 
@@ -223,8 +237,7 @@ async def redis_server() -> AsyncIterator[int]:
         await wait_listening(port, proc)
         yield port
     finally:
-        proc.terminate()
-        await proc.wait()
+        await stop(proc)
 
 
 def redis_missing() -> str | None:

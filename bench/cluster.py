@@ -9,13 +9,12 @@ the whole population through that server only ("not found" would count as an err
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import redis.asyncio as aioredis
-from baselines import REDIS_SERVER, redis_server
+from baselines import REDIS_SERVER, redis_server, stop
 
 PROBE_USERS = 50
 
@@ -97,14 +96,11 @@ async def directory_cluster(
                         f"{result['errors']:,} | {rss / 1024:,.0f} MiB |"
                     )
             finally:
-                holder.kill()
-                await holder.wait()
+                await stop(holder)  # SIGTERM: the hold ends, its users go offline
                 await stderr
         finally:
             for proc, _ in servers:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.terminate()
-                await proc.wait()
+                await stop(proc)
     online = held["users_online"]
     per_user = (after - before) / max(1, online)
     return [

@@ -20,16 +20,16 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import uvloop
-from baselines import Scp, Wormhole, python_echo, redis_get, redis_missing, redis_server
+from baselines import Scp, Wormhole, python_echo, redis_get, redis_missing, redis_server, stop
 from cluster import directory_cluster
 from PIL import Image
 
@@ -90,6 +90,35 @@ ANSWER, DELIVERED, RECEIVED = (
 
 _drains: set[asyncio.Task[None]] = set()
 
+#: How long one phase of the run may take (a `--quick` run's phases take seconds; the
+#: full run's directory load a few minutes): a phase that hangs ends the run, named.
+PHASE_DEADLINE = 1200.0
+T = TypeVar("T")
+
+
+@contextlib.asynccontextmanager
+async def phase(name: str) -> AsyncIterator[None]:
+    """The body as the phase `name`: its start and its duration go to stderr; past the
+    deadline it is cancelled and the run fails naming it (the processes it started are
+    stopped on the way out)."""
+    print(f"bench: {name} ...", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    deadline = asyncio.timeout(PHASE_DEADLINE)
+    try:
+        async with deadline:
+            yield
+    except TimeoutError:
+        if deadline.expired():
+            raise RuntimeError(f"bench phase {name!r} not done in {PHASE_DEADLINE:.0f} s") from None
+        raise
+    print(f"bench: {name}: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+
+
+async def within(name: str, work: Awaitable[T]) -> T:
+    """`work` as the phase `name`."""
+    async with phase(name):
+        return await work
+
 
 class Lines:
     """How many lines of a process's output contained each marker so far."""
@@ -121,18 +150,29 @@ async def spawn(
     """Start a process; return it and its first line of output that starts with `ready`.
     The rest of its output is read and dropped, as a real consumer would read it (a
     module whose stdout is never read blocks on it); lines with the markers in `count`
-    are counted in `output[pid]`."""
-    proc = await asyncio.create_subprocess_exec(
-        *args,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    stdout = proc.stdout
-    assert stdout is not None
-    first = (await stdout.readline()).decode().strip()
-    while not first.startswith(ready):
-        first = (await stdout.readline()).decode().strip()
+    are counted in `output[pid]`. Its stderr goes to a file nobody reads unless it ends
+    before it is ready: then the error says what it said."""
+    with tempfile.TemporaryFile() as log:
+        proc = await asyncio.create_subprocess_exec(
+            *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log
+        )
+        stdout = proc.stdout
+        assert stdout is not None
+        try:
+            first = (await stdout.readline()).decode().strip()
+            while not first.startswith(ready):
+                if stdout.at_eof():
+                    await proc.wait()
+                    log.seek(0)
+                    said = log.read()[-2000:].decode(errors="replace")
+                    raise RuntimeError(
+                        f"{args[0]} {args[1]} ended ({proc.returncode}) before saying "
+                        f"{ready!r}; its stderr:\n{said}"
+                    )
+                first = (await stdout.readline()).decode().strip()
+        except BaseException:  # not started: nobody else will stop it
+            await stop(proc)
+            raise
 
     lines = output[proc.pid] = Lines(*count)
 
@@ -226,14 +266,10 @@ async def directory_load(work: Path, users: int) -> list[str]:
             for _ in range(rounds):
                 redis = await redis_get(redis_port, requests) if redis_port else None
                 measured.append((redis, await lookup_round(address, users, lookups, concurrency)))
-        holder.send_signal(signal.SIGTERM)  # ends the hold: its users go offline
-        await holder.wait()
     finally:
-        if holder is not None and holder.returncode is None:
-            holder.kill()
-            await holder.wait()
-        server.terminate()
-        await server.wait()
+        if holder is not None:
+            await stop(holder)  # SIGTERM ends the hold: its users go offline
+        await stop(server)
     ours = [result for _, result in measured]
     per_s = statistics.median(r["lookups_per_s"] for r in ours)
     p50 = statistics.median(r["lookup_p50_ms"] for r in ours)
@@ -447,31 +483,25 @@ def row(what: str, ours: float, base: float, unit: str, scale: float) -> str:
 
 
 async def main(out: Path | None, quick: bool) -> None:
-    global RUNS
+    global RUNS, PHASE_DEADLINE
     if quick:
-        RUNS = 1
+        RUNS, PHASE_DEADLINE = 1, 60.0
     work = Path(tempfile.mkdtemp(prefix="whatsap2p-bench-"))
     procs: list[asyncio.subprocess.Process] = []
     stack = contextlib.AsyncExitStack()
     try:
-        server, line = await start_server(work / "server.sqlite3")
+        server, line = await within("start the server", start_server(work / "server.sqlite3"))
         procs.append(server)
         server_port = int(line.rsplit(":", 1)[1])
-        bob, _ = await spawn(
-            WHATSAP2P,
-            "user",
-            f"127.0.0.1:{server_port}",
-            "--phone",
-            BOB,
-            "--json",
-            "--data-dir",
-            str(work / "bob"),
-            "--listen",
-            "127.0.0.1:0",
-            count=(RECEIVED,),
-        )
+        bob, _ = await within(
+            "start B",
+            spawn(
+                WHATSAP2P, "user", f"127.0.0.1:{server_port}", "--phone", BOB, "--json",
+                "--data-dir", str(work / "bob"), "--listen", "127.0.0.1:0", count=(RECEIVED,),
+            ),
+        )  # fmt: skip
         procs.append(bob)
-        sink, sink_port = await spawn(sys.executable, "-c", SINK)
+        sink, sink_port = await within("start the sink", spawn(sys.executable, "-c", SINK))
         procs.append(sink)
         config = SessionConfig(
             ALICE,
@@ -482,24 +512,28 @@ async def main(out: Path | None, quick: bool) -> None:
             limits=Limits(),
         )
         rows = []
-        acker, acker_port = await spawn(sys.executable, "-c", ACKER)
+        acker, acker_port = await within("start the acker", spawn(sys.executable, "-c", ACKER))
         procs.append(acker)
         runs = 5 if quick else 30
         rows += latency_rows(
             "text, cold (first to a peer: lookup, connect, handshake, ack)",
-            await cold_texts(server_port, work, runs),
-            await baseline_cold(int(acker_port), runs),
+            await within("cold texts", cold_texts(server_port, work, runs)),
+            await within("cold baseline", baseline_cold(int(acker_port), runs)),
         )
         async with Session(config) as alice:
             texts = 50 if quick else 1000
             rows += latency_rows(
                 "text, warm (lookup, kept connection, ack)",
-                await warm_texts(alice, texts),
-                await baseline_warm(int(acker_port), texts),
+                await within("warm texts", warm_texts(alice, texts)),
+                await within("warm baseline", baseline_warm(int(acker_port), texts)),
             )
             pipelined = 1_000 if quick else 10_000
-            took, delivered, received = await pipelined_texts(server_port, work, bob, pipelined)
-            base = await baseline_pipelined(int(acker_port), pipelined)
+            took, delivered, received = await within(
+                "pipelined texts", pipelined_texts(server_port, work, bob, pipelined)
+            )
+            base = await within(
+                "pipelined baseline", baseline_pipelined(int(acker_port), pipelined)
+            )
             rows.append(
                 f"| {pipelined:,} texts pipelined A->B through JSON-RPC | "
                 f"{pipelined / took:,.0f} msg/s | {pipelined / base:,.0f} msg/s | "
@@ -514,11 +548,12 @@ async def main(out: Path | None, quick: bool) -> None:
                 for _ in range(200):
                     await alice.lookup([BOB])
 
-            lookups = await timed(one_lookup)
+            lookups = await within("lookup round trips", timed(one_lookup))
 
             sizes = [2 * MB, 8 * MB] if quick else [2 * MB, 8 * MB, 50 * MB]
-            scp = await stack.enter_async_context(Scp())
-            wormhole = await stack.enter_async_context(Wormhole())
+            async with phase("start the scp and magic-wormhole baselines"):
+                scp = await stack.enter_async_context(Scp())
+                wormhole = await stack.enter_async_context(Wormhole())
             for size in sizes:
                 path = photo_of(size, work)
                 payload = path.read_bytes()
@@ -530,8 +565,9 @@ async def main(out: Path | None, quick: bool) -> None:
                 async def base_photo(payload: bytes = payload) -> None:
                     await baseline_send(int(sink_port), payload)
 
-                ours, base = await timed(our_photo), await timed(base_photo)
                 mb = size / MB
+                ours = await within(f"photo {mb:.0f} MB", timed(our_photo))
+                base = await within(f"photo {mb:.0f} MB baseline", timed(base_photo))
                 rows.append(
                     row(f"photo {mb:.0f} MB, delivered and verified", ours, base, "ms", 1e3)
                 )
@@ -546,14 +582,17 @@ async def main(out: Path | None, quick: bool) -> None:
                     f"| SHA-256 of {mb:.0f} MB (yardstick) | {hash_time * 1e3:,.2f} ms | | |"
                 )
                 if not scp.why_not:
-                    copy = statistics.median([await scp.copy_seconds(path) for _ in range(RUNS)])
+                    async with phase(f"photo {mb:.0f} MB by scp"):
+                        copies = [await scp.copy_seconds(path) for _ in range(RUNS)]
+                    copy = statistics.median(copies)
                     rows.append(
                         f"| photo {mb:.0f} MB: scp (OpenSSH, set-up included) | "
                         f"{ours * 1e3:,.2f} ms | {copy * 1e3:,.2f} ms | "
                         f"{copy / ours:.2f}x faster than scp |"
                     )
                 if not wormhole.why_not:
-                    sends = [await wormhole.send_seconds(path) for _ in range(RUNS)]
+                    async with phase(f"photo {mb:.0f} MB by magic-wormhole"):
+                        sends = [await wormhole.send_seconds(path) for _ in range(RUNS)]
                     sent = statistics.median(sends)
                     rows.append(
                         f"| photo {mb:.0f} MB: magic-wormhole (direct, set-up included) | "
@@ -562,22 +601,25 @@ async def main(out: Path | None, quick: bool) -> None:
                     )
                 for stored in (work / "bob" / "photos").glob("*"):
                     stored.unlink()
-        directory = await directory_load(work, users=1_000 if quick else 19_000)
-        directory += await directory_cluster(
-            work,
-            users=2_000 if quick else 60_000,
-            lookups=2_000 if quick else 20_000,
-            whatsap2p=WHATSAP2P,
-            start=start_server,
-            unlimited=UNLIMITED,
-            rss_kib=rss_kib,
+        directory = await within(
+            "directory load", directory_load(work, users=1_000 if quick else 19_000)
+        )
+        directory += await within(
+            "several servers on one redis",
+            directory_cluster(
+                work,
+                users=2_000 if quick else 60_000,
+                lookups=2_000 if quick else 20_000,
+                whatsap2p=WHATSAP2P,
+                start=start_server,
+                unlimited=UNLIMITED,
+                rss_kib=rss_kib,
+            ),
         )
     finally:
         await stack.aclose()
         for proc in procs:
-            if proc.returncode is None:
-                proc.terminate()
-                await proc.wait()
+            await stop(proc)
         shutil.rmtree(work, ignore_errors=True)
 
     header = [
