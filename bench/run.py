@@ -26,7 +26,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import uvloop
 from baselines import Scp, Wormhole, python_echo, redis_get, redis_missing, redis_server, stop
@@ -103,6 +103,8 @@ async def phase(name: str) -> AsyncIterator[None]:
     stopped on the way out)."""
     print(f"bench: {name} ...", file=sys.stderr, flush=True)
     start = time.perf_counter()
+    # Just before the deadline cancels it: where it hangs, what each task awaits.
+    where = asyncio.get_running_loop().call_later(PHASE_DEADLINE - 1, _print_tasks)
     deadline = asyncio.timeout(PHASE_DEADLINE)
     try:
         async with deadline:
@@ -111,7 +113,22 @@ async def phase(name: str) -> AsyncIterator[None]:
         if deadline.expired():
             raise RuntimeError(f"bench phase {name!r} not done in {PHASE_DEADLINE:.0f} s") from None
         raise
+    finally:
+        where.cancel()
     print(f"bench: {name}: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+
+
+def _print_tasks() -> None:
+    """Each task and the chain of awaits it is suspended in, innermost last."""
+    for task in asyncio.all_tasks():
+        print(f"bench: task {task.get_name()} awaits:", file=sys.stderr)
+        step: Any = task.get_coro()
+        while step is not None:
+            frame = getattr(step, "cr_frame", None) or getattr(step, "ag_frame", None)
+            if frame is not None:
+                code = frame.f_code
+                print(f"  {code.co_filename}:{frame.f_lineno} {code.co_name}", file=sys.stderr)
+            step = getattr(step, "cr_await", None) or getattr(step, "ag_await", None)
 
 
 async def within(name: str, work: Awaitable[T]) -> T:
