@@ -41,6 +41,18 @@ def pytest_configure(config: pytest.Config) -> None:
         pytest.exit("src/ changed since its modules were compiled: run `make test`", returncode=2)
 
 
+def pytest_report_header() -> str:
+    """Which build of the package the tests run: compiled modules, or its Python source."""
+    import whatsap2p.protocol.framing
+
+    where = Path(whatsap2p.__file__).parent
+    compiled = sorted(path.name.split(".")[0] for path in where.rglob("*.so"))
+    built = f"compiled by mypyc: {', '.join(compiled)}" if compiled else "pure Python"
+    pure = not whatsap2p.protocol.framing.__file__.endswith(".so")
+    assert pure == (not compiled), "compiled modules exist but are not the ones imported"
+    return f"whatsap2p from {where} ({built})"
+
+
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
 ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
