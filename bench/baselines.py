@@ -73,12 +73,22 @@ async def stop(proc: asyncio.subprocess.Process, grace: float = 10.0) -> None:
             await proc.wait()
 
 
-async def run(*args: str) -> bytes:
+#: How long one scp copy or one magic-wormhole transfer may take (50 MB takes ~1 s).
+OUTSIDE_DEADLINE = 60.0
+
+
+async def run(*args: str, timeout: float | None = None) -> bytes:
+    """`args` run to their end: their stdout; RuntimeError if they fail, or run past
+    `timeout` seconds (then they are stopped)."""
     proc = await asyncio.create_subprocess_exec(
         *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     try:
-        out, err = await proc.communicate()
+        async with asyncio.timeout(timeout):
+            out, err = await proc.communicate()
+    except TimeoutError:
+        await stop(proc)
+        raise RuntimeError(f"{Path(args[0]).name} ran past {timeout:.0f} s") from None
     except BaseException:  # cancelled (a phase's deadline): it goes too
         await stop(proc)
         raise
@@ -144,6 +154,7 @@ class Scp:
             "BatchMode=yes",
             str(path),
             f"root@127.0.0.1:{target}",
+            timeout=OUTSIDE_DEADLINE,
         )
         took = time.perf_counter() - start
         if target.stat().st_size != path.stat().st_size:
@@ -199,9 +210,15 @@ class Wormhole:
             *self._command, "send", "--code", code, str(path),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
-        await run(*self._command, "receive", "--accept-file", "-o", str(target), code)
-        took = time.perf_counter() - start
-        if await sender.wait():
+        try:
+            receive = [*self._command, "receive", "--accept-file", "-o", str(target), code]
+            await run(*receive, timeout=OUTSIDE_DEADLINE)
+            took = time.perf_counter() - start
+            async with asyncio.timeout(OUTSIDE_DEADLINE):
+                sent = await sender.wait()
+        finally:
+            await stop(sender)
+        if sent:
             raise RuntimeError("wormhole send failed")
         if target.stat().st_size != path.stat().st_size:
             raise RuntimeError("magic-wormhole delivered a different size")
