@@ -47,6 +47,10 @@ class Limits:
     #: Connections a module opens to one peer for photos at once (its texts share one
     #: more); fewer than a receiver takes from one IP, so a second sender there gets in.
     max_links_per_peer: int = 32
+    #: Incoming photos written at once, each through a 1 MiB buffer; more wait for one
+    #: (their senders' bytes wait in TCP meanwhile), so a crowd of senders costs this many
+    #: MiB, not one each.
+    max_photos_writing: int = 32
 
 
 @dataclass(frozen=True, slots=True)

@@ -262,3 +262,66 @@ def test_a_file_system_refusing_direct_writes_still_stores_photos(
         write(incoming, data)
         assert incoming.finish(sha256(data)).path.read_bytes() == data
     assert refused == ["open", "write"]
+
+
+class _PeakStages(photos._Stages):
+    """Stages that remember the most buffers out at once."""
+
+    peak = 0
+
+    async def take(self) -> None:
+        await super().take()
+        self.peak = max(self.peak, self.taken)
+
+
+async def test_photos_arriving_together_share_a_bounded_number_of_buffers(
+    tmp_path: Path,
+) -> None:
+    """Five photos larger than a buffer stream in at once, each from its own connection
+    (task), with buffers for two: the others wait for their turn (holding no memory),
+    and every photo arrives whole."""
+    store = PhotoStore(tmp_path / "photos", Limits(max_photos_writing=2))
+    store.stages = stages = _PeakStages(2)
+    store.open(time.time(), KEEP)
+    data = [image_bytes(marker=os.urandom(photos._STAGE + 1000 * i)) for i in range(5)]
+    arriving = [
+        store.begin(f"+55119999900{i:02d}", offer_for(d, filename=f"p{i}.png"))
+        for i, d in enumerate(data)
+    ]
+
+    async def arrive(photo: IncomingPhoto, data: bytes) -> Path:
+        for chunk in chunks(data, 65_519):  # a Noise segment's worth at a time
+            await photo.write(chunk)
+        return (await asyncio.to_thread(photo.finish, sha256(data))).path
+
+    stored = await asyncio.gather(*map(arrive, arriving, data))
+    assert [path.read_bytes() for path in stored] == data
+    assert stages.peak == 2  # all five wanted one at once
+    assert stages.taken == 0  # every turn given back
+
+
+async def test_a_photo_waiting_for_its_turn_holds_nothing_when_its_transfer_ends(
+    tmp_path: Path,
+) -> None:
+    store = PhotoStore(tmp_path / "photos", Limits(max_photos_writing=1))
+    store.open(time.time(), KEEP)
+    first_data, waiting_data = image_bytes(marker=bytes(20_000)), image_bytes(marker=b"w" * 9000)
+    first = store.begin(SENDER, offer_for(first_data))
+    await first.write(first_data[:5000])  # first's turn
+    waiting = store.begin("+5511999990077", offer_for(waiting_data))
+    reading = asyncio.create_task(waiting.write(waiting_data[:5000]))  # its connection's task
+    await asyncio.sleep(0)  # one turn of the loop: the task's first step runs...
+    assert store.stages._waiting  # ...and waits for its turn
+    reading.cancel()  # its connection dropped...
+    with pytest.raises(asyncio.CancelledError):
+        await reading
+    waiting.interrupted()  # ...and the transfer ended
+    assert store.stages.taken == 1  # first's, still
+    assert [p.name for p in (tmp_path / "partial").iterdir()] == [first._path.name]
+    await first.write(first_data[5000:])
+    stored = await asyncio.to_thread(first.finish, sha256(first_data))
+    assert stored.path.read_bytes() == first_data
+    assert store.stages.taken == 0
+    again = store.begin("+5511999990077", offer_for(waiting_data))  # it comes back: its turn
+    await again.write(waiting_data)
+    assert (await asyncio.to_thread(again.finish, sha256(waiting_data))).path.exists()

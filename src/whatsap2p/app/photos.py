@@ -16,6 +16,7 @@ import hashlib
 import mmap
 import os
 import re
+import threading
 import unicodedata
 import warnings
 from collections import deque
@@ -235,9 +236,52 @@ _KNOWN_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp"})
 _BLOCK = 4096
 #: The aligned buffer an arriving photo's bytes gather in, written out when full: 1 MiB
 #: (each write waits for the device; with 256 KiB, 50 MB took 163-169 ms instead of
-#: 138-146). Touched once full, so each photo arriving holds one.
+#: 138-146). Touched once full, so each photo being written holds one (`_Stages`).
 _STAGE = 256 * _BLOCK
 _DIRECT = getattr(os, "O_DIRECT", 0)
+
+
+class _Stages:
+    """How many photos may hold a staging buffer at once, so that many photos arriving
+    together cost `size` MiB, not one each. A photo takes its turn on the event loop
+    before its first bytes go to its writer thread (so no thread ever waits for one), and
+    gives it back when it closes, from whichever thread that is. A photo waiting for its
+    turn holds no memory, and its sender's bytes wait in TCP meanwhile."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.taken = 0
+        self._lock = threading.Lock()
+        self._waiting: list[asyncio.Future[None]] = []
+
+    async def take(self) -> None:
+        """Once a buffer is free for this photo."""
+        while True:
+            with self._lock:
+                if self.taken < self.size:
+                    self.taken += 1
+                    return
+                turn = asyncio.get_running_loop().create_future()
+                self._waiting.append(turn)
+            try:
+                await turn
+            finally:
+                with self._lock, contextlib.suppress(ValueError):
+                    self._waiting.remove(turn)
+
+    def give(self) -> None:
+        """A buffer is free again (any thread): whoever waits looks again."""
+        with self._lock:
+            self.taken -= 1
+            waiting, self._waiting = self._waiting, []
+        for turn in waiting:
+            with contextlib.suppress(RuntimeError):  # its loop has closed: nobody waits
+                turn.get_loop().call_soon_threadsafe(_wake, turn)
+
+
+def _wake(turn: asyncio.Future[None]) -> None:
+    if not turn.done():
+        turn.set_result(None)
 
 
 class _DiskWriter:
@@ -246,7 +290,9 @@ class _DiskWriter:
     usual). Nobody reads a photo back while it arrives, and copying it into the page cache
     was a third of the receiver's CPU for a large photo (its pages are new memory each
     time). The bytes gather in a page-aligned buffer written out a whole MiB at a time;
-    the last, partial block is written padded and the file then cut back to its size."""
+    the last, partial block is written padded and the file then cut back to its size.
+    The buffer is made at the first bytes to write (once the photo's turn came, see
+    `_Stages`)."""
 
     def __init__(self, path: Path, keep: int) -> None:
         """Open `path` to append after its first `keep` bytes (a resume), dropping any
@@ -255,6 +301,7 @@ class _DiskWriter:
         with path.open("ab+") as kept:  # creates it; the tail of the kept bytes re-buffered
             kept.seek(aligned)
             tail = kept.read(keep - aligned)
+            kept.truncate(keep)
         flags = os.O_WRONLY | os.O_CLOEXEC
         try:
             self._fd = os.open(path, flags | _DIRECT)
@@ -264,19 +311,25 @@ class _DiskWriter:
                 raise
             self._fd = os.open(path, flags)
             self._direct = False
-        self._buffer = mmap.mmap(-1, _STAGE)  # anonymous memory: page-aligned
-        self._view = memoryview(self._buffer)
+        self._buffer: mmap.mmap | None = None
+        self._view = memoryview(b"")
+        self._tail = tail
         self._at = aligned  # where the buffer's bytes go in the file
-        self._fill = len(tail)
-        self._view[: self._fill] = tail
-        try:
-            os.ftruncate(self._fd, aligned)
-        except OSError:
-            self.close()
-            raise
+        self._fill = len(tail)  # (in the file until the buffer is made, in it after)
+
+    def _stage(self) -> None:
+        """Make the buffer, the kept tail in it: the file is then cut to whole blocks,
+        which the buffer's first write-out overwrites from."""
+        if self._buffer is None:
+            self._buffer = mmap.mmap(-1, _STAGE)  # anonymous memory: page-aligned
+            self._view = memoryview(self._buffer)
+            self._view[: self._fill] = self._tail
+            os.ftruncate(self._fd, self._at)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
+        if view:
+            self._stage()
         while view:
             step = min(len(view), _STAGE - self._fill)
             self._view[self._fill : self._fill + step] = view[:step]
@@ -289,7 +342,7 @@ class _DiskWriter:
 
     def flush(self) -> None:
         """Write the bytes still in the buffer: the file ends with them (no writes after)."""
-        if self._fill:
+        if self._fill and self._buffer is not None:  # (without one, they are in the file)
             self._write_out(-(-self._fill // _BLOCK) * _BLOCK)  # whole blocks...
             self._at += self._fill
             self._fill = 0
@@ -314,7 +367,9 @@ class _DiskWriter:
     def close(self) -> None:
         os.close(self._fd)
         self._view.release()
-        self._buffer.close()
+        if self._buffer is not None:
+            self._buffer.close()
+            self._buffer = None
 
 
 class IncomingPhoto:
@@ -349,11 +404,16 @@ class IncomingPhoto:
             store.release(key)
             raise PhotoRejected(f"receiver cannot store photos: {exc.strerror}") from exc
         self._written = self.offset
+        self._staged = False  # holds one of the store's turns for a buffer
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="photo-writer")
         self._in_flight: deque[Future[None]] = deque()
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Queue `data` for the disk; PhotoRejected if an earlier write failed."""
+        """Queue `data` for the disk (the first, once this photo's turn for a buffer has
+        come); PhotoRejected if an earlier write failed."""
+        if not self._staged:
+            await self._store.stages.take()
+            self._staged = True
         self._in_flight.append(self._worker.submit(self._write, data))
         while len(self._in_flight) > self._IN_FLIGHT or (
             self._in_flight and self._in_flight[0].done()
@@ -446,6 +506,9 @@ class IncomingPhoto:
                 self._file.flush()
             self._file.close()
             self._file = None
+        if self._staged:
+            self._staged = False
+            self._store.stages.give()
 
 
 _TWIN = "~"  # between a photo's key and the suffix of a second transfer of it at once
@@ -458,6 +521,7 @@ class PhotoStore:
         self.folder = folder
         self.partial = partial or folder.parent / "partial"
         self.limits = limits
+        self.stages = _Stages(limits.max_photos_writing)
         self._active: set[str] = set()
         self._arrived: dict[str, None] = {}  # the photos stored lately (a bounded set)
 
