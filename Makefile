@@ -18,7 +18,10 @@ $(STAMP): pyproject.toml
 
 # The directory's hot path compiled by mypyc, in place (setup.py names the modules), once
 # the dependencies whose types it reads are installed; again after any source changed.
+# (The old .so files go first: one left from a module no longer listed would still be
+# imported instead of its source.)
 $(BUILT): $(STAMP) $(SOURCES)
+	find src -name '*.so' -delete
 	$(BIN)/python setup.py --quiet build_ext --inplace
 	touch $(BUILT)
 

@@ -46,7 +46,7 @@ def pytest_report_header() -> str:
     import whatsap2p.protocol.framing
 
     where = Path(whatsap2p.__file__).parent
-    compiled = sorted(path.name.split(".")[0] for path in where.rglob("*.so"))
+    compiled = sorted(str(path.relative_to(where)).split(".")[0] for path in where.rglob("*.so"))
     built = f"compiled by mypyc: {', '.join(compiled)}" if compiled else "pure Python"
     pure = not whatsap2p.protocol.framing.__file__.endswith(".so")
     assert pure == (not compiled), "compiled modules exist but are not the ones imported"
