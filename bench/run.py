@@ -585,6 +585,11 @@ async def main(out: Path | None, quick: bool) -> None:
             async with phase("start the scp and magic-wormhole baselines"):
                 scp = await stack.enter_async_context(Scp())
                 wormhole = await stack.enter_async_context(Wormhole())
+            outsiders: list[tuple[str, str, Scp | Wormhole, Callable[[Path], Awaitable[float]]]]
+            outsiders = [
+                ("scp", "OpenSSH", scp, scp.copy_seconds),
+                ("magic-wormhole", "direct", wormhole, wormhole.send_seconds),
+            ]
             for size in sizes:
                 path = photo_of(size, work)
                 payload = path.read_bytes()
@@ -612,28 +617,17 @@ async def main(out: Path | None, quick: bool) -> None:
                 rows.append(
                     f"| SHA-256 of {mb:.0f} MB (yardstick) | {hash_time * 1e3:,.2f} ms | | |"
                 )
-                copy: float | None = None
-                sent: float | None = None
-                if not scp.why_not:
-                    async with phase(f"photo {mb:.0f} MB by scp"):
-                        copy = await outside(scp, functools.partial(scp.copy_seconds, path))
-                if copy is not None:
-                    rows.append(
-                        f"| photo {mb:.0f} MB: scp (OpenSSH, set-up included) | "
-                        f"{ours * 1e3:,.2f} ms | {copy * 1e3:,.2f} ms | "
-                        f"{copy / ours:.2f}x faster than scp |"
-                    )
-                if not wormhole.why_not:
-                    async with phase(f"photo {mb:.0f} MB by magic-wormhole"):
-                        sent = await outside(
-                            wormhole, functools.partial(wormhole.send_seconds, path)
+                for name, how, baseline, measure in outsiders:
+                    if baseline.why_not:
+                        continue
+                    async with phase(f"photo {mb:.0f} MB by {name}"):
+                        theirs = await outside(baseline, functools.partial(measure, path))
+                    if theirs is not None:
+                        rows.append(
+                            f"| photo {mb:.0f} MB: {name} ({how}, set-up included) | "
+                            f"{ours * 1e3:,.2f} ms | {theirs * 1e3:,.2f} ms | "
+                            f"{theirs / ours:.2f}x faster than {name} |"
                         )
-                if sent is not None:
-                    rows.append(
-                        f"| photo {mb:.0f} MB: magic-wormhole (direct, set-up included) | "
-                        f"{ours * 1e3:,.2f} ms | {sent * 1e3:,.2f} ms | "
-                        f"{sent / ours:.2f}x faster than magic-wormhole |"
-                    )
                 for stored in (work / "bob" / "photos").glob("*"):
                     stored.unlink()
         directory = await within(
@@ -668,7 +662,7 @@ async def main(out: Path | None, quick: bool) -> None:
         "| what | WhatsAp2p | baseline | ratio |",
         "|---|---|---|---|",
     ]
-    for name, baseline in (("scp", scp), ("magic-wormhole", wormhole)):
+    for name, _, baseline, _ in outsiders:
         if baseline.why_not:  # one line of the table, whatever the tool said
             rows.append(
                 f"| {name} baseline | not measured: {' '.join(baseline.why_not.split())} | | |"
