@@ -91,11 +91,11 @@ def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
 
 
 def test_messages_and_what_a_server_holds_per_user_are_not_tracked_by_the_gc() -> None:
-    # A server holds a registration (with its address) and two cipher states per user,
-    # by the ten thousand: left tracked, they lengthen every full collection.
+    # A server holds a registration (with its address) per user, by the ten thousand:
+    # left tracked, they lengthen every full collection. (The channel's cipher states are
+    # fields of the channel, no objects of their own.)
     import gc
 
-    from whatsap2p.protocol.noise import COMPACT, _CipherState
     from whatsap2p.server.directory import Registration
 
     address = ev.PeerAddress("+5511999990001", "127.0.0.1", 4000, bytes(32))
@@ -103,6 +103,5 @@ def test_messages_and_what_a_server_holds_per_user_are_not_tracked_by_the_gc() -
         ev.LookupResult(1, (address,)),
         ev.Text("m1", "2026-11-27T10:00:00+00:00", "hi"),
         Registration(address, 1),
-        _CipherState.start(COMPACT, bytes(32), 0),
     ]
     assert not any(gc.is_tracked(value) for value in untracked)

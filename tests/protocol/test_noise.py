@@ -64,8 +64,9 @@ def test_compact_channels_share_a_bounded_pool_of_ciphers(
     # The directory's channels keep no AES-GCM object of their own: a pool holds those of
     # the most recently used keys, and a channel whose object was dropped builds it again.
     # Bob's end keeps its own objects, so both ends must build them from the same keys.
-    pool = noise._AeadPool(2)
-    monkeypatch.setattr(noise, "_POOL", pool)
+    pool = noise._POOL  # (compiled, the module's own: a Final cannot be patched)
+    monkeypatch.setattr(pool, "size", pool.size)  # put back after the test
+    pool.resize(2)
     pairs = [
         handshake(
             NoiseChannel(ALICE, initiator=True, max_body=CAP, suite=COMPACT),

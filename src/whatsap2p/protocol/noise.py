@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
+from typing import Final
 
-import msgspec
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from noise.connection import Keypair, NoiseConnection
@@ -50,26 +50,33 @@ __all__ = ["BULK", "COMPACT", "NoiseChannel"]
 
 #: Connections that move large bodies (peers) keep their own AES-GCM objects; those held
 #: by the thousand with small messages (the directory) take them from the pool.
-BULK, COMPACT = "bulk", "compact"
-NOISE_NAME = b"Noise_XX_25519_AESGCM_SHA256"
+#: (The module's constants are Final: compiled, they are C statics or inlined, where a
+#: plain module global is a dictionary lookup at every use, a few of them per message.)
+BULK: Final = "bulk"
+COMPACT: Final = "compact"
+NOISE_NAME: Final = b"Noise_XX_25519_AESGCM_SHA256"
 #: Binds the handshake to this protocol and version: a peer speaking anything else fails.
-PROLOGUE = b"WhatsAp2p/%d" % PROTOCOL_VERSION
-MAX_NOISE_MESSAGE = 65535
-_TAG = 16
-_MORE, _LAST = 0, 1
-_FLAGS = (b"\x00", b"\x01")
+PROLOGUE: Final = b"WhatsAp2p/%d" % PROTOCOL_VERSION
+MAX_NOISE_MESSAGE: Final = 65535
+_TAG: Final = 16
+_MORE: Final = 0
+_LAST: Final = 1
+_FLAGS: Final = (b"\x00", b"\x01")
 #: Plaintext bytes per segment: a sealed segment is exactly one maximal Noise message.
-SEGMENT = MAX_NOISE_MESSAGE - _TAG
-_SEGMENT_FRAME = 1 + MAX_NOISE_MESSAGE  # flag + sealed segment
-_HEADER = struct.Struct(">BI")
+SEGMENT: Final = MAX_NOISE_MESSAGE - _TAG
+_SEGMENT_FRAME: Final = 1 + MAX_NOISE_MESSAGE  # flag + sealed segment
+_HEADER: Final = struct.Struct(">BI")
 #: A frame's header and its segment's flag, packed at once for the common small message.
-_HEADER_FLAG = struct.Struct(">BIB")
+_HEADER_FLAG: Final = struct.Struct(">BIB")
 #: Noise's AES-GCM nonce: four zero bytes, then the counter big-endian.
-_NONCE = struct.Struct(">4xQ")
-_MAX_NONCE = 2**64 - 1
+_NONCE: Final = struct.Struct(">4xQ")
+#: A channel refuses to go on at this many messages in one direction. Noise allows
+#: 2**64 - 1; this bound (never reached: 2**62 messages) keeps the counter a machine
+#: integer in the compiled code, where a larger one would be compared as an object.
+_NONCE_LIMIT: Final = 2**62 - 1
 #: How many AES-GCM objects the pool keeps (two per connection that spoke lately): 1,024
 #: is ~2.5 MB, and a busy server's answering connections at any moment are far fewer.
-POOL_SIZE = 1024
+POOL_SIZE: Final = 1024
 
 
 class _AeadPool:
@@ -81,6 +88,12 @@ class _AeadPool:
 
     def __len__(self) -> int:
         return len(self._objects)
+
+    def resize(self, size: int) -> None:
+        """Keep at most `size` objects from now on (the most recently used)."""
+        self.size = size
+        while len(self._objects) > size:
+            self._objects.popitem(last=False)
 
     def get(self, key: bytes) -> AESGCM:
         objects = self._objects
@@ -94,42 +107,7 @@ class _AeadPool:
         return aead
 
 
-_POOL = _AeadPool(POOL_SIZE)
-
-
-class _CipherState(msgspec.Struct, gc=False):
-    """One direction of Noise's transport: AES-GCM under key k with nonce n++.
-
-    A BULK state holds its AES-GCM object; a COMPACT one (`_aead` None) takes it from
-    the pool. It refers to no container, so it can be in no reference cycle: a msgspec
-    Struct with gc=False is not tracked by the garbage collector (a server holds two per
-    connection, by the ten thousand)."""
-
-    _key: bytes
-    _aead: AESGCM | None
-    _n: int
-
-    @classmethod
-    def start(cls, suite: str, key: bytes, n: int) -> _CipherState:
-        return cls(key, AESGCM(key) if suite == BULK else None, n)
-
-    def _nonce(self) -> bytes:
-        n = self._n
-        if n >= _MAX_NONCE:
-            raise LocalProtocolError("the secure channel used up its nonces")
-        self._n = n + 1
-        return _NONCE.pack(n)
-
-    # (The AES-GCM object is fetched inline, not by a method: a call fewer per message.)
-
-    def seal(self, flag: bytes, plain: bytes | bytearray) -> bytes:
-        return (self._aead or _POOL.get(self._key)).encrypt(self._nonce(), plain, flag)
-
-    def open(self, flag: bytes, sealed: memoryview) -> bytes:
-        return (self._aead or _POOL.get(self._key)).decrypt(self._nonce(), sealed, flag)
-
-    def seal_into(self, flag: bytes, plain: memoryview, out: memoryview) -> None:
-        (self._aead or _POOL.get(self._key)).encrypt_into(self._nonce(), plain, flag, out)
+_POOL: Final = _AeadPool(POOL_SIZE)
 
 
 # What the library (and cryptography beneath it) raise for bytes that are not a valid
@@ -156,10 +134,15 @@ class NoiseChannel:
         "_max_body",
         "_noise",
         "_outgoing",
-        "_receiving",
+        "_rx_aead",
+        "_rx_key",
+        "_rx_n",
         "_segments",
-        "_sending",
         "_suite",
+        "_tx_aead",
+        "_tx_key",
+        "_tx_n",
+        "_up",
         "remote_key",
     )
 
@@ -186,8 +169,14 @@ class NoiseChannel:
         #: a body comes in several: the directory's thousands of channels never need one).
         self._segments: list[bytes] | tuple[()] = ()
         self._have = 0
-        self._sending: _CipherState | None = None
-        self._receiving: _CipherState | None = None
+        # Noise's two CipherStates, one per direction, kept here rather than in objects
+        # of their own (two fewer per connection, and read without a lookup): the key,
+        # its AES-GCM object (BULK; COMPACT ones come from the pool) and the next nonce.
+        self._up = False
+        self._tx_key = self._rx_key = b""
+        self._tx_aead: AESGCM | None = None
+        self._rx_aead: AESGCM | None = None
+        self._tx_n = self._rx_n = 0
         self.remote_key: bytes | None = None
         noise = NoiseConnection.from_name(NOISE_NAME)
         if initiator:
@@ -206,7 +195,7 @@ class NoiseChannel:
 
     @property
     def established(self) -> bool:
-        return self._sending is not None
+        return self._up
 
     def data_to_send(self) -> bytes:
         """Handshake bytes the channel wants sent (empty when there are none)."""
@@ -221,24 +210,23 @@ class NoiseChannel:
         frames = self._frames
         while (span := frames.next_span()) is not None:
             start, end = span
-            if self._receiving is None:
+            if not self._up:
                 self._handshake_step(bytes(frames.buffer[start:end]))
                 continue
-            body = self._open(self._receiving, frames.buffer, start, end)
+            body = self._open(frames.buffer, start, end)
             if body is not None:
                 return body
         return None
 
     def seal(self, body: bytes | bytearray) -> bytes | bytearray:
-        sending = self._sending
-        if sending is None:
+        if not self._up:
             raise LocalProtocolError("cannot send before the secure channel is established")
         size = len(body)
         if size > self._max_body:
             raise LocalProtocolError(f"message of {size} bytes exceeds {self._max_body}")
         pending = self._outgoing  # a pending handshake message goes first
         if size <= SEGMENT and not pending:  # the common small message: one segment
-            small = sending.seal(_FLAGS[_LAST], body)
+            small = self._aead(True).encrypt(self._nonce(True), body, _FLAGS[_LAST])
             return _HEADER_FLAG.pack(PROTOCOL_VERSION, 1 + len(small), _LAST) + small
         segments = max(1, -(-size // SEGMENT))
         pos = len(pending)
@@ -253,7 +241,9 @@ class NoiseChannel:
                 _HEADER.pack_into(sealed, pos, PROTOCOL_VERSION, frame)
                 sealed[pos + HEADER_SIZE] = last
                 pos += HEADER_SIZE + 1
-                sending.seal_into(_FLAGS[last], chunk, sealed[pos : pos + frame - 1])
+                self._aead(True).encrypt_into(
+                    self._nonce(True), chunk, _FLAGS[last], sealed[pos : pos + frame - 1]
+                )
                 pos += frame - 1
         return out
 
@@ -299,14 +289,32 @@ class NoiseChannel:
             return
         protocol = noise.noise_protocol
         encrypt, decrypt = protocol.cipher_state_encrypt, protocol.cipher_state_decrypt
-        self._sending = _CipherState.start(self._suite, encrypt.k, encrypt.n)
-        self._receiving = _CipherState.start(self._suite, decrypt.k, decrypt.n)
+        self._tx_key, self._tx_n = encrypt.k, encrypt.n
+        self._rx_key, self._rx_n = decrypt.k, decrypt.n
+        if self._suite == BULK:
+            self._tx_aead, self._rx_aead = AESGCM(self._tx_key), AESGCM(self._rx_key)
+        self._up = True
         self._noise = None
         self._handshake = None
 
-    def _open(
-        self, receiving: _CipherState, buffer: bytearray, start: int, end: int
-    ) -> bytes | None:
+    def _aead(self, sending: bool) -> AESGCM:
+        """The AES-GCM object of one direction: the channel's own, or the pool's."""
+        if sending:
+            return self._tx_aead or _POOL.get(self._tx_key)
+        return self._rx_aead or _POOL.get(self._rx_key)
+
+    def _nonce(self, sending: bool) -> bytes:
+        """The next nonce of one direction (ENCRYPT(k, n++, ...))."""
+        n = self._tx_n if sending else self._rx_n
+        if n >= _NONCE_LIMIT:
+            raise LocalProtocolError("the secure channel used up its nonces")
+        if sending:
+            self._tx_n = n + 1
+        else:
+            self._rx_n = n + 1
+        return _NONCE.pack(n)
+
+    def _open(self, buffer: bytearray, start: int, end: int) -> bytes | None:
         size = end - start - 1 - _TAG
         flag = buffer[start] if size >= 0 else -1
         if flag not in (_MORE, _LAST):
@@ -317,7 +325,9 @@ class NoiseChannel:
             raise RemoteProtocolError(f"message exceeds the {self._max_body}-byte cap")
         try:
             with memoryview(buffer) as sealed:
-                plain = receiving.open(_FLAGS[flag], sealed[start + 1 : end])
+                plain = self._aead(False).decrypt(
+                    self._nonce(False), sealed[start + 1 : end], _FLAGS[flag]
+                )
         except (InvalidTag, ValueError) as exc:
             raise RemoteProtocolError("a message failed authentication") from exc
         if flag == _LAST and not segments:  # the common small message: one segment
