@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import re
 from collections import deque
-from typing import cast
+from typing import Final, cast
 
 from whatsap2p.config import Limits, Timeouts
 from whatsap2p.errors import LocalProtocolError, RemoteProtocolError
@@ -21,16 +21,16 @@ from whatsap2p.protocol.codec import decode_message, encode_message
 
 __all__ = ["DirectoryClientConnection", "DirectoryServerConnection", "ServerState"]
 
-E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+E164: Final = re.compile(r"\+[1-9][0-9]{1,14}")
 
 # The kinds of message, as sets of classes checked with `type(message) in ...`: every
 # message class is a leaf, and isinstance() against a msgspec Struct class that does not
 # match goes through its metaclass (0.1 us each, five or six on every request's path).
-_REQUESTS = frozenset({ev.Register, ev.Lookup, ev.Watch, ev.Unregister, ev.Ping})
-_ANSWERS = frozenset(
+_REQUESTS: Final = frozenset({ev.Register, ev.Lookup, ev.Watch, ev.Unregister, ev.Ping})
+_ANSWERS: Final = frozenset(
     {ev.Registered, ev.LookupResult, ev.Watching, ev.Unregistered, ev.Pong, ev.Failure}
 )
-_ANSWER_TO: dict[type[ev.Message], type[ev.Message]] = {
+_ANSWER_TO: Final[dict[type[ev.Message], type[ev.Message]]] = {
     ev.Register: ev.Registered,
     ev.Lookup: ev.LookupResult,
     ev.Watch: ev.Watching,
@@ -38,8 +38,8 @@ _ANSWER_TO: dict[type[ev.Message], type[ev.Message]] = {
     ev.Ping: ev.Pong,
 }
 #: What the server sends on its own (rid 0), not as an answer.
-_PUSHES = frozenset({ev.Online, ev.Failure})
-_FROM_SERVER = _ANSWERS | _PUSHES
+_PUSHES: Final = frozenset({ev.Online, ev.Failure})
+_FROM_SERVER: Final = _ANSWERS | _PUSHES
 
 
 class ServerState(enum.Enum):
@@ -53,7 +53,7 @@ class ServerState(enum.Enum):
 
 
 # (state, request type) -> allowed. Anything not listed is a remote protocol error.
-_SERVER_ACCEPTS: dict[tuple[ServerState, type[ev.Message]], bool] = {
+_SERVER_ACCEPTS: Final[dict[tuple[ServerState, type[ev.Message]], bool]] = {
     (ServerState.NEW, ev.Register): True,
     (ServerState.NEW, ev.Ping): True,
     (ServerState.REGISTERED, ev.Lookup): True,
@@ -63,7 +63,7 @@ _SERVER_ACCEPTS: dict[tuple[ServerState, type[ev.Message]], bool] = {
 }
 
 # (state, answer type) -> next state.
-_SERVER_SENDS: dict[tuple[ServerState, type[ev.Message]], ServerState] = {
+_SERVER_SENDS: Final[dict[tuple[ServerState, type[ev.Message]], ServerState]] = {
     (ServerState.NEW, ev.Registered): ServerState.REGISTERED,
     (ServerState.NEW, ev.Failure): ServerState.NEW,
     (ServerState.NEW, ev.Pong): ServerState.NEW,

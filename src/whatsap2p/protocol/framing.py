@@ -7,6 +7,7 @@ body is buffered, so a hostile header cannot make us allocate.
 from __future__ import annotations
 
 import struct
+from typing import Final
 
 from whatsap2p.errors import FrameTooLarge, LocalProtocolError, RemoteProtocolError
 
@@ -14,9 +15,9 @@ __all__ = ["HEADER_SIZE", "PROTOCOL_VERSION", "FrameDecoder", "encode_frame"]
 
 # 2: Noise; 3: the receiver decides before a photo flows; 4: AES-GCM in place; 5: the
 # directory on AES-GCM too.
-PROTOCOL_VERSION = 5
-_HEADER = struct.Struct(">BI")
-HEADER_SIZE = _HEADER.size
+PROTOCOL_VERSION: Final = 5
+_HEADER: Final = struct.Struct(">BI")
+HEADER_SIZE: Final = _HEADER.size
 
 
 def encode_frame(body: bytes | bytearray, max_body: int) -> bytes:

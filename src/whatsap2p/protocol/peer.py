@@ -20,6 +20,7 @@ import datetime as dt
 import enum
 import re
 from collections import deque
+from typing import Final
 
 from whatsap2p.config import Limits, Timeouts
 from whatsap2p.errors import LocalProtocolError, RemoteProtocolError
@@ -38,9 +39,9 @@ __all__ = [
 ]
 
 #: The image types we exchange.
-PHOTO_MIME_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-_MESSAGE_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
+PHOTO_MIME_TYPES: Final = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+_SHA256: Final = re.compile(r"[0-9a-f]{64}")
+_MESSAGE_ID: Final = re.compile(r"[0-9A-Za-z_-]{1,64}")
 
 ReceiverEvent = (
     ev.Hello
@@ -63,7 +64,7 @@ class ReceiverState(enum.Enum):
 
 
 # (state, message received) -> next state; missing pairs are protocol errors.
-_RECEIVER_TRANSITIONS: dict[tuple[ReceiverState, type[ev.Message]], ReceiverState] = {
+_RECEIVER_TRANSITIONS: Final[dict[tuple[ReceiverState, type[ev.Message]], ReceiverState]] = {
     (ReceiverState.AWAIT_HELLO, ev.Hello): ReceiverState.IDLE,
     (ReceiverState.IDLE, ev.Text): ReceiverState.IDLE,
     (ReceiverState.IDLE, ev.PhotoOffer): ReceiverState.DECIDING,
@@ -233,7 +234,7 @@ class SenderState(enum.Enum):
     CLOSED = "closed"
 
 
-_SENDER_TRANSITIONS: dict[tuple[SenderState, type[ev.Message]], SenderState] = {
+_SENDER_TRANSITIONS: Final[dict[tuple[SenderState, type[ev.Message]], SenderState]] = {
     (SenderState.NEW, ev.Hello): SenderState.READY,
     (SenderState.READY, ev.Text): SenderState.READY,
     (SenderState.READY, ev.PhotoOffer): SenderState.OFFERING,

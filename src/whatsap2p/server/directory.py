@@ -124,8 +124,11 @@ class MemoryDirectory:
         return True
 
     async def lookup_limited(self, phones: list[str], spend: Spend) -> list[PeerAddress] | None:
-        # Sync helpers, not the async methods: every lookup passes here, and a coroutine
-        # each costs more than the work.
+        return self.lookup_limited_now(phones, spend)
+
+    def lookup_limited_now(self, phones: list[str], spend: Spend) -> list[PeerAddress] | None:
+        """`lookup_limited` as a plain call: the server calls this one for every lookup
+        (a coroutine each cost more than the work). Sync helpers too, for the same reason."""
         if not self._take(spend):
             return None
         return self._lookup(phones)

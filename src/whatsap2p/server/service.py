@@ -44,9 +44,11 @@ log = logging.getLogger(__name__)
 
 #: A number this connection asked for less than a window ago costs a tenth of a token;
 #: it remembers the last few numbers it asked for.
-_REPEAT_COST, _REPEAT_WINDOW, _RECENT_NUMBERS = 0.1, 1.0, 64
+_REPEAT_COST: typing.Final = 0.1
+_REPEAT_WINDOW: typing.Final = 1.0
+_RECENT_NUMBERS: typing.Final = 64
 #: Stop reading a client's requests while this much of our answers waits unsent.
-_WRITE_HIGH = 64 * 1024
+_WRITE_HIGH: typing.Final = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +70,12 @@ class DirectoryServer:
         self.bindings = bindings
         self.directory: Directory = directory or MemoryDirectory()
         assert bindings is not None or self.directory.binds_keys
+        #: The directory, when it is the in-process one: lookups, most of the requests,
+        #: are then answered by plain calls (no coroutine each: they cost more than the
+        #: lookup). Any other directory is called through its coroutines.
+        self.local: MemoryDirectory | None = (
+            self.directory if type(self.directory) is MemoryDirectory else None
+        )
         self._server: asyncio.Server | None = None
         self._ids = itertools.count(1)
         self.connections: set[_Client] = set()
@@ -362,7 +370,12 @@ class _Client(asyncio.Protocol):
                     return
                 started = time.perf_counter()
                 try:
-                    answer = await self._answer(event)
+                    if self._server.local is not None and (
+                        type(event) is ev.Lookup or type(event) is ev.Watch
+                    ):
+                        answer = self._answer_lookup_now(event, self._server.local)
+                    else:
+                        answer = await self._answer(event)
                 except StoreError as exc:  # the shared store is down: say so, keep serving
                     log.warning("directory store: %s", exc)
                     assert isinstance(event, ev.DirectoryMessage)
@@ -390,21 +403,12 @@ class _Client(asyncio.Protocol):
         assert conn is not None
         now = self._loop.time()
         if type(request) is ev.Lookup or type(request) is ev.Watch:
-            server.metrics.lookups += len(request.phones)
             watched = self.watching
-            watching = type(request) is ev.Watch
-            if watching:
-                self.watch(request.phones)  # before looking: no registration slips between
-            ip_spend = self._lookup_spend(now, request.phones)
+            ip_spend = self._start_lookup(now, request)
             found: list[ev.PeerAddress] | None = None
-            if ip_spend is not None:  # a coroutine of its own would cost more than this does
+            if ip_spend is not None:  # taken and looked up in one call: one round trip
                 found = await server.directory.lookup_limited(list(request.phones), ip_spend)
-            if found is None:  # a bucket refused: this connection's, or its source IP's
-                self.watch(watched)
-                return self.failure(request.rid, "rate-limited", "too many lookups; slow down")
-            if watching:
-                return conn.send(ev.Watching(request.rid, tuple(found)))
-            return conn.send(ev.LookupResult(request.rid, tuple(found)))
+            return self._lookup_answer(request, watched, found)
         if type(request) is ev.Ping:
             if self.phone is not None:
                 server.directory.renew(self.phone, self._id, self._taken_over)
@@ -436,6 +440,43 @@ class _Client(asyncio.Protocol):
         log.info("%s offline (unregistered)", self.phone)
         self.phone = None
         return conn.send(ev.Unregistered(request.rid))
+
+    def _answer_lookup_now(
+        self, request: ev.Lookup | ev.Watch, directory: MemoryDirectory
+    ) -> Buffer:
+        """`_answer` of a lookup or watch from the in-process directory, without awaiting."""
+        watched = self.watching
+        ip_spend = self._start_lookup(self._loop.time(), request)
+        found = None
+        if ip_spend is not None:
+            found = directory.lookup_limited_now(list(request.phones), ip_spend)
+        return self._lookup_answer(request, watched, found)
+
+    def _start_lookup(self, now: float, request: ev.Lookup | ev.Watch) -> Spend | None:
+        """Count a lookup (or watch: its numbers watched from now on, before looking, so
+        that no registration slips between); what it takes from its source IP's bucket,
+        or None when this connection's own bucket refuses."""
+        self._server.metrics.lookups += len(request.phones)
+        if type(request) is ev.Watch:
+            self.watch(request.phones)
+        return self._lookup_spend(now, request.phones)
+
+    def _lookup_answer(
+        self,
+        request: ev.Lookup | ev.Watch,
+        watched: tuple[str, ...],
+        found: list[ev.PeerAddress] | None,
+    ) -> Buffer:
+        """The answer to a lookup or watch that found `found` (None: a bucket refused,
+        this connection's or its source IP's; a refused watch watches `watched` again)."""
+        conn = self._conn
+        assert conn is not None
+        if found is None:
+            self.watch(watched)
+            return self.failure(request.rid, "rate-limited", "too many lookups; slow down")
+        if type(request) is ev.Watch:
+            return conn.send(ev.Watching(request.rid, tuple(found)))
+        return conn.send(ev.LookupResult(request.rid, tuple(found)))
 
     def _taken_over(self) -> None:
         """Our number was registered through another connection since (its module moved
