@@ -344,10 +344,10 @@ class _Worker:
             for i in range(len(clients))
         ]
         rng = random.Random(self._share.first)
-
-        def pick() -> str:
-            return phone_of(rng.randrange(population))
-
+        # The numbers are drawn before the clock starts: drawing each as it is sent (the
+        # random module and phone_of() are Python) cost the generator ~1 us a lookup.
+        numbers = [phone_of(rng.randrange(population)) for _ in range(sum(shares))]
+        pick = iter(numbers).__next__
         start = time.monotonic()
         await asyncio.gather(
             *(
