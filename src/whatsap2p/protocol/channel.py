@@ -7,7 +7,7 @@ uses `NoiseChannel` (protocol/noise.py: a handshake, then sealed frames); `Plain
 
 from __future__ import annotations
 
-from typing import Protocol
+from abc import ABC, abstractmethod
 
 from whatsap2p.protocol.framing import FrameDecoder, encode_frame
 
@@ -17,33 +17,45 @@ __all__ = ["Buffer", "Channel", "OverChannel", "PlainChannel"]
 Buffer = bytes | bytearray
 
 
-class Channel(Protocol):
+class Channel(ABC):
+    """A base class, not a Protocol: compiled, the connections above call a channel's
+    methods through its class's table (a Protocol's are looked up by name on every call,
+    several times per message)."""
+
+    __slots__ = ("remote_key",)
+
     #: The other side's authenticated long-term key, once the handshake has shown it.
     remote_key: bytes | None
 
     @property
+    @abstractmethod
     def established(self) -> bool:
         """True once messages may be sealed (the handshake, if any, is done)."""
 
+    @abstractmethod
     def data_to_send(self) -> bytes:
         """Bytes the channel itself wants sent (handshake messages)."""
 
+    @abstractmethod
     def receive_data(self, data: Buffer) -> None:
         """Bytes from the network."""
 
+    @abstractmethod
     def next_body(self) -> Buffer | None:
         """The next complete message body, or None until more bytes arrive."""
 
+    @abstractmethod
     def seal(self, body: Buffer) -> Buffer:
         """The bytes to put on the network for one message body."""
 
 
-class PlainChannel:
+class PlainChannel(Channel):
     """Frames only: the message body is the frame body."""
 
-    remote_key: bytes | None = None
+    __slots__ = ("_decoder", "_max_body")
 
     def __init__(self, max_body: int) -> None:
+        self.remote_key = None
         self._max_body = max_body
         self._decoder = FrameDecoder(max_body)
 

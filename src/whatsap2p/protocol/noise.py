@@ -43,6 +43,7 @@ from noise.exceptions import (
 )
 
 from whatsap2p.errors import LocalProtocolError, RemoteKeyMismatch, RemoteProtocolError
+from whatsap2p.protocol.channel import Channel
 from whatsap2p.protocol.framing import HEADER_SIZE, PROTOCOL_VERSION, FrameDecoder, encode_frame
 from whatsap2p.protocol.keys import StaticKey, fingerprint
 
@@ -123,7 +124,7 @@ _NOISE_ERRORS = (
 )
 
 
-class NoiseChannel:
+class NoiseChannel(Channel):
     """Sans-IO: `receive_data` bytes in, `next_body` / `data_to_send` out."""
 
     __slots__ = (
@@ -143,7 +144,6 @@ class NoiseChannel:
         "_tx_key",
         "_tx_n",
         "_up",
-        "remote_key",
     )
 
     def __init__(
