@@ -23,6 +23,7 @@ COMPILED = [
     "src/whatsap2p/protocol/framing.py",
     "src/whatsap2p/protocol/noise.py",
     "src/whatsap2p/protocol/peer.py",
+    "src/whatsap2p/server/directory.py",
     "src/whatsap2p/server/ratelimit.py",
     "src/whatsap2p/server/service.py",
     "src/whatsap2p/net/simulated.py",

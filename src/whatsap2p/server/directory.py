@@ -8,9 +8,10 @@ connection can only ever remove its own.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import msgspec
+from mypy_extensions import mypyc_attr
 
 from whatsap2p.errors import NumberAlreadyOnline
 from whatsap2p.protocol.events import PeerAddress
@@ -43,10 +44,10 @@ class Registration(msgspec.Struct, frozen=True, gc=False):
 class Directory(Protocol):
     #: Its coroutines never suspend (the directory is in this process): the server then
     #: answers inside the callback that received the request, without a task per request.
-    immediate: bool
+    immediate: ClassVar[bool]
     #: register() checks and makes the number-to-key binding itself (a shared store);
     #: otherwise the server's own `Bindings` do.
-    binds_keys: bool
+    binds_keys: ClassVar[bool]
 
     async def start(self, on_online: Callable[[PeerAddress], None]) -> None:
         """Call `on_online` for every registration from now on, made through this
@@ -79,9 +80,10 @@ class Directory(Protocol):
         """How many users are online."""
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # (tests make directories of their own)
 class MemoryDirectory:
-    immediate = True
-    binds_keys = False
+    immediate: ClassVar[bool] = True
+    binds_keys: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._online: dict[str, Registration] = {}
