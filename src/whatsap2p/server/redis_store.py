@@ -31,7 +31,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import msgpack
 import redis.asyncio as redis
@@ -253,8 +253,8 @@ def _online_key(phone: str) -> str:
 class RedisDirectory:
     """A `Directory` (and the number-to-key bindings) in Redis."""
 
-    immediate = False  # every call is a round trip to Redis
-    binds_keys = True  # register() checks and makes the binding itself
+    immediate: ClassVar[bool] = False  # every call is a round trip to Redis
+    binds_keys: ClassVar[bool] = True  # register() checks and makes the binding itself
 
     def __init__(self, url: str, ttl: float = DEFAULT_TTL) -> None:
         """`url`: `redis://HOST:PORT/DB` (also `rediss://`, `unix://`), or, for a Redis
