@@ -41,6 +41,7 @@ from whatsap2p.server.ratelimit import TokenBucket
 __all__ = ["DirectoryServer", "ServerConfig"]
 
 log = logging.getLogger(__name__)
+T = typing.TypeVar("T")
 
 #: A number this connection asked for less than a window ago costs a tenth of a token;
 #: it remembers the last few numbers it asked for.
@@ -353,47 +354,83 @@ class _Client(asyncio.Protocol):
         if self._answering is not None or not self._conn.has_events():
             return  # nothing to answer, or already answering (in order)
         if self._server.directory.immediate:
-            _run_now(self._answer_all())
+            self._answer_all_now()
         else:
             self._answering = self._loop.create_task(self._answer_all())
 
-    async def _answer_all(self) -> None:
-        """Answer the requests received so far, in order (then those that arrive meanwhile)."""
-        conn, transport = self._conn, self._transport
+    def _answer_all_now(self) -> None:
+        """`_answer_all` for a directory whose coroutines never suspend, run here and now
+        without a coroutine of its own (most bursts are one lookup): lookups from the
+        in-process directory by plain calls, any other request by running `_answer` to
+        its end. (Such a directory is in this process: no StoreError.)"""
+        conn = self._conn
         assert conn is not None
-        assert transport is not None
+        local = self._server.local
         try:
             while (event := conn.next_event()) is not None:
-                if isinstance(event, ev.ConnectionTimedOut):
-                    log.info("dropping %s: %s", self.phone or self._ip, event.reason)
-                    transport.abort()
-                    return
                 started = time.perf_counter()
+                if isinstance(event, ev.ConnectionTimedOut):
+                    self._timed_out(event)
+                    return
+                if local is not None and (type(event) is ev.Lookup or type(event) is ev.Watch):
+                    answer = self._answer_lookup_now(event, local)
+                else:
+                    answer = _run_now(self._answer(event))
+                if not self._answered(event, answer, started):
+                    return
+        except ProtocolError as exc:
+            self._broke_protocol(exc)
+        except Exception:
+            self._failed()
+
+    async def _answer_all(self) -> None:
+        """Answer the requests received so far, in order (then those that arrive meanwhile)."""
+        conn = self._conn
+        assert conn is not None
+        try:
+            while (event := conn.next_event()) is not None:
+                started = time.perf_counter()
+                if isinstance(event, ev.ConnectionTimedOut):
+                    self._timed_out(event)
+                    return
                 try:
-                    if self._server.local is not None and (
-                        type(event) is ev.Lookup or type(event) is ev.Watch
-                    ):
-                        answer = self._answer_lookup_now(event, self._server.local)
-                    else:
-                        answer = await self._answer(event)
+                    answer = await self._answer(event)
                 except StoreError as exc:  # the shared store is down: say so, keep serving
                     log.warning("directory store: %s", exc)
                     assert isinstance(event, ev.DirectoryMessage)
                     answer = self.failure(event.rid, "unavailable", "directory store unavailable")
-                if transport.is_closing():
+                if not self._answered(event, answer, started):
                     return
-                transport.write(answer)
-                self._server.metrics.answered(event.TYPE, time.perf_counter() - started)
-                if type(event) is ev.Register or type(event) is ev.Unregister:
-                    self._arm_timer()  # their answers start the idle deadline, or end it
         except ProtocolError as exc:
             self._broke_protocol(exc)
         except Exception:
-            # A bug, not bad input: say so loudly, close this connection, serve the rest.
-            log.exception("unexpected error on the connection from %s", self._ip)
-            transport.abort()
+            self._failed()
         finally:
             self._answering = None
+
+    def _answered(self, request: ev.Message, answer: Buffer, started: float) -> bool:
+        """Send the answer to `request` (read at `started`); False if the connection is
+        closing (nothing more to answer)."""
+        transport = self._transport
+        assert transport is not None
+        if transport.is_closing():
+            return False
+        transport.write(answer)
+        self._server.metrics.answered(request.TYPE, time.perf_counter() - started)
+        if type(request) is ev.Register or type(request) is ev.Unregister:
+            self._arm_timer()  # their answers start the idle deadline, or end it
+        return True
+
+    def _timed_out(self, event: ev.ConnectionTimedOut) -> None:
+        log.info("dropping %s: %s", self.phone or self._ip, event.reason)
+        assert self._transport is not None
+        self._transport.abort()
+
+    def _failed(self) -> None:
+        """A bug, not bad input: say so loudly, close this connection, serve the rest."""
+        log.exception("unexpected error on the connection from %s", self._ip)
+        assert self._transport is not None
+        self._transport.abort()
 
     async def _answer(self, request: ev.Message) -> Buffer:
         # Dispatch on type(request), most frequent first: an isinstance() that does not
@@ -600,11 +637,11 @@ class _Deadlines:
         self._arm()
 
 
-def _run_now(coro: Coroutine[object, object, None]) -> None:
-    """Run to its end, here and now, a coroutine that never suspends."""
+def _run_now(coro: Coroutine[object, object, T]) -> T:
+    """Run to its end, here and now, a coroutine that never suspends; its result."""
     try:
         coro.send(None)
-    except StopIteration:
-        return
+    except StopIteration as done:
+        return typing.cast(T, done.value)
     coro.close()
     raise RuntimeError("a coroutine that was not to suspend did")
