@@ -374,6 +374,8 @@ class _Client(asyncio.Protocol):
                     return
                 if local is not None and (type(event) is ev.Lookup or type(event) is ev.Watch):
                     answer = self._answer_lookup_now(event, local)
+                elif type(event) is ev.Ping:  # the heartbeats: a plain call for any directory
+                    answer = self._pong(event)
                 else:
                     answer = _run_now(self._answer(event))
                 if not self._answered(event, answer, started):
@@ -447,9 +449,7 @@ class _Client(asyncio.Protocol):
                 found = await server.directory.lookup_limited(list(request.phones), ip_spend)
             return self._lookup_answer(request, watched, found)
         if type(request) is ev.Ping:
-            if self.phone is not None:
-                server.directory.renew(self.phone, self._id, self._taken_over)
-            return conn.send(ev.Pong(request.rid))
+            return self._pong(request)
         if type(request) is ev.Register:
             rates = server.config.rates
             spend = Spend(
@@ -488,6 +488,14 @@ class _Client(asyncio.Protocol):
         if ip_spend is not None:
             found = directory.lookup_limited_now(list(request.phones), ip_spend)
         return self._lookup_answer(request, watched, found)
+
+    def _pong(self, ping: ev.Ping) -> Buffer:
+        """A heartbeat: the registration is renewed (the directory's renew() does not
+        suspend, whatever the directory)."""
+        assert self._conn is not None
+        if self.phone is not None:
+            self._server.directory.renew(self.phone, self._id, self._taken_over)
+        return self._conn.send(ev.Pong(ping.rid))
 
     def _start_lookup(self, now: float, request: ev.Lookup | ev.Watch) -> Spend | None:
         """Count a lookup (or watch: its numbers watched from now on, before looking, so
