@@ -114,6 +114,8 @@ class History:
         self._since_prune = 0
         self._batch: list[tuple[Callable[[sqlite3.Connection], object], asyncio.Future[object]]]
         self._batch = []
+        #: The rows of the sent messages stored in the coming group, inserted at once.
+        self._sent_rows: list[tuple[object, ...]] = []
         try:
             self._db = sqlite3.connect(path, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -179,8 +181,15 @@ class History:
     ) -> None:
         """Store a sent message, one row per recipient with its state (and error);
         group-committed."""
-        rows = _sent_rows(message_id, outcomes, group, timestamp, text, photo)
-        await self._soon(lambda db: db.executemany(_INSERT_SENT, rows))
+        first = not self._sent_rows
+        self._sent_rows += _sent_rows(message_id, outcomes, group, timestamp, text, photo)
+        # The first of a group inserts the rows of all (one executemany instead of one
+        # each, a tenth of a pipelining sender's work); each caller still awaits the commit.
+        await self._soon(self._insert_sent if first else _nothing)
+
+    def _insert_sent(self, db: sqlite3.Connection) -> None:
+        rows, self._sent_rows = self._sent_rows, []
+        db.executemany(_INSERT_SENT, rows)
 
     def mark_shown(self, message_id: str, sender: str) -> None:
         """The UI showed it: committed with the next group (a crash before that shows it
@@ -208,6 +217,7 @@ class History:
                 self._db.execute("BEGIN")
                 results = [work(self._db) for work, _ in batch]
         except sqlite3.Error as exc:
+            self._sent_rows = []  # rolled back with the rest: their callers are told so
             error = StoreError(f"history: {exc}")
             for _, future in batch:
                 if not future.done():
@@ -322,6 +332,10 @@ def _sent_rows(
         (message_id, phone, group, timestamp, text, _json(photo), state, error)
         for phone, (state, error) in outcomes.items()
     ]
+
+
+def _nothing(db: sqlite3.Connection) -> None:
+    """The write of a store_sent whose rows the first of its group inserts."""
 
 
 def _log_failure(future: asyncio.Future[Any]) -> None:

@@ -18,8 +18,8 @@ import datetime as dt
 import functools
 import logging
 import random
+import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -371,7 +371,7 @@ class Session:
             raise InvalidInput(f"text longer than {self.config.limits.max_text_bytes} bytes")
         recipients = self._recipients(target)
         self._check_outbox_room(recipients, queue)
-        message = ev.Text(uuid.uuid4().hex, _now(), text, recipients.group)
+        message = ev.Text(secrets.token_hex(16), _now(), text, recipients.group)
 
         links = self._links
         assert links is not None
@@ -398,7 +398,7 @@ class Session:
         self._check_outbox_room(recipients, queue)
         photo: PhotoFile = await asyncio.to_thread(prepare_photo, Path(path), self.config.limits)
         offer = ev.PhotoOffer(
-            uuid.uuid4().hex,
+            secrets.token_hex(16),
             _now(),
             photo.filename,
             photo.size,
