@@ -4,6 +4,7 @@ import asyncio
 from pathlib import Path
 
 from whatsap2p.app.history import History
+from whatsap2p.errors import StoreError
 
 ME, BOB, CAROL = "+5511999990001", "+5511999990002", "+5511999990003"
 T = "2026-11-27T10:00:00.000+00:00"
@@ -128,3 +129,35 @@ async def test_indexes_of_every_row_from_earlier_versions_are_replaced(tmp_path:
     db.close()
     assert {"messages_queued", "messages_to_show"} <= names
     assert not names & {"messages_state", "messages_unshown"}
+
+
+async def test_sent_messages_of_one_moment_share_an_insert_and_a_failed_group_keeps_none(
+    tmp_path: Path,
+) -> None:
+    history = History(tmp_path / "h.sqlite3", ME)
+    await asyncio.gather(
+        *(
+            history.store_sent(f"s{i}", {BOB: ("delivered", None)}, None, T, text=str(i))
+            for i in range(20)
+        )
+    )
+    assert sorted(str(e.text) for e in history.entries(BOB, limit=100)) == sorted(
+        map(str, range(20))
+    )
+
+    # A write SQLite refuses fails its whole group: the sends in it are told so, and
+    # their rows are not inserted later with another group either.
+    async def refused() -> bool:  # a coroutine, so that it joins the group in turn
+        return await history.store_received("bad", BOB, None, T, text=["not", "text"])  # type: ignore[arg-type]
+
+    results = await asyncio.gather(
+        refused(),  # first: the group fails before its sent rows are inserted
+        history.store_sent("lost1", {BOB: ("delivered", None)}, None, T, text="lost"),
+        history.store_sent("lost2", {CAROL: ("delivered", None)}, None, T, text="lost"),
+        return_exceptions=True,
+    )
+    assert all(isinstance(result, StoreError) for result in results)
+    await history.store_sent("kept", {CAROL: ("delivered", None)}, None, T, text="kept")
+    assert [e.id for e in history.entries(CAROL)] == ["kept"]
+    assert "lost1" not in {e.id for e in history.entries(BOB, limit=100)}
+    history.close()
