@@ -363,15 +363,10 @@ class _Client(asyncio.Protocol):
         without a coroutine of its own (most bursts are one lookup): lookups from the
         in-process directory by plain calls, any other request by running `_answer` to
         its end. (Such a directory is in this process: no StoreError.)"""
-        conn = self._conn
-        assert conn is not None
         local = self._server.local
         try:
-            while (event := conn.next_event()) is not None:
+            while (event := self._next_request()) is not None:
                 started = time.perf_counter()
-                if isinstance(event, ev.ConnectionTimedOut):
-                    self._timed_out(event)
-                    return
                 if local is not None and (type(event) is ev.Lookup or type(event) is ev.Watch):
                     answer = self._answer_lookup_now(event, local)
                 elif type(event) is ev.Ping:  # the heartbeats: a plain call for any directory
@@ -380,21 +375,14 @@ class _Client(asyncio.Protocol):
                     answer = _run_now(self._answer(event))
                 if not self._answered(event, answer, started):
                     return
-        except ProtocolError as exc:
-            self._broke_protocol(exc)
-        except Exception:
-            self._failed()
+        except Exception as exc:
+            self._failed(exc)
 
     async def _answer_all(self) -> None:
         """Answer the requests received so far, in order (then those that arrive meanwhile)."""
-        conn = self._conn
-        assert conn is not None
         try:
-            while (event := conn.next_event()) is not None:
+            while (event := self._next_request()) is not None:
                 started = time.perf_counter()
-                if isinstance(event, ev.ConnectionTimedOut):
-                    self._timed_out(event)
-                    return
                 try:
                     answer = await self._answer(event)
                 except StoreError as exc:  # the shared store is down: say so, keep serving
@@ -403,10 +391,8 @@ class _Client(asyncio.Protocol):
                     answer = self.failure(event.rid, "unavailable", "directory store unavailable")
                 if not self._answered(event, answer, started):
                     return
-        except ProtocolError as exc:
-            self._broke_protocol(exc)
-        except Exception:
-            self._failed()
+        except Exception as exc:
+            self._failed(exc)
         finally:
             self._answering = None
 
@@ -423,13 +409,25 @@ class _Client(asyncio.Protocol):
             self._arm_timer()  # their answers start the idle deadline, or end it
         return True
 
-    def _timed_out(self, event: ev.ConnectionTimedOut) -> None:
-        log.info("dropping %s: %s", self.phone or self._ip, event.reason)
-        assert self._transport is not None
-        self._transport.abort()
+    def _next_request(self) -> ev.Message | None:
+        """The next request to answer; None when there is none, or when the connection
+        timed out (it is then dropped)."""
+        assert self._conn is not None
+        event = self._conn.next_event()
+        if isinstance(event, ev.ConnectionTimedOut):
+            log.info("dropping %s: %s", self.phone or self._ip, event.reason)
+            assert self._transport is not None
+            self._transport.abort()
+            return None
+        return event
 
-    def _failed(self) -> None:
-        """A bug, not bad input: say so loudly, close this connection, serve the rest."""
+    def _failed(self, exc: Exception) -> None:
+        """Answering stopped on `exc` (called in its handler): bad input closes the
+        connection as a protocol error; anything else is a bug: say so loudly, close this
+        connection, serve the rest."""
+        if isinstance(exc, ProtocolError):
+            self._broke_protocol(exc)
+            return
         log.exception("unexpected error on the connection from %s", self._ip)
         assert self._transport is not None
         self._transport.abort()
