@@ -146,7 +146,6 @@ class NoiseChannel(Channel):
         "_tx_aead",
         "_tx_key",
         "_tx_n",
-        "_up",
     )
 
     def __init__(
@@ -175,7 +174,6 @@ class NoiseChannel(Channel):
         # Noise's two CipherStates, one per direction, kept here rather than in objects
         # of their own (two fewer per connection, and read without a lookup): the key,
         # its AES-GCM object (BULK; COMPACT ones come from the pool) and the next nonce.
-        self._up = False
         self._tx_key = self._rx_key = b""
         self._tx_aead: AESGCM | None = None
         self._rx_aead: AESGCM | None = None
@@ -198,7 +196,7 @@ class NoiseChannel(Channel):
 
     @property
     def established(self) -> bool:
-        return self._up
+        return self._noise is None  # dropped once the transport keys are in place
 
     def data_to_send(self) -> bytes:
         """Handshake bytes the channel wants sent (empty when there are none)."""
@@ -213,7 +211,7 @@ class NoiseChannel(Channel):
         frames = self._frames
         while (span := frames.next_span()) is not None:
             start, end = span
-            if not self._up:
+            if self._noise is not None:
                 self._handshake_step(bytes(frames.buffer[start:end]))
                 continue
             body = self._open(frames.buffer, start, end)
@@ -222,7 +220,7 @@ class NoiseChannel(Channel):
         return None
 
     def seal(self, body: bytes | bytearray) -> bytes | bytearray:
-        if not self._up:
+        if self._noise is not None:
             raise LocalProtocolError("cannot send before the secure channel is established")
         size = len(body)
         if size > self._max_body:
@@ -296,7 +294,6 @@ class NoiseChannel(Channel):
         self._rx_key, self._rx_n = decrypt.k, decrypt.n
         if self._suite == BULK:
             self._tx_aead, self._rx_aead = AESGCM(self._tx_key), AESGCM(self._rx_key)
-        self._up = True
         self._noise = None
         self._handshake = None
 
@@ -327,15 +324,12 @@ class NoiseChannel(Channel):
         if have + size > self._max_body:
             raise RemoteProtocolError(f"message exceeds the {self._max_body}-byte cap")
         try:
+            aead, nonce, ad = self._aead(False), self._nonce(False), _FLAGS[flag]
             if size <= _COPY_BELOW:  # a copy costs less than a view and its release
-                plain = self._aead(False).decrypt(
-                    self._nonce(False), buffer[start + 1 : end], _FLAGS[flag]
-                )
+                plain = aead.decrypt(nonce, buffer[start + 1 : end], ad)
             else:
                 with memoryview(buffer) as sealed:
-                    plain = self._aead(False).decrypt(
-                        self._nonce(False), sealed[start + 1 : end], _FLAGS[flag]
-                    )
+                    plain = aead.decrypt(nonce, sealed[start + 1 : end], ad)
         except (InvalidTag, ValueError) as exc:
             raise RemoteProtocolError("a message failed authentication") from exc
         if flag == _LAST and not segments:  # the common small message: one segment
