@@ -151,7 +151,7 @@ async def test_sent_messages_of_one_moment_share_an_insert_and_a_failed_group_ke
         return await history.store_received("bad", BOB, None, T, text=["not", "text"])  # type: ignore[arg-type]
 
     results = await asyncio.gather(
-        refused(),  # first: the group fails before its sent rows are inserted
+        refused(),
         history.store_sent("lost1", {BOB: ("delivered", None)}, None, T, text="lost"),
         history.store_sent("lost2", {CAROL: ("delivered", None)}, None, T, text="lost"),
         return_exceptions=True,

@@ -114,7 +114,7 @@ class History:
         self._since_prune = 0
         self._batch: list[tuple[Callable[[sqlite3.Connection], object], asyncio.Future[object]]]
         self._batch = []
-        #: The rows of the sent messages stored in the coming group, inserted at once.
+        #: The rows of the sent messages of the coming group: it inserts them at once.
         self._sent_rows: list[tuple[object, ...]] = []
         try:
             self._db = sqlite3.connect(path, isolation_level=None)
@@ -181,15 +181,10 @@ class History:
     ) -> None:
         """Store a sent message, one row per recipient with its state (and error);
         group-committed."""
-        first = not self._sent_rows
+        # The group inserts the rows of all its sent messages at once (one executemany,
+        # not one each: a tenth of a pipelining sender's work); each still awaits the commit.
         self._sent_rows += _sent_rows(message_id, outcomes, group, timestamp, text, photo)
-        # The first of a group inserts the rows of all (one executemany instead of one
-        # each, a tenth of a pipelining sender's work); each caller still awaits the commit.
-        await self._soon(self._insert_sent if first else _nothing)
-
-    def _insert_sent(self, db: sqlite3.Connection) -> None:
-        rows, self._sent_rows = self._sent_rows, []
-        db.executemany(_INSERT_SENT, rows)
+        await self._soon(_nothing)
 
     def mark_shown(self, message_id: str, sender: str) -> None:
         """The UI showed it: committed with the next group (a crash before that shows it
@@ -212,12 +207,14 @@ class History:
 
     def _commit_batch(self) -> None:
         batch, self._batch = self._batch, []
+        sent, self._sent_rows = self._sent_rows, []
         try:
             with self._db:
                 self._db.execute("BEGIN")
+                if sent:
+                    self._db.executemany(_INSERT_SENT, sent)
                 results = [work(self._db) for work, _ in batch]
         except sqlite3.Error as exc:
-            self._sent_rows = []  # rolled back with the rest: their callers are told so
             error = StoreError(f"history: {exc}")
             for _, future in batch:
                 if not future.done():
@@ -335,7 +332,7 @@ def _sent_rows(
 
 
 def _nothing(db: sqlite3.Connection) -> None:
-    """The write of a store_sent whose rows the first of its group inserts."""
+    """The write of a store_sent: its group inserts the rows (`_commit_batch`)."""
 
 
 def _log_failure(future: asyncio.Future[Any]) -> None:
