@@ -21,37 +21,59 @@
     │   ├── ServerKeyMismatch         the server is not the one we were told to trust
     │   ├── RateLimited
     │   └── ServerRefused
-    └── DeliveryFailed                one peer could not be given a message
-        └── DeliveryRefused           the peer answered that it will not store it
+    └── DeliveryFailed                one peer was not given a message; `code` says why:
+        ├── PeerUnreachable           "unreachable": no connection to its module
+        │   └── LinkClosed            a kept connection was found closed (sent again)
+        ├── PeerTimedOut              "timeout": it did not connect, answer or read in time
+        ├── PeerRefused               "refused": it refused the whole connection (`closing`)
+        ├── PeerIdentityChanged       "identity-changed": not the key pinned for the number
+        ├── DeliveryRejected          "rejected": it read the message and will not store it
+        ├── PeerProtocolError         "protocol": it broke the peer protocol
+        ├── Unconfirmed               "unconfirmed": it was sent, no answer came back
+        └── RecipientOffline          "offline": not online at the server
 
-Lower-layer exceptions (OSError, msgpack, Pillow) are re-raised as these with `from exc`,
-and `ui/cli.py` is the one place where they become exit codes.
+A DeliveryFailed's `code` is stable (scripts read it in a `send` result's `failed`
+entries, the UIs choose what to show by it); its text is for people and may change.
+Retrying helps with "unreachable", "timeout", "refused" and "unconfirmed" (the receiver
+recognises a message it already has by its id); it cannot with "identity-changed" (the
+user must `trust` the new key first) or "rejected".
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 __all__ = [
+    "DELIVERY_CODES",
     "CannotListen",
     "CorruptContactsFile",
     "DeliveryFailed",
-    "DeliveryRefused",
+    "DeliveryRejected",
     "DirectoryError",
     "FrameTooLarge",
     "InvalidInput",
     "InvalidPhoneNumber",
+    "LinkClosed",
     "LocalProtocolError",
     "NameConflict",
     "NumberAlreadyOnline",
     "NumberBound",
+    "PeerIdentityChanged",
+    "PeerProtocolError",
+    "PeerRefused",
+    "PeerTimedOut",
+    "PeerUnreachable",
     "PhotoRejected",
     "ProtocolError",
     "RateLimited",
+    "RecipientOffline",
     "RemoteKeyMismatch",
     "RemoteProtocolError",
     "ServerKeyMismatch",
     "ServerRefused",
     "ServerUnreachable",
     "StoreError",
+    "Unconfirmed",
     "UnknownTarget",
     "WhatsAp2pError",
 ]
@@ -146,12 +168,74 @@ class ServerRefused(DirectoryError):
 
 
 class DeliveryFailed(WhatsAp2pError):
-    """A message could not be handed to one peer; the text says why."""
+    """A message could not be handed to one peer; `code` says why, the text in words."""
+
+    code: ClassVar[str] = "unreachable"
 
 
-class LinkClosed(DeliveryFailed):
-    """The connection to the peer was found closed (reset, or ended before an answer)."""
+class PeerUnreachable(DeliveryFailed):
+    """No connection to the peer's module: refused, reset, no route, or another module at
+    the address the server gave."""
+
+    code = "unreachable"
 
 
-class DeliveryRefused(DeliveryFailed):
+class LinkClosed(PeerUnreachable):
+    """A connection kept from an earlier send was found closed before this message went
+    out on it (the sender tries once more on a new one)."""
+
+
+class PeerTimedOut(DeliveryFailed):
+    """The peer did not connect, complete the handshake, answer or read in time, before
+    the message could have reached it."""
+
+    code = "timeout"
+
+
+class PeerRefused(DeliveryFailed):
+    """The peer refused the whole connection (e.g. it could not check our key)."""
+
+    code = "refused"
+
+
+class PeerIdentityChanged(DeliveryFailed):
+    """The number proved a key other than the one pinned for it: nothing was sent."""
+
+    code = "identity-changed"
+
+
+class DeliveryRejected(DeliveryFailed):
     """The peer received the message and refused to store it (retrying will not help)."""
+
+    code = "rejected"
+
+
+class PeerProtocolError(DeliveryFailed):
+    """The peer broke the peer protocol."""
+
+    code = "protocol"
+
+
+class Unconfirmed(DeliveryFailed):
+    """The message went out, but no acknowledgement came back: it may have arrived."""
+
+    code = "unconfirmed"
+
+
+class RecipientOffline(DeliveryFailed):
+    """The recipient is not online at the server."""
+
+    code = "offline"
+
+
+#: Every code a DeliveryFailed may carry (documented in the README and docs/jsonrpc.md).
+DELIVERY_CODES: tuple[str, ...] = (
+    "unreachable",
+    "timeout",
+    "refused",
+    "identity-changed",
+    "rejected",
+    "protocol",
+    "unconfirmed",
+    "offline",
+)

@@ -14,6 +14,7 @@ import pytest
 from tests.conftest import image_bytes
 from tests.servers import FAST, World, directory_client, session_config, world_at
 from whatsap2p.app.events import (
+    FailedDelivery,
     IdentityChanged,
     PhotoReceived,
     PresenceChanged,
@@ -25,10 +26,11 @@ from whatsap2p.app.events import (
 from whatsap2p.app.session import IDENTITY_FILE, Session
 from whatsap2p.config import Limits
 from whatsap2p.errors import (
-    DeliveryFailed,
+    DeliveryRejected,
     InvalidInput,
     NumberAlreadyOnline,
     NumberBound,
+    PeerRefused,
     PhotoRejected,
     StoreError,
     UnknownTarget,
@@ -93,7 +95,9 @@ async def test_texts_refused_among_many_at_once_fail_alone(world: World) -> None
             assert (report.delivered, report.failed) == ([BOB], [])
         else:
             assert report.delivered == []
-            assert report.failed == [(BOB, "refused by the peer: text longer than 10 bytes")]
+            assert report.failed == [
+                FailedDelivery(BOB, "rejected", "refused by the peer: text longer than 10 bytes")
+            ]
     assert bob._listener is not None
     assert bob._listener.accepted == 1  # a refusal leaves the connection to the others
     got = [await next_event(bob) for _ in range(20)]
@@ -127,7 +131,9 @@ async def test_a_peer_that_takes_texts_but_never_answers_is_given_up(world: Worl
         for future in stuck:
             future.set_exception(StoreError("gave up"))  # the stuck receiver ends
     for report in reports:
-        assert report.failed == [(BOB, "no acknowledgement from the peer (timed out)")]
+        assert report.failed == [
+            FailedDelivery(BOB, "unconfirmed", "no acknowledgement from the peer (timed out)")
+        ]
     assert len(stuck) == 3  # bob had them: it did not answer
     assert (await alice.send_text(BOB, "and now?")).delivered == [BOB]
     assert bob._listener.accepted == 2  # a new connection: the stuck one was dropped
@@ -216,8 +222,7 @@ async def test_a_frozen_peer_does_not_hold_up_the_others(world: World) -> None:
     started = loop.time()
     report = await alice.send_text("pals", "anyone?")
     assert report.delivered == [BOB]
-    assert [phone for phone, _ in report.failed] == [CAROL]
-    assert "timed out" in report.failed[0][1]
+    assert [(f.phone, f.code) for f in report.failed] == [(CAROL, "timeout")]
     assert loop.time() - started < 5
     assert isinstance(await next_event(bob), TextReceived)
     await impostor.close()
@@ -234,8 +239,8 @@ async def test_a_peer_that_refuses_says_why(world: World, tmp_path: Path) -> Non
     big.write_bytes(image_bytes(size=(300, 300)))
     report = await alice.send_photo(BOB, big)
     assert report.delivered == []
-    assert report.failed[0][0] == BOB
-    assert "refused by the peer: photo size" in report.failed[0][1]
+    assert [(f.phone, f.code) for f in report.failed] == [(BOB, "rejected")]
+    assert "refused by the peer: photo size" in report.failed[0].error
 
 
 async def test_bad_sends_are_refused_before_anything_goes_out(world: World, tmp_path: Path) -> None:
@@ -268,8 +273,8 @@ async def test_a_peer_that_went_away_is_reported_failed(world: World) -> None:
     alice, bob = await world.user(ALICE), await world.user(BOB)
     await bob._listener.close()  # type: ignore[union-attr]  # registered, but nobody listens any more
     report = await alice.send_text(BOB, "hello?")
-    assert [phone for phone, _ in report.failed] == [BOB]
-    assert report.failed[0][1].startswith("cannot connect")
+    assert [(f.phone, f.code) for f in report.failed] == [(BOB, "unreachable")]
+    assert report.failed[0].error.startswith("cannot connect")
 
 
 def offer_of(data: bytes, message_id: str, filename: str) -> ev.PhotoOffer:
@@ -334,7 +339,7 @@ async def test_a_damaged_photo_is_reported_failed_and_not_kept(world: World) -> 
         "p1", "2026-11-27T10:00:00+00:00", "x.png", len(data), "0" * 64, "image/png"
     )
     damaged = InMemory(data, sha256="0" * 64)  # not what arrives
-    with pytest.raises(DeliveryFailed, match="SHA-256 does not match"):
+    with pytest.raises(DeliveryRejected, match="SHA-256 does not match"):
         await link.send_photo(offer, lambda offset: damaged)
     await link.close()
     assert list((bob.config.data_dir / "photos").iterdir()) == []
@@ -362,13 +367,13 @@ async def test_a_changed_key_is_caught_both_ways_until_trusted(world: World) -> 
 
     report = await alice.send_text(BOB, "is it you?")
     assert report.delivered == []
-    assert report.failed[0][0] == BOB
-    assert "identity changed" in report.failed[0][1]
+    assert [(f.phone, f.code) for f in report.failed] == [(BOB, "identity-changed")]
     assert await next_event(alice) == IdentityChanged(BOB, new_bob.fingerprint)
     assert new_bob.events.empty()  # nothing was sent
 
     back = await new_bob.send_text(ALICE, "it's me, new phone")  # new_bob pins alice fine,
-    assert "identity changed" in back.failed[0][1]  # but alice refuses the unknown key
+    assert back.failed[0].code == "refused"  # but alice refuses the unknown key
+    assert "identity changed" in back.failed[0].error
     assert alice.events.empty()  # the change was already announced once
 
     assert await alice.trust_key(BOB) == (BOB, new_bob.fingerprint)
@@ -385,7 +390,7 @@ async def test_a_sender_claiming_another_number_is_refused(world: World) -> None
     address = ev.PeerAddress(BOB, "127.0.0.1", bob.listen_address[1], bob.identity.public)
     # mallory proves her own key but claims to be alice
     link = await PeerLink.open(address, ALICE, mallory.identity, Limits(), FAST)
-    with pytest.raises(DeliveryFailed, match=r"not the one bound to \+5511999990001"):
+    with pytest.raises(PeerRefused, match=r"not the one bound to \+5511999990001"):
         await link.send_text(ev.Text("m1", "2026-11-27T10:00:00+00:00", "it's alice, honest"))
     await link.close()
     assert bob.events.empty()

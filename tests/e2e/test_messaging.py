@@ -258,7 +258,7 @@ async def test_a_receiver_frozen_mid_photo_fails_alone_and_keeps_nothing(
         sent = await asyncio.wait_for(sending, 30)
         assert asyncio.get_running_loop().time() - started < 10
         assert sent["delivered"] == [CAROL]  # the others are not held up
-        assert [f["phone"] for f in sent["failed"]] == [BOB]
+        assert [(f["phone"], f["code"]) for f in sent["failed"]] == [(BOB, "timeout")]
         assert "timed out" in sent["failed"][0]["error"]
         assert (await carol.notification("receive"))["photo"]["bytes"] == big.stat().st_size
     finally:

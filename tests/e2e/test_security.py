@@ -144,11 +144,12 @@ async def test_a_wiped_database_shows_old_contacts_an_identity_change(tmp_path: 
         assert new_fp != old_fp
         sent = await alice.call("send", to="bob", text="is that you?")
         assert sent["delivered"] == []
-        assert sent["failed"][0]["phone"] == BOB
+        assert [(f["phone"], f["code"]) for f in sent["failed"]] == [(BOB, "identity-changed")]
         assert "identity changed" in sent["failed"][0]["error"]
         assert await alice.notification("identityChanged") == {"phone": BOB, "fingerprint": new_fp}
         back = await new_bob.call("send", to=ALICE, text="new phone, same bob")
-        assert "identity changed" in back["failed"][0]["error"]  # alice refuses him too
+        assert back["failed"][0]["code"] == "refused"  # alice refuses him too
+        assert "identity changed" in back["failed"][0]["error"]
         assert (await alice.call("listContacts"))[0]["fingerprint"] == old_fp  # still pinned
 
         assert await alice.call("trust", phone="11 99999-0002") == {

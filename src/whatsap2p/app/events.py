@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from whatsap2p.app.photos import PhotoFile
+from whatsap2p.errors import DeliveryFailed
 
 __all__ = [
     "DeliveryReport",
+    "FailedDelivery",
     "IdentityChanged",
     "PhotoReceived",
     "PresenceChanged",
@@ -86,6 +88,20 @@ SessionEvent = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class FailedDelivery:
+    """One recipient that was not given a message: `code` is one of
+    `errors.DELIVERY_CODES` (stable, for programs), `error` says why in words."""
+
+    phone: str
+    code: str
+    error: str
+
+    @classmethod
+    def of(cls, phone: str, failure: DeliveryFailed) -> FailedDelivery:
+        return cls(phone, failure.code, str(failure))
+
+
 @dataclass(slots=True)
 class DeliveryReport:
     """Per recipient: delivered (acknowledged as stored), offline, or failed and why."""
@@ -93,6 +109,6 @@ class DeliveryReport:
     id: str
     delivered: list[str] = field(default_factory=list)
     offline: list[str] = field(default_factory=list)
-    failed: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[FailedDelivery] = field(default_factory=list)
     #: Offline recipients whose copy waits in the outbox (a send with queue=True).
     queued: list[str] = field(default_factory=list)

@@ -28,6 +28,7 @@ from whatsap2p.app.contacts import FILE_NAME as CONTACTS_FILE
 from whatsap2p.app.contacts import AddressBook, Recipients
 from whatsap2p.app.events import (
     DeliveryReport,
+    FailedDelivery,
     IdentityChanged,
     PhotoReceived,
     PresenceChanged,
@@ -54,9 +55,11 @@ from whatsap2p.config import Limits, Timeouts
 from whatsap2p.errors import (
     CannotListen,
     DeliveryFailed,
-    DeliveryRefused,
+    DeliveryRejected,
     DirectoryError,
     InvalidInput,
+    PeerIdentityChanged,
+    PeerRefused,
     ServerUnreachable,
     StoreError,
     UnknownTarget,
@@ -346,7 +349,7 @@ class Session:
             asyncio.get_running_loop().create_task(self._retry(phone))
         return phone, fingerprint(key)
 
-    def _check_pinned(self, phone: str, key: bytes) -> str | None:
+    def _check_pinned(self, phone: str, key: bytes) -> PeerIdentityChanged | None:
         """None if `key` may be used for `phone` (pinning it on first use), else why not."""
         pinned = self.trust.pinned(phone)
         if pinned is None:
@@ -357,7 +360,7 @@ class Session:
         if self._changed.get(phone) != key:
             self._changed[phone] = key
             self._publish(IdentityChanged(phone, fingerprint(key)))
-        return (
+        return PeerIdentityChanged(
             f"identity changed: {phone} now proves key {fingerprint(key)}, not the "
             f"pinned {fingerprint(pinned)}; nothing was sent (use trust to accept it)"
         )
@@ -454,7 +457,7 @@ class Session:
         outcomes = dict.fromkeys(report.delivered, delivered)
         outcomes.update((phone, ("offline", None)) for phone in report.offline)
         outcomes.update((phone, ("queued", None)) for phone in report.queued)
-        outcomes.update((phone, ("failed", error)) for phone, error in report.failed)
+        outcomes.update((failed.phone, ("failed", failed.error)) for failed in report.failed)
         await self.history.store_sent(report.id, outcomes, group, timestamp, text, photo)
         self._queued_count += len(report.queued)
 
@@ -505,7 +508,7 @@ class Session:
                 if refusal is None:
                     targets.append(phone)
                 else:
-                    report.failed.append((phone, refusal))
+                    report.failed.append(FailedDelivery.of(phone, refusal))
         if len(targets) == 1:  # the common case: no gather (its futures cost per message)
             outcomes = [await self._deliver_to(online[targets[0]], deliver)]
         else:
@@ -515,20 +518,20 @@ class Session:
             if error is None:
                 report.delivered.append(phone)
             else:
-                report.failed.append((phone, error))
+                report.failed.append(FailedDelivery.of(phone, error))
         order = {phone: i for i, phone in enumerate(recipients.phones)}
-        report.failed.sort(key=lambda failure: order[failure[0]])
+        report.failed.sort(key=lambda failure: order[failure.phone])
         return report
 
     async def _deliver_to(
         self, address: ev.PeerAddress, deliver: Callable[[ev.PeerAddress], Awaitable[None]]
-    ) -> str | None:
-        """None when the peer acknowledged, else the reason it did not."""
+    ) -> DeliveryFailed | None:
+        """None when the peer acknowledged, else why it did not."""
         try:
             await deliver(address)
         except DeliveryFailed as exc:
             log.info("delivery to %s failed: %s", address.phone, exc)
-            return str(exc)
+            return exc
         return None
 
     # --- the outbox -------------------------------------------------------------------------
@@ -637,7 +640,7 @@ class Session:
                 )
             else:
                 await link.send_photo(*await asyncio.to_thread(self._queued_photo, entry))
-        except DeliveryRefused as exc:  # final: it will not be stored, however often we try
+        except DeliveryRejected as exc:  # final: it will not be stored, however often we try
             self.history.set_state(entry.id, phone, "failed", str(exc))
         else:
             self.history.set_state(entry.id, phone, "delivered", None)
@@ -711,12 +714,12 @@ class _Inbound:
         try:
             online = await session.lookup([sender])
         except DirectoryError as exc:
-            raise DeliveryFailed(f"cannot check the sender's key: {exc}") from exc
+            raise PeerRefused(f"cannot check the sender's key: {exc}") from exc
         if sender not in online or online[sender].key != key:
-            raise DeliveryFailed(f"the sender's key is not the one bound to {sender}")
+            raise PeerRefused(f"the sender's key is not the one bound to {sender}")
         refusal = session._check_pinned(sender, key)
         if refusal is not None:
-            raise DeliveryFailed(refusal)
+            raise refusal
 
     def text_received(self, sender: str, text: ev.Text) -> Awaitable[None]:
         session = self._session

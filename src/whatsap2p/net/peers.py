@@ -17,10 +17,15 @@ from typing import Protocol
 from whatsap2p.config import Limits, Timeouts
 from whatsap2p.errors import (
     DeliveryFailed,
-    DeliveryRefused,
+    DeliveryRejected,
     LinkClosed,
+    PeerProtocolError,
+    PeerRefused,
+    PeerTimedOut,
+    PeerUnreachable,
     ProtocolError,
     RemoteKeyMismatch,
+    Unconfirmed,
     WhatsAp2pError,
 )
 from whatsap2p.net.handshake import complete_handshake
@@ -425,9 +430,9 @@ class PeerLink:
                 timeouts.connect,
             )
         except TimeoutError as exc:
-            raise DeliveryFailed("connection timed out") from exc
+            raise PeerTimedOut("connection timed out") from exc
         except OSError as exc:
-            raise DeliveryFailed(f"cannot connect: {exc.strerror or exc}") from exc
+            raise PeerUnreachable(f"cannot connect: {exc.strerror or exc}") from exc
         # A photo streams in chunks: let a few of them queue in the transport so the
         # socket never idles while we wait for `drain`.
         writer.transport.set_write_buffer_limits(high=_WRITE_BUFFER)
@@ -439,14 +444,19 @@ class PeerLink:
             await complete_handshake(reader, writer, conn, timeouts.handshake)
         except RemoteKeyMismatch as exc:
             writer.close()
-            raise DeliveryFailed(
+            raise PeerUnreachable(
                 "the module at that address is not the one the server knows for this number"
             ) from exc
         except (OSError, TimeoutError, ProtocolError) as exc:
             writer.close()
-            raise DeliveryFailed(
-                f"no secure connection to the peer: {str(exc) or 'timed out'}"
-            ) from exc
+            failure: type[DeliveryFailed] = (
+                PeerTimedOut
+                if isinstance(exc, TimeoutError)
+                else PeerProtocolError
+                if isinstance(exc, ProtocolError)
+                else PeerUnreachable
+            )
+            raise failure(f"no secure connection to the peer: {str(exc) or 'timed out'}") from exc
         link = cls(reader, writer, conn, timeouts)
         await link._write(ev.Hello(me))
         return link
@@ -499,6 +509,7 @@ class PeerLink:
         assert isinstance(decision, ev.Resume)
         answer_task = asyncio.create_task(self._answer_to(offer.id))
         source = stream_from(decision.offset)
+        ended = False
         try:
             try:
                 async with contextlib.aclosing(aiter(source)) as chunks:
@@ -509,12 +520,19 @@ class PeerLink:
                 if not answer_task.done():
                     assert source.sha256 is not None
                     await self._write(ev.PhotoEnd(offer.id, source.sha256))
+                    ended = True
             except DeliveryFailed:
                 # A receiver that refuses says why, then closes: prefer its reason.
-                with contextlib.suppress(TimeoutError):
+                with contextlib.suppress(TimeoutError, Unconfirmed):
                     await asyncio.wait_for(asyncio.shield(answer_task), _REFUSAL_GRACE)
                 raise
-            await answer_task
+            try:
+                await answer_task
+            except Unconfirmed as exc:
+                if ended:
+                    raise
+                # Not all of it went out: it cannot have been stored.
+                raise PeerTimedOut("the peer stopped taking the photo (timed out)") from exc
         finally:
             if not answer_task.done():
                 answer_task.cancel()
@@ -529,7 +547,7 @@ class PeerLink:
         try:
             return self._conn.send(text)
         except ProtocolError as exc:
-            raise DeliveryFailed(str(exc)) from exc
+            raise PeerProtocolError(str(exc)) from exc
 
     def write_now(self, data: Buffer) -> None:
         self._writer.transport.write(data)
@@ -539,7 +557,7 @@ class PeerLink:
         try:
             await _drained(self._writer, self._timeouts.write_drain)
         except TimeoutError as exc:
-            raise DeliveryFailed("peer stopped reading (timed out)") from exc
+            raise PeerTimedOut("peer stopped reading (timed out)") from exc
         except OSError as exc:
             raise LinkClosed(f"connection lost: {exc.strerror or exc}") from exc
 
@@ -556,17 +574,17 @@ class PeerLink:
             self._writer.write(self._conn.send(message))
             await _drained(self._writer, self._timeouts.write_drain)
         except TimeoutError as exc:
-            raise DeliveryFailed("peer stopped reading (timed out)") from exc
+            raise PeerTimedOut("peer stopped reading (timed out)") from exc
         except OSError as exc:
             raise LinkClosed(f"connection lost: {exc.strerror or exc}") from exc
         except ProtocolError as exc:
-            raise DeliveryFailed(str(exc)) from exc
+            raise PeerProtocolError(str(exc)) from exc
 
     async def _answer_to(self, message_id: str) -> None:
         """Wait for the ack of `message_id`; DeliveryFailed (or Refused) otherwise."""
         answer = await self._answer_for(message_id)
         if isinstance(answer, ev.Resume):
-            raise DeliveryFailed("peer asked for a photo it had already been sent")
+            raise PeerProtocolError("peer asked for a photo it had already been sent")
 
     async def _answer_for(self, message_id: str) -> ev.Ack | ev.Resume:
         """The peer's next answer, if it is about `message_id` and not a refusal."""
@@ -574,13 +592,13 @@ class PeerLink:
             async with asyncio.timeout(self._timeouts.peer_ack):
                 answer = await self._next_answer()
         except TimeoutError as exc:
-            raise DeliveryFailed("no acknowledgement from the peer (timed out)") from exc
+            raise Unconfirmed("no acknowledgement from the peer (timed out)") from exc
         if isinstance(answer, ev.Closing):
-            raise DeliveryFailed(f"refused by the peer: {answer.reason}")
+            raise PeerRefused(f"refused by the peer: {answer.reason}")
         if answer.id != message_id:
-            raise DeliveryFailed("peer acknowledged another message")
+            raise PeerProtocolError("peer acknowledged another message")
         if isinstance(answer, ev.Rejected):
-            raise DeliveryRefused(f"refused by the peer: {answer.reason}")
+            raise DeliveryRejected(f"refused by the peer: {answer.reason}")
         return answer
 
     async def _next_answer(self) -> ev.Ack | ev.Rejected | ev.Resume | ev.Closing:
@@ -598,7 +616,7 @@ class PeerLink:
         except OSError as exc:
             raise LinkClosed(f"connection lost: {exc.strerror or exc}") from exc
         except ProtocolError as exc:
-            raise DeliveryFailed(f"peer broke the protocol: {exc}") from exc
+            raise PeerProtocolError(f"peer broke the protocol: {exc}") from exc
         if not data:
             raise LinkClosed("peer closed the connection before acknowledging")
 
@@ -681,14 +699,14 @@ class _TextLane:
 
     def _answered(self, answer: ev.Ack | ev.Rejected | ev.Resume | ev.Closing) -> None:
         if isinstance(answer, ev.Closing):
-            raise DeliveryFailed(f"refused by the peer: {answer.reason}")
+            raise PeerRefused(f"refused by the peer: {answer.reason}")
         if isinstance(answer, ev.Resume):  # (the sender state refuses it: no photo here)
-            raise DeliveryFailed("peer asked for a photo it had not been offered")
+            raise PeerProtocolError("peer asked for a photo it had not been offered")
         waiting = self._waiting.pop(answer.id, None)
         if waiting is None or waiting[0].done():
             return  # its sender gave up (cancelled)
         if isinstance(answer, ev.Rejected):
-            waiting[0].set_exception(DeliveryRefused(f"refused by the peer: {answer.reason}"))
+            waiting[0].set_exception(DeliveryRejected(f"refused by the peer: {answer.reason}"))
         else:
             waiting[0].set_result(None)
 
@@ -702,7 +720,7 @@ class _TextLane:
         if self._waiting:
             _, deadline = next(iter(self._waiting.values()))
             if deadline <= now:
-                self._end(DeliveryFailed("no acknowledgement from the peer (timed out)"))
+                self._end(Unconfirmed("no acknowledgement from the peer (timed out)"))
             else:
                 self._arm(deadline)
         elif now >= self._last_used + self._idle:

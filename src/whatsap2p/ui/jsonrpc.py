@@ -71,7 +71,10 @@ def report_json(report: DeliveryReport) -> dict[str, object]:
         "id": report.id,
         "delivered": report.delivered,
         "offline": report.offline,
-        "failed": [{"phone": phone, "error": error} for phone, error in report.failed],
+        "failed": [
+            {"phone": failed.phone, "error": failed.error, "code": failed.code}
+            for failed in report.failed
+        ],
         "queued": report.queued,
     }
 

@@ -138,7 +138,7 @@ def format_report(report: DeliveryReport) -> str:
         parts.append("offline: " + ", ".join(report.offline))
     if report.queued:
         parts.append("queued for: " + ", ".join(report.queued))
-    parts.extend(f"failed: {phone} ({error})" for phone, error in report.failed)
+    parts.extend(f"failed: {failed.phone} ({failed.error})" for failed in report.failed)
     return "; ".join(parts) or "no recipients"
 
 

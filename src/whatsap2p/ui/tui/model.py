@@ -55,9 +55,9 @@ class Row:
             self.states[phone] = "offline"
         for phone in report.queued:
             self.states[phone] = "queued"
-        for phone, error in report.failed:
-            self.states[phone] = "failed"
-            self.errors[phone] = error
+        for failed in report.failed:
+            self.states[failed.phone] = "failed"
+            self.errors[failed.phone] = failed.error
 
     def fail(self, error: str) -> None:
         """The send as a whole was refused (nothing went out)."""
