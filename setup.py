@@ -26,6 +26,8 @@ COMPILED = [
     "src/whatsap2p/server/directory.py",
     "src/whatsap2p/server/ratelimit.py",
     "src/whatsap2p/server/service.py",
+    "src/whatsap2p/net/deadlines.py",
+    "src/whatsap2p/net/directory_connection.py",
     "src/whatsap2p/net/simulated.py",
 ]
 

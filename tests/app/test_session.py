@@ -458,7 +458,7 @@ async def test_history_records_both_directions_with_states(world: World, photo: 
 async def test_a_dropped_server_connection_is_restored_by_itself(world: World) -> None:
     alice, bob = await world.user(ALICE), await world.user(BOB)
     assert alice._directory is not None
-    alice._directory._writer.transport.abort()  # the connection dies under us
+    alice._directory.abort()  # the connection dies under us
     assert await next_event(alice) == ServerConnectionChanged("lost")
     assert await next_event(alice) == ServerConnectionChanged("restored")
     assert alice.server_connected

@@ -126,7 +126,7 @@ async def test_closing_the_connection_takes_the_user_offline() -> None:
         alice, bob = await client(port), await client(port)
         await alice.register(ALICE, 4001)
         await bob.register(BOB, 4002)
-        alice._writer.transport.abort()  # like a killed process: no unregister
+        alice.abort()  # like a killed process: no unregister
         await asyncio.wait_for(directory.went_offline[ALICE].wait(), 5)
         assert await bob.lookup([ALICE]) == {}
         assert await server.directory.count() == 1
@@ -185,7 +185,7 @@ async def test_deadlines_share_one_timer_and_closed_connections_leave_it() -> No
         for i, (phone, member) in enumerate(crowd.items()):
             await member.register(phone, 4100 + i)
         for member in crowd.values():
-            member._writer.transport.abort()  # like killed processes: no unregister
+            member.abort()  # like killed processes: no unregister
         for phone in crowd:  # each taken offline once the server saw its connection lost
             await asyncio.wait_for(directory.went_offline[phone].wait(), 5)
         assert len(server.deadlines) == 1  # alice's, the one connection left
@@ -340,8 +340,8 @@ async def test_unknown_and_known_but_offline_numbers_look_the_same() -> None:
         await asker.register(BOB, 4002)
         raw: list[bytes] = []
         for phone in (ALICE, "+5511999990099"):  # known-offline, never seen
-            rid = asker._conn.next_rid()
-            answer = await asker._request(ev.Lookup(rid, (phone,)))
+            rid = asker.next_rid()
+            answer = await asker.request(ev.Lookup(rid, (phone,)))
             assert answer == ev.LookupResult(rid, ())
             raw.append(encode_message(ev.LookupResult(0, answer.peers)))
         assert raw[0] == raw[1]

@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import replace
 
 from tests.servers import FAST, SERVER_KEY, running_server
-from whatsap2p.net.simulated import Heartbeats, SimulatedUser
+from whatsap2p.net.simulated import SimulatedUser
 from whatsap2p.protocol.keys import fingerprint
 from whatsap2p.server.directory import MemoryDirectory
 from whatsap2p.server.service import DirectoryServer
@@ -108,54 +108,3 @@ async def test_lookups_on_a_connection_already_gone_fail_at_once() -> None:
         async with asyncio.timeout(5):
             await user.look_up(3, lambda: phone_of(0), array.array("d"), errors)
         assert errors == {"ServerUnreachable": 3}
-
-
-class _Beating:
-    """Stands for a simulated user: counts its pings, gone after `lives` of them."""
-
-    def __init__(self, lives: int, everyone: asyncio.Future[None], counts: list[int]) -> None:
-        self.lives, self.everyone, self.counts = lives, everyone, counts
-        self.pings = self.asked = 0
-        self.times: list[float] = []
-
-    def beat(self) -> bool:
-        self.asked += 1
-        if self.pings == self.lives:
-            return False  # its connection is gone
-        self.pings += 1
-        self.times.append(asyncio.get_running_loop().time())
-        self.counts.append(self.pings)
-        if len(self.counts) >= 12 and not self.everyone.done():
-            self.everyone.set_result(None)
-        return True
-
-
-async def test_users_of_one_process_ping_once_an_interval_on_one_timer() -> None:
-    """Each user pings once an interval from when it came online, whichever users share
-    the timer; a user whose connection is gone is never pinged again."""
-    loop = asyncio.get_running_loop()
-    interval = 0.05
-    heartbeats = Heartbeats(interval)
-    enough: asyncio.Future[None] = loop.create_future()
-    counts: list[int] = []
-    lasting = _Beating(1_000, enough, counts)
-    dying = _Beating(1, enough, counts)  # pings once, then is lost
-    late = _Beating(1_000, enough, counts)
-    added = loop.time()
-    heartbeats.add(lasting)
-    heartbeats.add(dying)
-    await asyncio.sleep(interval / 2)  # (the scenario: one registers half an interval later)
-    late_added = loop.time()
-    heartbeats.add(late)
-    async with asyncio.timeout(5):
-        await enough
-    heartbeats.close()
-    assert (dying.pings, dying.asked) == (1, 2)  # asked once more, said it was gone: never again
-    for user, since in ((lasting, added), (late, late_added)):
-        assert user.pings >= 4
-        first, *rest = user.times
-        assert first >= since + interval - Heartbeats.TICK  # not before its interval
-        gaps = [b - a for a, b in zip(user.times, rest, strict=False)]
-        assert all(gap >= interval - Heartbeats.TICK for gap in gaps), gaps
-    # the late user keeps its own phase: it is not pinged with the first two
-    assert late.times[0] - lasting.times[0] >= interval / 2 - Heartbeats.TICK

@@ -1,9 +1,13 @@
-"""The user module's connection to the central server: requests, answers, heartbeats."""
+"""The user module's connection to the central server, as awaitable requests.
+
+The connection itself (handshake, deadlines, heartbeats) is the sans-IO
+`DirectoryClientConnection` driven by the `DirectoryConnection` adapter; this class
+owns it and turns its answers into futures.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -21,17 +25,19 @@ from whatsap2p.errors import (
     ServerRefused,
     ServerUnreachable,
 )
-from whatsap2p.net.handshake import complete_handshake
+from whatsap2p.net.deadlines import Deadlines
+from whatsap2p.net.directory_connection import (
+    DirectoryConnection,
+    DirectoryEvents,
+    client_connection,
+)
+from whatsap2p.net.network import Network, TcpNetwork
 from whatsap2p.protocol import events as ev
-from whatsap2p.protocol.directory import DirectoryClientConnection
 from whatsap2p.protocol.keys import StaticKey, fingerprint
-from whatsap2p.protocol.noise import COMPACT, NoiseChannel
 
-__all__ = ["DirectoryClient", "cannot_reach", "client_connection", "handshake_failed", "refusal"]
+__all__ = ["DirectoryClient", "cannot_reach", "handshake_failed", "refusal"]
 
 log = logging.getLogger(__name__)
-
-_READ_SIZE = 64 * 1024
 
 _FAILURES: dict[str, type[DirectoryError]] = {
     "number-online": NumberAlreadyOnline,
@@ -43,21 +49,6 @@ _FAILURES: dict[str, type[DirectoryError]] = {
 def refusal(answer: ev.Failure) -> DirectoryError:
     """The error a Failure answer from the server stands for."""
     return _FAILURES.get(answer.code, ServerRefused)(f"the server refused: {answer.message}")
-
-
-def client_connection(
-    key: StaticKey, limits: Limits, server_fingerprint: str | None
-) -> DirectoryClientConnection:
-    """A user module's side of a directory connection, before its handshake; with
-    `server_fingerprint`, it refuses any server that proves another key."""
-    channel = NoiseChannel(
-        key,
-        initiator=True,
-        suite=COMPACT,
-        max_body=limits.max_directory_frame,
-        expected_fingerprint=server_fingerprint,
-    )
-    return DirectoryClientConnection(limits, channel)
 
 
 def cannot_reach(where: str, exc: OSError | TimeoutError) -> ServerUnreachable:
@@ -81,36 +72,29 @@ def handshake_failed(
     )
 
 
-class DirectoryClient:
-    """One TCP connection to the server; the registration lives as long as it does."""
+def _lost(reason: BaseException) -> ServerUnreachable:
+    return ServerUnreachable(f"lost the connection to the server: {reason}")
 
-    def __init__(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        conn: DirectoryClientConnection,
-        timeouts: Timeouts,
-    ) -> None:
+
+class DirectoryClient(DirectoryEvents):
+    """One connection to the server; the registration lives as long as it does."""
+
+    def __init__(self) -> None:
         """Use `connect`: it hands over a connection whose secure channel is established."""
-        self._reader = reader
-        self._writer = writer
-        self._timeouts = timeouts
-        self._conn = conn
-        self.server_key = conn.remote_key
+        self._link: DirectoryConnection | None = None
+        self._deadlines = Deadlines()
+        self._up: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         #: Called with each watched number that comes online (pushed by the server).
         self.on_online: Callable[[ev.PeerAddress], None] | None = None
         #: Called once the connection is gone (lost, or closed), after `closed` is set.
         self.on_closed: Callable[[], None] | None = None
         self._waiting: dict[int, asyncio.Future[ev.Message]] = {}
-        self._lost: BaseException | None = None
         self.closed = asyncio.Event()
-        self._reader_task = asyncio.create_task(self._read_loop(), name="directory-reader")
-        self._heartbeat_task: asyncio.Task[None] | None = None
-        # Numbers waiting for the next lookup request, and the one request out (its rid,
-        # its batch and its deadline).
+        # Numbers waiting for the next lookup request, and the one request out (its rid
+        # and its batch).
         self._batches: deque[_LookupBatch] = deque()
-        self._lookup_out: tuple[int, _LookupBatch, asyncio.TimerHandle] | None = None
-        self._max_lookup = conn.limits.max_lookup_phones
+        self._lookup_out: tuple[int, _LookupBatch] | None = None
+        self._max_lookup = Limits().max_lookup_phones
 
     @classmethod
     async def connect(
@@ -122,30 +106,41 @@ class DirectoryClient:
         server_fingerprint: str | None = None,
         limits: Limits | None = None,
         timeouts: Timeouts | None = None,
+        network: Network | None = None,
     ) -> DirectoryClient:
         """Connect and complete the secure handshake; with `server_fingerprint`, refuse
         any server that proves another key (before revealing ours)."""
         timeouts = timeouts or Timeouts()
         limits = limits or Limits()
         where = f"{host}:{port}"
+        client = cls()
+        client._max_lookup = limits.max_lookup_phones
+        now = asyncio.get_running_loop().time()
+        conn = client_connection(now, key, limits, timeouts, server_fingerprint)
+
+        def adapter() -> DirectoryConnection:
+            client._link = DirectoryConnection(conn, client._deadlines, client)
+            return client._link
+
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port), timeouts.connect
-            )
+            await (network or TcpNetwork()).connect(host, port, adapter, timeouts.connect)
         except (OSError, TimeoutError) as exc:
+            client._deadlines.close()
             raise cannot_reach(where, exc) from exc
-        conn = client_connection(key, limits, server_fingerprint)
         try:
-            await complete_handshake(reader, writer, conn, timeouts.handshake)
+            await client._up  # the machine's handshake deadline bounds it
         except (OSError, TimeoutError, ProtocolError) as exc:
-            writer.close()
+            await client.close()
             raise handshake_failed(where, exc, server_fingerprint) from exc
-        return cls(reader, writer, conn, timeouts)
+        return client
+
+    @property
+    def server_key(self) -> bytes | None:
+        return None if self._link is None else self._link.server_key
 
     async def register(self, phone: str, port: int, host: str | None = None) -> ev.Registered:
-        answer = await self._request(ev.Register(self._conn.next_rid(), phone, port, host))
+        answer = await self.request(ev.Register(self.next_rid(), phone, port, host))
         assert isinstance(answer, ev.Registered)
-        self._heartbeat_task = asyncio.create_task(self._heartbeat(), name="directory-heartbeat")
         return answer
 
     async def lookup(self, phones: list[str]) -> dict[str, ev.PeerAddress]:
@@ -167,31 +162,119 @@ class DirectoryClient:
         found = await asked
         return {phone: found[phone] for phone in phones if phone in found}
 
+    async def watch(self, phones: list[str]) -> dict[str, ev.PeerAddress]:
+        """Be told (on_online) when any of `phones` comes online; returns those online now."""
+        answer = await self.request(ev.Watch(self.next_rid(), tuple(phones)))
+        assert isinstance(answer, ev.Watching)
+        return {peer.phone: peer for peer in answer.peers}
+
+    async def unregister(self) -> None:
+        await self.request(ev.Unregister(self.next_rid()))
+
+    async def ping(self) -> None:
+        """One heartbeat now (the server renews our registration), besides the
+        connection's own every interval."""
+        await self.request(ev.Ping(self.next_rid()))
+
+    def abort(self) -> None:
+        """Drop the connection at once, without unregistering (as a killed module's
+        would be): the server takes the number offline when it sees it go."""
+        if self._link is not None:
+            self._link.give_up(ConnectionAbortedError("aborted by this module"))
+
+    async def close(self) -> None:
+        if self._link is not None:
+            self._link.close()
+        self._deadlines.close()
+        self.lost(ConnectionAbortedError("the connection to the server is closed"))
+
+    # --- DirectoryEvents -----------------------------------------------------------------
+
+    def established(self) -> None:
+        if not self._up.done():
+            self._up.set_result(None)
+
+    def received(self, message: ev.DirectoryMessage) -> None:
+        if type(message) is ev.Online:
+            if self.on_online is not None:
+                self.on_online(message.peer)
+            return
+        out = self._lookup_out
+        if out is not None and message.rid == out[0]:
+            self._lookup_answered(message)
+            return
+        future = self._waiting.pop(message.rid, None)
+        if future is not None and not future.done():
+            future.set_result(message)
+        elif isinstance(message, ev.Failure):
+            log.warning("server: %s", message.message)
+
+    def lost(self, reason: BaseException) -> None:
+        if self.closed.is_set():
+            return
+        if not self._up.done():
+            self._up.set_exception(reason)
+            self._up.exception()  # (seen: connect() may not be awaiting it)
+        error = _lost(reason)
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(error)
+        self._waiting.clear()
+        if self._lookup_out is not None:
+            _, batch = self._lookup_out
+            self._lookup_out = None
+            batch.fail(error)
+        while self._batches:
+            self._batches.popleft().fail(error)
+        self.closed.set()
+        if self.on_closed is not None:
+            self.on_closed()
+
+    # --- the rest --------------------------------------------------------------------------
+
+    def next_rid(self) -> int:
+        """A request id for `request`."""
+        assert self._link is not None
+        return self._link.next_rid()
+
+    async def request(self, message: ev.DirectoryMessage) -> ev.Message:
+        """Send any request and await its answer (a `failure` raises the error it stands
+        for); ServerUnreachable when the connection is lost meanwhile (the machine drops
+        it when the server does not answer in time)."""
+        link = self._link
+        assert link is not None
+        if link.lost_reason is not None:
+            raise _lost(link.lost_reason)
+        future: asyncio.Future[ev.Message] = asyncio.get_running_loop().create_future()
+        self._waiting[message.rid] = future
+        try:
+            link.send(message)
+            answer = await future
+        finally:
+            self._waiting.pop(message.rid, None)
+        if isinstance(answer, ev.Failure):
+            raise refusal(answer)
+        return answer
+
     def _send_lookup(self) -> None:
         """Send the oldest waiting batch as one lookup request. No task and no drain: one
-        request is out at a time, answered from the read loop, which sends the next."""
+        request is out at a time, answered by `received`, which sends the next."""
         if not self._batches:
             return
         batch = self._batches.popleft()
-        if self._lost is not None:
-            self._fail_lookups(batch, ServerUnreachable(f"lost the connection: {self._lost}"))
+        link = self._link
+        assert link is not None
+        if link.lost_reason is not None:
+            self._fail_lookups(batch, _lost(link.lost_reason))
             return
-        rid = self._conn.next_rid()
-        try:
-            self._writer.write(self._conn.send(ev.Lookup(rid, tuple(batch.phones))))
-        except (OSError, RuntimeError, ProtocolError) as exc:
-            self._fail_lookups(batch, ServerUnreachable(f"cannot ask the server: {exc}"))
-            return
-        timer = asyncio.get_running_loop().call_later(
-            self._timeouts.server_reply, self._lookup_timed_out
-        )
-        self._lookup_out = (rid, batch, timer)
+        rid = link.next_rid()
+        self._lookup_out = (rid, batch)
+        link.send(ev.Lookup(rid, tuple(batch.phones)))
 
     def _lookup_answered(self, answer: ev.Message) -> None:
         assert self._lookup_out is not None
-        _, batch, timer = self._lookup_out
+        _, batch = self._lookup_out
         self._lookup_out = None
-        timer.cancel()
         if isinstance(answer, ev.LookupResult):
             batch.answer({peer.phone: peer for peer in answer.peers})
             self._send_lookup()
@@ -200,120 +283,11 @@ class DirectoryClient:
         else:
             self._fail_lookups(batch, ServerRefused(f"unexpected answer {type(answer).__name__}"))
 
-    def _lookup_timed_out(self) -> None:
-        assert self._lookup_out is not None
-        _, batch, _ = self._lookup_out
-        self._lookup_out = None
-        self._fail_lookups(batch, ServerUnreachable("the server does not answer"))
-
     def _fail_lookups(self, batch: _LookupBatch, error: DirectoryError) -> None:
         """This batch and every one waiting behind it fail with `error`."""
         for failed in (batch, *self._batches):
             failed.fail(error)
         self._batches.clear()
-
-    async def watch(self, phones: list[str]) -> dict[str, ev.PeerAddress]:
-        """Be told (on_online) when any of `phones` comes online; returns those online now."""
-        answer = await self._request(ev.Watch(self._conn.next_rid(), tuple(phones)))
-        assert isinstance(answer, ev.Watching)
-        return {peer.phone: peer for peer in answer.peers}
-
-    async def unregister(self) -> None:
-        await self._request(ev.Unregister(self._conn.next_rid()))
-
-    async def ping(self, timeout: float | None = None) -> None:
-        """One heartbeat now (the server renews our registration)."""
-        await self._request(ev.Ping(self._conn.next_rid()), timeout)
-
-    async def close(self) -> None:
-        for task in (self._heartbeat_task, self._reader_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._writer.close()
-        with contextlib.suppress(OSError):
-            await self._writer.wait_closed()
-        self._fail_all(ServerUnreachable("the connection to the server is closed"))
-
-    async def _request(
-        self, message: ev.DirectoryMessage, timeout: float | None = None
-    ) -> ev.Message:
-        if self._lost is not None:
-            raise ServerUnreachable(f"lost the connection to the server: {self._lost}")
-        future: asyncio.Future[ev.Message] = asyncio.get_running_loop().create_future()
-        self._waiting[message.rid] = future
-        try:
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
-            # that races with the answer, and close() would then wait forever.
-            async with asyncio.timeout(timeout or self._timeouts.server_reply):
-                self._writer.write(self._conn.send(message))
-                await self._writer.drain()
-                answer = await future
-        except (OSError, TimeoutError) as exc:
-            raise ServerUnreachable("the server does not answer") from exc
-        finally:
-            self._waiting.pop(message.rid, None)
-        if isinstance(answer, ev.Failure):
-            raise refusal(answer)
-        return answer
-
-    async def _read_loop(self) -> None:
-        reason: BaseException = ServerUnreachable("the server closed the connection")
-        try:
-            while data := await self._reader.read(_READ_SIZE):
-                self._conn.receive_data(data)
-                while (message := self._conn.next_event()) is not None:
-                    self._dispatch(message)
-        except (OSError, ProtocolError) as exc:
-            reason = exc
-        finally:
-            self._lost = reason
-            self._fail_all(ServerUnreachable(f"lost the connection to the server: {reason}"))
-            self.closed.set()
-            if self.on_closed is not None:
-                self.on_closed()
-
-    def _dispatch(self, message: ev.Message) -> None:
-        assert isinstance(message, ev.DirectoryMessage)
-        if isinstance(message, ev.Online):
-            if self.on_online is not None:
-                self.on_online(message.peer)
-            return
-        out = self._lookup_out
-        if out is not None and message.rid == out[0]:
-            self._lookup_answered(message)
-            return
-        future = self._waiting.get(message.rid)
-        if future is not None and not future.done():
-            future.set_result(message)
-        elif isinstance(message, ev.Failure):
-            log.warning("server: %s", message.message)
-
-    def _fail_all(self, error: DirectoryError) -> None:
-        for future in self._waiting.values():
-            if not future.done():
-                future.set_exception(error)
-        self._waiting.clear()
-        if self._lookup_out is not None:
-            _, batch, timer = self._lookup_out
-            self._lookup_out = None
-            timer.cancel()
-            self._fail_lookups(batch, error)
-        while self._batches:
-            self._batches.popleft().fail(error)
-
-    async def _heartbeat(self) -> None:
-        while True:
-            await asyncio.sleep(self._timeouts.heartbeat_interval)
-            try:
-                # Unanswered within one interval: the server (or the path) is gone, even if
-                # the connection looks open — detection takes at most two intervals.
-                await self.ping(timeout=self._timeouts.heartbeat_interval)
-            except DirectoryError as exc:
-                log.warning("heartbeat failed: %s", exc)
-                self._writer.close()
-                return
 
 
 @dataclass(eq=False)

@@ -121,6 +121,8 @@ class DirectoryServerConnection(OverChannel):
         message = cast(ev.DirectoryMessage, message)  # (what the set says, for the checker)
         if not _SERVER_ACCEPTS.get((self.state, type(message))):
             raise RemoteProtocolError(f"{message.TYPE!r} is not allowed when {self.state.value}")
+        if message.rid <= 0:
+            raise RemoteProtocolError("request ids start at 1 (0 is the server's pushes)")
         if message.rid in self._pending:
             raise RemoteProtocolError(f"request id {message.rid} is already in use")
         if type(message) is ev.Register:
@@ -187,30 +189,68 @@ def _check_phone(phone: str) -> None:
 
 
 class DirectoryClientConnection(OverChannel):
-    """The user module's side: numbers requests and checks every answer against them."""
+    """The user module's side: numbers requests, checks every answer against them, and
+    owns the client's deadlines (time passed in):
 
-    def __init__(self, limits: Limits | None = None, channel: Channel | None = None) -> None:
+    - the secure handshake must complete within `Timeouts.handshake`;
+    - every request must be answered within `Timeouts.server_reply` (a heartbeat within
+      one `heartbeat_interval`): a server that does not answer is gone, or frozen, and
+      the connection is timed out (`ConnectionTimedOut`) — the same for every request,
+      since an answer out of order would mean the server lost the others;
+    - once registered, a heartbeat (`ping`) is due every `heartbeat_interval`:
+      `handle_timer` queues it in `data_to_send`, and its `pong` is taken here.
+    """
+
+    def __init__(
+        self,
+        now: float,
+        limits: Limits | None = None,
+        timeouts: Timeouts | None = None,
+        channel: Channel | None = None,
+    ) -> None:
         self.limits = limits or Limits()
+        self.timeouts = timeouts or Timeouts()
         self._channel = channel or PlainChannel(self.limits.max_directory_frame)
         self._next_rid = 1
-        self._outstanding: dict[int, type[ev.Message]] = {}
-        self._events: deque[ev.DirectoryMessage] = deque()
+        #: rid -> (the request's type, when its answer is due), oldest first: every
+        #: request but a heartbeat has the same reply timeout, so the first is due first.
+        self._outstanding: dict[int, tuple[type[ev.Message], float]] = {}
+        self._events: deque[ev.DirectoryMessage | ev.ConnectionTimedOut] = deque()
+        self._out: list[Buffer] = []
+        self._handshake_due = now + self.timeouts.handshake
+        #: Heartbeats: when the next is due (None until registered), and the one out
+        #: (its rid, 0 if none, and when its pong is due).
+        self._ping_at: float | None = None
+        self._ping_rid = 0
+        self._pong_due = 0.0
+        self._register_rid = 0
+        self.closed = False
 
     def next_rid(self) -> int:
         rid = self._next_rid
         self._next_rid += 1
         return rid
 
-    def send(self, message: ev.Message) -> Buffer:
+    def send(self, message: ev.Message, now: float) -> Buffer:
         if type(message) not in _REQUESTS:
             raise LocalProtocolError(f"a client does not send {message.TYPE!r}")
         message = cast(ev.DirectoryMessage, message)
-        if message.rid in self._outstanding:
-            raise LocalProtocolError(f"request id {message.rid} is already outstanding")
-        self._outstanding[message.rid] = type(message)
+        if self.closed:
+            raise LocalProtocolError("the connection is closed")
+        rid = message.rid
+        if rid <= 0:
+            raise LocalProtocolError("request ids start at 1 (0 is the server's pushes)")
+        if rid in self._outstanding or rid == self._ping_rid:
+            raise LocalProtocolError(f"request id {rid} is already outstanding")
+        self._outstanding[rid] = (type(message), now + self.timeouts.server_reply)
+        if type(message) is ev.Register:
+            self._register_rid = rid
         return self._channel.seal(encode_message(message))
 
-    def receive_data(self, data: Buffer) -> None:
+    def receive_data(self, data: Buffer, now: float) -> None:
+        """Bytes from the server. Raises RemoteProtocolError; the caller then closes."""
+        if self.closed:
+            return
         self._channel.receive_data(data)
         while (body := self._channel.next_body()) is not None:
             message = decode_message(body)
@@ -218,15 +258,72 @@ class DirectoryClientConnection(OverChannel):
             if kind not in _FROM_SERVER:
                 raise RemoteProtocolError(f"a server may not send {message.TYPE!r}")
             message = cast(ev.DirectoryMessage, message)
-            if kind in _PUSHES and message.rid == 0:
+            rid = message.rid
+            if kind in _PUSHES and rid == 0:
                 self._events.append(message)
                 continue
-            asked = self._outstanding.pop(message.rid, None)
+            if rid == self._ping_rid and rid != 0:
+                if kind is not ev.Pong:
+                    raise RemoteProtocolError(f"{message.TYPE!r} does not answer 'ping'")
+                self._ping_rid = 0
+                continue
+            asked = self._outstanding.pop(rid, None)
             if asked is None:
-                raise RemoteProtocolError(f"answer to unknown request {message.rid}")
-            if kind is not _ANSWER_TO[asked] and kind is not ev.Failure:
-                raise RemoteProtocolError(f"{message.TYPE!r} does not answer {asked.TYPE!r}")
+                raise RemoteProtocolError(f"answer to unknown request {rid}")
+            if kind is not _ANSWER_TO[asked[0]] and kind is not ev.Failure:
+                raise RemoteProtocolError(f"{message.TYPE!r} does not answer {asked[0].TYPE!r}")
+            if rid == self._register_rid:
+                self._register_rid = 0
+                if kind is ev.Registered:  # registered: heartbeats from now on
+                    self._ping_at = now + self.timeouts.heartbeat_interval
             self._events.append(message)
 
-    def next_event(self) -> ev.DirectoryMessage | None:
+    def data_to_send(self) -> bytes:
+        """Bytes to write that no `send` asked for: the handshake's, and heartbeats."""
+        handshake = self._channel.data_to_send()
+        if not self._out:
+            return handshake
+        out, self._out = self._out, []
+        return handshake + b"".join(out)
+
+    def next_event(self) -> ev.DirectoryMessage | ev.ConnectionTimedOut | None:
         return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        """When `handle_timer` has something to do next (None: nothing, ever)."""
+        if self.closed:
+            return None
+        if not self._channel.established:
+            return self._handshake_due
+        timer = self._ping_at
+        if self._ping_rid and (timer is None or self._pong_due < timer):
+            timer = self._pong_due
+        if self._outstanding:
+            due = next(iter(self._outstanding.values()))[1]
+            if timer is None or due < timer:
+                timer = due
+        return timer
+
+    def handle_timer(self, now: float) -> None:
+        if self.closed:
+            return
+        if not self._channel.established:
+            if now >= self._handshake_due:
+                self._time_out("no secure handshake in time")
+            return
+        if self._outstanding and next(iter(self._outstanding.values()))[1] <= now:
+            self._time_out("the server does not answer")
+            return
+        if self._ping_rid and self._pong_due <= now:
+            self._time_out("the server does not answer heartbeats")
+            return
+        if self._ping_at is not None and self._ping_at <= now and not self._ping_rid:
+            rid = self._ping_rid = self.next_rid()
+            interval = self.timeouts.heartbeat_interval
+            self._pong_due = now + interval
+            self._ping_at = now + interval
+            self._out.append(self._channel.seal(encode_message(ev.Ping(rid))))
+
+    def _time_out(self, reason: str) -> None:
+        self.closed = True
+        self._events.append(ev.ConnectionTimedOut(reason))

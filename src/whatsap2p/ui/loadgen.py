@@ -36,7 +36,9 @@ import uvloop
 
 from whatsap2p.config import Limits, Timeouts
 from whatsap2p.errors import ServerUnreachable, WhatsAp2pError
-from whatsap2p.net.simulated import Heartbeats, SimulatedUser, connect_simulated
+from whatsap2p.net.deadlines import Deadlines
+from whatsap2p.net.network import TcpNetwork
+from whatsap2p.net.simulated import HEARTBEAT_SLACK, SimulatedUser, connect_simulated
 from whatsap2p.protocol.keys import StaticKey
 
 __all__ = ["LoadResult", "key_of", "phone_of", "run_loadgen"]
@@ -232,7 +234,9 @@ class _Worker:
         self._gate = asyncio.Semaphore(_CONNECTING)
         self._again: set[asyncio.Task[None]] = set()
         self._limits = Limits()
-        self._heartbeats = Heartbeats(share.timeouts.heartbeat_interval)
+        #: The users' deadlines (their heartbeats, mostly), on one loop timer.
+        self._deadlines = Deadlines(HEARTBEAT_SLACK)
+        self._network = TcpNetwork()
 
     def _error(self, exc: BaseException) -> None:
         self._errors[type(exc).__name__] += 1
@@ -273,7 +277,7 @@ class _Worker:
             await asyncio.gather(*self._again, return_exceptions=True)
             for client in [*self._clients.values()]:
                 client.close()
-            self._heartbeats.close()
+            self._deadlines.close()
 
     def _take_errors(self) -> dict[str, int]:
         errors, self._errors = self._errors, Counter()
@@ -307,6 +311,7 @@ class _Worker:
         servers = self._share.servers
         host, port = servers[(index + attempt - 1) % len(servers)]
         return await connect_simulated(
+            self._network,
             host,
             port,
             key_of(self._share.seed, index),
@@ -315,7 +320,7 @@ class _Worker:
             server_fingerprint=self._share.server_fingerprint,
             limits=self._limits,
             timeouts=self._share.timeouts,
-            heartbeats=self._heartbeats,
+            deadlines=self._deadlines,
         )
 
     def _dropped(self, index: int) -> None:
