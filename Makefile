@@ -31,7 +31,7 @@ PORT ?= 5555
 run: $(BUILT)
 	$(BIN)/whatsap2p server --host $(HOST) --port $(PORT)
 
-# The whole suite on the compiled build, then the tests of the compiled modules (protocol,
+# The whole suite on the compiled build, then the tests of the compiled modules (protocol, net,
 # server, the loadgen's users) once more on their Python source, as a plain `pip install .`
 # runs them: a copy of the package without the compiled modules, first on the path.
 PURE := .run/pure
@@ -39,7 +39,7 @@ test: $(BUILT) test-tools
 	$(BIN)/python -m pytest
 	rm -rf $(PURE) && mkdir -p $(PURE) && cp -r src/whatsap2p $(PURE)/
 	find $(PURE) -name '*.so' -delete
-	PYTHONPATH=$(PURE) $(BIN)/python -m pytest tests/protocol tests/server tests/ui/test_loadgen_users.py
+	PYTHONPATH=$(PURE) $(BIN)/python -m pytest tests/protocol tests/net tests/server tests/ui/test_loadgen_users.py
 
 # The wire-privacy test captures loopback traffic with tcpdump, the terminal UI is driven
 # on a real terminal in tmux, the shared directory runs on a real redis-server (each

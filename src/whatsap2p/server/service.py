@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import itertools
 import logging
 import time
@@ -28,6 +27,7 @@ from dataclasses import dataclass, field
 
 from whatsap2p.config import Limits, RateLimits, Timeouts
 from whatsap2p.errors import NumberAlreadyOnline, NumberBound, ProtocolError, StoreError
+from whatsap2p.net.deadlines import Deadlines
 from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.channel import Buffer
 from whatsap2p.protocol.directory import DirectoryServerConnection
@@ -86,7 +86,7 @@ class DirectoryServer:
         #: phone -> the connections waiting for it to come online
         self.watchers: dict[str, set[_Client]] = {}
         self.metrics = ServerMetrics(self._online_users)
-        self.deadlines = _Deadlines()
+        self.deadlines = Deadlines()
         #: While closing: resolved once the last connection is gone.
         self._all_lost: asyncio.Future[None] | None = None
 
@@ -151,6 +151,7 @@ class _Client(asyncio.Protocol):
         "_answering",
         "_conn",
         "_counted",
+        "_entry",
         "_id",
         "_ip",
         "_lookups",
@@ -172,8 +173,10 @@ class _Client(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._conn: DirectoryServerConnection | None = None
         self._lookups: TokenBucket | None = None
-        #: When this connection's entry in the server's deadlines comes up (None: no entry).
+        #: This connection's live entry in the server's deadlines: when it comes up (None:
+        #: no entry) and its number.
         self._scheduled: float | None = None
+        self._entry = 0
         self._answering: asyncio.Task[None] | None = None
         self._paused: asyncio.TimerHandle | None = None
         self._recent: dict[str, float] | None = None  # number -> when it was last asked
@@ -232,6 +235,7 @@ class _Client(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._scheduled is not None:
             self._scheduled = None
+            self._entry = 0
             self._server.deadlines.dropped()
         if self._paused is not None:
             self._paused.cancel()
@@ -325,21 +329,21 @@ class _Client(asyncio.Protocol):
                 return
             self._server.deadlines.dropped()  # its entry is stale from now on
         self._scheduled = deadline
-        if deadline is not None:
-            self._server.deadlines.push(deadline, self._id, self)
+        self._entry = 0 if deadline is None else self._server.deadlines.push(deadline, self)
 
-    def deadline_reached(self, when: float) -> None:
-        """The server's deadlines say this connection's entry for `when` came up."""
+    def deadline_reached(self) -> None:
+        """The server's deadlines say this connection's live entry came up."""
         conn = self._conn
         assert conn is not None
         self._scheduled = None
+        self._entry = 0
         conn.handle_timer(self._loop.time())
         self._arm_timer()  # at the deadline that replaced this one; none once timed out
         self._start_answering()
 
-    def entry_current(self, when: float) -> bool:
-        """Whether the deadlines' entry for `when` is this connection's live one."""
-        return self._scheduled == when
+    def entry_current(self, entry: int) -> bool:
+        """Whether the deadlines' `entry` is this connection's live one."""
+        return entry == self._entry
 
     async def _offline(self, phone: str) -> None:
         try:
@@ -558,89 +562,6 @@ class _Client(asyncio.Protocol):
         while len(recent) > _RECENT_NUMBERS:
             del recent[next(iter(recent))]
         return cost
-
-
-class _Timed(typing.Protocol):
-    """What the deadlines hold of a connection."""
-
-    def entry_current(self, when: float) -> bool: ...
-
-    def deadline_reached(self, when: float) -> None: ...
-
-    def abort(self) -> None: ...
-
-
-class _Deadlines:
-    """The deadlines of every connection under one loop timer: a heap of (when, id,
-    connection). An entry is the deadline its connection had when it was pushed; when it
-    comes up, the connection looks at its deadline again (each request moves it later)
-    and pushes a new entry if it is not reached. Entries left behind (a connection closed,
-    or took an earlier deadline) are skipped when they come up, and dropped all at once
-    when they are half the heap, so closed connections are not kept for long. One tracked
-    tuple per connection, where a TimerHandle each was five objects for the collector."""
-
-    def __init__(self) -> None:
-        self._heap: list[tuple[float, int, _Timed]] = []
-        #: The loop's timer, and when it is set for (uvloop hands back a plain Handle, with
-        #: no when(), for a time already past: a busy loop arms those).
-        self._timer: asyncio.Handle | None = None
-        self._armed_at = 0.0
-        self._stale = 0
-        self._firing = False
-
-    def __len__(self) -> int:
-        return len(self._heap)
-
-    def push(self, when: float, conn_id: int, client: _Timed) -> None:
-        heapq.heappush(self._heap, (when, conn_id, client))
-        if not self._firing:  # (when firing, the timer is set for the earliest after)
-            self._arm()
-
-    def dropped(self) -> None:
-        """An entry no longer counts."""
-        self._stale += 1
-        if self._stale * 2 > len(self._heap):
-            heap = self._heap  # in place: a firing loop may hold it
-            heap[:] = [entry for entry in heap if entry[2].entry_current(entry[0])]
-            heapq.heapify(heap)
-            self._stale = 0
-
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._heap.clear()
-        self._stale = 0
-
-    def _arm(self) -> None:
-        """The loop timer at the earliest entry."""
-        timer, heap = self._timer, self._heap
-        if not heap or (timer is not None and self._armed_at <= heap[0][0]):
-            return
-        if timer is not None:
-            timer.cancel()
-        self._armed_at = heap[0][0]
-        self._timer = asyncio.get_running_loop().call_at(self._armed_at, self._fire)
-
-    def _fire(self) -> None:
-        self._timer = None
-        heap = self._heap
-        now = asyncio.get_running_loop().time()
-        self._firing = True
-        try:
-            while heap and heap[0][0] <= now:
-                when, _, client = heapq.heappop(heap)
-                if not client.entry_current(when):
-                    self._stale = max(0, self._stale - 1)
-                    continue
-                try:
-                    client.deadline_reached(when)
-                except Exception:  # a bug, not bad input: that connection's, not the others'
-                    log.exception("a connection's deadline failed")
-                    client.abort()
-        finally:
-            self._firing = False
-        self._arm()
 
 
 def _run_now(coro: Coroutine[object, object, T]) -> T:
