@@ -30,6 +30,7 @@ from whatsap2p.config import Limits, RateLimits, Timeouts
 from whatsap2p.errors import FrameTooLarge, RemoteProtocolError
 from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.codec import decode_message, encode_message
+from whatsap2p.protocol.directory import DirectoryServerConnection
 from whatsap2p.protocol.framing import FrameDecoder, encode_frame
 from whatsap2p.protocol.keys import StaticKey
 from whatsap2p.protocol.noise import NoiseChannel
@@ -221,6 +222,13 @@ def test_5_2_lookup_result_key_is_32_raw_bytes_in_bin() -> None:
     # the program writes bin too
     written = msgpack.unpackb(encode_message(ev.Online(0, ev.PeerAddress("+1", "h", 1, KEY))))
     assert written["peer"]["key"] == KEY
+
+
+def test_5_3_a_request_with_rid_0_or_less_is_a_protocol_error() -> None:
+    for rid in (0, -1):
+        server = DirectoryServerConnection(now=0)
+        with pytest.raises(RemoteProtocolError):
+            server.receive_data(encode_frame(by_hand("ping", {"rid": rid}), 65536), now=0)
 
 
 # --- §2 frames ----------------------------------------------------------------------------
