@@ -10,35 +10,10 @@ import pytest
 from tests.servers import World, world_at
 from whatsap2p.app.events import IdentityChanged, ServerConnectionChanged, TextReceived
 from whatsap2p.app.session import Session
-from whatsap2p.ui.lines import (
-    LineMode,
-    escape_untrusted,
-    format_event,
-    format_received,
-    split_target,
-)
+from whatsap2p.ui.lines import LineMode, escape_untrusted, format_event, format_received
 from whatsap2p.ui.stdin import LineReader
 
 ALICE, BOB, CAROL = "+5511999990001", "+5511999990002", "+5511999990003"
-
-
-@pytest.mark.parametrize(
-    ("rest", "expected"),
-    [
-        ("bob hello  there", ("bob", "hello  there")),
-        ('"my mom" she said "hi"', ("my mom", 'she said "hi"')),
-        ("'the gang' ok", ("the gang", "ok")),
-        ("+55 11 hello", ("+55", "11 hello")),
-        ("bob", ("bob", "")),
-    ],
-)
-def test_split_target_keeps_the_text_as_typed(rest: str, expected: tuple[str, str]) -> None:
-    assert split_target(rest) == expected
-
-
-def test_unclosed_quote_is_an_error() -> None:
-    with pytest.raises(ValueError, match="no closing quotation"):
-        split_target('"my mom hello')
 
 
 def test_untrusted_text_cannot_drive_the_terminal() -> None:

@@ -41,7 +41,8 @@ from whatsap2p.app.events import (
 )
 from whatsap2p.app.session import Session
 from whatsap2p.errors import DirectoryError, UnknownTarget, WhatsAp2pError
-from whatsap2p.ui.lines import LineMode, split_target
+from whatsap2p.ui.commands import split_target
+from whatsap2p.ui.lines import LineMode
 from whatsap2p.ui.tui.dialogs import Field, FormDialog, TrustDialog
 from whatsap2p.ui.tui.model import SENDING, Conversation, Row, group_key, phone_key
 from whatsap2p.ui.tui.render import halfblocks, literal
