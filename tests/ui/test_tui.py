@@ -9,17 +9,19 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from textual.app import App, ComposeResult
 from textual.pilot import Pilot
 from textual.widgets import Input, ListView, ProgressBar, Static
 
 from tests.conftest import image_bytes
 from tests.servers import World, world_at
 from whatsap2p.app.contacts import Contact, Group
-from whatsap2p.app.events import PhotoReceived, TextReceived
+from whatsap2p.app.events import DeliveryReport, FailedDelivery, PhotoReceived, TextReceived
 from whatsap2p.app.session import Session
 from whatsap2p.config import Limits
 from whatsap2p.ui.tui import ChatApp
 from whatsap2p.ui.tui.dialogs import FormDialog, TrustDialog, complete_path
+from whatsap2p.ui.tui.model import SENDING, Row
 from whatsap2p.ui.tui.widgets import ConversationItem, MessageBox, StatusLine
 
 ALICE, BOB, CAROL, DAVE = (f"+551199999000{i}" for i in range(1, 5))
@@ -161,7 +163,11 @@ async def test_a_changed_key_asks_and_blocks_until_accepted(world: World) -> Non
         await app.ready.wait()
         await type_line(pilot, "/msg bob is it you?")
         await until(app, lambda: isinstance(app.screen, TrustDialog))
-        await until(app, lambda: any("✗ bob failed: identity changed" in m for m in messages(app)))
+        hint = (
+            "✗ bob failed: identity changed, nothing was sent "
+            f"(check the new key, then /trust {BOB})"
+        )
+        await until(app, lambda: any(hint in m for m in messages(app)))
         await pilot.press("escape")  # not now: still blocked
         await until(app, lambda: "stays blocked" in " ".join(messages(app)))
         assert sidebar(app) == ["● bob ⚠"]
@@ -290,6 +296,37 @@ async def test_plain_mode_commands_work_as_typed(world: World) -> None:
         await until(app, lambda: any("choose a conversation" in m for m in messages(app)))
         await type_line(pilot, "/msg nobody hi")
         await until(app, lambda: any(m.startswith("error:") for m in messages(app)))
+
+
+async def test_a_failure_is_shown_by_its_code() -> None:
+    """What a failed recipient shows is chosen by the failure's code, not its words."""
+    row = Row("pending", ALICE, "2026-11-27T12:00:00+00:00", mine=True, text="hi all")
+    row.states = dict.fromkeys([BOB, CAROL, DAVE], SENDING)
+    row.apply(
+        DeliveryReport(
+            "m1",
+            failed=[
+                FailedDelivery(BOB, "unconfirmed", "no acknowledgement (timed out)"),
+                FailedDelivery(CAROL, "identity-changed", "words that may change"),
+                FailedDelivery(DAVE, "unreachable", "connection refused"),
+            ],
+        )
+    )
+    names = {BOB: "bob", CAROL: "carol", DAVE: "dave"}
+
+    class Shown(App[None]):
+        def compose(self) -> ComposeResult:
+            yield MessageBox(row, names.__getitem__, group=True)
+
+    async with Shown().run_test() as pilot:
+        await pilot.pause()
+        (box,) = pilot.app.query(MessageBox)
+        states = box.plain().splitlines()[-1]
+    assert states == (
+        "? bob may have arrived: no acknowledgement (timed out)  "
+        f"✗ carol failed: identity changed, nothing was sent (check the new key, then /trust "
+        f"{CAROL})  ✗ dave failed: connection refused"
+    )
 
 
 @pytest.mark.parametrize("size", [(80, 24), (120, 40), (200, 60)])
