@@ -322,7 +322,7 @@ async def leave(session: Session, request: Quit) -> Leaving:
     return Leaving()
 
 
-# --- reading a command's words ---------------------------------------------------------------
+# --- reading a command's words ------------------------------------------------------------
 
 
 def split_target(rest: str) -> tuple[str, str]:
@@ -512,7 +512,7 @@ def help_text() -> str:
     return "\n".join(lines)
 
 
-# --- a typed line -----------------------------------------------------------------------------
+# --- a typed line -------------------------------------------------------------------------
 
 
 class CommandError(ValueError):
