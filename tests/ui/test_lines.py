@@ -1,28 +1,19 @@
 from __future__ import annotations
 
+import io
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
 import pytest
 
+from tests.servers import World, world_at
 from whatsap2p.app.events import IdentityChanged, ServerConnectionChanged, TextReceived
-from whatsap2p.ui.lines import escape_untrusted, format_event, format_received, split_target
+from whatsap2p.app.session import Session
+from whatsap2p.ui.lines import LineMode, escape_untrusted, format_event, format_received
+from whatsap2p.ui.stdin import LineReader
 
-
-@pytest.mark.parametrize(
-    ("rest", "expected"),
-    [
-        ("bob hello  there", ("bob", "hello  there")),
-        ('"my mom" she said "hi"', ("my mom", 'she said "hi"')),
-        ("'the gang' ok", ("the gang", "ok")),
-        ("+55 11 hello", ("+55", "11 hello")),
-        ("bob", ("bob", "")),
-    ],
-)
-def test_split_target_keeps_the_text_as_typed(rest: str, expected: tuple[str, str]) -> None:
-    assert split_target(rest) == expected
-
-
-def test_unclosed_quote_is_an_error() -> None:
-    with pytest.raises(ValueError, match="no closing quotation"):
-        split_target('"my mom hello')
+ALICE, BOB, CAROL = "+5511999990001", "+5511999990002", "+5511999990003"
 
 
 def test_untrusted_text_cannot_drive_the_terminal() -> None:
@@ -46,3 +37,112 @@ def test_a_key_change_is_announced_with_what_to_do() -> None:
 def test_the_server_connection_state_is_announced() -> None:
     assert "reconnecting" in format_event(ServerConnectionChanged("lost"))
     assert format_event(ServerConnectionChanged("restored")) == "! connected to the server again"
+
+
+HELP_TEXT = """\
+commands:
+  /add NAME PHONE           add or update a contact
+  /remove NAME              remove a contact
+  /group NAME MEMBER...     create a group of contacts or phone numbers
+  /msg TARGET TEXT...       send a text to a contact, a group or a phone number
+  /photo TARGET PATH        send a photo (JPEG, PNG, GIF or WebP)
+  /queue TARGET TEXT...     like /msg, and keep it for recipients who are offline
+  /outbox                   queued messages still waiting for their recipient
+  /history TARGET [N]       the last N (default 20) messages with TARGET
+  /who TARGET               who of TARGET is online
+  /identity                 your number and key fingerprint
+  /trust PHONE              accept the new key of a number whose key changed
+  /contacts                 list contacts
+  /groups                   list groups
+  /help                     this text
+  names with spaces go in quotes: /msg "my mom" hello
+  /quit                     unregister and leave"""
+
+
+class Typist:
+    """A person at the line mode: each line typed, and what the module printed for it."""
+
+    def __init__(self, session: Session) -> None:
+        self.out = io.StringIO()
+        self.mode = LineMode(session, out=self.out)
+
+    async def type(self, line: str) -> str:
+        start = len(self.out.getvalue())
+        assert await self.mode.command(line)
+        return self.out.getvalue()[start:].removesuffix("\n")
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    async with world_at(tmp_path) as world:
+        yield world
+
+
+async def test_every_command_prints_what_it_always_has(world: World, photo: Path) -> None:
+    """What each command prints, its usage and error lines, byte for byte."""
+    alice, bob = await world.user(ALICE), await world.user(BOB)  # carol stays offline
+    me = Typist(alice)
+    assert await me.type("/help") == HELP_TEXT
+    assert await me.type("/contacts") == "no contacts"
+    assert await me.type("/groups") == "no groups"
+    assert await me.type("/outbox") == "nothing is waiting"
+    assert await me.type("/identity") == f"{ALICE} key {alice.fingerprint}"
+    assert await me.type("") == ""
+    assert await me.type("hello") == "error: commands start with /; /help lists them"
+    assert await me.type("/bogus x") == "error: unknown command /bogus; /help lists them"
+    assert await me.type(LineReader.TOO_LONG) == "error: line too long"
+
+    for line, usage in [
+        ("/add", "/add NAME PHONE"),
+        ("/add bob", "/add NAME PHONE"),
+        ("/remove", "/remove NAME"),
+        ("/remove bob carol", "/remove NAME"),
+        ("/group pals", "/group NAME MEMBER..."),
+        ("/msg bob", "/msg TARGET TEXT..."),
+        ("/queue", "/queue TARGET TEXT..."),
+        ("/photo bob", "/photo TARGET PATH"),
+        ("/photo bob a b", "/photo TARGET PATH"),
+        ("/history", "/history TARGET [N]"),
+        ("/history bob ten", "/history TARGET [N]"),
+        ("/who", "/who TARGET"),
+        ("/who bob carol", "/who TARGET"),
+        ("/trust", "/trust PHONE"),
+    ]:
+        assert await me.type(line) == f"usage: {usage}", line
+    assert await me.type("/add 'bob +55 11 99999-0002") == "error: No closing quotation"
+    assert await me.type('/msg "bob hi') == "error: no closing quotation"
+    assert (await me.type("/add bob 12")).startswith("error: invalid phone number '12'")
+
+    assert await me.type("/add bob +55 11 99999-0002") == f"contact bob: {BOB}"
+    assert await me.type('/add "my mom" 11999990003') == f"contact my mom: {CAROL}"
+    assert await me.type('/remove "my mom"') == "removed my mom"
+    assert await me.type("/remove nobody") == "error: no contact named 'nobody'"
+    assert await me.type(f"/group pals bob {CAROL}") == f"group pals: {BOB} {CAROL}"
+    assert await me.type("/groups") == f"pals: {BOB} {CAROL}"
+    assert await me.type("/contacts") == f"bob: {BOB} key not seen yet"
+    assert await me.type("/who pals") == f"{BOB} online, {CAROL} offline"
+
+    assert await me.type("/msg bob  hello  there ") == f"delivered to {BOB}"
+    assert await me.type("/contacts") == f"bob: {BOB} key {bob.fingerprint}"
+    assert re.fullmatch(
+        rf"\[\d\d:\d\d\] \{ALICE} -> \{BOB}: hello  there \(delivered\)",
+        await me.type("/history bob 1"),
+    )
+    assert await me.type("/history +5511999990009") == "no messages yet"
+    assert await me.type("/msg nobody hi") == "error: no contact or group named 'nobody'"
+    assert await me.type("/msg pals hi all") == f"delivered to {BOB}; offline: {CAROL}"
+    assert await me.type("/queue pals later") == f"delivered to {BOB}; queued for: {CAROL}"
+    assert re.fullmatch(rf"[0-9a-f]{{32}} to \{CAROL}: later", await me.type("/outbox"))
+    assert await me.type(f"/photo bob {photo}") == f"delivered to {BOB}"
+    assert await me.type("/photo bob /no/such.png") == ("error: photo /no/such.png does not exist")
+    assert (await me.type("/trust 12")).startswith("error: invalid phone number '12'")
+    assert await me.type(f"/trust {BOB}") == f"trusting {BOB} with key {bob.fingerprint}"
+
+    new_bob = await world.new_key(bob)
+    assert re.fullmatch(
+        rf"failed: \{BOB} \(identity changed: \{BOB} now proves key {new_bob.fingerprint}, "
+        r"not the pinned [0-9a-f]{64}; nothing was sent \(use trust to accept it\)\)",
+        await me.type("/msg bob is it you?"),
+    )
+    assert not await me.mode.command("/quit")
+    assert me.out.getvalue().endswith("\n")

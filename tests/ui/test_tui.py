@@ -9,17 +9,19 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from textual.app import App, ComposeResult
 from textual.pilot import Pilot
 from textual.widgets import Input, ListView, ProgressBar, Static
 
 from tests.conftest import image_bytes
 from tests.servers import World, world_at
-from whatsap2p.app.events import PhotoReceived, TextReceived
+from whatsap2p.app.contacts import Contact, Group
+from whatsap2p.app.events import DeliveryReport, FailedDelivery, PhotoReceived, TextReceived
 from whatsap2p.app.session import Session
 from whatsap2p.config import Limits
 from whatsap2p.ui.tui import ChatApp
 from whatsap2p.ui.tui.dialogs import FormDialog, TrustDialog, complete_path
-from whatsap2p.ui.tui.model import Row
+from whatsap2p.ui.tui.model import SENDING, Row
 from whatsap2p.ui.tui.widgets import ConversationItem, MessageBox, StatusLine
 
 ALICE, BOB, CAROL, DAVE = (f"+551199999000{i}" for i in range(1, 5))
@@ -113,22 +115,22 @@ async def test_a_group_photo_shows_progress_per_recipient_and_previews(world: Wo
         await app.ready.wait()
         await type_line(pilot, "/group trip bob carol dave")
         await until(app, lambda: "# trip 2/3" in sidebar(app))
-        bars: list[tuple[float | None, float | None]] = []  # what the bar showed, each update
-        refresh = app._refresh_row
+        bars: list[tuple[float | None, float | None]] = []  # what the bar showed
 
-        def watched(row: Row) -> None:
-            refresh(row)
+        def sent() -> bool:
+            """Whether the photo is through; meanwhile, what its progress bar shows."""
             for box in app.query(MessageBox):
-                if box.row is row and box.query_one(ProgressBar).display:
-                    bar = box.query_one(ProgressBar)
+                bar = box.query_one(ProgressBar)
+                if box.row.photo == big and bar.display:
                     bars.append((bar.progress, bar.total))
+            row = app.current.rows[-1] if app.current and app.current.rows else None
+            return row is not None and row.progress is None and not row.id.startswith("pending")
 
-        app._refresh_row = watched  # type: ignore[method-assign]
-        await type_line(pilot, f"/photo trip {big}")
-        await until(app, lambda: app.current is not None and app.current.rows)
+        watching = asyncio.create_task(until(app, sent))  # each time the screen changes
+        await type_line(pilot, f"/photo trip {big}")  # (returns once the app is idle)
+        await watching
         assert app.current is not None
         row = app.current.rows[-1]
-        await until(app, lambda: row.progress is None and not row.id.startswith("pending"))
         size = big.stat().st_size
         assert bars[-1] == (2 * size, 2 * size)  # bob's and carol's copies, every byte
         assert any(0 < done < 2 * size for done, _ in bars if done is not None)  # it moved
@@ -161,7 +163,11 @@ async def test_a_changed_key_asks_and_blocks_until_accepted(world: World) -> Non
         await app.ready.wait()
         await type_line(pilot, "/msg bob is it you?")
         await until(app, lambda: isinstance(app.screen, TrustDialog))
-        await until(app, lambda: any("✗ bob failed: identity changed" in m for m in messages(app)))
+        hint = (
+            "✗ bob failed: identity changed, nothing was sent "
+            f"(check the new key, then /trust {BOB})"
+        )
+        await until(app, lambda: any(hint in m for m in messages(app)))
         await pilot.press("escape")  # not now: still blocked
         await until(app, lambda: "stays blocked" in " ".join(messages(app)))
         assert sidebar(app) == ["● bob ⚠"]
@@ -238,6 +244,43 @@ async def test_key_bindings_for_contacts_groups_photos_and_quit(
     assert app.return_code == 0
 
 
+async def test_dialogs_carry_out_the_commands_with_the_values_typed_in_them(
+    world: World,
+) -> None:
+    """What a form asks for reaches the command's handler as typed: quotes and spaces in
+    a name need no quoting, and a refusal is a note as for a typed command."""
+    alice, _ = await world.user(ALICE), await world.user(BOB)
+    name = 'Ana "Bia" O\'Neil'
+    app = ChatApp(alice)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await app.ready.wait()
+
+        async def fill(key: str, *values: str) -> None:
+            await pilot.press(key)
+            assert isinstance(app.screen, FormDialog)
+            for box, value in zip(app.screen.query(Input), values, strict=True):
+                box.value = value
+            await pilot.click("#ok")
+
+        await fill("ctrl+n", name, "+55 11 99999-0002")
+        await until(app, lambda: sidebar(app) == [f"● {name}"])
+        assert alice.book.contacts() == [Contact(name, BOB)]
+        assert app.current is not None
+        assert app.current.target == BOB
+
+        await fill("ctrl+g", "the gang", f" {name} ,, +5511999990003 ")
+        await until(app, lambda: "# the gang 1/2" in sidebar(app))
+        assert alice.book.groups() == [Group("the gang", (BOB, CAROL))]
+        assert app.current is not None
+        assert app.current.target == "the gang"
+
+        await fill("ctrl+n", "dan", "12")
+        await until(app, lambda: "error: invalid phone number '12'" in messages(app))
+        await fill("ctrl+g", name, "dan")
+        await until(app, lambda: f"error: {name!r} is already a contact" in messages(app))
+        assert len(alice.book.groups()) == 1
+
+
 async def test_plain_mode_commands_work_as_typed(world: World) -> None:
     alice = await world.user(ALICE)
     app = ChatApp(alice)
@@ -253,6 +296,37 @@ async def test_plain_mode_commands_work_as_typed(world: World) -> None:
         await until(app, lambda: any("choose a conversation" in m for m in messages(app)))
         await type_line(pilot, "/msg nobody hi")
         await until(app, lambda: any(m.startswith("error:") for m in messages(app)))
+
+
+async def test_a_failure_is_shown_by_its_code() -> None:
+    """What a failed recipient shows is chosen by the failure's code, not its words."""
+    row = Row("pending", ALICE, "2026-11-27T12:00:00+00:00", mine=True, text="hi all")
+    row.states = dict.fromkeys([BOB, CAROL, DAVE], SENDING)
+    row.apply(
+        DeliveryReport(
+            "m1",
+            failed=[
+                FailedDelivery(BOB, "unconfirmed", "no acknowledgement (timed out)"),
+                FailedDelivery(CAROL, "identity-changed", "words that may change"),
+                FailedDelivery(DAVE, "unreachable", "connection refused"),
+            ],
+        )
+    )
+    names = {BOB: "bob", CAROL: "carol", DAVE: "dave"}
+
+    class Shown(App[None]):
+        def compose(self) -> ComposeResult:
+            yield MessageBox(row, names.__getitem__, group=True)
+
+    async with Shown().run_test() as pilot:
+        await pilot.pause()
+        (box,) = pilot.app.query(MessageBox)
+        states = box.plain().splitlines()[-1]
+    assert states == (
+        "? bob may have arrived: no acknowledgement (timed out)  "
+        f"✗ carol failed: identity changed, nothing was sent (check the new key, then /trust "
+        f"{CAROL})  ✗ dave failed: connection refused"
+    )
 
 
 @pytest.mark.parametrize("size", [(80, 24), (120, 40), (200, 60)])

@@ -1,14 +1,15 @@
-"""The plain line mode: slash commands in, one line per event out, for people at a shell."""
+"""The plain line mode, for people at a shell: slash commands in (read and carried out
+by the table in `commands`), one line per result or event out."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import shlex
 import sys
 import unicodedata
-from typing import TextIO
+from typing import TextIO, assert_never
 
+from whatsap2p.app.contacts import Contact, Group
 from whatsap2p.app.events import (
     DeliveryReport,
     IdentityChanged,
@@ -23,35 +24,33 @@ from whatsap2p.app.events import (
 from whatsap2p.app.history import HistoryEntry
 from whatsap2p.app.session import Session
 from whatsap2p.errors import WhatsAp2pError
+from whatsap2p.ui import commands
+from whatsap2p.ui.commands import (
+    ContactList,
+    ContactRemoved,
+    GroupList,
+    HelpText,
+    Identity,
+    KeyTrusted,
+    Leaving,
+    MessageHistory,
+    Outbox,
+    Presence,
+    Result,
+    UsageError,
+)
 from whatsap2p.ui.stdin import LineReader
 
 __all__ = [
-    "HELP",
     "LineMode",
     "escape_untrusted",
+    "format_error",
     "format_event",
+    "format_history",
     "format_received",
-    "split_target",
+    "format_report",
+    "format_result",
 ]
-
-HELP = """\
-commands:
-  /add NAME PHONE           add or update a contact
-  /remove NAME              remove a contact
-  /group NAME MEMBER...     create a group of contacts or phone numbers
-  /msg TARGET TEXT...       send a text to a contact, a group or a phone number
-  /photo TARGET PATH        send a photo (JPEG, PNG, GIF or WebP)
-  /queue TARGET TEXT...     like /msg, and keep it for recipients who are offline
-  /outbox                   queued messages still waiting for their recipient
-  /history TARGET [N]       the last N (default 20) messages with TARGET
-  /who TARGET               who of TARGET is online
-  /identity                 your number and key fingerprint
-  /trust PHONE              accept the new key of a number whose key changed
-  /contacts                 list contacts
-  /groups                   list groups
-  /help                     this text
-  names with spaces go in quotes: /msg "my mom" hello
-  /quit                     unregister and leave"""
 
 # Characters that reorder or hide text on a terminal (Trojan Source, CVE-2021-42574).
 _BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
@@ -81,21 +80,6 @@ def format_received(event: Received) -> str:
     if isinstance(event, PhotoReceived):
         return f"[{clock}] {who}: photo saved to {event.photo.path}"
     return f"[{clock}] {who}: {escape_untrusted(event.text)}"
-
-
-def split_target(rest: str) -> tuple[str, str]:
-    """`TARGET TEXT...` -> (target, text); a target with spaces is written in quotes.
-
-    The text is returned exactly as typed (shlex would eat its quotes and spacing).
-    """
-    rest = rest.lstrip()
-    if rest[:1] in ("'", '"'):
-        end = rest.find(rest[0], 1)
-        if end < 0:
-            raise ValueError("no closing quotation")
-        return rest[1:end], rest[end + 1 :].lstrip()
-    target, _, text = rest.partition(" ")
-    return target, text.lstrip()
 
 
 def format_event(event: SessionEvent) -> str:
@@ -140,6 +124,55 @@ def format_report(report: DeliveryReport) -> str:
         parts.append("queued for: " + ", ".join(report.queued))
     parts.extend(f"failed: {failed.phone} ({failed.error})" for failed in report.failed)
     return "; ".join(parts) or "no recipients"
+
+
+def format_result(result: Result) -> str:
+    """What a command did, as the line mode prints it (the terminal UI shows it as a note)."""
+    match result:
+        case Contact(name, phone):
+            return f"contact {name}: {phone}"
+        case ContactRemoved(name):
+            return f"removed {name}"
+        case Group(name, members):
+            return f"group {name}: {' '.join(members)}"
+        case DeliveryReport():
+            return format_report(result)
+        case ContactList(entries):
+            return (
+                "\n".join(
+                    f"{c.name}: {c.phone} key {fingerprint or 'not seen yet'}"
+                    for c, fingerprint in entries
+                )
+                or "no contacts"
+            )
+        case GroupList(groups):
+            return "\n".join(f"{g.name}: {' '.join(g.members)}" for g in groups) or "no groups"
+        case Outbox(entries):
+            return (
+                "\n".join(f"{e.id} to {e.recipient}: {_summary(e)}" for e in entries)
+                or "nothing is waiting"
+            )
+        case MessageHistory(entries):
+            return "\n".join(format_history(e) for e in entries) or "no messages yet"
+        case Presence(online):
+            return ", ".join(f"{p} {'online' if up else 'offline'}" for p, up in online.items())
+        case Identity(phone, fingerprint):
+            return f"{phone} key {fingerprint}"
+        case KeyTrusted(phone, fingerprint):
+            return f"trusting {phone} with key {fingerprint}"
+        case HelpText(text):
+            return text
+        case Leaving():
+            return ""
+        case _:
+            assert_never(result)
+
+
+def format_error(exc: Exception) -> str:
+    """A command that could not be carried out: its usage, or why."""
+    if isinstance(exc, UsageError):
+        return f"usage: {exc}"
+    return f"error: {exc}"
 
 
 class LineMode:
@@ -190,107 +223,12 @@ class LineMode:
         if line == LineReader.TOO_LONG:
             self.say("error: line too long")
             return True
-        if not line.startswith("/"):
-            self.say("error: commands start with /; /help lists them")
-            return True
-        name, _, rest = line.partition(" ")
         try:
-            return await self._dispatch(name, rest.strip())
-        except WhatsAp2pError as exc:
-            self.say(f"error: {exc}")
-        except ValueError as exc:  # shlex: unbalanced quotes
-            self.say(f"error: {exc}")
-        return True
-
-    async def _dispatch(self, name: str, rest: str) -> bool:
-        book = self._session.book
-        if name == "/quit":
+            result = await commands.parse(line).run(self._session)
+        except (WhatsAp2pError, ValueError) as exc:
+            self.say(format_error(exc))
+            return True
+        if isinstance(result, Leaving):
             return False
-        if name == "/help":
-            self.say(HELP)
-        elif name == "/contacts":
-            trust = self._session.trust
-            self.say(
-                "\n".join(
-                    f"{c.name}: {c.phone} key {trust.fingerprint_of(c.phone) or 'not seen yet'}"
-                    for c in book.contacts()
-                )
-                or "no contacts"
-            )
-        elif name == "/identity":
-            self.say(f"{self._session.phone} key {self._session.fingerprint}")
-        elif name == "/trust":
-            if not rest:
-                self.say("usage: /trust PHONE")
-            else:
-                phone, fingerprint = await self._session.trust_key(rest)
-                self.say(f"trusting {phone} with key {fingerprint}")
-        elif name == "/groups":
-            groups = book.groups()
-            self.say("\n".join(f"{g.name}: {' '.join(g.members)}" for g in groups) or "no groups")
-        elif name == "/add":
-            args = shlex.split(rest)
-            if len(args) < 2:
-                self.say("usage: /add NAME PHONE")
-            else:  # people write numbers with spaces: +55 11 99999-0001
-                contact = book.add_contact(args[0], " ".join(args[1:]))
-                self.say(f"contact {contact.name}: {contact.phone}")
-        elif name == "/remove":
-            args = shlex.split(rest)
-            if len(args) != 1:
-                self.say("usage: /remove NAME")
-            else:
-                book.remove_contact(args[0])
-                self.say(f"removed {args[0]}")
-        elif name == "/group":
-            args = shlex.split(rest)
-            if len(args) < 2:
-                self.say("usage: /group NAME MEMBER...")
-            else:
-                group = book.create_group(args[0], args[1:])
-                self.say(f"group {group.name}: {' '.join(group.members)}")
-        elif name == "/msg":
-            target, text = split_target(rest)
-            if not target or not text:
-                self.say("usage: /msg TARGET TEXT...")
-            else:
-                self.say(format_report(await self._session.send_text(target, text)))
-        elif name == "/queue":
-            target, text = split_target(rest)
-            if not target or not text:
-                self.say("usage: /queue TARGET TEXT...")
-            else:
-                self.say(format_report(await self._session.send_text(target, text, queue=True)))
-        elif name == "/outbox":
-            pending = self._session.outbox()
-            self.say(
-                "\n".join(f"{e.id} to {e.recipient}: {_summary(e)}" for e in pending)
-                or "nothing is waiting"
-            )
-        elif name == "/history":
-            target, count = split_target(rest)
-            if not target or (count and not count.isdigit()):
-                self.say("usage: /history TARGET [N]")
-            else:
-                entries = self._session.conversation(target, int(count or 20))
-                self.say(
-                    "\n".join(format_history(e) for e in reversed(entries)) or "no messages yet"
-                )
-        elif name == "/photo":
-            args = shlex.split(rest)
-            if len(args) != 2:
-                self.say("usage: /photo TARGET PATH")
-            else:
-                self.say(format_report(await self._session.send_photo(args[0], args[1])))
-        elif name == "/who":
-            target, extra = split_target(rest)
-            if not target or extra:
-                self.say("usage: /who TARGET")
-            else:
-                online = await self._session.status(target)
-                self.say(
-                    ", ".join(f"{p} {'online' if up else 'offline'}" for p, up in online.items())
-                )
-        else:
-            self.say(f"error: unknown command {name}; /help lists them")
+        self.say(format_result(result))
         return True

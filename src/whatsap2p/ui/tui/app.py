@@ -4,9 +4,11 @@ conversation on the right, an input line at the bottom.
 It drives the same `Session` as the plain and JSON-RPC modes and never touches a socket:
 sends run as workers (the screen stays live while a 50 MB photo goes out), the
 session's events arrive through one worker that reads `Session.events`. The input line
-takes every plain-mode command, carried out by the plain mode's own code (`LineMode`)
-with its output shown as notes; `/msg`, `/queue` and `/photo` also select the
-conversation they send to, and plain text goes to the selected conversation.
+takes every command of the table in `commands`, with what each did shown as a note in
+the plain mode's words; `/msg`, `/queue` and `/photo` send through the conversation they
+send to (selected, made if new), and plain text goes to the selected conversation. The
+dialogs (new contact, new group, photo, a changed key) call the same commands' handlers
+with the values typed in them.
 """
 
 from __future__ import annotations
@@ -14,13 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import io
+import functools
 import logging
-import shlex
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual import on, work
@@ -30,6 +31,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widget import Widget
 from textual.widgets import Footer, Input, ListView, Static
 
+from whatsap2p.app.contacts import Contact, Group
 from whatsap2p.app.events import (
     DeliveryReport,
     IdentityChanged,
@@ -41,7 +43,20 @@ from whatsap2p.app.events import (
 )
 from whatsap2p.app.session import Session
 from whatsap2p.errors import DirectoryError, UnknownTarget, WhatsAp2pError
-from whatsap2p.ui.lines import LineMode, split_target
+from whatsap2p.ui import commands
+from whatsap2p.ui.commands import (
+    AddContact,
+    Call,
+    ContactRemoved,
+    CreateGroup,
+    KeyTrusted,
+    Leaving,
+    Result,
+    SendPhoto,
+    SendText,
+    TrustKey,
+)
+from whatsap2p.ui.lines import format_error, format_result
 from whatsap2p.ui.tui.dialogs import Field, FormDialog, TrustDialog
 from whatsap2p.ui.tui.model import SENDING, Conversation, Row, group_key, phone_key
 from whatsap2p.ui.tui.render import halfblocks, literal
@@ -62,17 +77,6 @@ WELCOME = (
     "Welcome. Pick a conversation on the left (↑/↓ or ctrl+↑/↓), or type "
     "/msg NAME TEXT, /add NAME PHONE, /group NAME MEMBER..., /help for all commands."
 )
-
-
-class _Commands(LineMode):
-    """The plain mode's commands, with what they print shown as notes."""
-
-    def __init__(self, session: Session, note: Callable[[str], None]) -> None:
-        super().__init__(session, out=io.StringIO())
-        self._note = note
-
-    def say(self, line: str) -> None:
-        self._note(line)
 
 
 class ChatApp(App[None]):
@@ -132,7 +136,6 @@ class ChatApp(App[None]):
         self.current: Conversation | None = None
         self.online: dict[str, bool] = {}
         self._notes: list[Row] = []  # shown while no conversation is selected
-        self._commands = _Commands(session, self.note)
         self._previews: dict[Path, Text] = {}
         self._graphics = graphics
         self.ready = asyncio.Event()
@@ -345,47 +348,57 @@ class ChatApp(App[None]):
 
     async def handle_line(self, line: str) -> None:
         """One line typed into the input: a command, or text for the conversation."""
-        try:
-            await self._handle_line(line.strip())
-        except WhatsAp2pError as exc:
-            self.note(f"error: {exc}")
-        except ValueError as exc:  # unbalanced quotes
-            self.note(f"error: {exc}")
-
-    async def _handle_line(self, line: str) -> None:
-        if not line.startswith("/"):
-            if self.current is None:
+        line = line.strip()
+        with self._errors_as_notes():
+            if line.startswith("/"):
+                await self.run_command(commands.parse(line))
+            elif self.current is None:
                 self.note("choose a conversation on the left first, or use /msg TARGET TEXT")
-                return
-            await self.send_text(self.current, line)
-            return
-        name, _, rest = line.partition(" ")
-        if name == "/quit":
-            self.exit()
-        elif name in ("/msg", "/queue"):
-            target, text = split_target(rest)
-            if not target or not text:
-                self.note(f"usage: {name} TARGET TEXT...")
-                return
-            conv = await self.select(self._key_of(target))
-            await self.send_text(conv, text, queue=name == "/queue")
-        elif name == "/photo":
-            args = shlex.split(rest)
-            if len(args) != 2:
-                self.note("usage: /photo TARGET PATH")
-                return
-            conv = await self.select(self._key_of(args[0]))
-            await self.send_photo(conv, args[1])
+            else:
+                await self.send_text(self.current, line)
+
+    async def run_command(self, call: Call[Any]) -> None:
+        """Carry out a command read from the input line. A send goes through the
+        conversation it sends to, where the message shows its progress and states."""
+        request = call.request
+        if isinstance(request, SendText):
+            conv = await self.select(self._key_of(request.target))
+            await self.send_text(conv, request.text, queue=request.queue)
+        elif isinstance(request, SendPhoto):
+            conv = await self.select(self._key_of(request.target))
+            await self.send_photo(conv, request.path)
         else:
-            await self._commands.command(line)
-            if name in ("/add", "/remove", "/group", "/trust"):
-                await self.sync_sidebar()
-                self._watch_presence()
-            if name in ("/add", "/group"):  # open the conversation with what was made
-                words = shlex.split(rest)
-                with contextlib.suppress(WhatsAp2pError):
-                    if words:
-                        await self.select(self._key_of(words[0]))
+            await self._show_result(await call.run(self.session))
+
+    @work(group="commands")
+    async def _carry_out(self, command: Callable[[], Awaitable[Result]]) -> None:
+        """A command's handler called with the values of a dialog, then shown as a typed
+        command's would be."""
+        with self._errors_as_notes():
+            await self._show_result(await command())
+
+    async def _show_result(self, result: Result) -> None:
+        """What a command did, as a note in the plain mode's words; the sidebar follows
+        the address book and the keys, and a contact or group just made is opened."""
+        if isinstance(result, Leaving):
+            self.exit()
+            return
+        self.note(format_result(result))
+        if isinstance(result, Contact | Group | ContactRemoved | KeyTrusted):
+            await self.sync_sidebar()
+            self._watch_presence()
+        if isinstance(result, Contact):
+            await self.select(phone_key(result.phone))
+        elif isinstance(result, Group):
+            await self.select(group_key(result.name))
+
+    @contextlib.contextmanager
+    def _errors_as_notes(self) -> Iterator[None]:
+        """A command that cannot be carried out says why (or its usage) in a note."""
+        try:
+            yield
+        except (WhatsAp2pError, ValueError) as exc:  # ValueError: a line that is no command
+            self.note(format_error(exc))
 
     def _key_of(self, target: str) -> str:
         recipients = self.session.book.resolve(target)
@@ -411,7 +424,7 @@ class ChatApp(App[None]):
         row = self._new_row(conv, text=text)
         await self._add_row(conv, row)
         try:
-            report = await self.session.send_text(conv.target, text, queue=queue)
+            report = await commands.send_text(self.session, SendText(conv.target, text, queue))
         except WhatsAp2pError as exc:
             row.fail(str(exc))
             self._refresh_row(row)
@@ -430,8 +443,9 @@ class ChatApp(App[None]):
             row.progress = (done, total)
             self._refresh_row(row)
 
+        request = SendPhoto(conv.target, str(path))
         try:
-            report = await self.session.send_photo(conv.target, path, progress=progress)
+            report = await commands.send_photo(self.session, request, progress=progress)
         except WhatsAp2pError as exc:
             row.fail(str(exc))
             row.progress = None
@@ -497,11 +511,10 @@ class ChatApp(App[None]):
         name = self.session.book.name_of(event.phone)
         dialog = TrustDialog(event.phone, name, old, event.fingerprint)
 
-        async def decided(trust: bool | None) -> None:
+        def decided(trust: bool | None) -> None:
             if trust:
-                phone, fingerprint = await self.session.trust_key(event.phone)
-                self._refresh_items()
-                self.note(f"trusting {phone} with key {fingerprint}")
+                request = TrustKey(event.phone)
+                self._carry_out(functools.partial(commands.trust_key, self.session, request))
             else:
                 self.note(
                     f"{event.phone} stays blocked until you accept its new key "
@@ -551,17 +564,21 @@ class ChatApp(App[None]):
         def added(values: list[str] | None) -> None:
             if values and all(values):
                 name, phone = values
-                self.run_worker(self.handle_line(f"/add {_quoted(name)} {phone}"))
+                request = AddContact(name, phone)
+                self._carry_out(functools.partial(commands.add_contact, self.session, request))
 
         fields = [Field("Name", "e.g. Maria"), Field("Phone number", "e.g. +55 11 99999-0001")]
         self.push_screen(FormDialog("New contact", fields), added)
 
     def action_new_group(self) -> None:
         def made(values: list[str] | None) -> None:
-            if values and all(values):
-                name, members = values
-                listed = " ".join(_quoted(m.strip()) for m in members.split(",") if m.strip())
-                self.run_worker(self.handle_line(f"/group {_quoted(name)} {listed}"))
+            if not values or not all(values):
+                return
+            name, listed = values
+            members = tuple(m.strip() for m in listed.split(",") if m.strip())
+            if members:
+                request = CreateGroup(name, members)
+                self._carry_out(functools.partial(commands.create_group, self.session, request))
 
         fields = [
             Field("Group name", "e.g. family"),
@@ -577,16 +594,15 @@ class ChatApp(App[None]):
 
         def chosen(values: list[str] | None) -> None:
             if values and values[0]:
-                self.run_worker(self._send_photo_safely(conv, values[0]), group="commands")
+                self._send_attached(conv, values[0])
 
         field = Field("Photo to send (→ completes the path)", "~/Pictures/", paths=True)
         self.push_screen(FormDialog(f"Send a photo to {conv.title}", [field]), chosen)
 
-    async def _send_photo_safely(self, conv: Conversation, path: str) -> None:
-        try:
+    @work(group="commands")
+    async def _send_attached(self, conv: Conversation, path: str) -> None:
+        with self._errors_as_notes():
             await self.send_photo(conv, path)
-        except WhatsAp2pError as exc:
-            self.note(f"error: {exc}")
 
     def _move(self, step: int) -> None:
         sidebar = self.query_one("#sidebar", ListView)
@@ -602,9 +618,5 @@ class ChatApp(App[None]):
 
 
 def _photo_path(text: str) -> Path:
+    """The file a photo command names, absolute: the row shows it, its preview reads it."""
     return Path(text).expanduser().absolute()
-
-
-def _quoted(text: str) -> str:
-    """A name as one word of a command line (quoted when it needs to be)."""
-    return shlex.quote(text)

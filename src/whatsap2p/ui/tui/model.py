@@ -42,6 +42,9 @@ class Row:
     #: For a sent message: recipient phone -> delivered / queued / offline / failed / sending.
     states: dict[str, str] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    #: For a recipient a send failed for: the failure's code (`errors.DELIVERY_CODES`),
+    #: which says what to show; unknown for a row read back from the history.
+    codes: dict[str, str] = field(default_factory=dict)
     note: bool = False
     #: A photo being sent: bytes sent and to send, over all its recipients.
     progress: tuple[int, int] | None = None
@@ -58,6 +61,7 @@ class Row:
         for failed in report.failed:
             self.states[failed.phone] = "failed"
             self.errors[failed.phone] = failed.error
+            self.codes[failed.phone] = failed.code
 
     def fail(self, error: str) -> None:
         """The send as a whole was refused (nothing went out)."""

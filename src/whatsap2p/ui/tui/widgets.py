@@ -25,10 +25,20 @@ _STATE_MARKS = {
     "delivered": ("✓", "green"),
     "queued": ("⏳", "yellow"),
     "offline": ("○", "bright_black"),
-    "failed": ("✗", "red"),
     SENDING: ("…", "bright_black"),
     "received": ("✓", "green"),
 }
+
+
+def _failure(phone: str, code: str | None, error: str) -> tuple[str, str, str, str]:
+    """How a recipient a send failed for is shown (mark, colour, state, why), chosen by
+    the failure's code: its words are for people and may change, the code may not."""
+    if code == "unconfirmed":  # it went out, but no acknowledgement came back
+        return "?", "yellow", "may have arrived", error
+    if code == "identity-changed":  # the trust dialog shows both keys
+        why = f"identity changed, nothing was sent (check the new key, then /trust {phone})"
+        return "✗", "red", "failed", why
+    return "✗", "red", "failed", error
 
 
 class ChatInput(Input):
@@ -191,11 +201,14 @@ class MessageBox(Vertical):
         for i, (phone, state) in enumerate(self.row.states.items()):
             if i:
                 line.append("  ")
-            mark, colour = _STATE_MARKS.get(state, ("?", ""))
+            error, shown = self.row.errors.get(phone, ""), state
+            if state == "failed":
+                mark, colour, shown, error = _failure(phone, self.row.codes.get(phone), error)
+            else:
+                mark, colour = _STATE_MARKS.get(state, ("?", ""))
             line.append(f"{mark} ", style=colour)
             line.append_text(literal(self._name_of(phone)))
-            line.append(f" {state}")
-            error = self.row.errors.get(phone)
+            line.append(f" {shown}")
             if error:
                 line.append(": ")
                 line.append_text(literal(error))
