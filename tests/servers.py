@@ -1,4 +1,5 @@
-"""In-process servers and sessions on 127.0.0.1 port 0, for the Session and server tests."""
+"""In-process servers and sessions, for the Session and server tests: on 127.0.0.1 port 0,
+or on an in-memory network (tests/memory.py) where each user is a host of its own."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 
+from tests.memory import MemoryNetwork
 from whatsap2p.app.session import Session, SessionConfig
 from whatsap2p.config import Limits, RateLimits, Timeouts
 from whatsap2p.net.directory_client import DirectoryClient
+from whatsap2p.net.network import Network, TcpNetwork
 from whatsap2p.protocol.keys import StaticKey
 from whatsap2p.server.bindings import Bindings
 from whatsap2p.server.directory import Directory, MemoryDirectory
@@ -36,6 +39,7 @@ async def running_server(
     directory: Directory | None = None,
     rates: RateLimits | None = None,
     db: Path | None = None,
+    network: Network | None = None,
 ) -> AsyncIterator[tuple[DirectoryServer, int]]:
     with tempfile.TemporaryDirectory() as scratch:
         bindings = Bindings(db or Path(scratch) / "bindings.sqlite3")
@@ -43,7 +47,7 @@ async def running_server(
             SERVER_KEY, "127.0.0.1", 0, timeouts=timeouts, rates=rates or RateLimits()
         )
         server = DirectoryServer(config, bindings, directory)
-        _, port = await server.start()
+        _, port = await server.start(network)
         try:
             yield server, port
         finally:
@@ -52,25 +56,36 @@ async def running_server(
 
 
 async def directory_client(
-    port: int, key: StaticKey | None = None, timeouts: Timeouts = FAST
+    port: int,
+    key: StaticKey | None = None,
+    timeouts: Timeouts = FAST,
+    network: Network | None = None,
 ) -> DirectoryClient:
     """A bare client of the directory, with a fresh key unless one is given."""
     return await DirectoryClient.connect(
-        "127.0.0.1", port, key or StaticKey.generate(), timeouts=timeouts
+        "127.0.0.1", port, key or StaticKey.generate(), timeouts=timeouts, network=network
     )
 
 
 def session_config(
-    port: int, phone: str, data_dir: Path, limits: Limits | None = None, **timeouts: float
+    port: int,
+    phone: str,
+    data_dir: Path,
+    limits: Limits | None = None,
+    network: Network | None = None,
+    **timeouts: float,
 ) -> SessionConfig:
+    """On the in-memory `network`, the session listens on its own host's every address
+    (its host is the network's view); on TCP, on 127.0.0.1."""
     return SessionConfig(
         phone=phone,
         server_host="127.0.0.1",
         server_port=port,
         data_dir=data_dir,
-        listen_host="127.0.0.1",
+        listen_host="127.0.0.1" if network is None else "0.0.0.0",
         limits=limits or Limits(),
         timeouts=replace(FAST, **timeouts),
+        network=network or TcpNetwork(),
     )
 
 
@@ -89,19 +104,40 @@ class WatchedDirectory(MemoryDirectory):
 
 
 class World:
-    """A real server on 127.0.0.1 port 0 and the sessions a test starts on it."""
+    """A real server and the sessions a test starts on it: on 127.0.0.1 port 0, or on
+    the in-memory `network`, where each number's module runs on a host of its own
+    (`host_of`), as on separate machines."""
 
     def __init__(
-        self, stack: AsyncExitStack, server: DirectoryServer, port: int, root: Path
+        self,
+        stack: AsyncExitStack,
+        server: DirectoryServer,
+        port: int,
+        root: Path,
+        network: MemoryNetwork | None = None,
     ) -> None:
         self.stack, self.server, self.port, self.root = stack, server, port, root
+        self.network = network
+        self._hosts: dict[str, str] = {}
+
+    def host_of(self, phone: str) -> str:
+        """The in-memory host a number's module runs on."""
+        return self._hosts.setdefault(phone, f"10.0.0.{len(self._hosts) + 1}")
+
+    def network_of(self, phone: str) -> Network | None:
+        return None if self.network is None else self.network.at(self.host_of(phone))
 
     async def user(
         self, phone: str, limits: Limits | None = None, data_dir: str = "", **timeouts: float
     ) -> Session:
         folder = self.root / (data_dir or phone)
-        config = session_config(self.port, phone, folder, limits, **timeouts)
+        network = self.network_of(phone)
+        config = session_config(self.port, phone, folder, limits, network, **timeouts)
         return await self.stack.enter_async_context(Session(config))
+
+    async def client(self, phone: str, key: StaticKey | None = None) -> DirectoryClient:
+        """A bare directory client from `phone`'s host, with a fresh key unless given."""
+        return await directory_client(self.port, key, network=self.network_of(phone))
 
     async def new_key(self, session: Session) -> Session:
         """`session`'s number moves to a new key: the module ends, the operator releases
@@ -113,7 +149,8 @@ class World:
 
 
 @asynccontextmanager
-async def world_at(root: Path) -> AsyncIterator[World]:
+async def world_at(root: Path, network: MemoryNetwork | None = None) -> AsyncIterator[World]:
+    """A world on 127.0.0.1, or on the in-memory `network`."""
     async with AsyncExitStack() as stack:
-        server, port = await stack.enter_async_context(running_server())
-        yield World(stack, server, port, root)
+        server, port = await stack.enter_async_context(running_server(network=network))
+        yield World(stack, server, port, root, network)

@@ -85,8 +85,17 @@ class Timeouts:
     peer_idle: float = 25.0
     #: A write that cannot drain for this long means the other side is frozen.
     write_drain: float = 20.0
-    #: Sender side: waiting for the acknowledgement after the last byte was sent.
+    #: Sender side: waiting for the answer to a message (a photo's: to its offer, and
+    #: after its last byte; while its bytes flow, `write_drain` measures the progress).
     peer_ack: float = 20.0
+    #: Sender side: a connection to a peer is kept this long after its last answer, for
+    #: the next message (at most half of `peer_idle`, so that the receiver, which times
+    #: a quiet connection out after `peer_idle`, never closes it first).
+    link_keep: float = 10.0
+    #: Receiver side: after refusing a connection, how long its sender's bytes are still
+    #: read (closing with unread bytes sends a TCP reset, which can destroy the refusal
+    #: before the sender reads it).
+    refusal_grace: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)

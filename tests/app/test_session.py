@@ -6,20 +6,19 @@ import asyncio
 import hashlib
 import os
 import shutil
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import image_bytes
-from tests.servers import FAST, World, directory_client, session_config, world_at
+from tests.memory import MemoryNetwork
+from tests.servers import FAST, World, session_config, world_at
 from whatsap2p.app.events import (
-    FailedDelivery,
     IdentityChanged,
     PhotoReceived,
     PresenceChanged,
     QueuedDelivered,
-    ServerConnectionChanged,
     SessionEvent,
     TextReceived,
 )
@@ -35,7 +34,9 @@ from whatsap2p.errors import (
     StoreError,
     UnknownTarget,
 )
-from whatsap2p.net.peers import PeerLink
+from whatsap2p.net.deadlines import Deadlines
+from whatsap2p.net.link import PeerLink
+from whatsap2p.net.network import Network, TcpNetwork
 from whatsap2p.protocol import events as ev
 
 ALICE, BOB, CAROL, DAVE = (f"+551199999000{i}" for i in range(1, 5))
@@ -72,119 +73,6 @@ async def test_text_both_ways_with_contact_names(world: World) -> None:
     assert (got.sender, got.name) == (BOB, None)
 
 
-async def test_a_burst_to_one_peer_shares_its_connections(world: World) -> None:
-    alice, bob = await world.user(ALICE), await world.user(BOB)
-    assert bob._listener is not None
-    for i in range(5):
-        assert (await alice.send_text(BOB, f"one by one {i}")).delivered == [BOB]
-    assert bob._listener.accepted == 1  # one connection, one handshake, five texts
-    reports = await asyncio.gather(*(alice.send_text(BOB, f"at once {i}") for i in range(80)))
-    assert all(report.delivered == [BOB] for report in reports)
-    assert bob._listener.accepted == 1  # the 80 travelled together on the same connection
-    texts = [await next_event(bob) for _ in range(85)]
-    assert len({t.id for t in texts if isinstance(t, TextReceived)}) == 85
-
-
-async def test_texts_refused_among_many_at_once_fail_alone(world: World) -> None:
-    alice = await world.user(ALICE)
-    bob = await world.user(BOB, Limits(max_text_bytes=10))  # alice may send longer ones
-    texts = ["short" if i % 3 else f"much too long {i}" for i in range(30)]
-    reports = await asyncio.gather(*(alice.send_text(BOB, text) for text in texts))
-    for text, report in zip(texts, reports, strict=True):
-        if text == "short":
-            assert (report.delivered, report.failed) == ([BOB], [])
-        else:
-            assert report.delivered == []
-            assert report.failed == [
-                FailedDelivery(BOB, "rejected", "refused by the peer: text longer than 10 bytes")
-            ]
-    assert bob._listener is not None
-    assert bob._listener.accepted == 1  # a refusal leaves the connection to the others
-    got = [await next_event(bob) for _ in range(20)]
-    delivered = {report.id for report in reports if report.delivered}
-    assert len(delivered) == 20
-    assert {t.id for t in got if isinstance(t, TextReceived)} == delivered
-    assert bob.events.empty()
-
-
-async def test_a_peer_that_takes_texts_but_never_answers_is_given_up(world: World) -> None:
-    # (a connection is kept longer, 30 s, than an answer is awaited)
-    alice = await world.user(ALICE, peer_ack=1.0, peer_idle=60)
-    bob = await world.user(BOB)
-    assert bob._listener is not None
-    inbound = bob._listener._inbound
-    answer = inbound.text_received
-    stuck: list[asyncio.Future[None]] = []
-
-    def never_stored(sender: str, text: ev.Text) -> asyncio.Future[None]:
-        stuck.append(asyncio.get_running_loop().create_future())
-        return stuck[-1]
-
-    inbound.text_received = never_stored  # type: ignore[method-assign]
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    try:
-        reports = await asyncio.gather(*(alice.send_text(BOB, f"lost? {i}") for i in range(3)))
-        assert loop.time() - started < 5
-    finally:
-        inbound.text_received = answer  # type: ignore[method-assign]
-        for future in stuck:
-            future.set_exception(StoreError("gave up"))  # the stuck receiver ends
-    for report in reports:
-        assert report.failed == [
-            FailedDelivery(BOB, "unconfirmed", "no acknowledgement from the peer (timed out)")
-        ]
-    assert len(stuck) == 3  # bob had them: it did not answer
-    assert (await alice.send_text(BOB, "and now?")).delivered == [BOB]
-    assert bob._listener.accepted == 2  # a new connection: the stuck one was dropped
-    got = await next_event(bob)
-    assert isinstance(got, TextReceived)
-    assert got.text == "and now?"
-
-
-async def test_a_text_lane_whose_timer_came_due_at_once_still_sends(world: World) -> None:
-    # The lane's timer can be armed for a deadline less than half a millisecond away (its
-    # oldest text's, when it looks again just before it); uvloop then hands back a plain
-    # Handle with no when(), and a send in the same turn of the loop asked it for when():
-    # AttributeError, the text not sent.
-    alice, bob = await world.user(ALICE), await world.user(BOB)
-    assert (await alice.send_text(BOB, "first")).delivered == [BOB]
-    assert alice._links is not None
-    (lane,) = alice._links._lanes.values()
-    lane._arm(asyncio.get_running_loop().time())  # what such a tick arms
-    second = ev.Text("second-id", "2026-11-28T04:00:00+00:00", "second")
-    async with asyncio.timeout(5):
-        await lane.send(second)  # in this task: before the loop runs anything else
-    got = [await next_event(bob) for _ in range(2)]
-    assert [t.text for t in got if isinstance(t, TextReceived)] == ["first", "second"]
-
-
-async def test_a_quiet_connection_is_closed_by_its_sender(world: World) -> None:
-    alice = await world.user(ALICE, peer_idle=0.2)  # alice keeps a quiet link 0.1 s
-    bob = await world.user(BOB)  # bob would wait 25 s
-    assert bob._listener is not None
-    assert (await alice.send_text(BOB, "first")).delivered == [BOB]
-    connections = list(bob._listener._connections)
-    assert len(connections) == 1
-    await asyncio.wait_for(asyncio.gather(*connections), 5)  # alice closed it
-    assert (await alice.send_text(BOB, "second")).delivered == [BOB]
-    assert bob._listener.accepted == 2
-    got = [await next_event(bob) for _ in range(2)]
-    assert [t.text for t in got if isinstance(t, TextReceived)] == ["first", "second"]
-
-
-async def test_a_kept_connection_the_peer_closed_is_replaced(world: World) -> None:
-    alice = await world.user(ALICE)
-    bob = await world.user(BOB, peer_idle=0.2)  # bob closes quiet connections quickly
-    assert bob._listener is not None
-    assert (await alice.send_text(BOB, "first")).delivered == [BOB]
-    await asyncio.sleep(0.5)  # the property is about time passing: bob's idle timeout
-    assert (await alice.send_text(BOB, "second")).delivered == [BOB]
-    assert bob._listener.accepted == 2
-    got = [await next_event(bob) for _ in range(2)]
-    assert [t.text for t in got if isinstance(t, TextReceived)] == ["first", "second"]
-
-
 async def test_photo_to_a_group_with_an_offline_member(world: World, photo: Path) -> None:
     alice, bob, carol = await world.user(ALICE), await world.user(BOB), await world.user(CAROL)
     alice.book.create_group("trip", [BOB, CAROL, DAVE, ALICE])
@@ -198,38 +86,6 @@ async def test_photo_to_a_group_with_an_offline_member(world: World, photo: Path
         assert got.photo.path.read_bytes() == photo.read_bytes()
         assert got.photo.path.parent == member.config.data_dir / "photos"
         assert (got.photo.filename, got.photo.mime) == ("holiday.png", "image/png")
-
-
-async def test_a_frozen_peer_does_not_hold_up_the_others(world: World) -> None:
-    alice = await world.user(ALICE, peer_ack=1.0)
-    bob = await world.user(BOB)
-    # carol's module is frozen: it is registered, its port accepts, but it never answers
-    held: list[asyncio.StreamWriter] = []
-
-    async def never_answer(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)
-
-    frozen = await asyncio.start_server(never_answer, "127.0.0.1", 0)
-    carol = await world.user(CAROL)
-    await carol._listener.close()  # type: ignore[union-attr]
-    carol_port = frozen.sockets[0].getsockname()[1]
-    await carol._directory.unregister()  # type: ignore[union-attr]
-    await carol._directory.close()  # type: ignore[union-attr]
-    impostor = await directory_client(world.port, carol.identity)
-    await impostor.register(CAROL, carol_port)
-    alice.book.create_group("pals", [BOB, CAROL])
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    report = await alice.send_text("pals", "anyone?")
-    assert report.delivered == [BOB]
-    assert [(f.phone, f.code) for f in report.failed] == [(CAROL, "timeout")]
-    assert loop.time() - started < 5
-    assert isinstance(await next_event(bob), TextReceived)
-    await impostor.close()
-    for writer in held:
-        writer.close()
-    frozen.close()
-    await frozen.wait_closed()
 
 
 async def test_a_peer_that_refuses_says_why(world: World, tmp_path: Path) -> None:
@@ -269,14 +125,6 @@ async def test_status_and_one_registration_per_number(world: World) -> None:
         await world.user(BOB, data_dir="stranger")  # a new key
 
 
-async def test_a_peer_that_went_away_is_reported_failed(world: World) -> None:
-    alice, bob = await world.user(ALICE), await world.user(BOB)
-    await bob._listener.close()  # type: ignore[union-attr]  # registered, but nobody listens any more
-    report = await alice.send_text(BOB, "hello?")
-    assert [(f.phone, f.code) for f in report.failed] == [(BOB, "unreachable")]
-    assert report.failed[0].error.startswith("cannot connect")
-
-
 def offer_of(data: bytes, message_id: str, filename: str) -> ev.PhotoOffer:
     """A correct offer for the PNG bytes `data`."""
     key = hashlib.sha256(data[:1000]).hexdigest()
@@ -300,35 +148,56 @@ async def raw_link(sender: Session, receiver: Session) -> PeerLink:
     assert receiver.listen_address is not None
     assert receiver.identity is not None
     assert sender.identity is not None
-    address = ev.PeerAddress(
-        receiver.phone, "127.0.0.1", receiver.listen_address[1], receiver.identity.public
+    address = ev.PeerAddress(receiver.phone, *receiver.listen_address, receiver.identity.public)
+    network: Network = sender.config.network
+    return await PeerLink.open(
+        network, address, sender.phone, sender.identity, Limits(), FAST, Deadlines()
     )
-    return await PeerLink.open(address, sender.phone, sender.identity, Limits(), FAST)
 
 
-async def test_a_photo_cut_off_mid_way_shows_nothing_and_then_resumes(world: World) -> None:
-    alice, bob = await world.user(ALICE), await world.user(BOB)
-    data = image_bytes(size=(500, 500), marker=os.urandom(300_000))
-    offer = offer_of(data, "p1", "x.png")
-    link = await raw_link(alice, bob)
-    await link._write(offer)
-    assert await link._answer_for("p1") == ev.Resume("p1", 0)
-    await link._write(ev.PhotoChunk("p1", memoryview(data[:100_000])))
-    link.abort()  # the sender dies half-way
-    connections = bob._listener._connections  # type: ignore[union-attr]
-    await asyncio.wait_for(asyncio.gather(*connections, return_exceptions=True), 5)
-    assert list((bob.config.data_dir / "photos").iterdir()) == []  # nothing stored...
-    assert bob.events.empty()  # ...nothing shown
-    (partial,) = (bob.config.data_dir / "partial").iterdir()  # kept, hidden, for a resume
-    assert partial.stat().st_size == 100_000
+class SenderDies(Exception):
+    """The sending module dies in the middle of a photo."""
 
-    async with await raw_link(alice, bob) as again:
-        sent = await again.send_photo(offer, lambda offset: InMemory(data, offset))
-        assert sent == len(data) - 100_000
-    got = await next_event(bob)
-    assert isinstance(got, PhotoReceived)
-    assert got.photo.path.read_bytes() == data
-    assert list((bob.config.data_dir / "partial").iterdir()) == []
+
+class CutOff:
+    """A photo's first `size` bytes; then, once they reached the peer, the sender dies."""
+
+    def __init__(self, data: bytes, size: int, reached: Callable[[], Awaitable[None]]) -> None:
+        self._data, self._size, self._reached = data, size, reached
+        self.sha256: str | None = None
+
+    async def __aiter__(self) -> AsyncGenerator[bytes]:
+        yield self._data[: self._size]
+        await self._reached()
+        raise SenderDies
+
+
+async def test_a_photo_cut_off_mid_way_shows_nothing_and_then_resumes(tmp_path: Path) -> None:
+    network = MemoryNetwork()  # (in real time: photos are written on threads)
+    async with world_at(tmp_path, network) as world:
+        alice, bob = await world.user(ALICE), await world.user(BOB)
+        data = image_bytes(size=(500, 500), marker=os.urandom(300_000))
+        offer = offer_of(data, "p1", "x.png")
+        link = await raw_link(alice, bob)
+        assert bob.listen_address is not None
+        (connection,) = network.to(bob.listen_address)
+        with pytest.raises(SenderDies):
+            await link.send_photo(offer, lambda offset: CutOff(data, 100_000, connection.delivered))
+        connection.cut()  # the sender dies half-way
+        await connection.closed()
+        await bob.settled()
+        assert list((bob.config.data_dir / "photos").iterdir()) == []  # nothing stored...
+        assert bob.events.empty()  # ...nothing shown
+        (partial,) = (bob.config.data_dir / "partial").iterdir()  # kept, hidden, for a resume
+        assert partial.stat().st_size == 100_000
+
+        async with await raw_link(alice, bob) as again:
+            sent = await again.send_photo(offer, lambda offset: InMemory(data, offset))
+            assert sent == len(data) - 100_000
+        got = await next_event(bob)
+        assert isinstance(got, PhotoReceived)
+        assert got.photo.path.read_bytes() == data
+        assert list((bob.config.data_dir / "partial").iterdir()) == []
 
 
 async def test_a_damaged_photo_is_reported_failed_and_not_kept(world: World) -> None:
@@ -389,7 +258,9 @@ async def test_a_sender_claiming_another_number_is_refused(world: World) -> None
     assert bob.identity is not None
     address = ev.PeerAddress(BOB, "127.0.0.1", bob.listen_address[1], bob.identity.public)
     # mallory proves her own key but claims to be alice
-    link = await PeerLink.open(address, ALICE, mallory.identity, Limits(), FAST)
+    link = await PeerLink.open(
+        TcpNetwork(), address, ALICE, mallory.identity, Limits(), FAST, Deadlines()
+    )
     with pytest.raises(PeerRefused, match=r"not the one bound to \+5511999990001"):
         await link.send_text(ev.Text("m1", "2026-11-27T10:00:00+00:00", "it's alice, honest"))
     await link.close()
@@ -453,17 +324,6 @@ async def test_history_records_both_directions_with_states(world: World, photo: 
     ]
     group = {e.recipient: e.state for e in alice.conversation("g", 10)}
     assert group == {BOB: "delivered", DAVE: "offline"}
-
-
-async def test_a_dropped_server_connection_is_restored_by_itself(world: World) -> None:
-    alice, bob = await world.user(ALICE), await world.user(BOB)
-    assert alice._directory is not None
-    alice._directory.abort()  # the connection dies under us
-    assert await next_event(alice) == ServerConnectionChanged("lost")
-    assert await next_event(alice) == ServerConnectionChanged("restored")
-    assert alice.server_connected
-    assert (await bob.send_text(ALICE, "found you again")).delivered == [ALICE]
-    assert (await next_event(alice)).text == "found you again"  # type: ignore[union-attr]
 
 
 async def test_queued_messages_wait_for_the_recipient_then_arrive_once(
@@ -541,8 +401,7 @@ async def test_a_peer_holds_a_bounded_number_of_incoming_connections(world: Worl
     for _, w in held:
         w.close()
         await w.wait_closed()
-    connections = bob._listener._connections  # type: ignore[union-attr]
-    await asyncio.wait_for(asyncio.gather(*connections, return_exceptions=True), 5)
+    await bob.settled()  # the three were handled to their end
     assert (await alice.send_text(BOB, "room again")).delivered == [BOB]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from dataclasses import replace
 
 import msgspec
 import pytest
@@ -15,11 +16,14 @@ from whatsap2p.errors import LocalProtocolError, RemoteProtocolError
 from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.channel import PlainChannel
 from whatsap2p.protocol.codec import encode_message
+from whatsap2p.protocol.keys import StaticKey
+from whatsap2p.protocol.noise import NoiseChannel
 from whatsap2p.protocol.peer import (
     PeerReceiver,
     PeerSender,
     ReceiverEvent,
     ReceiverState,
+    SenderEvent,
     SenderState,
 )
 
@@ -32,20 +36,18 @@ class Pair:
     """A sender and a receiver; `send` moves the bytes across and returns the receiver events."""
 
     def __init__(self, limits: Limits = LIMITS) -> None:
-        self.sender = PeerSender(limits)
+        self.sender = PeerSender(0, limits)
         self.receiver = PeerReceiver(now=0, limits=limits, timeouts=Timeouts(hello_deadline=5))
 
     def send(self, message: ev.PeerMessage, now: float = 0) -> list[ReceiverEvent]:
-        self.receiver.receive_data(self.sender.send(message), now)
+        self.receiver.receive_data(self.sender.send(message, 0), now)
         events = []
         while (event := self.receiver.next_event()) is not None:
             events.append(event)
         return events
 
-    def answer(
-        self, answer: ev.Ack | ev.Rejected | ev.Resume
-    ) -> ev.Ack | ev.Rejected | ev.Resume | ev.Closing | None:
-        self.sender.receive_data(self.receiver.send(answer))
+    def answer(self, answer: ev.Ack | ev.Rejected | ev.Resume) -> SenderEvent | None:
+        self.sender.receive_data(self.receiver.send(answer), 0)
         return self.sender.next_event()
 
 
@@ -96,7 +98,7 @@ def test_photo_streams_in_chunks_then_completes() -> None:
     assert pair.receiver.state is ReceiverState.AWAIT_END  # the bytes, then the digest
     assert pair.sender.state is SenderState.ENDING
     with pytest.raises(LocalProtocolError):
-        pair.sender.send(ev.Text("m9", STAMP, "not before the digest"))
+        pair.sender.send(ev.Text("m9", STAMP, "not before the digest"), 0)
     digest = hashlib.sha256(data).hexdigest()
     assert pair.send(ev.PhotoEnd("p1", digest)) == [ev.PhotoCompleted("p1", digest)]
     assert state_of(pair.receiver) is ReceiverState.IDLE
@@ -144,9 +146,6 @@ def test_too_long_text_is_refused_but_the_connection_goes_on() -> None:
     [ev.Text("m1", STAMP, "hi"), ev.PhotoChunk("p1", memoryview(b"x")), ev.Ack("m1"), ev.Ping(1)],
 )
 def test_anything_before_hello_is_a_protocol_error(first: ev.Message) -> None:
-    from whatsap2p.protocol.channel import PlainChannel
-    from whatsap2p.protocol.codec import encode_message
-
     receiver = PeerReceiver(now=0)
     with pytest.raises(RemoteProtocolError):
         receiver.receive_data(PlainChannel(1 << 20).seal(encode_message(first)), now=0)
@@ -183,7 +182,7 @@ def test_a_resumed_photo_needs_only_its_missing_bytes() -> None:
     pair.send(offer(10, b"0123456789"))
     pair.answer(ev.Resume("p1", 6))
     with pytest.raises(LocalProtocolError):
-        pair.sender.send(ev.PhotoChunk("p1", memoryview(b"6789!")))  # more than 4 bytes missing
+        pair.sender.send(ev.PhotoChunk("p1", memoryview(b"6789!")), 0)  # more than 4 bytes missing
     last = ev.PhotoChunk("p1", memoryview(b"6789"))
     assert pair.send(last) == [last]
     end = ev.PhotoEnd("p1", hashlib.sha256(b"0123456789").hexdigest())
@@ -205,24 +204,24 @@ def test_an_offer_answered_with_ack_needs_no_bytes() -> None:
 
 
 def test_sender_refuses_to_break_the_protocol() -> None:
-    sender = PeerSender(LIMITS)
+    sender = PeerSender(0, LIMITS)
     with pytest.raises(LocalProtocolError):
-        sender.send(ev.Text("m1", STAMP, "before hello"))
-    sender.send(ev.Hello(ALICE))
-    sender.send(offer(3, b"abc"))
+        sender.send(ev.Text("m1", STAMP, "before hello"), 0)
+    sender.send(ev.Hello(ALICE), 0)
+    sender.send(offer(3, b"abc"), 0)
     with pytest.raises(LocalProtocolError):
-        sender.send(ev.Text("m1", STAMP, "in the middle of a photo"))
+        sender.send(ev.Text("m1", STAMP, "in the middle of a photo"), 0)
     with pytest.raises(LocalProtocolError):
         # not before the receiver said from where
-        sender.send(ev.PhotoChunk("p1", memoryview(b"a")))
+        sender.send(ev.PhotoChunk("p1", memoryview(b"a")), 0)
 
 
 def test_an_id_awaiting_its_answer_may_not_be_used_again() -> None:
     pair = Pair()
     pair.send(ev.Hello(ALICE))
-    pair.sender.send(ev.Text("m1", STAMP, "a"))
+    pair.sender.send(ev.Text("m1", STAMP, "a"), 0)
     with pytest.raises(LocalProtocolError, match="already outstanding"):
-        pair.sender.send(ev.Text("m1", STAMP, "b"))
+        pair.sender.send(ev.Text("m1", STAMP, "b"), 0)
     seal = PlainChannel(4096).seal  # a sender that does not check itself
     pair.receiver.receive_data(seal(encode_message(ev.Text("m2", STAMP, "a"))), 0)
     with pytest.raises(RemoteProtocolError, match="used twice"):
@@ -327,8 +326,6 @@ def test_any_sequence_of_messages_keeps_the_receiver_consistent(
 
 
 def test_deadlines_cover_the_secure_handshake_then_the_hello() -> None:
-    from whatsap2p.protocol.keys import StaticKey
-    from whatsap2p.protocol.noise import NoiseChannel
 
     timeouts = Timeouts(handshake=3, hello_deadline=7)
     responder = NoiseChannel(StaticKey.generate(), initiator=False, max_body=1 << 20)
@@ -340,13 +337,13 @@ def test_deadlines_cover_the_secure_handshake_then_the_hello() -> None:
     responder = NoiseChannel(StaticKey.generate(), initiator=False, max_body=1 << 20)
     receiver = PeerReceiver(now=100, timeouts=timeouts, channel=responder)
     sender_key = StaticKey.generate()
-    sender = PeerSender(channel=NoiseChannel(sender_key, initiator=True, max_body=1 << 20))
+    sender = PeerSender(0, channel=NoiseChannel(sender_key, initiator=True, max_body=1 << 20))
     receiver.receive_data(sender.data_to_send(), now=101)
-    sender.receive_data(receiver.data_to_send())
+    sender.receive_data(receiver.data_to_send(), 0)
     receiver.receive_data(sender.data_to_send(), now=102)
     assert receiver.established
     assert receiver.get_timer() == 102 + 7  # now the hello deadline
-    receiver.receive_data(sender.send(ev.Hello(ALICE)), now=103)
+    receiver.receive_data(sender.send(ev.Hello(ALICE), 0), now=103)
     assert receiver.next_event() == ev.Hello(ALICE)
     assert receiver.remote_key == sender_key.public
 
@@ -374,8 +371,6 @@ def test_a_photo_digest_must_follow_its_bytes_and_be_a_digest() -> None:
 def test_a_hello_in_the_same_bytes_as_the_handshake_starts_the_idle_timeout() -> None:
     # Found when links began to be kept: the hello deadline replaced the idle one when
     # the handshake's last message, the hello and a text came in one read.
-    from whatsap2p.protocol.keys import StaticKey
-    from whatsap2p.protocol.noise import NoiseChannel
 
     timeouts = Timeouts(hello_deadline=2, peer_idle=0.2)
     initiator = NoiseChannel(StaticKey.generate(), initiator=True, max_body=1 << 20)
@@ -385,7 +380,107 @@ def test_a_hello_in_the_same_bytes_as_the_handshake_starts_the_idle_timeout() ->
     initiator.receive_data(receiver.data_to_send())
     assert initiator.next_body() is None
     assert initiator.established
-    sender = PeerSender(channel=initiator)
-    burst = initiator.data_to_send() + bytes(sender.send(ev.Hello(ALICE)))
-    receiver.receive_data(burst + bytes(sender.send(ev.Text("m1", STAMP, "hi"))), now=10)
+    sender = PeerSender(0, channel=initiator)
+    burst = initiator.data_to_send() + bytes(sender.send(ev.Hello(ALICE), 0))
+    receiver.receive_data(burst + bytes(sender.send(ev.Text("m1", STAMP, "hi"), 0)), now=10)
     assert receiver.get_timer() == 10 + timeouts.peer_idle
+
+
+# --- the sender's deadlines (time passed in) -------------------------------------------
+
+SENDER_TIMEOUTS = Timeouts(handshake=5, peer_ack=20, write_drain=20, link_keep=10, peer_idle=25)
+
+
+class TimedPair:
+    """A sender and a receiver, with the time of each step given."""
+
+    def __init__(self) -> None:
+        self.sender = PeerSender(0, LIMITS, SENDER_TIMEOUTS)
+        self.receiver = PeerReceiver(now=0, limits=LIMITS, timeouts=SENDER_TIMEOUTS)
+        self.send(ev.Hello(ALICE), now=0)
+
+    def send(self, message: ev.PeerMessage, now: float) -> None:
+        self.receiver.receive_data(self.sender.send(message, now), now)
+        while self.receiver.next_event() is not None:
+            pass
+
+    def answer(self, answer: ev.Ack | ev.Rejected | ev.Resume, now: float) -> SenderEvent | None:
+        self.sender.receive_data(self.receiver.send(answer), now)
+        return self.sender.next_event()
+
+    def timer(self, now: float) -> SenderEvent | None:
+        self.sender.handle_timer(now)
+        return self.sender.next_event()
+
+
+def test_a_text_unanswered_for_the_ack_timeout_times_the_sender_out() -> None:
+    pair = TimedPair()
+    pair.send(ev.Text("m1", STAMP, "a"), now=1)
+    pair.send(ev.Text("m2", STAMP, "b"), now=2)
+    assert pair.sender.get_timer() == 21  # the oldest text's
+    assert pair.answer(ev.Ack("m1"), now=3) == ev.Ack("m1")
+    assert pair.sender.get_timer() == 22
+    assert pair.timer(21.9) is None
+    assert pair.sender.sent_whole("m2")
+    assert pair.timer(22) == ev.ConnectionTimedOut("no answer from the peer (timed out)")
+    assert pair.sender.get_timer() is None
+
+
+def test_a_photo_is_given_as_long_as_its_bytes_take_and_its_answer_after_the_last() -> None:
+    pair = TimedPair()
+    data = b"x" * 600
+    pair.send(offer(len(data), data), now=1)
+    assert pair.sender.get_timer() == 21  # the decision is due
+    assert not pair.sender.sent_whole("p1")
+    assert pair.answer(ev.Resume("p1", 0), now=2) == ev.Resume("p1", 0)
+    for i, start in enumerate(range(0, 600, 100)):  # a chunk every 15 s: slow, but moving
+        now = 3 + 15 * i
+        pair.send(ev.PhotoChunk("p1", memoryview(data[start : start + 100])), now=now)
+        assert pair.sender.get_timer() is None  # no deadline while the bytes flow
+        assert pair.timer(now + 14) is None
+    assert not pair.sender.sent_whole("p1")
+    pair.send(ev.PhotoEnd("p1", hashlib.sha256(data).hexdigest()), now=100)
+    assert pair.sender.sent_whole("p1")  # it may have arrived from now on
+    assert pair.sender.get_timer() == 120
+    assert pair.timer(120) == ev.ConnectionTimedOut("no answer from the peer (timed out)")
+
+
+def test_writes_that_do_not_drain_time_the_sender_out_and_draining_ones_do_not() -> None:
+    pair = TimedPair()
+    data = b"y" * 300
+    pair.send(offer(len(data), data), now=1)
+    pair.answer(ev.Resume("p1", 0), now=1)
+    pair.sender.writing_paused(now=5)
+    assert pair.sender.get_timer() == 25
+    pair.sender.writing_resumed(now=24)
+    assert pair.timer(25) is None
+    pair.sender.writing_paused(now=30)
+    assert pair.timer(50) == ev.ConnectionTimedOut("the peer stopped reading (timed out)")
+
+
+def test_a_sender_with_nothing_outstanding_goes_idle_after_the_keep_time() -> None:
+    pair = TimedPair()
+    assert pair.sender.get_timer() == 10  # link_keep (under half of peer_idle), from 0
+    pair.send(ev.Text("m1", STAMP, "a"), now=4)
+    pair.answer(ev.Ack("m1"), now=5)
+    assert pair.sender.get_timer() == 15
+    assert pair.timer(15) == ev.ConnectionIdle()
+    quick = PeerSender(0, LIMITS, replace(SENDER_TIMEOUTS, peer_idle=6))
+    assert quick.get_timer() == 3  # half the receiver's peer_idle, when that is less
+
+
+def test_a_sender_whose_handshake_does_not_complete_times_out() -> None:
+    initiator = NoiseChannel(StaticKey.generate(), initiator=True, max_body=1 << 20)
+    sender = PeerSender(100, LIMITS, SENDER_TIMEOUTS, initiator)
+    assert sender.get_timer() == 105
+    sender.handle_timer(105)
+    assert sender.next_event() == ev.ConnectionTimedOut("no secure handshake in time")
+
+
+def test_a_receiver_whose_answers_do_not_drain_times_out() -> None:
+    pair = TimedPair()
+    pair.send(ev.Text("m1", STAMP, "a"), now=1)
+    pair.receiver.writing_paused(now=2)
+    assert pair.receiver.get_timer() == 22  # before the idle deadline (26)
+    pair.receiver.handle_timer(22)
+    assert pair.receiver.next_event() == ev.ConnectionTimedOut("the peer stopped reading")

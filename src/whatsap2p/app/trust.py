@@ -9,14 +9,15 @@ the user says so (`trust`). Written atomically; a corrupt file is never overwrit
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from whatsap2p.app.storage import read_if_present, write_atomically
-from whatsap2p.errors import StoreError
+from whatsap2p.errors import PeerIdentityChanged, StoreError
 from whatsap2p.protocol.directory import E164
 from whatsap2p.protocol.keys import KEY_BYTES, fingerprint
 
-__all__ = ["FILE_NAME", "TrustStore"]
+__all__ = ["FILE_NAME", "Trust", "TrustStore"]
 
 FILE_NAME = "trust.json"
 FORMAT_VERSION = 1
@@ -67,3 +68,45 @@ class TrustStore:
             write_atomically(self.path, (json.dumps(data, indent=2) + "\n").encode())
         except OSError as exc:
             raise StoreError(f"cannot save {self.path}: {exc.strerror}") from exc
+
+
+class Trust:
+    """Which key each number may use: the pinned one (pinned on first use), while keys
+    that differ wait for the user's word (`accept`); `on_changed(phone, key)` is told
+    once per new key."""
+
+    def __init__(self, store: TrustStore, on_changed: Callable[[str, bytes], None]) -> None:
+        self.store = store
+        self._on_changed = on_changed
+        #: Keys that differ from the pinned ones, waiting for the user's `accept`.
+        self._changed: dict[str, bytes] = {}
+
+    @property
+    def changed(self) -> frozenset[str]:
+        """Numbers that proved a key other than the pinned one, waiting for `accept`."""
+        return frozenset(self._changed)
+
+    def check(self, phone: str, key: bytes) -> PeerIdentityChanged | None:
+        """None if `key` may be used for `phone` (pinning it on first use), else why not."""
+        pinned = self.store.pinned(phone)
+        if pinned is None:
+            self.store.pin(phone, key)
+            return None
+        if pinned == key:
+            return None
+        if self._changed.get(phone) != key:
+            self._changed[phone] = key
+            self._on_changed(phone, key)
+        return PeerIdentityChanged(
+            f"identity changed: {phone} now proves key {fingerprint(key)}, not the "
+            f"pinned {fingerprint(pinned)}; nothing was sent (use trust to accept it)"
+        )
+
+    def waiting(self, phone: str) -> bytes | None:
+        """The changed key `phone` proved, if one waits for the user."""
+        return self._changed.get(phone)
+
+    def accept(self, phone: str, key: bytes) -> None:
+        """The user trusts `key` for `phone` from now on."""
+        self._changed.pop(phone, None)
+        self.store.pin(phone, key)

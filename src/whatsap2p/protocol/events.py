@@ -22,6 +22,7 @@ import msgspec
 __all__ = [
     "Ack",
     "Closing",
+    "ConnectionIdle",
     "ConnectionTimedOut",
     "DirectoryMessage",
     "Failure",
@@ -276,3 +277,9 @@ class ConnectionTimedOut:
     """A deadline passed (no hello, no registration, or silence); close the connection."""
 
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionIdle:
+    """Nothing was outstanding on a sender's connection for the time it is kept: close
+    it (gracefully: it failed nothing)."""

@@ -35,6 +35,7 @@ __all__ = [
     "PeerSender",
     "ReceiverEvent",
     "ReceiverState",
+    "SenderEvent",
     "SenderState",
 ]
 
@@ -96,6 +97,15 @@ class PeerReceiver(OverChannel):
         self._photo_size = 0
         self._photo_remaining = 0
         self._unanswered: set[str] = set()
+        self._stalled_since: float | None = None
+
+    def writing_paused(self, now: float) -> None:
+        """Our answers no longer drain (the transport's buffer is full)."""
+        if self._stalled_since is None:
+            self._stalled_since = now
+
+    def writing_resumed(self) -> None:
+        self._stalled_since = None
 
     def receive_data(self, data: Buffer, now: float) -> None:
         if self.state is ReceiverState.CLOSED:
@@ -210,13 +220,22 @@ class PeerReceiver(OverChannel):
         return self._channel.seal(encode_message(message))
 
     def get_timer(self) -> float | None:
-        return None if self.state is ReceiverState.CLOSED else self._deadline
+        """The handshake, hello or idle deadline (`peer_idle` without a message), or the
+        stalled answers' (`write_drain` without draining), whichever comes first."""
+        if self.state is ReceiverState.CLOSED:
+            return None
+        if self._stalled_since is not None:
+            return min(self._deadline, self._stalled_since + self.timeouts.write_drain)
+        return self._deadline
 
     def handle_timer(self, now: float) -> None:
-        if self.state is ReceiverState.CLOSED or now < self._deadline:
+        timer = self.get_timer()
+        if timer is None or now < timer:
             return
         if not self._channel.established:
             reason = "no secure handshake in time"
+        elif now < self._deadline:
+            reason = "the peer stopped reading"
         elif self.state is ReceiverState.AWAIT_HELLO:
             reason = "no hello"
         else:
@@ -243,29 +262,65 @@ _SENDER_TRANSITIONS: Final[dict[tuple[SenderState, type[ev.Message]], SenderStat
 }
 
 
-class PeerSender(OverChannel):
-    """The sending side of one peer connection: orders what we send, matches the answers."""
+SenderEvent = (
+    ev.Ack | ev.Rejected | ev.Resume | ev.Closing | ev.ConnectionTimedOut | ev.ConnectionIdle
+)
 
-    def __init__(self, limits: Limits | None = None, channel: Channel | None = None) -> None:
+
+class PeerSender(OverChannel):
+    """The sending side of one peer connection: orders what we send, matches the answers,
+    and owns the sender's deadlines (time passed in):
+
+    - the secure handshake must complete within `Timeouts.handshake`;
+    - every text must be answered within `peer_ack` of being sent; a photo's offer
+      within `peer_ack`, and the photo itself within `peer_ack` after its last byte
+      (while its bytes flow, a long transfer is fine as long as it moves);
+    - writes that cannot drain (`writing_paused` without `writing_resumed`) for
+      `write_drain` mean the peer stopped reading;
+    any of these times the connection out (`ConnectionTimedOut`: close it, failing what
+    waits); with nothing outstanding for `link_keep` (at most half the receiver's
+    `peer_idle`), it is idle (`ConnectionIdle`: close it gracefully).
+    """
+
+    def __init__(
+        self,
+        now: float,
+        limits: Limits | None = None,
+        timeouts: Timeouts | None = None,
+        channel: Channel | None = None,
+    ) -> None:
         self.limits = limits or Limits()
+        self.timeouts = timeouts or Timeouts()
         self.state = SenderState.NEW
         self._channel = channel or PlainChannel(self.limits.max_peer_frame)
-        self._outstanding: set[str] = set()
+        #: Texts awaiting their answer: id -> when it is due, oldest (so first due) first.
+        self._texts: dict[str, float] = {}
         self._photo_id: str | None = None
         self._photo_size = 0
         self._photo_remaining = 0
-        self._events: deque[ev.Ack | ev.Rejected | ev.Resume | ev.Closing] = deque()
+        #: When the photo's answer is due (None: none awaited, or its bytes are flowing).
+        self._photo_due: float | None = None
+        #: The photo's last byte and digest went out (its ack alone is missing).
+        self._photo_sent = False
+        self._handshake_due = now + self.timeouts.handshake
+        self._stalled_since: float | None = None
+        self._keep = min(self.timeouts.link_keep, self.timeouts.peer_idle / 2)
+        self._last_used = now
+        self._events: deque[SenderEvent] = deque()
 
-    def send(self, message: ev.PeerMessage) -> Buffer:
+    def send(self, message: ev.PeerMessage, now: float) -> Buffer:
         next_state = _SENDER_TRANSITIONS.get((self.state, type(message)))
         if next_state is None:
             raise LocalProtocolError(f"cannot send {message.TYPE!r} while {self.state.value}")
-        if isinstance(message, ev.Text | ev.PhotoOffer):
-            if message.id in self._outstanding:
+        if isinstance(message, ev.Text):
+            if message.id in self._texts or message.id == self._photo_id:
                 raise LocalProtocolError(f"message id {message.id} is already outstanding")
-            self._outstanding.add(message.id)
-            if isinstance(message, ev.PhotoOffer):
-                self._photo_id, self._photo_size = message.id, message.size
+            self._texts[message.id] = now + self.timeouts.peer_ack
+        elif isinstance(message, ev.PhotoOffer):
+            if message.id in self._texts:
+                raise LocalProtocolError(f"message id {message.id} is already outstanding")
+            self._photo_id, self._photo_size = message.id, message.size
+            self._photo_due, self._photo_sent = now + self.timeouts.peer_ack, False
         elif isinstance(message, ev.PhotoChunk):
             if message.id != self._photo_id or not 0 < len(message.data) <= self._photo_remaining:
                 raise LocalProtocolError("chunk does not fit the photo being sent")
@@ -275,38 +330,109 @@ class PeerSender(OverChannel):
         elif isinstance(message, ev.PhotoEnd):
             if message.id != self._photo_id:
                 raise LocalProtocolError("digest of another photo than the one being sent")
-            self._photo_id = None
+            self._photo_due, self._photo_sent = now + self.timeouts.peer_ack, True
         self.state = next_state
+        self._last_used = now
         return self._channel.seal(encode_message(message))
 
-    def receive_data(self, data: Buffer) -> None:
+    def receive_data(self, data: Buffer, now: float) -> None:
+        if self.state is SenderState.CLOSED:
+            return
         self._channel.receive_data(data)
         while (body := self._channel.next_body()) is not None:
             message = decode_message(body)
             if isinstance(message, ev.Closing):
                 self.state = SenderState.CLOSED
                 self._events.append(message)
-                continue
+                return
             if not isinstance(message, ev.Ack | ev.Rejected | ev.Resume):
                 raise RemoteProtocolError(f"a receiver may not send {message.TYPE!r}")
-            if message.id not in self._outstanding:
-                raise RemoteProtocolError(f"answer for unknown message {message.id[:64]!r}")
-            offering = self.state is SenderState.OFFERING and message.id == self._photo_id
-            if isinstance(message, ev.Resume):
-                if not offering or not 0 <= message.offset < self._photo_size:
-                    raise RemoteProtocolError("resume of a photo not on offer, or past its end")
-                self._photo_remaining = self._photo_size - message.offset
-                self.state = SenderState.SENDING_PHOTO
-            else:
-                self._outstanding.discard(message.id)
-                if offering:  # taken as it is (already stored) or refused: nothing to send
-                    self.state, self._photo_id = SenderState.READY, None
-                elif message.id == self._photo_id:  # refused mid-photo: no more chunks
-                    self.state, self._photo_id = SenderState.CLOSED, None
+            self._answered(message)
+            self._last_used = now
             self._events.append(message)
+
+    def _answered(self, message: ev.Ack | ev.Rejected | ev.Resume) -> None:
+        if message.id != self._photo_id:
+            if isinstance(message, ev.Resume) or self._texts.pop(message.id, None) is None:
+                raise RemoteProtocolError(f"answer for unknown message {message.id[:64]!r}")
+            return
+        if isinstance(message, ev.Resume):
+            if self.state is not SenderState.OFFERING or not 0 <= message.offset < self._photo_size:
+                raise RemoteProtocolError("resume of a photo not on offer, or past its end")
+            self._photo_remaining = self._photo_size - message.offset
+            self._photo_due = None  # its bytes flow now: their progress is the deadline
+            self.state = SenderState.SENDING_PHOTO
+            return
+        if self.state is SenderState.SENDING_PHOTO or self.state is SenderState.ENDING:
+            self.state = SenderState.CLOSED  # refused mid-photo: no more chunks
+        elif self.state is SenderState.OFFERING:
+            self.state = SenderState.READY  # taken as it is (already stored), or refused
+        self._photo_id, self._photo_due, self._photo_sent = None, None, False
+
+    def sent_whole(self, message_id: str) -> bool:
+        """Whether all of a message awaiting its answer went out (a text, or a photo's
+        last byte and digest): it may have arrived, whatever happens next."""
+        return message_id in self._texts or (message_id == self._photo_id and self._photo_sent)
+
+    def writing_paused(self, now: float) -> None:
+        """Our writes no longer drain (the transport's buffer is full)."""
+        if self._stalled_since is None:
+            self._stalled_since = now
+
+    def writing_resumed(self, now: float) -> None:
+        self._stalled_since = None
+        self._last_used = now
 
     def has_events(self) -> bool:
         return bool(self._events)
 
-    def next_event(self) -> ev.Ack | ev.Rejected | ev.Resume | ev.Closing | None:
+    def next_event(self) -> SenderEvent | None:
         return self._events.popleft() if self._events else None
+
+    def _outstanding(self) -> bool:
+        return bool(self._texts) or self._photo_id is not None
+
+    def get_timer(self) -> float | None:
+        """When `handle_timer` has something to do next (None: nothing, ever)."""
+        if self.state is SenderState.CLOSED:
+            return None
+        if not self._channel.established:
+            return self._handshake_due
+        timer: float | None = None
+        if self._texts:
+            timer = next(iter(self._texts.values()))
+        if self._photo_due is not None and (timer is None or self._photo_due < timer):
+            timer = self._photo_due
+        if self._stalled_since is not None:
+            stall = self._stalled_since + self.timeouts.write_drain
+            if timer is None or stall < timer:
+                timer = stall
+        if not self._outstanding():
+            idle = self._last_used + self._keep
+            if timer is None or idle < timer:
+                timer = idle
+        return timer
+
+    def handle_timer(self, now: float) -> None:
+        if self.state is SenderState.CLOSED:
+            return
+        reason = None
+        if not self._channel.established:
+            if now >= self._handshake_due:
+                reason = "no secure handshake in time"
+        elif (
+            self._stalled_since is not None
+            and self._stalled_since + self.timeouts.write_drain <= now
+        ):
+            reason = "the peer stopped reading (timed out)"
+        elif (self._texts and next(iter(self._texts.values())) <= now) or (
+            self._photo_due is not None and self._photo_due <= now
+        ):
+            reason = "no answer from the peer (timed out)"
+        elif not self._outstanding() and self._last_used + self._keep <= now:
+            self.state = SenderState.CLOSED
+            self._events.append(ev.ConnectionIdle())
+            return
+        if reason is not None:
+            self.state = SenderState.CLOSED
+            self._events.append(ev.ConnectionTimedOut(reason))

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from whatsap2p.config import Limits, RateLimits, Timeouts
 from whatsap2p.errors import NumberAlreadyOnline, NumberBound, ProtocolError, StoreError
 from whatsap2p.net.deadlines import Deadlines
+from whatsap2p.net.network import Listening, Network, TcpNetwork
 from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.channel import Buffer
 from whatsap2p.protocol.directory import DirectoryServerConnection
@@ -77,7 +78,7 @@ class DirectoryServer:
         self.local: MemoryDirectory | None = (
             self.directory if type(self.directory) is MemoryDirectory else None
         )
-        self._server: asyncio.Server | None = None
+        self._server: Listening | None = None
         self._ids = itertools.count(1)
         self.connections: set[_Client] = set()
         #: Work that outlives a connection (taking its number offline), awaited by close().
@@ -90,19 +91,14 @@ class DirectoryServer:
         #: While closing: resolved once the last connection is gone.
         self._all_lost: asyncio.Future[None] | None = None
 
-    async def start(self) -> tuple[str, int]:
-        """Bind; returns the address actually bound (the real port when asked for 0)."""
-        loop = asyncio.get_running_loop()
+    async def start(self, network: Network | None = None) -> tuple[str, int]:
+        """Bind (on TCP, or the `network` given); returns the address actually bound (the
+        real port when asked for 0)."""
         await self.directory.start(self.came_online)
-        self._server = await loop.create_server(
-            lambda: _Client(self, next(self._ids)),
-            self.config.host,
-            self.config.port,
-            backlog=1024,
+        self._server = await (network or TcpNetwork()).listen(
+            self.config.host, self.config.port, lambda: _Client(self, next(self._ids))
         )
-        # Any: typeshed says a tuple, uvloop gives a list (compiled, the type is checked)
-        bound = typing.cast(typing.Any, self._server).sockets[0].getsockname()
-        return str(bound[0]), int(bound[1])
+        return self._server.address
 
     async def close(self) -> None:
         if self._server is not None:

@@ -1,0 +1,220 @@
+"""Queued messages: kept in the history (state `queued`) for recipients who are offline,
+delivered when the server says they came online, retried while they cannot be reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from whatsap2p.app.contacts import Recipients
+from whatsap2p.app.events import QueuedDelivered, SessionEvent
+from whatsap2p.app.history import History, HistoryEntry
+from whatsap2p.app.photos import PhotoFile, PhotoStream, photo_key
+from whatsap2p.app.storage import write_atomically
+from whatsap2p.app.trust import Trust
+from whatsap2p.config import Limits, Timeouts
+from whatsap2p.errors import (
+    DeliveryFailed,
+    DeliveryRejected,
+    DirectoryError,
+    InvalidInput,
+    StoreError,
+)
+from whatsap2p.net.directory_client import DirectoryClient
+from whatsap2p.net.pool import LinkPool
+from whatsap2p.protocol import events as ev
+
+__all__ = ["Outbox"]
+
+log = logging.getLogger(__name__)
+
+
+class Outbox:
+    def __init__(
+        self,
+        folder: Path,
+        history: History,
+        trust: Trust,
+        pool: LinkPool,
+        lookup: Callable[[list[str]], Awaitable[dict[str, ev.PeerAddress]]],
+        publish: Callable[[SessionEvent], None],
+        limits: Limits,
+        timeouts: Timeouts,
+    ) -> None:
+        self._folder = folder
+        self._history = history
+        self._trust = trust
+        self._pool = pool
+        self._lookup = lookup
+        self._publish = publish
+        self._limits = limits
+        self._timeouts = timeouts
+        self._count = history.count_queued()
+        #: Deliveries running, one per recipient, and the retries waiting.
+        self._flushing: dict[str, asyncio.Task[None]] = {}
+        self._retries: dict[str, asyncio.TimerHandle] = {}
+        self._retry_pause: dict[str, float] = {}
+        self._retrying: set[asyncio.Task[None]] = set()
+        #: Numbers the server has been asked to watch on the current connection.
+        self._watched: frozenset[str] = frozenset()
+
+    def entries(self) -> list[HistoryEntry]:
+        return self._history.queued()
+
+    def check_room(self, recipients: Recipients) -> None:
+        limit = self._limits.max_outbox
+        if self._count + len(recipients.phones) > limit:
+            raise InvalidInput(f"the outbox is full ({limit} messages wait for delivery)")
+
+    def added(self, count: int) -> None:
+        """`count` copies were queued (their history rows are stored)."""
+        self._count += count
+
+    def keep_photo(self, photo: PhotoFile, message_id: str) -> PhotoFile:
+        """A private copy of a queued photo (blocking: run it in a thread): the original
+        may change or go away before it is delivered."""
+        self._folder.mkdir(exist_ok=True)
+        final = self._folder / f"{message_id}{photo.path.suffix or '.img'}"
+        try:
+            write_atomically(final, photo.path.read_bytes())
+        except OSError as exc:
+            raise StoreError(f"cannot keep the photo for later delivery: {exc.strerror}") from exc
+        return dataclasses.replace(photo, path=final)
+
+    def watching(self, phones: list[str]) -> bool:
+        """Whether the server already watches all of `phones` for us."""
+        return self._watched.issuperset(phones)
+
+    async def watch(
+        self, directory: DirectoryClient | None, also: frozenset[str]
+    ) -> dict[str, ev.PeerAddress]:
+        """Ask the server to say when recipients of queued messages (and the numbers in
+        `also`) come online; returns those online now, and starts delivering to them."""
+        if directory is None or directory.closed.is_set():
+            return {}  # done again when the connection is restored
+        queued = self._history.queued_phones()
+        phones = sorted(set(queued) | also)
+        try:
+            online = await directory.watch(phones)
+        except DirectoryError as exc:
+            log.warning("cannot watch the outbox recipients: %s", exc)
+            return {}
+        self._watched = frozenset(phones)
+        for address in online.values():
+            if address.phone in queued:
+                self.came_online(address)
+        return online
+
+    def came_online(self, address: ev.PeerAddress) -> None:
+        """`address`'s number is online: deliver what waits for it (if anything)."""
+        if address.phone not in self._flushing:
+            task = asyncio.create_task(self._flush(address), name=f"outbox-{address.phone}")
+            self._flushing[address.phone] = task
+
+    def retry(self, phone: str) -> None:
+        """Look `phone` up again now and deliver if it is online (e.g. its key was
+        trusted since)."""
+        task = asyncio.get_running_loop().create_task(self._retry(phone))
+        self._retrying.add(task)
+        task.add_done_callback(self._retrying.discard)
+
+    async def close(self) -> None:
+        for handle in self._retries.values():
+            handle.cancel()
+        tasks = [*self._flushing.values(), *self._retrying]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- delivering --------------------------------------------------------------------------
+
+    async def _flush(self, address: ev.PeerAddress) -> None:
+        """Deliver everything queued for one recipient that is online, oldest first."""
+        phone = address.phone
+        try:
+            pending = self._history.queued(phone)
+            if not pending:
+                return
+            refusal = self._trust.check(phone, address.key)
+            if refusal is not None:
+                log.warning("outbox for %s waits: %s", phone, refusal)
+                return  # until the user trusts the new key
+            while pending:
+                for entry in pending:
+                    await self._deliver(address, entry)
+                pending = self._history.queued(phone)
+            self._retry_pause.pop(phone, None)
+        except DeliveryFailed as exc:
+            self._retry_later(phone, str(exc))
+        finally:
+            self._flushing.pop(phone, None)
+
+    async def _deliver(self, address: ev.PeerAddress, entry: HistoryEntry) -> None:
+        phone = entry.recipient
+        try:
+            if entry.photo is None:
+                text = ev.Text(entry.id, entry.timestamp, entry.text or "", entry.group)
+                await self._pool.send_text(address, text)
+            else:
+                offer, stream_from = await asyncio.to_thread(self._queued_photo, entry)
+                await self._pool.send_photo(address, offer, stream_from)
+        except DeliveryRejected as exc:  # final: it will not be stored, however often we try
+            self._history.set_state(entry.id, phone, "failed", str(exc))
+        else:
+            self._history.set_state(entry.id, phone, "delivered", None)
+            self._publish(QueuedDelivered(entry.id, phone))
+        self._count -= 1
+        self._drop_copy(entry)
+
+    def _drop_copy(self, entry: HistoryEntry) -> None:
+        """Remove a queued photo's private copy once no recipient waits for it."""
+        if entry.photo is None or self._history.still_queued(entry.id):
+            return
+        kept = Path(str(entry.photo["path"]))
+        if kept.parent == self._folder:
+            with contextlib.suppress(OSError):
+                kept.unlink()
+
+    def _queued_photo(
+        self, entry: HistoryEntry
+    ) -> tuple[ev.PhotoOffer, Callable[[int], PhotoStream]]:
+        """The offer of a queued photo, and its bytes (blocking: reads the photo's key)."""
+        photo = entry.photo
+        assert photo is not None
+        kept = PhotoFile.from_description(photo)
+        try:
+            key = photo_key(kept.path, kept.size)
+        except OSError as exc:
+            raise DeliveryFailed(f"cannot read the queued photo: {exc.strerror}") from exc
+        offer = ev.PhotoOffer(
+            entry.id, entry.timestamp, kept.filename, kept.size, key, kept.mime, entry.group
+        )
+        chunk = self._limits.photo_chunk
+        return offer, lambda offset: PhotoStream(kept, chunk, offset)
+
+    def _retry_later(self, phone: str, reason: str) -> None:
+        """The recipient is online but could not be reached: try again, less and less often."""
+        pause = self._retry_pause.get(phone, self._timeouts.outbox_retry_first)
+        self._retry_pause[phone] = min(pause * 2, self._timeouts.outbox_retry_max)
+        log.info("outbox for %s: %s; retrying in %.0f s", phone, reason, pause)
+        old = self._retries.pop(phone, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        self._retries[phone] = loop.call_later(pause, self._retry_due, phone)
+
+    def _retry_due(self, phone: str) -> None:
+        self._retries.pop(phone, None)
+        self.retry(phone)
+
+    async def _retry(self, phone: str) -> None:
+        with contextlib.suppress(DirectoryError):
+            online = await self._lookup([phone])
+            if phone in online:
+                self.came_online(online[phone])
+        # offline: the server's push will bring it back

@@ -1,0 +1,205 @@
+"""Sending: one lookup for all the recipients of a message, then the content straight to
+each one online (concurrently), a report per recipient, and the history of it."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import functools
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from whatsap2p.app.contacts import AddressBook, Recipients
+from whatsap2p.app.events import DeliveryReport, FailedDelivery
+from whatsap2p.app.history import History, State
+from whatsap2p.app.outbox import Outbox
+from whatsap2p.app.photos import PhotoFile, PhotoStream, file_sha256, prepare_photo
+from whatsap2p.app.trust import Trust
+from whatsap2p.config import Limits
+from whatsap2p.errors import DeliveryFailed, InvalidInput
+from whatsap2p.net.pool import LinkPool
+from whatsap2p.protocol import events as ev
+
+__all__ = ["Sender"]
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+class Sender:
+    def __init__(
+        self,
+        me: str,
+        book: AddressBook,
+        trust: Trust,
+        pool: LinkPool,
+        history: History,
+        outbox: Outbox,
+        lookup: Callable[[list[str]], Awaitable[dict[str, ev.PeerAddress]]],
+        watch_outbox: Callable[[], Awaitable[object]],
+        limits: Limits,
+    ) -> None:
+        self._me = me
+        self._book = book
+        self._trust = trust
+        self._pool = pool
+        self._history = history
+        self._outbox = outbox
+        self._lookup = lookup
+        self._watch_outbox = watch_outbox
+        self._limits = limits
+
+    async def send_text(self, target: str, text: str, queue: bool = False) -> DeliveryReport:
+        if not isinstance(text, str):
+            raise InvalidInput("text must be a string")
+        if len(text.encode("utf-8", "surrogatepass")) > self._limits.max_text_bytes:
+            raise InvalidInput(f"text longer than {self._limits.max_text_bytes} bytes")
+        recipients = self._recipients(target)
+        if queue:
+            self._outbox.check_room(recipients)
+        message = ev.Text(secrets.token_hex(16), _now(), text, recipients.group)
+        pool = self._pool
+
+        def deliver(address: ev.PeerAddress) -> Awaitable[None]:
+            return pool.send_text(address, message)
+
+        report = await self._fan_out(message.id, recipients, deliver, queue)
+        await self._record(report, recipients.group, message.timestamp, text=text)
+        return report
+
+    async def send_photo(
+        self,
+        target: str,
+        path: str | Path,
+        queue: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> DeliveryReport:
+        """Send a photo; `progress(sent, total)` follows the transfer, in bytes summed
+        over the recipients being sent to (a resumed transfer starts part way)."""
+        recipients = self._recipients(target)
+        if queue:
+            self._outbox.check_room(recipients)
+        photo: PhotoFile = await asyncio.to_thread(prepare_photo, Path(path), self._limits)
+        offer = ev.PhotoOffer(
+            secrets.token_hex(16),
+            _now(),
+            photo.filename,
+            photo.size,
+            photo.key,
+            photo.mime,
+            recipients.group,
+        )
+        streams: dict[str, PhotoStream] = {}  # each hashes the whole file as it sends it
+
+        def report_progress() -> None:
+            assert progress is not None
+            progress(sum(s.done for s in streams.values()), photo.size * len(streams))
+
+        def stream_to(phone: str, offset: int) -> PhotoStream:
+            stream = streams[phone] = PhotoStream(photo, self._limits.photo_chunk, offset)
+            if progress is not None:
+                stream.on_progress = report_progress
+                report_progress()
+            return stream
+
+        pool = self._pool
+
+        async def deliver(address: ev.PeerAddress) -> None:
+            await pool.send_photo(address, offer, functools.partial(stream_to, address.phone))
+
+        report = await self._fan_out(offer.id, recipients, deliver, queue)
+        digests = [s.sha256 for s in streams.values() if s.sha256 is not None]
+        if digests:
+            photo = dataclasses.replace(photo, sha256=digests[0])
+        else:  # sent to nobody (offline, queued, failed, or already had it): hash it now
+            sha256 = await asyncio.to_thread(file_sha256, photo.path)
+            photo = dataclasses.replace(photo, sha256=sha256)
+        kept = photo
+        if report.queued:
+            kept = await asyncio.to_thread(self._outbox.keep_photo, photo, offer.id)
+        await self._record(report, recipients.group, offer.timestamp, photo=kept.describe())
+        return report
+
+    def _recipients(self, target: str) -> Recipients:
+        recipients = self._book.resolve(target)
+        others = tuple(p for p in recipients.phones if p != self._me)
+        if not others:
+            if recipients.group is None:
+                raise InvalidInput("you cannot send a message to yourself")
+            raise InvalidInput(f"group {recipients.group!r} has no members besides you")
+        return Recipients(others, recipients.group)
+
+    async def _fan_out(
+        self,
+        message_id: str,
+        recipients: Recipients,
+        deliver: Callable[[ev.PeerAddress], Awaitable[None]],
+        queue: bool,
+    ) -> DeliveryReport:
+        """One lookup for all recipients, then every online one concurrently; the
+        offline ones are reported `offline`, or `queued` for later when asked to."""
+        online = await self._lookup(list(recipients.phones))
+        report = DeliveryReport(message_id)
+        absent = [p for p in recipients.phones if p not in online]
+        if queue:
+            report.queued = absent
+        else:
+            report.offline = absent
+        targets = []
+        for phone in recipients.phones:
+            if phone in online:
+                refusal = self._trust.check(phone, online[phone].key)
+                if refusal is None:
+                    targets.append(phone)
+                else:
+                    report.failed.append(FailedDelivery.of(phone, refusal))
+        if len(targets) == 1:  # the common case: no gather (its futures cost per message)
+            outcomes = [await self._deliver_to(online[targets[0]], deliver)]
+        else:
+            sends = (self._deliver_to(online[p], deliver) for p in targets)
+            outcomes = await asyncio.gather(*sends)
+        for phone, failure in zip(targets, outcomes, strict=True):
+            if failure is None:
+                report.delivered.append(phone)
+            else:
+                report.failed.append(FailedDelivery.of(phone, failure))
+        order = {phone: i for i, phone in enumerate(recipients.phones)}
+        report.failed.sort(key=lambda failed: order[failed.phone])
+        return report
+
+    @staticmethod
+    async def _deliver_to(
+        address: ev.PeerAddress, deliver: Callable[[ev.PeerAddress], Awaitable[None]]
+    ) -> DeliveryFailed | None:
+        """None when the peer acknowledged, else why it did not."""
+        try:
+            await deliver(address)
+        except DeliveryFailed as exc:
+            log.info("delivery to %s failed: %s", address.phone, exc)
+            return exc
+        return None
+
+    async def _record(
+        self,
+        report: DeliveryReport,
+        group: str | None,
+        timestamp: str,
+        text: str | None = None,
+        photo: dict[str, object] | None = None,
+    ) -> None:
+        """The send in the history, a row per recipient; queued ones watched for."""
+        delivered: tuple[State, str | None] = ("delivered", None)
+        outcomes = dict.fromkeys(report.delivered, delivered)
+        outcomes.update((phone, ("offline", None)) for phone in report.offline)
+        outcomes.update((phone, ("queued", None)) for phone in report.queued)
+        outcomes.update((failed.phone, ("failed", failed.error)) for failed in report.failed)
+        await self._history.store_sent(report.id, outcomes, group, timestamp, text, photo)
+        self._outbox.added(len(report.queued))
+        if not self._outbox.watching(report.queued):
+            await self._watch_outbox()

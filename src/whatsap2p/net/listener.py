@@ -1,0 +1,415 @@
+"""The listener: accepts peer connections and feeds each through a `PeerReceiver`.
+
+What a received message means (where a photo is written, who is told) is the app's
+business, reached through the `Inbound` interface; this module only moves bytes and
+time. The receiver owns its deadlines (handshake, hello, idle, stalled answers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import typing
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Protocol
+
+from whatsap2p.config import Limits, Timeouts
+from whatsap2p.errors import ProtocolError, WhatsAp2pError
+from whatsap2p.net.network import Listening, Network, TcpNetwork
+from whatsap2p.protocol import events as ev
+from whatsap2p.protocol.channel import Buffer
+from whatsap2p.protocol.keys import StaticKey
+from whatsap2p.protocol.noise import NoiseChannel
+from whatsap2p.protocol.peer import PeerReceiver, ReceiverEvent, ReceiverState
+
+__all__ = ["Inbound", "PeerListener", "PhotoSink"]
+
+log = logging.getLogger(__name__)
+
+_READ_SIZE = 256 * 1024
+#: Bytes a receiver lets wait unread before it stops reading from the socket.
+_INBOX_HIGH = 1024 * 1024
+
+
+class PhotoSink(Protocol):
+    """Where the chunks of one incoming photo go."""
+
+    #: How many of its bytes are already here (kept from an interrupted transfer).
+    offset: int
+
+    async def write(self, data: memoryview) -> None: ...
+
+    async def complete(self, sha256: str) -> None:
+        """All bytes are in, and the sender's digest of them: verify and store, or raise
+        WhatsAp2pError saying why not."""
+
+    def interrupted(self) -> None:
+        """The transfer stopped short: keep what can be resumed, show nothing."""
+
+
+class Inbound(Protocol):
+    """The app's side of the listener. Raising WhatsAp2pError refuses the message."""
+
+    async def sender_proved(self, sender: str, key: bytes) -> None:
+        """A sender claims number `sender` and proved `key`: raise to refuse it."""
+
+    def text_received(self, sender: str, text: ev.Text) -> Awaitable[None]:
+        """Start storing `text` now (texts that arrived together are stored together);
+        the awaitable ends once it is stored, or raises WhatsAp2pError to refuse it."""
+
+    def photo_offered(self, sender: str, offer: ev.PhotoOffer) -> PhotoSink | None:
+        """Where the photo's bytes go; None when it is already stored (it is then
+        acknowledged at once, and its bytes are not taken again)."""
+
+
+class PeerListener:
+    """Accepts peer connections and feeds each one through a PeerReceiver."""
+
+    def __init__(
+        self,
+        inbound: Inbound,
+        key: StaticKey,
+        limits: Limits,
+        timeouts: Timeouts,
+        network: Network | None = None,
+    ) -> None:
+        self._inbound = inbound
+        self._key = key
+        self._limits = limits
+        self._timeouts = timeouts
+        self._network = network or TcpNetwork()
+        self._server: Listening | None = None
+        self._connections: dict[asyncio.Task[None], _Inbox] = {}
+        self._per_ip: Counter[str] = Counter()
+        #: Peer connections taken since the start (senders keep theirs for a burst).
+        self.accepted = 0
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        """Bind and start accepting; returns the address actually bound."""
+        self._server = await self._network.listen(host, port, lambda: _Inbox(self._serve))
+        return self._server.address
+
+    async def settled(self) -> None:
+        """Once every connection that has ended (closed by either side, or lost) has been
+        handled to its end: a photo cut off is kept for a resume, a refusal is sent."""
+        ending = [task for task, inbox in self._connections.items() if inbox.ended]
+        await asyncio.gather(*ending, return_exceptions=True)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        # Abort rather than cancel: the tasks then end normally (see server/service.py).
+        for connection in self._connections.values():
+            connection.transport.abort()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _serve(self, connection: _Inbox) -> None:
+        peer = connection.get_extra_info("peername")
+        ip = str(peer[0]) if peer else "?"
+        limits = self._limits
+        if (
+            len(self._connections) >= limits.max_peer_connections
+            or self._per_ip[ip] >= limits.max_peer_connections_per_ip
+        ):
+            log.warning("refusing a peer connection from %s: too many at once", ip)
+            connection.transport.abort()
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections[task] = connection
+        self._per_ip[ip] += 1
+        self.accepted += 1
+        try:
+            await _ReceiverSession(
+                self._inbound, self._key, connection, self._limits, self._timeouts
+            ).run()
+        except ProtocolError as exc:
+            log.warning("peer %s broke the protocol: %s", peer, exc)
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            log.info("peer %s: connection lost: %s", peer, exc)
+        except Exception:
+            # A bug, not bad input: say so loudly, close this connection, serve the rest.
+            log.exception("unexpected error on the connection from %s", peer)
+        finally:
+            self._connections.pop(task, None)
+            self._per_ip[ip] -= 1
+            if self._per_ip[ip] <= 0:
+                del self._per_ip[ip]
+            connection.close()
+            with contextlib.suppress(OSError):
+                await connection.wait_closed()
+
+
+class _Inbox(asyncio.Protocol):
+    """An incoming peer connection, offering _ReceiverSession what it used of asyncio's
+    StreamReader and StreamWriter, without StreamReader's buffer: each chunk the transport
+    read is handed over as it is (two copies fewer for every byte of a photo). Reading
+    pauses while more than `_INBOX_HIGH` bytes wait to be handled."""
+
+    def __init__(self, serve: Callable[[_Inbox], Coroutine[object, object, None]]) -> None:
+        self._serve = serve
+        self._loop = asyncio.get_running_loop()
+        self.transport = typing.cast(asyncio.Transport, None)
+        self._chunks: deque[bytes] = deque()
+        self._waiting = 0  # bytes received, not yet read
+        self._eof = False
+        self._reading_paused = False
+        self._readable: asyncio.Future[None] | None = None
+        self._writable: asyncio.Future[None] | None = None
+        self._closed: asyncio.Future[None] = self._loop.create_future()
+        self._task: asyncio.Task[None] | None = None
+
+    # --- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = typing.cast(asyncio.Transport, transport)
+        self._task = self._loop.create_task(self._serve(self))  # held: the loop keeps weak refs
+
+    def data_received(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._waiting += len(data)
+        self._wake_reader()
+        if self._waiting > _INBOX_HIGH and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake_reader()
+        return True  # keep our side open: an answer may still have to go out
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        self._wake_reader()
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_exception(ConnectionResetError("connection lost"))
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._writable = self._loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        self._writable = None
+
+    # --- what the session uses ---------------------------------------------------------------
+
+    async def read(self, _: int = -1) -> bytes:
+        """The next chunk received, or b"" at the end."""
+        while not self._chunks and not self._eof:
+            self._readable = self._loop.create_future()
+            try:
+                await self._readable
+            finally:
+                self._readable = None
+        if not self._chunks:
+            return b""
+        data = self._chunks.popleft()
+        self._waiting -= len(data)
+        if self._reading_paused and self._waiting <= _INBOX_HIGH // 2:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return data
+
+    @property
+    def paused(self) -> bool:
+        """Our writes wait in a full buffer: the peer does not read them fast enough."""
+        return self._writable is not None
+
+    def write(self, data: bytes | bytearray) -> None:
+        if self.transport.is_closing():
+            # (uvloop raises RuntimeError writing to a closed transport, not OSError)
+            raise ConnectionResetError("connection lost")
+        self.transport.write(data)
+
+    def write_eof(self) -> None:
+        if self.transport.can_write_eof() and not self.transport.is_closing():
+            self.transport.write_eof()
+
+    async def drain(self) -> None:
+        if self.transport.is_closing() and self._closed.done():
+            raise ConnectionResetError("connection lost")
+        if self._writable is not None:
+            await asyncio.shield(self._writable)
+
+    @property
+    def ended(self) -> bool:
+        """The other side closed the connection, or it was lost."""
+        return self._eof
+
+    def get_extra_info(self, name: str) -> typing.Any:
+        return self.transport.get_extra_info(name)
+
+    def close(self) -> None:
+        self.transport.close()
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._closed)
+
+    def _wake_reader(self) -> None:
+        if self._readable is not None and not self._readable.done():
+            self._readable.set_result(None)
+
+
+class _ReceiverSession:
+    """One incoming connection, from hello to close."""
+
+    def __init__(
+        self,
+        inbound: Inbound,
+        key: StaticKey,
+        connection: _Inbox,
+        limits: Limits,
+        timeouts: Timeouts,
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._inbound = inbound
+        self._io = connection
+        self._timeouts = timeouts
+        channel = NoiseChannel(key, initiator=False, max_body=limits.max_peer_frame)
+        self._conn = PeerReceiver(self._loop.time(), limits, timeouts, channel)
+        self._sink: PhotoSink | None = None
+
+    async def run(self) -> None:
+        try:
+            while True:
+                timer = self._conn.get_timer()
+                if timer is None:
+                    return
+                try:
+                    async with asyncio.timeout_at(timer):  # no task per read, unlike wait_for
+                        data = await self._io.read(_READ_SIZE)
+                except TimeoutError:
+                    self._conn.handle_timer(self._loop.time())
+                else:
+                    if not data:
+                        return
+                    self._conn.receive_data(data, self._loop.time())
+                    self._io.write(self._conn.data_to_send())
+                if not await self._drain_events():
+                    await self._linger()
+                    return
+        finally:
+            if self._sink is not None:
+                self._sink.interrupted()
+
+    async def _linger(self) -> None:
+        # Closing with unread bytes makes the kernel send a reset, which can destroy the
+        # Rejected we just wrote before the sender reads it: half-close, drain, then close.
+        with contextlib.suppress(OSError, TimeoutError):
+            self._io.write_eof()
+            async with asyncio.timeout(self._timeouts.refusal_grace):
+                while await self._io.read(_READ_SIZE):
+                    pass
+
+    async def _drain_events(self) -> bool:
+        """Handle what the receiver produced; False once the connection must close."""
+        event = self._conn.next_event()
+        while event is not None:
+            if isinstance(event, ev.Text):
+                # Texts that came together are stored together and answered in one write.
+                texts = [event]
+                while isinstance(event := self._conn.next_event(), ev.Text):
+                    texts.append(event)
+                await self._answer_texts(texts)
+                continue
+            if not await self._handle(event):
+                return False
+            event = self._conn.next_event()
+        return True
+
+    async def _handle(self, event: ReceiverEvent) -> bool:
+        """One event other than a text; False once the connection must close."""
+        if isinstance(event, ev.ConnectionTimedOut):
+            log.info("closing peer connection: %s", event.reason)
+            return False
+        if isinstance(event, ev.Hello):
+            assert self._conn.remote_key is not None
+            try:
+                await self._inbound.sender_proved(event.phone, self._conn.remote_key)
+            except WhatsAp2pError as exc:
+                log.warning("refusing a sender claiming %s: %s", event.phone, exc)
+                await self._answer(ev.Closing(str(exc)))
+                return False
+        elif isinstance(event, ev.Refused):
+            await self._answer(ev.Rejected(event.id, event.reason))
+        elif isinstance(event, ev.PhotoOffer):
+            assert self._conn.peer_phone is not None
+            try:
+                self._sink = self._inbound.photo_offered(self._conn.peer_phone, event)
+            except WhatsAp2pError as exc:
+                await self._answer(ev.Rejected(event.id, str(exc)))
+                return True
+            if self._sink is None:
+                await self._answer(ev.Ack(event.id))  # already stored: no bytes needed
+            else:
+                await self._answer(ev.Resume(event.id, self._sink.offset))
+        elif isinstance(event, ev.PhotoChunk):
+            assert self._sink is not None
+            try:
+                await self._sink.write(event.data)
+            except WhatsAp2pError as exc:
+                await self._answer(ev.Rejected(event.id, str(exc)))
+                return False
+        elif isinstance(event, ev.PhotoCompleted):
+            sink, self._sink = self._sink, None
+            assert sink is not None
+            try:
+                await sink.complete(event.sha256)
+            except WhatsAp2pError as exc:
+                await self._answer(ev.Rejected(event.id, str(exc)))
+            else:
+                await self._answer(ev.Ack(event.id))
+        return True
+
+    async def _answer_texts(self, texts: list[ev.Text]) -> None:
+        """Store texts that came together (all handed over before any is awaited, so they
+        share a commit), then acknowledge (or refuse) each, in one write."""
+        sender = self._conn.peer_phone
+        assert sender is not None
+        storing: list[Awaitable[None] | WhatsAp2pError] = []
+        for text in texts:
+            try:
+                storing.append(self._inbound.text_received(sender, text))
+            except WhatsAp2pError as exc:
+                storing.append(exc)
+        answers: list[ev.Ack | ev.Rejected] = []
+        for text, store in zip(texts, storing, strict=True):
+            try:
+                if isinstance(store, WhatsAp2pError):
+                    raise store
+                await store
+            except WhatsAp2pError as exc:
+                answers.append(ev.Rejected(text.id, str(exc)))
+            else:
+                answers.append(ev.Ack(text.id))
+        await self._send(b"".join([self._conn.send(answer) for answer in answers]))
+
+    async def _answer(self, answer: ev.Ack | ev.Rejected | ev.Resume | ev.Closing) -> None:
+        await self._send(self._conn.send(answer))
+
+    async def _send(self, data: Buffer) -> None:
+        """Write `data`; while the peer does not read it, wait, within the receiver's
+        deadlines (TimeoutError once one passes: the connection is then closed)."""
+        io, conn = self._io, self._conn
+        io.write(data)
+        if not io.paused:
+            return
+        conn.writing_paused(self._loop.time())
+        while io.paused:
+            timer = conn.get_timer()
+            try:
+                async with asyncio.timeout_at(timer):
+                    await io.drain()
+            except TimeoutError:
+                conn.handle_timer(self._loop.time())
+                if conn.state is ReceiverState.CLOSED:  # (a deadline passed: it says which)
+                    raise TimeoutError("the sender stopped reading, or went quiet") from None
+        conn.writing_resumed()

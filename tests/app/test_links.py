@@ -1,0 +1,306 @@
+"""Sessions on an in-memory network, in virtual time: how texts travel on the links the
+pool keeps, what a frozen, silent or vanished peer costs, reconnection to the server and
+the outbox's retries — each with the exact timings its deadlines promise, in no time."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+
+import pytest
+
+from tests.memory import MemoryNetwork, run_in_virtual_time
+from tests.servers import FAST, World, world_at
+from whatsap2p.app.events import (
+    FailedDelivery,
+    QueuedDelivered,
+    ServerConnectionChanged,
+    SessionEvent,
+    TextReceived,
+)
+from whatsap2p.app.session import IDENTITY_FILE, Session
+from whatsap2p.config import Limits, Timeouts
+from whatsap2p.keyfile import load_or_create_key
+from whatsap2p.protocol import events as ev
+from whatsap2p.protocol.keys import StaticKey
+from whatsap2p.protocol.noise import NoiseChannel
+from whatsap2p.protocol.peer import PeerReceiver
+
+ALICE, BOB, CAROL, DAVE = (f"+551199999000{i}" for i in range(1, 5))
+
+Scenario = Callable[[World], Coroutine[object, object, None]]
+
+
+def in_memory(tmp_path: Path, scenario: Scenario) -> None:
+    """Run `scenario` in a world on an in-memory network, in virtual time."""
+
+    async def main() -> None:
+        async with world_at(tmp_path, MemoryNetwork()) as world:
+            await scenario(world)
+
+    run_in_virtual_time(main)
+
+
+def now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+async def next_event(session: Session) -> SessionEvent:
+    return await asyncio.wait_for(session.events.get(), 60)
+
+
+def network(world: World) -> MemoryNetwork:
+    assert world.network is not None
+    return world.network
+
+
+def address(session: Session) -> tuple[str, int]:
+    assert session.listen_address is not None
+    return session.listen_address
+
+
+class Silent(asyncio.Protocol):
+    """A module frozen from the start: it accepts connections and never says a thing."""
+
+
+class Mute(asyncio.Protocol):
+    """A peer module that completes the handshake and takes texts, but answers none
+    while `answering` is false."""
+
+    def __init__(self, key: StaticKey, taken: list[str], answering: list[bool]) -> None:
+        self._key, self._taken, self._answering = key, taken, answering
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        channel = NoiseChannel(self._key, initiator=False, max_body=Limits().max_peer_frame)
+        self._conn = PeerReceiver(now(), Limits(), Timeouts(), channel)
+
+    def data_received(self, data: bytes) -> None:
+        self._conn.receive_data(data, now())
+        self._transport.write(self._conn.data_to_send())
+        while (event := self._conn.next_event()) is not None:
+            if isinstance(event, ev.Text):
+                self._taken.append(event.body)
+                if self._answering[0]:
+                    self._transport.write(self._conn.send(ev.Ack(event.id)))
+
+
+async def pretend(
+    world: World,
+    phone: str,
+    protocol: Callable[[], asyncio.Protocol],
+    key: StaticKey | None = None,
+) -> tuple[str, int]:
+    """`phone` is registered (with `key`, or a key of its own) at an address of its host
+    where `protocol` answers (or does not); that address."""
+    net = world.network_of(phone)
+    assert net is not None
+    listening = await net.listen("0.0.0.0", 0, protocol)
+    holder = await world.client(phone, key)
+    await holder.register(phone, listening.address[1])
+    return listening.address
+
+
+# --- texts on kept links ------------------------------------------------------------------
+
+
+def test_a_burst_to_one_peer_shares_one_connection(tmp_path: Path) -> None:
+    async def scenario(world: World) -> None:
+        alice, bob = await world.user(ALICE), await world.user(BOB)
+        for i in range(5):
+            assert (await alice.send_text(BOB, f"one by one {i}")).delivered == [BOB]
+        assert network(world).accepted(address(bob)) == 1  # one handshake, five texts
+        reports = await asyncio.gather(*(alice.send_text(BOB, f"at once {i}") for i in range(80)))
+        assert all(report.delivered == [BOB] for report in reports)
+        assert network(world).accepted(address(bob)) == 1  # the 80 went on it together
+        texts = [await next_event(bob) for _ in range(85)]
+        assert len({t.id for t in texts if isinstance(t, TextReceived)}) == 85
+
+    in_memory(tmp_path, scenario)
+
+
+def test_texts_refused_among_many_at_once_fail_alone(tmp_path: Path) -> None:
+    async def scenario(world: World) -> None:
+        alice = await world.user(ALICE)
+        bob = await world.user(BOB, Limits(max_text_bytes=10))  # alice may send longer ones
+        texts = ["short" if i % 3 else f"much too long {i}" for i in range(30)]
+        reports = await asyncio.gather(*(alice.send_text(BOB, text) for text in texts))
+        for text, report in zip(texts, reports, strict=True):
+            if text == "short":
+                assert (report.delivered, report.failed) == ([BOB], [])
+            else:
+                (failed,) = report.failed
+                assert (failed.phone, failed.code) == (BOB, "rejected")
+                assert failed.error == "refused by the peer: text longer than 10 bytes"
+        assert network(world).accepted(address(bob)) == 1  # a refusal leaves the connection
+        got = [await next_event(bob) for _ in range(20)]
+        delivered = {report.id for report in reports if report.delivered}
+        assert {t.id for t in got if isinstance(t, TextReceived)} == delivered
+
+    in_memory(tmp_path, scenario)
+
+
+def test_a_peer_that_takes_texts_but_never_answers_is_given_up_on_time(tmp_path: Path) -> None:
+    async def scenario(world: World) -> None:
+        alice = await world.user(ALICE, peer_ack=1.0, peer_idle=60)  # kept 10 s, acked in 1
+        key = StaticKey.generate()
+        taken: list[str] = []
+        answering = [False]
+        mute = await pretend(world, BOB, lambda: Mute(key, taken, answering), key)
+        started = now()
+        reports = await asyncio.gather(*(alice.send_text(BOB, f"lost? {i}") for i in range(3)))
+        assert now() - started == pytest.approx(1.0)  # the ack timeout, to the millisecond
+        for report in reports:
+            (failed,) = report.failed
+            assert failed.code == "unconfirmed"  # it went out: it may have arrived
+        assert len(taken) == 3  # bob had them: he did not answer
+        answering[0] = True
+        assert (await alice.send_text(BOB, "and now?")).delivered == [BOB]
+        assert network(world).accepted(mute) == 2  # the stuck one was dropped
+
+    in_memory(tmp_path, scenario)
+
+
+def test_a_quiet_connection_is_closed_by_its_sender_after_the_keep_time(tmp_path: Path) -> None:
+    async def scenario(world: World) -> None:
+        alice = await world.user(ALICE, link_keep=2.0)
+        bob = await world.user(BOB)  # bob would wait peer_idle (5 s)
+        assert (await alice.send_text(BOB, "first")).delivered == [BOB]
+        sent = now()
+        (connection,) = network(world).to(address(bob))
+        await connection.closed()
+        assert now() - sent == pytest.approx(2.0)  # alice closed it, not bob
+        assert (await alice.send_text(BOB, "second")).delivered == [BOB]
+        assert network(world).accepted(address(bob)) == 2
+        got = [await next_event(bob) for _ in range(2)]
+        assert [t.text for t in got if isinstance(t, TextReceived)] == ["first", "second"]
+
+    in_memory(tmp_path, scenario)
+
+
+def test_a_kept_connection_that_the_peer_closed_is_replaced(tmp_path: Path) -> None:
+    async def scenario(world: World) -> None:
+        alice = await world.user(ALICE, peer_idle=60)  # alice would keep it 10 s
+        bob = await world.user(BOB, peer_idle=0.5)  # bob closes a quiet one after 0.5 s
+        assert (await alice.send_text(BOB, "first")).delivered == [BOB]
+        (connection,) = network(world).to(address(bob))
+        await connection.closed()
+        assert (await alice.send_text(BOB, "second")).delivered == [BOB]
+        assert network(world).accepted(address(bob)) == 2
+
+    in_memory(tmp_path, scenario)
+
+
+def test_a_link_reset_under_a_text_is_replaced_once(tmp_path: Path) -> None:
+    async def scenario(world: World) -> None:
+        alice, bob = await world.user(ALICE), await world.user(BOB)
+        assert (await alice.send_text(BOB, "first")).delivered == [BOB]
+        (connection,) = network(world).to(address(bob))
+        connection.freeze()  # the path dies silently...
+        sending = asyncio.ensure_future(alice.send_text(BOB, "through the reset"))
+        await asyncio.sleep(0)  # (one turn of the loop: the send is under way)
+        connection.cut()  # ...then resets
+        assert (await sending).delivered == [BOB]  # sent again, on a new connection
+        got = [await next_event(bob) for _ in range(2)]
+        assert [t.text for t in got if isinstance(t, TextReceived)] == [
+            "first",
+            "through the reset",
+        ]
+
+    in_memory(tmp_path, scenario)
+
+
+# --- peers that cannot be reached -----------------------------------------------------------
+
+
+def test_a_frozen_peer_fails_on_its_deadline_and_holds_nobody_up(tmp_path: Path) -> None:
+    async def scenario(world: World) -> None:
+        alice, bob = await world.user(ALICE), await world.user(BOB)
+        await pretend(world, CAROL, Silent)  # registered, accepts, never answers
+        alice.book.create_group("pals", [BOB, CAROL])
+        started = now()
+        report = await alice.send_text("pals", "anyone?")
+        assert now() - started == pytest.approx(FAST.handshake)
+        assert report.delivered == [BOB]
+        assert [(f.phone, f.code) for f in report.failed] == [(CAROL, "timeout")]
+        assert isinstance(await next_event(bob), TextReceived)
+
+    in_memory(tmp_path, scenario)
+
+
+def test_a_peer_that_went_away_is_reported_unreachable_at_once(tmp_path: Path) -> None:
+    async def scenario(world: World) -> None:
+        alice, bob = await world.user(ALICE), await world.user(BOB)
+        network(world).stop_listening(address(bob))  # registered, but nobody listens
+        started = now()
+        report = await alice.send_text(BOB, "hello?")
+        assert now() == started
+        assert report.failed == [
+            FailedDelivery(BOB, "unreachable", "cannot connect: Connection refused")
+        ]
+
+    in_memory(tmp_path, scenario)
+
+
+# --- the server connection ------------------------------------------------------------------
+
+
+def test_a_dropped_server_connection_is_restored_by_itself(tmp_path: Path) -> None:
+    async def scenario(world: World) -> None:
+        alice, bob = await world.user(ALICE), await world.user(BOB)
+        server = ("127.0.0.1", world.port)
+        (mine,) = [c for c in network(world).open_to(server) if c.client[0] == world.host_of(ALICE)]
+        mine.cut()  # the connection dies under us
+        lost = now()
+        assert await next_event(alice) == ServerConnectionChanged("lost")
+        assert await next_event(alice) == ServerConnectionChanged("restored")
+        assert 0.05 <= now() - lost <= 0.1  # the first pause, jittered down by up to half
+        assert alice.server_connected
+        assert (await bob.send_text(ALICE, "found you again")).delivered == [ALICE]
+        got = await next_event(alice)
+        assert isinstance(got, TextReceived)
+
+    in_memory(tmp_path, scenario)
+
+
+def test_a_frozen_server_is_noticed_by_the_heartbeat_within_two_intervals(tmp_path: Path) -> None:
+    async def scenario(world: World) -> None:
+        alice = await world.user(ALICE, heartbeat_interval=10)
+        server = ("127.0.0.1", world.port)
+        (mine,) = network(world).open_to(server)
+        frozen = now()
+        mine.freeze()  # the server (or the path) stops answering; nothing is closed
+        assert await next_event(alice) == ServerConnectionChanged("lost")
+        assert 10 < now() - frozen <= 20  # a ping, then an interval without its pong
+
+    in_memory(tmp_path, scenario)
+
+
+# --- the outbox ---------------------------------------------------------------------------
+
+
+def test_queued_texts_to_an_unreachable_recipient_are_retried_less_and_less(
+    tmp_path: Path,
+) -> None:
+    async def scenario(world: World) -> None:
+        alice = await world.user(ALICE)
+        queued = await alice.send_text(BOB, "when you are back", queue=True)
+        assert queued.queued == [BOB]
+        bob_key = load_or_create_key(world.root / BOB / IDENTITY_FILE)
+        holder = await world.client(BOB, bob_key)
+        await holder.register(BOB, 4444)  # online, at an address where nobody listens
+        tries = await network(world).attempted((world.host_of(BOB), 4444), 4)
+        pauses = [round(b - a, 3) for a, b in itertools.pairwise(tries)]
+        first = FAST.outbox_retry_first
+        assert pauses == [first, 2 * first, 4 * first]
+        await holder.unregister()  # bob's real module comes online: delivered at once
+        await holder.close()
+        bob = await world.user(BOB)
+        assert await next_event(alice) == QueuedDelivered(queued.id, BOB)
+        got = await next_event(bob)
+        assert isinstance(got, TextReceived)
+
+    in_memory(tmp_path, scenario)
