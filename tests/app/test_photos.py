@@ -311,13 +311,13 @@ async def test_a_photo_waiting_for_its_turn_holds_nothing_when_its_transfer_ends
     waiting = store.begin("+5511999990077", offer_for(waiting_data))
     reading = asyncio.create_task(waiting.write(waiting_data[:5000]))  # its connection's task
     await asyncio.sleep(0)  # one turn of the loop: the task's first step runs...
-    assert store.stages._waiting  # ...and waits for its turn
+    assert store.stages.waiting == 1  # ...and waits for its turn
     reading.cancel()  # its connection dropped...
     with pytest.raises(asyncio.CancelledError):
         await reading
     waiting.interrupted()  # ...and the transfer ended
     assert store.stages.taken == 1  # first's, still
-    assert [p.name for p in (tmp_path / "partial").iterdir()] == [first._path.name]
+    assert [p.name for p in (tmp_path / "partial").iterdir()] == [first.path.name]
     await first.write(first_data[5000:])
     stored = await asyncio.to_thread(first.finish, sha256(first_data))
     assert stored.path.read_bytes() == first_data

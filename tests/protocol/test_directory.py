@@ -69,7 +69,7 @@ def test_every_state_and_request_pair(state: ServerState, index: int) -> None:
 
 def test_answers_a_client_may_not_send_are_refused() -> None:
     server = server_in(ServerState.NEW)
-    sneaky = DirectoryServerConnection(now=0)._channel.seal(encode_message(ev.Pong(1)))
+    sneaky = PlainChannel(Limits().max_directory_frame).seal(encode_message(ev.Pong(1)))
     with pytest.raises(RemoteProtocolError, match="may not send"):
         server.receive_data(sneaky, now=0)
 
@@ -170,7 +170,7 @@ def test_client_refuses_answers_it_did_not_ask_for() -> None:
     client.send(ev.Lookup(5, ()), now=0)
     with pytest.raises(RemoteProtocolError, match="does not answer"):
         client.receive_data(
-            DirectoryServerConnection(now=0)._channel.seal(encode_message(ev.Pong(5))), now=0
+            PlainChannel(Limits().max_directory_frame).seal(encode_message(ev.Pong(5))), now=0
         )
 
 

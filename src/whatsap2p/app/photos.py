@@ -254,6 +254,12 @@ class _Stages:
         self._lock = threading.Lock()
         self._waiting: list[asyncio.Future[None]] = []
 
+    @property
+    def waiting(self) -> int:
+        """Photos waiting for their turn."""
+        with self._lock:
+            return len(self._waiting)
+
     async def take(self) -> None:
         """Once a buffer is free for this photo."""
         while True:
@@ -407,6 +413,11 @@ class IncomingPhoto:
         self._staged = False  # holds one of the store's turns for a buffer
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="photo-writer")
         self._in_flight: deque[Future[None]] = deque()
+
+    @property
+    def path(self) -> Path:
+        """Where its bytes are kept while it arrives (in `partial/`)."""
+        return self._path
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         """Queue `data` for the disk (the first, once this photo's turn for a buffer has

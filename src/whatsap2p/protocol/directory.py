@@ -321,7 +321,8 @@ class DirectoryClientConnection(OverChannel):
             rid = self._ping_rid = self.next_rid()
             interval = self.timeouts.heartbeat_interval
             self._pong_due = now + interval
-            self._ping_at = now + interval
+            # once an interval from the registration on, however late this one came
+            self._ping_at = max(self._ping_at + interval, now)
             self._out.append(self._channel.seal(encode_message(ev.Ping(rid))))
 
     def _time_out(self, reason: str) -> None:

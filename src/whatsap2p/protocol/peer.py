@@ -99,6 +99,11 @@ class PeerReceiver(OverChannel):
         self._unanswered: set[str] = set()
         self._stalled_since: float | None = None
 
+    @property
+    def unanswered(self) -> int:
+        """Messages received and not answered yet (only their ids are remembered)."""
+        return len(self._unanswered)
+
     def writing_paused(self, now: float) -> None:
         """Our answers no longer drain (the transport's buffer is full)."""
         if self._stalled_since is None:
