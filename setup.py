@@ -3,8 +3,8 @@
 The modules in COMPILED (framing, the Noise channel, the directory and peer state
 machines, the server's connections, the loadgen's simulated users) are compiled to C
 extensions from the same typed source by mypyc (part of mypy, pinned in the dev extras):
-every lookup and text crosses them, on both sides. Compiled, the server's work per lookup
-fell from 16.5 to 13.0 us in process, the loadgen's from 10.0 to 8.4. Everything else
+every lookup and text crosses them, on both sides (docs/performance.md has what it saves,
+as measured). Everything else
 stays Python, and so does the whole package where mypyc is not installed (pip's isolated
 build of a plain `pip install .`) or WHATSAP2P_PURE is set: the same code, slower. `make`
 compiles them in place, into src/, once the package and its dependencies are installed

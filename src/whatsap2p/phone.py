@@ -13,7 +13,7 @@ __all__ = ["DEFAULT_REGION", "looks_like_phone", "normalise_phone"]
 DEFAULT_REGION = "BR"
 
 
-@functools.lru_cache(maxsize=4096)  # parsing costs ~0.1 ms, and senders repeat numbers
+@functools.lru_cache(maxsize=4096)  # parsing is slow (Python), and senders repeat numbers
 def normalise_phone(text: str, region: str = DEFAULT_REGION) -> str:
     """Return `text` as an E.164 number, or raise InvalidPhoneNumber saying why."""
     candidate = text.strip()

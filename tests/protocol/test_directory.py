@@ -19,6 +19,8 @@ from whatsap2p.protocol.directory import (
     DirectoryServerConnection,
     ServerState,
 )
+from whatsap2p.protocol.keys import StaticKey
+from whatsap2p.protocol.noise import COMPACT, NoiseChannel
 
 PHONE = "+5511999990001"
 TIMEOUTS = Timeouts(register_deadline=10, server_idle=25)
@@ -304,3 +306,44 @@ def test_request_id_zero_is_the_servers_pushes_only() -> None:
     forged = PlainChannel(Limits().max_directory_frame).seal(encode_message(ev.Ping(0)))
     with pytest.raises(RemoteProtocolError, match="start at 1"):
         DirectoryServerConnection(now=0).receive_data(forged, now=0)
+
+
+def test_the_answer_to_the_largest_lookup_fits_whatever_the_hosts() -> None:
+    # Found by reading the spec against the code: an answer listing more than ~700 online
+    # numbers was larger than the 64 KiB cap, and the server closed the connection.
+    limits = Limits()
+    server_key, client_key = StaticKey.generate(), StaticKey.generate()
+    server = DirectoryServerConnection(
+        0,
+        limits,
+        channel=NoiseChannel(
+            server_key,
+            initiator=False,
+            max_body=limits.max_directory_frame,
+            max_send=limits.max_directory_answer,
+            suite=COMPACT,
+        ),
+    )
+    client = DirectoryClientConnection(
+        0,
+        limits,
+        channel=NoiseChannel(
+            client_key, initiator=True, max_body=limits.max_directory_answer, suite=COMPACT
+        ),
+    )
+    while not (client.established and server.established):
+        server.receive_data(client.data_to_send(), now=0)
+        client.receive_data(server.data_to_send(), now=0)
+    server.receive_data(client.send(ev.Register(1, PHONE, 4000), now=0), now=0)
+    assert isinstance(server.next_event(), ev.Register)
+    client.receive_data(server.send(ev.Registered(1, PHONE, "h", 4000)), now=0)
+    assert isinstance(client.next_event(), ev.Registered)
+    phones = tuple(f"+55119{i:09d}" for i in range(limits.max_lookup_phones))
+    server.receive_data(client.send(ev.Lookup(2, phones), now=0), now=0)
+    assert isinstance(server.next_event(), ev.Lookup)
+    longest_host = "h" * 255  # (what a register may advertise)
+    peers = tuple(ev.PeerAddress(phone, longest_host, 65535, b"k" * 32) for phone in phones)
+    client.receive_data(server.send(ev.LookupResult(2, peers)), now=0)
+    answer = client.next_event()
+    assert isinstance(answer, ev.LookupResult)
+    assert len(answer.peers) == limits.max_lookup_phones

@@ -235,8 +235,8 @@ _KNOWN_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp"})
 #: device's blocks: 4 KiB covers the devices in use (512-byte or 4 KiB sectors).
 _BLOCK = 4096
 #: The aligned buffer an arriving photo's bytes gather in, written out when full: 1 MiB
-#: (each write waits for the device; with 256 KiB, 50 MB took 163-169 ms instead of
-#: 138-146). Touched once full, so each photo being written holds one (`_Stages`).
+#: (each write waits for the device, so fewer, larger writes; docs/performance.md).
+#: Touched once full, so each photo being written holds one (`_Stages`).
 _STAGE = 256 * _BLOCK
 _DIRECT = getattr(os, "O_DIRECT", 0)
 

@@ -39,7 +39,7 @@ def client_connection(
         key,
         initiator=True,
         suite=COMPACT,
-        max_body=limits.max_directory_frame,
+        max_body=limits.max_directory_answer,
         expected_fingerprint=server_fingerprint,
     )
     return DirectoryClientConnection(now, limits, timeouts, channel)

@@ -5,7 +5,7 @@ Wire messages are nouns (they are sent by one side and received by the other, li
 Wire messages are msgspec Structs (frozen, slotted, compared by value, like a frozen
 dataclass) because msgspec encodes and validates them in C: MessagePack maps whose `t`
 key names the type (its `TYPE`, the Struct's tag), decoded straight into the right class
-with every field's type checked, about ten times faster than checking them in Python.
+with every field's type checked, in C rather than in Python.
 They hold only strings, numbers, bytes and tuples of each other, so they can form no
 reference cycle: the garbage collector does not track them (`gc=False`), which keeps
 its passes over a server's many connections short. Local events are frozen dataclasses.

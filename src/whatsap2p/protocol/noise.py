@@ -9,16 +9,14 @@ too. The transport is Noise's CipherState (ENCRYPT(k, n++, ad, plaintext), the n
 the big-endian counter after four zero bytes) on the keys the handshake split, run on
 cryptography's AES-GCM directly: a body's segments are sealed in place into the one
 buffer that goes out, and opened each into its own bytes, joined once at the last (a
-bytearray grown segment by segment was re-allocated and zero-filled on every step: 0.6
-GB/s where this opens 2.7).
+bytearray grown segment by segment is re-allocated and zero-filled on every step).
 
 How a channel holds its AES-GCM objects depends on what it carries. cryptography builds
-one with its key schedule up front: 2.5 KB of memory (ChaCha20Poly1305's hold 2.3 KB too,
-measured by RSS over 20,000 of them), and 1.2 us to seal a small message where
-ChaCha20-Poly1305, copying its context per call, takes 2.9. A peer connection (BULK)
-moving photos keeps its own; the directory's connections (COMPACT), held by the ten
-thousand and mostly idle, share a pool of the most recently used ones, an idle
-connection's rebuilt from its key (2 us) when it speaks again.
+one with its key schedule up front, which costs memory and makes each seal cheap. A peer
+connection (BULK) moving photos keeps its own; the directory's connections (COMPACT),
+held by the ten thousand and mostly idle, share a pool of the most recently used ones,
+an idle connection's rebuilt from its key when it speaks again. The figures behind these
+choices are in docs/performance.md.
 
 The initiator may name the key it expects the responder to have (`expected_remote`, or
 its `expected_fingerprint`): a different key stops the handshake before the initiator
@@ -136,6 +134,7 @@ class NoiseChannel(Channel):
         "_handshake",
         "_have",
         "_max_body",
+        "_max_send",
         "_noise",
         "_outgoing",
         "_rx_aead",
@@ -154,14 +153,18 @@ class NoiseChannel(Channel):
         *,
         initiator: bool,
         max_body: int,
+        max_send: int | None = None,
         expected_remote: bytes | None = None,
         expected_fingerprint: str | None = None,
         suite: str = BULK,
     ) -> None:
+        """`max_body`: the largest body accepted from the other side; `max_send`: the
+        largest this side sends (`max_body` unless given)."""
         if suite not in (BULK, COMPACT):
             raise ValueError(f"unknown cipher suite {suite!r}")
         self._suite = suite
         self._max_body = max_body
+        self._max_send = max_body if max_send is None else max_send
         self._expected = (
             fingerprint(expected_remote) if expected_remote is not None else expected_fingerprint
         )
@@ -223,8 +226,8 @@ class NoiseChannel(Channel):
         if self._noise is not None:
             raise LocalProtocolError("cannot send before the secure channel is established")
         size = len(body)
-        if size > self._max_body:
-            raise LocalProtocolError(f"message of {size} bytes exceeds {self._max_body}")
+        if size > self._max_send:
+            raise LocalProtocolError(f"message of {size} bytes exceeds {self._max_send}")
         pending = self._outgoing  # a pending handshake message goes first
         if size <= SEGMENT and not pending:  # the common small message: one segment
             small = self._aead(True).encrypt(self._nonce(True), body, _FLAGS[_LAST])

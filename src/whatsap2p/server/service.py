@@ -202,6 +202,7 @@ class _Client(asyncio.Protocol):
             config.key,
             initiator=False,
             max_body=config.limits.max_directory_frame,
+            max_send=config.limits.max_directory_answer,
             suite=COMPACT,
         )
         now = self._loop.time()

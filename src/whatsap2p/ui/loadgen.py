@@ -350,7 +350,7 @@ class _Worker:
         ]
         rng = random.Random(self._share.first)
         # The numbers are drawn before the clock starts: drawing each as it is sent (the
-        # random module and phone_of() are Python) cost the generator ~1 us a lookup.
+        # random module and phone_of() are Python) would cost the generator per lookup.
         numbers = [phone_of(rng.randrange(population)) for _ in range(sum(shares))]
         pick = iter(numbers).__next__
         start = time.monotonic()
