@@ -161,3 +161,23 @@ async def test_sent_messages_of_one_moment_share_an_insert_and_a_failed_group_ke
     assert [e.id for e in history.entries(CAROL)] == ["kept"]
     assert "lost1" not in {e.id for e in history.entries(BOB, limit=100)}
     history.close()
+
+
+async def test_a_failure_keeps_its_code(
+    tmp_path: Path,
+) -> None:
+    history = History(tmp_path / "h.sqlite3", ME)
+    await history.store_sent(
+        "f1",
+        {BOB: ("failed", "refused by the peer: no"), CAROL: ("delivered", None)},
+        None,
+        T,
+        text="x",
+        codes={BOB: "rejected"},
+    )
+    history.set_state("f1", CAROL, "failed", "identity changed: ...", "identity-changed")
+    got = {e.recipient: (e.state, e.code) for e in history.entries(group=None, phone=BOB)}
+    assert got == {BOB: ("failed", "rejected")}
+    (carol,) = history.entries(phone=CAROL)
+    assert (carol.state, carol.code) == ("failed", "identity-changed")
+    history.close()

@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS messages (
     photo     TEXT,
     state     TEXT NOT NULL,
     error     TEXT,
+    code      TEXT,
     shown     INTEGER NOT NULL DEFAULT 1,
     UNIQUE (id, direction, peer)
 );
@@ -55,21 +56,21 @@ CREATE INDEX IF NOT EXISTS messages_to_show ON messages (seq) WHERE shown = 0;
 
 
 _DIRECT_QUERY = (
-    "SELECT id, direction, peer, grp, timestamp, text, photo, state, error FROM messages"
+    "SELECT id, direction, peer, grp, timestamp, text, photo, state, error, code FROM messages"
     " WHERE peer = ? AND grp IS NULL ORDER BY seq DESC LIMIT ?"
 )
 _GROUP_QUERY = (
-    "SELECT id, direction, peer, grp, timestamp, text, photo, state, error FROM messages"
+    "SELECT id, direction, peer, grp, timestamp, text, photo, state, error, code FROM messages"
     " WHERE grp = ? ORDER BY seq DESC LIMIT ?"
 )
 
 
 _QUEUED_QUERY = (
-    "SELECT id, direction, peer, grp, timestamp, text, photo, state, error FROM messages"
+    "SELECT id, direction, peer, grp, timestamp, text, photo, state, error, code FROM messages"
     " WHERE direction = 'out' AND state = 'queued' ORDER BY seq"
 )
 _QUEUED_FOR_QUERY = (
-    "SELECT id, direction, peer, grp, timestamp, text, photo, state, error FROM messages"
+    "SELECT id, direction, peer, grp, timestamp, text, photo, state, error, code FROM messages"
     " WHERE direction = 'out' AND state = 'queued' AND peer = ? ORDER BY seq"
 )
 
@@ -85,6 +86,9 @@ class HistoryEntry:
     photo: dict[str, object] | None
     state: str
     error: str | None
+    #: Why a recipient failed, for programs (`errors.DELIVERY_CODES`); None otherwise
+    #: (and for rows stored before codes were kept).
+    code: str | None = None
 
 
 _T = TypeVar("_T")
@@ -96,7 +100,7 @@ _INSERT_RECEIVED = (
 )
 _INSERT_SENT = (
     "INSERT OR REPLACE INTO messages (id, direction, peer, grp, timestamp, text,"
-    " photo, state, error) VALUES (?, 'out', ?, ?, ?, ?, ?, ?, ?)"
+    " photo, state, error, code) VALUES (?, 'out', ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _MARK_SHOWN = "UPDATE messages SET shown = 1 WHERE id = ? AND direction = 'in' AND peer = ?"
 
@@ -143,6 +147,8 @@ class History:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(messages)")}
         if columns and "shown" not in columns:  # before 'shown': all were shown
             self._db.execute("ALTER TABLE messages ADD COLUMN shown INTEGER NOT NULL DEFAULT 1")
+        if columns and "code" not in columns:  # before failures had codes
+            self._db.execute("ALTER TABLE messages ADD COLUMN code TEXT")
         # Indexes of every row, replaced by partial ones of the few rows they serve (queued,
         # not yet shown): an insert then writes two fewer index pages. (Tables made before
         # keep AUTOINCREMENT on seq, which orders rows just the same.)
@@ -178,12 +184,15 @@ class History:
         timestamp: str,
         text: str | None = None,
         photo: dict[str, object] | None = None,
+        codes: dict[str, str] | None = None,
     ) -> None:
-        """Store a sent message, one row per recipient with its state (and error);
-        group-committed."""
+        """Store a sent message, one row per recipient with its state (and error, and
+        the failure's code from `codes`); group-committed."""
         # The group inserts the rows of all its sent messages at once (one executemany,
         # not one each: a tenth of a pipelining sender's work); each still awaits the commit.
-        self._sent_rows += _sent_rows(message_id, outcomes, group, timestamp, text, photo)
+        self._sent_rows += _sent_rows(
+            message_id, outcomes, group, timestamp, text, photo, codes or {}
+        )
         await self._soon(_nothing)
 
     def mark_shown(self, message_id: str, sender: str) -> None:
@@ -236,11 +245,18 @@ class History:
         ).fetchone()
         return row is not None
 
-    def set_state(self, message_id: str, phone: str, state: State, error: str | None) -> None:
+    def set_state(
+        self,
+        message_id: str,
+        phone: str,
+        state: State,
+        error: str | None,
+        code: str | None = None,
+    ) -> None:
         self._execute(
-            "UPDATE messages SET state = ?, error = ? WHERE id = ? AND direction = 'out'"
-            " AND peer = ?",
-            (state, error, message_id, phone),
+            "UPDATE messages SET state = ?, error = ?, code = ? WHERE id = ?"
+            " AND direction = 'out' AND peer = ?",
+            (state, error, code, message_id, phone),
         )
 
     def entries(
@@ -257,8 +273,8 @@ class History:
     def unshown(self) -> list[HistoryEntry]:
         """Received messages the UI never showed (the module died first), oldest first."""
         rows = self._execute(
-            "SELECT id, direction, peer, grp, timestamp, text, photo, state, error FROM messages"
-            " WHERE shown = 0 ORDER BY seq",
+            "SELECT id, direction, peer, grp, timestamp, text, photo, state, error, code"
+            " FROM messages WHERE shown = 0 ORDER BY seq",
             (),
         ).fetchall()
         return [self._entry(row) for row in rows]
@@ -295,7 +311,7 @@ class History:
         return row is not None
 
     def _entry(self, row: tuple[object, ...]) -> HistoryEntry:
-        message_id, direction, peer, group, timestamp, text, photo, state, error = row
+        message_id, direction, peer, group, timestamp, text, photo, state, error, code = row
         sender, recipient = (peer, self._me) if direction == "in" else (self._me, peer)
         return HistoryEntry(
             str(message_id),
@@ -307,6 +323,7 @@ class History:
             None if photo is None else json.loads(str(photo)),
             str(state),
             None if error is None else str(error),
+            None if code is None else str(code),
         )
 
     def _execute(self, sql: str, args: tuple[object, ...]) -> sqlite3.Cursor:
@@ -323,10 +340,12 @@ def _sent_rows(
     timestamp: str,
     text: str | None,
     photo: dict[str, object] | None,
+    codes: dict[str, str],
 ) -> list[tuple[object, ...]]:
-    """One row per recipient of a sent message, with its state (and error)."""
+    """One row per recipient of a sent message, with its state (and error, and code)."""
+    stored_photo = _json(photo)
     return [
-        (message_id, phone, group, timestamp, text, _json(photo), state, error)
+        (message_id, phone, group, timestamp, text, stored_photo, state, error, codes.get(phone))
         for phone, (state, error) in outcomes.items()
     ]
 

@@ -164,7 +164,7 @@ class Outbox:
                 offer, stream_from = await asyncio.to_thread(self._queued_photo, entry)
                 await self._pool.send_photo(address, offer, stream_from)
         except DeliveryRejected as exc:  # final: it will not be stored, however often we try
-            self._history.set_state(entry.id, phone, "failed", str(exc))
+            self._history.set_state(entry.id, phone, "failed", str(exc), exc.code)
         else:
             self._history.set_state(entry.id, phone, "delivered", None)
             self._publish(QueuedDelivered(entry.id, phone))

@@ -199,7 +199,8 @@ class Sender:
         outcomes.update((phone, ("offline", None)) for phone in report.offline)
         outcomes.update((phone, ("queued", None)) for phone in report.queued)
         outcomes.update((failed.phone, ("failed", failed.error)) for failed in report.failed)
-        await self._history.store_sent(report.id, outcomes, group, timestamp, text, photo)
+        codes = {failed.phone: failed.code for failed in report.failed}
+        await self._history.store_sent(report.id, outcomes, group, timestamp, text, photo, codes)
         self._outbox.added(len(report.queued))
         if not self._outbox.watching(report.queued):
             await self._watch_outbox()

@@ -94,6 +94,8 @@ def history_json(entry: HistoryEntry) -> dict[str, object]:
     item["state"] = entry.state
     if entry.error is not None:
         item["error"] = entry.error
+    if entry.code is not None:
+        item["code"] = entry.code
     return item
 
 

@@ -110,6 +110,8 @@ class Conversation:
                 row.states[entry.recipient] = entry.state
                 if entry.error:
                     row.errors[entry.recipient] = entry.error
+                if entry.code:
+                    row.codes[entry.recipient] = entry.code
         seen = {row.id for row in self.rows}
         self.rows[:0] = [row for row in rows.values() if row.id not in seen]
         self.loaded = True
