@@ -25,11 +25,13 @@ MARKER = b"MARKER-7f3a9c-never-on-the-wire"
 
 
 async def start_capture(path: Path) -> asyncio.subprocess.Process:
-    """tcpdump on loopback, writing every TCP packet to `path`; returns once it listens."""
+    """tcpdump on loopback, writing every TCP packet to `path`; returns once it listens.
+    Its buffer is 32 MiB (the default 2 MiB dropped packets on a busy machine)."""
     tcpdump = shutil.which("tcpdump")
     assert tcpdump is not None, "tcpdump is missing: `make test` installs it"
     proc = await asyncio.create_subprocess_exec(
-        tcpdump, "-i", "lo", "--immediate-mode", "-U", "-s", "0", "-w", str(path), "tcp",
+        tcpdump, "-i", "lo", "--immediate-mode", "-U", "-s", "0", "-B", "32768",
+        "-w", str(path), "tcp",
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stderr is not None

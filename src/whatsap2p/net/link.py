@@ -244,6 +244,8 @@ class PeerLink(asyncio.Protocol):
         finally:
             self._waiting.pop(offer.id, None)
             self._early.pop(offer.id, None)
+            if answer.done() and not answer.cancelled():
+                answer.exception()  # (seen: the link may have ended while it streamed)
 
     async def close(self) -> None:
         """Close after what was written has gone out (what still waits fails); abort if
