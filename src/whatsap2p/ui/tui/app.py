@@ -42,7 +42,7 @@ from whatsap2p.app.events import (
     TextReceived,
 )
 from whatsap2p.app.session import Session
-from whatsap2p.errors import DirectoryError, UnknownTarget, WhatsAp2pError
+from whatsap2p.errors import DirectoryError, WhatsAp2pError
 from whatsap2p.ui import commands
 from whatsap2p.ui.commands import (
     AddContact,
@@ -58,7 +58,7 @@ from whatsap2p.ui.commands import (
 )
 from whatsap2p.ui.lines import format_error, format_result
 from whatsap2p.ui.tui.dialogs import Field, FormDialog, TrustDialog
-from whatsap2p.ui.tui.model import SENDING, Conversation, Row, group_key, phone_key
+from whatsap2p.ui.tui.model import SENDING, Chats, Conversation, Row, group_key, phone_key
 from whatsap2p.ui.tui.render import halfblocks, literal
 from whatsap2p.ui.tui.widgets import ChatInput, ConversationItem, MessageBox, StatusLine
 
@@ -132,9 +132,9 @@ class ChatApp(App[None]):
         self._start_session = start_session
         self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self._presence_every = presence_every
-        self.conversations: dict[str, Conversation] = {}
+        #: The conversations, their members' presence, names: the model of the screen.
+        self.chats = Chats(session, HISTORY_ROWS)
         self.current: Conversation | None = None
-        self.online: dict[str, bool] = {}
         self._notes: list[Row] = []  # shown while no conversation is selected
         self._previews: dict[Path, Text] = {}
         self._graphics = graphics
@@ -178,59 +178,25 @@ class ChatApp(App[None]):
 
     # --- conversations ------------------------------------------------------------------
 
+    @property
+    def conversations(self) -> dict[str, Conversation]:
+        return self.chats.conversations
+
     def name_of(self, phone: str) -> str:
-        if phone == self.session.phone:
-            return "me"
-        return self.session.book.name_of(phone) or phone
-
-    def _wanted_keys(self) -> list[str]:
-        book = self.session.book
-        keys = [phone_key(c.phone) for c in book.contacts()]
-        keys += [group_key(g.name) for g in book.groups()]
-        # numbers and groups we had messages with (a removed contact stays while it has some)
-        keys += [k for k, c in self.conversations.items() if k not in keys and c.rows]
-        return list(dict.fromkeys(keys))
-
-    def conversation(self, key: str) -> Conversation:
-        """The conversation `key` stands for, made on first use (its stored history is
-        read when it is first shown: not one query per contact at start-up)."""
-        conv = self.conversations.get(key)
-        if conv is not None:
-            return conv
-        kind, _, name = key.partition(":")
-        if kind == "g":
-            conv = Conversation(key, name, name, group=True)
-        else:
-            conv = Conversation(key, self.name_of(name), name)
-        self.conversations[key] = conv
-        return conv
-
-    def _load(self, conv: Conversation) -> None:
-        try:
-            conv.load(self.session.conversation(conv.target, HISTORY_ROWS), self.session.phone)
-        except WhatsAp2pError:
-            conv.loaded = True  # a group we were never messaged in: nothing stored
-
-    def _members(self, conv: Conversation) -> list[str]:
-        if not conv.group:
-            return [conv.target]
-        try:
-            return list(self.session.book.resolve(conv.target).phones)
-        except UnknownTarget:
-            return []
+        return self.chats.name_of(phone)
 
     async def sync_sidebar(self) -> None:
         """The sidebar lists the contacts, the groups and the numbers that wrote to us."""
         sidebar = self.query_one("#sidebar", ListView)
-        keys = self._wanted_keys()
+        keys = self.chats.wanted_keys()
         for key in keys:
-            conv = self.conversation(key)
+            conv = self.chats.conversation(key)
             if not conv.group:
                 conv.title = self.name_of(conv.target)
         items = list(sidebar.query(ConversationItem))
         if [item.conversation.key for item in items] != keys:
             await sidebar.clear()
-            items = [ConversationItem(self.conversations[key]) for key in keys]
+            items = [ConversationItem(self.chats.conversations[key]) for key in keys]
             await sidebar.extend(items)
             if self.current is not None and self.current.key in keys:
                 sidebar.index = keys.index(self.current.key)
@@ -238,12 +204,7 @@ class ChatApp(App[None]):
             self._show_item(item)
 
     def _show_item(self, item: ConversationItem) -> None:
-        members = [p for p in self._members(item.conversation) if p != self.session.phone]
-        known = [self.online[p] for p in members if p in self.online]
-        online = sum(known) if known or not members else None
-        conv = item.conversation
-        changed = not conv.group and conv.target in self.session.changed_keys
-        item.show(online, len(members), changed)
+        item.show(*self.chats.presence(item.conversation))
 
     def _refresh_items(self) -> None:
         for item in self.query(ConversationItem):
@@ -258,7 +219,7 @@ class ChatApp(App[None]):
 
     async def select(self, key: str) -> Conversation:
         """Show conversation `key` (made if new) and highlight it in the sidebar."""
-        conv = self.conversation(key)
+        conv = self.chats.conversation(key)
         await self.sync_sidebar()
         sidebar = self.query_one("#sidebar", ListView)
         keys = [item.conversation.key for item in sidebar.query(ConversationItem)]
@@ -278,7 +239,7 @@ class ChatApp(App[None]):
             rows = self._notes
         else:
             if not conv.loaded:
-                self._load(conv)
+                self.chats.load(conv)
             conv.unread = 0
             heading = Text()
             heading.append("# " if conv.group else "")
@@ -286,7 +247,7 @@ class ChatApp(App[None]):
             if not conv.group and conv.title != conv.target:
                 heading.append(f"  {conv.target}", style="dim")
             if conv.group:
-                names = ", ".join(self.name_of(p) for p in self._members(conv))
+                names = ", ".join(self.name_of(p) for p in self.chats.members(conv))
                 heading.append("  ")
                 heading.append_text(literal(names, style="dim"))
             title.update(heading)
@@ -362,10 +323,10 @@ class ChatApp(App[None]):
         conversation it sends to, where the message shows its progress and states."""
         request = call.request
         if isinstance(request, SendText):
-            conv = await self.select(self._key_of(request.target))
+            conv = await self.select(self.chats.key_of(request.target))
             await self.send_text(conv, request.text, queue=request.queue)
         elif isinstance(request, SendPhoto):
-            conv = await self.select(self._key_of(request.target))
+            conv = await self.select(self.chats.key_of(request.target))
             await self.send_photo(conv, request.path)
         else:
             await self._show_result(await call.run(self.session))
@@ -400,16 +361,10 @@ class ChatApp(App[None]):
         except (WhatsAp2pError, ValueError) as exc:  # ValueError: a line that is no command
             self.note(format_error(exc))
 
-    def _key_of(self, target: str) -> str:
-        recipients = self.session.book.resolve(target)
-        if recipients.group is not None:
-            return group_key(recipients.group)
-        return phone_key(recipients.phones[0])
-
     # --- sending ------------------------------------------------------------------------
 
     def _new_row(self, conv: Conversation, **content: object) -> Row:
-        phones = [p for p in self._members(conv) if p != self.session.phone]
+        phones = self.chats.recipients(conv)
         row = Row(
             f"pending-{uuid.uuid4().hex}",
             self.session.phone,
@@ -474,20 +429,19 @@ class ChatApp(App[None]):
                 if event.state == "restored":
                     self._watch_presence()
             elif isinstance(event, QueuedDelivered):
-                for conv in self.conversations.values():
-                    row = conv.find(event.id)
-                    if row is not None:
-                        row.states[event.phone] = "delivered"
-                        self._refresh_row(row)
+                row = self.chats.find(event.id)
+                if row is not None:
+                    row.states[event.phone] = "delivered"
+                    self._refresh_row(row)
             elif isinstance(event, PresenceChanged):
-                self.online[event.phone] = event.online
+                self.chats.online[event.phone] = event.online
                 self._refresh_items()
 
     async def receive(self, event: TextReceived | PhotoReceived) -> None:
         """Show a message that arrived (in its conversation, made if new)."""
         key = group_key(event.group) if event.group is not None else phone_key(event.sender)
-        new = key not in self.conversations
-        conv = self.conversation(key)
+        new = key not in self.chats.conversations
+        conv = self.chats.conversation(key)
         if conv.find(event.id) is None:
             row = Row(event.id, event.sender, event.timestamp)
             if isinstance(event, TextReceived):
@@ -497,7 +451,7 @@ class ChatApp(App[None]):
             await self._add_row(conv, row)
         if conv is not self.current:
             conv.unread += 1
-        self.online[event.sender] = True
+        self.chats.online[event.sender] = True
         if new:
             await self.sync_sidebar()
             self._watch_presence()
@@ -505,7 +459,7 @@ class ChatApp(App[None]):
             self._refresh_items()
 
     def _identity_changed(self, event: IdentityChanged) -> None:
-        self.conversation(phone_key(event.phone))  # the sidebar shows it, with its ⚠
+        self.chats.conversation(phone_key(event.phone))  # the sidebar shows it, with its ⚠
         self.run_worker(self.sync_sidebar(), group="sidebar")
         old = self.session.trust.fingerprint_of(event.phone)
         name = self.session.book.name_of(event.phone)
@@ -527,21 +481,13 @@ class ChatApp(App[None]):
 
     def _learn_presence(self, report: DeliveryReport) -> None:
         """A send has just asked the server: the freshest presence there is."""
-        self.online.update(dict.fromkeys(report.delivered, True))
-        self.online.update(dict.fromkeys([*report.offline, *report.queued], False))
+        self.chats.learn(report)
         self._refresh_items()
-
-    def _watched_phones(self) -> list[str]:
-        phones: set[str] = set()
-        for conv in self.conversations.values():
-            phones.update(self._members(conv))
-        phones.discard(self.session.phone)
-        return sorted(phones)
 
     @work(group="presence", exclusive=True)
     async def _watch_presence(self) -> None:
         try:
-            self.online.update(await self.session.watch_presence(self._watched_phones()))
+            self.chats.online.update(await self.session.watch_presence(self.chats.watched_phones()))
         except DirectoryError as exc:
             log.info("presence: %s", exc)
         self._refresh_items()
@@ -549,11 +495,11 @@ class ChatApp(App[None]):
     @work(group="presence-refresh", exclusive=True)
     async def _refresh_presence(self) -> None:
         self._show_status()
-        phones = self._watched_phones()
+        phones = self.chats.watched_phones()
         if not phones or not self.session.server_connected:
             return
         try:
-            self.online.update(await self.session.presence(phones))
+            self.chats.online.update(await self.session.presence(phones))
         except DirectoryError as exc:
             log.info("presence: %s", exc)
         self._refresh_items()

@@ -13,8 +13,10 @@ from pathlib import Path
 
 from whatsap2p.app.events import DeliveryReport
 from whatsap2p.app.history import HistoryEntry
+from whatsap2p.app.session import Session
+from whatsap2p.errors import UnknownTarget, WhatsAp2pError
 
-__all__ = ["Conversation", "Row", "group_key", "phone_key"]
+__all__ = ["Chats", "Conversation", "Row", "group_key", "phone_key"]
 
 #: The states a recipient of a sent message can be in, as shown.
 SENDING = "sending"
@@ -115,3 +117,102 @@ class Conversation:
         seen = {row.id for row in self.rows}
         self.rows[:0] = [row for row in rows.values() if row.id not in seen]
         self.loaded = True
+
+
+class Chats:
+    """The conversations the app shows, who of their members is online, and the names
+    they are shown by: the sidebar's and the messages' contents, apart from their look.
+    Reads the session's contacts and history; never its network."""
+
+    def __init__(self, session: Session, history_rows: int) -> None:
+        self._session = session
+        self._history_rows = history_rows
+        self.conversations: dict[str, Conversation] = {}
+        #: What we last heard of each number: online or not (absent: not known yet).
+        self.online: dict[str, bool] = {}
+
+    def name_of(self, phone: str) -> str:
+        if phone == self._session.phone:
+            return "me"
+        return self._session.book.name_of(phone) or phone
+
+    def wanted_keys(self) -> list[str]:
+        """The sidebar's conversations: the contacts, the groups, then the numbers and
+        groups we had messages with (a removed contact stays while it has some)."""
+        book = self._session.book
+        keys = [phone_key(c.phone) for c in book.contacts()]
+        keys += [group_key(g.name) for g in book.groups()]
+        keys += [k for k, c in self.conversations.items() if k not in keys and c.rows]
+        return list(dict.fromkeys(keys))
+
+    def conversation(self, key: str) -> Conversation:
+        """The conversation `key` stands for, made on first use (its stored history is
+        read when it is first shown: not one query per contact at start-up)."""
+        conv = self.conversations.get(key)
+        if conv is not None:
+            return conv
+        kind, _, name = key.partition(":")
+        if kind == "g":
+            conv = Conversation(key, name, name, group=True)
+        else:
+            conv = Conversation(key, self.name_of(name), name)
+        self.conversations[key] = conv
+        return conv
+
+    def key_of(self, target: str) -> str:
+        """The key of the conversation a send to `target` belongs to."""
+        recipients = self._session.book.resolve(target)
+        if recipients.group is not None:
+            return group_key(recipients.group)
+        return phone_key(recipients.phones[0])
+
+    def load(self, conv: Conversation) -> None:
+        """Read the conversation's stored history, once."""
+        try:
+            conv.load(
+                self._session.conversation(conv.target, self._history_rows), self._session.phone
+            )
+        except WhatsAp2pError:
+            conv.loaded = True  # a group we were never messaged in: nothing stored
+
+    def members(self, conv: Conversation) -> list[str]:
+        if not conv.group:
+            return [conv.target]
+        try:
+            return list(self._session.book.resolve(conv.target).phones)
+        except UnknownTarget:
+            return []
+
+    def recipients(self, conv: Conversation) -> list[str]:
+        """Who a message in `conv` goes to: its members but us."""
+        return [p for p in self.members(conv) if p != self._session.phone]
+
+    def presence(self, conv: Conversation) -> tuple[int | None, int, bool]:
+        """For the sidebar: how many of its recipients are online (None: not known yet),
+        how many there are, and whether the key of its number changed."""
+        recipients = self.recipients(conv)
+        known = [self.online[p] for p in recipients if p in self.online]
+        online = sum(known) if known or not recipients else None
+        changed = not conv.group and conv.target in self._session.changed_keys
+        return online, len(recipients), changed
+
+    def watched_phones(self) -> list[str]:
+        """Every number of every conversation shown, but ours."""
+        phones: set[str] = set()
+        for conv in self.conversations.values():
+            phones.update(self.members(conv))
+        phones.discard(self._session.phone)
+        return sorted(phones)
+
+    def learn(self, report: DeliveryReport) -> None:
+        """A send has just asked the server: the freshest presence there is."""
+        self.online.update(dict.fromkeys(report.delivered, True))
+        self.online.update(dict.fromkeys([*report.offline, *report.queued], False))
+
+    def find(self, message_id: str) -> Row | None:
+        """The row of message `message_id`, in whichever conversation shows it."""
+        for conv in self.conversations.values():
+            row = conv.find(message_id)
+            if row is not None:
+                return row
+        return None

@@ -1,0 +1,35 @@
+"""What the terminal UI shows, apart from how (ui/tui/model.py's Chats), on sessions in
+memory and in virtual time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.memory import MemoryNetwork, run_in_virtual_time
+from tests.servers import world_at
+from whatsap2p.app.events import DeliveryReport
+from whatsap2p.ui.tui.model import Chats, group_key, phone_key
+
+ALICE, BOB, CAROL, DAVE = (f"+551199999000{i}" for i in range(1, 5))
+
+
+def test_conversations_presence_and_names(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with world_at(tmp_path, MemoryNetwork()) as world:
+            alice = await world.user(ALICE)
+            alice.book.add_contact("bob", BOB)
+            alice.book.create_group("trip", [BOB, CAROL, ALICE])
+            chats = Chats(alice, history_rows=10)
+            assert chats.wanted_keys() == [phone_key(BOB), group_key("trip")]
+            trip = chats.conversation(chats.key_of("trip"))
+            assert chats.recipients(trip) == [BOB, CAROL]  # never ourselves
+            assert chats.presence(trip) == (None, 2, False)  # nobody heard of yet
+            chats.learn(DeliveryReport("m1", delivered=[BOB], offline=[CAROL]))
+            assert chats.presence(trip) == (1, 2, False)
+            bob = chats.conversation(chats.key_of("bob"))
+            assert (bob.title, chats.name_of(ALICE), chats.name_of(DAVE)) == ("bob", "me", DAVE)
+            assert chats.watched_phones() == [BOB, CAROL]
+            chats.load(trip)  # nothing stored yet: loaded, empty
+            assert (trip.loaded, trip.rows) == (True, [])
+
+    run_in_virtual_time(main)
