@@ -7,8 +7,9 @@ connection can only ever remove its own.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
-from typing import ClassVar, Literal, Protocol
+from typing import ClassVar, Literal
 
 import msgspec
 from mypy_extensions import mypyc_attr
@@ -49,7 +50,8 @@ Refused = Literal["rate-limited", "number-bound", "number-online"] | None
 Bind = Callable[[str, bytes], bool]
 
 
-class Directory(Protocol):
+@mypyc_attr(allow_interpreted_subclasses=True)  # (RedisDirectory is not compiled)
+class Directory(ABC):
     """What the server needs from a store.
 
     Each request makes at most one call here (renew, lookup_limited, register_limited,
@@ -57,28 +59,37 @@ class Directory(Protocol):
     later (it is in another process). The server answers at once what it can and awaits
     only what it must: the in-process directory answers by plain calls, because a
     coroutine each would cost more than the lookup. Any of these calls may return an
-    awaitable, whatever the directory."""
+    awaitable, whatever the directory.
+
+    A base class, not a Protocol: compiled, the server calls a directory through its
+    class's table (a Protocol's methods are looked up by name on every call)."""
 
     #: register_limited() checks and makes the number-to-key binding itself (a shared
     #: store); otherwise it is given the server's `Bindings` to call.
     binds_keys: ClassVar[bool]
 
+    @abstractmethod
     async def start(self, on_online: Callable[[PeerAddress], None]) -> None:
         """Call `on_online` for every registration from now on, made through this
         server or any other sharing the directory."""
 
-    async def close(self) -> None: ...
+    @abstractmethod
+    async def close(self) -> None:
+        """Stop: what is still asked of it fails."""
 
+    @abstractmethod
     def renew(self, phone: str, owner: int, taken: Callable[[], None]) -> Awaitable[None] | None:
         """A heartbeat of `owner`'s registration (now or soon); `taken()` is called if
         another connection took the number over (the server then drops `owner`)."""
 
+    @abstractmethod
     def lookup_limited(self, phones: list[str], spend: Spend) -> Found | Awaitable[Found]:
         """Spend the tokens, then the online ones among `phones`, in one step (one round
         trip to a shared store); None, and nothing looked up, when the bucket has too few.
         The buckets are shared by every server of the directory, so spreading over them
         gains nothing."""
 
+    @abstractmethod
     def register_limited(
         self, address: PeerAddress, owner: int, spend: Spend, bind: Bind | None
     ) -> Refused | Awaitable[Refused]:
@@ -87,19 +98,22 @@ class Directory(Protocol):
         published, nothing bound past the step that refused): the bucket has too few
         tokens, another key holds the number, or another live owner has it online."""
 
+    @abstractmethod
     def unregister(self, phone: str, owner: int) -> bool | Awaitable[bool]:
         """Remove the number if `owner` registered it; True if something was removed."""
 
+    @abstractmethod
     async def lookup(self, phones: list[str]) -> list[PeerAddress]:
         """The online ones among `phones` (for tests and tools: requests go through
         lookup_limited)."""
 
+    @abstractmethod
     async def count(self) -> int:
         """How many users are online."""
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # (tests make directories of their own)
-class MemoryDirectory:
+class MemoryDirectory(Directory):
     """The directory in this process: the calls a request makes are plain calls (a
     subclass may still make any of them a coroutine: the server awaits what it is given)."""
 

@@ -40,7 +40,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from whatsap2p.errors import StoreError
 from whatsap2p.protocol.events import PeerAddress
-from whatsap2p.server.directory import Bind, Found, Refused, Spend
+from whatsap2p.server.directory import Bind, Directory, Found, Refused, Spend
 
 __all__ = ["RedisDirectory"]
 
@@ -250,7 +250,7 @@ def _online_key(phone: str) -> str:
     return f"wa:online:{{{phone}}}"
 
 
-class RedisDirectory:
+class RedisDirectory(Directory):
     """A `Directory` (and the number-to-key bindings) in Redis."""
 
     binds_keys: ClassVar[bool] = True  # its registration script checks and makes bindings
