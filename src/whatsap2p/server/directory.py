@@ -175,7 +175,7 @@ class MemoryDirectory(Directory):
 
     def _lookup(self, phones: list[str]) -> list[PeerAddress]:
         online, found = self._online, []
-        for phone in dict.fromkeys(phones):  # a loop: two comprehensions cost twice as much
+        for phone in dict.fromkeys(phones):  # a loop: cheaper than two comprehensions
             registration = online.get(phone)
             if registration is not None:
                 found.append(registration.address)
