@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from tests.servers import SERVER_KEY, directory_client, running_server
-from whatsap2p.config import Limits, RateLimits
+from tests.servers import directory_client, running_server
+from whatsap2p.config import RateLimits
 from whatsap2p.errors import (
     NumberAlreadyOnline,
     NumberBound,
@@ -21,8 +21,6 @@ from whatsap2p.errors import (
     ServerUnreachable,
     StoreError,
 )
-from whatsap2p.net.directory_client import client_connection
-from whatsap2p.net.handshake import complete_handshake
 from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.keys import StaticKey
 from whatsap2p.server.directory import Bind, Found, MemoryDirectory, Refused, Spend
@@ -32,92 +30,54 @@ ALICE, BOB, CAROL = "+5511999990001", "+5511999990002", "+5511999990003"
 BUGGY = "+5511999990666"
 
 
-class RawClient:
-    """A directory client that sends requests as it is told, all in one write, and reads
-    the answers in the order they come (DirectoryClient matches them by request id)."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        self.conn = client_connection(StaticKey.generate(), Limits(), SERVER_KEY.fingerprint)
-
-    @classmethod
-    async def connect(cls, port: int) -> RawClient:
-        client = cls(*await asyncio.open_connection("127.0.0.1", port))
-        await complete_handshake(client.reader, client.writer, client.conn, 5)
-        return client
-
-    def send(self, *requests: Callable[[int], ev.DirectoryMessage]) -> list[int]:
-        """Send the requests `requests` make of a request id; their ids."""
-        made = [request(self.conn.next_rid()) for request in requests]
-        self.writer.write(b"".join(self.conn.send(message) for message in made))
-        return [message.rid for message in made]
-
-    async def answers(self, count: int) -> list[ev.DirectoryMessage]:
-        got: list[ev.DirectoryMessage] = []
-        async with asyncio.timeout(5):
-            while True:
-                while (message := self.conn.next_event()) is not None:
-                    got.append(message)
-                if len(got) >= count:
-                    return got
-                data = await self.reader.read(65536)
-                if not data:
-                    raise ConnectionError(f"closed after {got}")
-                self.conn.receive_data(data)
-
-    async def register(self, phone: str) -> None:
-        self.send(lambda rid: ev.Register(rid, phone, 4000))
-        [answer] = await self.answers(1)
-        assert type(answer) is ev.Registered
-
-    async def close(self) -> None:
-        self.writer.close()
-        await self.writer.wait_closed()
-
-
-def lookup(*phones: str) -> Callable[[int], ev.DirectoryMessage]:
-    return lambda rid: ev.Lookup(rid, phones)
-
-
-def watch(*phones: str) -> Callable[[int], ev.DirectoryMessage]:
-    return lambda rid: ev.Watch(rid, phones)
-
-
-def ping(rid: int) -> ev.DirectoryMessage:
-    return ev.Ping(rid)
-
-
-class SlowLookups(MemoryDirectory):
-    """Lookups that suspend, the first ones longest, so that answers in order of
-    completion would not be in the order of the requests. Nothing says it suspends
-    (no class attribute or flag): the server learns it from what lookup_limited gives."""
+class HeldLookups(MemoryDirectory):
+    """Lookups wait until `release` is set (`asked` says one is waiting, `cancelled` that
+    one was cancelled while waiting)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.delays = [0.05, 0.02]
+        self.asked, self.release = asyncio.Event(), asyncio.Event()
+        self.cancelled = asyncio.Event()
 
     async def lookup_limited(self, phones: list[str], spend: Spend) -> Found:  # type: ignore[override]
-        await asyncio.sleep(self.delays.pop(0) if self.delays else 0)
+        self.asked.set()
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
         return super().lookup_limited(phones, spend)
 
 
-async def test_answers_keep_the_order_of_requests_when_lookups_must_be_awaited() -> None:
-    async with running_server(directory=SlowLookups()) as (_, port):
+async def test_answers_keep_the_order_of_requests_when_a_lookup_must_be_awaited() -> None:
+    directory = HeldLookups()
+    async with running_server(directory=directory) as (_, port):
         bob_key = StaticKey.generate()
         bob = await directory_client(port, bob_key)
         await bob.register(BOB, 4002)
         bob_at = ev.PeerAddress(BOB, "127.0.0.1", 4002, bob_key.public)
-        alice = await RawClient.connect(port)
-        await alice.register(ALICE)
-        rids = alice.send(lookup(BOB), ping, lookup(CAROL), ping, watch(BOB, CAROL), ping)
-        assert await alice.answers(6) == [
-            ev.LookupResult(rids[0], (bob_at,)),
-            ev.Pong(rids[1]),
-            ev.LookupResult(rids[2], ()),
-            ev.Pong(rids[3]),
-            ev.Watching(rids[4], (bob_at,)),
-            ev.Pong(rids[5]),
+        alice = await directory_client(port)
+        await alice.register(ALICE, 4001)
+        came: list[int] = []
+
+        async def answered(index: int, request: Awaitable[object]) -> object:
+            result = await request
+            came.append(index)
+            return result
+
+        watched = asyncio.create_task(answered(0, alice.watch([BOB, CAROL])))
+        await asyncio.wait_for(directory.asked.wait(), 5)  # held at the directory
+        behind = [
+            asyncio.create_task(answered(1, alice.ping())),
+            asyncio.create_task(answered(2, alice.lookup([BOB]))),
+            asyncio.create_task(answered(3, alice.ping())),
         ]
+        done, _ = await asyncio.wait(behind, timeout=0.2)
+        assert not done  # nothing is answered before the watch ahead of it
+        directory.release.set()
+        results = [await watched] + [await request for request in behind]
+        assert came == [0, 1, 2, 3]
+        assert results == [{BOB: bob_at}, None, {BOB: bob_at}, None]
         await alice.close()
         await bob.close()
 
@@ -239,32 +199,16 @@ async def test_a_bug_closes_only_its_connection(
         await bob.close()
 
 
-class HeldLookups(MemoryDirectory):
-    """Lookups wait until `release` is set; says which were cancelled while waiting."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.asked, self.release = asyncio.Event(), asyncio.Event()
-        self.cancelled = asyncio.Event()
-
-    async def lookup_limited(self, phones: list[str], spend: Spend) -> Found:  # type: ignore[override]
-        self.asked.set()
-        try:
-            await self.release.wait()
-        except asyncio.CancelledError:
-            self.cancelled.set()
-            raise
-        return super().lookup_limited(phones, spend)
-
-
 async def test_a_closed_connection_stops_waiting_for_its_answers() -> None:
     directory = HeldLookups()
     async with running_server(directory=directory) as (_, port):
-        alice = await RawClient.connect(port)
-        await alice.register(ALICE)
-        alice.send(lookup(ALICE), ping, lookup(ALICE))
+        alice = await directory_client(port)
+        await alice.register(ALICE, 4001)
+        asked = asyncio.create_task(alice.lookup([ALICE]))
         await asyncio.wait_for(directory.asked.wait(), 5)
         await alice.close()
+        with pytest.raises(ServerUnreachable):
+            await asked
         await asyncio.wait_for(directory.cancelled.wait(), 5)
         # the server goes on serving others, the same way
         directory.release.set()
