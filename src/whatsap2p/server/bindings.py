@@ -10,7 +10,7 @@ import datetime as dt
 import sqlite3
 from pathlib import Path
 
-from whatsap2p.errors import NumberBound, StoreError
+from whatsap2p.errors import StoreError
 
 __all__ = ["Bindings"]
 
@@ -39,8 +39,9 @@ class Bindings:
     def close(self) -> None:
         self._db.close()
 
-    def bind(self, phone: str, key: bytes) -> None:
-        """Bind `phone` to `key` if it is free; NumberBound if another key holds it."""
+    def bind(self, phone: str, key: bytes) -> bool:
+        """Bind `phone` to `key` if it is free; whether it is bound to `key` now (False:
+        another key holds it)."""
         try:
             self._db.execute(
                 "INSERT OR IGNORE INTO bindings (phone, key, bound_at) VALUES (?, ?, ?)",
@@ -49,8 +50,7 @@ class Bindings:
             row = self._db.execute("SELECT key FROM bindings WHERE phone = ?", (phone,)).fetchone()
         except sqlite3.Error as exc:
             raise StoreError(f"bindings database: {exc}") from exc
-        if row is None or bytes(row[0]) != key:
-            raise NumberBound(f"{phone} is bound to another key")
+        return row is not None and bytes(row[0]) == key
 
     def release(self, phone: str) -> bool:
         """Free `phone`; True if it was bound."""

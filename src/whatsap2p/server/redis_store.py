@@ -38,9 +38,9 @@ import redis.asyncio as redis
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import NoScriptError, RedisError
 
-from whatsap2p.errors import NumberAlreadyOnline, NumberBound, StoreError
+from whatsap2p.errors import StoreError
 from whatsap2p.protocol.events import PeerAddress
-from whatsap2p.server.directory import Spend
+from whatsap2p.server.directory import Bind, Directory, Found, Refused, Spend
 
 __all__ = ["RedisDirectory"]
 
@@ -250,11 +250,10 @@ def _online_key(phone: str) -> str:
     return f"wa:online:{{{phone}}}"
 
 
-class RedisDirectory:
+class RedisDirectory(Directory):
     """A `Directory` (and the number-to-key bindings) in Redis."""
 
-    immediate: ClassVar[bool] = False  # every call is a round trip to Redis
-    binds_keys: ClassVar[bool] = True  # register() checks and makes the binding itself
+    binds_keys: ClassVar[bool] = True  # its registration script checks and makes bindings
 
     def __init__(self, url: str, ttl: float = DEFAULT_TTL) -> None:
         """`url`: `redis://HOST:PORT/DB` (also `rediss://`, `unix://`), or, for a Redis
@@ -332,7 +331,16 @@ class RedisDirectory:
     def _owner(self, owner: int) -> bytes:
         return f"{self.server_id}:{owner}".encode()
 
-    async def register(self, address: PeerAddress, owner: int) -> None:
+    async def register_limited(
+        self, address: PeerAddress, owner: int, spend: Spend, bind: Bind | None
+    ) -> Refused:
+        """The bucket, then the registration script (which binds: `bind` is not used).
+        Two round trips: one script for both would touch the source IP's bucket and the
+        number's keys, which hash to different Redis Cluster slots; a registration comes
+        once a session."""
+        [allowed] = await self._batches.run(self._taking(spend))
+        if not allowed:
+            return "rate-limited"
         record = _pack([self._owner(owner), address.host, address.port, address.key])
         pushed = _pack([address.phone, address.host, address.port, address.key])
         keys = [_bind_key(address.phone), _online_key(address.phone)]
@@ -340,10 +348,11 @@ class RedisDirectory:
         args += [CHANNEL, pushed]
         [outcome] = await self._batches.run(_script(self._register, keys, args))
         if outcome == b"bound":
-            raise NumberBound(f"{address.phone} is bound to another key")
+            return "number-bound"
         if outcome == b"online":
-            raise NumberAlreadyOnline(f"{address.phone} is already online")
+            return "number-online"
         self._records[address.phone] = record
+        return None
 
     def renew(self, phone: str, owner: int, taken: Callable[[], None]) -> None:
         """A heartbeat: keep `phone` online. Renewals are gathered for `RENEW_EVERY`
@@ -393,10 +402,6 @@ class RedisDirectory:
         [removed] = await self._batches.run(_script(self._unregister, keys, args))
         return bool(removed)
 
-    async def take(self, spend: Spend) -> bool:
-        [allowed] = await self._batches.run(self._taking(spend))
-        return bool(allowed)
-
     def _taking(self, spend: Spend) -> _Command:
         """Redis' clock, not `spend.now`: the servers' clocks need not agree."""
         keys = [f"wa:rate:{spend.bucket}:{spend.key}"]
@@ -406,7 +411,7 @@ class RedisDirectory:
         wanted = list(dict.fromkeys(phones))
         return _found(wanted, await self._batches.run(*map(_get, wanted))) if wanted else []
 
-    async def lookup_limited(self, phones: list[str], spend: Spend) -> list[PeerAddress] | None:
+    async def lookup_limited(self, phones: list[str], spend: Spend) -> Found:
         """The bucket and the lookup in one batch: one round trip (what the numbers'
         records say is dropped unread when the bucket refuses)."""
         wanted = list(dict.fromkeys(phones))

@@ -8,9 +8,11 @@ limits, so a slow, hostile or greedy client never stalls others.
 A connection is an `asyncio.Protocol`, not a task with streams: the server holds tens
 of thousands of mostly idle connections, and a task, a StreamReader and a StreamWriter
 each would be most of a connection's memory. Bytes go straight into the sans-IO state
-machine; answering (which may await the directory) runs in a short task per burst of
-requests, in order; the connections' deadlines share one loop timer (a heap), so a busy
-connection costs nothing per request to keep its deadline, and an idle one no timer of its own.
+machine; each request is answered by a plain call that returns its sealed answer, and
+only an answer that waits for a directory in another process (Redis) is awaited, by a
+task that then answers the rest in order; the connections' deadlines share one loop
+timer (a heap), so a busy connection costs nothing per request to keep its deadline, and
+an idle one no timer of its own.
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ import logging
 import time
 import typing
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field
 
 from whatsap2p.config import Limits, RateLimits, Timeouts
-from whatsap2p.errors import NumberAlreadyOnline, NumberBound, ProtocolError, StoreError
+from whatsap2p.errors import ProtocolError, StoreError
 from whatsap2p.net.deadlines import Deadlines
 from whatsap2p.net.network import Listening, Network, TcpNetwork
 from whatsap2p.protocol import events as ev
@@ -35,14 +37,13 @@ from whatsap2p.protocol.directory import DirectoryServerConnection
 from whatsap2p.protocol.keys import StaticKey
 from whatsap2p.protocol.noise import COMPACT, NoiseChannel
 from whatsap2p.server.bindings import Bindings
-from whatsap2p.server.directory import Directory, MemoryDirectory, Spend
+from whatsap2p.server.directory import Bind, Directory, Found, MemoryDirectory, Refused, Spend
 from whatsap2p.server.metrics import ServerMetrics
 from whatsap2p.server.ratelimit import TokenBucket
 
 __all__ = ["DirectoryServer", "ServerConfig"]
 
 log = logging.getLogger(__name__)
-T = typing.TypeVar("T")
 
 #: A number this connection asked for less than a window ago costs a tenth of a token;
 #: it remembers the last few numbers it asked for.
@@ -51,6 +52,15 @@ _REPEAT_WINDOW: typing.Final = 1.0
 _RECENT_NUMBERS: typing.Final = 64
 #: Stop reading a client's requests while this much of our answers waits unsent.
 _WRITE_HIGH: typing.Final = 64 * 1024
+#: What a refused registration is told, by refusal (its failure code).
+_REFUSED: typing.Final[dict[str, str]] = {
+    "rate-limited": "too many registrations",
+    "number-bound": "{phone} is bound to another key",
+    "number-online": "{phone} is already online",
+}
+
+#: A request whose answer is awaited: the request, its answer to come, when it was read.
+_Waiting = tuple[ev.Message, Awaitable[Buffer], float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,11 +82,9 @@ class DirectoryServer:
         self.bindings = bindings
         self.directory: Directory = directory or MemoryDirectory()
         assert bindings is not None or self.directory.binds_keys
-        #: The directory, when it is the in-process one: lookups, most of the requests,
-        #: are then answered by plain calls (no coroutine each: they cost more than the
-        #: lookup). Any other directory is called through its coroutines.
-        self.local: MemoryDirectory | None = (
-            self.directory if type(self.directory) is MemoryDirectory else None
+        #: What binds a number to its key at registration, for a directory that does not.
+        self.bind: Bind | None = (
+            None if bindings is None or self.directory.binds_keys else bindings.bind
         )
         self._server: Listening | None = None
         self._ids = itertools.count(1)
@@ -344,58 +352,71 @@ class _Client(asyncio.Protocol):
 
     async def _offline(self, phone: str) -> None:
         try:
-            await self._server.directory.unregister(phone, self._id)
+            removed = self._server.directory.unregister(phone, self._id)
+            if not isinstance(removed, bool):
+                await removed
         except StoreError as exc:  # the registration expires on its own
             log.warning("could not take %s offline now: %s", phone, exc)
             return
         log.info("%s offline (connection closed)", phone)
 
     def _start_answering(self) -> None:
+        """Answer the requests received so far, in order: each by a plain call, sent at
+        once; the first whose answer must be awaited (the directory is in another
+        process) is awaited by a task, which then answers the rest the same way. One such
+        task at most per connection: what arrives meanwhile waits its turn."""
         assert self._conn is not None
         if self._answering is not None or not self._conn.has_events():
-            return  # nothing to answer, or already answering (in order)
-        if self._server.directory.immediate:
-            self._answer_all_now()
-        else:
-            self._answering = self._loop.create_task(self._answer_all())
+            return  # nothing to answer, or the task answers it (in order)
+        waiting = self._answer_now()
+        if waiting is not None:
+            self._answering = self._loop.create_task(self._answer_later(waiting))
 
-    def _answer_all_now(self) -> None:
-        """`_answer_all` for a directory whose coroutines never suspend, run here and now
-        without a coroutine of its own (most bursts are one lookup): lookups from the
-        in-process directory by plain calls, any other request by running `_answer` to
-        its end. (Such a directory is in this process: no StoreError.)"""
-        local = self._server.local
+    def _answer_now(self) -> _Waiting | None:
+        """Answer the requests at hand until one's answer must be awaited: that one; None
+        once all are answered (or the connection is closing)."""
         try:
-            while (event := self._next_request()) is not None:
-                started = time.perf_counter()
-                if local is not None and (type(event) is ev.Lookup or type(event) is ev.Watch):
-                    answer = self._answer_lookup_now(event, local)
-                elif type(event) is ev.Ping:  # the heartbeats: a plain call for any directory
-                    answer = self._pong(event)
-                else:
-                    answer = _run_now(self._answer(event))
-                if not self._answered(event, answer, started):
-                    return
-        except Exception as exc:
-            self._failed(exc)
-
-    async def _answer_all(self) -> None:
-        """Answer the requests received so far, in order (then those that arrive meanwhile)."""
-        try:
-            while (event := self._next_request()) is not None:
+            while (request := self._next_request()) is not None:
                 started = time.perf_counter()
                 try:
-                    answer = await self._answer(event)
-                except StoreError as exc:  # the shared store is down: say so, keep serving
-                    log.warning("directory store: %s", exc)
-                    assert isinstance(event, ev.DirectoryMessage)
-                    answer = self.failure(event.rid, "unavailable", "directory store unavailable")
-                if not self._answered(event, answer, started):
+                    answer = self._answer(request)
+                except StoreError as exc:
+                    answer = self._unavailable(request, exc)
+                if not isinstance(answer, (bytes, bytearray)):
+                    return request, answer, started
+                if not self._answered(request, answer, started):
+                    return None
+        except Exception as exc:
+            self._failed(exc)
+        return None
+
+    async def _answer_later(self, waiting: _Waiting) -> None:
+        """Await the answer of `waiting`, send it, answer the requests after it (awaiting
+        here those that must be); cancelled when the connection is lost."""
+        try:
+            while True:
+                request, answer, started = waiting
+                try:
+                    sealed = await answer
+                except StoreError as exc:
+                    sealed = self._unavailable(request, exc)
+                if not self._answered(request, sealed, started):
                     return
+                after = self._answer_now()
+                if after is None:
+                    return
+                waiting = after
         except Exception as exc:
             self._failed(exc)
         finally:
             self._answering = None
+
+    def _unavailable(self, request: ev.Message, exc: StoreError) -> Buffer:
+        """The answer to `request` when the directory's store fails: the shared store is
+        down, say so and keep serving."""
+        log.warning("answering a %s: %s", request.TYPE, exc)
+        assert isinstance(request, ev.DirectoryMessage)
+        return self.failure(request.rid, "unavailable", "directory store unavailable")
 
     def _answered(self, request: ev.Message, answer: Buffer, started: float) -> bool:
         """Send the answer to `request` (read at `started`); False if the connection is
@@ -433,83 +454,50 @@ class _Client(asyncio.Protocol):
         assert self._transport is not None
         self._transport.abort()
 
-    async def _answer(self, request: ev.Message) -> Buffer:
+    def _answer(self, request: ev.Message) -> Buffer | Awaitable[Buffer]:
+        """The sealed answer to `request`; an awaitable of it when the directory's answer
+        must be awaited (each request makes one directory call at most)."""
         # Dispatch on type(request), most frequent first: an isinstance() that does not
-        # match a message class costs 0.1 us (see protocol/directory.py).
-        server = self._server
-        conn = self._conn
-        assert conn is not None
-        now = self._loop.time()
+        # match a message class is slow (see protocol/directory.py).
         if type(request) is ev.Lookup or type(request) is ev.Watch:
-            watched = self.watching
-            ip_spend = self._start_lookup(now, request)
-            found: list[ev.PeerAddress] | None = None
-            if ip_spend is not None:  # taken and looked up in one call: one round trip
-                found = await server.directory.lookup_limited(list(request.phones), ip_spend)
-            return self._lookup_answer(request, watched, found)
+            return self._lookup(request)
         if type(request) is ev.Ping:
             return self._pong(request)
         if type(request) is ev.Register:
-            rates = server.config.rates
-            spend = Spend(
-                "register", self._ip, rates.ip_register_rate, rates.ip_register_burst, 1.0, now
-            )
-            if not await server.directory.take(spend):
-                return self.failure(request.rid, "rate-limited", "too many registrations")
-            key = conn.remote_key
-            assert key is not None  # messages only arrive once the channel is established
-            address = ev.PeerAddress(request.phone, request.host or self._ip, request.port, key)
-            try:
-                if server.bindings is not None and not server.directory.binds_keys:
-                    server.bindings.bind(request.phone, key)
-                await server.directory.register(address, self._id)
-            except NumberBound as exc:
-                return self.failure(request.rid, "number-bound", str(exc))
-            except NumberAlreadyOnline as exc:
-                return self.failure(request.rid, "number-online", str(exc))
-            self.phone = request.phone
-            log.info("%s online at %s:%s", address.phone, address.host, address.port)
-            return conn.send(ev.Registered(request.rid, address.phone, address.host, address.port))
+            return self._register(request)
         assert type(request) is ev.Unregister  # the connection lets no other request through
-        assert self.phone is not None
-        await server.directory.unregister(self.phone, self._id)
-        log.info("%s offline (unregistered)", self.phone)
-        self.phone = None
-        return conn.send(ev.Unregistered(request.rid))
+        return self._unregister(request)
 
-    def _answer_lookup_now(
-        self, request: ev.Lookup | ev.Watch, directory: MemoryDirectory
-    ) -> Buffer:
-        """`_answer` of a lookup or watch from the in-process directory, without awaiting."""
-        watched = self.watching
-        ip_spend = self._start_lookup(self._loop.time(), request)
-        found = None
-        if ip_spend is not None:
-            found = directory.lookup_limited_now(list(request.phones), ip_spend)
-        return self._lookup_answer(request, watched, found)
-
-    def _pong(self, ping: ev.Ping) -> Buffer:
-        """A heartbeat: the registration is renewed (the directory's renew() does not
-        suspend, whatever the directory)."""
-        assert self._conn is not None
-        if self.phone is not None:
-            self._server.directory.renew(self.phone, self._id, self._taken_over)
-        return self._conn.send(ev.Pong(ping.rid))
-
-    def _start_lookup(self, now: float, request: ev.Lookup | ev.Watch) -> Spend | None:
+    def _lookup(self, request: ev.Lookup | ev.Watch) -> Buffer | Awaitable[Buffer]:
         """Count a lookup (or watch: its numbers watched from now on, before looking, so
-        that no registration slips between); what it takes from its source IP's bucket,
-        or None when this connection's own bucket refuses."""
+        that no registration slips between), take its tokens, look its numbers up."""
+        now = self._loop.time()
+        watched = self.watching
         self._server.metrics.lookups += len(request.phones)
         if type(request) is ev.Watch:
             self.watch(request.phones)
-        return self._lookup_spend(now, request.phones)
+        spend = self._lookup_spend(now, request.phones)
+        if spend is None:
+            return self._looked_up(request, watched, None)
+        # the IP's tokens taken and the numbers looked up in one call: one round trip
+        found = self._server.directory.lookup_limited(list(request.phones), spend)
+        if found is None or isinstance(found, list):
+            return self._looked_up(request, watched, found)
+        return self._looked_up_later(request, watched, found)
 
-    def _lookup_answer(
+    async def _looked_up_later(
         self,
         request: ev.Lookup | ev.Watch,
         watched: tuple[str, ...],
-        found: list[ev.PeerAddress] | None,
+        found: Awaitable[Found],
+    ) -> Buffer:
+        return self._looked_up(request, watched, await found)
+
+    def _looked_up(
+        self,
+        request: ev.Lookup | ev.Watch,
+        watched: tuple[str, ...],
+        found: Found,
     ) -> Buffer:
         """The answer to a lookup or watch that found `found` (None: a bucket refused,
         this connection's or its source IP's; a refused watch watches `watched` again)."""
@@ -521,6 +509,72 @@ class _Client(asyncio.Protocol):
         if type(request) is ev.Watch:
             return conn.send(ev.Watching(request.rid, tuple(found)))
         return conn.send(ev.LookupResult(request.rid, tuple(found)))
+
+    def _pong(self, ping: ev.Ping) -> Buffer | Awaitable[Buffer]:
+        """A heartbeat: the registration is renewed."""
+        if self.phone is not None:
+            renewed = self._server.directory.renew(self.phone, self._id, self._taken_over)
+            if renewed is not None:
+                return self._ponged_later(ping, renewed)
+        assert self._conn is not None
+        return self._conn.send(ev.Pong(ping.rid))
+
+    async def _ponged_later(self, ping: ev.Ping, renewed: Awaitable[None]) -> Buffer:
+        await renewed
+        assert self._conn is not None
+        return self._conn.send(ev.Pong(ping.rid))
+
+    def _register(self, request: ev.Register) -> Buffer | Awaitable[Buffer]:
+        server = self._server
+        rates = server.config.rates
+        now = self._loop.time()
+        spend = Spend(
+            "register", self._ip, rates.ip_register_rate, rates.ip_register_burst, 1.0, now
+        )
+        assert self._conn is not None
+        key = self._conn.remote_key
+        assert key is not None  # messages only arrive once the channel is established
+        address = ev.PeerAddress(request.phone, request.host or self._ip, request.port, key)
+        refused = server.directory.register_limited(address, self._id, spend, server.bind)
+        if refused is None or isinstance(refused, str):
+            return self._registered(request, address, refused)
+        return self._registered_later(request, address, refused)
+
+    async def _registered_later(
+        self, request: ev.Register, address: ev.PeerAddress, refused: Awaitable[Refused]
+    ) -> Buffer:
+        return self._registered(request, address, await refused)
+
+    def _registered(
+        self, request: ev.Register, address: ev.PeerAddress, refused: Refused
+    ) -> Buffer:
+        """The answer to a registration of `address`, published unless `refused`."""
+        if refused is not None:
+            message = _REFUSED[refused].format(phone=address.phone)
+            return self.failure(request.rid, refused, message)
+        self.phone = address.phone
+        log.info("%s online at %s:%s", address.phone, address.host, address.port)
+        assert self._conn is not None
+        return self._conn.send(
+            ev.Registered(request.rid, address.phone, address.host, address.port)
+        )
+
+    def _unregister(self, request: ev.Unregister) -> Buffer | Awaitable[Buffer]:
+        assert self.phone is not None  # the connection lets it through only once registered
+        removed = self._server.directory.unregister(self.phone, self._id)
+        if isinstance(removed, bool):
+            return self._unregistered(request)
+        return self._unregistered_later(request, removed)
+
+    async def _unregistered_later(self, request: ev.Unregister, removed: Awaitable[bool]) -> Buffer:
+        await removed
+        return self._unregistered(request)
+
+    def _unregistered(self, request: ev.Unregister) -> Buffer:
+        log.info("%s offline (unregistered)", self.phone)
+        self.phone = None
+        assert self._conn is not None
+        return self._conn.send(ev.Unregistered(request.rid))
 
     def _taken_over(self) -> None:
         """Our number was registered through another connection since (its module moved
@@ -559,13 +613,3 @@ class _Client(asyncio.Protocol):
         while len(recent) > _RECENT_NUMBERS:
             del recent[next(iter(recent))]
         return cost
-
-
-def _run_now(coro: Coroutine[object, object, T]) -> T:
-    """Run to its end, here and now, a coroutine that never suspends; its result."""
-    try:
-        coro.send(None)
-    except StopIteration as done:
-        return typing.cast(T, done.value)
-    coro.close()
-    raise RuntimeError("a coroutine that was not to suspend did")

@@ -1,0 +1,218 @@
+"""How the server answers a connection's requests: in the order they came, whether the
+directory answers at once or must be awaited, from any of its calls; a failing store, a
+bug or a closed connection ends no more than it must."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from tests.servers import directory_client, running_server
+from whatsap2p.config import RateLimits
+from whatsap2p.errors import (
+    NumberAlreadyOnline,
+    NumberBound,
+    RateLimited,
+    ServerRefused,
+    ServerUnreachable,
+    StoreError,
+)
+from whatsap2p.protocol import events as ev
+from whatsap2p.protocol.keys import StaticKey
+from whatsap2p.server.directory import Bind, Found, MemoryDirectory, Refused, Spend
+
+ALICE, BOB, CAROL = "+5511999990001", "+5511999990002", "+5511999990003"
+#: Looking this number up is a bug in the directories below.
+BUGGY = "+5511999990666"
+
+
+class HeldLookups(MemoryDirectory):
+    """Lookups wait until `release` is set (`asked` says one is waiting, `cancelled` that
+    one was cancelled while waiting)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked, self.release = asyncio.Event(), asyncio.Event()
+        self.cancelled = asyncio.Event()
+
+    async def lookup_limited(self, phones: list[str], spend: Spend) -> Found:  # type: ignore[override]
+        self.asked.set()
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        return super().lookup_limited(phones, spend)
+
+
+async def test_answers_keep_the_order_of_requests_when_a_lookup_must_be_awaited() -> None:
+    directory = HeldLookups()
+    async with running_server(directory=directory) as (_, port):
+        bob_key = StaticKey.generate()
+        bob = await directory_client(port, bob_key)
+        await bob.register(BOB, 4002)
+        bob_at = ev.PeerAddress(BOB, "127.0.0.1", 4002, bob_key.public)
+        alice = await directory_client(port)
+        await alice.register(ALICE, 4001)
+        came: list[int] = []
+
+        async def answered(index: int, request: Awaitable[object]) -> object:
+            result = await request
+            came.append(index)
+            return result
+
+        watched = asyncio.create_task(answered(0, alice.watch([BOB, CAROL])))
+        await asyncio.wait_for(directory.asked.wait(), 5)  # held at the directory
+        behind = [
+            asyncio.create_task(answered(1, alice.ping())),
+            asyncio.create_task(answered(2, alice.lookup([BOB]))),
+            asyncio.create_task(answered(3, alice.ping())),
+        ]
+        done, _ = await asyncio.wait(behind, timeout=0.2)
+        assert not done  # nothing is answered before the watch ahead of it
+        directory.release.set()
+        results = [await watched] + [await request for request in behind]
+        assert came == [0, 1, 2, 3]
+        assert results == [{BOB: bob_at}, None, {BOB: bob_at}, None]
+        await alice.close()
+        await bob.close()
+
+
+class SuspendsEverywhere(MemoryDirectory):
+    """Every call a request makes suspends, the heartbeat's and unregister's too (calls
+    once assumed never to suspend); records what it finished."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.done: list[str] = []
+
+    async def renew(self, phone: str, owner: int, taken: Callable[[], None]) -> None:  # type: ignore[override]
+        await asyncio.sleep(0.01)
+        super().renew(phone, owner, taken)
+        self.done.append(f"renew {phone}")
+
+    async def register_limited(  # type: ignore[override]
+        self, address: ev.PeerAddress, owner: int, spend: Spend, bind: Bind | None
+    ) -> Refused:
+        await asyncio.sleep(0.01)
+        refused = super().register_limited(address, owner, spend, bind)
+        self.done.append(f"register {address.phone}: {refused}")
+        return refused
+
+    async def unregister(self, phone: str, owner: int) -> bool:
+        await asyncio.sleep(0.01)
+        removed = await super().unregister(phone, owner)
+        self.done.append(f"unregister {phone}: {removed}")
+        return removed
+
+
+async def test_every_directory_call_may_suspend() -> None:
+    directory = SuspendsEverywhere()
+    async with running_server(directory=directory) as (_, port):
+        alice = await directory_client(port)
+        await alice.register(ALICE, 4001)
+        await alice.ping()  # answered once the renewal is done
+        assert directory.done == [f"register {ALICE}: None", f"renew {ALICE}"]
+        await alice.unregister()
+        assert directory.done[-1] == f"unregister {ALICE}: True"
+        assert await directory.count() == 0
+        await alice.close()
+
+
+@pytest.mark.parametrize("directory", [MemoryDirectory, SuspendsEverywhere])
+async def test_refused_registrations_are_answered_alike(directory: type[MemoryDirectory]) -> None:
+    rates = RateLimits(ip_register_rate=0.001, ip_register_burst=4)
+    async with running_server(directory=directory(), rates=rates) as (_, port):
+        key = StaticKey.generate()
+        first = await directory_client(port, key)
+        await first.register(ALICE, 4001)
+        online = await directory_client(port, key)  # the same key: bound, but online
+        with pytest.raises(NumberAlreadyOnline, match=re.escape(f"{ALICE} is already online")):
+            await online.register(ALICE, 4002)
+        thief = await directory_client(port)
+        with pytest.raises(NumberBound, match=re.escape(f"{ALICE} is bound to another key")):
+            await thief.register(ALICE, 4003)
+        await thief.register(BOB, 4004)  # the fourth: the last token
+        late = await directory_client(port)
+        with pytest.raises(RateLimited, match="too many registrations"):
+            await late.register(CAROL, 4005)
+        for client in (first, online, thief, late):
+            await client.close()
+
+
+class FailingStore(MemoryDirectory):
+    """A store that fails lookups while `down`, at once or once awaited."""
+
+    def __init__(self, awaited: bool) -> None:
+        super().__init__()
+        self.awaited, self.down = awaited, False
+
+    def lookup_limited(  # type: ignore[override]
+        self, phones: list[str], spend: Spend
+    ) -> Found | Awaitable[Found]:
+        return self._later(phones, spend) if self.awaited else self._now(phones, spend)
+
+    async def _later(self, phones: list[str], spend: Spend) -> Found:
+        await asyncio.sleep(0)
+        return self._now(phones, spend)
+
+    def _now(self, phones: list[str], spend: Spend) -> Found:
+        if BUGGY in phones:
+            raise RuntimeError("a bug")
+        if self.down:
+            raise StoreError("directory store: down")
+        return super().lookup_limited(phones, spend)
+
+
+@pytest.mark.parametrize("awaited", [False, True], ids=["at-once", "awaited"])
+async def test_a_failing_store_is_reported_and_the_connection_kept(awaited: bool) -> None:
+    directory = FailingStore(awaited)
+    async with running_server(directory=directory) as (_, port):
+        alice = await directory_client(port)
+        await alice.register(ALICE, 4001)
+        directory.down = True
+        with pytest.raises(ServerRefused, match="directory store unavailable"):
+            await alice.lookup([ALICE])
+        directory.down = False
+        assert list(await alice.lookup([ALICE])) == [ALICE]  # the same connection
+        await alice.close()
+
+
+@pytest.mark.parametrize("awaited", [False, True], ids=["at-once", "awaited"])
+async def test_a_bug_closes_only_its_connection(
+    awaited: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running_server(directory=FailingStore(awaited)) as (_, port):
+        alice, bob = await directory_client(port), await directory_client(port)
+        await alice.register(ALICE, 4001)
+        await bob.register(BOB, 4002)
+        with caplog.at_level(logging.ERROR), pytest.raises(ServerUnreachable):
+            await alice.lookup([BUGGY])
+        assert "unexpected error on the connection" in caplog.text
+        await asyncio.wait_for(alice.closed.wait(), 5)
+        assert list(await bob.lookup([BOB])) == [BOB]
+        await alice.close()
+        await bob.close()
+
+
+async def test_a_closed_connection_stops_waiting_for_its_answers() -> None:
+    directory = HeldLookups()
+    async with running_server(directory=directory) as (_, port):
+        alice = await directory_client(port)
+        await alice.register(ALICE, 4001)
+        asked = asyncio.create_task(alice.lookup([ALICE]))
+        await asyncio.wait_for(directory.asked.wait(), 5)
+        await alice.close()
+        with pytest.raises(ServerUnreachable):
+            await asked
+        await asyncio.wait_for(directory.cancelled.wait(), 5)
+        # the server goes on serving others, the same way
+        directory.release.set()
+        bob = await directory_client(port)
+        await bob.register(BOB, 4002)
+        assert list(await bob.lookup([BOB])) == [BOB]
+        await bob.close()
