@@ -216,3 +216,16 @@ async def test_a_closed_connection_stops_waiting_for_its_answers() -> None:
         await bob.register(BOB, 4002)
         assert list(await bob.lookup([BOB])) == [BOB]
         await bob.close()
+
+
+@pytest.mark.parametrize("directory", [MemoryDirectory, SuspendsEverywhere])
+async def test_an_unregistered_connection_is_closed_by_the_server(
+    directory: type[MemoryDirectory],
+) -> None:
+    # (it used to stay open with no deadline at all, holding its slot for ever)
+    async with running_server(directory=directory()) as (server, port):
+        alice = await directory_client(port)
+        await alice.register(ALICE, 4001)
+        await alice.unregister()
+        await asyncio.wait_for(alice.closed.wait(), 5)
+        assert not server.connections

@@ -427,8 +427,12 @@ class _Client(asyncio.Protocol):
             return False
         transport.write(answer)
         self._server.metrics.answered(request.TYPE, time.perf_counter() - started)
-        if type(request) is ev.Register or type(request) is ev.Unregister:
-            self._arm_timer()  # their answers start the idle deadline, or end it
+        if type(request) is ev.Register:
+            self._arm_timer()  # its answer starts the idle deadline
+        elif type(request) is ev.Unregister:
+            self._arm_timer()  # (none any more: the connection is done)
+            transport.close()  # once the answer has gone out
+            return False
         return True
 
     def _next_request(self) -> ev.Message | None:
