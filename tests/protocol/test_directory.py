@@ -347,3 +347,19 @@ def test_the_answer_to_the_largest_lookup_fits_whatever_the_hosts() -> None:
     answer = client.next_event()
     assert isinstance(answer, ev.LookupResult)
     assert len(answer.peers) == limits.max_lookup_phones
+
+
+def test_a_client_that_stops_reading_the_answers_is_timed_out() -> None:
+    server = server_in(ServerState.REGISTERED)
+    server.timeouts = Timeouts(server_idle=25, write_drain=20)
+    server.receive_data(DirectoryClientConnection(0).send(ev.Ping(1), now=100), now=100)
+    assert server.get_timer() == 125
+    server.writing_paused(now=101)
+    assert server.get_timer() == 121
+    server.writing_resumed()  # it caught up
+    assert server.get_timer() == 125
+    server.writing_paused(now=110)
+    server.handle_timer(129.9)
+    assert server.next_event() == ev.Ping(1)  # (the request, then the deadline)
+    server.handle_timer(130)
+    assert server.next_event() == ev.ConnectionTimedOut("it stopped reading")

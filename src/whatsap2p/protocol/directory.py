@@ -98,6 +98,16 @@ class DirectoryServerConnection(OverChannel):
         )
         self._pending: set[int] = set()
         self._now = now
+        #: Since when our answers do not drain (None: they do).
+        self._stalled_since: float | None = None
+
+    def writing_paused(self, now: float) -> None:
+        """Our answers no longer drain: the client stopped reading them."""
+        if self._stalled_since is None:
+            self._stalled_since = now
+
+    def writing_resumed(self) -> None:
+        self._stalled_since = None
 
     def receive_data(self, data: Buffer, now: float) -> None:
         """Bytes from the client. Raises RemoteProtocolError; the caller then closes."""
@@ -168,12 +178,22 @@ class DirectoryServerConnection(OverChannel):
         return self._channel.seal(encode_message(message))
 
     def get_timer(self) -> float | None:
-        return None if self.state is ServerState.CLOSED else self._deadline
+        """The handshake, registration or idle deadline, or the stalled answers' (no
+        draining for `write_drain`), whichever comes first."""
+        if self.state is ServerState.CLOSED:
+            return None
+        stalled = self._stalled_since
+        if stalled is not None and stalled + self.timeouts.write_drain < self._deadline:
+            return stalled + self.timeouts.write_drain
+        return self._deadline
 
     def handle_timer(self, now: float) -> None:
-        if self.state is ServerState.CLOSED or now < self._deadline:
+        timer = self.get_timer()
+        if timer is None or now < timer:
             return
-        if not self._channel.established:
+        if now < self._deadline:
+            reason = "it stopped reading"
+        elif not self._channel.established:
             reason = "no secure handshake in time"
         elif self.state is ServerState.NEW:
             reason = "no registration in time"

@@ -160,7 +160,6 @@ class _Client(asyncio.Protocol):
         "_ip",
         "_lookups",
         "_loop",
-        "_paused",
         "_recent",
         "_scheduled",
         "_server",
@@ -182,7 +181,6 @@ class _Client(asyncio.Protocol):
         self._scheduled: float | None = None
         self._entry = 0
         self._answering: asyncio.Task[None] | None = None
-        self._paused: asyncio.TimerHandle | None = None
         self._recent: dict[str, float] | None = None  # number -> when it was last asked
         self.phone: str | None = None
         self.watching: tuple[str, ...] = ()
@@ -242,8 +240,6 @@ class _Client(asyncio.Protocol):
             self._scheduled = None
             self._entry = 0
             self._server.deadlines.dropped()
-        if self._paused is not None:
-            self._paused.cancel()
         if self._answering is not None:
             self._answering.cancel()
         server = self._server
@@ -258,17 +254,17 @@ class _Client(asyncio.Protocol):
             server.lost_all()
 
     def pause_writing(self) -> None:
-        # The client stopped reading our answers: stop reading its requests, and drop it
-        # if it does not catch up in time.
+        # The client stopped reading our answers: stop reading its requests (its
+        # connection's state machine drops it if it does not catch up in time).
         assert self._transport is not None
+        assert self._conn is not None
         self._transport.pause_reading()
-        timeout = self._server.config.timeouts.write_drain
-        self._paused = self._loop.call_later(timeout, self._drain_timed_out)
+        self._conn.writing_paused(self._loop.time())
+        self._arm_timer()
 
     def resume_writing(self) -> None:
-        if self._paused is not None:
-            self._paused.cancel()
-            self._paused = None
+        if self._conn is not None:
+            self._conn.writing_resumed()
         if self._transport is not None and not self._transport.is_closing():
             self._transport.resume_reading()
 
@@ -317,10 +313,6 @@ class _Client(asyncio.Protocol):
         with contextlib.suppress(Exception):
             self._transport.write(self.failure(0, "protocol-error", str(exc)))
         self._transport.close()  # after the failure is written
-
-    def _drain_timed_out(self) -> None:
-        log.info("dropping %s: it stopped reading", self.phone or self._ip)
-        self.abort()
 
     def _arm_timer(self) -> None:
         """Keep an entry in the server's deadlines no later than this connection's deadline.
