@@ -92,3 +92,25 @@ def test_a_corrupt_file_is_reported_and_never_overwritten(tmp_path: Path, conten
     with pytest.raises(CorruptContactsFile, match="was not changed"):
         AddressBook.load(path)
     assert path.read_bytes() == content
+
+
+def test_a_deeply_nested_file_gets_the_clean_message(tmp_path: Path) -> None:
+    path = tmp_path / "contacts.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CorruptContactsFile, match="nested too deeply.*was not changed"):
+        AddressBook.load(path)
+    assert path.read_text().startswith("[[[")  # untouched
+
+
+def test_a_name_written_twice_in_the_file_is_refused_not_lost(tmp_path: Path) -> None:
+    path = tmp_path / "contacts.json"
+    path.write_text(json.dumps({"version": 1, "contacts": {"mom": ALICE, " mom": BOB}}))
+    with pytest.raises(CorruptContactsFile, match="'mom' appears twice"):
+        AddressBook.load(path)
+
+
+def test_a_contact_name_given_as_a_number_says_so(tmp_path: Path) -> None:
+    book = AddressBook.load(tmp_path / "contacts.json")
+    book.add_contact("mom", ALICE)
+    with pytest.raises(InvalidInput, match=r"'mom' is the name of a contact.*\+5511999990001"):
+        book.add_contact("mama", "mom")

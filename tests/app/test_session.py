@@ -429,3 +429,15 @@ async def test_presence_is_pushed_when_a_watched_number_comes_online(world: Worl
     got = await next_event(alice)
     assert got == PresenceChanged(CAROL, True)
     assert await alice.presence([BOB, CAROL, DAVE]) == {BOB: True, CAROL: True, DAVE: False}
+
+
+async def test_a_save_cut_short_leaves_nothing_behind_at_the_next_start(world: World) -> None:
+    alice = await world.user(ALICE)
+    alice.book.add_contact("bob", BOB)
+    await alice.close()
+    folder = world.root / ALICE
+    for name in (".contacts.json.k2j3h4.tmp", ".trust.json.x9y8.tmp"):  # kill -9 mid-save
+        (folder / name).write_text("{half a fi")
+    alice = await world.user(ALICE)
+    assert sorted(p.name for p in folder.glob(".*.tmp")) == []
+    assert [c.name for c in alice.book.contacts()] == ["bob"]

@@ -73,6 +73,11 @@ class AddressBook:
             return book
         try:
             book._parse(json.loads(raw.decode("utf-8")))
+        except RecursionError as exc:  # (json nests as deep as the file says)
+            raise CorruptContactsFile(
+                f"contacts file {path} is corrupt (nested too deeply); fix or move it, it was"
+                " not changed"
+            ) from exc
         except (UnicodeDecodeError, json.JSONDecodeError, ValueError, InvalidInput) as exc:
             raise CorruptContactsFile(
                 f"contacts file {path} is corrupt ({exc}); fix or move it, it was not changed"
@@ -88,14 +93,20 @@ class AddressBook:
         for name, phone in contacts.items():
             if not isinstance(phone, str):
                 raise ValueError(f"contact {name!r}: the phone must be a string")
-            self._contacts[self._check_name(name)] = normalise_phone(phone, self.region)
+            checked = self._check_name(name)
+            if checked in self._contacts:  # e.g. "mom" and " mom", once normalised
+                raise ValueError(f"the contact name {checked!r} appears twice")
+            self._contacts[checked] = normalise_phone(phone, self.region)
         for name, members in groups.items():
             if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
                 raise ValueError(f"group {name!r}: members must be a list of phone numbers")
-            if name in self._contacts:
-                raise ValueError(f"{name!r} is both a contact and a group")
+            checked = self._check_name(name)
+            if checked in self._contacts:
+                raise ValueError(f"{checked!r} is both a contact and a group")
+            if checked in self._groups:
+                raise ValueError(f"the group name {checked!r} appears twice")
             phones = [normalise_phone(m, self.region) for m in members]
-            self._groups[self._check_name(name)] = list(dict.fromkeys(phones))
+            self._groups[checked] = list(dict.fromkeys(phones))
 
     def _save(self) -> None:
         data = {"version": FORMAT_VERSION, "contacts": self._contacts, "groups": self._groups}
@@ -126,6 +137,12 @@ class AddressBook:
         name = self._check_name(name)
         if name in self._groups:
             raise NameConflict(f"{name!r} is already a group")
+        if isinstance(phone, str) and phone.strip() in self._contacts:
+            known = phone.strip()
+            raise InvalidInput(
+                f"{known!r} is the name of a contact, not a phone number: give {name!r} a "
+                f"number ({known!r} has {self._contacts[known]})"
+            )
         phone = normalise_phone(phone, self.region)
         self._contacts[name] = phone
         self._save()

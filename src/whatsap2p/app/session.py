@@ -18,6 +18,7 @@ receiver checks that the key a sender proved is the one bound to the number it c
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ from whatsap2p.app.outbox import Outbox
 from whatsap2p.app.photos import PhotoStore
 from whatsap2p.app.registration import Registrar
 from whatsap2p.app.sending import Sender
-from whatsap2p.app.storage import DataDirLock
+from whatsap2p.app.storage import DataDirLock, remove_leftovers
 from whatsap2p.app.trust import FILE_NAME as TRUST_FILE
 from whatsap2p.app.trust import Trust, TrustStore
 from whatsap2p.config import Limits, Timeouts
@@ -64,6 +65,8 @@ from whatsap2p.protocol.keys import StaticKey, fingerprint
 __all__ = ["IDENTITY_FILE", "Session", "SessionConfig"]
 
 IDENTITY_FILE = "identity.key"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +159,10 @@ class Session:
                 raise StoreError(
                     f"data dir {config.data_dir} is in use by another whatsap2p module"
                 )
-            # Only with the lock held: this clears half-received photos of earlier runs.
+            # Only with the lock held: this clears half-received photos of earlier runs,
+            # and the temporary files of saves that a killed module never finished.
+            for leftover in remove_leftovers(config.data_dir):
+                log.info("removed %s, left by an unfinished save", leftover)
             self.photos.open(time.time(), config.timeouts.partial_keep)
             self.identity = identity = load_or_create_key(config.data_dir / IDENTITY_FILE)
             self.history = history = History(

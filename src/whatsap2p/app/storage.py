@@ -10,7 +10,7 @@ from pathlib import Path
 
 from whatsap2p.errors import StoreError
 
-__all__ = ["DataDirLock", "read_if_present", "write_atomically"]
+__all__ = ["DataDirLock", "read_if_present", "remove_leftovers", "write_atomically"]
 
 
 def read_if_present(path: Path) -> bytes | None:
@@ -42,6 +42,17 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def remove_leftovers(folder: Path) -> list[str]:
+    """Remove the temporary files `write_atomically` left in `folder` when the process
+    died before its rename (call it holding the data dir's lock); their names."""
+    removed = []
+    for leftover in folder.glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            leftover.unlink()
+            removed.append(leftover.name)
+    return removed
 
 
 class DataDirLock:

@@ -46,7 +46,7 @@ class TrustStore:
                 if not E164.fullmatch(phone) or len(key) != KEY_BYTES:
                     raise ValueError(f"bad entry for {phone!r}")
                 store._keys[phone] = key
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise StoreError(
                 f"{path} is corrupt ({exc}); fix or move it, it was not changed"
             ) from exc

@@ -102,9 +102,11 @@ class FormDialog(ModalScreen[list[str] | None]):
 
 class TrustDialog(ModalScreen[bool]):
     """A contact proved a key other than the one pinned for it: show both fingerprints;
-    True when the person accepts the new key."""
+    True when the person accepts the new key. "Not now" has the focus: Enter pressed out
+    of habit must not accept a key nobody compared; only a deliberate choice trusts it."""
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "later", "Not now")]
+    AUTO_FOCUS = "#later"
 
     def __init__(self, phone: str, name: str | None, old: str | None, new: str) -> None:
         super().__init__()
