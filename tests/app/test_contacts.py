@@ -97,7 +97,7 @@ def test_a_corrupt_file_is_reported_and_never_overwritten(tmp_path: Path, conten
 def test_a_deeply_nested_file_gets_the_clean_message(tmp_path: Path) -> None:
     path = tmp_path / "contacts.json"
     path.write_text("[" * 100_000 + "]" * 100_000)
-    with pytest.raises(CorruptContactsFile, match="nested too deeply.*was not changed"):
+    with pytest.raises(CorruptContactsFile, match=r"nested too deeply.*was not changed"):
         AddressBook.load(path)
     assert path.read_text().startswith("[[[")  # untouched
 
