@@ -242,3 +242,47 @@ async def test_a_frozen_server_is_noticed_and_rejoined_when_it_thaws(tmp_path: P
         server.proc.send_signal(signal.SIGCONT)
         await alice.close()
         assert await server.stop() == 0
+
+
+async def test_a_lone_surrogate_is_refused_and_the_module_still_ends_at_eof(
+    cluster: Cluster,
+) -> None:
+    # (a text holding "\ud800" crashed its request's task: never answered, and with stdin
+    # closed the module never exited, deaf to SIGTERM)
+    alice = await cluster.user(ALICE)
+    answer = alice.expect(7)
+    alice.write('{"jsonrpc":"2.0","id":7,"method":"send","params":{"to":"+5511999990009",'
+                '"text":"a\\ud800b","queue":true}}')  # fmt: skip
+    error = (await asyncio.wait_for(answer, 10))["error"]
+    assert (error["code"], "lone surrogate" in error["message"]) == (-32602, True)
+    photo = alice.expect(8)
+    alice.write('{"jsonrpc":"2.0","id":8,"method":"send","params":{"to":"+5511999990009",'
+                '"photo":"/tmp/\\ud800.png"}}')  # fmt: skip
+    assert (await asyncio.wait_for(photo, 10))["error"]["code"] == -32602
+    assert alice.proc.stdin is not None
+    alice.proc.stdin.close()  # end of input: it unregisters and ends
+    assert await asyncio.wait_for(alice.proc.wait(), 10) == 0
+
+
+async def test_sigterm_ends_a_module_promptly_whatever_it_is_doing(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    alice = await cluster.user(ALICE, "--peer-timeout", "60")
+    frozen = await cluster.user(BOB)
+    await alice.call("addContact", name="bob", phone=BOB)
+    frozen.proc.send_signal(signal.SIGSTOP)  # a peer that takes the connection and stalls
+    try:
+        sending = alice.expect(99)
+        alice.write(json.dumps({"jsonrpc": "2.0", "id": 99, "method": "send",
+                                "params": {"to": "bob", "text": "hello?"}}))  # fmt: skip
+        await asyncio.sleep(0.5)  # (the send is under way, waiting on the frozen peer)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        alice.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(alice.proc.wait(), 10) == 0
+        assert loop.time() - began < 3  # not the minute the peer would be given
+        answer = await asyncio.wait_for(sending, 5)  # the request was answered on the way out
+        assert answer["error"]["code"] == -32603
+        assert "stopping" in answer["error"]["message"]
+    finally:
+        frozen.proc.send_signal(signal.SIGCONT)

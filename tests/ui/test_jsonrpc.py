@@ -69,3 +69,35 @@ async def test_a_client_pipelining_more_than_the_cap_waits_for_answers(
     results = {a["id"]: a["result"] for a in answers if "id" in a}
     assert sorted(results) == list(range(count))  # and every request was answered
     assert all(results[n]["id"] == str(n) for n in range(count))
+
+
+class Broken:
+    """Stands for a Session whose send fails with a bug (not a WhatsAp2pError)."""
+
+    phone = ALICE
+    listen_address = ("127.0.0.1", 1)
+    events: asyncio.Queue[object]
+
+    def __init__(self) -> None:
+        self.events = asyncio.Queue()
+
+    async def send_text(self, target: str, text: str, queue: bool = False) -> DeliveryReport:
+        raise KeyError("a bug")
+
+
+async def test_a_request_that_fails_unexpectedly_is_answered_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    out = io.StringIO()
+    rpc = JsonRpc(Broken(), out)  # type: ignore[arg-type]
+    line = '{"jsonrpc":"2.0","id":3,"method":"send","params":{"to":"bob","text":"hi"}}'
+    await rpc.run(asyncio.Event(), requests_from([line]))
+    answers = [json.loads(text) for text in out.getvalue().splitlines()][1:]  # after ready
+    assert answers == [
+        {
+            "jsonrpc": "2.0",
+            "id": 3,
+            "error": {"code": -32603, "message": "internal error: KeyError: 'a bug'"},
+        }
+    ]
+    assert "request failed unexpectedly" in caplog.text

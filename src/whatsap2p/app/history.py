@@ -223,7 +223,9 @@ class History:
                 if sent:
                     self._db.executemany(_INSERT_SENT, sent)
                 results = [work(self._db) for work, _ in batch]
-        except sqlite3.Error as exc:
+        except Exception as exc:  # (not only sqlite3.Error: no writer may wait for ever)
+            if not isinstance(exc, sqlite3.Error):
+                log.exception("a history write failed unexpectedly")
             error = StoreError(f"history: {exc}")
             for _, future in batch:
                 if not future.done():

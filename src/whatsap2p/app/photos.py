@@ -121,6 +121,8 @@ def prepare_photo(path: Path, limits: Limits) -> PhotoFile:
         raise PhotoRejected(f"photo {path} does not exist") from exc
     except OSError as exc:
         raise PhotoRejected(f"cannot read photo {path}: {exc.strerror}") from exc
+    except UnicodeEncodeError as exc:  # a lone surrogate: no file can have that name
+        raise PhotoRejected(f"photo path {str(path)!r} is not a valid file name") from exc
     if size == 0:
         raise PhotoRejected(f"photo {path} is empty")
     if size > limits.max_photo_bytes:

@@ -58,7 +58,13 @@ class Sender:
     async def send_text(self, target: str, text: str, queue: bool = False) -> DeliveryReport:
         if not isinstance(text, str):
             raise InvalidInput("text must be a string")
-        if len(text.encode("utf-8", "surrogatepass")) > self._limits.max_text_bytes:
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError as exc:  # e.g. a lone UTF-16 surrogate, "\ud800" in JSON
+            raise InvalidInput(
+                f"text is not valid Unicode (a lone surrogate at character {exc.start})"
+            ) from exc
+        if size > self._limits.max_text_bytes:
             raise InvalidInput(f"text longer than {self._limits.max_text_bytes} bytes")
         recipients = self._recipients(target)
         if queue:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
@@ -35,6 +36,8 @@ __all__ = [
     "SERVER_ERROR",
     "JsonRpc",
 ]
+
+log = logging.getLogger(__name__)
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -174,7 +177,14 @@ class JsonRpc:
         quit_task = asyncio.ensure_future(self.quit.wait())
         try:
             await asyncio.wait({reading, stop_task, quit_task}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (reading, stop_task, quit_task):
+            reading.cancel()
+            quit_task.cancel()
+            if self._tasks and not stop.is_set():
+                # the end of input or `quit`: the requests under way finish (each is
+                # bounded by its own deadlines), unless a signal comes meanwhile
+                await asyncio.wait({*self._tasks, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+            stop_task.cancel()
+            for task in list(self._tasks):  # a signal: what is left is answered as cancelled
                 task.cancel()
             if self._tasks:
                 await asyncio.wait(self._tasks)
@@ -272,12 +282,19 @@ class JsonRpc:
     async def _run(self, handler: Callable[[Params], Awaitable[object]], params: Params) -> object:
         try:
             return await handler(params)
+        except _RpcError:
+            raise
         except InvalidInput as exc:
             raise _RpcError(INVALID_PARAMS, str(exc)) from exc
         except (DirectoryError, StoreError) as exc:
             raise _RpcError(SERVER_ERROR, str(exc)) from exc
         except WhatsAp2pError as exc:
             raise _RpcError(INTERNAL_ERROR, str(exc)) from exc
+        except asyncio.CancelledError as exc:
+            raise _RpcError(INTERNAL_ERROR, "cancelled: the module is stopping") from exc
+        except Exception as exc:  # a bug: this request fails, said and logged; not the module
+            log.exception("request failed unexpectedly")
+            raise _RpcError(INTERNAL_ERROR, f"internal error: {type(exc).__name__}: {exc}") from exc
 
     def _error(self, request_id: object, code: int, message: str) -> None:
         self.write(_error_object(request_id, code, message))

@@ -4,10 +4,12 @@ by the table in `commands`), one line per result or event out."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import sys
 import unicodedata
-from typing import TextIO, assert_never
+from collections.abc import Awaitable
+from typing import Any, TextIO, TypeVar, assert_never
 
 from whatsap2p.app.contacts import Contact, Group
 from whatsap2p.app.events import (
@@ -51,6 +53,8 @@ __all__ = [
     "format_report",
     "format_result",
 ]
+
+T = TypeVar("T")
 
 # Characters that reorder or hide text on a terminal (Trojan Source, CVE-2021-42574).
 _BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
@@ -195,18 +199,31 @@ class LineMode:
         reader = LineReader()
         try:
             while True:
-                line_task = asyncio.ensure_future(reader.readline())
-                stop_task = asyncio.ensure_future(stop.wait())
-                await asyncio.wait({line_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-                stop_task.cancel()
-                if not line_task.done():
-                    line_task.cancel()
+                line = await self._until_stopped(reader.readline(), stop)
+                if line is None:  # the end of input, or a signal
                     return
-                line = line_task.result()
-                if line is None or not await self.command(line):
+                # a command runs (a send waits for its peers) until done or a signal
+                if not await self._until_stopped(self.command(line), stop):
                     return
         finally:
             pump.cancel()
+
+    @staticmethod
+    async def _until_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
+        """What `work` gives, or None once a signal came first (`work` is cancelled)."""
+        task = asyncio.ensure_future(work)
+        stopping = asyncio.ensure_future(stop.wait())
+        either: set[asyncio.Future[Any]] = {task, stopping}
+        try:
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return None
 
     async def _print_received(self) -> None:
         while True:
