@@ -380,3 +380,21 @@ async def test_terminals_with_a_graphics_protocol_get_real_pictures(world: World
         (picture,) = app.query(TGPImage)
         assert picture.has_class("graphic")
         assert isinstance(picture.parent, MessageBox)
+
+
+async def test_line_breaks_show_as_line_breaks_and_controls_do_not_reach_the_screen(
+    world: World,
+) -> None:
+    alice, bob = await world.user(ALICE), await world.user(BOB)
+    app = ChatApp(alice)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await app.ready.wait()
+        await type_line(pilot, "/help")  # our own output: one line per command
+        await until(app, lambda: any(m.startswith("commands:\n  /add") for m in messages(app)))
+        assert not any("\\x0a" in m for m in messages(app))
+        sent = "two lines\nof text \x1b[31mred\x1b[0m \u202eevil Z" + "\u0301" * 500
+        assert (await bob.send_text(ALICE, sent)).delivered == [ALICE]
+        await app.select(f"p:{BOB}")
+        shown = "two lines\nof text \\x1b[31mred\\x1b[0m \\u202eevil Z"
+        await until(app, lambda: any(shown in m for m in messages(app)))
+        assert any("[+496 combining marks]" in m for m in messages(app))

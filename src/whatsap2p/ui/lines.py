@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import sys
-import unicodedata
 from collections.abc import Awaitable
 from typing import Any, TextIO, TypeVar, assert_never
 
@@ -42,6 +41,7 @@ from whatsap2p.ui.commands import (
     UsageError,
 )
 from whatsap2p.ui.stdin import LineReader
+from whatsap2p.ui.terminal import safe_text
 
 __all__ = [
     "LineMode",
@@ -56,20 +56,16 @@ __all__ = [
 
 T = TypeVar("T")
 
-# Characters that reorder or hide text on a terminal (Trojan Source, CVE-2021-42574).
-_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-
 
 def escape_untrusted(text: str) -> str:
-    """Text from a peer, safe to print: control, format and bidi characters escaped."""
-    out = []
-    for char in text:
-        if char in _BIDI or unicodedata.category(char) in ("Cc", "Cf", "Cs", "Co", "Cn"):
-            code = ord(char)
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
-        else:
-            out.append(char)
-    return "".join(out)
+    """A name from a peer or a file (one line), safe to print (ui/terminal.py)."""
+    return safe_text(text)
+
+
+def message_text(text: str) -> str:
+    """A message's text, safe to print, its line breaks kept: each line after the first
+    is indented, so no line of a message can pass for a message of its own."""
+    return safe_text(text, lines=True).replace("\n", "\n  ")
 
 
 def format_received(event: Received) -> str:
@@ -83,7 +79,7 @@ def format_received(event: Received) -> str:
         who += f" [{escape_untrusted(event.group)}]"
     if isinstance(event, PhotoReceived):
         return f"[{clock}] {who}: photo saved to {event.photo.path}"
-    return f"[{clock}] {who}: {escape_untrusted(event.text)}"
+    return f"[{clock}] {who}: {message_text(event.text)}"
 
 
 def format_event(event: SessionEvent) -> str:
@@ -106,7 +102,7 @@ def format_event(event: SessionEvent) -> str:
 def _summary(entry: HistoryEntry) -> str:
     if entry.photo is not None:
         return f"photo {escape_untrusted(str(entry.photo.get('filename', '')))}"
-    return escape_untrusted(entry.text or "")
+    return message_text(entry.text or "")
 
 
 def format_history(entry: HistoryEntry) -> str:
@@ -126,7 +122,10 @@ def format_report(report: DeliveryReport) -> str:
         parts.append("offline: " + ", ".join(report.offline))
     if report.queued:
         parts.append("queued for: " + ", ".join(report.queued))
-    parts.extend(f"failed: {failed.phone} ({failed.error})" for failed in report.failed)
+    # (an error may quote the peer's own reason for refusing)
+    parts.extend(
+        f"failed: {failed.phone} ({escape_untrusted(failed.error)})" for failed in report.failed
+    )
     return "; ".join(parts) or "no recipients"
 
 
@@ -134,23 +133,26 @@ def format_result(result: Result) -> str:
     """What a command did, as the line mode prints it (the terminal UI shows it as a note)."""
     match result:
         case Contact(name, phone):
-            return f"contact {name}: {phone}"
+            return f"contact {escape_untrusted(name)}: {phone}"
         case ContactRemoved(name):
-            return f"removed {name}"
+            return f"removed {escape_untrusted(name)}"
         case Group(name, members):
-            return f"group {name}: {' '.join(members)}"
+            return f"group {escape_untrusted(name)}: {' '.join(members)}"
         case DeliveryReport():
             return format_report(result)
         case ContactList(entries):
             return (
                 "\n".join(
-                    f"{c.name}: {c.phone} key {fingerprint or 'not seen yet'}"
+                    f"{escape_untrusted(c.name)}: {c.phone} key {fingerprint or 'not seen yet'}"
                     for c, fingerprint in entries
                 )
                 or "no contacts"
             )
         case GroupList(groups):
-            return "\n".join(f"{g.name}: {' '.join(g.members)}" for g in groups) or "no groups"
+            return (
+                "\n".join(f"{escape_untrusted(g.name)}: {' '.join(g.members)}" for g in groups)
+                or "no groups"
+            )
         case Outbox(entries):
             return (
                 "\n".join(f"{e.id} to {e.recipient}: {_summary(e)}" for e in entries)
@@ -176,7 +178,7 @@ def format_error(exc: Exception) -> str:
     """A command that could not be carried out: its usage, or why."""
     if isinstance(exc, UsageError):
         return f"usage: {exc}"
-    return f"error: {exc}"
+    return f"error: {safe_text(str(exc), lines=True)}"  # (it may quote what was typed)
 
 
 class LineMode:

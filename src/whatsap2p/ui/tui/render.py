@@ -1,10 +1,11 @@
 """Turning what peers send into things a terminal shows safely.
 
 Everything from a peer (text, names, group names, file names) becomes a `rich.text.Text`
-built from the plain string: never parsed as Rich or Textual markup, with control and
-bidi characters escaped as in the plain mode. Photos become a half-block rendering
-(two pixels per cell, `▀` with the top pixel as foreground and the bottom one as
-background), which every colour terminal shows, tmux included.
+built from the plain string: never parsed as Rich or Textual markup, and made safe as
+in the plain mode (ui/terminal.py): a message keeps its line breaks, a name none.
+Photos become a half-block rendering (two pixels per cell, `▀` with the top pixel as
+foreground and the bottom one as background), which every colour terminal shows, tmux
+included.
 """
 
 from __future__ import annotations
@@ -16,14 +17,20 @@ from PIL import Image
 from rich.style import Style
 from rich.text import Text
 
-from whatsap2p.ui.lines import escape_untrusted
+from whatsap2p.ui.terminal import safe_text
 
-__all__ = ["clock_of", "halfblocks", "literal"]
+__all__ = ["clock_of", "halfblocks", "literal", "message"]
 
 
 def literal(text: str, style: str | Style = "") -> Text:
-    """`text` exactly as typed (markup stays characters), control and bidi escaped."""
-    return Text(escape_untrusted(text), style=style, no_wrap=False)
+    """A name as typed (markup stays characters), on one line: every control escaped."""
+    return Text(safe_text(text), style=style, no_wrap=False)
+
+
+def message(text: str, style: str | Style = "") -> Text:
+    """A message, or our own output, as typed: its line breaks kept, other controls
+    escaped."""
+    return Text(safe_text(text, lines=True), style=style, no_wrap=False)
 
 
 def clock_of(timestamp: str) -> str:

@@ -17,7 +17,7 @@ from textual.widget import Widget
 from textual.widgets import Input, Label, ListItem, ProgressBar, Static
 
 from whatsap2p.ui.tui.model import SENDING, Conversation, Row
-from whatsap2p.ui.tui.render import clock_of, literal
+from whatsap2p.ui.tui.render import clock_of, literal, message
 
 __all__ = ["ChatInput", "ConversationItem", "MessageBox", "StatusLine"]
 
@@ -166,8 +166,8 @@ class MessageBox(Vertical):
     def refresh_row(self) -> None:
         row = self.row
         head = Text()
-        if row.note:
-            head.append_text(literal(row.text or "", style="italic"))
+        if row.note:  # our own output (a command's, /help): its lines as lines
+            head.append_text(message(row.text or "", style="italic"))
             self._head.update(head)
             for part in (self._preview, self._bar, self._states):
                 part.display = False
@@ -183,7 +183,7 @@ class MessageBox(Vertical):
                 head.append("\n")
                 head.append_text(literal(f"saved to {row.photo}", style="dim"))
         else:
-            head.append_text(literal(row.text or ""))
+            head.append_text(message(row.text or ""))
         self._head.update(head)
         self._preview.display = self._has_preview and self._graphic is None
         if row.progress is not None:
