@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -53,11 +54,47 @@ def pytest_report_header() -> str:
     return f"whatsap2p from {where} ({built})"
 
 
+#: What event loops reported to their exception handler during the current test: a task
+#: or future whose exception nobody retrieved, a callback that raised. Each is a bug.
+LOOP_ERRORS: list[dict[str, object]] = []
+
+
+def record_loop_errors(loop: asyncio.AbstractEventLoop) -> asyncio.AbstractEventLoop:
+    """`loop`, reporting what it would only log to LOOP_ERRORS (the test then fails)."""
+
+    def record(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+        LOOP_ERRORS.append(context)
+        loop.default_exception_handler(context)
+
+    loop.set_exception_handler(record)
+    return loop
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    return record_loop_errors(uvloop.new_event_loop())
+
+
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
 ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
-    """The loop the product runs on (`whatsap2p` starts uvloop), so tests see what it does."""
-    return {"uvloop": uvloop.new_event_loop}
+    """The loop the product runs on (`whatsap2p` starts uvloop), so tests see what it does;
+    one that reports what it would only log (see `_no_loop_errors`)."""
+    return {"uvloop": _new_loop}
+
+
+@pytest.fixture(autouse=True)
+def _no_loop_errors() -> Iterator[None]:
+    """Fail a test after which an event loop reported an error it would otherwise only
+    log: a task exception never retrieved, a callback that raised."""
+    LOOP_ERRORS.clear()
+    yield
+    gc.collect()  # what is unreachable now reports an exception nobody retrieved
+    errors, LOOP_ERRORS[:] = list(LOOP_ERRORS), []
+    if errors:
+        described = "; ".join(
+            f"{context.get('message')}: {context.get('exception')!r}" for context in errors
+        )
+        pytest.fail(f"the event loop reported {len(errors)} error(s): {described}")
 
 
 @pytest.fixture(scope="session")

@@ -434,7 +434,10 @@ class _VirtualLoop(asyncio.SelectorEventLoop):
 
 def run_in_virtual_time(main: Callable[[], Coroutine[object, object, T]]) -> T:
     """Run `main()` to its end on a loop whose clock only moves when nothing is ready."""
+    from tests.conftest import record_loop_errors
+
     loop = _VirtualLoop()
+    record_loop_errors(loop)
     try:
         return loop.run_until_complete(main())
     finally:

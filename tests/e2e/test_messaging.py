@@ -241,6 +241,28 @@ def big_photo(folder: Path, mib: int) -> Path:
     return path
 
 
+async def test_a_receiver_killed_mid_photo_is_answered_in_time_and_recorded(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # (uvloop raised RuntimeError writing to the closed transport: the send was never
+    # answered, and the attempt was missing from the history)
+    alice = await cluster.user(ALICE, "--peer-timeout", "5")
+    bob = await cluster.user(BOB)
+    big = big_photo(tmp_path, 48)
+    sending = asyncio.create_task(alice.call("send", to=BOB, photo=str(big)))
+    partial = bob.data_dir / "partial"
+    while not any(p.stat().st_size > 0 for p in partial.glob("*.part")):  # noqa: ASYNC110
+        await asyncio.sleep(0.01)  # until bob is receiving: the event is in bob's process
+    bob.kill()
+    started = asyncio.get_running_loop().time()
+    sent = await asyncio.wait_for(sending, 30)
+    assert asyncio.get_running_loop().time() - started < 5  # within the peer timeout
+    assert sent["delivered"] == []
+    assert [(f["phone"], f["code"]) for f in sent["failed"]] == [(BOB, "unreachable")]
+    (row,) = await alice.call("history", **{"with": BOB, "limit": 5})
+    assert (row["id"], row["state"], row["code"]) == (sent["id"], "failed", "unreachable")
+
+
 async def test_a_receiver_frozen_mid_photo_fails_alone_and_keeps_nothing(
     cluster: Cluster, tmp_path: Path
 ) -> None:
