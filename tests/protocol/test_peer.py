@@ -484,3 +484,15 @@ def test_a_receiver_whose_answers_do_not_drain_times_out() -> None:
     assert pair.receiver.get_timer() == 22  # before the idle deadline (26)
     pair.receiver.handle_timer(22)
     assert pair.receiver.next_event() == ev.ConnectionTimedOut("the peer stopped reading")
+
+
+def test_writes_that_drain_slowly_are_progress_not_a_stall() -> None:
+    pair = TimedPair()
+    data = b"z" * 300
+    pair.send(offer(len(data), data), now=1)
+    pair.answer(ev.Resume("p1", 0), now=1)
+    pair.sender.writing_paused(now=5)
+    pair.sender.writing_progressed(now=24)  # some bytes drained: slow, not stopped
+    assert pair.sender.get_timer() == 44
+    assert pair.timer(25) is None
+    assert pair.timer(44) == ev.ConnectionTimedOut("the peer stopped reading (timed out)")

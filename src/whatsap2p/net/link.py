@@ -71,8 +71,10 @@ class PeerLink(asyncio.Protocol):
         #: Sealed texts not written yet (the turn's batch), and their ids.
         self._out: list[Buffer] = []
         self._unwritten: list[str] = []
-        #: Resolved while the transport drains; a future while it is full.
+        #: Resolved while the transport drains; a future while it is full, and how much
+        #: waited unsent when the connection last looked (to tell slow from stopped).
         self._writable: asyncio.Future[None] | None = None
+        self._unsent = 0
         self._scheduled: float | None = None
         self._entry = 0
         #: Why the link can carry nothing more (set once).
@@ -167,6 +169,8 @@ class PeerLink(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._conn.writing_paused(self._loop.time())
+        if self._transport is not None:
+            self._unsent = self._transport.get_write_buffer_size()
         if self._writable is None:
             self._writable = self._loop.create_future()
         self._arm()
@@ -272,7 +276,13 @@ class PeerLink(asyncio.Protocol):
     def deadline_reached(self) -> None:
         self._scheduled = None
         self._entry = 0
-        self._conn.handle_timer(self._loop.time())
+        now = self._loop.time()
+        if self._writable is not None and self._transport is not None:
+            unsent = self._transport.get_write_buffer_size()
+            if unsent < self._unsent:  # bytes moved since: slow, not stopped
+                self._conn.writing_progressed(now)
+            self._unsent = unsent
+        self._conn.handle_timer(now)
         self._take_events()
         self._arm()
 

@@ -388,6 +388,13 @@ class PeerSender(OverChannel):
         self._stalled_since = None
         self._last_used = now
 
+    def writing_progressed(self, now: float) -> None:
+        """Our writes still wait, but some of them drained since the last look: a slow
+        peer, not a stopped one (a transfer fails when it stops moving, not when it is
+        long)."""
+        if self._stalled_since is not None:
+            self._stalled_since = now
+
     def has_events(self) -> bool:
         return bool(self._events)
 
