@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from tests.memory import MemoryNetwork
 from tests.servers import directory_client, running_server
 from whatsap2p.config import RateLimits
 from whatsap2p.errors import (
@@ -21,6 +22,7 @@ from whatsap2p.errors import (
     ServerUnreachable,
     StoreError,
 )
+from whatsap2p.net.directory_client import DirectoryClient
 from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.keys import StaticKey
 from whatsap2p.server.directory import Bind, Found, MemoryDirectory, Refused, Spend
@@ -229,3 +231,43 @@ async def test_an_unregistered_connection_is_closed_by_the_server(
         await alice.unregister()
         await asyncio.wait_for(alice.closed.wait(), 5)
         assert not server.connections
+
+
+@pytest.mark.parametrize(
+    "junk",
+    ["0.0.0.0", "224.0.0.1", "169.254.169.254", "255.255.255.255", "::", "fe80::1",
+     "example.com", "a\nb\x1b[2J"],
+)  # fmt: skip
+async def test_an_advertised_address_the_directory_cannot_vouch_for_is_refused(
+    junk: str,
+) -> None:
+    async with running_server() as (server, port):
+        alice = await directory_client(port)
+        with pytest.raises(ServerRefused, match=r"advertised host must be an IP|connect to"):
+            await alice.register(ALICE, 4001, junk)
+        assert await server.directory.count() == 0  # nothing published
+        assert (await alice.register(ALICE, 4001)).host == "127.0.0.1"  # it may try again
+        await alice.close()
+
+
+async def test_loopback_and_lan_addresses_go_only_to_where_they_mean_something() -> None:
+    network = MemoryNetwork()
+    async with running_server(network=network) as (_, port):
+
+        async def register(host_seen: str, phone: str, advertised: str) -> str:
+            key = StaticKey.generate()
+            client = await DirectoryClient.connect(
+                "127.0.0.1", port, key, network=network.at(host_seen)
+            )
+            try:
+                return (await client.register(phone, 4001, advertised)).host
+            finally:
+                await client.close()
+
+        assert await register("127.0.0.1", ALICE, "127.0.0.5") == "127.0.0.5"  # same machine
+        assert await register("10.0.0.7", BOB, "192.168.1.5") == "192.168.1.5"  # same LAN
+        assert await register("203.0.113.7", CAROL, "198.51.100.9") == "198.51.100.9"
+        with pytest.raises(ServerRefused, match="loopback"):
+            await register("203.0.113.8", "+5511999990004", "127.0.0.1")
+        with pytest.raises(ServerRefused, match="private address"):
+            await register("203.0.113.9", "+5511999990005", "10.0.0.5")

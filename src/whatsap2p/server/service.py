@@ -36,6 +36,7 @@ from whatsap2p.protocol.channel import Buffer
 from whatsap2p.protocol.directory import DirectoryServerConnection
 from whatsap2p.protocol.keys import StaticKey
 from whatsap2p.protocol.noise import COMPACT, NoiseChannel
+from whatsap2p.server.addresses import InvalidHost, vouched_host
 from whatsap2p.server.bindings import Bindings
 from whatsap2p.server.directory import Bind, Directory, Found, MemoryDirectory, Refused, Spend
 from whatsap2p.server.metrics import ServerMetrics
@@ -530,7 +531,11 @@ class _Client(asyncio.Protocol):
         assert self._conn is not None
         key = self._conn.remote_key
         assert key is not None  # messages only arrive once the channel is established
-        address = ev.PeerAddress(request.phone, request.host or self._ip, request.port, key)
+        try:
+            host = vouched_host(request.host, self._ip)
+        except InvalidHost as exc:
+            return self.failure(request.rid, "invalid-host", str(exc))
+        address = ev.PeerAddress(request.phone, host, request.port, key)
         refused = server.directory.register_limited(address, self._id, spend, server.bind)
         if refused is None or isinstance(refused, str):
             return self._registered(request, address, refused)

@@ -1,0 +1,63 @@
+"""Which address the directory may hand out for a module: only one it can vouch for.
+
+Whoever looks a number up connects where the directory says, so a registration may not
+point them anywhere it likes (a multicast group, a cloud's metadata service, a host name
+resolved on the looker's say, junk for their terminal). The address published is the one
+the server sees the module connect from, unless the module advertises another (a
+forwarded port, `--advertise`), which must be an IP literal of a unicast host:
+- never unspecified, multicast, link-local, reserved or broadcast;
+- loopback only from a module that itself connects from loopback (the same machine);
+- a private LAN address (RFC 1918, carrier-grade NAT, IPv6 unique local) only from a
+  module the server sees at a non-public address too (the server on that LAN).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Final
+
+__all__ = ["InvalidHost", "vouched_host"]
+
+_LANS: Final = tuple(
+    ipaddress.ip_network(net)
+    for net in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
+)
+
+
+class InvalidHost(ValueError):
+    """An advertised host the directory will not hand out; the text says why."""
+
+
+def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    return not (address.is_loopback or any(address in lan for lan in _LANS))
+
+
+def vouched_host(advertised: str | None, observed: str) -> str:
+    """The host to publish for a module the server sees at `observed` that advertised
+    `advertised` (None: the observed one); InvalidHost with why not."""
+    if advertised is None:
+        return observed
+    try:
+        address = ipaddress.ip_address(advertised)
+    except ValueError:
+        shown = advertised[:64].encode("unicode_escape").decode("ascii")
+        raise InvalidHost(f"an advertised host must be an IP address, not {shown!r}") from None
+    if (
+        address.is_unspecified
+        or address.is_multicast
+        or address.is_link_local
+        or (address.is_reserved and not address.is_loopback)
+    ):
+        raise InvalidHost(f"{address} is not an address a peer can connect to")
+    try:
+        seen = ipaddress.ip_address(observed)
+    except ValueError:  # (an in-memory network's host name in tests, say)
+        seen = None
+    if address.is_loopback and not (seen is not None and seen.is_loopback):
+        raise InvalidHost(f"{address} is loopback, and this module is not on this machine")
+    if not _public(address) and not address.is_loopback and (seen is None or _public(seen)):
+        raise InvalidHost(
+            f"{address} is a private address, and the server sees this module at a public"
+            f" one ({observed}): peers elsewhere could not reach it"
+        )
+    return str(address)
