@@ -38,10 +38,12 @@ async def run(*args: str, stdin: bytes = b"", timeout: float = TIMEOUT) -> tuple
 
 
 async def spawn_user(
-    server: str, phone: str, data_dir: Path, *args: str
+    server: str, phone: str, data_dir: Path, *args: str, inside: tuple[str, ...] = ()
 ) -> asyncio.subprocess.Process:
-    """`whatsap2p user` on 127.0.0.1 with a free port, all three standard streams piped."""
+    """`whatsap2p user` on 127.0.0.1 with a free port, all three standard streams piped;
+    `inside`: the command it runs under (`ip netns exec NAME`)."""
     return await asyncio.create_subprocess_exec(
+        *inside,
         WHATSAP2P,
         "user",
         server,
@@ -69,9 +71,13 @@ class ServerProcess:
         self.db = db
 
     @classmethod
-    async def start(cls, db: Path, *args: str, port: int = 0) -> ServerProcess:
-        """A server with its bindings in `db` (its key beside it, in `db`.key)."""
+    async def start(
+        cls, db: Path, *args: str, port: int = 0, inside: tuple[str, ...] = ()
+    ) -> ServerProcess:
+        """A server with its bindings in `db` (its key beside it, in `db`.key); `inside`:
+        the command it runs under (`ip netns exec NAME`)."""
         proc = await asyncio.create_subprocess_exec(
+            *inside,
             WHATSAP2P,
             "server",
             "--port",
@@ -111,9 +117,15 @@ class UserProcess:
 
     @classmethod
     async def start(
-        cls, server: str, phone: str, data_dir: Path, *args: str, wait_ready: bool = True
+        cls,
+        server: str,
+        phone: str,
+        data_dir: Path,
+        *args: str,
+        wait_ready: bool = True,
+        inside: tuple[str, ...] = (),
     ) -> UserProcess:
-        proc = await spawn_user(server, phone, data_dir, "--json", *args)
+        proc = await spawn_user(server, phone, data_dir, "--json", *args, inside=inside)
         user = cls(proc, phone, data_dir)
         if wait_ready:
             user.ready = await user.notification("ready")
