@@ -24,6 +24,8 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 
+from tests.conftest import record_loop_errors
+
 __all__ = [
     "MemoryConnection",
     "MemoryNetwork",
@@ -434,8 +436,6 @@ class _VirtualLoop(asyncio.SelectorEventLoop):
 
 def run_in_virtual_time(main: Callable[[], Coroutine[object, object, T]]) -> T:
     """Run `main()` to its end on a loop whose clock only moves when nothing is ready."""
-    from tests.conftest import record_loop_errors
-
     loop = _VirtualLoop()
     record_loop_errors(loop)
     try:

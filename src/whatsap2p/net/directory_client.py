@@ -79,7 +79,7 @@ def _lost(reason: BaseException) -> ServerUnreachable:
 class DirectoryClient(DirectoryEvents):
     """One connection to the server; the registration lives as long as it does."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: Limits) -> None:
         """Use `connect`: it hands over a connection whose secure channel is established."""
         self._link: DirectoryConnection | None = None
         self._deadlines = Deadlines()
@@ -94,7 +94,7 @@ class DirectoryClient(DirectoryEvents):
         # and its batch).
         self._batches: deque[_LookupBatch] = deque()
         self._lookup_out: tuple[int, _LookupBatch] | None = None
-        self._max_lookup = Limits().max_lookup_phones
+        self._max_lookup = limits.max_lookup_phones
 
     @classmethod
     async def connect(
@@ -113,8 +113,7 @@ class DirectoryClient(DirectoryEvents):
         timeouts = timeouts or Timeouts()
         limits = limits or Limits()
         where = f"{host}:{port}"
-        client = cls()
-        client._max_lookup = limits.max_lookup_phones
+        client = cls(limits)
         now = asyncio.get_running_loop().time()
         conn = client_connection(now, key, limits, timeouts, server_fingerprint)
 

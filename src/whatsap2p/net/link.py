@@ -265,9 +265,6 @@ class PeerLink(asyncio.Protocol):
         """Drop the connection now, unsent bytes and all."""
         self._end(LinkClosed("the link was aborted"))
 
-    async def wait_closed(self) -> None:
-        await asyncio.shield(self._closed)
-
     # --- the deadlines -------------------------------------------------------------------
 
     def entry_current(self, entry: int) -> bool:
@@ -378,11 +375,11 @@ class PeerLink(asyncio.Protocol):
         unwritten = set(self._unwritten)
         self._out.clear()
         self._unwritten.clear()
+        # (a refused connection stored none of what it had not answered yet)
+        refused = isinstance(why, PeerRefused)
         for message_id, waiting in self._waiting.items():
             if waiting.done():
                 continue
-            # (a refused connection stored none of what it had not answered yet)
-            refused = isinstance(why, PeerRefused)
             if not refused and message_id not in unwritten and self._conn.sent_whole(message_id):
                 failure = Unconfirmed(f"{why}; it may have arrived")
                 failure.__cause__ = why

@@ -56,8 +56,6 @@ class LinkPool:
         self._busy: dict[ev.PeerAddress, int] = {}
         self._links: set[PeerLink] = set()
         self._closed = False
-        #: Connections opened since the start (a test's or an operator's measure).
-        self.opened = 0
 
     async def send_text(self, address: ev.PeerAddress, text: ev.Text) -> None:
         """Send `text` on the text link to `address` (opened if there is none; sends made
@@ -165,7 +163,6 @@ class LinkPool:
             self._timeouts,
             self._deadlines,
         )
-        self.opened += 1
         link.on_ended = self._forget
         self._links.add(link)
         if self._closed:

@@ -130,11 +130,6 @@ class SimulatedUser(DirectoryEvents):
 
     # --- what the worker asks -----------------------------------------------------------
 
-    @property
-    def gone(self) -> BaseException | None:
-        """Why the connection is gone (None while it is not)."""
-        return None if self.link is None else self.link.lost_reason
-
     def request(self, message: ev.DirectoryMessage) -> asyncio.Future[ev.Message]:
         """Send `message`; the future gets its answer (or the reason there is none)."""
         future: asyncio.Future[ev.Message] = self._loop.create_future()

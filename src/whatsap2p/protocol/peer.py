@@ -395,9 +395,6 @@ class PeerSender(OverChannel):
         if self._stalled_since is not None:
             self._stalled_since = now
 
-    def has_events(self) -> bool:
-        return bool(self._events)
-
     def next_event(self) -> SenderEvent | None:
         return self._events.popleft() if self._events else None
 
