@@ -24,7 +24,7 @@ COMPILED = [
     "src/whatsap2p/protocol/noise.py",
     "src/whatsap2p/protocol/peer.py",
     "src/whatsap2p/server/directory.py",
-    "src/whatsap2p/server/ratelimit.py",
+    "src/whatsap2p/ratelimit.py",
     "src/whatsap2p/server/service.py",
     "src/whatsap2p/net/deadlines.py",
     "src/whatsap2p/net/directory_connection.py",

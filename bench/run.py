@@ -34,12 +34,14 @@ from baselines import Scp, Wormhole, python_echo, redis_get, redis_missing, redi
 from cluster import directory_cluster
 from PIL import Image
 
+from whatsap2p.app.contacts import FILE_NAME as CONTACTS_FILE
+from whatsap2p.app.contacts import AddressBook
 from whatsap2p.app.session import Session, SessionConfig
 from whatsap2p.config import Limits
 
 MB = 1_000_000
 
-ALICE, BOB = "+5511999990001", "+5511999990002"
+ALICE, BOB, PIPELINED = "+5511999990001", "+5511999990002", "+5511999990003"
 WHATSAP2P = str(Path(sys.executable).parent / "whatsap2p")
 RUNS = 5
 
@@ -464,7 +466,7 @@ async def pipelined_texts(
         "user",
         f"127.0.0.1:{server_port}",
         "--phone",
-        "+5511999990003",
+        PIPELINED,
         "--json",
         "--data-dir",
         str(work / "pipelined"),
@@ -524,6 +526,11 @@ async def main(out: Path | None, quick: bool) -> None:
         server, line = await within("start the server", start_server(work / "server.sqlite3"))
         procs.append(server)
         server_port = int(line.rsplit(":", 1)[1])
+        # B's contacts: A and the pipelining module (a stranger's burst is cut short).
+        (work / "bob").mkdir()
+        book = AddressBook.load(work / "bob" / CONTACTS_FILE)
+        book.add_contact("alice", ALICE)
+        book.add_contact("pipelined", PIPELINED)
         bob, _ = await within(
             "start B",
             spawn(

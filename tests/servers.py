@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tests.memory import MemoryNetwork
 from whatsap2p.app.session import Session, SessionConfig
-from whatsap2p.config import Limits, RateLimits, Timeouts
+from whatsap2p.config import IncomingLimits, Limits, RateLimits, Timeouts
 from whatsap2p.net.directory_client import DirectoryClient
 from whatsap2p.net.network import Network, TcpNetwork
 from whatsap2p.protocol.keys import StaticKey
@@ -73,6 +73,7 @@ def session_config(
     data_dir: Path,
     limits: Limits | None = None,
     network: Network | None = None,
+    incoming: IncomingLimits | None = None,
     **timeouts: float,
 ) -> SessionConfig:
     """On the in-memory `network`, the session listens on its own host's every address
@@ -84,6 +85,7 @@ def session_config(
         data_dir=data_dir,
         listen_host="127.0.0.1" if network is None else "0.0.0.0",
         limits=limits or Limits(),
+        incoming=incoming or IncomingLimits(),
         timeouts=replace(FAST, **timeouts),
         network=network or TcpNetwork(),
     )
@@ -128,11 +130,16 @@ class World:
         return None if self.network is None else self.network.at(self.host_of(phone))
 
     async def user(
-        self, phone: str, limits: Limits | None = None, data_dir: str = "", **timeouts: float
+        self,
+        phone: str,
+        limits: Limits | None = None,
+        data_dir: str = "",
+        incoming: IncomingLimits | None = None,
+        **timeouts: float,
     ) -> Session:
         folder = self.root / (data_dir or phone)
         network = self.network_of(phone)
-        config = session_config(self.port, phone, folder, limits, network, **timeouts)
+        config = session_config(self.port, phone, folder, limits, network, incoming, **timeouts)
         return await self.stack.enter_async_context(Session(config))
 
     async def client(self, phone: str, key: StaticKey | None = None) -> DirectoryClient:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Limits", "MiB", "RateLimits", "Timeouts"]
+__all__ = ["IncomingLimits", "Limits", "MiB", "RateLimits", "Timeouts"]
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -51,10 +51,44 @@ class Limits:
     #: Connections a module opens to one peer for photos at once (its texts share one
     #: more); fewer than a receiver takes from one IP, so a second sender there gets in.
     max_links_per_peer: int = 32
-    #: Incoming photos written at once, each through a 1 MiB buffer; more wait for one
-    #: (their senders' bytes wait in TCP meanwhile), so a crowd of senders costs this many
-    #: MiB, not one each.
+    #: Incoming photos written at once, each through a 1 MiB buffer (about 3.5 MiB each in
+    #: all); more wait for their turn before their offer is answered, their senders
+    #: sending nothing meanwhile, so a crowd of any size costs this many photos' memory.
     max_photos_writing: int = 32
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingLimits:
+    """Receiver side: how much one sender may make us store, and how much disk arriving
+    photos may take. Contacts (numbers in the address book or one of its groups) get more
+    than strangers: a stranger can say hello and send a photo, not flood a person or a
+    disk. A message over a limit is answered `rejected` with a code the sender sees
+    (`rate-limited`, `no-room`: try later); nothing over a limit is stored or shown."""
+
+    #: Messages (texts and photo offers) per second from one contact, and the burst it may
+    #: save up (a contact's outbox, flushed when we come online, arrives as one burst).
+    contact_messages_rate: float = 200.0
+    contact_messages_burst: float = 20_000.0
+    #: The same for a stranger: a conversation's opening, then one a second.
+    stranger_messages_rate: float = 1.0
+    stranger_messages_burst: float = 30.0
+    #: Photo bytes per second from one sender, and the burst (at least `max_photo_bytes`,
+    #: or the largest photo could never arrive).
+    contact_photo_rate: float = 64 * MiB
+    contact_photo_burst: float = 1024 * MiB
+    stranger_photo_rate: float = 256 * KiB
+    stranger_photo_burst: float = 64 * MiB
+    #: Bytes of photos arriving (or interrupted, kept for a resume, `partial/`) from one
+    #: sender, and from everyone together; an offer that does not fit after the sender's
+    #: own older interrupted transfers are dropped is refused before any byte flows.
+    contact_partial_bytes: int = 256 * MiB
+    stranger_partial_bytes: int = 64 * MiB
+    partial_bytes: int = 1024 * MiB
+    #: Free space an arriving photo must leave on the data dir's disk, for the history
+    #: and everything else the module writes.
+    disk_reserve: int = 64 * MiB
+    #: Senders remembered (least recently heard from forgotten first).
+    max_senders: int = 65536
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +134,10 @@ class Timeouts:
     #: read (closing with unread bytes sends a TCP reset, which can destroy the refusal
     #: before the sender reads it).
     refusal_grace: float = 2.0
+    #: Receiver side: a photo offered again while an earlier transfer of it is under way
+    #: waits this long for that one to end (its sender most likely gave up on it), so
+    #: that it resumes from what that one kept.
+    supersede: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,9 @@
     │   └── PhotoRejected             missing, unreadable, not an image, too large
     ├── StoreError                    a local file we cannot use
     │   └── CorruptContactsFile
+    ├── IncomingRefused               we refuse a peer's message for now; `code` tells it
+    │   ├── SenderThrottled           "rate-limited": over its sender's limits
+    │   └── NoRoom                    "no-room": no room for it on our disk
     ├── CannotListen                  the address to accept peers on is taken or invalid
     ├── DirectoryError                the central server said no or went away
     │   ├── ServerUnreachable
@@ -28,6 +31,8 @@
         ├── PeerRefused               "refused": it refused the whole connection (`closing`)
         ├── PeerIdentityChanged       "identity-changed": not the key pinned for the number
         ├── DeliveryRejected          "rejected": it read the message and will not store it
+        ├── PeerThrottled             "rate-limited": over the receiver's limits for us
+        ├── PeerFull                  "no-room": the receiver has no room for it now
         ├── PeerProtocolError         "protocol": it broke the peer protocol
         ├── Unconfirmed               "unconfirmed": it was sent, no answer came back
         └── RecipientOffline          "offline": not online at the server
@@ -35,8 +40,9 @@
 A DeliveryFailed's `code` is stable (scripts read it in a `send` result's `failed`
 entries, the UIs choose what to show by it); its text is for people and may change.
 Retrying helps with "unreachable", "timeout", "refused" and "unconfirmed" (the receiver
-recognises a message it already has by its id); it cannot with "identity-changed" (the
-user must `trust` the new key first) or "rejected".
+recognises a message it already has by its id), and later with "rate-limited" and
+"no-room"; it cannot with "identity-changed" (the user must `trust` the new key first)
+or "rejected".
 """
 
 from __future__ import annotations
@@ -45,22 +51,27 @@ from typing import ClassVar
 
 __all__ = [
     "DELIVERY_CODES",
+    "REJECTIONS",
     "CannotListen",
     "CorruptContactsFile",
     "DeliveryFailed",
     "DeliveryRejected",
     "DirectoryError",
     "FrameTooLarge",
+    "IncomingRefused",
     "InvalidInput",
     "InvalidPhoneNumber",
     "LinkClosed",
     "LocalProtocolError",
     "NameConflict",
+    "NoRoom",
     "NumberAlreadyOnline",
     "NumberBound",
+    "PeerFull",
     "PeerIdentityChanged",
     "PeerProtocolError",
     "PeerRefused",
+    "PeerThrottled",
     "PeerTimedOut",
     "PeerUnreachable",
     "PhotoRejected",
@@ -69,6 +80,7 @@ __all__ = [
     "RecipientOffline",
     "RemoteKeyMismatch",
     "RemoteProtocolError",
+    "SenderThrottled",
     "ServerKeyMismatch",
     "ServerRefused",
     "ServerUnreachable",
@@ -133,6 +145,26 @@ class StoreError(WhatsAp2pError):
 
 class CorruptContactsFile(StoreError):
     """The contacts file exists but is not one we wrote; it is left untouched."""
+
+
+class IncomingRefused(WhatsAp2pError):
+    """We will not store a peer's message now; `code` goes to its sender with `rejected`
+    (docs/protocol.md §6.7), who may try again later."""
+
+    code: ClassVar[str]
+
+
+class SenderThrottled(IncomingRefused):
+    """The sender is over its limits (incoming messages or photo bytes per second)."""
+
+    code = "rate-limited"
+
+
+class NoRoom(IncomingRefused):
+    """No room for the message: the sender's or everyone's share of arriving photos is
+    taken, or the disk would be (too) full."""
+
+    code = "no-room"
 
 
 class CannotListen(WhatsAp2pError):
@@ -210,6 +242,20 @@ class DeliveryRejected(DeliveryFailed):
     code = "rejected"
 
 
+class PeerThrottled(DeliveryFailed):
+    """The peer refused the message for now: we sent it more than its limits for us
+    (stricter when we are not its contact). Retrying later helps."""
+
+    code = "rate-limited"
+
+
+class PeerFull(DeliveryFailed):
+    """The peer has no room for the message now (its disk, or its share for arriving
+    photos). Retrying later may help."""
+
+    code = "no-room"
+
+
 class PeerProtocolError(DeliveryFailed):
     """The peer broke the peer protocol."""
 
@@ -235,7 +281,16 @@ DELIVERY_CODES: tuple[str, ...] = (
     "refused",
     "identity-changed",
     "rejected",
+    "rate-limited",
+    "no-room",
     "protocol",
     "unconfirmed",
     "offline",
 )
+
+#: What a `rejected` answer's `code` means to its sender (an unknown or absent code:
+#: DeliveryRejected, final).
+REJECTIONS: dict[str, type[DeliveryFailed]] = {
+    PeerThrottled.code: PeerThrottled,
+    PeerFull.code: PeerFull,
+}

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.e2e.procs import ServerProcess, UserProcess
+from whatsap2p.app.contacts import FILE_NAME as CONTACTS_FILE
+from whatsap2p.app.contacts import AddressBook
 
 ALICE, BOB = "+5511999990001", "+5511999990002"
 #: The soak is a load test: the operator lets one host look up as fast as it likes.
@@ -71,6 +73,9 @@ async def soak(root: Path, count: int) -> SoakResult:
     server = await ServerProcess.start(db, *LOAD_RATES)
     alice = await UserProcess.start(server.address, ALICE, root / "alice")
     users = [alice]
+    # Friends: B takes a burst from a contact (a stranger's would be held to its limits).
+    (root / "bob").mkdir(parents=True, exist_ok=True)
+    AddressBook.load(root / "bob" / CONTACTS_FILE).add_contact("alice", ALICE)
     shown: list[str] = []
     kills = restarts = 0
     try:

@@ -136,7 +136,7 @@ DOCUMENTED: dict[str, dict[str, str]] = {
     "chunk": {"id": "str", "data": "bin"},
     "photo-end": {"id": "str", "sha256": "str"},
     "ack": {"id": "str"},
-    "rejected": {"id": "str", "reason": "str"},
+    "rejected": {"id": "str", "reason": "str", "code": "str?"},
     "closing": {"reason": "str"},
 }
 

@@ -24,7 +24,7 @@ from whatsap2p.ui.tui.dialogs import FormDialog, TrustDialog, complete_path
 from whatsap2p.ui.tui.model import SENDING, Row
 from whatsap2p.ui.tui.widgets import ConversationItem, MessageBox, StatusLine
 
-ALICE, BOB, CAROL, DAVE = (f"+551199999000{i}" for i in range(1, 5))
+ALICE, BOB, CAROL, DAVE, ERIN = (f"+551199999000{i}" for i in range(1, 6))
 
 
 @pytest.fixture
@@ -301,7 +301,7 @@ async def test_plain_mode_commands_work_as_typed(world: World) -> None:
 async def test_a_failure_is_shown_by_its_code() -> None:
     """What a failed recipient shows is chosen by the failure's code, not its words."""
     row = Row("pending", ALICE, "2026-11-27T12:00:00+00:00", mine=True, text="hi all")
-    row.states = dict.fromkeys([BOB, CAROL, DAVE], SENDING)
+    row.states = dict.fromkeys([BOB, CAROL, DAVE, ERIN], SENDING)
     row.apply(
         DeliveryReport(
             "m1",
@@ -309,10 +309,11 @@ async def test_a_failure_is_shown_by_its_code() -> None:
                 FailedDelivery(BOB, "unconfirmed", "no acknowledgement (timed out)"),
                 FailedDelivery(CAROL, "identity-changed", "words that may change"),
                 FailedDelivery(DAVE, "unreachable", "connection refused"),
+                FailedDelivery(ERIN, "rate-limited", "too many messages"),
             ],
         )
     )
-    names = {BOB: "bob", CAROL: "carol", DAVE: "dave"}
+    names = {BOB: "bob", CAROL: "carol", DAVE: "dave", ERIN: "erin"}
 
     class Shown(App[None]):
         def compose(self) -> ComposeResult:
@@ -325,7 +326,8 @@ async def test_a_failure_is_shown_by_its_code() -> None:
     assert states == (
         "? bob may have arrived: no acknowledgement (timed out)  "
         f"✗ carol failed: identity changed, nothing was sent (check the new key, then /trust "
-        f"{CAROL})  ✗ dave failed: connection refused"
+        f"{CAROL})  ✗ dave failed: connection refused  "
+        "✗ erin not now: too many messages (send it again later)"
     )
 
 

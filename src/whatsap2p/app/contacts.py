@@ -154,6 +154,12 @@ class AddressBook:
         del self._contacts[name]
         self._save()
 
+    def knows(self, phone: str) -> bool:
+        """Whether `phone` is a contact or in one of the groups (not a stranger)."""
+        return phone in self._contacts.values() or any(
+            phone in members for members in self._groups.values()
+        )
+
     def name_of(self, phone: str) -> str | None:
         """The contact name for `phone` (the first alphabetically if several)."""
         names = sorted(name for name, p in self._contacts.items() if p == phone)

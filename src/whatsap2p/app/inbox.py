@@ -1,5 +1,6 @@
-"""What arrives: the listener's `Inbound` — senders checked, messages stored before they
-are acknowledged, then published to the UI, each shown once."""
+"""What arrives: the listener's `Inbound` — senders checked and held to their limits
+(`IncomingLimits`: contacts more than strangers), messages stored before they are
+acknowledged, then published to the UI, each shown once."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from whatsap2p.app.events import PhotoReceived, SessionEvent, TextReceived
 from whatsap2p.app.history import History
 from whatsap2p.app.photos import IncomingPhoto, PhotoFile, PhotoStore
 from whatsap2p.app.trust import Trust
-from whatsap2p.errors import DirectoryError, PeerRefused
+from whatsap2p.config import IncomingLimits
+from whatsap2p.errors import DirectoryError, PeerRefused, SenderThrottled
 from whatsap2p.protocol import events as ev
+from whatsap2p.ratelimit import BucketsByKey
 
 __all__ = ["Inbox"]
 
@@ -28,6 +31,7 @@ class Inbox:
         trust: Trust,
         lookup: Callable[[list[str]], Awaitable[dict[str, ev.PeerAddress]]],
         publish: Callable[[SessionEvent], None],
+        limits: IncomingLimits | None = None,
     ) -> None:
         self._history = history
         self._book = book
@@ -35,6 +39,19 @@ class Inbox:
         self._trust = trust
         self._lookup = lookup
         self._publish = publish
+        self._limits = limits = limits or IncomingLimits()
+        # A bucket per sender, contacts' (True) and strangers' (False).
+        most = limits.max_senders
+        self._messages = {
+            True: BucketsByKey(limits.contact_messages_rate, limits.contact_messages_burst, most),
+            False: BucketsByKey(
+                limits.stranger_messages_rate, limits.stranger_messages_burst, most
+            ),
+        }
+        self._photo_bytes = {
+            True: BucketsByKey(limits.contact_photo_rate, limits.contact_photo_burst, most),
+            False: BucketsByKey(limits.stranger_photo_rate, limits.stranger_photo_burst, most),
+        }
 
     def show_again(self) -> None:
         """Publish what was stored but never shown before the last run ended."""
@@ -73,9 +90,28 @@ class Inbox:
         if refusal is not None:
             raise refusal
 
+    def _admit(self, sender: str) -> bool:
+        """Take a message from `sender`'s allowance, or refuse it with SenderThrottled;
+        whether `sender` is a contact."""
+        known = self._book.knows(sender)
+        now = asyncio.get_running_loop().time()
+        if not self._messages[known].take(sender, now):
+            limits = self._limits
+            rate, burst = (
+                (limits.contact_messages_rate, limits.contact_messages_burst)
+                if known
+                else (limits.stranger_messages_rate, limits.stranger_messages_burst)
+            )
+            raise SenderThrottled(
+                f"too many messages: {burst:g} at once, then {rate:g} a second"
+                + ("" if known else " from a number not in the contacts")
+            )
+        return known
+
     def text_received(self, sender: str, text: ev.Text) -> Awaitable[None]:
         # Stored before it is acknowledged; a copy already stored is acknowledged again
         # (the sender retried) but not shown twice.
+        self._admit(sender)
         stored = self._history.store_received(
             text.id, sender, text.group, text.timestamp, text=text.body
         )
@@ -93,7 +129,20 @@ class Inbox:
     def photo_offered(self, sender: str, offer: ev.PhotoOffer) -> _PhotoSink | None:
         if self._history.was_received(offer.id, sender):
             return None  # already stored: acknowledge without taking the bytes again
-        return _PhotoSink(self, sender, offer, self._photos.begin(sender, offer))
+        known = self._admit(sender)
+        limits = self._limits
+        share = limits.contact_partial_bytes if known else limits.stranger_partial_bytes
+        incoming = self._photos.begin(sender, offer, share)
+        # The bytes still to come are taken from the sender's allowance now, and those
+        # that do not come (an interrupted transfer) given back.
+        photo_bytes = self._photo_bytes[known]
+        if not photo_bytes.take(sender, asyncio.get_running_loop().time(), incoming.left):
+            incoming.interrupted()  # (what it kept from before stays, for a resume)
+            raise SenderThrottled(
+                "too many photo bytes: try later"
+                + ("" if known else " (a number not in the contacts)")
+            )
+        return _PhotoSink(sender, offer, incoming, self, photo_bytes)
 
     async def photo_stored(self, sender: str, offer: ev.PhotoOffer, stored: PhotoFile) -> None:
         if not await self._history.store_received(
@@ -109,13 +158,22 @@ class _PhotoSink:
     """Where one incoming photo's chunks go (net.listener.PhotoSink)."""
 
     def __init__(
-        self, inbox: Inbox, sender: str, offer: ev.PhotoOffer, incoming: IncomingPhoto
+        self,
+        sender: str,
+        offer: ev.PhotoOffer,
+        incoming: IncomingPhoto,
+        inbox: Inbox,
+        allowance: BucketsByKey,
     ) -> None:
-        self._inbox = inbox
         self._sender = sender
         self._offer = offer
         self._incoming = incoming
+        self._inbox = inbox
+        self._allowance = allowance
         self.offset = incoming.offset
+
+    async def turn(self) -> None:
+        await self._incoming.turn()
 
     async def write(self, data: memoryview) -> None:
         await self._incoming.write(data)
@@ -126,3 +184,4 @@ class _PhotoSink:
 
     def interrupted(self) -> None:
         self._incoming.interrupted()
+        self._allowance.give(self._sender, self._incoming.left)  # taken, never sent

@@ -16,6 +16,7 @@ import hashlib
 import mmap
 import os
 import re
+import shutil
 import threading
 import unicodedata
 import warnings
@@ -27,8 +28,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from whatsap2p.config import Limits
-from whatsap2p.errors import DeliveryFailed, PhotoRejected
+from whatsap2p.config import IncomingLimits, Limits, MiB
+from whatsap2p.errors import DeliveryFailed, NoRoom, PhotoRejected
 from whatsap2p.protocol.events import PhotoOffer
 
 __all__ = [
@@ -194,28 +195,35 @@ class PhotoStream:
             digest.update(data)
             return data
 
+        ahead: deque[asyncio.Future[bytes]] = deque()
         try:
+            # (the file closes after the reader has stopped: no read is left to find it
+            # closed when the sender stops early)
             with (
-                ThreadPoolExecutor(1, thread_name_prefix="photo-reader") as reader,
                 photo.path.open("rb") as source,
+                ThreadPoolExecutor(1, thread_name_prefix="photo-reader") as reader,
             ):
-                before = self._offset
-                while before:  # the bytes the receiver kept still count in the digest
-                    step = min(before, _KEY_SAMPLE)
-                    await loop.run_in_executor(reader, read, step)
-                    before -= step
-                unread = photo.size - self._offset
-                ahead: deque[asyncio.Future[bytes]] = deque()
-                while unread or ahead:
-                    while unread and len(ahead) < self._AHEAD:
-                        step = min(self._chunk_size, unread)
-                        ahead.append(loop.run_in_executor(reader, read, step))
-                        unread -= step
-                    chunk = await ahead.popleft()
-                    yield chunk
-                    self.done += len(chunk)
-                    if self.on_progress is not None:
-                        self.on_progress()
+                try:
+                    before = self._offset
+                    while before:  # the bytes the receiver kept still count in the digest
+                        step = min(before, _KEY_SAMPLE)
+                        await loop.run_in_executor(reader, read, step)
+                        before -= step
+                    unread = photo.size - self._offset
+                    while unread or ahead:
+                        while unread and len(ahead) < self._AHEAD:
+                            step = min(self._chunk_size, unread)
+                            ahead.append(loop.run_in_executor(reader, read, step))
+                            unread -= step
+                        chunk = await ahead.popleft()
+                        yield chunk
+                        self.done += len(chunk)
+                        if self.on_progress is not None:
+                            self.on_progress()
+                finally:
+                    for early in ahead:  # the sender stopped: reads ahead are not needed
+                        early.cancel()
+                    reader.shutdown(cancel_futures=True)
         except OSError as exc:
             raise DeliveryFailed(f"cannot read the photo: {exc.strerror}") from exc
         self.sha256 = digest.hexdigest()
@@ -245,10 +253,10 @@ _DIRECT = getattr(os, "O_DIRECT", 0)
 
 class _Stages:
     """How many photos may hold a staging buffer at once, so that many photos arriving
-    together cost `size` MiB, not one each. A photo takes its turn on the event loop
-    before its first bytes go to its writer thread (so no thread ever waits for one), and
-    gives it back when it closes, from whichever thread that is. A photo waiting for its
-    turn holds no memory, and its sender's bytes wait in TCP meanwhile."""
+    together cost `size` photos' memory, not one each. A photo takes its turn on the
+    event loop before its offer is answered (so no thread ever waits for one), and gives
+    it back when it closes, from whichever thread that is. A photo waiting for its turn
+    holds no memory: its sender waits for the answer to its offer meanwhile."""
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -401,6 +409,8 @@ class IncomingPhoto:
         self._offer = offer
         self._digest = hashlib.sha256()
         self.offset = 0
+        #: An earlier write failed (the disk is full, say): its bytes are not kept.
+        self._failed = False
         try:
             if path.exists() and 0 < path.stat().st_size < offer.size:
                 with path.open("rb") as kept:  # the hash resumes too
@@ -410,7 +420,7 @@ class IncomingPhoto:
             self._file: _DiskWriter | None = _DiskWriter(path, self.offset)
         except OSError as exc:
             store.release(key)
-            raise PhotoRejected(f"receiver cannot store photos: {exc.strerror}") from exc
+            raise _storing_failed("photos", exc) from exc
         self._written = self.offset
         self._staged = False  # holds one of the store's turns for a buffer
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="photo-writer")
@@ -421,12 +431,32 @@ class IncomingPhoto:
         """Where its bytes are kept while it arrives (in `partial/`)."""
         return self._path
 
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Queue `data` for the disk (the first, once this photo's turn for a buffer has
-        come); PhotoRejected if an earlier write failed."""
+    @property
+    def size(self) -> int:
+        """Its size, once whole."""
+        return self._offer.size
+
+    @property
+    def written(self) -> int:
+        """How many of its bytes are here (kept from before, or written)."""
+        return self._written
+
+    @property
+    def left(self) -> int:
+        """How many of its bytes are still to come."""
+        return self._offer.size - self._written
+
+    async def turn(self) -> None:
+        """Once this photo's turn to be written has come (see `_Stages`): taken before its
+        bytes are asked for, so that photos waiting for theirs hold no memory."""
         if not self._staged:
             await self._store.stages.take()
             self._staged = True
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue `data` for the disk (once this photo's turn has come); PhotoRejected or
+        NoRoom if an earlier write failed."""
+        await self.turn()
         self._in_flight.append(self._worker.submit(self._write, data))
         while len(self._in_flight) > self._IN_FLIGHT or (
             self._in_flight and self._in_flight[0].done()
@@ -438,7 +468,8 @@ class IncomingPhoto:
         try:
             self._file.write(data)
         except OSError as exc:
-            raise PhotoRejected(f"receiver cannot store the photo: {exc.strerror}") from exc
+            self._failed = True
+            raise _storing_failed("the photo", exc) from exc
         self._digest.update(data)
         self._written += len(data)
 
@@ -462,7 +493,7 @@ class IncomingPhoto:
                 self._file.flush()
                 self._file.fsync()
             except OSError as exc:
-                raise PhotoRejected(f"receiver cannot store the photo: {exc.strerror}") from exc
+                raise _storing_failed("the photo", exc) from exc
             self._close()
             if self._written != offer.size:
                 raise PhotoRejected(f"received {self._written} of {offer.size} bytes")
@@ -499,7 +530,11 @@ class IncomingPhoto:
         """Keep the bytes received so far for a resume; nothing is shown. (Unless the same
         photo arrived whole meanwhile, over another connection: then they are not needed.)"""
         self._close()
-        if not 0 < self._written < self._offer.size or self._store.arrived(self._key):
+        if (
+            self._failed
+            or not 0 < self._written < self._offer.size
+            or self._store.arrived(self._key)
+        ):
             with contextlib.suppress(FileNotFoundError):
                 self._path.unlink()
         self._store.release(self._key)
@@ -512,7 +547,7 @@ class IncomingPhoto:
         self._store.release(self._key)
 
     def _close(self) -> None:
-        with contextlib.suppress(PhotoRejected):
+        with contextlib.suppress(PhotoRejected, NoRoom):
             self._settle()
         if self._file is not None:
             with contextlib.suppress(OSError):  # (bytes kept or not, a resume re-checks them)
@@ -524,18 +559,40 @@ class IncomingPhoto:
             self._store.stages.give()
 
 
+def _mib(size: int) -> str:
+    return f"{size / MiB:.1f} MiB"
+
+
+def _storing_failed(what: str, error: OSError) -> PhotoRejected | NoRoom:
+    """Why the receiver cannot store `what`: no room on its disk is a refusal for now."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoRoom(f"receiver cannot store {what}: its disk is full")
+    return PhotoRejected(f"receiver cannot store {what}: {error.strerror}")
+
+
 _TWIN = "~"  # between a photo's key and the suffix of a second transfer of it at once
 
 
 class PhotoStore:
-    """The data dir's `photos/` folder, and `partial/` for transfers still under way."""
+    """The data dir's `photos/` folder, and `partial/` for transfers still under way.
 
-    def __init__(self, folder: Path, limits: Limits, partial: Path | None = None) -> None:
+    Arriving photos are given room before any of their bytes flow (`IncomingLimits`):
+    each sender's share, everyone's together, and the disk's free space less a reserve
+    (arriving photos counted at their whole size, interrupted ones at what they kept)."""
+
+    def __init__(
+        self,
+        folder: Path,
+        limits: Limits,
+        partial: Path | None = None,
+        incoming: IncomingLimits | None = None,
+    ) -> None:
         self.folder = folder
         self.partial = partial or folder.parent / "partial"
         self.limits = limits
+        self.incoming = incoming or IncomingLimits()
         self.stages = _Stages(limits.max_photos_writing)
-        self._active: set[str] = set()
+        self._active: dict[str, IncomingPhoto] = {}
         self._arrived: dict[str, None] = {}  # the photos stored lately (a bounded set)
 
     def open(self, now: float, keep_partial: float) -> None:
@@ -551,15 +608,72 @@ class PhotoStore:
                 if now - partial.stat().st_mtime > keep_partial:
                     partial.unlink()
 
-    def begin(self, sender: str, offer: PhotoOffer) -> IncomingPhoto:
+    def begin(self, sender: str, offer: PhotoOffer, share: int | None = None) -> IncomingPhoto:
+        """Take photo `offer` from `sender`, who may have `share` bytes of photos arriving
+        (or kept) at once; NoRoom when it does not fit (see the class)."""
         key = f"{sender.lstrip('+')}-{offer.key}-{offer.size}"
         if key in self._active:  # the same photo arriving twice at once: no resume
             key = f"{key}{_TWIN}{os.urandom(4).hex()}"
-        self._active.add(key)
-        return IncomingPhoto(self, key, self.partial / f"{key}.part", offer)
+        self._make_room(sender, key, offer.size, share)
+        photo = self._active[key] = IncomingPhoto(self, key, self.partial / f"{key}.part", offer)
+        return photo
+
+    def _make_room(self, sender: str, key: str, size: int, share: int | None) -> None:
+        limits = self.incoming
+        source = key.split("-", 1)[0]  # (a partial's name starts with its sender's digits)
+        kept: list[tuple[float, Path, int]] = []  # interrupted transfers: (mtime, path, size)
+        own = 0  # the bytes this photo kept from an earlier transfer (part of its size)
+        mine = total = size
+        for path in self.partial.glob("*.part"):
+            if path.stem in self._active:
+                continue
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            if path.stem == key:
+                own = min(stat.st_size, size)
+                continue
+            total += stat.st_size
+            if path.name.split("-", 1)[0] == source:
+                mine += stat.st_size
+                kept.append((stat.st_mtime, path, stat.st_size))
+        arriving = list(self._active.values())
+        for photo in arriving:
+            total += photo.size
+            if photo.path.name.split("-", 1)[0] == source:
+                mine += photo.size
+        if share is not None and mine > share:
+            kept.sort()  # the sender's own older interrupted transfers give way first
+            while kept and mine > share:
+                _, path, kept_size = kept.pop(0)
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                mine -= kept_size
+                total -= kept_size
+            if mine > share:
+                raise NoRoom(
+                    f"photos arriving from {sender} would take more than their "
+                    f"{_mib(share)} share at once"
+                )
+        if total > limits.partial_bytes:
+            raise NoRoom(
+                f"photos arriving would take more than {_mib(limits.partial_bytes)} at once"
+            )
+        try:
+            free = shutil.disk_usage(self.partial).free
+        except OSError as exc:
+            raise _storing_failed("photos", exc) from exc
+        needed = size - own + sum(photo.size - photo.written for photo in arriving)
+        if free - needed < limits.disk_reserve:
+            raise NoRoom(
+                f"not enough room on the receiver's disk ({_mib(free)} free, "
+                f"{_mib(needed)} needed by photos arriving, "
+                f"{_mib(limits.disk_reserve)} kept free)"
+            )
 
     def release(self, key: str) -> None:
-        self._active.discard(key)
+        self._active.pop(key, None)
 
     def stored(self, key: str) -> None:
         """Photo `key` arrived whole: what other transfers of it kept is not needed."""

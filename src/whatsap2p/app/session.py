@@ -45,7 +45,7 @@ from whatsap2p.app.sending import Sender
 from whatsap2p.app.storage import DataDirLock, remove_leftovers
 from whatsap2p.app.trust import FILE_NAME as TRUST_FILE
 from whatsap2p.app.trust import Trust, TrustStore
-from whatsap2p.config import Limits, Timeouts
+from whatsap2p.config import IncomingLimits, Limits, Timeouts
 from whatsap2p.errors import (
     CannotListen,
     InvalidInput,
@@ -82,6 +82,8 @@ class SessionConfig:
     #: Refuse any server whose key does not have this fingerprint.
     server_fingerprint: str | None = None
     limits: Limits = field(default_factory=Limits)
+    #: How much one sender may make us store (contacts more than strangers).
+    incoming: IncomingLimits = field(default_factory=IncomingLimits)
     timeouts: Timeouts = field(default_factory=Timeouts)
     #: More servers of the same deployment (sharing one directory and one key), tried in
     #: turn after (server_host, server_port) when it does not answer or is lost.
@@ -105,7 +107,9 @@ class Session:
         )
         self.trust = TrustStore.load(config.data_dir / TRUST_FILE)
         self._keys = Trust(self.trust, self._key_changed)
-        self.photos = PhotoStore(config.data_dir / "photos", config.limits)
+        self.photos = PhotoStore(
+            config.data_dir / "photos", config.limits, incoming=config.incoming
+        )
         self.events: asyncio.Queue[SessionEvent] = asyncio.Queue()
         self.listen_address: tuple[str, int] | None = None
         self.identity: StaticKey | None = None
@@ -198,7 +202,13 @@ class Session:
             limits,
         )
         self._inbox = inbox = Inbox(
-            history, self.book, self.photos, self._keys, self.lookup, self._publish
+            history,
+            self.book,
+            self.photos,
+            self._keys,
+            self.lookup,
+            self._publish,
+            config.incoming,
         )
         self._listener = PeerListener(inbox, identity, limits, timeouts, network)
         try:

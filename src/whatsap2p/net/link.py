@@ -19,6 +19,7 @@ from typing import Protocol
 
 from whatsap2p.config import Limits, Timeouts
 from whatsap2p.errors import (
+    REJECTIONS,
     DeliveryFailed,
     DeliveryRejected,
     LinkClosed,
@@ -235,11 +236,17 @@ class PeerLink(asyncio.Protocol):
                 self._answer(answer, early)
             source = stream_from(decision.offset)
             async with contextlib.aclosing(aiter(source)) as chunks:
-                async for chunk in chunks:
-                    if answer.done():  # refused early (or the link ended): stop sending
-                        break
-                    self._write(ev.PhotoChunk(offer.id, memoryview(chunk)))
-                    await self._drained()
+                try:
+                    async for chunk in chunks:
+                        if answer.done():  # refused early (or the link ended): stop sending
+                            break
+                        self._write(ev.PhotoChunk(offer.id, memoryview(chunk)))
+                        await self._drained()
+                except DeliveryFailed:
+                    if not answer.done():
+                        raise
+                    # Refused, and the receiver closed the connection after saying so: the
+                    # refusal says why, not the closed connection.
             if not answer.done():
                 assert source.sha256 is not None
                 self._write(ev.PhotoEnd(offer.id, source.sha256))
@@ -357,7 +364,8 @@ class PeerLink(asyncio.Protocol):
         waiting: asyncio.Future[ev.Ack | ev.Resume], answer: ev.Ack | ev.Resume | ev.Rejected
     ) -> None:
         if isinstance(answer, ev.Rejected):
-            waiting.set_exception(DeliveryRejected(f"refused by the peer: {answer.reason}"))
+            failure = REJECTIONS.get(answer.code or "", DeliveryRejected)
+            waiting.set_exception(failure(f"refused by the peer: {answer.reason}"))
         else:
             waiting.set_result(answer)
 

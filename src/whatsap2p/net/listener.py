@@ -13,10 +13,11 @@ import logging
 import typing
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Protocol
 
 from whatsap2p.config import Limits, Timeouts
-from whatsap2p.errors import ProtocolError, WhatsAp2pError
+from whatsap2p.errors import IncomingRefused, ProtocolError, WhatsAp2pError
 from whatsap2p.net.network import Listening, Network, TcpNetwork
 from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.channel import Buffer
@@ -30,7 +31,12 @@ log = logging.getLogger(__name__)
 
 _READ_SIZE = 256 * 1024
 #: Bytes a receiver lets wait unread before it stops reading from the socket.
-_INBOX_HIGH = 1024 * 1024
+_INBOX_HIGH = 256 * 1024
+
+
+def _rejected(message: str, why: WhatsAp2pError) -> ev.Rejected:
+    """Message `message` refused: why, for people, and the code of a refusal for now."""
+    return ev.Rejected(message, str(why), why.code if isinstance(why, IncomingRefused) else None)
 
 
 class PhotoSink(Protocol):
@@ -39,6 +45,11 @@ class PhotoSink(Protocol):
     #: How many of its bytes are already here (kept from an interrupted transfer).
     offset: int
 
+    async def turn(self) -> None:
+        """Once its bytes may come: the receiver writes a few photos at a time, and the
+        others' senders wait for the answer to their offer meanwhile (so that a crowd of
+        senders costs the memory of those few, see `Limits.max_photos_writing`)."""
+
     async def write(self, data: memoryview) -> None: ...
 
     async def complete(self, sha256: str) -> None:
@@ -46,7 +57,8 @@ class PhotoSink(Protocol):
         WhatsAp2pError saying why not."""
 
     def interrupted(self) -> None:
-        """The transfer stopped short: keep what can be resumed, show nothing."""
+        """The transfer stopped short: keep what can be resumed (nothing after a failed
+        write), show nothing."""
 
 
 class Inbound(Protocol):
@@ -83,6 +95,7 @@ class PeerListener:
         self._server: Listening | None = None
         self._connections: dict[asyncio.Task[None], _Inbox] = {}
         self._per_ip: Counter[str] = Counter()
+        self._arriving = _PhotosArriving(timeouts.supersede)
         #: Peer connections taken since the start (senders keep theirs for a burst).
         self.accepted = 0
 
@@ -125,7 +138,7 @@ class PeerListener:
         self.accepted += 1
         try:
             await _ReceiverSession(
-                self._inbound, self._key, connection, self._limits, self._timeouts
+                self._inbound, self._key, connection, self._limits, self._timeouts, self._arriving
             ).run()
         except ProtocolError as exc:
             log.warning("peer %s broke the protocol: %s", peer, exc)
@@ -258,6 +271,45 @@ class _Inbox(asyncio.Protocol):
             self._readable.set_result(None)
 
 
+class _PhotosArriving:
+    """The photos arriving, by sender and photo. A photo offered again while an earlier
+    transfer of it is under way waits (`Timeouts.supersede`) for that one to end: its
+    sender most likely gave up on it, which the receiver may not have noticed yet (a
+    connection lost stays quiet until its reset is read, or its idle deadline). Once it
+    ended, the photo resumes from what it kept, and its room and allowance are free
+    again. The same message offered again (a retry) ends the earlier transfer at once;
+    another message of the same photo (sent twice at once) waits, then arrives apart."""
+
+    def __init__(self, wait: float) -> None:
+        self._wait = wait
+        self._by_photo: dict[tuple[str, str, int], _Arriving] = {}
+
+    async def take(self, sender: str, offer: ev.PhotoOffer, connection: _Inbox) -> None:
+        photo = (sender, offer.key, offer.size)
+        earlier = self._by_photo.get(photo)
+        if earlier is not None and earlier.connection is not connection:
+            if earlier.id == offer.id:
+                log.info("%s offers photo %s again: ending its earlier transfer", sender, offer.id)
+                earlier.connection.transport.abort()
+            await asyncio.wait([earlier.task], timeout=self._wait)
+        task = asyncio.current_task()
+        assert task is not None
+        self._by_photo[photo] = _Arriving(offer.id, connection, task)
+
+    def release(self, sender: str, offer: ev.PhotoOffer, connection: _Inbox) -> None:
+        photo = (sender, offer.key, offer.size)
+        earlier = self._by_photo.get(photo)
+        if earlier is not None and earlier.connection is connection:
+            del self._by_photo[photo]
+
+
+@dataclass(frozen=True, slots=True)
+class _Arriving:
+    id: str
+    connection: _Inbox
+    task: asyncio.Task[None]
+
+
 class _ReceiverSession:
     """One incoming connection, from hello to close."""
 
@@ -268,6 +320,7 @@ class _ReceiverSession:
         connection: _Inbox,
         limits: Limits,
         timeouts: Timeouts,
+        arriving: _PhotosArriving,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._inbound = inbound
@@ -275,6 +328,9 @@ class _ReceiverSession:
         self._timeouts = timeouts
         channel = NoiseChannel(key, initiator=False, max_body=limits.max_peer_frame)
         self._conn = PeerReceiver(self._loop.time(), limits, timeouts, channel)
+        self._arriving = arriving
+        #: The photo under way on this connection (its offer), and where its bytes go.
+        self._photo: ev.PhotoOffer | None = None
         self._sink: PhotoSink | None = None
 
     async def run(self) -> None:
@@ -299,6 +355,15 @@ class _ReceiverSession:
         finally:
             if self._sink is not None:
                 self._sink.interrupted()
+            self._photo_ended()
+
+    def _photo_ended(self) -> None:
+        """The photo under way is stored, refused or cut off (its sink told already)."""
+        self._sink = None
+        if self._photo is not None:
+            assert self._conn.peer_phone is not None
+            self._arriving.release(self._conn.peer_phone, self._photo, self._io)
+            self._photo = None
 
     async def _linger(self) -> None:
         # Closing with unread bytes makes the kernel send a reset, which can destroy the
@@ -341,32 +406,42 @@ class _ReceiverSession:
         elif isinstance(event, ev.Refused):
             await self._answer(ev.Rejected(event.id, event.reason))
         elif isinstance(event, ev.PhotoOffer):
-            assert self._conn.peer_phone is not None
+            sender = self._conn.peer_phone
+            assert sender is not None
+            await self._arriving.take(sender, event, self._io)
+            self._photo = event
             try:
-                self._sink = self._inbound.photo_offered(self._conn.peer_phone, event)
+                self._sink = self._inbound.photo_offered(sender, event)
             except WhatsAp2pError as exc:
-                await self._answer(ev.Rejected(event.id, str(exc)))
+                self._photo_ended()
+                await self._answer(_rejected(event.id, exc))
                 return True
             if self._sink is None:
+                self._photo_ended()
                 await self._answer(ev.Ack(event.id))  # already stored: no bytes needed
             else:
+                await self._sink.turn()
                 await self._answer(ev.Resume(event.id, self._sink.offset))
         elif isinstance(event, ev.PhotoChunk):
             assert self._sink is not None
             try:
                 await self._sink.write(event.data)
             except WhatsAp2pError as exc:
-                await self._answer(ev.Rejected(event.id, str(exc)))
+                self._sink.interrupted()  # (what it wrote is removed: a write failed)
+                self._photo_ended()
+                await self._answer(_rejected(event.id, exc))
                 return False
         elif isinstance(event, ev.PhotoCompleted):
-            sink, self._sink = self._sink, None
+            sink = self._sink
             assert sink is not None
             try:
                 await sink.complete(event.sha256)
             except WhatsAp2pError as exc:
-                await self._answer(ev.Rejected(event.id, str(exc)))
+                await self._answer(_rejected(event.id, exc))
             else:
                 await self._answer(ev.Ack(event.id))
+            finally:
+                self._photo_ended()
         return True
 
     async def _answer_texts(self, texts: list[ev.Text]) -> None:
@@ -387,7 +462,7 @@ class _ReceiverSession:
                     raise store
                 await store
             except WhatsAp2pError as exc:
-                answers.append(ev.Rejected(text.id, str(exc)))
+                answers.append(_rejected(text.id, exc))
             else:
                 answers.append(ev.Ack(text.id))
         await self._send(b"".join([self._conn.send(answer) for answer in answers]))

@@ -213,10 +213,12 @@ class Ack(PeerMessage, frozen=True, tag="ack"):
 
 
 class Rejected(PeerMessage, frozen=True, tag="rejected"):
-    """Message `id` was not stored, and why."""
+    """Message `id` was not stored, and why: `reason` for people, `code` (optional) for
+    the sender's program: "rate-limited" or "no-room" (try again later)."""
 
     id: str
     reason: str
+    code: str | None = None
 
 
 class Closing(PeerMessage, frozen=True, tag="closing"):

@@ -15,7 +15,7 @@ import msgspec
 from mypy_extensions import mypyc_attr
 
 from whatsap2p.protocol.events import PeerAddress
-from whatsap2p.server.ratelimit import BucketsByKey
+from whatsap2p.ratelimit import BucketsByKey
 
 __all__ = ["Bind", "Directory", "Found", "MemoryDirectory", "Refused", "Registration", "Spend"]
 

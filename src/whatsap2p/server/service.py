@@ -36,11 +36,11 @@ from whatsap2p.protocol.channel import Buffer
 from whatsap2p.protocol.directory import DirectoryServerConnection
 from whatsap2p.protocol.keys import StaticKey
 from whatsap2p.protocol.noise import COMPACT, NoiseChannel
+from whatsap2p.ratelimit import TokenBucket
 from whatsap2p.server.addresses import InvalidHost, vouched_host
 from whatsap2p.server.bindings import Bindings
 from whatsap2p.server.directory import Bind, Directory, Found, MemoryDirectory, Refused, Spend
 from whatsap2p.server.metrics import ServerMetrics
-from whatsap2p.server.ratelimit import TokenBucket
 
 __all__ = ["DirectoryServer", "ServerConfig"]
 

@@ -38,6 +38,8 @@ def _failure(phone: str, code: str | None, error: str) -> tuple[str, str, str, s
     if code == "identity-changed":  # the trust dialog shows both keys
         why = f"identity changed, nothing was sent (check the new key, then /trust {phone})"
         return "✗", "red", "failed", why
+    if code in ("rate-limited", "no-room"):  # refused for now, not for good
+        return "✗", "yellow", "not now", f"{error} (send it again later)"
     return "✗", "red", "failed", error
 
 

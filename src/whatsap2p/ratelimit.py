@@ -1,4 +1,5 @@
-"""Token buckets: how the server keeps one client (or one host) from drowning the rest."""
+"""Token buckets, time passed in: how the server keeps one client (or one host) from
+drowning the rest, and how a module keeps one sender from flooding its person."""
 
 from __future__ import annotations
 
@@ -27,6 +28,10 @@ class TokenBucket:
         self._tokens -= tokens
         return True
 
+    def give(self, tokens: float) -> None:
+        """Give back `tokens` taken for what did not happen after all (up to `burst`)."""
+        self._tokens = min(self.burst, self._tokens + tokens)
+
 
 class BucketsByKey:
     """One bucket per key (a source IP), at most `max_keys` remembered: the least
@@ -47,3 +52,9 @@ class BucketsByKey:
         else:
             self._buckets.move_to_end(key)
         return bucket.take(now, tokens)
+
+    def give(self, key: str, tokens: float) -> None:
+        """Give back to `key`'s bucket (if it is still remembered)."""
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            bucket.give(tokens)

@@ -1,0 +1,192 @@
+"""What one sender may make a module store (config.IncomingLimits): strangers less than
+contacts, refused with a code the sender sees (`rate-limited`, `no-room`), and nothing
+queued is lost to a limit: the outbox waits it out."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from tests.app.test_session import CutOff, InMemory, SenderDies, offer_of, raw_link
+from tests.conftest import image_bytes
+from tests.memory import MemoryNetwork, run_in_virtual_time
+from tests.servers import World, world_at
+from whatsap2p.app.events import PhotoReceived, QueuedDelivered, SessionEvent, TextReceived
+from whatsap2p.app.session import Session
+from whatsap2p.config import IncomingLimits
+
+ALICE, BOB, CAROL = (f"+551199999000{i}" for i in range(1, 4))
+LIMITS = IncomingLimits()
+BURST = int(LIMITS.stranger_messages_burst)
+
+
+async def next_event(session: Session) -> SessionEvent:
+    return await asyncio.wait_for(session.events.get(), 60)
+
+
+def in_virtual_time(tmp_path: Path, scenario: Callable[[World], Awaitable[None]]) -> None:
+    async def main() -> None:
+        async with world_at(tmp_path, MemoryNetwork()) as world:
+            await scenario(world)
+
+    run_in_virtual_time(main)
+
+
+def test_a_strangers_burst_is_throttled_and_a_contacts_is_not(tmp_path: Path) -> None:
+    async def scenario(world: World) -> None:
+        alice, bob, carol = [await world.user(phone) for phone in (ALICE, BOB, CAROL)]
+        bob.book.add_contact("alice", ALICE)
+        count = BURST + 20
+        from_carol = await asyncio.gather(
+            *(carol.send_text(BOB, f"from a stranger {i}") for i in range(count))
+        )
+        refused = [report.failed for report in from_carol if not report.delivered]
+        assert len(refused) == count - BURST
+        for (failed,) in refused:
+            assert (failed.phone, failed.code) == (BOB, "rate-limited")
+            assert failed.error == (
+                "refused by the peer: too many messages: 30 at once, then 1 a second "
+                "from a number not in the contacts"
+            )
+        from_alice = await asyncio.gather(
+            *(alice.send_text(BOB, f"from a friend {i}") for i in range(5 * count))
+        )
+        assert all(report.delivered == [BOB] for report in from_alice)
+        shown = [await next_event(bob) for _ in range(BURST + 5 * count)]
+        assert all(isinstance(event, TextReceived) for event in shown)
+        assert bob.events.empty()
+        assert len(bob.conversation(CAROL, 1000)) == BURST  # what was refused is not stored
+
+        await asyncio.sleep(3.5)  # (virtual) a stranger's allowance comes back, one a second
+        again = await asyncio.gather(*(carol.send_text(BOB, f"later {i}") for i in range(5)))
+        assert sum(1 for report in again if report.delivered) == 3
+
+    in_virtual_time(tmp_path, scenario)
+
+
+def test_a_strangers_queued_texts_wait_out_its_limit_and_all_arrive(tmp_path: Path) -> None:
+    async def scenario(world: World) -> None:
+        carol = await world.user(CAROL)
+        count = BURST + 5
+        queued = [await carol.send_text(BOB, f"queued {i}", queue=True) for i in range(count)]
+        assert all(report.queued == [BOB] for report in queued)
+        bob = await world.user(BOB)
+        delivered = [await next_event(carol) for _ in range(count)]  # retried, 2 s, then 4 s
+        assert delivered == [QueuedDelivered(report.id, BOB) for report in queued]
+        got = [await next_event(bob) for _ in range(count)]
+        assert [event.text for event in got if isinstance(event, TextReceived)] == [
+            f"queued {i}" for i in range(count)
+        ]
+
+    in_virtual_time(tmp_path, scenario)
+
+
+# --- room for photos (in real time: photos are written on threads) ------------------------
+
+
+def photo_file(folder: Path, name: str, size: int) -> Path:
+    path = folder / name
+    path.write_bytes(image_bytes(size=(100, 100), marker=os.urandom(size)))
+    return path
+
+
+async def test_a_stranger_gets_a_smaller_share_for_photos_than_a_contact(tmp_path: Path) -> None:
+    incoming = IncomingLimits(stranger_partial_bytes=200_000, contact_partial_bytes=2_000_000)
+    async with world_at(tmp_path) as world:
+        alice, carol = await world.user(ALICE), await world.user(CAROL)
+        bob = await world.user(BOB, incoming=incoming)
+        bob.book.add_contact("alice", ALICE)
+        photo = photo_file(tmp_path, "big.png", 400_000)
+        from_carol = await carol.send_photo(BOB, photo)
+        (failed,) = from_carol.failed
+        assert (failed.phone, failed.code) == (BOB, "no-room")
+        assert failed.error == (
+            f"refused by the peer: photos arriving from {CAROL} would take more than "
+            "their 0.2 MiB share at once"
+        )
+        assert (await alice.send_photo(BOB, photo)).delivered == [BOB]
+        got = await next_event(bob)
+        assert isinstance(got, PhotoReceived)
+        assert got.sender == ALICE
+        await bob.settled()
+        assert list((bob.config.data_dir / "partial").iterdir()) == []
+
+
+async def test_a_senders_old_interrupted_photo_gives_way_to_its_new_one(tmp_path: Path) -> None:
+    network = MemoryNetwork()  # (in real time)
+    incoming = IncomingLimits(stranger_partial_bytes=500_000)
+    async with world_at(tmp_path, network) as world:
+        carol = await world.user(CAROL)
+        bob = await world.user(BOB, incoming=incoming)
+        data = image_bytes(size=(100, 100), marker=os.urandom(400_000))
+        link = await raw_link(carol, bob)
+        assert bob.listen_address is not None
+        (connection,) = network.to(bob.listen_address)
+        cut = CutOff(data, 300_000, connection.delivered)
+        with pytest.raises(SenderDies):
+            await link.send_photo(offer_of(data, "p1", "old.png"), lambda offset: cut)
+        connection.cut()  # the sender dies a part of the way in
+        await connection.closed()
+        await bob.settled()
+        (kept,) = (bob.config.data_dir / "partial").iterdir()
+        assert kept.stat().st_size == 300_000  # 300 kB kept + 400 kB new > the 500 kB share
+
+        report = await carol.send_photo(BOB, photo_file(tmp_path, "new.png", 400_000))
+        assert report.delivered == [BOB]
+        assert list((bob.config.data_dir / "partial").iterdir()) == []
+
+
+async def test_a_strangers_photo_bytes_are_limited_and_a_cut_off_ones_given_back(
+    tmp_path: Path,
+) -> None:
+    network = MemoryNetwork()  # (in real time)
+    incoming = IncomingLimits(stranger_photo_burst=1_000_000, stranger_photo_rate=1.0)
+    async with world_at(tmp_path, network) as world:
+        carol = await world.user(CAROL)
+        bob = await world.user(BOB, incoming=incoming)
+        data = image_bytes(size=(100, 100), marker=os.urandom(400_000))
+        # 400 kB offered, cut off after 100 kB: the 300 kB that never came are given back
+        link = await raw_link(carol, bob)
+        assert bob.listen_address is not None
+        (connection,) = network.to(bob.listen_address)
+        cut = CutOff(data, 100_000, connection.delivered)
+        with pytest.raises(SenderDies):
+            await link.send_photo(offer_of(data, "p1", "cut.png"), lambda offset: cut)
+        connection.cut()
+        await connection.closed()
+        await bob.settled()
+        photos = [photo_file(tmp_path, f"p{i}.png", 400_000) for i in range(2)]
+        for photo in photos:  # 100 kB + 2 x 400 kB: within the 1 MB
+            assert (await carol.send_photo(BOB, photo)).delivered == [BOB]
+        third = await carol.send_photo(BOB, photo_file(tmp_path, "p3.png", 400_000))
+        (failed,) = third.failed
+        assert failed.code == "rate-limited"
+        assert failed.error == (
+            "refused by the peer: too many photo bytes: try later (a number not in the contacts)"
+        )
+
+
+async def test_a_photo_offered_again_ends_its_earlier_transfer_and_resumes(tmp_path: Path) -> None:
+    network = MemoryNetwork()  # (in real time)
+    async with world_at(tmp_path, network) as world:
+        carol, bob = await world.user(CAROL), await world.user(BOB)
+        data = image_bytes(size=(100, 100), marker=os.urandom(400_000))
+        offer = offer_of(data, "p1", "again.png")
+        first = await raw_link(carol, bob)
+        assert bob.listen_address is not None
+        (connection,) = network.to(bob.listen_address)
+        cut = CutOff(data, 100_000, connection.delivered)
+        with pytest.raises(SenderDies):  # the sender gives up; the connection stays open
+            await first.send_photo(offer, lambda offset: cut)
+        async with await raw_link(carol, bob) as again:  # the same message again
+            sent = await again.send_photo(offer, lambda offset: InMemory(data, offset))
+        assert sent == len(data) - 100_000  # resumed from what the first one kept
+        await connection.closed()  # which the receiver ended
+        got = await next_event(bob)
+        assert isinstance(got, PhotoReceived)
+        assert got.photo.path.read_bytes() == data
+        first.abort()
