@@ -97,6 +97,9 @@ class Timeouts:
 
     #: Opening a TCP connection (to the server or to a peer).
     connect: float = 5.0
+    #: Opening one to a peer's LAN address (behind the same router: tried first). One
+    #: that does not answer this fast is not on our LAN.
+    lan_connect: float = 1.0
     #: Completing the secure handshake: how long a connection may stay unauthenticated.
     handshake: float = 5.0
     #: Waiting for the server to answer a request.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import typing
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 
@@ -23,6 +24,9 @@ from whatsap2p.app.events import (
 from whatsap2p.app.session import IDENTITY_FILE, Session
 from whatsap2p.config import Limits, Timeouts
 from whatsap2p.keyfile import load_or_create_key
+from whatsap2p.net.deadlines import Deadlines
+from whatsap2p.net.link import PeerLink
+from whatsap2p.net.listener import Inbound, PeerListener
 from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.keys import StaticKey
 from whatsap2p.protocol.noise import NoiseChannel
@@ -303,5 +307,52 @@ def test_queued_texts_to_an_unreachable_recipient_are_retried_less_and_less(
         assert await next_event(alice) == QueuedDelivered(queued.id, BOB)
         got = await next_event(bob)
         assert isinstance(got, TextReceived)
+
+    in_memory(tmp_path, scenario)
+
+
+# --- candidates ---------------------------------------------------------------------------
+
+
+def test_a_peer_behind_the_same_router_is_tried_at_its_lan_address_first(tmp_path: Path) -> None:
+    async def scenario(world: World) -> None:
+        alice, bob = await world.user(ALICE), await world.user(BOB)
+        host, port = address(bob)
+        assert bob.identity is not None
+        assert alice.identity is not None
+        bob_key, alice_key = bob.identity.public, alice.identity
+        net = network(world)
+
+        async def link_to(local: str, published: str, prefer: str | None = None) -> PeerLink:
+            bob_at = ev.PeerAddress(BOB, published, port, bob_key, local)
+            return await PeerLink.open(
+                net.at(world.host_of(ALICE)), bob_at, ALICE, alice_key, Limits(), FAST,
+                Deadlines(), prefer,
+            )  # fmt: skip
+
+        # its LAN address answers: the published one (where nobody listens) is not tried
+        async with await link_to(host, "203.0.113.101") as link:
+            assert link.host == host
+        assert not [to for _, _, to, _ in net.attempts if to == ("203.0.113.101", port)]
+        # nobody at the LAN address (refused, or silent for lan_connect): then the published
+        start = now()
+        async with await link_to("10.9.9.9", host) as link:
+            assert link.host == host
+        assert now() - start < FAST.lan_connect + 0.01
+        # another module at the LAN address (another LAN behind the same carrier NAT)
+        # is not taken for it: it cannot prove the number's key
+        carol_host = world.host_of(CAROL)
+        other = PeerListener(
+            typing.cast(Inbound, None), StaticKey.generate(), Limits(), FAST, net.at(carol_host)
+        )  # (it never gets as far as its inbound)
+        await other.start(carol_host, port)
+        async with await link_to(carol_host, host) as link:
+            assert link.host == host
+        await other.close()
+        # the path that worked last time first
+        tried = len(net.attempts)
+        async with await link_to("10.9.9.9", host, prefer=host) as link:
+            assert link.host == host
+        assert [to for _, _, to, _ in net.attempts[tried:]] == [(host, port)]
 
     in_memory(tmp_path, scenario)

@@ -109,7 +109,7 @@ WRONG: dict[str, Any] = {
 #: The tables of §5.1 and §6.1: every `t`, and its fields with their types; a type
 #: ending in "?" is `X | nil` (optional).
 DOCUMENTED: dict[str, dict[str, str]] = {
-    "register": {"rid": "int", "phone": "str", "port": "int", "host": "str?"},
+    "register": {"rid": "int", "phone": "str", "port": "int", "host": "str?", "local": "str?"},
     "registered": {"rid": "int", "phone": "str", "host": "str", "port": "int"},
     "lookup": {"rid": "int", "phones": "[str]"},
     "lookup_result": {"rid": "int", "peers": "[PeerAddress]"},

@@ -28,6 +28,7 @@ from whatsap2p.protocol.keys import StaticKey
 from whatsap2p.server.directory import Bind, Found, MemoryDirectory, Refused, Spend
 
 ALICE, BOB, CAROL = "+5511999990001", "+5511999990002", "+5511999990003"
+DAVE, ERIN = "+5511999990004", "+5511999990005"
 #: Looking this number up is a bug in the directories below.
 BUGGY = "+5511999990666"
 
@@ -271,3 +272,45 @@ async def test_loopback_and_lan_addresses_go_only_to_where_they_mean_something()
             await register("203.0.113.8", "+5511999990004", "127.0.0.1")
         with pytest.raises(ServerRefused, match="private address"):
             await register("203.0.113.9", "+5511999990005", "10.0.0.5")
+
+
+async def test_a_lan_address_goes_only_to_lookers_behind_the_same_router() -> None:
+    network = MemoryNetwork()
+    router, elsewhere = "203.0.113.101", "203.0.113.50"
+    async with running_server(network=network) as (_, port):
+
+        async def client(host_seen: str, key: StaticKey | None = None) -> DirectoryClient:
+            return await DirectoryClient.connect(
+                "127.0.0.1", port, key or StaticKey.generate(), network=network.at(host_seen)
+            )
+
+        bob_key = StaticKey.generate()
+        bob = await client(router, bob_key)  # behind the router, at 10.1.0.2 on its LAN
+        assert (await bob.register(BOB, 4002, local="10.1.0.2")).host == router
+        neighbour, stranger = await client(router), await client(elsewhere)
+        told: dict[DirectoryClient, asyncio.Queue[ev.PeerAddress]] = {}
+        for watcher in (neighbour, stranger):
+            told[watcher] = queue = asyncio.Queue[ev.PeerAddress]()
+            watcher.on_online = queue.put_nowait
+        await neighbour.register(ALICE, 4001)
+        await stranger.register(CAROL, 4003)
+        assert (await neighbour.lookup([BOB]))[BOB].local == "10.1.0.2"
+        assert (await stranger.lookup([BOB]))[BOB].local is None
+        assert (await stranger.lookup([BOB]))[BOB].host == router
+        # the same for watches, and for what a watch is told when the number comes back
+        assert (await neighbour.watch([BOB]))[BOB].local == "10.1.0.2"
+        assert (await stranger.watch([BOB]))[BOB].local is None
+        await bob.unregister()
+        await bob.close()
+        bob = await client(router, bob_key)
+        await bob.register(BOB, 4002, local="10.1.0.2")
+        assert (await asyncio.wait_for(told[neighbour].get(), 5)).local == "10.1.0.2"
+        assert (await asyncio.wait_for(told[stranger].get(), 5)).local is None
+        # a local address must be a LAN one; a module the server sees on a LAN keeps none
+        with pytest.raises(ServerRefused, match="not a private LAN address"):
+            await (await client("203.0.113.102")).register(DAVE, 4004, local="198.51.100.1")
+        lan = await client("10.9.0.5")
+        await lan.register(ERIN, 4005, local="10.9.0.5")
+        assert (await neighbour.lookup([ERIN]))[ERIN].local is None
+        for each in (bob, neighbour, stranger, lan):
+            await each.close()

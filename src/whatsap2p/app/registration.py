@@ -28,6 +28,7 @@ from typing import Final
 
 from whatsap2p.config import Limits, Timeouts
 from whatsap2p.errors import DirectoryError, LocalProtocolError
+from whatsap2p.lan import is_lan
 from whatsap2p.net.directory_client import DirectoryClient
 from whatsap2p.net.network import Network
 from whatsap2p.protocol import events as ev
@@ -185,6 +186,7 @@ class Registrar:
         listen_port: int,
         *,
         advertise: str | None,
+        listen_host: str = "0.0.0.0",
         server_fingerprint: str | None,
         limits: Limits,
         timeouts: Timeouts,
@@ -196,6 +198,7 @@ class Registrar:
         self._key = key
         self._listen_port = listen_port
         self._advertise = advertise
+        self._listen_host = listen_host
         self._server_fingerprint = server_fingerprint
         self._limits = limits
         self._timeouts = timeouts
@@ -217,6 +220,14 @@ class Registrar:
     @property
     def connected(self) -> bool:
         return self.directory is not None and not self.directory.closed.is_set()
+
+    def _local(self, directory: DirectoryClient) -> str | None:
+        """Our LAN address, where peers behind the same router reach us (the address our
+        connection to the server leaves from, if we listen there), or None."""
+        local = directory.local_host
+        if local is None or not is_lan(local):
+            return None
+        return local if self._listen_host in ("0.0.0.0", "::", "", local) else None
 
     async def start(self) -> None:
         """Registered at a server of the list; the last server's error if none would."""
@@ -277,7 +288,7 @@ class Registrar:
             )
             try:
                 self.published = await directory.register(
-                    self._phone, self._listen_port, self._advertise
+                    self._phone, self._listen_port, self._advertise, self._local(directory)
                 )
             except BaseException:
                 await directory.close()

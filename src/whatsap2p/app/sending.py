@@ -173,6 +173,7 @@ class Sender:
         for phone, failure in zip(targets, outcomes, strict=True):
             if failure is None:
                 report.delivered.append(phone)
+                report.routes[phone] = "direct"  # (every link is one we dialled)
             else:
                 report.failed.append(FailedDelivery.of(phone, failure))
         order = {phone: i for i, phone in enumerate(recipients.phones)}

@@ -224,6 +224,7 @@ class Session:
             identity,
             self.listen_address[1],
             advertise=config.advertise,
+            listen_host=config.listen_host,
             server_fingerprint=config.server_fingerprint,
             limits=limits,
             timeouts=timeouts,

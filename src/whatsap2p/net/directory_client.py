@@ -137,8 +137,15 @@ class DirectoryClient(DirectoryEvents):
     def server_key(self) -> bytes | None:
         return None if self._link is None else self._link.server_key
 
-    async def register(self, phone: str, port: int, host: str | None = None) -> ev.Registered:
-        answer = await self.request(ev.Register(self.next_rid(), phone, port, host))
+    @property
+    def local_host(self) -> str | None:
+        """The IP our connection to the server leaves from (our address on our network)."""
+        return None if self._link is None else self._link.local_host
+
+    async def register(
+        self, phone: str, port: int, host: str | None = None, local: str | None = None
+    ) -> ev.Registered:
+        answer = await self.request(ev.Register(self.next_rid(), phone, port, host, local))
         assert isinstance(answer, ev.Registered)
         return answer
 

@@ -89,6 +89,14 @@ class DirectoryConnection(asyncio.Protocol):
         """The key the server proved in the handshake."""
         return self._conn.remote_key
 
+    @property
+    def local_host(self) -> str | None:
+        """The IP this connection leaves from: the module's address on its own network."""
+        if self._transport is None:
+            return None
+        sockname = self._transport.get_extra_info("sockname")
+        return str(sockname[0]) if isinstance(sockname, tuple) else None
+
     def next_rid(self) -> int:
         return self._conn.next_rid()
 

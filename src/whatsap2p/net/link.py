@@ -85,6 +85,8 @@ class PeerLink(asyncio.Protocol):
         self.on_ended: Callable[[PeerLink], None] | None = None
         #: The peer it goes to.
         self.address: ev.PeerAddress | None = None
+        #: The host it reached the peer at (its LAN address, or its published one).
+        self.host: str | None = None
 
     @classmethod
     async def open(
@@ -96,19 +98,56 @@ class PeerLink(asyncio.Protocol):
         limits: Limits,
         timeouts: Timeouts,
         deadlines: Deadlines,
+        prefer: str | None = None,
     ) -> PeerLink:
         """Connect, prove our key, make the peer prove the key the server gave for it,
-        and say who we are; DeliveryFailed with why not."""
+        and say who we are; DeliveryFailed with why not. A peer behind the same router
+        (the server gave its LAN address) is tried there first, briefly, then at its
+        published address; `prefer`: the host that worked last time, tried first."""
+        hosts = [address.host] if address.local is None else [address.local, address.host]
+        if prefer in hosts:
+            hosts.remove(prefer)
+            hosts.insert(0, prefer)
+        for host in hosts[:-1]:
+            try:
+                link = await cls._dial(
+                    network, address, host, key, limits, timeouts, deadlines, timeouts.lan_connect
+                )
+            except DeliveryFailed as exc:
+                log.info("%s not at %s (%s): trying %s", address.phone, host, exc, hosts[-1])
+            else:
+                break
+        else:
+            link = await cls._dial(
+                network, address, hosts[-1], key, limits, timeouts, deadlines, timeouts.connect
+            )
+        link.address = address
+        link._write(ev.Hello(me))
+        return link
+
+    @classmethod
+    async def _dial(
+        cls,
+        network: Network,
+        address: ev.PeerAddress,
+        host: str,
+        key: StaticKey,
+        limits: Limits,
+        timeouts: Timeouts,
+        deadlines: Deadlines,
+        connect: float,
+    ) -> PeerLink:
+        """A secure connection to `address`'s module at `host`, or DeliveryFailed."""
         channel = NoiseChannel(
             key, initiator=True, max_body=limits.max_peer_frame, expected_remote=address.key
         )
         conn = PeerSender(asyncio.get_running_loop().time(), limits, timeouts, channel)
         try:
-            link = await network.connect(
-                address.host, address.port, lambda: cls(conn, deadlines), timeouts.connect
-            )
+            link = await network.connect(host, address.port, lambda: cls(conn, deadlines), connect)
         except TimeoutError as exc:
-            raise PeerTimedOut("connection timed out") from exc
+            raise PeerTimedOut(
+                f"no answer from {host}:{address.port} (a router may be keeping it out)"
+            ) from exc
         except OSError as exc:
             raise PeerUnreachable(f"cannot connect: {exc.strerror or exc}") from exc
         try:
@@ -116,16 +155,17 @@ class PeerLink(asyncio.Protocol):
         except DeliveryFailed:
             raise
         except RemoteKeyMismatch as exc:
+            link.abort()
             raise PeerUnreachable(
                 "the module at that address is not the one the server knows for this number"
             ) from exc
         except (OSError, ProtocolError) as exc:
+            link.abort()
             kind: type[DeliveryFailed] = (
                 PeerProtocolError if isinstance(exc, ProtocolError) else PeerUnreachable
             )
             raise kind(f"no secure connection to the peer: {str(exc) or 'timed out'}") from exc
-        link.address = address
-        link._write(ev.Hello(me))
+        link.host = host
         return link
 
     # --- asyncio.Protocol ----------------------------------------------------------------

@@ -23,6 +23,9 @@ from whatsap2p.protocol.keys import StaticKey
 
 __all__ = ["LinkPool"]
 
+#: Peers whose working path is remembered (the oldest forgotten first).
+_REMEMBERED = 1024
+
 
 def _found_closed(failure: DeliveryFailed) -> bool:
     """Whether `failure` is a kept link found gone (its peer closed it, or the network
@@ -55,6 +58,8 @@ class LinkPool:
         self._slots: dict[ev.PeerAddress, asyncio.Semaphore] = {}
         self._busy: dict[ev.PeerAddress, int] = {}
         self._links: set[PeerLink] = set()
+        #: Where each peer was last reached (its LAN address, or its published one).
+        self._reached_at: dict[ev.PeerAddress, str] = {}
         self._closed = False
 
     async def send_text(self, address: ev.PeerAddress, text: ev.Text) -> None:
@@ -162,7 +167,12 @@ class LinkPool:
             self._limits,
             self._timeouts,
             self._deadlines,
+            prefer=self._reached_at.get(address),
         )
+        if link.host is not None:  # (the path that worked is tried first next time)
+            self._reached_at[address] = link.host
+            while len(self._reached_at) > _REMEMBERED:
+                del self._reached_at[next(iter(self._reached_at))]
         link.on_ended = self._forget
         self._links.add(link)
         if self._closed:

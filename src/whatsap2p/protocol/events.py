@@ -69,11 +69,14 @@ class DirectoryMessage(Message, frozen=True):
 
 
 class Register(DirectoryMessage, frozen=True, tag="register"):
-    """Publish this number at `port`; at `host` if given, else at the IP the server sees."""
+    """Publish this number at `port`; at `host` if given, else at the IP the server sees.
+    `local`: the module's own LAN address (behind a router), where peers behind the same
+    router reach it, at `port`."""
 
     phone: str
     port: int
     host: str | None = None
+    local: str | None = None
 
 
 class Registered(DirectoryMessage, frozen=True, tag="registered"):
@@ -91,12 +94,15 @@ class Lookup(DirectoryMessage, frozen=True, tag="lookup"):
 
 
 class PeerAddress(msgspec.Struct, frozen=True, gc=False):
-    """Where an online user's module accepts peers, and the key bound to its number."""
+    """Where an online user's module accepts peers, and the key bound to its number;
+    `local`: its LAN address (at `port`), given only to a module the server sees behind
+    the same public address (the same router), which tries it first."""
 
     phone: str
     host: str
     port: int
     key: bytes
+    local: str | None = None
 
 
 class LookupResult(DirectoryMessage, frozen=True, tag="lookup_result"):

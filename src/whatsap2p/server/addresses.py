@@ -14,14 +14,10 @@ forwarded port, `--advertise`), which must be an IP literal of a unicast host:
 from __future__ import annotations
 
 import ipaddress
-from typing import Final
 
-__all__ = ["InvalidHost", "vouched_host"]
+from whatsap2p.lan import is_lan
 
-_LANS: Final = tuple(
-    ipaddress.ip_network(net)
-    for net in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
-)
+__all__ = ["InvalidHost", "vouched_host", "vouched_local"]
 
 
 class InvalidHost(ValueError):
@@ -29,7 +25,7 @@ class InvalidHost(ValueError):
 
 
 def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    return not (address.is_loopback or any(address in lan for lan in _LANS))
+    return not (address.is_loopback or is_lan(address))
 
 
 def vouched_host(advertised: str | None, observed: str) -> str:
@@ -60,4 +56,27 @@ def vouched_host(advertised: str | None, observed: str) -> str:
             f"{address} is a private address, and the server sees this module at a public"
             f" one ({observed}): peers elsewhere could not reach it"
         )
+    return str(address)
+
+
+def vouched_local(local: str | None, observed: str, published: str) -> str | None:
+    """The LAN address to keep for a module the server sees at `observed`, published at
+    `published`, that says it is at `local` on its own network: None when there is none
+    to keep (none said, or the server sees the module on a LAN or loopback itself: its
+    published address is the way in there); InvalidHost when it is not a LAN address."""
+    if local is None:
+        return None
+    try:
+        address = ipaddress.ip_address(local)
+    except ValueError:
+        shown = local[:64].encode("unicode_escape").decode("ascii")
+        raise InvalidHost(f"a local address must be an IP address, not {shown!r}") from None
+    if not is_lan(address):
+        raise InvalidHost(f"{address} is not a private LAN address")
+    try:
+        seen = ipaddress.ip_address(observed)
+    except ValueError:
+        return None
+    if not _public(seen) or str(address) == published:
+        return None
     return str(address)

@@ -4,12 +4,13 @@ Keys (the `{phone}` hash tag puts both keys of a number in one Redis Cluster slo
 the scripts that touch both stay on one node):
 
 - `wa:bind:{+5511...}`   string, the 32-byte key the number is bound to; no expiry.
-- `wa:online:{+5511...}` string, msgpack `[owner, host, port, key]` (strings as msgpack
+- `wa:online:{+5511...}` string, msgpack `[owner, host, port, key]`, and `local` after
+  them for a module behind a router that said its LAN address (strings as msgpack
   raw strings, which the scripts' cmsgpack reads), expiring `ttl`
   seconds after the last heartbeat its server saw (a crashed server's users are gone
   within `ttl`). `owner` is `SERVER-ID:CONNECTION-ID`: only that connection may renew
   or remove it.
-- channel `wa:came-online`: msgpack `[phone, host, port, key]`, published on every
+- channel `wa:came-online`: msgpack `[phone, host, port, key]` (and `local`), published on every
   registration, so each server can push it to the connections watching that number.
 
 Requests go to Redis in batches, like group commits: what the server's connections
@@ -237,9 +238,14 @@ def _found(phones: list[str], records: list[Any]) -> list[PeerAddress]:
     found = []
     for phone, record in zip(phones, records, strict=True):
         if record is not None:
-            _, host, port, key = msgpack.unpackb(record, raw=True)
-            found.append(PeerAddress(phone, host.decode(), port, key))
+            _, host, port, key, *local = msgpack.unpackb(record, raw=True)
+            found.append(PeerAddress(phone, host.decode(), port, key, _local(local)))
     return found
+
+
+def _local(rest: list[Any]) -> str | None:
+    """A record's `local` (what follows its key), if it has one."""
+    return bytes(rest[0]).decode() if rest else None
 
 
 def _bind_key(phone: str) -> str:
@@ -300,8 +306,10 @@ class RedisDirectory(Directory):
                 if message is None or message.get("type") != "message":
                     continue
                 try:
-                    phone, host, port, key = msgpack.unpackb(message["data"], raw=True)
-                    address = PeerAddress(phone.decode(), host.decode(), int(port), bytes(key))
+                    phone, host, port, key, *local = msgpack.unpackb(message["data"], raw=True)
+                    address = PeerAddress(
+                        phone.decode(), host.decode(), int(port), bytes(key), _local(local)
+                    )
                 except (ValueError, TypeError, UnicodeDecodeError) as exc:
                     log.warning("ignoring a malformed presence message: %s", exc)
                     continue
@@ -341,8 +349,11 @@ class RedisDirectory(Directory):
         [allowed] = await self._batches.run(self._taking(spend))
         if not allowed:
             return "rate-limited"
-        record = _pack([self._owner(owner), address.host, address.port, address.key])
-        pushed = _pack([address.phone, address.host, address.port, address.key])
+        where: list[bytes | str | int] = [address.host, address.port, address.key]
+        if address.local is not None:
+            where.append(address.local)
+        record = _pack([self._owner(owner), *where])
+        pushed = _pack([address.phone, *where])
         keys = [_bind_key(address.phone), _online_key(address.phone)]
         args: list[bytes | str | int] = [address.key, self._owner(owner), record, self.ttl_ms]
         args += [CHANNEL, pushed]

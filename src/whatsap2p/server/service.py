@@ -37,7 +37,7 @@ from whatsap2p.protocol.directory import DirectoryServerConnection
 from whatsap2p.protocol.keys import StaticKey
 from whatsap2p.protocol.noise import COMPACT, NoiseChannel
 from whatsap2p.ratelimit import TokenBucket
-from whatsap2p.server.addresses import InvalidHost, vouched_host
+from whatsap2p.server.addresses import InvalidHost, vouched_host, vouched_local
 from whatsap2p.server.bindings import Bindings
 from whatsap2p.server.directory import Bind, Directory, Found, MemoryDirectory, Refused, Spend
 from whatsap2p.server.metrics import ServerMetrics
@@ -146,6 +146,14 @@ class DirectoryServer:
         task = asyncio.get_running_loop().create_task(work)
         self.background.add(task)
         task.add_done_callback(self.background.discard)
+
+
+def _seen_from(ip: str, address: ev.PeerAddress) -> ev.PeerAddress:
+    """`address` as a connection from `ip` may see it: its LAN address only from behind
+    the same public address (the same router)."""
+    if address.local is None or address.host == ip:
+        return address
+    return ev.PeerAddress(address.phone, address.host, address.port, address.key)
 
 
 class _Client(asyncio.Protocol):
@@ -301,7 +309,7 @@ class _Client(asyncio.Protocol):
         if self._conn is None or self._transport is None or self._transport.is_closing():
             return
         with contextlib.suppress(ProtocolError):
-            self._transport.write(self._conn.send(ev.Online(0, address)))
+            self._transport.write(self._conn.send(ev.Online(0, _seen_from(self._ip, address))))
 
     def failure(self, rid: int, code: str, message: str) -> Buffer:
         assert self._conn is not None
@@ -503,9 +511,15 @@ class _Client(asyncio.Protocol):
         if found is None:
             self.watch(watched)
             return self.failure(request.rid, "rate-limited", "too many lookups; slow down")
+        peers = tuple(found) if not any(a.local for a in found) else self._seen(found)
         if type(request) is ev.Watch:
-            return conn.send(ev.Watching(request.rid, tuple(found)))
-        return conn.send(ev.LookupResult(request.rid, tuple(found)))
+            return conn.send(ev.Watching(request.rid, peers))
+        return conn.send(ev.LookupResult(request.rid, peers))
+
+    def _seen(self, found: list[ev.PeerAddress]) -> tuple[ev.PeerAddress, ...]:
+        """`found` as this connection may see it: a module's LAN address only when it
+        sits behind the same public address as we see this connection at."""
+        return tuple(_seen_from(self._ip, address) for address in found)
 
     def _pong(self, ping: ev.Ping) -> Buffer | Awaitable[Buffer]:
         """A heartbeat: the registration is renewed."""
@@ -533,9 +547,10 @@ class _Client(asyncio.Protocol):
         assert key is not None  # messages only arrive once the channel is established
         try:
             host = vouched_host(request.host, self._ip)
+            local = vouched_local(request.local, self._ip, host)
         except InvalidHost as exc:
             return self.failure(request.rid, "invalid-host", str(exc))
-        address = ev.PeerAddress(request.phone, host, request.port, key)
+        address = ev.PeerAddress(request.phone, host, request.port, key, local)
         refused = server.directory.register_limited(address, self._id, spend, server.bind)
         if refused is None or isinstance(refused, str):
             return self._registered(request, address, refused)

@@ -79,6 +79,7 @@ def report_json(report: DeliveryReport) -> dict[str, object]:
             for failed in report.failed
         ],
         "queued": report.queued,
+        "routes": report.routes,
     }
 
 
