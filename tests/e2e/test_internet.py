@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.internet import Host, cannot_make_internet, internet
+from tests.e2e.internet import Host, Router, cannot_make_internet, internet
 from tests.e2e.procs import TIMEOUT, WHATSAP2P, ServerProcess, UserProcess
 
 REASON = cannot_make_internet()
@@ -67,6 +67,26 @@ for target in targets:
     else:
         print("connected", client.getsockname()[1], flush=True)
         kept.append(client)
+"""
+
+
+# From local port BIND connect to ADDRESS:PORT, waiting WAIT seconds, as a peer punching a
+# hole does (the other side connecting back at the same time): "connecting" first, then
+# "connected PEER_ADDRESS PEER_PORT WHAT_THE_PEER_SENT" or "failed ERROR".
+PUNCH = """
+import socket, sys
+bind, address, port, wait = sys.argv[1:]
+client = socket.socket()
+client.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+client.settimeout(float(wait))
+client.bind(("", int(bind)))
+print("connecting", flush=True)
+try:
+    client.connect((address, int(port)))
+    client.sendall(bind.encode())
+    print("connected", *client.getpeername(), client.recv(100).decode(), flush=True)
+except OSError as error:
+    print("failed", type(error).__name__, flush=True)
 """
 
 
@@ -216,6 +236,37 @@ def test_a_symmetric_router_maps_every_connection_to_another_outer_port() -> Non
         seen = accepted(listener)
         assert {peer for _, peer, _ in seen} == {symmetric.address}
         assert len({port for _, _, port in seen}) > 1, seen
+
+
+def punch(one: Host, one_router: Router, other: Host, other_router: Router) -> list[str]:
+    """`one` at port 40001 and `other` at port 40002 connect to each other's router's
+    address at the other's port, `other` once the SYN of `one` is out: what each saw."""
+    wait = "3" if not other_router.symmetric else str(DROPPED)
+    first = one.popen(sys.executable, "-I", "-S", "-c", PUNCH, "40001", other_router.address,
+                      "40002", wait)  # fmt: skip
+    assert first.stdout is not None
+    assert first.stdout.readline() == "connecting\n"
+    second = other.popen(sys.executable, "-I", "-S", "-c", PUNCH, "40002", one_router.address,
+                         "40001", wait)  # fmt: skip
+    return [process.communicate(timeout=10)[0].splitlines()[-1] for process in (first, second)]
+
+
+def test_hosts_behind_two_port_keeping_routers_meet_by_a_simultaneous_open() -> None:
+    # The SYN of the first is dropped by the other's router (nobody there asked for it);
+    # the second's SYN then matches the first's outgoing connection in its router's
+    # conntrack and comes in: both sockets, each in SYN-SENT, meet in one connection.
+    with internet() as net:
+        home, other = net.router(), net.router()
+        alice, carol = home.host(), other.host()
+        assert punch(alice, home, carol, other) == [
+            f"connected {other.address} 40002 40002",
+            f"connected {home.address} 40001 40001",
+        ]
+        # behind a symmetric NAT the other's SYN goes out from another port than the one
+        # connected to: neither router lets the other's SYN in
+        symmetric = net.router(symmetric=True)
+        dave = symmetric.host()
+        assert punch(alice, home, dave, symmetric) == ["failed TimeoutError"] * 2
 
 
 async def test_a_user_behind_a_nat_gets_ready_on_a_server_on_the_internet(
