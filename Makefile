@@ -43,10 +43,12 @@ test: $(BUILT) test-tools
 
 # The wire-privacy test captures loopback traffic with tcpdump, the terminal UI is driven
 # on a real terminal in tmux, the shared directory runs on a real redis-server (each
-# test run starts its own on a free loopback port); install them when missing.
-TEST_TOOLS := tcpdump tmux redis-server
+# test run starts its own on a free loopback port), the NAT test bed's home routers are
+# iptables in network namespaces; install them when missing (iptables lives in /usr/sbin,
+# off a user's PATH).
+TEST_TOOLS := tcpdump tmux redis-server iptables
 test-tools:
-	@missing=""; for tool in $(TEST_TOOLS); do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	@PATH="$$PATH:/usr/sbin:/sbin"; missing=""; for tool in $(TEST_TOOLS); do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
 	test -z "$$missing" || { \
 	  echo "installing$$missing (needed by the tests)"; \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \
