@@ -84,6 +84,14 @@ class IncomingLimits:
     contact_partial_bytes: int = 256 * MiB
     stranger_partial_bytes: int = 64 * MiB
     partial_bytes: int = 1024 * MiB
+    #: ...of which strangers together may take this much (contacts always find room).
+    strangers_partial_bytes: int = 256 * MiB
+    #: Photos arriving at once from one contact, from one stranger, and from strangers
+    #: together (of the `Limits.max_photos_writing` written at once: contacts always
+    #: find a turn).
+    contact_photos_at_once: int = 8
+    stranger_photos_at_once: int = 2
+    strangers_photos_at_once: int = 8
     #: Free space an arriving photo must leave on the data dir's disk, for the history
     #: and everything else the module writes.
     disk_reserve: int = 64 * MiB
@@ -141,6 +149,10 @@ class Timeouts:
     #: waits this long for that one to end (its sender most likely gave up on it), so
     #: that it resumes from what that one kept.
     supersede: float = 5.0
+    #: Receiver side: a photo waits this long for its turn to be written
+    #: (`Limits.max_photos_writing`), then is refused for now (`no-room`), well before
+    #: its sender would give up on the answer (`peer_ack`).
+    turn_wait: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,10 @@ from tests.memory import MemoryNetwork, run_in_virtual_time
 from tests.servers import World, world_at
 from whatsap2p.app.events import PhotoReceived, QueuedDelivered, SessionEvent, TextReceived
 from whatsap2p.app.session import Session
-from whatsap2p.config import IncomingLimits
+from whatsap2p.config import IncomingLimits, Limits, Timeouts
+from whatsap2p.protocol import events as ev
 
-ALICE, BOB, CAROL = (f"+551199999000{i}" for i in range(1, 4))
+ALICE, BOB, CAROL, DAVE = (f"+551199999000{i}" for i in range(1, 5))
 LIMITS = IncomingLimits()
 BURST = int(LIMITS.stranger_messages_burst)
 
@@ -190,3 +192,170 @@ async def test_a_photo_offered_again_ends_its_earlier_transfer_and_resumes(tmp_p
         assert isinstance(got, PhotoReceived)
         assert got.photo.path.read_bytes() == data
         first.abort()
+
+
+# --- what one sender may hold: turns, room, and what it left behind ---------------------
+
+
+class Trickle:
+    """A photo's first `first` bytes, then a byte every `every` seconds: a sender that
+    holds its transfer open for as long as it likes, without ever stalling."""
+
+    def __init__(self, data: bytes, every: float, first: int = 1000) -> None:
+        self._data, self._every, self._first = data, every, first
+        self.sha256: str | None = None
+
+    async def __aiter__(self) -> AsyncGenerator[bytes]:
+        yield self._data[: self._first]
+        for at in range(self._first, len(self._data)):
+            await asyncio.sleep(self._every)
+            yield self._data[at : at + 1]
+
+
+async def hold_a_turn(sender: Session, receiver: Session, name: str) -> asyncio.Task[int]:
+    """`sender` offers a photo to `receiver` and trickles it: it holds a turn to be
+    written; the task is the transfer (cancel it to let go)."""
+    data = image_bytes(size=(100, 100), marker=os.urandom(100_000))
+    link = await raw_link(sender, receiver)
+    offer = offer_of(data, name, f"{name}.png")
+
+    async def trickle() -> int:
+        try:
+            return await link.send_photo(offer, lambda offset: Trickle(data, 1.0))
+        finally:
+            link.abort()  # (let go: the sender is gone)
+
+    return asyncio.create_task(trickle())
+
+
+async def let_go(*holding: asyncio.Task[int]) -> None:
+    for task in holding:
+        task.cancel()
+    await asyncio.gather(*holding, return_exceptions=True)
+
+
+async def test_a_stranger_cannot_take_every_turn_to_be_written(tmp_path: Path) -> None:
+    incoming = IncomingLimits(stranger_photos_at_once=2)
+    async with world_at(tmp_path, MemoryNetwork()) as world:
+        alice, carol = await world.user(ALICE), await world.user(CAROL)
+        bob = await world.user(BOB, Limits(max_photos_writing=3), incoming=incoming)
+        bob.book.add_contact("alice", ALICE)
+        holding = [await hold_a_turn(carol, bob, f"hog{i}") for i in range(2)]
+        third = await carol.send_photo(BOB, photo_file(tmp_path, "c.png", 1000))
+        (failed,) = third.failed
+        assert (failed.code, failed.error) == (
+            "rate-limited",
+            "refused by the peer: too many photos at once: at most 2 from one sender",
+        )
+        # a turn is left for a contact
+        assert (await alice.send_photo(BOB, photo_file(tmp_path, "a.png", 1000))).delivered
+        await let_go(*holding)
+
+
+async def test_a_photo_without_a_turn_in_time_is_refused_for_now(tmp_path: Path) -> None:
+    async with world_at(tmp_path, MemoryNetwork()) as world:
+        alice, carol = await world.user(ALICE), await world.user(CAROL)
+        bob = await world.user(BOB, Limits(max_photos_writing=1), turn_wait=0.5)
+        holding = await hold_a_turn(carol, bob, "hog")
+        photo = photo_file(tmp_path, "a.png", 1000)
+        (failed,) = (await alice.send_photo(BOB, photo)).failed  # well before its 3 s wait
+        assert (failed.code, failed.error) == (
+            "no-room",
+            "refused by the peer: the receiver is taking other photos: try again later",
+        )
+        await let_go(holding)
+        assert (await alice.send_photo(BOB, photo)).delivered == [BOB]
+
+
+async def test_an_offer_waiting_for_its_turn_ends_with_its_connection(tmp_path: Path) -> None:
+    network = MemoryNetwork()
+    async with world_at(tmp_path, network) as world:
+        alice, carol = await world.user(ALICE), await world.user(CAROL)
+        bob = await world.user(BOB, Limits(max_photos_writing=1))
+        holding = await hold_a_turn(carol, bob, "hog")
+        data = image_bytes(size=(100, 100), marker=os.urandom(1000))
+        link = await raw_link(alice, bob)
+        waiting = asyncio.create_task(
+            link.send_photo(offer_of(data, "p1", "p.png"), lambda offset: InMemory(data, offset))
+        )
+        assert bob.listen_address is not None
+        await network.to(bob.listen_address)[-1].delivered()  # the offer is in
+        link.abort()  # alice gives up while it waits for its turn
+        await asyncio.gather(waiting, return_exceptions=True)
+        await asyncio.wait_for(bob.settled(), 5)  # it ended, though the turn never came
+        await let_go(holding)
+
+
+async def test_strangers_share_of_the_room_leaves_room_for_contacts(tmp_path: Path) -> None:
+    incoming = IncomingLimits(strangers_partial_bytes=500_000, stranger_partial_bytes=450_000)
+    async with world_at(tmp_path, MemoryNetwork()) as world:
+        alice, carol = await world.user(ALICE), await world.user(CAROL)
+        dave = await world.user(DAVE)
+        bob = await world.user(BOB, incoming=incoming)
+        bob.book.add_contact("alice", ALICE)
+        data = image_bytes(size=(100, 100), marker=os.urandom(400_000))
+        link = await raw_link(carol, bob)  # a stranger's 400 kB, offered and held open
+        holding = asyncio.create_task(
+            link.send_photo(offer_of(data, "s1", "s.png"), lambda offset: Trickle(data, 1.0))
+        )
+        photo = photo_file(tmp_path, "p.png", 200_000)
+        (failed,) = (await dave.send_photo(BOB, photo)).failed  # another stranger: no room
+        assert failed.code == "no-room"
+        assert "numbers not in the contacts take all the room they may" in failed.error
+        assert (await alice.send_photo(BOB, photo)).delivered == [BOB]  # a contact: room
+        await let_go(holding)
+
+
+async def test_leftovers_kept_past_their_time_are_dropped_while_running(tmp_path: Path) -> None:
+    network = MemoryNetwork()
+    incoming = IncomingLimits(partial_bytes=500_000)
+    async with world_at(tmp_path, network) as world:
+        alice, carol = await world.user(ALICE), await world.user(CAROL)
+        bob = await world.user(BOB, incoming=incoming)
+        data = image_bytes(size=(100, 100), marker=os.urandom(400_000))
+        link = await raw_link(carol, bob)
+        assert bob.listen_address is not None
+        (connection,) = network.to(bob.listen_address)
+        cut = CutOff(data, 300_000, connection.delivered)
+        with pytest.raises(SenderDies):
+            await link.send_photo(offer_of(data, "p1", "cut.png"), lambda offset: cut)
+        connection.cut()
+        await connection.closed()
+        await bob.settled()
+        (kept,) = (bob.config.data_dir / "partial").iterdir()
+        photo = photo_file(tmp_path, "a.png", 300_000)
+        (failed,) = (await alice.send_photo(BOB, photo)).failed  # 300 + 300 kB > 500 kB
+        assert failed.code == "no-room"
+        day_ago = time.time() - Timeouts().partial_keep - 1
+        os.utime(kept, (day_ago, day_ago))  # kept for as long as it may be
+        assert (await alice.send_photo(BOB, photo)).delivered == [BOB]
+        assert not kept.exists()
+
+
+async def test_a_queued_photo_without_room_does_not_hold_back_the_texts_after_it(
+    tmp_path: Path,
+) -> None:
+    async with world_at(tmp_path, MemoryNetwork()) as world:
+        alice = await world.user(ALICE)
+        photo = await alice.send_photo(BOB, photo_file(tmp_path, "a.png", 50_000), queue=True)
+        text = await alice.send_text(BOB, "queued after the photo", queue=True)
+        full = IncomingLimits(disk_reserve=1 << 50)  # bob's disk is (as good as) full
+        bob = await world.user(BOB, incoming=full)
+        got = await next_event(bob)
+        assert isinstance(got, TextReceived)
+        assert got.id == text.id
+        assert await next_event(alice) == QueuedDelivered(text.id, BOB)
+        assert [entry.id for entry in alice.outbox()] == [photo.id]  # waiting for room
+
+
+async def test_a_retried_message_already_stored_is_acknowledged_past_the_limit(
+    tmp_path: Path,
+) -> None:
+    async with world_at(tmp_path, MemoryNetwork()) as world:
+        carol, bob = await world.user(CAROL), await world.user(BOB)
+        first = await carol.send_text(BOB, "the first")
+        for i in range(BURST):  # the rest of the burst, and one more, refused
+            await carol.send_text(BOB, f"more {i}")
+        async with await raw_link(carol, bob) as link:  # the first again (a retry)
+            await link.send_text(ev.Text(first.id, "2026-12-04T10:00:00+00:00", "the first"))
+        assert len(bob.conversation(CAROL, 1000)) == BURST

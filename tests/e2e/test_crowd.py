@@ -12,6 +12,8 @@ from pathlib import Path
 from tests.app.test_session import offer_of
 from tests.conftest import image_bytes
 from tests.e2e.conftest import Cluster
+from whatsap2p.app.contacts import FILE_NAME as CONTACTS_FILE
+from whatsap2p.app.contacts import AddressBook
 from whatsap2p.config import Limits, MiB, Timeouts
 from whatsap2p.net.deadlines import Deadlines
 from whatsap2p.net.directory_client import DirectoryClient
@@ -52,14 +54,20 @@ def memory_kib(pid: int, field: str) -> int:
 
 
 async def test_a_crowd_of_senders_fits_the_receivers_memory(cluster: Cluster) -> None:
+    # Friends (a crowd of strangers is cut short sooner: 8 photos at once in all)
+    phones = [f"+55119888{i:05d}" for i in range(SENDERS)]
+    (cluster.root / BOB).mkdir()
+    book = AddressBook.load(cluster.root / BOB / CONTACTS_FILE)
+    for i, phone in enumerate(phones):
+        book.add_contact(f"friend {i}", phone)
     bob = await cluster.user(BOB)
     data = image_bytes(size=(100, 100), marker=os.urandom(PHOTO))
     network, timeouts = TcpNetwork(), Timeouts()
     links: list[PeerLink] = []
     clients: list[DirectoryClient] = []
     try:
-        for i in range(SENDERS):
-            phone, key = f"+55119888{i:05d}", StaticKey.generate()
+        for phone in phones:
+            key = StaticKey.generate()
             client = await DirectoryClient.connect("127.0.0.1", cluster.server.port, key)
             clients.append(client)
             await client.register(phone, 9)  # (a sender that takes no messages itself)

@@ -62,6 +62,8 @@ class AddressBook:
         self._max_name = max_name_chars
         self._contacts: dict[str, str] = {}
         self._groups: dict[str, list[str]] = {}
+        #: The numbers in the contacts and groups (made when asked, dropped on a change).
+        self._known: frozenset[str] | None = None
 
     @classmethod
     def load(
@@ -109,6 +111,7 @@ class AddressBook:
             self._groups[checked] = list(dict.fromkeys(phones))
 
     def _save(self) -> None:
+        self._known = None  # (every change is saved: what `knows` answers changes with it)
         data = {"version": FORMAT_VERSION, "contacts": self._contacts, "groups": self._groups}
         text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
         try:
@@ -156,9 +159,9 @@ class AddressBook:
 
     def knows(self, phone: str) -> bool:
         """Whether `phone` is a contact or in one of the groups (not a stranger)."""
-        return phone in self._contacts.values() or any(
-            phone in members for members in self._groups.values()
-        )
+        if self._known is None:
+            self._known = frozenset(self._contacts.values()).union(*self._groups.values())
+        return phone in self._known
 
     def name_of(self, phone: str) -> str | None:
         """The contact name for `phone` (the first alphabetically if several)."""

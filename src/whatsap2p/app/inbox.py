@@ -5,6 +5,8 @@ acknowledged, then published to the UI, each shown once."""
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from whatsap2p.app.contacts import AddressBook
@@ -52,6 +54,9 @@ class Inbox:
             True: BucketsByKey(limits.contact_photo_rate, limits.contact_photo_burst, most),
             False: BucketsByKey(limits.stranger_photo_rate, limits.stranger_photo_burst, most),
         }
+        #: Photos arriving now, per sender, and from strangers in all.
+        self._arriving: Counter[str] = Counter()
+        self._strangers_arriving = 0
 
     def show_again(self) -> None:
         """Publish what was stored but never shown before the last run ended."""
@@ -90,12 +95,15 @@ class Inbox:
         if refusal is not None:
             raise refusal
 
-    def _admit(self, sender: str) -> bool:
-        """Take a message from `sender`'s allowance, or refuse it with SenderThrottled;
+    def _admit(self, sender: str, message_id: str) -> bool:
+        """Take message `message_id` from `sender`'s allowance, or refuse it with
+        SenderThrottled (unless it is stored already: a retry, acknowledged again);
         whether `sender` is a contact."""
         known = self._book.knows(sender)
         now = asyncio.get_running_loop().time()
-        if not self._messages[known].take(sender, now):
+        if not self._messages[known].take(sender, now) and not self._history.was_received(
+            message_id, sender
+        ):
             limits = self._limits
             rate, burst = (
                 (limits.contact_messages_rate, limits.contact_messages_burst)
@@ -111,7 +119,7 @@ class Inbox:
     def text_received(self, sender: str, text: ev.Text) -> Awaitable[None]:
         # Stored before it is acknowledged; a copy already stored is acknowledged again
         # (the sender retried) but not shown twice.
-        self._admit(sender)
+        self._admit(sender, text.id)
         stored = self._history.store_received(
             text.id, sender, text.group, text.timestamp, text=text.body
         )
@@ -129,8 +137,13 @@ class Inbox:
     def photo_offered(self, sender: str, offer: ev.PhotoOffer) -> _PhotoSink | None:
         if self._history.was_received(offer.id, sender):
             return None  # already stored: acknowledge without taking the bytes again
-        known = self._admit(sender)
+        known = self._admit(sender, offer.id)
         limits = self._limits
+        at_once = limits.contact_photos_at_once if known else limits.stranger_photos_at_once
+        if self._arriving[sender] >= at_once:
+            raise SenderThrottled(f"too many photos at once: at most {at_once} from one sender")
+        if not known and self._strangers_arriving >= limits.strangers_photos_at_once:
+            raise SenderThrottled("too many photos from numbers not in the contacts at once")
         share = limits.contact_partial_bytes if known else limits.stranger_partial_bytes
         incoming = self._photos.begin(sender, offer, share)
         # The bytes still to come are taken from the sender's allowance now, and those
@@ -142,7 +155,17 @@ class Inbox:
                 "too many photo bytes: try later"
                 + ("" if known else " (a number not in the contacts)")
             )
-        return _PhotoSink(sender, offer, incoming, self, photo_bytes)
+        self._arriving[sender] += 1
+        self._strangers_arriving += not known
+        ended = functools.partial(self._photo_ended, sender, known)
+        return _PhotoSink(sender, offer, incoming, self, photo_bytes, ended)
+
+    def _photo_ended(self, sender: str, known: bool) -> None:
+        """A photo `photo_offered` took is stored, refused or cut off."""
+        self._arriving[sender] -= 1
+        if self._arriving[sender] <= 0:
+            del self._arriving[sender]
+        self._strangers_arriving -= not known
 
     async def photo_stored(self, sender: str, offer: ev.PhotoOffer, stored: PhotoFile) -> None:
         if not await self._history.store_received(
@@ -164,12 +187,14 @@ class _PhotoSink:
         incoming: IncomingPhoto,
         inbox: Inbox,
         allowance: BucketsByKey,
+        ended: Callable[[], None],
     ) -> None:
         self._sender = sender
         self._offer = offer
         self._incoming = incoming
         self._inbox = inbox
         self._allowance = allowance
+        self._ended = ended
         self.offset = incoming.offset
 
     async def turn(self) -> None:
@@ -179,9 +204,21 @@ class _PhotoSink:
         await self._incoming.write(data)
 
     async def complete(self, sha256: str) -> None:
-        stored = await asyncio.to_thread(self._incoming.finish, sha256)
+        try:
+            stored = await asyncio.to_thread(self._incoming.finish, sha256)
+        finally:
+            self._end()
         await self._inbox.photo_stored(self._sender, self._offer, stored)
 
     def interrupted(self) -> None:
         self._incoming.interrupted()
         self._allowance.give(self._sender, self._incoming.left)  # taken, never sent
+        self._end()
+
+    def _end(self) -> None:
+        ended, self._ended = self._ended, _nothing
+        ended()
+
+
+def _nothing() -> None:
+    pass

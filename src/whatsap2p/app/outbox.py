@@ -23,6 +23,8 @@ from whatsap2p.errors import (
     DeliveryRejected,
     DirectoryError,
     InvalidInput,
+    PeerFull,
+    PeerThrottled,
     StoreError,
 )
 from whatsap2p.net.directory_client import DirectoryClient
@@ -137,17 +139,25 @@ class Outbox:
         """Deliver everything queued for one recipient that is online, oldest first."""
         phone = address.phone
         try:
-            pending = self._history.queued(phone)
-            if not pending:
+            if not self._history.queued(phone):
                 return
             refusal = self._trust.check(phone, address.key)
             if refusal is not None:
                 log.warning("outbox for %s waits: %s", phone, refusal)
                 return  # until the user trusts the new key
-            while pending:
+            # A photo the recipient has no room or allowance for now waits for the next
+            # try; what was queued after it goes on (a full disk never holds texts back).
+            later: dict[str, PeerFull | PeerThrottled] = {}
+            while pending := [e for e in self._history.queued(phone) if e.id not in later]:
                 for entry in pending:
-                    await self._deliver(address, entry)
-                pending = self._history.queued(phone)
+                    try:
+                        await self._deliver(address, entry)
+                    except (PeerFull, PeerThrottled) as exc:
+                        if entry.photo is None:
+                            raise
+                        later[entry.id] = exc
+            if later:
+                raise next(iter(later.values()))
             self._retry_pause.pop(phone, None)
         except DeliveryFailed as exc:
             self._retry_later(phone, str(exc))

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import threading
+import time
 import unicodedata
 import warnings
 from collections import deque
@@ -586,20 +587,25 @@ class PhotoStore:
         limits: Limits,
         partial: Path | None = None,
         incoming: IncomingLimits | None = None,
+        known: Callable[[str], bool] | None = None,
     ) -> None:
         self.folder = folder
         self.partial = partial or folder.parent / "partial"
         self.limits = limits
         self.incoming = incoming or IncomingLimits()
+        #: Whether a number is a contact (strangers' photos share less room).
+        self._known = known or (lambda phone: True)
         self.stages = _Stages(limits.max_photos_writing)
         self._active: dict[str, IncomingPhoto] = {}
         self._arrived: dict[str, None] = {}  # the photos stored lately (a bounded set)
+        self._keep_partial = float("inf")
 
     def open(self, now: float, keep_partial: float) -> None:
         """Create the folders; drop partial transfers older than `keep_partial` seconds
         (and what versions before resumable transfers left in photos/)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         self.partial.mkdir(parents=True, exist_ok=True)
+        self._keep_partial = keep_partial
         for leftover in self.folder.glob(".incoming-*.part"):
             with contextlib.suppress(OSError):
                 leftover.unlink()
@@ -619,58 +625,79 @@ class PhotoStore:
         return photo
 
     def _make_room(self, sender: str, key: str, size: int, share: int | None) -> None:
+        """Room for `sender`'s photo `key` of `size` bytes (see the class), or NoRoom;
+        the sender's own older interrupted transfers are dropped if that makes it fit."""
         limits = self.incoming
+        now = time.time()
         source = key.split("-", 1)[0]  # (a partial's name starts with its sender's digits)
-        kept: list[tuple[float, Path, int]] = []  # interrupted transfers: (mtime, path, size)
+        stranger = not self._known(sender)
         own = 0  # the bytes this photo kept from an earlier transfer (part of its size)
+        kept: list[tuple[float, Path, int]] = []  # the sender's interrupted transfers
         mine = total = size
+        strangers = size if stranger else 0
         for path in self.partial.glob("*.part"):
             if path.stem in self._active:
                 continue
             try:
                 stat = path.stat()
+                if now - stat.st_mtime > self._keep_partial:  # kept long enough
+                    path.unlink()
+                    continue
             except OSError:
                 continue
             if path.stem == key:
                 own = min(stat.st_size, size)
                 continue
             total += stat.st_size
-            if path.name.split("-", 1)[0] == source:
+            digits = path.name.split("-", 1)[0]
+            strangers += 0 if self._known(f"+{digits}") else stat.st_size
+            if digits == source:
                 mine += stat.st_size
                 kept.append((stat.st_mtime, path, stat.st_size))
         arriving = list(self._active.values())
         for photo in arriving:
             total += photo.size
-            if photo.path.name.split("-", 1)[0] == source:
+            digits = photo.path.name.split("-", 1)[0]
+            strangers += 0 if self._known(f"+{digits}") else photo.size
+            if digits == source:
                 mine += photo.size
+        kept.sort()  # the sender's own older interrupted transfers give way first
+        dropped: list[Path] = []
+        while kept and share is not None and mine > share:
+            _, path, kept_size = kept.pop(0)
+            dropped.append(path)
+            mine -= kept_size
+            total -= kept_size
+            strangers -= kept_size if stranger else 0
         if share is not None and mine > share:
-            kept.sort()  # the sender's own older interrupted transfers give way first
-            while kept and mine > share:
-                _, path, kept_size = kept.pop(0)
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                mine -= kept_size
-                total -= kept_size
-            if mine > share:
-                raise NoRoom(
-                    f"photos arriving from {sender} would take more than their "
-                    f"{_mib(share)} share at once"
-                )
+            raise NoRoom(
+                f"photos arriving from {sender} would take more than their "
+                f"{_mib(share)} share at once"
+            )
+        if stranger and strangers > limits.strangers_partial_bytes:
+            raise NoRoom(
+                "photos arriving from numbers not in the contacts take all the room they "
+                f"may ({_mib(limits.strangers_partial_bytes)}) for now"
+            )
         if total > limits.partial_bytes:
             raise NoRoom(
-                f"photos arriving would take more than {_mib(limits.partial_bytes)} at once"
+                f"photos arriving take all the room they may ({_mib(limits.partial_bytes)}) for now"
             )
         try:
             free = shutil.disk_usage(self.partial).free
         except OSError as exc:
             raise _storing_failed("photos", exc) from exc
+        freed = sum(path.stat().st_size for path in dropped if path.exists())
         needed = size - own + sum(photo.size - photo.written for photo in arriving)
-        if free - needed < limits.disk_reserve:
+        if free + freed - needed < limits.disk_reserve:
             raise NoRoom(
                 f"not enough room on the receiver's disk ({_mib(free)} free, "
                 f"{_mib(needed)} needed by photos arriving, "
                 f"{_mib(limits.disk_reserve)} kept free)"
             )
+        for path in dropped:  # (only now that the photo is taken)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
     def release(self, key: str) -> None:
         self._active.pop(key, None)

@@ -108,7 +108,10 @@ class Session:
         self.trust = TrustStore.load(config.data_dir / TRUST_FILE)
         self._keys = Trust(self.trust, self._key_changed)
         self.photos = PhotoStore(
-            config.data_dir / "photos", config.limits, incoming=config.incoming
+            config.data_dir / "photos",
+            config.limits,
+            incoming=config.incoming,
+            known=self.book.knows,
         )
         self.events: asyncio.Queue[SessionEvent] = asyncio.Queue()
         self.listen_address: tuple[str, int] | None = None

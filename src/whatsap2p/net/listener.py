@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from whatsap2p.config import Limits, Timeouts
-from whatsap2p.errors import IncomingRefused, ProtocolError, WhatsAp2pError
+from whatsap2p.errors import IncomingRefused, NoRoom, ProtocolError, WhatsAp2pError
 from whatsap2p.net.network import Listening, Network, TcpNetwork
 from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.channel import Buffer
@@ -357,6 +357,26 @@ class _ReceiverSession:
                 self._sink.interrupted()
             self._photo_ended()
 
+    async def _turn(self) -> bool | None:
+        """Wait for the offered photo's turn to be written: True once it came; False if it
+        did not within `Timeouts.turn_wait`; None if the connection ended meanwhile."""
+        assert self._sink is not None
+        turn = asyncio.ensure_future(self._sink.turn())
+        ended = asyncio.ensure_future(self._io.wait_closed())
+        try:
+            await asyncio.wait(
+                (turn, ended), timeout=self._timeouts.turn_wait, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            ended.cancel()
+            if not turn.done():
+                turn.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await turn
+        if turn.cancelled():
+            return None if ended.done() and not ended.cancelled() else False
+        return True
+
     def _photo_ended(self) -> None:
         """The photo under way is stored, refused or cut off (its sink told already)."""
         self._sink = None
@@ -420,7 +440,15 @@ class _ReceiverSession:
                 self._photo_ended()
                 await self._answer(ev.Ack(event.id))  # already stored: no bytes needed
             else:
-                await self._sink.turn()
+                turn = await self._turn()
+                if turn is None:  # the connection ended while it waited
+                    return False
+                if not turn:
+                    self._sink.interrupted()
+                    self._photo_ended()
+                    busy = NoRoom("the receiver is taking other photos: try again later")
+                    await self._answer(_rejected(event.id, busy))
+                    return True
                 await self._answer(ev.Resume(event.id, self._sink.offset))
         elif isinstance(event, ev.PhotoChunk):
             assert self._sink is not None
