@@ -68,6 +68,9 @@ _LIMITS = Limits()
 _SCRATCH = Path(tempfile.mkdtemp(prefix="whatsap2p-fuzz-"))
 atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
 _HEADER = struct.Struct(">BI")
+# Pillow imports its format plugins at the first Image.open: import them now, while
+# atheris instruments what is imported (fuzz/run.py), so their branches count too.
+Image.init()
 
 
 def _pieces(data: bytes, max_body: int) -> Iterator[bytes]:
