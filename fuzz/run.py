@@ -13,8 +13,10 @@ its input in --out as NAME-crash-... (NAME-timeout-..., NAME-oom-...) and fails 
 run; tests/test_fuzz_findings.py replays every file there.
 
 For each harness it prints the seconds, the inputs executed (and per second), and the
-corpus (files) and coverage (libFuzzer's cov: edges, ft: features) when it started
-and when it ended, read from libFuzzer's INITED and DONE lines.
+corpus and coverage (libFuzzer's cov: edges, ft: features) when it started and when it
+ended, read from libFuzzer's INITED and DONE lines. The corpus is counted twice: the
+inputs libFuzzer keeps (corp:) and the files in its directory, which also holds the
+inputs it has since replaced by smaller ones with the same features.
 """
 
 from __future__ import annotations
@@ -67,15 +69,12 @@ class Outcome:
         rate = f"{self.inputs / self.seconds:,.0f}/s" if self.inputs else "?/s"
         inputs = f"{self.inputs:,}" if self.inputs is not None else "?"
         verdict = "ok" if self.returncode == 0 else f"CRASH (exit {self.returncode})"
-        cov = ft = "?"
-        if self.inited and self.done:
-            cov = f"{self.inited[0]}→{self.done[0]}"
-            ft = f"{self.inited[1]}→{self.done[1]}"
-        elif self.inited:
-            cov, ft = f"{self.inited[0]}→?", f"{self.inited[1]}→?"
+        start = self.inited or ("?", "?", "?")
+        end = self.done or ("?", "?", "?")
         return (
             f"{self.name:>19}: {self.seconds:5.0f} s, {inputs:>11} inputs ({rate:>8}), "
-            f"corpus {self.files_before}→{self.files_after} files, cov {cov}, ft {ft}: {verdict}"
+            f"corpus {start[2]}→{end[2]} inputs ({self.files_before}→{self.files_after} files), "
+            f"cov {start[0]}→{end[0]}, ft {start[1]}→{end[1]}: {verdict}"
         )
 
 
