@@ -81,13 +81,12 @@ bench-tools:
 # harness, one after the other, on the Python source (a copy without the compiled modules
 # in .run/fuzz-src: atheris cannot instrument mypyc's), each on its corpus in
 # .run/fuzz-corpus/NAME, kept between runs; crashes are saved in fuzz/findings/, which
-# tests/test_fuzz_findings.py replays. FUZZ_ONLY="photo trust" runs some; FUZZ_JOBS > 1
-# gives each harness that many libFuzzer workers. fuzz-long: one CPU-hour per harness.
+# tests/test_fuzz_findings.py replays. FUZZ_ONLY="photo trust" runs some. One core at a
+# time; fuzz-long: one CPU-hour per harness.
 FUZZ_SECONDS ?= 60
-FUZZ_JOBS ?= 1
 FUZZ_ONLY ?=
 fuzz: $(BUILT)
-	$(BIN)/python fuzz/run.py --seconds $(FUZZ_SECONDS) --jobs $(FUZZ_JOBS) $(if $(FUZZ_ONLY),--only $(FUZZ_ONLY))
+	$(BIN)/python fuzz/run.py --seconds $(FUZZ_SECONDS) $(if $(FUZZ_ONLY),--only $(FUZZ_ONLY))
 
 fuzz-long:
 	$(MAKE) fuzz FUZZ_SECONDS=3600

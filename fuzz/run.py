@@ -1,7 +1,7 @@
 """`make fuzz`: run every harness (or some) for a while, each on its kept corpus.
 
     python fuzz/run.py [--seconds 60] [--only NAME ...] [--out fuzz/findings]
-                       [--corpus .run/fuzz-corpus] [--jobs 1]
+                       [--corpus .run/fuzz-corpus]
 
 The harnesses run on the package's Python source: a copy of src/whatsap2p without the
 mypyc-compiled modules (.run/fuzz-src, made afresh each run), first on the path, so
@@ -91,7 +91,7 @@ def pure_source(where: Path) -> Path:
     return where
 
 
-def run(name: str, seconds: int, out: Path, corpora: Path, source: Path, jobs: int) -> Outcome:
+def run(name: str, seconds: int, out: Path, corpora: Path, source: Path) -> Outcome:
     corpus = corpora / name
     corpus.mkdir(parents=True, exist_ok=True)
     for n, seed in enumerate(seeds(name)):
@@ -113,18 +113,12 @@ def run(name: str, seconds: int, out: Path, corpora: Path, source: Path, jobs: i
     ]
     if name in DICTIONARIES:
         command.append(f"-dict={HERE / 'dicts' / DICTIONARIES[name]}")
-    if jobs > 1:  # libFuzzer's own parallel workers, merging into the one corpus
-        command += [f"-jobs={jobs}", f"-workers={jobs}"]
     command.append(str(corpus))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(source), str(ROOT)]))
     started = time.monotonic()
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     elapsed = time.monotonic() - started
     stderr = result.stderr
-    if jobs > 1:  # each job writes its own log: fuzz-N.log in the working directory
-        for log in sorted(ROOT.glob("fuzz-*.log")):
-            stderr += log.read_text(errors="replace")
-            log.unlink()
     inited = done = None
     for line in stderr.splitlines():
         if match := _STATUS.match(line):
@@ -159,13 +153,11 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=HERE / "findings")
     parser.add_argument("--corpus", type=Path, default=ROOT / ".run" / "fuzz-corpus")
     parser.add_argument("--source", type=Path, default=ROOT / ".run" / "fuzz-src")
-    parser.add_argument("--jobs", type=int, default=1, help="parallel workers per harness")
     args = parser.parse_args()
     source = pure_source(args.source.resolve())
     names = args.only or list(HARNESSES)
     outcomes = [
-        run(name, args.seconds, args.out.resolve(), args.corpus.resolve(), source, args.jobs)
-        for name in names
+        run(name, args.seconds, args.out.resolve(), args.corpus.resolve(), source) for name in names
     ]
     failures = [o.name for o in outcomes if o.returncode != 0]
     if failures:
