@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 BUILT := $(VENV)/.compiled
 SOURCES := setup.py $(shell find src -name '*.py')
 
-.PHONY: install run test lint bench bench-tools soak fuzz clean test-tools
+.PHONY: install run test lint bench bench-tools soak fuzz fuzz-long clean test-tools
 
 install: $(BUILT)
 
@@ -79,10 +79,19 @@ bench-tools:
 	    magic-wormhole-transit-relay==0.5.0; } \
 	  || echo "could not install magic-wormhole: the report will say so"; }
 
-# Coverage-guided fuzzing (atheris) of every parser; FUZZ_SECONDS per harness.
+# Coverage-guided fuzzing (atheris) of every parser of untrusted input, FUZZ_SECONDS per
+# harness, one after the other, on the Python source (a copy without the compiled modules
+# in .run/fuzz-src: atheris cannot instrument mypyc's), each on its corpus in
+# .run/fuzz-corpus/NAME, kept between runs; crashes are saved in fuzz/findings/, which
+# tests/test_fuzz_findings.py replays. FUZZ_ONLY="photo trust" runs some. One core at a
+# time; fuzz-long: one CPU-hour per harness.
 FUZZ_SECONDS ?= 60
+FUZZ_ONLY ?=
 fuzz: $(BUILT)
-	$(BIN)/python fuzz/run.py --seconds $(FUZZ_SECONDS)
+	$(BIN)/python fuzz/run.py --seconds $(FUZZ_SECONDS) $(if $(FUZZ_ONLY),--only $(FUZZ_ONLY))
+
+fuzz-long:
+	$(MAKE) fuzz FUZZ_SECONDS=3600
 
 # 10,000 queued messages while the receiver is killed twice and the server restarted.
 soak: $(BUILT)

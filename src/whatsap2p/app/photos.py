@@ -53,6 +53,9 @@ _EXTENSIONS = {
 }
 _UNSAFE = re.compile(r"[^\w .()+-]")
 _MAX_STEM = 80
+#: File systems take names of up to 255 bytes: the stem's UTF-8 (80 characters of 4 bytes
+#: would be 320), " (9999)" for a name taken (`_place`) and the extension must fit.
+_MAX_STEM_BYTES = 240
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +238,8 @@ def safe_file_name(name: str, mime: str) -> str:
     base = re.split(r"[/\\]", unicodedata.normalize("NFC", name))[-1]
     base = "".join(c for c in base if unicodedata.category(c)[0] != "C")
     stem = Path(base).stem if Path(base).suffix.lower() in _KNOWN_SUFFIXES else base
-    stem = _UNSAFE.sub("_", stem).strip(" .")[:_MAX_STEM].strip(" .")
+    stem = _UNSAFE.sub("_", stem).strip(" .")[:_MAX_STEM]
+    stem = stem.encode()[:_MAX_STEM_BYTES].decode("utf-8", "ignore").strip(" .")
     return (stem or "photo") + _EXTENSIONS[mime]
 
 
