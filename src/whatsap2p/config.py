@@ -97,6 +97,10 @@ class IncomingLimits:
     disk_reserve: int = 64 * MiB
     #: Senders remembered (least recently heard from forgotten first).
     max_senders: int = 65536
+    #: Requests to connect back (a module that cannot reach us asks, through the
+    #: server) answered per second, and the burst.
+    dials_rate: float = 5.0
+    dials_burst: float = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +112,10 @@ class Timeouts:
     #: Opening one to a peer's LAN address (behind the same router: tried first). One
     #: that does not answer this fast is not on our LAN.
     lan_connect: float = 1.0
+    #: A peer not connected within this time (or refused) is also asked, through the
+    #: server, to connect to us (it may be behind a router that keeps us out); the first
+    #: connection to come is taken.
+    reverse_after: float = 1.0
     #: Completing the secure handshake: how long a connection may stay unauthenticated.
     handshake: float = 5.0
     #: Waiting for the server to answer a request.
@@ -175,3 +183,9 @@ class RateLimits:
     ip_register_burst: float = 500.0
     #: Connections from one IP that have not completed the secure handshake yet.
     max_unauthenticated_per_ip: int = 256
+    #: Requests to have a module connect back (`reverse`) per second by one connection,
+    #: and by one source IP, with their bursts: each makes another module dial out.
+    reverse_rate: float = 5.0
+    reverse_burst: float = 20.0
+    ip_reverse_rate: float = 50.0
+    ip_reverse_burst: float = 200.0

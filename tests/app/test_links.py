@@ -236,16 +236,43 @@ def test_a_frozen_peer_fails_on_its_deadline_and_holds_nobody_up(tmp_path: Path)
     in_memory(tmp_path, scenario)
 
 
-def test_a_peer_that_went_away_is_reported_unreachable_at_once(tmp_path: Path) -> None:
+def test_a_peer_that_cannot_be_dialled_is_reached_the_other_way_round(tmp_path: Path) -> None:
     async def scenario(world: World) -> None:
         alice, bob = await world.user(ALICE), await world.user(BOB)
-        network(world).stop_listening(address(bob))  # registered, but nobody listens
+        # bob's module is there, but no connection gets in (a router keeps them out)
+        network(world).stop_listening(address(bob))
         started = now()
         report = await alice.send_text(BOB, "hello?")
-        assert now() == started
+        assert (report.delivered, report.routes) == ([BOB], {BOB: "reverse"})
+        assert now() == started  # refused at once: bob was asked at once
+        got = await next_event(bob)
+        assert isinstance(got, TextReceived)
+        assert got.sender == ALICE
+        again = await alice.send_text(BOB, "and again")  # on the link bob opened
+        assert again.routes == {BOB: "reverse"}
+        assert world.server.metrics.reversals == 1
+
+    in_memory(tmp_path, scenario)
+
+
+def test_a_peer_out_of_reach_both_ways_is_reported_on_time(tmp_path: Path) -> None:
+    async def scenario(world: World) -> None:
+        alice = await world.user(ALICE)
+        key = load_or_create_key(world.root / BOB / IDENTITY_FILE)
+        holder = await world.client(BOB, key)  # registered; takes no connection, dials none
+        await holder.register(BOB, 4444)
+        started = now()
+        report = await alice.send_text(BOB, "hello?")
+        assert now() - started == pytest.approx(FAST.connect)  # waited for it to dial back
         assert report.failed == [
-            FailedDelivery(BOB, "unreachable", "cannot connect: Connection refused")
+            FailedDelivery(
+                BOB,
+                "unreachable",
+                "cannot connect: Connection refused; asked to connect back: it did not "
+                "connect back either",
+            )
         ]
+        await holder.close()
 
     in_memory(tmp_path, scenario)
 
@@ -299,8 +326,8 @@ def test_queued_texts_to_an_unreachable_recipient_are_retried_less_and_less(
         await holder.register(BOB, 4444)  # online, at an address where nobody listens
         tries = await network(world).attempted((world.host_of(BOB), 4444), 4)
         pauses = [round(b - a, 3) for a, b in itertools.pairwise(tries)]
-        first = FAST.outbox_retry_first
-        assert pauses == [first, 2 * first, 4 * first]
+        first, back = FAST.outbox_retry_first, FAST.connect  # (each waits for a dial back)
+        assert pauses == [first + back, 2 * first + back, 4 * first + back]
         await holder.unregister()  # bob's real module comes online: delivered at once
         await holder.close()
         bob = await world.user(BOB)

@@ -72,14 +72,21 @@ class ServerProcess:
 
     @classmethod
     async def start(
-        cls, db: Path, *args: str, port: int = 0, inside: tuple[str, ...] = ()
+        cls,
+        db: Path,
+        *args: str,
+        port: int = 0,
+        inside: tuple[str, ...] = (),
+        host: str = "127.0.0.1",
     ) -> ServerProcess:
-        """A server with its bindings in `db` (its key beside it, in `db`.key); `inside`:
-        the command it runs under (`ip netns exec NAME`)."""
+        """A server on `host` with its bindings in `db` (its key beside it, in `db`.key);
+        `inside`: the command it runs under (`ip netns exec NAME`)."""
         proc = await asyncio.create_subprocess_exec(
             *inside,
             WHATSAP2P,
             "server",
+            "--host",
+            host,
             "--port",
             str(port),
             "--db",
@@ -92,8 +99,10 @@ class ServerProcess:
         first = (await asyncio.wait_for(proc.stdout.readline(), TIMEOUT)).decode()
         assert first.startswith("fingerprint "), first
         line = (await asyncio.wait_for(proc.stdout.readline(), TIMEOUT)).decode()
-        assert line.startswith("listening on 127.0.0.1:"), line
-        return cls(proc, int(line.rsplit(":", 1)[1]), first.split()[1], db)
+        assert line.startswith(f"listening on {host}:"), line
+        server = cls(proc, int(line.rsplit(":", 1)[1]), first.split()[1], db)
+        server.address = f"{host}:{server.port}"
+        return server
 
     async def stop(self, signum: int = signal.SIGTERM) -> int:
         if self.proc.returncode is None:

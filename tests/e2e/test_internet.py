@@ -5,7 +5,6 @@ listeners and clients run inside the namespaces; a connection dropped times out 
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.internet import Host, Router, cannot_make_internet, internet
-from tests.e2e.procs import TIMEOUT, WHATSAP2P, ServerProcess, UserProcess
+from tests.e2e.procs import ServerProcess, UserProcess
 
 REASON = cannot_make_internet()
 pytestmark = [pytest.mark.skipif(REASON is not None, reason=REASON or ""),
@@ -275,18 +274,9 @@ async def test_a_user_behind_a_nat_gets_ready_on_a_server_on_the_internet(
     with internet() as net:
         directory = net.public_host("203.0.113.10")
         alice = net.router().host()
-        # ServerProcess.start expects 127.0.0.1: the server listens on its public address
-        proc = await asyncio.create_subprocess_exec(
-            *directory.inside, WHATSAP2P, "server", "--host", directory.address, "--port",
-            "5555", "--db", str(tmp_path / "server.sqlite3"),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        assert proc.stdout is not None
-        first = (await asyncio.wait_for(proc.stdout.readline(), TIMEOUT)).decode()
-        line = (await asyncio.wait_for(proc.stdout.readline(), TIMEOUT)).decode()
-        assert line == "listening on 203.0.113.10:5555\n", line
-        server = ServerProcess(proc, 5555, first.split()[1], tmp_path / "server.sqlite3")
-        server.address = "203.0.113.10:5555"
+        server = await ServerProcess.start(
+            tmp_path / "server.sqlite3", inside=directory.inside, host=directory.address
+        )
         user = None
         try:
             user = await UserProcess.start(

@@ -314,3 +314,40 @@ async def test_a_lan_address_goes_only_to_lookers_behind_the_same_router() -> No
         assert (await neighbour.lookup([ERIN]))[ERIN].local is None
         for each in (bob, neighbour, stranger, lan):
             await each.close()
+
+
+async def test_a_request_to_connect_back_carries_the_askers_own_address() -> None:
+    network = MemoryNetwork()
+    rates = RateLimits(reverse_burst=5, reverse_rate=0.001)
+    async with running_server(network=network, rates=rates) as (server, port):
+
+        async def client(host_seen: str, key: StaticKey) -> DirectoryClient:
+            return await DirectoryClient.connect(
+                "127.0.0.1", port, key, network=network.at(host_seen)
+            )
+
+        bob_key, alice_key = StaticKey.generate(), StaticKey.generate()
+        bob = await client("203.0.113.101", bob_key)  # behind a router
+        await bob.register(BOB, 4002)
+        dials: asyncio.Queue[tuple[ev.PeerAddress, bytes]] = asyncio.Queue()
+        bob.on_dial = lambda peer, token: dials.put_nowait((peer, token))
+        alice = await client("198.51.100.7", alice_key)
+        await alice.register(ALICE, 4001, "198.51.100.99")  # claims another address
+        token = bytes(range(16))
+        await alice.reverse(BOB, token)
+        peer, said = await asyncio.wait_for(dials.get(), 5)
+        # where the server sees alice, never where she claims to be
+        assert peer == ev.PeerAddress(ALICE, "198.51.100.7", 4001, alice_key.public)
+        assert said == token
+        assert server.metrics.reversals == 1
+        with pytest.raises(ServerRefused, match="not online at this server"):
+            await alice.reverse(CAROL, token)
+        with pytest.raises(ServerRefused, match="not online at this server"):
+            await alice.reverse(ALICE, token)  # (herself)
+        for _ in range(2):
+            await alice.reverse(BOB, token)
+        with pytest.raises(RateLimited):  # five in a burst, then hardly any
+            await alice.reverse(BOB, token)
+        assert dials.qsize() == 2
+        for each in (alice, bob):
+            await each.close()

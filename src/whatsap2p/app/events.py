@@ -113,6 +113,7 @@ class DeliveryReport:
     #: Offline recipients whose copy waits in the outbox (a send with queue=True).
     queued: list[str] = field(default_factory=list)
     #: How the content travelled to each delivered recipient: "direct" (we dialled an
-    #: address it published: its LAN address behind the same router, or its public one);
-    #: "reverse", "punched" and "relay" are kept for the paths still to come (issue 22).
+    #: address it published: its LAN address behind the same router, or its public one),
+    #: "reverse" (it dialled us, asked through the server); "punched" and "relay" are
+    #: kept for the paths still to come.
     routes: dict[str, str] = field(default_factory=dict)

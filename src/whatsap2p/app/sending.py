@@ -72,7 +72,7 @@ class Sender:
         message = ev.Text(secrets.token_hex(16), _now(), text, recipients.group)
         pool = self._pool
 
-        def deliver(address: ev.PeerAddress) -> Awaitable[None]:
+        def deliver(address: ev.PeerAddress) -> Awaitable[str]:
             return pool.send_text(address, message)
 
         report = await self._fan_out(message.id, recipients, deliver, queue)
@@ -116,8 +116,10 @@ class Sender:
 
         pool = self._pool
 
-        async def deliver(address: ev.PeerAddress) -> None:
-            await pool.send_photo(address, offer, functools.partial(stream_to, address.phone))
+        async def deliver(address: ev.PeerAddress) -> str:
+            return await pool.send_photo(
+                address, offer, functools.partial(stream_to, address.phone)
+            )
 
         report = await self._fan_out(offer.id, recipients, deliver, queue)
         digests = [s.sha256 for s in streams.values() if s.sha256 is not None]
@@ -145,7 +147,7 @@ class Sender:
         self,
         message_id: str,
         recipients: Recipients,
-        deliver: Callable[[ev.PeerAddress], Awaitable[None]],
+        deliver: Callable[[ev.PeerAddress], Awaitable[str]],
         queue: bool,
     ) -> DeliveryReport:
         """One lookup for all recipients, then every online one concurrently; the
@@ -170,27 +172,26 @@ class Sender:
         else:
             sends = (self._deliver_to(online[p], deliver) for p in targets)
             outcomes = await asyncio.gather(*sends)
-        for phone, failure in zip(targets, outcomes, strict=True):
-            if failure is None:
+        for phone, outcome in zip(targets, outcomes, strict=True):
+            if isinstance(outcome, str):
                 report.delivered.append(phone)
-                report.routes[phone] = "direct"  # (every link is one we dialled)
+                report.routes[phone] = outcome
             else:
-                report.failed.append(FailedDelivery.of(phone, failure))
+                report.failed.append(FailedDelivery.of(phone, outcome))
         order = {phone: i for i, phone in enumerate(recipients.phones)}
         report.failed.sort(key=lambda failed: order[failed.phone])
         return report
 
     @staticmethod
     async def _deliver_to(
-        address: ev.PeerAddress, deliver: Callable[[ev.PeerAddress], Awaitable[None]]
-    ) -> DeliveryFailed | None:
-        """None when the peer acknowledged, else why it did not."""
+        address: ev.PeerAddress, deliver: Callable[[ev.PeerAddress], Awaitable[str]]
+    ) -> DeliveryFailed | str:
+        """The route it went by when the peer acknowledged, else why it did not."""
         try:
-            await deliver(address)
+            return await deliver(address)
         except DeliveryFailed as exc:
             log.info("delivery to %s failed: %s", address.phone, exc)
             return exc
-        return None
 
     async def _record(
         self,

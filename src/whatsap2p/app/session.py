@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -48,7 +49,10 @@ from whatsap2p.app.trust import Trust, TrustStore
 from whatsap2p.config import IncomingLimits, Limits, Timeouts
 from whatsap2p.errors import (
     CannotListen,
+    DirectoryError,
     InvalidInput,
+    PeerTimedOut,
+    PeerUnreachable,
     ServerUnreachable,
     StoreError,
     UnknownTarget,
@@ -60,7 +64,9 @@ from whatsap2p.net.network import Network, TcpNetwork
 from whatsap2p.net.pool import LinkPool
 from whatsap2p.phone import DEFAULT_REGION, normalise_phone
 from whatsap2p.protocol import events as ev
+from whatsap2p.protocol.directory import TOKEN_BYTES
 from whatsap2p.protocol.keys import StaticKey, fingerprint
+from whatsap2p.ratelimit import TokenBucket
 
 __all__ = ["IDENTITY_FILE", "Session", "SessionConfig"]
 
@@ -124,6 +130,8 @@ class Session:
         self._outbox: Outbox | None = None
         self._sender: Sender | None = None
         self._inbox: Inbox | None = None
+        #: Requests to connect back that we answer (made at the first one).
+        self._dials: TokenBucket | None = None
         #: Numbers whose coming online the UI wants to hear of (PresenceChanged).
         self._presence: frozenset[str] = frozenset()
 
@@ -183,6 +191,7 @@ class Session:
             raise
         limits, timeouts, network = config.limits, config.timeouts, config.network
         self._pool = pool = LinkPool(self.phone, identity, limits, timeouts, network)
+        pool.reverse = self._connected_back
         self._outbox = outbox = Outbox(
             config.data_dir / "outbox",
             history,
@@ -367,8 +376,45 @@ class Session:
     async def _registered(self, directory: DirectoryClient) -> None:
         """A new registration (at start, or after a loss): the watches go out on it."""
         directory.on_online = self._came_online
+        directory.on_dial = self._dial_asked
         assert self._outbox is not None
         await self._outbox.watch(directory, self._presence)
+
+    def _dial_asked(self, peer: ev.PeerAddress, token: bytes) -> None:
+        """`peer` cannot reach us and asks, through the server, that we connect to it:
+        we do, within our limit (a flood of such requests costs us little)."""
+        limits = self.config.incoming
+        now = asyncio.get_running_loop().time()
+        if self._dials is None:
+            self._dials = TokenBucket(limits.dials_rate, limits.dials_burst, now)
+        if not self._dials.take(now):
+            log.warning("not connecting back to %s: too many requests to", peer.phone)
+            return
+        assert self._listener is not None
+        self._listener.dial_back(peer, token)
+
+    async def _connected_back(self, address: ev.PeerAddress) -> asyncio.Transport:
+        """Ask `address`'s module, through the server, to connect to us; that connection
+        (DeliveryFailed if it does not come)."""
+        assert self._listener is not None
+        assert self._registrar is not None
+        directory = self._registrar.directory
+        if directory is None:
+            raise PeerUnreachable("no server to ask it to connect back")
+        token = secrets.token_bytes(TOKEN_BYTES)
+        arrival = self._listener.expect(token)
+        try:
+            try:
+                await directory.reverse(address.phone, token)
+            except DirectoryError as exc:
+                raise PeerUnreachable(f"it cannot be asked to connect back: {exc}") from exc
+            try:
+                async with asyncio.timeout(self.config.timeouts.connect):
+                    return await arrival
+            except TimeoutError:
+                raise PeerTimedOut("it did not connect back either") from None
+        finally:
+            self._listener.forget(token)
 
     async def _watch(self) -> dict[str, ev.PeerAddress]:
         assert self._outbox is not None

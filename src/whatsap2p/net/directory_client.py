@@ -86,6 +86,9 @@ class DirectoryClient(DirectoryEvents):
         self._up: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         #: Called with each watched number that comes online (pushed by the server).
         self.on_online: Callable[[ev.PeerAddress], None] | None = None
+        #: Called when a module asks (through the server) to be connected to, with the
+        #: token to open the connection with.
+        self.on_dial: Callable[[ev.PeerAddress, bytes], None] | None = None
         #: Called once the connection is gone (lost, or closed), after `closed` is set.
         self.on_closed: Callable[[], None] | None = None
         self._waiting: dict[int, asyncio.Future[ev.Message]] = {}
@@ -149,6 +152,12 @@ class DirectoryClient(DirectoryEvents):
         assert isinstance(answer, ev.Registered)
         return answer
 
+    async def reverse(self, phone: str, token: bytes) -> None:
+        """Ask `phone`'s module (through the server) to connect to us, opening with
+        `token`; DirectoryError if the server would not pass it on."""
+        answer = await self.request(ev.Reverse(self.next_rid(), phone, token))
+        assert isinstance(answer, ev.Reversing)
+
     async def lookup(self, phones: list[str]) -> dict[str, ev.PeerAddress]:
         """The online ones among `phones`, with their addresses.
 
@@ -204,6 +213,10 @@ class DirectoryClient(DirectoryEvents):
         if type(message) is ev.Online:
             if self.on_online is not None:
                 self.on_online(message.peer)
+            return
+        if type(message) is ev.Dial:
+            if self.on_dial is not None:
+                self.on_dial(message.peer, message.token)
             return
         out = self._lookup_out
         if out is not None and message.rid == out[0]:

@@ -87,6 +87,9 @@ class PeerLink(asyncio.Protocol):
         self.address: ev.PeerAddress | None = None
         #: The host it reached the peer at (its LAN address, or its published one).
         self.host: str | None = None
+        #: How it came to be: "direct" (we dialled the peer), "reverse" (the peer dialled
+        #: us, on our request through the server).
+        self.route = "direct"
 
     @classmethod
     async def open(
@@ -99,11 +102,14 @@ class PeerLink(asyncio.Protocol):
         timeouts: Timeouts,
         deadlines: Deadlines,
         prefer: str | None = None,
+        connected: asyncio.Event | None = None,
     ) -> PeerLink:
         """Connect, prove our key, make the peer prove the key the server gave for it,
         and say who we are; DeliveryFailed with why not. A peer behind the same router
         (the server gave its LAN address) is tried there first, briefly, then at its
-        published address; `prefer`: the host that worked last time, tried first."""
+        published address; `prefer`: the host that worked last time, tried first.
+        `connected` is set once the last address tried accepted the connection (what
+        may still fail then is the module there, not the way to it)."""
         hosts = [address.host] if address.local is None else [address.local, address.host]
         if prefer in hosts:
             hosts.remove(prefer)
@@ -119,11 +125,51 @@ class PeerLink(asyncio.Protocol):
                 break
         else:
             link = await cls._dial(
-                network, address, hosts[-1], key, limits, timeouts, deadlines, timeouts.connect
+                network,
+                address,
+                hosts[-1],
+                key,
+                limits,
+                timeouts,
+                deadlines,
+                timeouts.connect,
+                connected,
             )
         link.address = address
         link._write(ev.Hello(me))
         return link
+
+    @classmethod
+    async def adopt(
+        cls,
+        transport: asyncio.Transport,
+        address: ev.PeerAddress,
+        me: str,
+        key: StaticKey,
+        limits: Limits,
+        timeouts: Timeouts,
+        deadlines: Deadlines,
+    ) -> PeerLink:
+        """A link on a connection `address`'s module opened to us because we asked it to
+        (it is behind a router that keeps us out: `reverse`); we are the sender on it,
+        exactly as on one we opened: we start the handshake, it proves its key."""
+        link = cls(cls._sender(address, key, limits, timeouts), deadlines)
+        transport.set_protocol(link)
+        link.connection_made(transport)
+        await link._secured(address)
+        link.route = "reverse"
+        link.address = address
+        link._write(ev.Hello(me))
+        return link
+
+    @staticmethod
+    def _sender(
+        address: ev.PeerAddress, key: StaticKey, limits: Limits, timeouts: Timeouts
+    ) -> PeerSender:
+        channel = NoiseChannel(
+            key, initiator=True, max_body=limits.max_peer_frame, expected_remote=address.key
+        )
+        return PeerSender(asyncio.get_running_loop().time(), limits, timeouts, channel)
 
     @classmethod
     async def _dial(
@@ -136,12 +182,10 @@ class PeerLink(asyncio.Protocol):
         timeouts: Timeouts,
         deadlines: Deadlines,
         connect: float,
+        connected: asyncio.Event | None = None,
     ) -> PeerLink:
         """A secure connection to `address`'s module at `host`, or DeliveryFailed."""
-        channel = NoiseChannel(
-            key, initiator=True, max_body=limits.max_peer_frame, expected_remote=address.key
-        )
-        conn = PeerSender(asyncio.get_running_loop().time(), limits, timeouts, channel)
+        conn = cls._sender(address, key, limits, timeouts)
         try:
             link = await network.connect(host, address.port, lambda: cls(conn, deadlines), connect)
         except TimeoutError as exc:
@@ -150,23 +194,30 @@ class PeerLink(asyncio.Protocol):
             ) from exc
         except OSError as exc:
             raise PeerUnreachable(f"cannot connect: {exc.strerror or exc}") from exc
+        if connected is not None:
+            connected.set()
+        await link._secured(address)
+        link.host = host
+        return link
+
+    async def _secured(self, address: ev.PeerAddress) -> None:
+        """Once the handshake is done and the peer proved `address`'s key; DeliveryFailed
+        (the link aborted) if not."""
         try:
-            await link._up  # the sender's handshake deadline bounds it
+            await self._up  # the sender's handshake deadline bounds it
         except DeliveryFailed:
             raise
         except RemoteKeyMismatch as exc:
-            link.abort()
+            self.abort()
             raise PeerUnreachable(
                 "the module at that address is not the one the server knows for this number"
             ) from exc
         except (OSError, ProtocolError) as exc:
-            link.abort()
+            self.abort()
             kind: type[DeliveryFailed] = (
                 PeerProtocolError if isinstance(exc, ProtocolError) else PeerUnreachable
             )
             raise kind(f"no secure connection to the peer: {str(exc) or 'timed out'}") from exc
-        link.host = host
-        return link
 
     # --- asyncio.Protocol ----------------------------------------------------------------
 

@@ -17,13 +17,20 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from whatsap2p.config import Limits, Timeouts
-from whatsap2p.errors import IncomingRefused, NoRoom, ProtocolError, WhatsAp2pError
+from whatsap2p.errors import (
+    IncomingRefused,
+    NoRoom,
+    ProtocolError,
+    RemoteProtocolError,
+    WhatsAp2pError,
+)
 from whatsap2p.net.network import Listening, Network, TcpNetwork
 from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.channel import Buffer
+from whatsap2p.protocol.directory import TOKEN_BYTES
 from whatsap2p.protocol.keys import StaticKey
 from whatsap2p.protocol.noise import NoiseChannel
-from whatsap2p.protocol.peer import PeerReceiver, ReceiverEvent, ReceiverState
+from whatsap2p.protocol.peer import REVERSE_PREFACE, PeerReceiver, ReceiverEvent, ReceiverState
 
 __all__ = ["Inbound", "PeerListener", "PhotoSink"]
 
@@ -96,8 +103,43 @@ class PeerListener:
         self._connections: dict[asyncio.Task[None], _Inbox] = {}
         self._per_ip: Counter[str] = Counter()
         self._arriving = _PhotosArriving(timeouts.supersede)
+        #: Connections back we asked for (`expect`), by token, and ours being opened.
+        self._expected: dict[bytes, asyncio.Future[asyncio.Transport]] = {}
+        self._dialling: set[asyncio.Task[None]] = set()
         #: Peer connections taken since the start (senders keep theirs for a burst).
         self.accepted = 0
+
+    def expect(self, token: bytes) -> asyncio.Future[asyncio.Transport]:
+        """The connection a module will open to us saying `token` (we asked it to, through
+        the server: `reverse`); `forget(token)` once no longer waited for."""
+        arrival: asyncio.Future[asyncio.Transport] = asyncio.get_running_loop().create_future()
+        self._expected[token] = arrival
+        return arrival
+
+    def forget(self, token: bytes) -> None:
+        self._expected.pop(token, None)
+
+    def dial_back(self, peer: ev.PeerAddress, token: bytes) -> None:
+        """Connect to `peer`, which asked us to through the server (it cannot reach us),
+        say `token`, and take its messages as if it had connected to us."""
+        task = asyncio.get_running_loop().create_task(self._dial_back(peer, token))
+        self._dialling.add(task)
+        task.add_done_callback(self._dialling.discard)
+
+    async def _dial_back(self, peer: ev.PeerAddress, token: bytes) -> None:
+        async def serve(connection: _Inbox) -> None:
+            connection.write(REVERSE_PREFACE + token)
+            await self._serve(connection)
+
+        where = f"{peer.phone} at {peer.host}:{peer.port}"
+        try:
+            await self._network.connect(
+                peer.host, peer.port, lambda: _Inbox(serve), self._timeouts.connect
+            )
+        except (OSError, TimeoutError) as exc:
+            log.info("cannot connect back to %s: %s", where, exc)
+        else:
+            log.info("connected back to %s", where)
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Bind and start accepting; returns the address actually bound."""
@@ -113,6 +155,9 @@ class PeerListener:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        for dialling in list(self._dialling):
+            dialling.cancel()
+        await asyncio.gather(*self._dialling, return_exceptions=True)
         # Abort rather than cancel: the tasks then end normally (see server/service.py).
         for connection in self._connections.values():
             connection.transport.abort()
@@ -136,10 +181,20 @@ class PeerListener:
         self._connections[task] = connection
         self._per_ip[ip] += 1
         self.accepted += 1
+        handed_over = False
         try:
-            await _ReceiverSession(
-                self._inbound, self._key, connection, self._limits, self._timeouts, self._arriving
-            ).run()
+            handed_over = await self._handed_over(connection)
+            if not handed_over:
+                await _ReceiverSession(
+                    self._inbound,
+                    self._key,
+                    connection,
+                    self._limits,
+                    self._timeouts,
+                    self._arriving,
+                ).run()
+        except TimeoutError:
+            log.info("peer %s said nothing in time", peer)
         except ProtocolError as exc:
             log.warning("peer %s broke the protocol: %s", peer, exc)
         except (OSError, asyncio.IncompleteReadError) as exc:
@@ -152,9 +207,30 @@ class PeerListener:
             self._per_ip[ip] -= 1
             if self._per_ip[ip] <= 0:
                 del self._per_ip[ip]
-            connection.close()
-            with contextlib.suppress(OSError):
-                await connection.wait_closed()
+            if not handed_over:
+                connection.close()
+                with contextlib.suppress(OSError):
+                    await connection.wait_closed()
+
+    async def _handed_over(self, connection: _Inbox) -> bool:
+        """Whether `connection` is one we asked a module to open to us (it says a token we
+        are waiting for, see `expect`): then it is handed to whoever waits for it. Any
+        other starts with a frame: its first bytes are left to be read."""
+        async with asyncio.timeout(self._timeouts.handshake):
+            data = await connection.read()
+            if data[:1] != REVERSE_PREFACE[:1]:
+                connection.unread(data)
+                return False
+            wanted = len(REVERSE_PREFACE) + TOKEN_BYTES
+            while len(data) < wanted and (more := await connection.read()):
+                data += more
+        if len(data) != wanted or not data.startswith(REVERSE_PREFACE):
+            raise RemoteProtocolError("not a frame, nor a connection back")
+        arrival = self._expected.pop(data[len(REVERSE_PREFACE) :], None)
+        if arrival is None or arrival.done():
+            raise RemoteProtocolError("a connection back that nobody here asked for")
+        arrival.set_result(connection.transport)
+        return True
 
 
 class _Inbox(asyncio.Protocol):
@@ -230,6 +306,12 @@ class _Inbox(asyncio.Protocol):
             self._reading_paused = False
             self.transport.resume_reading()
         return data
+
+    def unread(self, data: bytes) -> None:
+        """Put `data` back: the next read returns it first."""
+        if data:
+            self._chunks.appendleft(data)
+            self._waiting += len(data)
 
     @property
     def paused(self) -> bool:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from whatsap2p.config import Limits, Timeouts
-from whatsap2p.errors import DeliveryFailed, LinkClosed, Unconfirmed
+from whatsap2p.errors import DeliveryFailed, LinkClosed, PeerTimedOut, PeerUnreachable, Unconfirmed
 from whatsap2p.net.deadlines import Deadlines
 from whatsap2p.net.link import PeerLink, PhotoSource
 from whatsap2p.net.network import Network, TcpNetwork
@@ -58,32 +58,39 @@ class LinkPool:
         self._slots: dict[ev.PeerAddress, asyncio.Semaphore] = {}
         self._busy: dict[ev.PeerAddress, int] = {}
         self._links: set[PeerLink] = set()
+        #: Asks `address`'s module (through the server) to connect to us, and returns
+        #: that connection; DeliveryFailed if it does not come. None: never asked.
+        self.reverse: Callable[[ev.PeerAddress], Awaitable[asyncio.Transport]] | None = None
         #: Where each peer was last reached (its LAN address, or its published one).
         self._reached_at: dict[ev.PeerAddress, str] = {}
         self._closed = False
 
-    async def send_text(self, address: ev.PeerAddress, text: ev.Text) -> None:
+    async def send_text(self, address: ev.PeerAddress, text: ev.Text) -> str:
         """Send `text` on the text link to `address` (opened if there is none; sends made
-        meanwhile wait for the same one); returns once acknowledged, DeliveryFailed as it
-        says. A kept link found closed is replaced once."""
+        meanwhile wait for the same one); returns once acknowledged, with the link's
+        route ("direct", "reverse"); DeliveryFailed as it says. A kept link found closed
+        is replaced once."""
         link = self._texts.get(address)
         if link is not None:
             try:
                 await link.send_text(text)
-                return
+                return link.route
             except DeliveryFailed as exc:
                 if not _found_closed(exc):
                     raise
-        await (await self._text_link(address)).send_text(text)
+        link = await self._text_link(address)
+        await link.send_text(text)
+        return link.route
 
     async def send_photo(
         self,
         address: ev.PeerAddress,
         offer: ev.PhotoOffer,
         stream_from: Callable[[int], PhotoSource],
-    ) -> int:
-        """Send a photo on a link of its own (see `PeerLink.send_photo`); a kept link
-        found closed is replaced once (the photo resumes where the receiver has it)."""
+    ) -> str:
+        """Send a photo on a link of its own (see `PeerLink.send_photo`), returning the
+        link's route; a kept link found closed is replaced once (the photo resumes where
+        the receiver has it)."""
         slots = self._slots.setdefault(address, asyncio.Semaphore(self._limits.max_links_per_peer))
         self._busy[address] = self._busy.get(address, 0) + 1
         try:
@@ -122,9 +129,9 @@ class LinkPool:
         link: PeerLink,
         offer: ev.PhotoOffer,
         stream_from: Callable[[int], PhotoSource],
-    ) -> int:
+    ) -> str:
         try:
-            sent = await link.send_photo(offer, stream_from)
+            await link.send_photo(offer, stream_from)
         except BaseException:
             link.abort()
             raise
@@ -132,7 +139,7 @@ class LinkPool:
             self._idle.setdefault(address, []).append(link)
         else:
             link.abort()
-        return sent
+        return link.route
 
     async def _text_link(self, address: ev.PeerAddress) -> PeerLink:
         """The text link to `address` (an ended link is no longer listed), the one being
@@ -159,16 +166,7 @@ class LinkPool:
     async def _open(self, address: ev.PeerAddress) -> PeerLink:
         if self._closed:
             raise LinkClosed("closing")
-        link = await PeerLink.open(
-            self._network,
-            address,
-            self._me,
-            self._key,
-            self._limits,
-            self._timeouts,
-            self._deadlines,
-            prefer=self._reached_at.get(address),
-        )
+        link = await self._reach(address)
         if link.host is not None:  # (the path that worked is tried first next time)
             self._reached_at[address] = link.host
             while len(self._reached_at) > _REMEMBERED:
@@ -179,6 +177,71 @@ class LinkPool:
             link.abort()
             raise LinkClosed("closing")
         return link
+
+    async def _reach(self, address: ev.PeerAddress) -> PeerLink:
+        """A link to `address`: dialled; and when that fails to connect, or has not
+        connected within `Timeouts.reverse_after`, also asked for the other way round
+        (`reverse`: the peer dials us). The first link wins, the other is closed. (Once
+        the dial connected, the way is open: what fails then is the module there.)"""
+        connected = asyncio.Event()
+        dialled = asyncio.ensure_future(
+            PeerLink.open(
+                self._network,
+                address,
+                self._me,
+                self._key,
+                self._limits,
+                self._timeouts,
+                self._deadlines,
+                prefer=self._reached_at.get(address),
+                connected=connected,
+            )
+        )
+        if self.reverse is None:
+            return await dialled
+        went_through = asyncio.ensure_future(connected.wait())
+        try:
+            await asyncio.wait(
+                (dialled, went_through),
+                timeout=self._timeouts.reverse_after,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        except BaseException:
+            _drop(dialled)
+            raise
+        finally:
+            went_through.cancel()
+        if connected.is_set() or (
+            dialled.done() and not isinstance(dialled.exception(), PeerUnreachable | PeerTimedOut)
+        ):
+            return await dialled
+        reversed_ = asyncio.ensure_future(self._reversed(address))
+        racing = {dialled, reversed_}
+        try:
+            while racing:
+                done, racing = await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task.exception() is None:
+                        return task.result()
+        except BaseException:
+            for task in (dialled, reversed_):
+                _drop(task)
+            raise
+        finally:
+            for task in racing:  # (the one that lost the race)
+                _drop(task)
+        failed, failed_back = dialled.exception(), reversed_.exception()
+        assert failed is not None
+        assert failed_back is not None
+        raise type(failed)(f"{failed}; asked to connect back: {failed_back}") from failed_back
+
+    async def _reversed(self, address: ev.PeerAddress) -> PeerLink:
+        """A link on the connection `address`'s module opens to us when asked to."""
+        assert self.reverse is not None
+        transport = await self.reverse(address)
+        return await PeerLink.adopt(
+            transport, address, self._me, self._key, self._limits, self._timeouts, self._deadlines
+        )
 
     def _take(self, address: ev.PeerAddress) -> PeerLink | None:
         links = self._idle.get(address)
@@ -204,3 +267,15 @@ class LinkPool:
                 del self._idle[address]
                 if address not in self._busy:
                     self._slots.pop(address, None)
+
+
+def _drop(task: asyncio.Future[PeerLink]) -> None:
+    """Let go of a link being made that is not wanted: cancelled, or closed once made."""
+    if not task.done():
+        task.cancel()
+    task.add_done_callback(_abort_made)
+
+
+def _abort_made(task: asyncio.Future[PeerLink]) -> None:
+    if not task.cancelled() and task.exception() is None:
+        task.result().abort()

@@ -19,26 +19,42 @@ from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.channel import Buffer, Channel, OverChannel, PlainChannel
 from whatsap2p.protocol.codec import decode_message, encode_message
 
-__all__ = ["DirectoryClientConnection", "DirectoryServerConnection", "ServerState"]
+__all__ = [
+    "TOKEN_BYTES",
+    "DirectoryClientConnection",
+    "DirectoryServerConnection",
+    "ServerState",
+]
 
 E164: Final = re.compile(r"\+[1-9][0-9]{1,14}")
 
 # The kinds of message, as sets of classes checked with `type(message) in ...`: every
 # message class is a leaf, and isinstance() against a msgspec Struct class that does not
 # match goes through its metaclass (a Python call each, several on every request's path).
-_REQUESTS: Final = frozenset({ev.Register, ev.Lookup, ev.Watch, ev.Unregister, ev.Ping})
+_REQUESTS: Final = frozenset({ev.Register, ev.Lookup, ev.Watch, ev.Reverse, ev.Unregister, ev.Ping})
 _ANSWERS: Final = frozenset(
-    {ev.Registered, ev.LookupResult, ev.Watching, ev.Unregistered, ev.Pong, ev.Failure}
+    {
+        ev.Registered,
+        ev.LookupResult,
+        ev.Watching,
+        ev.Reversing,
+        ev.Unregistered,
+        ev.Pong,
+        ev.Failure,
+    }
 )
 _ANSWER_TO: Final[dict[type[ev.Message], type[ev.Message]]] = {
     ev.Register: ev.Registered,
     ev.Lookup: ev.LookupResult,
     ev.Watch: ev.Watching,
+    ev.Reverse: ev.Reversing,
     ev.Unregister: ev.Unregistered,
     ev.Ping: ev.Pong,
 }
 #: What the server sends on its own (rid 0), not as an answer.
-_PUSHES: Final = frozenset({ev.Online, ev.Failure})
+_PUSHES: Final = frozenset({ev.Online, ev.Dial, ev.Failure})
+#: The bytes of a `reverse` token.
+TOKEN_BYTES: Final = 16
 _FROM_SERVER: Final = _ANSWERS | _PUSHES
 
 
@@ -58,6 +74,7 @@ _SERVER_ACCEPTS: Final[dict[tuple[ServerState, type[ev.Message]], bool]] = {
     (ServerState.NEW, ev.Ping): True,
     (ServerState.REGISTERED, ev.Lookup): True,
     (ServerState.REGISTERED, ev.Watch): True,
+    (ServerState.REGISTERED, ev.Reverse): True,
     (ServerState.REGISTERED, ev.Ping): True,
     (ServerState.REGISTERED, ev.Unregister): True,
 }
@@ -70,6 +87,8 @@ _SERVER_SENDS: Final[dict[tuple[ServerState, type[ev.Message]], ServerState]] = 
     (ServerState.REGISTERED, ev.LookupResult): ServerState.REGISTERED,
     (ServerState.REGISTERED, ev.Watching): ServerState.REGISTERED,
     (ServerState.REGISTERED, ev.Online): ServerState.REGISTERED,
+    (ServerState.REGISTERED, ev.Reversing): ServerState.REGISTERED,
+    (ServerState.REGISTERED, ev.Dial): ServerState.REGISTERED,
     (ServerState.REGISTERED, ev.Pong): ServerState.REGISTERED,
     (ServerState.REGISTERED, ev.Failure): ServerState.REGISTERED,
     (ServerState.REGISTERED, ev.Unregistered): ServerState.CLOSED,
@@ -143,6 +162,12 @@ class DirectoryServerConnection(OverChannel):
                 raise RemoteProtocolError(f"invalid port {message.port}")
             if message.host is not None and not 0 < len(message.host) <= 255:
                 raise RemoteProtocolError("invalid advertised host")
+            if message.local is not None and not 0 < len(message.local) <= 64:
+                raise RemoteProtocolError("invalid local address")
+        elif type(message) is ev.Reverse:
+            _check_phone(message.phone)
+            if len(message.token) != TOKEN_BYTES:
+                raise RemoteProtocolError(f"a token is {TOKEN_BYTES} bytes")
         elif type(message) is ev.Lookup or type(message) is ev.Watch:
             if len(message.phones) > self.limits.max_lookup_phones:
                 raise RemoteProtocolError(
@@ -280,6 +305,10 @@ class DirectoryClientConnection(OverChannel):
             message = cast(ev.DirectoryMessage, message)
             rid = message.rid
             if kind in _PUSHES and rid == 0:
+                if kind is ev.Dial:
+                    dial = cast(ev.Dial, message)
+                    if len(dial.token) != TOKEN_BYTES or not 0 < dial.peer.port < 65536:
+                        raise RemoteProtocolError("a malformed 'dial'")
                 self._events.append(message)
                 continue
             if rid == self._ping_rid and rid != 0:

@@ -129,6 +129,27 @@ class Online(DirectoryMessage, frozen=True, tag="online"):
     peer: PeerAddress
 
 
+class Reverse(DirectoryMessage, frozen=True, tag="reverse"):
+    """Ask `phone`'s module to connect to us (we cannot reach it: a router keeps it
+    out), opening with `token` so that we know the connection for ours."""
+
+    phone: str
+    token: bytes
+
+
+class Reversing(DirectoryMessage, frozen=True, tag="reversing"):
+    """The request to connect was passed on to the module."""
+
+
+class Dial(DirectoryMessage, frozen=True, tag="dial"):
+    """Pushed by the server (rid 0): `peer` asks to be connected to (it cannot reach us);
+    open the connection with `token`. `peer.host` is the address the server sees `peer`
+    at, never one it merely claims."""
+
+    peer: PeerAddress
+    token: bytes
+
+
 class Unregister(DirectoryMessage, frozen=True, tag="unregister"):
     """Take this connection's number offline (the connection is done)."""
 
@@ -242,6 +263,9 @@ WireMessage = (
     | Watch
     | Watching
     | Online
+    | Reverse
+    | Reversing
+    | Dial
     | Unregister
     | Unregistered
     | Ping

@@ -31,6 +31,7 @@ from whatsap2p.protocol.directory import E164
 
 __all__ = [
     "PHOTO_MIME_TYPES",
+    "REVERSE_PREFACE",
     "PeerReceiver",
     "PeerSender",
     "ReceiverEvent",
@@ -38,6 +39,11 @@ __all__ = [
     "SenderEvent",
     "SenderState",
 ]
+
+#: What a module connecting back on a `dial` (docs/protocol.md §6.9) writes first: these
+#: 8 bytes, then the `dial`'s 16-byte token; then it waits for the handshake, which the
+#: module that asked (the sender) starts. A frame never starts with "W" (its version).
+REVERSE_PREFACE: Final = b"WA2Prev\x05"
 
 #: The image types we exchange.
 PHOTO_MIME_TYPES: Final = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})

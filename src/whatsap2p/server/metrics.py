@@ -3,6 +3,8 @@
 
 - `whatsap2p_online_users`: users registered through this server now;
 - `whatsap2p_lookups_total`: numbers looked up (rate() gives lookups/s);
+- `whatsap2p_reversals_total`: requests to connect back (`reverse`) passed on to the
+  module asked (refused ones count under `rejected`);
 - `whatsap2p_requests_total{kind}`: requests answered, by kind;
 - `whatsap2p_rejected_total{reason}`: requests refused (rate-limited, number-bound,
   number-online, protocol-error, unavailable);
@@ -32,7 +34,7 @@ from prometheus_client.exposition import start_http_server
 
 __all__ = ["ServerMetrics"]
 
-_KINDS = ("register", "lookup", "watch", "unregister", "ping")
+_KINDS = ("register", "lookup", "watch", "reverse", "unregister", "ping")
 _BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
 
 
@@ -52,6 +54,7 @@ class ServerMetrics:
         self.registry = CollectorRegistry()
         self._online_users = online_users
         self.lookups = 0  # numbers looked up
+        self.reversals = 0  # requests to connect back passed on
         self._latency = {kind: _Latency() for kind in _KINDS}
         self._rejected: dict[str, int] = {}
         self._http: Any = None
@@ -72,6 +75,9 @@ class ServerMetrics:
         )
         yield CounterMetricFamily(
             "whatsap2p_lookups", "Numbers looked up (lookups and watches)", self.lookups
+        )
+        yield CounterMetricFamily(
+            "whatsap2p_reversals", "Requests to connect back passed on", self.reversals
         )
         requests = CounterMetricFamily("whatsap2p_requests", "Requests answered", labels=["kind"])
         latency = HistogramMetricFamily(

@@ -36,7 +36,7 @@ from whatsap2p.protocol.channel import Buffer
 from whatsap2p.protocol.directory import DirectoryServerConnection
 from whatsap2p.protocol.keys import StaticKey
 from whatsap2p.protocol.noise import COMPACT, NoiseChannel
-from whatsap2p.ratelimit import TokenBucket
+from whatsap2p.ratelimit import BucketsByKey, TokenBucket
 from whatsap2p.server.addresses import InvalidHost, vouched_host, vouched_local
 from whatsap2p.server.bindings import Bindings
 from whatsap2p.server.directory import Bind, Directory, Found, MemoryDirectory, Refused, Spend
@@ -95,6 +95,10 @@ class DirectoryServer:
         self.unauthenticated: Counter[str] = Counter()
         #: phone -> the connections waiting for it to come online
         self.watchers: dict[str, set[_Client]] = {}
+        #: phone -> the connection it is registered through, on this server
+        self.here: dict[str, _Client] = {}
+        #: Requests to connect back, per source IP.
+        self.reverses = BucketsByKey(config.rates.ip_reverse_rate, config.rates.ip_reverse_burst)
         self.metrics = ServerMetrics(self._online_users)
         self.deadlines = Deadlines()
         #: While closing: resolved once the last connection is gone.
@@ -169,7 +173,9 @@ class _Client(asyncio.Protocol):
         "_ip",
         "_lookups",
         "_loop",
+        "_port",
         "_recent",
+        "_reverses",
         "_scheduled",
         "_server",
         "_transport",
@@ -185,6 +191,8 @@ class _Client(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._conn: DirectoryServerConnection | None = None
         self._lookups: TokenBucket | None = None
+        self._reverses: TokenBucket | None = None
+        self._port = 0  # where its module accepts peers (registered)
         #: This connection's live entry in the server's deadlines: when it comes up (None:
         #: no entry) and its number.
         self._scheduled: float | None = None
@@ -258,6 +266,8 @@ class _Client(asyncio.Protocol):
         self.authenticated()  # no longer counts as unauthenticated, whatever happened
         self.watch(())
         if self.phone is not None:
+            if server.here.get(self.phone) is self:
+                del server.here[self.phone]
             server.spawn(self._offline(self.phone))
         if not server.connections:
             server.lost_all()
@@ -304,12 +314,16 @@ class _Client(asyncio.Protocol):
             watchers.setdefault(phone, set()).add(self)
 
     def push_online(self, address: ev.PeerAddress) -> None:
-        """Tell this connection a number it watches has come online (a client that stops
-        reading is dropped by the write-drain deadline)."""
+        """Tell this connection a number it watches has come online."""
+        self.push(ev.Online(0, _seen_from(self._ip, address)))
+
+    def push(self, message: ev.Online | ev.Dial) -> None:
+        """Send `message` on our own (a client that stops reading is dropped by the
+        write-drain deadline)."""
         if self._conn is None or self._transport is None or self._transport.is_closing():
             return
         with contextlib.suppress(ProtocolError):
-            self._transport.write(self._conn.send(ev.Online(0, _seen_from(self._ip, address))))
+            self._transport.write(self._conn.send(message))
 
     def failure(self, rid: int, code: str, message: str) -> Buffer:
         assert self._conn is not None
@@ -470,8 +484,34 @@ class _Client(asyncio.Protocol):
             return self._pong(request)
         if type(request) is ev.Register:
             return self._register(request)
+        if type(request) is ev.Reverse:
+            return self._reverse(request)
         assert type(request) is ev.Unregister  # the connection lets no other request through
         return self._unregister(request)
+
+    def _reverse(self, request: ev.Reverse) -> Buffer:
+        """Ask `request.phone`'s module (connected here) to connect to this one: at the
+        address this connection comes from, never one it merely claims."""
+        server = self._server
+        rates = server.config.rates
+        now = self._loop.time()
+        if self._reverses is None:
+            self._reverses = TokenBucket(rates.reverse_rate, rates.reverse_burst, now)
+        if not self._reverses.take(now) or not server.reverses.take(self._ip, now):
+            return self.failure(request.rid, "rate-limited", "too many requests to connect")
+        callee = server.here.get(request.phone)
+        if callee is None or callee is self:
+            return self.failure(
+                request.rid, "offline", f"{request.phone} is not online at this server"
+            )
+        assert self.phone is not None
+        assert self._conn is not None
+        key = self._conn.remote_key
+        assert key is not None
+        me = ev.PeerAddress(self.phone, self._ip, self._port, key)
+        callee.push(ev.Dial(0, me, request.token))
+        server.metrics.reversals += 1
+        return self._conn.send(ev.Reversing(request.rid))
 
     def _lookup(self, request: ev.Lookup | ev.Watch) -> Buffer | Awaitable[Buffer]:
         """Count a lookup (or watch: its numbers watched from now on, before looking, so
@@ -569,6 +609,8 @@ class _Client(asyncio.Protocol):
             message = _REFUSED[refused].format(phone=address.phone)
             return self.failure(request.rid, refused, message)
         self.phone = address.phone
+        self._port = address.port
+        self._server.here[address.phone] = self
         log.info("%s online at %s:%s", address.phone, address.host, address.port)
         assert self._conn is not None
         return self._conn.send(
@@ -588,9 +630,15 @@ class _Client(asyncio.Protocol):
 
     def _unregistered(self, request: ev.Unregister) -> Buffer:
         log.info("%s offline (unregistered)", self.phone)
-        self.phone = None
+        self._not_here()
         assert self._conn is not None
         return self._conn.send(ev.Unregistered(request.rid))
+
+    def _not_here(self) -> None:
+        """Our number is no longer registered through this connection."""
+        if self.phone is not None and self._server.here.get(self.phone) is self:
+            del self._server.here[self.phone]
+        self.phone = None
 
     def _taken_over(self) -> None:
         """Our number was registered through another connection since (its module moved
@@ -598,7 +646,7 @@ class _Client(asyncio.Protocol):
         if self.phone is None:
             return
         log.info("%s registered elsewhere since: dropping this connection", self.phone)
-        self.phone = None  # not ours to unregister any more
+        self._not_here()  # not ours to unregister any more
         if self._transport is not None:
             self._transport.close()
 

@@ -172,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
             "max_unauthenticated_per_ip",
             "connections per IP still in the secure handshake",
         ),
+        ("--reverse-rate", "reverse_rate", "requests to connect back per second, a connection"),
+        ("--reverse-burst", "reverse_burst", "requests to connect back one connection may save"),
+        ("--ip-reverse-rate", "ip_reverse_rate", "requests to connect back per second, an IP"),
+        ("--ip-reverse-burst", "ip_reverse_burst", "requests to connect back one IP may save"),
     ):
         server.add_argument(
             flag,

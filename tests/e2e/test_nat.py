@@ -1,0 +1,124 @@
+"""Real modules behind home routers, in a small internet of network namespaces the test
+builds and removes (tests/e2e/internet.py): who reaches whom, and by which route. Each
+pair exchanges a text both ways and a 5 MB photo verified by its hash; where no path
+works yet, the failure is clean and fast."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import image_bytes
+from tests.e2e.internet import Host, Internet, cannot_make_internet, internet
+from tests.e2e.procs import ServerProcess, UserProcess
+
+pytestmark = pytest.mark.skipif(
+    cannot_make_internet() is not None, reason=str(cannot_make_internet())
+)
+
+ALICE, BOB, CAROL, DAVE = (f"+551199999000{i}" for i in range(1, 5))
+PHOTO_BYTES = 5_000_000
+
+
+class Town:
+    """The internet, its directory server, and the users a test starts in it."""
+
+    def __init__(self, net: Internet, server: ServerProcess, root: Path, stack: AsyncExitStack):
+        self.net, self.server, self.root, self._stack = net, server, root, stack
+
+    async def user(self, phone: str, host: Host) -> UserProcess:
+        user = await UserProcess.start(
+            self.server.address, phone, self.root / phone, "--listen", "0.0.0.0:0",
+            "--server-key", self.server.fingerprint, inside=host.inside,
+        )  # fmt: skip
+        self._stack.push_async_callback(user.close)
+        return user
+
+
+@asynccontextmanager
+async def town(root: Path) -> AsyncIterator[Town]:
+    with internet() as net:
+        directory = net.public_host("203.0.113.10")
+        server = await ServerProcess.start(
+            root / "server" / "bindings.sqlite3", inside=directory.inside, host=directory.address
+        )
+        try:
+            async with AsyncExitStack() as stack:
+                yield Town(net, server, root, stack)
+        finally:
+            assert await server.stop() == 0
+
+
+@pytest.fixture
+def photo(tmp_path: Path) -> Path:
+    path = tmp_path / "big.png"
+    path.write_bytes(image_bytes(size=(200, 200), marker=os.urandom(PHOTO_BYTES)))
+    return path
+
+
+async def text(sender: UserProcess, receiver: UserProcess, words: str) -> str:
+    """Send a text; once it is shown at the receiver, the route it went by."""
+    sent = await sender.call("send", to=receiver.phone, text=words)
+    assert sent["delivered"] == [receiver.phone], sent
+    got = await receiver.notification("receive")
+    assert (got["from"], got["text"]) == (sender.phone, words)
+    route: str = sent["routes"][receiver.phone]
+    return route
+
+
+async def photo_to(sender: UserProcess, receiver: UserProcess, photo: Path) -> str:
+    sent = await sender.call("send", to=receiver.phone, photo=str(photo))
+    assert sent["delivered"] == [receiver.phone], sent
+    got = (await receiver.notification("receive"))["photo"]
+    assert got["sha256"] == hashlib.sha256(photo.read_bytes()).hexdigest()
+    assert Path(got["path"]).read_bytes() == photo.read_bytes()
+    route: str = sent["routes"][receiver.phone]
+    return route
+
+
+async def test_a_public_user_and_one_behind_a_router(tmp_path: Path, photo: Path) -> None:
+    async with town(tmp_path) as place:
+        dave = await place.user(DAVE, place.net.public_host())
+        alice = await place.user(ALICE, place.net.router().host())
+        assert await text(alice, dave, "out, as always") == "direct"
+        assert await text(dave, alice, "in: alice dials back") == "reverse"
+        assert await photo_to(dave, alice, photo) == "reverse"
+
+
+async def test_a_public_user_and_one_behind_a_symmetric_router(tmp_path: Path, photo: Path) -> None:
+    async with town(tmp_path) as place:
+        dave = await place.user(DAVE, place.net.public_host())
+        alice = await place.user(ALICE, place.net.router(symmetric=True).host())
+        assert await text(dave, alice, "in") == "reverse"
+        assert await text(alice, dave, "out") == "direct"
+        assert await photo_to(dave, alice, photo) == "reverse"
+
+
+async def test_two_users_behind_one_router_talk_over_their_lan(tmp_path: Path, photo: Path) -> None:
+    async with town(tmp_path) as place:
+        home = place.net.router()
+        alice, bob = await place.user(ALICE, home.host()), await place.user(BOB, home.host())
+        assert await text(alice, bob, "across the room") == "direct"
+        assert await text(bob, alice, "and back") == "direct"
+        assert await photo_to(alice, bob, photo) == "direct"
+
+
+async def test_users_behind_two_routers_fail_cleanly_and_fast(tmp_path: Path) -> None:
+    # (no hole punching nor relay yet: what the person sees is a plain, prompt failure)
+    async with town(tmp_path) as place:
+        alice = await place.user(ALICE, place.net.router().host())
+        carol = await place.user(CAROL, place.net.router().host())
+        started = time.monotonic()
+        sent = await alice.call("send", to=CAROL, text="anyone there?")
+        assert time.monotonic() - started < 15
+        (failed,) = sent["failed"]
+        assert failed["code"] in ("timeout", "unreachable")
+        assert "a router may be keeping it out" in failed["error"]
+        assert "it did not connect back either" in failed["error"]
+        assert carol.notifications["receive"].empty()
