@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 import uvloop
 from baselines import Scp, Wormhole, python_echo, redis_get, redis_missing, redis_server, stop
 from cluster import directory_cluster
+from paths import paths
 from PIL import Image
 
 from whatsap2p.app.contacts import FILE_NAME as CONTACTS_FILE
@@ -652,6 +653,8 @@ async def main(out: Path | None, quick: bool) -> None:
                 rss_kib=rss_kib,
             ),
         )
+        photo = photo_of((8 if quick else 50) * 1_000_000, work)
+        directory += await within("paths through home routers", paths(work, photo))
     finally:
         await stack.aclose()
         for proc in procs:

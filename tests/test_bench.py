@@ -48,6 +48,7 @@ async def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     assert proc.returncode == 0, log.read_text()[-3000:]
     table = out.decode()
     assert "| what | WhatsAp2p | baseline | ratio |" in table
+    assert "## Paths through home routers" in table
     assert "| photo 2 MB, delivered and verified |" in table
     assert "| ... delivered (acknowledged) / printed by B | 1,000 / 1,000 of 1,000 | | |" in table
     assert "| users online | 1,000 |" in table  # loadgen held every user it registered

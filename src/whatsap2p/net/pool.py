@@ -61,8 +61,10 @@ class LinkPool:
         #: Asks `address`'s module (through the server) to connect to us, and returns
         #: that connection; DeliveryFailed if it does not come. None: never asked.
         self.reverse: Callable[[ev.PeerAddress], Awaitable[asyncio.Transport]] | None = None
-        #: Where each peer was last reached (its LAN address, or its published one).
+        #: Where each peer was last reached (its LAN address, or its published one), and
+        #: the peers last reached by connecting back (asked at once next time).
         self._reached_at: dict[ev.PeerAddress, str] = {}
+        self._came_back: dict[ev.PeerAddress, None] = {}
         self._closed = False
 
     async def send_text(self, address: ev.PeerAddress, text: ev.Text) -> str:
@@ -167,10 +169,19 @@ class LinkPool:
         if self._closed:
             raise LinkClosed("closing")
         link = await self._reach(address)
-        if link.host is not None:  # (the path that worked is tried first next time)
+        # The way that worked is tried first next time: the host dialled, or at once
+        # the request to connect back.
+        if link.host is not None:
             self._reached_at[address] = link.host
-            while len(self._reached_at) > _REMEMBERED:
-                del self._reached_at[next(iter(self._reached_at))]
+        else:
+            self._reached_at.pop(address, None)
+        if link.route == "reverse":
+            self._came_back[address] = None
+        else:
+            self._came_back.pop(address, None)
+        for remembered in (self._reached_at, self._came_back):
+            while len(remembered) > _REMEMBERED:
+                del remembered[next(iter(remembered))]
         link.on_ended = self._forget
         self._links.add(link)
         if self._closed:
@@ -180,9 +191,10 @@ class LinkPool:
 
     async def _reach(self, address: ev.PeerAddress) -> PeerLink:
         """A link to `address`: dialled; and when that fails to connect, or has not
-        connected within `Timeouts.reverse_after`, also asked for the other way round
-        (`reverse`: the peer dials us). The first link wins, the other is closed. (Once
-        the dial connected, the way is open: what fails then is the module there.)"""
+        connected within `Timeouts.reverse_after` (at once if it came back last time),
+        also asked for the other way round (`reverse`: the peer dials us). The first link
+        wins, the other is closed. (Once the dial connected, the way is open: what fails
+        then is the module there.)"""
         connected = asyncio.Event()
         dialled = asyncio.ensure_future(
             PeerLink.open(
@@ -203,7 +215,7 @@ class LinkPool:
         try:
             await asyncio.wait(
                 (dialled, went_through),
-                timeout=self._timeouts.reverse_after,
+                timeout=0.0 if address in self._came_back else self._timeouts.reverse_after,
                 return_when=asyncio.FIRST_COMPLETED,
             )
         except BaseException:
