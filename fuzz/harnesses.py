@@ -128,6 +128,8 @@ def _answer(message: ev.Message) -> ev.Message | None:
         return ev.Watching(message.rid, ())
     if isinstance(message, ev.Ping):
         return ev.Pong(message.rid)
+    if isinstance(message, ev.Reverse):
+        return ev.Reversing(message.rid)
     if isinstance(message, ev.Unregister):
         return ev.Unregistered(message.rid)
     return None
@@ -494,9 +496,15 @@ def seeds(name: str) -> list[bytes]:
             ev.Lookup(3, (_PHONE, "+5511999990002")),
             ev.Watch(4, (_PHONE,)),
             ev.Ping(5),
-            ev.Unregister(6),
+            ev.Reverse(6, "+5511999990002", bytes(16)),
+            ev.Unregister(7),
         )
-        return [b"\x00" + session, b"\x01" + _sealed(ev.Register(1, _PHONE, 4000))]
+        behind = ev.Register(1, _PHONE, 4000, None, "10.1.0.2")
+        return [
+            b"\x00" + session,
+            b"\x01" + _sealed(ev.Register(1, _PHONE, 4000)),
+            b"\x00" + _sealed(behind),
+        ]
     if name == "directory_client":
         peer = ev.PeerAddress(_PHONE, "10.0.0.1", 4000, _KEY.public)
         answers = _sealed(
@@ -506,6 +514,9 @@ def seeds(name: str) -> list[bytes]:
             ev.Watching(3, (peer,)),
             ev.Pong(4),
             ev.Failure(0, "rate-limited", "slow down"),
+            ev.Dial(
+                0, ev.PeerAddress(_PHONE, "203.0.113.7", 4000, _KEY.public, "10.1.0.2"), bytes(16)
+            ),
         )
         heartbeat = _sealed(ev.Registered(1, _PHONE, "10.0.0.1", 4000), ev.Pong(2), ev.Pong(2))
         return [
