@@ -8,9 +8,20 @@ from pathlib import Path
 import pytest
 
 from tests.servers import World, world_at
-from whatsap2p.app.events import IdentityChanged, ServerConnectionChanged, TextReceived
+from whatsap2p.app.events import (
+    DeliveryReport,
+    IdentityChanged,
+    ServerConnectionChanged,
+    TextReceived,
+)
 from whatsap2p.app.session import Session
-from whatsap2p.ui.lines import LineMode, escape_untrusted, format_event, format_received
+from whatsap2p.ui.lines import (
+    LineMode,
+    escape_untrusted,
+    format_event,
+    format_received,
+    format_report,
+)
 from whatsap2p.ui.stdin import LineReader
 
 ALICE, BOB, CAROL = "+5511999990001", "+5511999990002", "+5511999990003"
@@ -146,3 +157,8 @@ async def test_every_command_prints_what_it_always_has(world: World, photo: Path
     )
     assert not await me.mode.command("/quit")
     assert me.out.getvalue().endswith("\n")
+
+
+def test_a_send_says_how_a_message_got_there_when_not_the_usual_way() -> None:
+    report = DeliveryReport("m1", delivered=[BOB, CAROL], routes={BOB: "direct", CAROL: "reverse"})
+    assert format_report(report) == f"delivered to {BOB}, {CAROL} (it connected back)"

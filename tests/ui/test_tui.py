@@ -313,7 +313,9 @@ async def test_a_failure_is_shown_by_its_code() -> None:
             ],
         )
     )
-    names = {BOB: "bob", CAROL: "carol", DAVE: "dave", ERIN: "erin"}
+    row.states[ALICE] = SENDING  # (and one delivered the other way round)
+    row.apply(DeliveryReport("m1", delivered=[ALICE], routes={ALICE: "reverse"}))
+    names = {BOB: "bob", CAROL: "carol", DAVE: "dave", ERIN: "erin", ALICE: "alice"}
 
     class Shown(App[None]):
         def compose(self) -> ComposeResult:
@@ -327,7 +329,8 @@ async def test_a_failure_is_shown_by_its_code() -> None:
         "? bob may have arrived: no acknowledgement (timed out)  "
         f"✗ carol failed: identity changed, nothing was sent (check the new key, then /trust "
         f"{CAROL})  ✗ dave failed: connection refused  "
-        "✗ erin not now: too many messages (send it again later)"
+        "✗ erin not now: too many messages (send it again later)  "
+        "✓ alice delivered, it connected back"
     )
 
 

@@ -114,10 +114,25 @@ def format_history(entry: HistoryEntry) -> str:
     return f"[{clock}] {entry.sender} -> {entry.recipient}: {_summary(entry)} ({entry.state})"
 
 
+#: How a route other than the usual one (we dialled the peer) is said after a send.
+ROUTE_WORDS = {
+    "reverse": "it connected back",
+    "punched": "through a punched hole",
+    "relay": "through a relay",
+}
+
+
+def delivered_to(phone: str, route: str | None) -> str:
+    """`phone`, and how the message got there when it was not the usual way."""
+    words = ROUTE_WORDS.get(route or "direct")
+    return phone if words is None else f"{phone} ({words})"
+
+
 def format_report(report: DeliveryReport) -> str:
     parts = []
     if report.delivered:
-        parts.append("delivered to " + ", ".join(report.delivered))
+        phones = (delivered_to(phone, report.routes.get(phone)) for phone in report.delivered)
+        parts.append("delivered to " + ", ".join(phones))
     if report.offline:
         parts.append("offline: " + ", ".join(report.offline))
     if report.queued:

@@ -50,12 +50,15 @@ class Row:
     note: bool = False
     #: A photo being sent: bytes sent and to send, over all its recipients.
     progress: tuple[int, int] | None = None
+    #: For a delivered recipient: how it got there (`DeliveryReport.routes`).
+    routes: dict[str, str] = field(default_factory=dict)
 
     def apply(self, report: DeliveryReport) -> None:
         """The outcome of the send, per recipient."""
         self.id = report.id
         for phone in report.delivered:
             self.states[phone] = "delivered"
+        self.routes.update(report.routes)
         for phone in report.offline:
             self.states[phone] = "offline"
         for phone in report.queued:

@@ -16,6 +16,7 @@ from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import Input, Label, ListItem, ProgressBar, Static
 
+from whatsap2p.ui.lines import ROUTE_WORDS
 from whatsap2p.ui.tui.model import SENDING, Conversation, Row
 from whatsap2p.ui.tui.render import clock_of, literal, message
 
@@ -208,6 +209,9 @@ class MessageBox(Vertical):
                 mark, colour, shown, error = _failure(phone, self.row.codes.get(phone), error)
             else:
                 mark, colour = _STATE_MARKS.get(state, ("?", ""))
+                words = ROUTE_WORDS.get(self.row.routes.get(phone, "direct"))
+                if state == "delivered" and words is not None:
+                    shown = f"{state}, {words}"
             line.append(f"{mark} ", style=colour)
             line.append_text(literal(self._name_of(phone)))
             line.append(f" {shown}")
