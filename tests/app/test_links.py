@@ -383,3 +383,26 @@ def test_a_peer_behind_the_same_router_is_tried_at_its_lan_address_first(tmp_pat
         assert [to for _, _, to, _ in net.attempts[tried:]] == [(host, port)]
 
     in_memory(tmp_path, scenario)
+
+
+def test_a_queued_message_to_an_online_peer_out_of_reach_waits_in_the_outbox(
+    tmp_path: Path,
+) -> None:
+    async def scenario(world: World) -> None:
+        alice = await world.user(ALICE)
+        key = load_or_create_key(world.root / BOB / IDENTITY_FILE)
+        holder = await world.client(BOB, key)  # online; takes no connection, dials none
+        await holder.register(BOB, 4444)
+        report = await alice.send_text(BOB, "whenever you can", queue=True)
+        assert (report.queued, report.failed) == ([BOB], [])  # kept, not failed
+        assert [entry.id for entry in alice.outbox()] == [report.id]
+        await network(world).attempted((world.host_of(BOB), 4444), 2)  # and tried again
+        await holder.unregister()
+        await holder.close()
+        bob = await world.user(BOB)  # reachable now
+        assert await next_event(alice) == QueuedDelivered(report.id, BOB)
+        got = await next_event(bob)
+        assert isinstance(got, TextReceived)
+        assert alice.outbox() == []
+
+    in_memory(tmp_path, scenario)

@@ -122,3 +122,7 @@ async def test_users_behind_two_routers_fail_cleanly_and_fast(tmp_path: Path) ->
         assert "a router may be keeping it out" in failed["error"]
         assert "it did not connect back either" in failed["error"]
         assert carol.notifications["receive"].empty()
+        # asked to queue it, alice keeps it for later instead (tried again, less often)
+        kept = await alice.call("send", to=CAROL, text="keep it for me", queue=True)
+        assert (kept["queued"], kept["failed"]) == ([CAROL], [])
+        assert [entry["id"] for entry in await alice.call("outbox")] == [kept["id"]]

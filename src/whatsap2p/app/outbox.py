@@ -207,6 +207,10 @@ class Outbox:
         chunk = self._limits.photo_chunk
         return offer, lambda offset: PhotoStream(kept, chunk, offset)
 
+    def retry_later(self, phone: str, reason: str) -> None:
+        """A message was queued for `phone`, online but not reached now (`reason`)."""
+        self._retry_later(phone, reason)
+
     def _retry_later(self, phone: str, reason: str) -> None:
         """The recipient is online but could not be reached: try again, less and less often."""
         pause = self._retry_pause.get(phone, self._timeouts.outbox_retry_first)

@@ -27,6 +27,10 @@ __all__ = ["Sender"]
 
 log = logging.getLogger(__name__)
 
+#: Failures a queued message waits out in the outbox (online, but not reached now);
+#: the others (identity changed, refused for good, a broken protocol) are final.
+_WAITS = frozenset({"unreachable", "timeout", "unconfirmed", "rate-limited", "no-room"})
+
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
@@ -176,6 +180,9 @@ class Sender:
             if isinstance(outcome, str):
                 report.delivered.append(phone)
                 report.routes[phone] = outcome
+            elif queue and outcome.code in _WAITS:  # kept, and tried again later
+                report.queued.append(phone)
+                report.unreached[phone] = str(outcome)
             else:
                 report.failed.append(FailedDelivery.of(phone, outcome))
         order = {phone: i for i, phone in enumerate(recipients.phones)}
@@ -211,4 +218,7 @@ class Sender:
         await self._history.store_sent(report.id, outcomes, group, timestamp, text, photo, codes)
         self._outbox.added(len(report.queued))
         if not self._outbox.watching(report.queued):
-            await self._watch_outbox()
+            await self._watch_outbox()  # (which tries those online again at once)
+        else:
+            for phone, why in report.unreached.items():  # online, not reached: again later
+                self._outbox.retry_later(phone, why)
