@@ -98,9 +98,14 @@ class IncomingLimits:
     #: Senders remembered (least recently heard from forgotten first).
     max_senders: int = 65536
     #: Requests to connect back (a module that cannot reach us asks, through the
-    #: server) answered per second, and the burst.
-    dials_rate: float = 5.0
-    dials_burst: float = 20.0
+    #: server) answered per second, and the burst: from one stranger; from contacts
+    #: together (a photo each may ask), and strangers together.
+    dials_each_rate: float = 1.0
+    dials_each_burst: float = 5.0
+    contact_dials_rate: float = 20.0
+    contact_dials_burst: float = 50.0
+    stranger_dials_rate: float = 5.0
+    stranger_dials_burst: float = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,3 +194,6 @@ class RateLimits:
     reverse_burst: float = 20.0
     ip_reverse_rate: float = 50.0
     ip_reverse_burst: float = 200.0
+    #: ...and asking one number, from anyone (its module answers a few a second).
+    reverse_to_rate: float = 5.0
+    reverse_to_burst: float = 20.0

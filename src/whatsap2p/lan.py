@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Final
 
-__all__ = ["LANS", "is_lan"]
+__all__ = ["LANS", "is_lan", "may_dial_back"]
 
 LANS: Final = tuple(
     ipaddress.ip_network(net)
@@ -22,3 +22,22 @@ def is_lan(address: ipaddress.IPv4Address | ipaddress.IPv6Address | str) -> bool
         except ValueError:
             return False
     return any(address in lan for lan in LANS)
+
+
+def may_dial_back(target: str, server: str) -> bool:
+    """Whether a module connected to its server at `server` may connect back to `target`
+    when the server asks (`dial`): the server hands out where it sees the asker, which
+    means the asker only where the server is: loopback only with a server on this
+    machine, a LAN address only with a server on a LAN (or this machine); never an
+    unspecified, multicast or link-local address."""
+    try:
+        there, via = ipaddress.ip_address(target), ipaddress.ip_address(server)
+    except ValueError:
+        return False
+    if there.is_unspecified or there.is_multicast or there.is_link_local:
+        return False
+    if there.is_loopback:
+        return via.is_loopback
+    if is_lan(there):
+        return via.is_loopback or is_lan(via)
+    return True

@@ -228,7 +228,8 @@ def test_a_frozen_peer_fails_on_its_deadline_and_holds_nobody_up(tmp_path: Path)
         alice.book.create_group("pals", [BOB, CAROL])
         started = now()
         report = await alice.send_text("pals", "anyone?")
-        assert now() - started == pytest.approx(FAST.handshake)
+        # its handshake's deadline, then the wait for it to connect back instead
+        assert now() - started == pytest.approx(FAST.handshake + FAST.connect)
         assert report.delivered == [BOB]
         assert [(f.phone, f.code) for f in report.failed] == [(CAROL, "timeout")]
         assert isinstance(await next_event(bob), TextReceived)
@@ -251,6 +252,23 @@ def test_a_peer_that_cannot_be_dialled_is_reached_the_other_way_round(tmp_path: 
         again = await alice.send_text(BOB, "and again")  # on the link bob opened
         assert again.routes == {BOB: "reverse"}
         assert world.server.metrics.reversals == 1
+
+    in_memory(tmp_path, scenario)
+
+
+def test_something_else_answering_at_a_peers_address_does_not_keep_it_unreached(
+    tmp_path: Path,
+) -> None:
+    async def scenario(world: World) -> None:
+        alice, bob = await world.user(ALICE), await world.user(BOB)
+        net = network(world)
+        net.stop_listening(address(bob))  # its router's own service takes the port, say
+        host, port = address(bob)
+        await net.at(host).listen(host, port, Silent)
+        started = now()
+        report = await alice.send_text(BOB, "hello?")
+        assert (report.delivered, report.routes) == ([BOB], {BOB: "reverse"})
+        assert now() - started == pytest.approx(FAST.handshake)  # then asked at once
 
     in_memory(tmp_path, scenario)
 

@@ -22,6 +22,7 @@ from whatsap2p.errors import (
     ServerUnreachable,
     StoreError,
 )
+from whatsap2p.lan import may_dial_back
 from whatsap2p.net.directory_client import DirectoryClient
 from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.keys import StaticKey
@@ -312,6 +313,12 @@ async def test_a_lan_address_goes_only_to_lookers_behind_the_same_router() -> No
         lan = await client("10.9.0.5")
         await lan.register(ERIN, 4005, local="10.9.0.5")
         assert (await neighbour.lookup([ERIN]))[ERIN].local is None
+        # nor one that advertises another address than the one it is seen at (anyone
+        # could otherwise claim the victim's router and hand them a LAN host to dial)
+        mallory = await client("198.51.100.66")
+        await mallory.register("+5511999990006", 80, router, local="192.168.1.1")
+        assert (await neighbour.lookup(["+5511999990006"]))["+5511999990006"].local is None
+        await mallory.close()
         for each in (bob, neighbour, stranger, lan):
             await each.close()
 
@@ -351,3 +358,46 @@ async def test_a_request_to_connect_back_carries_the_askers_own_address() -> Non
         assert dials.qsize() == 2
         for each in (alice, bob):
             await each.close()
+
+
+async def test_a_request_to_connect_back_never_points_a_module_at_its_own_machine() -> None:
+    # From the server's own machine (or behind a local proxy) a client is seen at
+    # loopback: asking a module elsewhere to connect there would point it at itself.
+    network = MemoryNetwork()
+    async with running_server(network=network) as (_, port):
+        bob = await DirectoryClient.connect(
+            "127.0.0.1", port, StaticKey.generate(), network=network.at("203.0.113.101")
+        )
+        await bob.register(BOB, 4002)
+        dials: list[ev.PeerAddress] = []
+        bob.on_dial = lambda peer, token: dials.append(peer)
+        for seen in ("127.0.0.1", "10.0.0.2"):
+            mallory = await DirectoryClient.connect(
+                "127.0.0.1", port, StaticKey.generate(), network=network.at(seen)
+            )
+            await mallory.register(ALICE if seen.startswith("127") else CAROL, 6379)
+            with pytest.raises(ServerRefused, match="would mean this machine or network"):
+                await mallory.reverse(BOB, bytes(16))
+            await mallory.close()
+        await bob.ping()  # (anything pushed would have come before this answer)
+        assert dials == []
+        await bob.close()
+
+
+@pytest.mark.parametrize(
+    ("target", "server", "allowed"),
+    [
+        ("203.0.113.7", "203.0.113.10", True),
+        ("127.0.0.1", "127.0.0.1", True),  # all on the server's machine
+        ("127.0.0.1", "203.0.113.10", False),  # our own machine, not the asker
+        ("10.1.0.5", "10.1.0.1", True),  # the server on our LAN
+        ("10.1.0.5", "203.0.113.10", False),  # our own LAN, not the asker
+        ("0.0.0.0", "127.0.0.1", False),
+        ("224.0.0.1", "203.0.113.10", False),
+        ("169.254.169.254", "203.0.113.10", False),
+    ],
+)
+def test_a_module_connects_back_only_where_the_asker_can_be(
+    target: str, server: str, allowed: bool
+) -> None:
+    assert may_dial_back(target, server) is allowed

@@ -18,6 +18,7 @@ receiver checks that the key a sender proved is the one bound to the number it c
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 import time
@@ -58,6 +59,7 @@ from whatsap2p.errors import (
     UnknownTarget,
 )
 from whatsap2p.keyfile import load_or_create_key
+from whatsap2p.lan import may_dial_back
 from whatsap2p.net.directory_client import DirectoryClient
 from whatsap2p.net.listener import PeerListener
 from whatsap2p.net.network import Network, TcpNetwork
@@ -66,7 +68,7 @@ from whatsap2p.phone import DEFAULT_REGION, normalise_phone
 from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.directory import TOKEN_BYTES
 from whatsap2p.protocol.keys import StaticKey, fingerprint
-from whatsap2p.ratelimit import TokenBucket
+from whatsap2p.ratelimit import BucketsByKey, TokenBucket
 
 __all__ = ["IDENTITY_FILE", "Session", "SessionConfig"]
 
@@ -130,8 +132,13 @@ class Session:
         self._outbox: Outbox | None = None
         self._sender: Sender | None = None
         self._inbox: Inbox | None = None
-        #: Requests to connect back that we answer (made at the first one).
-        self._dials: TokenBucket | None = None
+        #: Requests to connect back that we answer: per asker; from contacts, strangers.
+        incoming = config.incoming
+        self._dials_each = BucketsByKey(incoming.dials_each_rate, incoming.dials_each_burst)
+        self._dials = {
+            True: TokenBucket(incoming.contact_dials_rate, incoming.contact_dials_burst, 0.0),
+            False: TokenBucket(incoming.stranger_dials_rate, incoming.stranger_dials_burst, 0.0),
+        }
         #: Numbers whose coming online the UI wants to hear of (PresenceChanged).
         self._presence: frozenset[str] = frozenset()
 
@@ -376,19 +383,25 @@ class Session:
     async def _registered(self, directory: DirectoryClient) -> None:
         """A new registration (at start, or after a loss): the watches go out on it."""
         directory.on_online = self._came_online
-        directory.on_dial = self._dial_asked
+        directory.on_dial = functools.partial(self._dial_asked, directory)
         assert self._outbox is not None
         await self._outbox.watch(directory, self._presence)
 
-    def _dial_asked(self, peer: ev.PeerAddress, token: bytes) -> None:
+    def _dial_asked(self, directory: DirectoryClient, peer: ev.PeerAddress, token: bytes) -> None:
         """`peer` cannot reach us and asks, through the server, that we connect to it:
-        we do, within our limit (a flood of such requests costs us little)."""
-        limits = self.config.incoming
+        we do, to an address that can only be its own (see lan.may_dial_back), within
+        our limits: contacts apart from strangers, and a few a second per stranger (one
+        asker's flood cannot use up everyone's share)."""
+        server = directory.server_host
+        if server is None or not may_dial_back(peer.host, server):
+            log.warning("not connecting back to %s at %s: not its own", peer.phone, peer.host)
+            return
         now = asyncio.get_running_loop().time()
-        if self._dials is None:
-            self._dials = TokenBucket(limits.dials_rate, limits.dials_burst, now)
-        if not self._dials.take(now):
-            log.warning("not connecting back to %s: too many requests to", peer.phone)
+        known = self.book.knows(peer.phone)
+        if (not known and not self._dials_each.take(peer.phone, now)) or not self._dials[
+            known
+        ].take(now):
+            log.warning("not connecting back to %s: asked too often", peer.phone)
             return
         assert self._listener is not None
         self._listener.dial_back(peer, token)
@@ -403,6 +416,7 @@ class Session:
             raise PeerUnreachable("no server to ask it to connect back")
         token = secrets.token_bytes(TOKEN_BYTES)
         arrival = self._listener.expect(token)
+        taken = False
         try:
             try:
                 await directory.reverse(address.phone, token)
@@ -410,11 +424,15 @@ class Session:
                 raise PeerUnreachable(f"it cannot be asked to connect back: {exc}") from exc
             try:
                 async with asyncio.timeout(self.config.timeouts.connect):
-                    return await arrival
+                    transport = await arrival
             except TimeoutError:
                 raise PeerTimedOut("it did not connect back either") from None
+            taken = True
+            return transport
         finally:
             self._listener.forget(token)
+            if not taken and arrival.done() and not arrival.cancelled():
+                arrival.result().abort()  # (it came as we gave up: nobody takes it)
 
     async def _watch(self) -> dict[str, ev.PeerAddress]:
         assert self._outbox is not None

@@ -145,6 +145,11 @@ class DirectoryClient(DirectoryEvents):
         """The IP our connection to the server leaves from (our address on our network)."""
         return None if self._link is None else self._link.local_host
 
+    @property
+    def server_host(self) -> str | None:
+        """The server's IP, as our connection reaches it."""
+        return None if self._link is None else self._link.remote_host
+
     async def register(
         self, phone: str, port: int, host: str | None = None, local: str | None = None
     ) -> ev.Registered:

@@ -92,10 +92,18 @@ class DirectoryConnection(asyncio.Protocol):
     @property
     def local_host(self) -> str | None:
         """The IP this connection leaves from: the module's address on its own network."""
+        return self._host("sockname")
+
+    @property
+    def remote_host(self) -> str | None:
+        """The server's IP, as this connection reaches it."""
+        return self._host("peername")
+
+    def _host(self, which: str) -> str | None:
         if self._transport is None:
             return None
-        sockname = self._transport.get_extra_info("sockname")
-        return str(sockname[0]) if isinstance(sockname, tuple) else None
+        address = self._transport.get_extra_info(which)
+        return str(address[0]) if isinstance(address, tuple) else None
 
     def next_rid(self) -> int:
         return self._conn.next_rid()

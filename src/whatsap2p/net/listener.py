@@ -182,8 +182,9 @@ class PeerListener:
         self._per_ip[ip] += 1
         self.accepted += 1
         handed_over = False
+        accepted = asyncio.get_running_loop().time()  # (one handshake deadline from here)
         try:
-            handed_over = await self._handed_over(connection)
+            handed_over = await self._handed_over(connection, accepted)
             if not handed_over:
                 await _ReceiverSession(
                     self._inbound,
@@ -192,6 +193,7 @@ class PeerListener:
                     self._limits,
                     self._timeouts,
                     self._arriving,
+                    accepted,
                 ).run()
         except TimeoutError:
             log.info("peer %s said nothing in time", peer)
@@ -212,11 +214,11 @@ class PeerListener:
                 with contextlib.suppress(OSError):
                     await connection.wait_closed()
 
-    async def _handed_over(self, connection: _Inbox) -> bool:
+    async def _handed_over(self, connection: _Inbox, accepted: float) -> bool:
         """Whether `connection` is one we asked a module to open to us (it says a token we
         are waiting for, see `expect`): then it is handed to whoever waits for it. Any
         other starts with a frame: its first bytes are left to be read."""
-        async with asyncio.timeout(self._timeouts.handshake):
+        async with asyncio.timeout_at(accepted + self._timeouts.handshake):
             data = await connection.read()
             if data[:1] != REVERSE_PREFACE[:1]:
                 connection.unread(data)
@@ -403,13 +405,14 @@ class _ReceiverSession:
         limits: Limits,
         timeouts: Timeouts,
         arriving: _PhotosArriving,
+        accepted: float,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._inbound = inbound
         self._io = connection
         self._timeouts = timeouts
         channel = NoiseChannel(key, initiator=False, max_body=limits.max_peer_frame)
-        self._conn = PeerReceiver(self._loop.time(), limits, timeouts, channel)
+        self._conn = PeerReceiver(accepted, limits, timeouts, channel)
         self._arriving = arriving
         #: The photo under way on this connection (its offer), and where its bytes go.
         self._photo: ev.PhotoOffer | None = None

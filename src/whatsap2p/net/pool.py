@@ -226,15 +226,28 @@ class LinkPool:
         if connected.is_set() or (
             dialled.done() and not isinstance(dialled.exception(), PeerUnreachable | PeerTimedOut)
         ):
-            return await dialled
+            try:
+                return await dialled
+            except (PeerUnreachable, PeerTimedOut) as failed:
+                # It connected, but what answered there is not the module (something else
+                # takes connections at that address, or nothing answers in it): ask it to
+                # connect back, as when nothing connects.
+                try:
+                    return await self._reversed(address)
+                except DeliveryFailed as failed_back:
+                    raise _both_ways(failed, failed_back) from failed_back
         reversed_ = asyncio.ensure_future(self._reversed(address))
         racing = {dialled, reversed_}
+        winner: PeerLink | None = None
         try:
-            while racing:
+            while racing and winner is None:
                 done, racing = await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     if task.exception() is None:
-                        return task.result()
+                        if winner is None:
+                            winner = task.result()
+                        else:  # (both at once: one is enough)
+                            _drop(task)
         except BaseException:
             for task in (dialled, reversed_):
                 _drop(task)
@@ -242,18 +255,30 @@ class LinkPool:
         finally:
             for task in racing:  # (the one that lost the race)
                 _drop(task)
-        failed, failed_back = dialled.exception(), reversed_.exception()
-        assert failed is not None
-        assert failed_back is not None
-        raise type(failed)(f"{failed}; asked to connect back: {failed_back}") from failed_back
+        if winner is not None:
+            return winner
+        dial_failure, back_failure = dialled.exception(), reversed_.exception()
+        assert dial_failure is not None
+        assert back_failure is not None
+        raise _both_ways(dial_failure, back_failure) from back_failure
 
     async def _reversed(self, address: ev.PeerAddress) -> PeerLink:
         """A link on the connection `address`'s module opens to us when asked to."""
         assert self.reverse is not None
         transport = await self.reverse(address)
-        return await PeerLink.adopt(
-            transport, address, self._me, self._key, self._limits, self._timeouts, self._deadlines
-        )
+        try:
+            return await PeerLink.adopt(
+                transport,
+                address,
+                self._me,
+                self._key,
+                self._limits,
+                self._timeouts,
+                self._deadlines,
+            )
+        except BaseException:
+            transport.abort()
+            raise
 
     def _take(self, address: ev.PeerAddress) -> PeerLink | None:
         links = self._idle.get(address)
@@ -291,3 +316,9 @@ def _drop(task: asyncio.Future[PeerLink]) -> None:
 def _abort_made(task: asyncio.Future[PeerLink]) -> None:
     if not task.cancelled() and task.exception() is None:
         task.result().abort()
+
+
+def _both_ways(failed: BaseException, failed_back: BaseException) -> DeliveryFailed:
+    """The dial's failure (its type, so its code), with why connecting back failed too."""
+    kind = type(failed) if isinstance(failed, DeliveryFailed) else PeerUnreachable
+    return kind(f"{failed}; asked to connect back: {failed_back}")

@@ -17,7 +17,7 @@ import ipaddress
 
 from whatsap2p.lan import is_lan
 
-__all__ = ["InvalidHost", "vouched_host", "vouched_local"]
+__all__ = ["InvalidHost", "reachable_from", "vouched_host", "vouched_local"]
 
 
 class InvalidHost(ValueError):
@@ -62,8 +62,11 @@ def vouched_host(advertised: str | None, observed: str) -> str:
 def vouched_local(local: str | None, observed: str, published: str) -> str | None:
     """The LAN address to keep for a module the server sees at `observed`, published at
     `published`, that says it is at `local` on its own network: None when there is none
-    to keep (none said, or the server sees the module on a LAN or loopback itself: its
-    published address is the way in there); InvalidHost when it is not a LAN address."""
+    to keep (none said; the server sees the module on a LAN or loopback itself, where
+    its published address is the way in; or it advertised another address, which says
+    nothing of who is behind the same router); InvalidHost when it is not a LAN address.
+    (Lookers are given it only from `published`, which is then the address the server
+    sees the module at: its router.)"""
     if local is None:
         return None
     try:
@@ -77,6 +80,23 @@ def vouched_local(local: str | None, observed: str, published: str) -> str | Non
         seen = ipaddress.ip_address(observed)
     except ValueError:
         return None
-    if not _public(seen) or str(address) == published:
+    if not _public(seen) or published != observed:
         return None
     return str(address)
+
+
+def reachable_from(asker: str, callee: str) -> bool:
+    """Whether a module the server sees at `callee` may be asked to connect to `asker`
+    (the address the server sees the asker at): a public address, always; loopback only
+    from loopback (both on the server's machine); a LAN address only from a LAN address
+    (both on the server's LAN). Otherwise the asker's address would mean the callee's own
+    machine or network, not the asker."""
+    try:
+        there, here = ipaddress.ip_address(asker), ipaddress.ip_address(callee)
+    except ValueError:  # (an in-memory network's host name in tests, say)
+        return asker == callee or not (is_lan(asker) or asker.startswith("127."))
+    if there.is_loopback:
+        return here.is_loopback
+    if is_lan(there):
+        return is_lan(here)
+    return not (there.is_unspecified or there.is_multicast or there.is_link_local)

@@ -37,7 +37,12 @@ from whatsap2p.protocol.directory import DirectoryServerConnection
 from whatsap2p.protocol.keys import StaticKey
 from whatsap2p.protocol.noise import COMPACT, NoiseChannel
 from whatsap2p.ratelimit import BucketsByKey, TokenBucket
-from whatsap2p.server.addresses import InvalidHost, vouched_host, vouched_local
+from whatsap2p.server.addresses import (
+    InvalidHost,
+    reachable_from,
+    vouched_host,
+    vouched_local,
+)
 from whatsap2p.server.bindings import Bindings
 from whatsap2p.server.directory import Bind, Directory, Found, MemoryDirectory, Refused, Spend
 from whatsap2p.server.metrics import ServerMetrics
@@ -97,8 +102,9 @@ class DirectoryServer:
         self.watchers: dict[str, set[_Client]] = {}
         #: phone -> the connection it is registered through, on this server
         self.here: dict[str, _Client] = {}
-        #: Requests to connect back, per source IP.
+        #: Requests to connect back, per source IP, and per number asked.
         self.reverses = BucketsByKey(config.rates.ip_reverse_rate, config.rates.ip_reverse_burst)
+        self.reverses_to = BucketsByKey(config.rates.reverse_to_rate, config.rates.reverse_to_burst)
         self.metrics = ServerMetrics(self._online_users)
         self.deadlines = Deadlines()
         #: While closing: resolved once the last connection is gone.
@@ -202,6 +208,11 @@ class _Client(asyncio.Protocol):
         self.phone: str | None = None
         self.watching: tuple[str, ...] = ()
         self._counted = False
+
+    @property
+    def ip(self) -> str:
+        """The address this connection comes from."""
+        return self._ip
 
     # --- asyncio.Protocol ----------------------------------------------------------------
 
@@ -503,6 +514,14 @@ class _Client(asyncio.Protocol):
         if callee is None or callee is self:
             return self.failure(
                 request.rid, "offline", f"{request.phone} is not online at this server"
+            )
+        if not server.reverses_to.take(request.phone, now):  # (its module answers a few)
+            return self.failure(request.rid, "rate-limited", "too many ask that number")
+        if not reachable_from(self._ip, callee.ip):
+            return self.failure(
+                request.rid,
+                "invalid-host",
+                f"{request.phone} is not where {self._ip} would mean this machine or network",
             )
         assert self.phone is not None
         assert self._conn is not None

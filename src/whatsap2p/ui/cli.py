@@ -176,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("--reverse-burst", "reverse_burst", "requests to connect back one connection may save"),
         ("--ip-reverse-rate", "ip_reverse_rate", "requests to connect back per second, an IP"),
         ("--ip-reverse-burst", "ip_reverse_burst", "requests to connect back one IP may save"),
+        ("--reverse-to-rate", "reverse_to_rate", "requests to connect back per second, a number"),
+        ("--reverse-to-burst", "reverse_to_burst", "requests to connect back, a number's burst"),
     ):
         server.add_argument(
             flag,
