@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import image_bytes
-from tests.servers import world_at
+from tests.servers import World, world_at
 from whatsap2p.app.events import SessionEvent, TextReceived
 from whatsap2p.app.session import Session
 from whatsap2p.config import IncomingLimits, MiB
@@ -48,6 +48,15 @@ def photo_file(folder: Path, size: int) -> Path:
     return path
 
 
+async def friends(world: World, small_disk: Path) -> tuple[Session, Session]:
+    """Alice, and Bob (her contact) with his data dir on the small disk."""
+    alice = await world.user(ALICE)
+    room = IncomingLimits(disk_reserve=RESERVE)
+    bob = await world.user(BOB, data_dir=str(small_disk), incoming=room)
+    bob.book.add_contact("alice", ALICE)
+    return alice, bob
+
+
 async def texts_still_arrive(alice: Session, bob: Session) -> None:
     assert (await alice.send_text(BOB, "still there?")).delivered == [BOB]
     got = await next_event(bob)
@@ -59,11 +68,7 @@ async def test_a_photo_with_no_room_is_refused_before_its_bytes_flow(
     tmp_path: Path, small_disk: Path
 ) -> None:
     async with world_at(tmp_path) as world:
-        alice = await world.user(ALICE)
-        bob = await world.user(BOB, data_dir=str(small_disk), incoming=IncomingLimits(
-            disk_reserve=RESERVE
-        ))  # fmt: skip
-        bob.book.add_contact("alice", ALICE)
+        alice, bob = await friends(world, small_disk)
         free = shutil.disk_usage(small_disk).free
         # Fits on the disk, but not with the reserve left free for the history:
         photo = photo_file(tmp_path, free - RESERVE // 2)
@@ -81,11 +86,7 @@ async def test_a_disk_that_fills_mid_photo_fails_it_and_keeps_nothing(
     tmp_path: Path, small_disk: Path
 ) -> None:
     async with world_at(tmp_path) as world:
-        alice = await world.user(ALICE)
-        bob = await world.user(BOB, data_dir=str(small_disk), incoming=IncomingLimits(
-            disk_reserve=RESERVE
-        ))  # fmt: skip
-        bob.book.add_contact("alice", ALICE)
+        alice, bob = await friends(world, small_disk)
         photo = photo_file(tmp_path, 12 * MiB)
         filler = small_disk / "another program's file"
 

@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.app.test_session import CutOff, InMemory, SenderDies, offer_of, raw_link
+from tests.app.test_session import (
+    CutOff,
+    InMemory,
+    SenderDies,
+    die_mid_photo,
+    offer_of,
+    raw_link,
+)
 from tests.conftest import image_bytes
 from tests.memory import MemoryNetwork, run_in_virtual_time
 from tests.servers import World, world_at
@@ -125,15 +132,7 @@ async def test_a_senders_old_interrupted_photo_gives_way_to_its_new_one(tmp_path
         carol = await world.user(CAROL)
         bob = await world.user(BOB, incoming=incoming)
         data = image_bytes(size=(100, 100), marker=os.urandom(400_000))
-        link = await raw_link(carol, bob)
-        assert bob.listen_address is not None
-        (connection,) = network.to(bob.listen_address)
-        cut = CutOff(data, 300_000, connection.delivered)
-        with pytest.raises(SenderDies):
-            await link.send_photo(offer_of(data, "p1", "old.png"), lambda offset: cut)
-        connection.cut()  # the sender dies a part of the way in
-        await connection.closed()
-        await bob.settled()
+        await die_mid_photo(network, carol, bob, offer_of(data, "p1", "old.png"), data, 300_000)
         (kept,) = (bob.config.data_dir / "partial").iterdir()
         assert kept.stat().st_size == 300_000  # 300 kB kept + 400 kB new > the 500 kB share
 
@@ -152,15 +151,7 @@ async def test_a_strangers_photo_bytes_are_limited_and_a_cut_off_ones_given_back
         bob = await world.user(BOB, incoming=incoming)
         data = image_bytes(size=(100, 100), marker=os.urandom(400_000))
         # 400 kB offered, cut off after 100 kB: the 300 kB that never came are given back
-        link = await raw_link(carol, bob)
-        assert bob.listen_address is not None
-        (connection,) = network.to(bob.listen_address)
-        cut = CutOff(data, 100_000, connection.delivered)
-        with pytest.raises(SenderDies):
-            await link.send_photo(offer_of(data, "p1", "cut.png"), lambda offset: cut)
-        connection.cut()
-        await connection.closed()
-        await bob.settled()
+        await die_mid_photo(network, carol, bob, offer_of(data, "p1", "cut.png"), data, 100_000)
         photos = [photo_file(tmp_path, f"p{i}.png", 400_000) for i in range(2)]
         for photo in photos:  # 100 kB + 2 x 400 kB: within the 1 MB
             assert (await carol.send_photo(BOB, photo)).delivered == [BOB]
@@ -313,15 +304,7 @@ async def test_leftovers_kept_past_their_time_are_dropped_while_running(tmp_path
         alice, carol = await world.user(ALICE), await world.user(CAROL)
         bob = await world.user(BOB, incoming=incoming)
         data = image_bytes(size=(100, 100), marker=os.urandom(400_000))
-        link = await raw_link(carol, bob)
-        assert bob.listen_address is not None
-        (connection,) = network.to(bob.listen_address)
-        cut = CutOff(data, 300_000, connection.delivered)
-        with pytest.raises(SenderDies):
-            await link.send_photo(offer_of(data, "p1", "cut.png"), lambda offset: cut)
-        connection.cut()
-        await connection.closed()
-        await bob.settled()
+        await die_mid_photo(network, carol, bob, offer_of(data, "p1", "cut.png"), data, 300_000)
         (kept,) = (bob.config.data_dir / "partial").iterdir()
         photo = photo_file(tmp_path, "a.png", 300_000)
         (failed,) = (await alice.send_photo(BOB, photo)).failed  # 300 + 300 kB > 500 kB

@@ -172,20 +172,30 @@ class CutOff:
         raise SenderDies
 
 
+async def die_mid_photo(
+    network: MemoryNetwork, sender: Session, receiver: Session, offer: ev.PhotoOffer, data: bytes,
+    size: int,
+) -> None:  # fmt: skip
+    """`sender` sends the photo's first `size` bytes on a link of its own, and once they
+    reached `receiver`, dies (its connection cut); returns once the receiver has dealt
+    with it."""
+    link = await raw_link(sender, receiver)
+    assert receiver.listen_address is not None
+    connection = network.to(receiver.listen_address)[-1]
+    with pytest.raises(SenderDies):
+        await link.send_photo(offer, lambda offset: CutOff(data, size, connection.delivered))
+    connection.cut()
+    await connection.closed()
+    await receiver.settled()
+
+
 async def test_a_photo_cut_off_mid_way_shows_nothing_and_then_resumes(tmp_path: Path) -> None:
     network = MemoryNetwork()  # (in real time: photos are written on threads)
     async with world_at(tmp_path, network) as world:
         alice, bob = await world.user(ALICE), await world.user(BOB)
         data = image_bytes(size=(500, 500), marker=os.urandom(300_000))
         offer = offer_of(data, "p1", "x.png")
-        link = await raw_link(alice, bob)
-        assert bob.listen_address is not None
-        (connection,) = network.to(bob.listen_address)
-        with pytest.raises(SenderDies):
-            await link.send_photo(offer, lambda offset: CutOff(data, 100_000, connection.delivered))
-        connection.cut()  # the sender dies half-way
-        await connection.closed()
-        await bob.settled()
+        await die_mid_photo(network, alice, bob, offer, data, 100_000)  # half-way
         assert list((bob.config.data_dir / "photos").iterdir()) == []  # nothing stored...
         assert bob.events.empty()  # ...nothing shown
         (partial,) = (bob.config.data_dir / "partial").iterdir()  # kept, hidden, for a resume

@@ -24,6 +24,16 @@ class InvalidHost(ValueError):
     """An advertised host the directory will not hand out; the text says why."""
 
 
+def _ip_literal(text: str, what: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """`text` as an IP address, or InvalidHost saying `what` must be one (the text shown
+    escaped and cut short: it is a stranger's)."""
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        shown = text[:64].encode("unicode_escape").decode("ascii")
+        raise InvalidHost(f"{what} must be an IP address, not {shown!r}") from None
+
+
 def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return not (address.is_loopback or is_lan(address))
 
@@ -33,11 +43,7 @@ def vouched_host(advertised: str | None, observed: str) -> str:
     `advertised` (None: the observed one); InvalidHost with why not."""
     if advertised is None:
         return observed
-    try:
-        address = ipaddress.ip_address(advertised)
-    except ValueError:
-        shown = advertised[:64].encode("unicode_escape").decode("ascii")
-        raise InvalidHost(f"an advertised host must be an IP address, not {shown!r}") from None
+    address = _ip_literal(advertised, "an advertised host")
     if (
         address.is_unspecified
         or address.is_multicast
@@ -69,11 +75,7 @@ def vouched_local(local: str | None, observed: str, published: str) -> str | Non
     sees the module at: its router.)"""
     if local is None:
         return None
-    try:
-        address = ipaddress.ip_address(local)
-    except ValueError:
-        shown = local[:64].encode("unicode_escape").decode("ascii")
-        raise InvalidHost(f"a local address must be an IP address, not {shown!r}") from None
+    address = _ip_literal(local, "a local address")
     if not is_lan(address):
         raise InvalidHost(f"{address} is not a private LAN address")
     try:
