@@ -75,6 +75,10 @@ async def paths(work: Path, photo: Path) -> list[str]:
                     net.public_host(),
                     net.router().host(),
                 ),
+                "across: behind a router, to one behind another": (
+                    net.router().host(),
+                    net.router().host(),
+                ),
             }
             for number, (name, ends) in enumerate(ways.items()):
                 rows.append((name, *await _measure(server, work / "paths", number, ends, photo)))
@@ -97,9 +101,10 @@ async def paths(work: Path, photo: Path) -> list[str]:
         )
     lines += [
         "",
-        'The cold text in ("reverse") waits 1 s (`Timeouts.reverse_after`) for the dial'
-        " that a router drops before asking the recipient, through the directory, to"
-        " connect back. Two users behind two routers cannot reach each other yet (no hole"
-        " punching, no relay): not measured.",
+        "A cold text to a user behind a router waits 1 s (`Timeouts.reverse_after`) for"
+        " the dial that its router drops, before asking it, through the directory, to"
+        " connect back (`reverse`) and punching a hole meanwhile (`punched`): whichever"
+        " comes first. Behind a symmetric router nothing gets through (no relay yet):"
+        " not measured.",
     ]
     return lines

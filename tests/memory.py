@@ -333,9 +333,11 @@ class MemoryNetwork:
         port: int,
         factory: Callable[[], P],
         timeout: float,
+        local_port: int | None = None,
         *,
         _from: str | None = None,
     ) -> P:
+        """(`local_port` is taken and forgotten: no router here maps ports.)"""
         listener = self._listeners.get((host, port))
         now = asyncio.get_running_loop().time()
         self.attempts.append((now, _from or self._host, (host, port), listener is not None))
@@ -400,8 +402,15 @@ class _HostView:
     async def listen(self, host: str, port: int, factory: Callable[[], P]) -> _Listener:
         return await self.network.listen(host, port, factory, _from=self.host)
 
-    async def connect(self, host: str, port: int, factory: Callable[[], P], timeout: float) -> P:
-        return await self.network.connect(host, port, factory, timeout, _from=self.host)
+    async def connect(
+        self,
+        host: str,
+        port: int,
+        factory: Callable[[], P],
+        timeout: float,
+        local_port: int | None = None,
+    ) -> P:
+        return await self.network.connect(host, port, factory, timeout, local_port, _from=self.host)
 
 
 # --- the virtual clock ------------------------------------------------------------------

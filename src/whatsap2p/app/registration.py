@@ -285,6 +285,7 @@ class Registrar:
                 limits=self._limits,
                 timeouts=self._timeouts,
                 network=self._network,
+                local_port=self._listen_port,
             )
             try:
                 self.published = await directory.register(

@@ -21,10 +21,13 @@ import asyncio
 import functools
 import logging
 import secrets
+import socket
 import time
+import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from whatsap2p.app.contacts import FILE_NAME as CONTACTS_FILE
 from whatsap2p.app.contacts import AddressBook
@@ -387,11 +390,12 @@ class Session:
         assert self._outbox is not None
         await self._outbox.watch(directory, self._presence)
 
-    def _dial_asked(self, directory: DirectoryClient, peer: ev.PeerAddress, token: bytes) -> None:
+    def _dial_asked(self, directory: DirectoryClient, dial: ev.Dial) -> None:
         """`peer` cannot reach us and asks, through the server, that we connect to it:
         we do, to an address that can only be its own (see lan.may_dial_back), within
         our limits: contacts apart from strangers, and a few a second per stranger (one
         asker's flood cannot use up everyone's share)."""
+        peer = dial.peer
         server = directory.server_host
         if server is None or not may_dial_back(peer.host, server):
             log.warning("not connecting back to %s at %s: not its own", peer.phone, peer.host)
@@ -404,35 +408,68 @@ class Session:
             log.warning("not connecting back to %s: asked too often", peer.phone)
             return
         assert self._listener is not None
-        self._listener.dial_back(peer, token)
+        self._listener.dial_back(peer, dial.token, dial.punch)
 
-    async def _connected_back(self, address: ev.PeerAddress) -> asyncio.Transport:
-        """Ask `address`'s module, through the server, to connect to us; that connection
-        (DeliveryFailed if it does not come)."""
+    async def _connected_back(self, address: ev.PeerAddress) -> tuple[asyncio.Transport, str]:
+        """Ask `address`'s module, through the server, to connect to us, and meanwhile
+        punch a hole towards it (connect from the port we listen on to where the server
+        sees it, as it does towards us): the first connection to come, and how
+        ("reverse", "punched"); DeliveryFailed if none comes."""
         assert self._listener is not None
         assert self._registrar is not None
+        assert self.listen_address is not None
         directory = self._registrar.directory
         if directory is None:
             raise PeerUnreachable("no server to ask it to connect back")
         token = secrets.token_bytes(TOKEN_BYTES)
         arrival = self._listener.expect(token)
-        taken = False
+        # A fresh port to punch from (a router that keeps ports maps it to the same one
+        # outside: the peer connects to it there), one per try: two connections between
+        # the same ports cannot be.
+        punch_from = _free_port()
+        punching: asyncio.Task[asyncio.BaseProtocol] | None = None
+        taken: asyncio.Future[asyncio.Transport] | asyncio.Task[asyncio.BaseProtocol] | None = None
         try:
             try:
-                await directory.reverse(address.phone, token)
+                seen = await directory.reverse(address.phone, token, punch_from)
             except DirectoryError as exc:
                 raise PeerUnreachable(f"it cannot be asked to connect back: {exc}") from exc
-            try:
-                async with asyncio.timeout(self.config.timeouts.connect):
-                    transport = await arrival
-            except TimeoutError:
-                raise PeerTimedOut("it did not connect back either") from None
-            taken = True
-            return transport
+            server = directory.server_host
+            if seen.host and seen.port and server and may_dial_back(seen.host, server):
+                punching = asyncio.ensure_future(
+                    self.config.network.connect(
+                        seen.host,
+                        seen.port,
+                        _Parked,
+                        self.config.timeouts.connect,
+                        punch_from,
+                    )
+                )
+            ways: set[asyncio.Future[Any]] = {arrival} if punching is None else {arrival, punching}
+            deadline = asyncio.get_running_loop().time() + self.config.timeouts.connect
+            while ways and taken is None:
+                done, ways = await asyncio.wait(
+                    ways,
+                    timeout=deadline - asyncio.get_running_loop().time(),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if not done:
+                    break
+                taken = next((way for way in done if way.exception() is None), None)
+            if taken is arrival:
+                return arrival.result(), "reverse"
+            if taken is not None and punching is not None:
+                parked = punching.result()
+                assert isinstance(parked, _Parked)
+                return parked.transport, "punched"
+            raise PeerTimedOut("it did not connect back either")
         finally:
             self._listener.forget(token)
-            if not taken and arrival.done() and not arrival.cancelled():
+            if taken is not arrival and arrival.done() and not arrival.cancelled():
                 arrival.result().abort()  # (it came as we gave up: nobody takes it)
+            if punching is not None and taken is not punching:
+                punching.cancel()
+                punching.add_done_callback(_abort_parked)
 
     async def _watch(self) -> dict[str, ev.PeerAddress]:
         assert self._outbox is not None
@@ -448,3 +485,29 @@ class Session:
 
     def _publish(self, event: SessionEvent) -> None:
         self.events.put_nowait(event)
+
+
+class _Parked(asyncio.Protocol):
+    """Holds a connection we punched until a link takes it over (its peer says nothing
+    before we start the handshake)."""
+
+    transport: asyncio.Transport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = typing.cast(asyncio.Transport, transport)
+
+
+def _abort_parked(punching: asyncio.Task[asyncio.BaseProtocol]) -> None:
+    """A hole punched after all, when another way was taken: close it."""
+    if not punching.cancelled() and punching.exception() is None:
+        parked = punching.result()
+        assert isinstance(parked, _Parked)
+        parked.transport.abort()
+
+
+def _free_port() -> int:
+    """A port no socket of this machine holds now (the kernel's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("0.0.0.0", 0))
+        port: int = probe.getsockname()[1]
+    return port

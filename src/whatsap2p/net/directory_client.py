@@ -8,6 +8,7 @@ owns it and turns its answers into futures.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -86,9 +87,8 @@ class DirectoryClient(DirectoryEvents):
         self._up: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         #: Called with each watched number that comes online (pushed by the server).
         self.on_online: Callable[[ev.PeerAddress], None] | None = None
-        #: Called when a module asks (through the server) to be connected to, with the
-        #: token to open the connection with.
-        self.on_dial: Callable[[ev.PeerAddress, bytes], None] | None = None
+        #: Called when a module asks (through the server) to be connected to.
+        self.on_dial: Callable[[ev.Dial], None] | None = None
         #: Called once the connection is gone (lost, or closed), after `closed` is set.
         self.on_closed: Callable[[], None] | None = None
         self._waiting: dict[int, asyncio.Future[ev.Message]] = {}
@@ -110,9 +110,12 @@ class DirectoryClient(DirectoryEvents):
         limits: Limits | None = None,
         timeouts: Timeouts | None = None,
         network: Network | None = None,
+        local_port: int | None = None,
     ) -> DirectoryClient:
         """Connect and complete the secure handshake; with `server_fingerprint`, refuse
-        any server that proves another key (before revealing ours)."""
+        any server that proves another key (before revealing ours). From `local_port`
+        if given and free (the port we listen on: the server then sees the port our
+        router maps it to, where a peer can punch through), else from any."""
         timeouts = timeouts or Timeouts()
         limits = limits or Limits()
         where = f"{host}:{port}"
@@ -124,8 +127,15 @@ class DirectoryClient(DirectoryEvents):
             client._link = DirectoryConnection(conn, client._deadlines, client)
             return client._link
 
+        network = network or TcpNetwork()
         try:
-            await (network or TcpNetwork()).connect(host, port, adapter, timeouts.connect)
+            try:
+                await network.connect(host, port, adapter, timeouts.connect, local_port)
+            except OSError as exc:
+                if local_port is None or exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+                    raise
+                # (that port's last connection to this server lingers in TIME_WAIT)
+                await network.connect(host, port, adapter, timeouts.connect)
         except (OSError, TimeoutError) as exc:
             client._deadlines.close()
             raise cannot_reach(where, exc) from exc
@@ -157,11 +167,14 @@ class DirectoryClient(DirectoryEvents):
         assert isinstance(answer, ev.Registered)
         return answer
 
-    async def reverse(self, phone: str, token: bytes) -> None:
+    async def reverse(self, phone: str, token: bytes, punch: int | None = None) -> ev.Reversing:
         """Ask `phone`'s module (through the server) to connect to us, opening with
-        `token`; DirectoryError if the server would not pass it on."""
-        answer = await self.request(ev.Reverse(self.next_rid(), phone, token))
+        `token` (and to punch a hole towards our port `punch`); the answer says where
+        the server sees that module (to punch towards); DirectoryError if the server
+        would not pass it on."""
+        answer = await self.request(ev.Reverse(self.next_rid(), phone, token, punch))
         assert isinstance(answer, ev.Reversing)
+        return answer
 
     async def lookup(self, phones: list[str]) -> dict[str, ev.PeerAddress]:
         """The online ones among `phones`, with their addresses.
@@ -221,7 +234,7 @@ class DirectoryClient(DirectoryEvents):
             return
         if type(message) is ev.Dial:
             if self.on_dial is not None:
-                self.on_dial(message.peer, message.token)
+                self.on_dial(message)
             return
         out = self._lookup_out
         if out is not None and message.rid == out[0]:

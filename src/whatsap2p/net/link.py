@@ -88,7 +88,8 @@ class PeerLink(asyncio.Protocol):
         #: The host it reached the peer at (its LAN address, or its published one).
         self.host: str | None = None
         #: How it came to be: "direct" (we dialled the peer), "reverse" (the peer dialled
-        #: us, on our request through the server).
+        #: us, on our request through the server), "punched" (both at once, through both
+        #: routers).
         self.route = "direct"
 
     @classmethod
@@ -149,15 +150,17 @@ class PeerLink(asyncio.Protocol):
         limits: Limits,
         timeouts: Timeouts,
         deadlines: Deadlines,
+        route: str = "reverse",
     ) -> PeerLink:
         """A link on a connection `address`'s module opened to us because we asked it to
-        (it is behind a router that keeps us out: `reverse`); we are the sender on it,
-        exactly as on one we opened: we start the handshake, it proves its key."""
+        (it is behind a router that keeps us out: `reverse`), or that we both opened at
+        once through our routers (`punched`); we are the sender on it, exactly as on one
+        we dialled: we start the handshake, it proves its key."""
         link = cls(cls._sender(address, key, limits, timeouts), deadlines)
         transport.set_protocol(link)
         link.connection_made(transport)
         await link._secured(address)
-        link.route = "reverse"
+        link.route = route
         link.address = address
         link._write(ev.Hello(me))
         return link

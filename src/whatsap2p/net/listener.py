@@ -119,27 +119,42 @@ class PeerListener:
     def forget(self, token: bytes) -> None:
         self._expected.pop(token, None)
 
-    def dial_back(self, peer: ev.PeerAddress, token: bytes) -> None:
+    def dial_back(self, peer: ev.PeerAddress, token: bytes, punch: int | None = None) -> None:
         """Connect to `peer`, which asked us to through the server (it cannot reach us),
-        say `token`, and take its messages as if it had connected to us."""
-        task = asyncio.get_running_loop().create_task(self._dial_back(peer, token))
+        say `token`, and take its messages as if it had connected to us; with `punch`
+        (the port the server sees it at), also punch a hole: connect to it there from
+        the port we listen on, as it does towards us at the same moment, and take its
+        messages on that connection alike."""
+        self._connect_out(peer.phone, peer.host, peer.port, REVERSE_PREFACE + token)
+        if punch is not None and self._server is not None:
+            self._connect_out(peer.phone, peer.host, punch, b"", self._server.address[1])
+
+    def _connect_out(
+        self, phone: str, host: str, port: int, preface: bytes, local_port: int | None = None
+    ) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._connected_out(phone, host, port, preface, local_port)
+        )
         self._dialling.add(task)
         task.add_done_callback(self._dialling.discard)
 
-    async def _dial_back(self, peer: ev.PeerAddress, token: bytes) -> None:
+    async def _connected_out(
+        self, phone: str, host: str, port: int, preface: bytes, local_port: int | None
+    ) -> None:
         async def serve(connection: _Inbox) -> None:
-            connection.write(REVERSE_PREFACE + token)
+            if preface:
+                connection.write(preface)
             await self._serve(connection)
 
-        where = f"{peer.phone} at {peer.host}:{peer.port}"
+        how = "a hole to" if local_port is not None else "back to"
         try:
             await self._network.connect(
-                peer.host, peer.port, lambda: _Inbox(serve), self._timeouts.connect
+                host, port, lambda: _Inbox(serve), self._timeouts.connect, local_port
             )
         except (OSError, TimeoutError) as exc:
-            log.info("cannot connect back to %s: %s", where, exc)
+            log.info("cannot connect %s %s at %s:%s: %s", how, phone, host, port, exc)
         else:
-            log.info("connected back to %s", where)
+            log.info("connected %s %s at %s:%s", how, phone, host, port)
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Bind and start accepting; returns the address actually bound."""

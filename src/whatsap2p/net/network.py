@@ -5,6 +5,7 @@ factory, and never open a socket themselves."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import typing
 from collections.abc import Callable
 
@@ -27,12 +28,23 @@ class Listening(typing.Protocol):
 
 
 class Network(typing.Protocol):
-    async def connect(self, host: str, port: int, factory: Callable[[], P], timeout: float) -> P:
-        """A connection to `host:port` driven by the protocol `factory` made; raises
-        OSError (refused, unreachable, reset) or TimeoutError after `timeout` s."""
+    async def connect(
+        self,
+        host: str,
+        port: int,
+        factory: Callable[[], P],
+        timeout: float,
+        local_port: int | None = None,
+    ) -> P:
+        """A connection to `host:port` driven by the protocol `factory` made, from
+        `local_port` when given (the port we listen on: a router then maps it to the
+        same outside port for every connection, which is what punching a hole needs);
+        raises OSError (refused, unreachable, reset, that port busy towards that address)
+        or TimeoutError after `timeout` s."""
 
     async def listen(self, host: str, port: int, factory: Callable[[], P]) -> Listening:
-        """Accept connections on `host:port`, each driven by a protocol from `factory`;
+        """Accept connections on `host:port`, each driven by a protocol from `factory`,
+        while connections may leave from that port too (`connect`'s `local_port`);
         raises OSError (in use, not an address of this machine)."""
 
 
@@ -51,14 +63,41 @@ class _TcpListening:
 
 
 class TcpNetwork:
-    """The machine's TCP/IP."""
+    """The machine's TCP/IP. Listening sockets and connections from their port share it
+    (SO_REUSEPORT); a port another socket holds is refused first, so two modules never
+    share one."""
 
-    async def connect(self, host: str, port: int, factory: Callable[[], P], timeout: float) -> P:
+    async def connect(
+        self,
+        host: str,
+        port: int,
+        factory: Callable[[], P],
+        timeout: float,
+        local_port: int | None = None,
+    ) -> P:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(timeout):
-            _, protocol = await loop.create_connection(factory, host, port)
+            if local_port is None:
+                _, protocol = await loop.create_connection(factory, host, port)
+                return protocol
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                sock.setblocking(False)
+                sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", local_port))
+                await loop.sock_connect(sock, (host, port))
+                _, protocol = await loop.create_connection(factory, sock=sock)
+            except BaseException:
+                sock.close()
+                raise
         return protocol
 
     async def listen(self, host: str, port: int, factory: Callable[[], P]) -> Listening:
         loop = asyncio.get_running_loop()
-        return _TcpListening(await loop.create_server(factory, host, port, backlog=1024))
+        if port:  # (SO_REUSEPORT would let us share a port another module holds)
+            with socket.create_server((host, port)):
+                pass
+        server = await loop.create_server(factory, host, port, backlog=1024, reuse_port=True)
+        return _TcpListening(server)

@@ -59,8 +59,11 @@ class LinkPool:
         self._busy: dict[ev.PeerAddress, int] = {}
         self._links: set[PeerLink] = set()
         #: Asks `address`'s module (through the server) to connect to us, and returns
-        #: that connection; DeliveryFailed if it does not come. None: never asked.
-        self.reverse: Callable[[ev.PeerAddress], Awaitable[asyncio.Transport]] | None = None
+        #: that connection and its route ("reverse", "punched"); DeliveryFailed if none
+        #: comes. None: never asked.
+        self.reverse: (
+            Callable[[ev.PeerAddress], Awaitable[tuple[asyncio.Transport, str]]] | None
+        ) = None
         #: Where each peer was last reached (its LAN address, or its published one), and
         #: the peers last reached by connecting back (asked at once next time).
         self._reached_at: dict[ev.PeerAddress, str] = {}
@@ -175,7 +178,7 @@ class LinkPool:
             self._reached_at[address] = link.host
         else:
             self._reached_at.pop(address, None)
-        if link.route == "reverse":
+        if link.route != "direct":
             self._came_back[address] = None
         else:
             self._came_back.pop(address, None)
@@ -265,7 +268,7 @@ class LinkPool:
     async def _reversed(self, address: ev.PeerAddress) -> PeerLink:
         """A link on the connection `address`'s module opens to us when asked to."""
         assert self.reverse is not None
-        transport = await self.reverse(address)
+        transport, route = await self.reverse(address)
         try:
             return await PeerLink.adopt(
                 transport,
@@ -275,6 +278,7 @@ class LinkPool:
                 self._limits,
                 self._timeouts,
                 self._deadlines,
+                route,
             )
         except BaseException:
             transport.abort()

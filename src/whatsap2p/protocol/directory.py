@@ -168,6 +168,8 @@ class DirectoryServerConnection(OverChannel):
             _check_phone(message.phone)
             if len(message.token) != TOKEN_BYTES:
                 raise RemoteProtocolError(f"a token is {TOKEN_BYTES} bytes")
+            if message.punch is not None and not 0 < message.punch < 65536:
+                raise RemoteProtocolError(f"invalid port {message.punch}")
         elif type(message) is ev.Lookup or type(message) is ev.Watch:
             if len(message.phones) > self.limits.max_lookup_phones:
                 raise RemoteProtocolError(
@@ -307,7 +309,11 @@ class DirectoryClientConnection(OverChannel):
             if kind in _PUSHES and rid == 0:
                 if kind is ev.Dial:
                     dial = cast(ev.Dial, message)
-                    if len(dial.token) != TOKEN_BYTES or not 0 < dial.peer.port < 65536:
+                    if (
+                        len(dial.token) != TOKEN_BYTES
+                        or not 0 < dial.peer.port < 65536
+                        or (dial.punch is not None and not 0 < dial.punch < 65536)
+                    ):
                         raise RemoteProtocolError("a malformed 'dial'")
                 self._events.append(message)
                 continue

@@ -131,23 +131,32 @@ class Online(DirectoryMessage, frozen=True, tag="online"):
 
 class Reverse(DirectoryMessage, frozen=True, tag="reverse"):
     """Ask `phone`'s module to connect to us (we cannot reach it: a router keeps it
-    out), opening with `token` so that we know the connection for ours."""
+    out), opening with `token` so that we know the connection for ours; `punch`: the
+    port we connect to it from meanwhile, to punch a hole through both routers."""
 
     phone: str
     token: bytes
+    punch: int | None = None
 
 
 class Reversing(DirectoryMessage, frozen=True, tag="reversing"):
-    """The request to connect was passed on to the module."""
+    """The request to connect was passed on to the module; `host` and `port`: where the
+    server sees that module's connection come from (its router's mapping of its port),
+    to punch a hole towards at the same moment as it does towards us."""
+
+    host: str | None = None
+    port: int | None = None
 
 
 class Dial(DirectoryMessage, frozen=True, tag="dial"):
     """Pushed by the server (rid 0): `peer` asks to be connected to (it cannot reach us);
     open the connection with `token`. `peer.host` is the address the server sees `peer`
-    at, never one it merely claims."""
+    at, never one it merely claims; `punch`: the port `peer` punches from, to connect to
+    at the same moment (from the port we listen on)."""
 
     peer: PeerAddress
     token: bytes
+    punch: int | None = None
 
 
 class Unregister(DirectoryMessage, frozen=True, tag="unregister"):

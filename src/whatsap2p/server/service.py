@@ -183,6 +183,7 @@ class _Client(asyncio.Protocol):
         "_recent",
         "_reverses",
         "_scheduled",
+        "_seen_port",
         "_server",
         "_transport",
         "phone",
@@ -199,6 +200,7 @@ class _Client(asyncio.Protocol):
         self._lookups: TokenBucket | None = None
         self._reverses: TokenBucket | None = None
         self._port = 0  # where its module accepts peers (registered)
+        self._seen_port = 0  # the port this connection comes from, as we see it
         #: This connection's live entry in the server's deadlines: when it comes up (None:
         #: no entry) and its number.
         self._scheduled: float | None = None
@@ -214,6 +216,11 @@ class _Client(asyncio.Protocol):
         """The address this connection comes from."""
         return self._ip
 
+    @property
+    def seen_port(self) -> int:
+        """The port this connection comes from, as we see it (0: unknown)."""
+        return self._seen_port
+
     # --- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -222,6 +229,7 @@ class _Client(asyncio.Protocol):
         self._transport = transport
         peer = transport.get_extra_info("peername")
         self._ip = ip = str(peer[0]) if peer else "?"
+        self._seen_port = int(peer[1]) if peer else 0
         server = self._server
         config = server.config
         if server.unauthenticated[ip] >= config.rates.max_unauthenticated_per_ip:
@@ -528,9 +536,9 @@ class _Client(asyncio.Protocol):
         key = self._conn.remote_key
         assert key is not None
         me = ev.PeerAddress(self.phone, self._ip, self._port, key)
-        callee.push(ev.Dial(0, me, request.token))
+        callee.push(ev.Dial(0, me, request.token, request.punch))
         server.metrics.reversals += 1
-        return self._conn.send(ev.Reversing(request.rid))
+        return self._conn.send(ev.Reversing(request.rid, callee.ip, callee.seen_port or None))
 
     def _lookup(self, request: ev.Lookup | ev.Watch) -> Buffer | Awaitable[Buffer]:
         """Count a lookup (or watch: its numbers watched from now on, before looking, so
