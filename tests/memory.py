@@ -315,8 +315,15 @@ class MemoryNetwork:
         return _HostView(self, host)
 
     async def listen(
-        self, host: str, port: int, factory: Callable[[], P], *, _from: str | None = None
+        self,
+        host: str,
+        port: int,
+        factory: Callable[[], P],
+        reuse_port: bool = False,
+        *,
+        _from: str | None = None,
     ) -> _Listener:
+        """(`reuse_port` is taken and forgotten: connections here have no ports to share.)"""
         if host in ("0.0.0.0", "", "::"):
             host = _from or self._host
         if port == 0:
@@ -399,8 +406,10 @@ class _HostView:
         self.network = network
         self.host = host
 
-    async def listen(self, host: str, port: int, factory: Callable[[], P]) -> _Listener:
-        return await self.network.listen(host, port, factory, _from=self.host)
+    async def listen(
+        self, host: str, port: int, factory: Callable[[], P], reuse_port: bool = False
+    ) -> _Listener:
+        return await self.network.listen(host, port, factory, reuse_port, _from=self.host)
 
     async def connect(
         self,

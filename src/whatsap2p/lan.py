@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Final
 
-__all__ = ["LANS", "is_lan", "may_dial_back"]
+__all__ = ["IP", "LANS", "is_lan", "may_dial_back", "parse_ip"]
 
 LANS: Final = tuple(
     ipaddress.ip_network(net)
@@ -14,13 +14,24 @@ LANS: Final = tuple(
 )
 
 
-def is_lan(address: ipaddress.IPv4Address | ipaddress.IPv6Address | str) -> bool:
+IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_ip(text: str) -> IP:
+    """`text` as an IP address, an IPv4 one written as IPv6 (::ffff:a.b.c.d) as the
+    IPv4 address it is; ValueError if it is none."""
+    address = ipaddress.ip_address(text)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def is_lan(address: IP | str) -> bool:
     """Whether `address` (an IP, or its text; anything else: False) is a LAN address."""
-    if isinstance(address, str):
-        try:
-            address = ipaddress.ip_address(address)
-        except ValueError:
-            return False
+    try:
+        address = parse_ip(str(address))
+    except ValueError:
+        return False
     return any(address in lan for lan in LANS)
 
 
@@ -31,7 +42,7 @@ def may_dial_back(target: str, server: str) -> bool:
     machine, a LAN address only with a server on a LAN (or this machine); never an
     unspecified, multicast or link-local address."""
     try:
-        there, via = ipaddress.ip_address(target), ipaddress.ip_address(server)
+        there, via = parse_ip(target), parse_ip(server)
     except ValueError:
         return False
     if there.is_unspecified or there.is_multicast or there.is_link_local:

@@ -398,6 +398,8 @@ async def test_a_request_to_connect_back_never_points_a_module_at_its_own_machin
         ("0.0.0.0", "127.0.0.1", False),
         ("224.0.0.1", "203.0.113.10", False),
         ("169.254.169.254", "203.0.113.10", False),
+        ("::ffff:127.0.0.1", "203.0.113.10", False),  # IPv4 written as IPv6 is IPv4
+        ("::ffff:192.168.1.1", "203.0.113.10", False),
     ],
 )
 def test_a_module_connects_back_only_where_the_asker_can_be(

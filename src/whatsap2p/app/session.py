@@ -417,7 +417,6 @@ class Session:
         ("reverse", "punched"); DeliveryFailed if none comes."""
         assert self._listener is not None
         assert self._registrar is not None
-        assert self.listen_address is not None
         directory = self._registrar.directory
         if directory is None:
             raise PeerUnreachable("no server to ask it to connect back")

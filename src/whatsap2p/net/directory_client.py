@@ -8,7 +8,6 @@ owns it and turns its answers into futures.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -132,9 +131,11 @@ class DirectoryClient(DirectoryEvents):
             try:
                 await network.connect(host, port, adapter, timeouts.connect, local_port)
             except OSError as exc:
-                if local_port is None or exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+                if local_port is None:
                     raise
-                # (that port's last connection to this server lingers in TIME_WAIT)
+                # That port's last connection to this server lingers in TIME_WAIT, say:
+                # from any port then (a peer cannot punch a hole to us meanwhile).
+                log.info("connecting to the server from port %s failed (%s)", local_port, exc)
                 await network.connect(host, port, adapter, timeouts.connect)
         except (OSError, TimeoutError) as exc:
             client._deadlines.close()
@@ -216,8 +217,11 @@ class DirectoryClient(DirectoryEvents):
             self._link.give_up(ConnectionAbortedError("aborted by this module"))
 
     async def close(self) -> None:
+        # Reset, not closed: a graceful close from our side would hold our end of the
+        # connection in TIME_WAIT for a minute, and the module's next connection to this
+        # server could not leave from the same port (the one it listens on).
         if self._link is not None:
-            self._link.close()
+            self._link.give_up(ConnectionAbortedError("closed by this module"))
         self._deadlines.close()
         self.lost(ConnectionAbortedError("the connection to the server is closed"))
 

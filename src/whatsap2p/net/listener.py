@@ -158,7 +158,10 @@ class PeerListener:
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Bind and start accepting; returns the address actually bound."""
-        self._server = await self._network.listen(host, port, lambda: _Inbox(self._serve))
+        # (connections leave from its port too: to the server, and to punch holes)
+        self._server = await self._network.listen(
+            host, port, lambda: _Inbox(self._serve), reuse_port=True
+        )
         return self._server.address
 
     async def settled(self) -> None:

@@ -42,10 +42,12 @@ class Network(typing.Protocol):
         raises OSError (refused, unreachable, reset, that port busy towards that address)
         or TimeoutError after `timeout` s."""
 
-    async def listen(self, host: str, port: int, factory: Callable[[], P]) -> Listening:
-        """Accept connections on `host:port`, each driven by a protocol from `factory`,
-        while connections may leave from that port too (`connect`'s `local_port`);
-        raises OSError (in use, not an address of this machine)."""
+    async def listen(
+        self, host: str, port: int, factory: Callable[[], P], reuse_port: bool = False
+    ) -> Listening:
+        """Accept connections on `host:port`, each driven by a protocol from `factory`;
+        with `reuse_port`, connections may leave from that port too (`connect`'s
+        `local_port`); raises OSError (in use, not an address of this machine)."""
 
 
 class _TcpListening:
@@ -63,9 +65,9 @@ class _TcpListening:
 
 
 class TcpNetwork:
-    """The machine's TCP/IP. Listening sockets and connections from their port share it
-    (SO_REUSEPORT); a port another socket holds is refused first, so two modules never
-    share one."""
+    """The machine's TCP/IP. A listening socket asked to (`reuse_port`) shares its port
+    with connections from it (SO_REUSEPORT); a port another socket holds is refused
+    first, so two modules never share one."""
 
     async def connect(
         self,
@@ -80,24 +82,42 @@ class TcpNetwork:
             if local_port is None:
                 _, protocol = await loop.create_connection(factory, host, port)
                 return protocol
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                sock.setblocking(False)
-                sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", local_port))
-                await loop.sock_connect(sock, (host, port))
-                _, protocol = await loop.create_connection(factory, sock=sock)
-            except BaseException:
-                sock.close()
-                raise
-        return protocol
+            # From `local_port`: each address of `host` in turn, as create_connection does.
+            failure: OSError = OSError(f"no address for {host}")
+            for family, kind, proto, _, address in await loop.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM
+            ):
+                sock = socket.socket(family, kind, proto)
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    if hasattr(socket, "SO_REUSEPORT"):
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                    sock.setblocking(False)
+                    sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", local_port))
+                    await loop.sock_connect(sock, address)
+                    _, protocol = await loop.create_connection(factory, sock=sock)
+                    return protocol
+                except OSError as exc:
+                    sock.close()
+                    failure = exc
+                except BaseException:
+                    sock.close()
+                    raise
+            raise failure
 
-    async def listen(self, host: str, port: int, factory: Callable[[], P]) -> Listening:
+    async def listen(
+        self, host: str, port: int, factory: Callable[[], P], reuse_port: bool = False
+    ) -> Listening:
         loop = asyncio.get_running_loop()
-        if port:  # (SO_REUSEPORT would let us share a port another module holds)
-            with socket.create_server((host, port)):
-                pass
-        server = await loop.create_server(factory, host, port, backlog=1024, reuse_port=True)
+        reuse_port = reuse_port and hasattr(socket, "SO_REUSEPORT")
+        if reuse_port and port:  # (SO_REUSEPORT would let us share a port another holds)
+            for family, kind, proto, _, address in await loop.getaddrinfo(
+                host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            ):
+                with socket.socket(family, kind, proto) as probe:
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    probe.bind(address)
+        server = await loop.create_server(
+            factory, host, port, backlog=1024, reuse_port=reuse_port or None
+        )
         return _TcpListening(server)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from whatsap2p.lan import is_lan
+from whatsap2p.lan import is_lan, parse_ip
 
 __all__ = ["InvalidHost", "reachable_from", "vouched_host", "vouched_local"]
 
@@ -28,7 +28,7 @@ def _ip_literal(text: str, what: str) -> ipaddress.IPv4Address | ipaddress.IPv6A
     """`text` as an IP address, or InvalidHost saying `what` must be one (the text shown
     escaped and cut short: it is a stranger's)."""
     try:
-        return ipaddress.ip_address(text)
+        return parse_ip(text)
     except ValueError:
         shown = text[:64].encode("unicode_escape").decode("ascii")
         raise InvalidHost(f"{what} must be an IP address, not {shown!r}") from None
@@ -52,7 +52,7 @@ def vouched_host(advertised: str | None, observed: str) -> str:
     ):
         raise InvalidHost(f"{address} is not an address a peer can connect to")
     try:
-        seen = ipaddress.ip_address(observed)
+        seen = parse_ip(observed)
     except ValueError:  # (an in-memory network's host name in tests, say)
         seen = None
     if address.is_loopback and not (seen is not None and seen.is_loopback):
@@ -79,7 +79,7 @@ def vouched_local(local: str | None, observed: str, published: str) -> str | Non
     if not is_lan(address):
         raise InvalidHost(f"{address} is not a private LAN address")
     try:
-        seen = ipaddress.ip_address(observed)
+        seen = parse_ip(observed)
     except ValueError:
         return None
     if not _public(seen) or published != observed:
@@ -94,7 +94,7 @@ def reachable_from(asker: str, callee: str) -> bool:
     (both on the server's LAN). Otherwise the asker's address would mean the callee's own
     machine or network, not the asker."""
     try:
-        there, here = ipaddress.ip_address(asker), ipaddress.ip_address(callee)
+        there, here = parse_ip(asker), parse_ip(callee)
     except ValueError:  # (an in-memory network's host name in tests, say)
         return asker == callee or not (is_lan(asker) or asker.startswith("127."))
     if there.is_loopback:
