@@ -20,14 +20,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import secrets
-import socket
 import time
-import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from whatsap2p.app.contacts import FILE_NAME as CONTACTS_FILE
 from whatsap2p.app.contacts import AddressBook
@@ -53,25 +49,20 @@ from whatsap2p.app.trust import Trust, TrustStore
 from whatsap2p.config import IncomingLimits, Limits, Timeouts
 from whatsap2p.errors import (
     CannotListen,
-    DirectoryError,
     InvalidInput,
-    PeerTimedOut,
-    PeerUnreachable,
     ServerUnreachable,
     StoreError,
     UnknownTarget,
 )
 from whatsap2p.keyfile import load_or_create_key
-from whatsap2p.lan import may_dial_back
 from whatsap2p.net.directory_client import DirectoryClient
 from whatsap2p.net.listener import PeerListener
 from whatsap2p.net.network import Network, TcpNetwork
 from whatsap2p.net.pool import LinkPool
+from whatsap2p.net.rendezvous import Rendezvous
 from whatsap2p.phone import DEFAULT_REGION, normalise_phone
 from whatsap2p.protocol import events as ev
-from whatsap2p.protocol.directory import TOKEN_BYTES
 from whatsap2p.protocol.keys import StaticKey, fingerprint
-from whatsap2p.ratelimit import BucketsByKey, TokenBucket
 
 __all__ = ["IDENTITY_FILE", "Session", "SessionConfig"]
 
@@ -135,13 +126,7 @@ class Session:
         self._outbox: Outbox | None = None
         self._sender: Sender | None = None
         self._inbox: Inbox | None = None
-        #: Requests to connect back that we answer: per asker; from contacts, strangers.
-        incoming = config.incoming
-        self._dials_each = BucketsByKey(incoming.dials_each_rate, incoming.dials_each_burst)
-        self._dials = {
-            True: TokenBucket(incoming.contact_dials_rate, incoming.contact_dials_burst, 0.0),
-            False: TokenBucket(incoming.stranger_dials_rate, incoming.stranger_dials_burst, 0.0),
-        }
+        self._rendezvous: Rendezvous | None = None
         #: Numbers whose coming online the UI wants to hear of (PresenceChanged).
         self._presence: frozenset[str] = frozenset()
 
@@ -201,7 +186,6 @@ class Session:
             raise
         limits, timeouts, network = config.limits, config.timeouts, config.network
         self._pool = pool = LinkPool(self.phone, identity, limits, timeouts, network)
-        pool.reverse = self._connected_back
         self._outbox = outbox = Outbox(
             config.data_dir / "outbox",
             history,
@@ -252,6 +236,15 @@ class Session:
             timeouts=timeouts,
             network=network,
         )
+        self._rendezvous = rendezvous = Rendezvous(
+            self._listener,
+            network,
+            timeouts,
+            config.incoming,
+            self.book.knows,
+            lambda: registrar.directory,
+        )
+        pool.reverse = rendezvous.reach
         registrar.on_registered = self._registered
         registrar.on_lost = lambda: self._publish(ServerConnectionChanged("lost"))
         registrar.on_restored = lambda: self._publish(ServerConnectionChanged("restored"))
@@ -386,89 +379,10 @@ class Session:
     async def _registered(self, directory: DirectoryClient) -> None:
         """A new registration (at start, or after a loss): the watches go out on it."""
         directory.on_online = self._came_online
-        directory.on_dial = functools.partial(self._dial_asked, directory)
+        assert self._rendezvous is not None
+        directory.on_dial = functools.partial(self._rendezvous.asked, directory)
         assert self._outbox is not None
         await self._outbox.watch(directory, self._presence)
-
-    def _dial_asked(self, directory: DirectoryClient, dial: ev.Dial) -> None:
-        """`peer` cannot reach us and asks, through the server, that we connect to it:
-        we do, to an address that can only be its own (see lan.may_dial_back), within
-        our limits: contacts apart from strangers, and a few a second per stranger (one
-        asker's flood cannot use up everyone's share)."""
-        peer = dial.peer
-        server = directory.server_host
-        if server is None or not may_dial_back(peer.host, server):
-            log.warning("not connecting back to %s at %s: not its own", peer.phone, peer.host)
-            return
-        now = asyncio.get_running_loop().time()
-        known = self.book.knows(peer.phone)
-        if (not known and not self._dials_each.take(peer.phone, now)) or not self._dials[
-            known
-        ].take(now):
-            log.warning("not connecting back to %s: asked too often", peer.phone)
-            return
-        assert self._listener is not None
-        self._listener.dial_back(peer, dial.token, dial.punch)
-
-    async def _connected_back(self, address: ev.PeerAddress) -> tuple[asyncio.Transport, str]:
-        """Ask `address`'s module, through the server, to connect to us, and meanwhile
-        punch a hole towards it (connect from the port we listen on to where the server
-        sees it, as it does towards us): the first connection to come, and how
-        ("reverse", "punched"); DeliveryFailed if none comes."""
-        assert self._listener is not None
-        assert self._registrar is not None
-        directory = self._registrar.directory
-        if directory is None:
-            raise PeerUnreachable("no server to ask it to connect back")
-        token = secrets.token_bytes(TOKEN_BYTES)
-        arrival = self._listener.expect(token)
-        # A fresh port to punch from (a router that keeps ports maps it to the same one
-        # outside: the peer connects to it there), one per try: two connections between
-        # the same ports cannot be.
-        punch_from = _free_port()
-        punching: asyncio.Task[asyncio.BaseProtocol] | None = None
-        taken: asyncio.Future[asyncio.Transport] | asyncio.Task[asyncio.BaseProtocol] | None = None
-        try:
-            try:
-                seen = await directory.reverse(address.phone, token, punch_from)
-            except DirectoryError as exc:
-                raise PeerUnreachable(f"it cannot be asked to connect back: {exc}") from exc
-            server = directory.server_host
-            if seen.host and seen.port and server and may_dial_back(seen.host, server):
-                punching = asyncio.ensure_future(
-                    self.config.network.connect(
-                        seen.host,
-                        seen.port,
-                        _Parked,
-                        self.config.timeouts.connect,
-                        punch_from,
-                    )
-                )
-            ways: set[asyncio.Future[Any]] = {arrival} if punching is None else {arrival, punching}
-            deadline = asyncio.get_running_loop().time() + self.config.timeouts.connect
-            while ways and taken is None:
-                done, ways = await asyncio.wait(
-                    ways,
-                    timeout=deadline - asyncio.get_running_loop().time(),
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                if not done:
-                    break
-                taken = next((way for way in done if way.exception() is None), None)
-            if taken is arrival:
-                return arrival.result(), "reverse"
-            if taken is not None and punching is not None:
-                parked = punching.result()
-                assert isinstance(parked, _Parked)
-                return parked.transport, "punched"
-            raise PeerTimedOut("it did not connect back either")
-        finally:
-            self._listener.forget(token)
-            if taken is not arrival and arrival.done() and not arrival.cancelled():
-                arrival.result().abort()  # (it came as we gave up: nobody takes it)
-            if punching is not None and taken is not punching:
-                punching.cancel()
-                punching.add_done_callback(_abort_parked)
 
     async def _watch(self) -> dict[str, ev.PeerAddress]:
         assert self._outbox is not None
@@ -484,29 +398,3 @@ class Session:
 
     def _publish(self, event: SessionEvent) -> None:
         self.events.put_nowait(event)
-
-
-class _Parked(asyncio.Protocol):
-    """Holds a connection we punched until a link takes it over (its peer says nothing
-    before we start the handshake)."""
-
-    transport: asyncio.Transport
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = typing.cast(asyncio.Transport, transport)
-
-
-def _abort_parked(punching: asyncio.Task[asyncio.BaseProtocol]) -> None:
-    """A hole punched after all, when another way was taken: close it."""
-    if not punching.cancelled() and punching.exception() is None:
-        parked = punching.result()
-        assert isinstance(parked, _Parked)
-        parked.transport.abort()
-
-
-def _free_port() -> int:
-    """A port no socket of this machine holds now (the kernel's choice)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("0.0.0.0", 0))
-        port: int = probe.getsockname()[1]
-    return port
