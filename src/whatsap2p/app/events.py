@@ -117,6 +117,3 @@ class DeliveryReport:
     #: "reverse" (it dialled us, asked through the server); "punched" and "relay" are
     #: kept for the paths still to come.
     routes: dict[str, str] = field(default_factory=dict)
-    #: Queued recipients that were online but not reached now, and why (they are
-    #: tried again, less and less often, rather than waiting for them to come online).
-    unreached: dict[str, str] = field(default_factory=dict)

@@ -79,8 +79,8 @@ class Sender:
         def deliver(address: ev.PeerAddress) -> Awaitable[str]:
             return pool.send_text(address, message)
 
-        report = await self._fan_out(message.id, recipients, deliver, queue)
-        await self._record(report, recipients.group, message.timestamp, text=text)
+        report, unreached = await self._fan_out(message.id, recipients, deliver, queue)
+        await self._record(report, unreached, recipients.group, message.timestamp, text=text)
         return report
 
     async def send_photo(
@@ -125,7 +125,7 @@ class Sender:
                 address, offer, functools.partial(stream_to, address.phone)
             )
 
-        report = await self._fan_out(offer.id, recipients, deliver, queue)
+        report, unreached = await self._fan_out(offer.id, recipients, deliver, queue)
         digests = [s.sha256 for s in streams.values() if s.sha256 is not None]
         if digests:
             photo = dataclasses.replace(photo, sha256=digests[0])
@@ -135,7 +135,9 @@ class Sender:
         kept = photo
         if report.queued:
             kept = await asyncio.to_thread(self._outbox.keep_photo, photo, offer.id)
-        await self._record(report, recipients.group, offer.timestamp, photo=kept.describe())
+        await self._record(
+            report, unreached, recipients.group, offer.timestamp, photo=kept.describe()
+        )
         return report
 
     def _recipients(self, target: str) -> Recipients:
@@ -153,9 +155,10 @@ class Sender:
         recipients: Recipients,
         deliver: Callable[[ev.PeerAddress], Awaitable[str]],
         queue: bool,
-    ) -> DeliveryReport:
+    ) -> tuple[DeliveryReport, dict[str, str]]:
         """One lookup for all recipients, then every online one concurrently; the
-        offline ones are reported `offline`, or `queued` for later when asked to."""
+        offline ones are reported `offline`, or `queued` for later when asked to, as are
+        then those online but not reached now (returned apart too, with why)."""
         online = await self._lookup(list(recipients.phones))
         report = DeliveryReport(message_id)
         absent = [p for p in recipients.phones if p not in online]
@@ -176,18 +179,20 @@ class Sender:
         else:
             sends = (self._deliver_to(online[p], deliver) for p in targets)
             outcomes = await asyncio.gather(*sends)
+        unreached: dict[str, str] = {}
         for phone, outcome in zip(targets, outcomes, strict=True):
             if isinstance(outcome, str):
                 report.delivered.append(phone)
                 report.routes[phone] = outcome
             elif queue and outcome.code in _WAITS:  # kept, and tried again later
                 report.queued.append(phone)
-                report.unreached[phone] = str(outcome)
+                unreached[phone] = str(outcome)
             else:
                 report.failed.append(FailedDelivery.of(phone, outcome))
         order = {phone: i for i, phone in enumerate(recipients.phones)}
         report.failed.sort(key=lambda failed: order[failed.phone])
-        return report
+        report.queued.sort(key=order.__getitem__)  # (the unreached came after the absent)
+        return report, unreached
 
     @staticmethod
     async def _deliver_to(
@@ -203,12 +208,14 @@ class Sender:
     async def _record(
         self,
         report: DeliveryReport,
+        unreached: dict[str, str],
         group: str | None,
         timestamp: str,
         text: str | None = None,
         photo: dict[str, object] | None = None,
     ) -> None:
-        """The send in the history, a row per recipient; queued ones watched for."""
+        """The send in the history, a row per recipient; queued ones watched for, and
+        those `unreached` (online, not reached now) tried again later."""
         delivered: tuple[State, str | None] = ("delivered", None)
         outcomes = dict.fromkeys(report.delivered, delivered)
         outcomes.update((phone, ("offline", None)) for phone in report.offline)
@@ -220,5 +227,5 @@ class Sender:
         if not self._outbox.watching(report.queued):
             await self._watch_outbox()  # (which tries those online again at once)
         else:
-            for phone, why in report.unreached.items():  # online, not reached: again later
+            for phone, why in unreached.items():
                 self._outbox.retry_later(phone, why)
