@@ -424,3 +424,17 @@ def test_a_queued_message_to_an_online_peer_out_of_reach_waits_in_the_outbox(
         assert alice.outbox() == []
 
     in_memory(tmp_path, scenario)
+
+
+def test_queued_recipients_keep_the_groups_order(tmp_path: Path) -> None:
+    async def scenario(world: World) -> None:
+        alice = await world.user(ALICE)
+        key = load_or_create_key(world.root / BOB / IDENTITY_FILE)
+        holder = await world.client(BOB, key)  # bob online, out of reach; carol offline
+        await holder.register(BOB, 4444)
+        alice.book.create_group("pals", [BOB, CAROL])
+        report = await alice.send_text("pals", "whenever", queue=True)
+        assert (report.queued, report.failed) == ([BOB, CAROL], [])
+        await holder.close()
+
+    in_memory(tmp_path, scenario)
