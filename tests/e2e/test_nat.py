@@ -92,7 +92,11 @@ async def test_a_public_user_and_one_behind_a_router(tmp_path: Path, photo: Path
         dave = await place.user(DAVE, place.net.public_host())
         alice = await place.user(ALICE, place.net.router().host())
         assert await text(alice, dave, "out, as always") == "direct"
+        # the server tells dave that alice sits behind a router: she is asked to connect
+        # back at once, not once a dial has had its chance (Timeouts.reverse_after, 1 s)
+        started = time.monotonic()
         assert await text(dave, alice, "in: alice connects back") in IN
+        assert time.monotonic() - started < 0.9
         assert await photo_to(dave, alice, photo) in IN
 
 

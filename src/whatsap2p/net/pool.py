@@ -194,10 +194,10 @@ class LinkPool:
 
     async def _reach(self, address: ev.PeerAddress) -> PeerLink:
         """A link to `address`: dialled; and when that fails to connect, or has not
-        connected within `Timeouts.reverse_after` (at once if it came back last time),
-        also asked for the other way round (`reverse`: the peer dials us). The first link
-        wins, the other is closed. (Once the dial connected, the way is open: what fails
-        then is the module there.)"""
+        connected within `Timeouts.reverse_after` (at once if it came back last time, or
+        the server says it is behind a router), also asked for the other way round
+        (`reverse`: the peer dials us). The first link wins, the other is closed. (Once
+        the dial connected, the way is open: what fails then is the module there.)"""
         connected = asyncio.Event()
         dialled = asyncio.ensure_future(
             PeerLink.open(
@@ -218,7 +218,9 @@ class LinkPool:
         try:
             await asyncio.wait(
                 (dialled, went_through),
-                timeout=0.0 if address in self._came_back else self._timeouts.reverse_after,
+                timeout=0.0
+                if address.nat or address in self._came_back
+                else self._timeouts.reverse_after,
                 return_when=asyncio.FIRST_COMPLETED,
             )
         except BaseException:

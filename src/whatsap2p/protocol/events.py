@@ -96,13 +96,16 @@ class Lookup(DirectoryMessage, frozen=True, tag="lookup"):
 class PeerAddress(msgspec.Struct, frozen=True, gc=False):
     """Where an online user's module accepts peers, and the key bound to its number;
     `local`: its LAN address (at `port`), given only to a module the server sees behind
-    the same public address (the same router), which tries it first."""
+    the same public address (the same router), which tries it first; `nat`: given to
+    others instead, it says the module sits behind a router at `host` (a dial there
+    most likely gets nowhere: ask it to connect back at once)."""
 
     phone: str
     host: str
     port: int
     key: bytes
     local: str | None = None
+    nat: bool = False
 
 
 class LookupResult(DirectoryMessage, frozen=True, tag="lookup_result"):

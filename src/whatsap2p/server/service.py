@@ -160,10 +160,11 @@ class DirectoryServer:
 
 def _seen_from(ip: str, address: ev.PeerAddress) -> ev.PeerAddress:
     """`address` as a connection from `ip` may see it: its LAN address only from behind
-    the same public address (the same router)."""
+    the same public address (the same router); from elsewhere, only that it is behind
+    one (`nat`)."""
     if address.local is None or address.host == ip:
         return address
-    return ev.PeerAddress(address.phone, address.host, address.port, address.key)
+    return ev.PeerAddress(address.phone, address.host, address.port, address.key, nat=True)
 
 
 class _Client(asyncio.Protocol):
