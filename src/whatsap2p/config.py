@@ -197,3 +197,7 @@ class RateLimits:
     #: ...and asking one number, from anyone (its module answers a few a second).
     reverse_to_rate: float = 5.0
     reverse_to_burst: float = 20.0
+    #: Reports of how a connection was made (`report`, counted for the operator) per
+    #: second by one connection, and its burst: one per connection a module opens.
+    report_rate: float = 20.0
+    report_burst: float = 100.0

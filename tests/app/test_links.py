@@ -251,7 +251,10 @@ def test_a_peer_that_cannot_be_dialled_is_reached_the_other_way_round(tmp_path: 
         assert got.sender == ALICE
         again = await alice.send_text(BOB, "and again")  # on the link bob opened
         assert again.routes == {BOB: "reverse"}
-        assert world.server.metrics.reversals == 1
+        metrics = world.server.metrics
+        assert metrics.reversals == 1
+        await alice.status(BOB)  # (its answer comes after that of alice's report)
+        assert (metrics.connections("reverse"), metrics.rendezvous("reverse")) == (1, 1)
 
     in_memory(tmp_path, scenario)
 
@@ -290,6 +293,9 @@ def test_a_peer_out_of_reach_both_ways_is_reported_on_time(tmp_path: Path) -> No
                 "connect back either",
             )
         ]
+        await alice.status(BOB)  # (after alice's report of it)
+        metrics = world.server.metrics
+        assert (metrics.connections("none"), metrics.rendezvous("none")) == (1, 1)
         await holder.close()
 
     in_memory(tmp_path, scenario)

@@ -5,14 +5,17 @@ works yet (a symmetric router on one side: no relay yet), the failure is clean a
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import image_bytes
 from tests.e2e.internet import Host, Internet, cannot_make_internet, internet
@@ -26,11 +29,30 @@ ALICE, BOB, CAROL, DAVE = (f"+551199999000{i}" for i in range(1, 5))
 PHOTO_BYTES = 5_000_000
 
 
+METRICS = 9100  # (the directory's own namespace: no other port to meet)
+
+
 class Town:
     """The internet, its directory server, and the users a test starts in it."""
 
-    def __init__(self, net: Internet, server: ServerProcess, root: Path, stack: AsyncExitStack):
-        self.net, self.server, self.root, self._stack = net, server, root, stack
+    def __init__(
+        self, net: Internet, directory: Host, server: ServerProcess, root: Path,
+        stack: AsyncExitStack,
+    ) -> None:  # fmt: skip
+        self.net, self.directory, self.server = net, directory, server
+        self.root, self._stack = root, stack
+
+    async def counted(self, family: str) -> dict[str, float]:
+        """The server's Prometheus counter `family` (its samples by their one label)."""
+        url = f"http://{self.directory.address}:{METRICS}/metrics"
+        read = f"import urllib.request as u; print(u.urlopen({url!r}).read().decode())"
+        scraped = await asyncio.to_thread(self.directory.run, sys.executable, "-c", read)
+        (found,) = (f for f in text_string_to_metric_families(scraped.stdout) if f.name == family)
+        return {
+            next(iter(sample.labels.values())): sample.value
+            for sample in found.samples
+            if sample.name == f"{family}_total"
+        }
 
     async def user(self, phone: str, host: Host) -> UserProcess:
         user = await UserProcess.start(
@@ -46,11 +68,12 @@ async def town(root: Path) -> AsyncIterator[Town]:
     with internet() as net:
         directory = net.public_host("203.0.113.10")
         server = await ServerProcess.start(
-            root / "server" / "bindings.sqlite3", inside=directory.inside, host=directory.address
-        )
+            root / "server" / "bindings.sqlite3", "--metrics-port", str(METRICS),
+            "--metrics-host", directory.address, inside=directory.inside, host=directory.address,
+        )  # fmt: skip
         try:
             async with AsyncExitStack() as stack:
-                yield Town(net, server, root, stack)
+                yield Town(net, directory, server, root, stack)
         finally:
             assert await server.stop() == 0
 
@@ -125,6 +148,12 @@ async def test_users_behind_two_routers_punch_a_hole(tmp_path: Path, photo: Path
         assert await text(alice, carol, "through both routers") == "punched"
         assert await text(carol, alice, "and back") == "punched"
         assert await photo_to(alice, carol, photo) == "punched"
+        # what the operator sees: three connections (two text links, one photo link),
+        # each through a hole punched at a request passed on
+        for each in (alice, carol):
+            await each.call("status", target=ALICE if each is carol else CAROL)  # (after it)
+        assert await place.counted("whatsap2p_connections") == {"punched": 3}
+        assert await place.counted("whatsap2p_rendezvous") == {"punched": 3}
 
 
 async def test_behind_a_symmetric_router_no_hole_is_punched_and_it_says_so_fast(

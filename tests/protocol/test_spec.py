@@ -119,6 +119,8 @@ DOCUMENTED: dict[str, dict[str, str]] = {
     "reverse": {"rid": "int", "phone": "str", "token": "bin", "punch": "int?"},
     "reversing": {"rid": "int", "host": "str?", "port": "int?"},
     "dial": {"rid": "int", "peer": "PeerAddress", "token": "bin", "punch": "int?"},
+    "report": {"rid": "int", "route": "str", "token": "bin?"},
+    "reported": {"rid": "int"},
     "unregister": {"rid": "int"},
     "unregistered": {"rid": "int"},
     "ping": {"rid": "int"},

@@ -296,7 +296,9 @@ async def test_a_lan_address_goes_only_to_lookers_behind_the_same_router() -> No
         await neighbour.register(ALICE, 4001)
         await stranger.register(CAROL, 4003)
         assert (await neighbour.lookup([BOB]))[BOB].local == "10.1.0.2"
-        assert (await stranger.lookup([BOB]))[BOB].local is None
+        # others are told only that bob sits behind a router (they ask him to connect back)
+        seen = (await stranger.lookup([BOB]))[BOB]
+        assert (seen.local, seen.nat) == (None, True)
         assert (await stranger.lookup([BOB]))[BOB].host == router
         # the same for watches, and for what a watch is told when the number comes back
         assert (await neighbour.watch([BOB]))[BOB].local == "10.1.0.2"
@@ -312,7 +314,8 @@ async def test_a_lan_address_goes_only_to_lookers_behind_the_same_router() -> No
             await (await client("203.0.113.102")).register(DAVE, 4004, local="198.51.100.1")
         lan = await client("10.9.0.5")
         await lan.register(ERIN, 4005, local="10.9.0.5")
-        assert (await neighbour.lookup([ERIN]))[ERIN].local is None
+        seen = (await neighbour.lookup([ERIN]))[ERIN]
+        assert (seen.local, seen.nat) == (None, False)
         # nor one that advertises another address than the one it is seen at (anyone
         # could otherwise claim the victim's router and hand them a LAN host to dial)
         mallory = await client("198.51.100.66")
@@ -359,6 +362,45 @@ async def test_a_request_to_connect_back_carries_the_askers_own_address() -> Non
         with pytest.raises(RateLimited):  # five in a burst, then hardly any
             await alice.reverse(BOB, token)
         assert dials.qsize() == 2
+        for each in (alice, bob):
+            await each.close()
+
+
+async def test_connections_reported_are_counted_by_route_and_rendezvous_by_outcome() -> None:
+    network = MemoryNetwork()
+    rates = RateLimits(report_burst=6, report_rate=0.001)
+    async with running_server(network=network, rates=rates) as (server, port):
+
+        async def client(host_seen: str) -> DirectoryClient:
+            return await DirectoryClient.connect(
+                "127.0.0.1", port, StaticKey.generate(), network=network.at(host_seen)
+            )
+
+        bob = await client("203.0.113.101")
+        await bob.register(BOB, 4002)
+        alice = await client("198.51.100.7")
+        await alice.register(ALICE, 4001)
+        asked, made_up = bytes(range(16)), bytes(16)
+        await alice.reverse(BOB, asked, 40000)
+        await alice.report("direct")
+        await alice.report("lan")
+        await alice.report("punched", made_up)  # (no such request: not a rendezvous)
+        await alice.report("punched", asked)
+        await alice.report("none", asked)  # (that one was reported already)
+        metrics = server.metrics
+        assert [metrics.connections(r) for r in ("direct", "lan", "punched", "none")] == [
+            1,
+            1,
+            2,
+            1,
+        ]
+        assert [metrics.rendezvous(r) for r in ("punched", "none", "direct")] == [1, 0, 0]
+        await alice.report("reverse")
+        with pytest.raises(RateLimited):
+            await alice.report("reverse")
+        assert metrics.connections("reverse") == 1
+        with pytest.raises(ServerUnreachable):  # not a route: the server hangs up
+            await alice.request(ev.Report(alice.next_rid(), "carrier-pigeon"))
         for each in (alice, bob):
             await each.close()
 

@@ -245,6 +245,7 @@ class Session:
             lambda: registrar.directory,
         )
         pool.reverse = rendezvous.reach
+        pool.reported = rendezvous.report
         registrar.on_registered = self._registered
         registrar.on_lost = lambda: self._publish(ServerConnectionChanged("lost"))
         registrar.on_restored = lambda: self._publish(ServerConnectionChanged("restored"))
@@ -259,6 +260,8 @@ class Session:
         """Unregister (if the server is still there) and stop listening."""
         if self._outbox is not None:
             await self._outbox.close()
+        if self._rendezvous is not None:
+            await self._rendezvous.close()
         if self._registrar is not None:
             await self._registrar.close()
         if self._pool is not None:

@@ -177,6 +177,11 @@ class DirectoryClient(DirectoryEvents):
         assert isinstance(answer, ev.Reversing)
         return answer
 
+    async def report(self, route: str, token: bytes | None = None) -> None:
+        """Tell the server how a connection to a peer was made (for its operator's
+        counters; `token`: the `reverse` this attempt asked for, if any)."""
+        await self.request(ev.Report(self.next_rid(), route, token))
+
     async def lookup(self, phones: list[str]) -> dict[str, ev.PeerAddress]:
         """The online ones among `phones`, with their addresses.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections.abc import Awaitable, Callable
 
 from whatsap2p.config import Limits, Timeouts
@@ -19,6 +20,7 @@ from whatsap2p.net.deadlines import Deadlines
 from whatsap2p.net.link import PeerLink, PhotoSource
 from whatsap2p.net.network import Network, TcpNetwork
 from whatsap2p.protocol import events as ev
+from whatsap2p.protocol.directory import TOKEN_BYTES
 from whatsap2p.protocol.keys import StaticKey
 
 __all__ = ["LinkPool"]
@@ -58,12 +60,15 @@ class LinkPool:
         self._slots: dict[ev.PeerAddress, asyncio.Semaphore] = {}
         self._busy: dict[ev.PeerAddress, int] = {}
         self._links: set[PeerLink] = set()
-        #: Asks `address`'s module (through the server) to connect to us, and returns
-        #: that connection and its route ("reverse", "punched"); DeliveryFailed if none
-        #: comes. None: never asked.
+        #: Asks `address`'s module (through the server) to connect to us, opening with
+        #: the token given, and returns that connection and its route ("reverse",
+        #: "punched"); DeliveryFailed if none comes. None: never asked.
         self.reverse: (
-            Callable[[ev.PeerAddress], Awaitable[tuple[asyncio.Transport, str]]] | None
+            Callable[[ev.PeerAddress, bytes], Awaitable[tuple[asyncio.Transport, str]]] | None
         ) = None
+        #: Told how each connection was made (a route of ev.ROUTES, "none" when none
+        #: was) and the token of the request to connect back it made, if any.
+        self.reported: Callable[[str, bytes | None], None] | None = None
         #: Where each peer was last reached (its LAN address, or its published one), and
         #: the peers last reached by connecting back (asked at once next time).
         self._reached_at: dict[ev.PeerAddress, str] = {}
@@ -171,7 +176,14 @@ class LinkPool:
     async def _open(self, address: ev.PeerAddress) -> PeerLink:
         if self._closed:
             raise LinkClosed("closing")
-        link = await self._reach(address)
+        asked: list[bytes] = []
+        try:
+            link = await self._reach(address, asked)
+        except DeliveryFailed:
+            self._report("none", asked)
+            raise
+        at_lan = address.local is not None and link.host == address.local
+        self._report("lan" if at_lan else link.route, asked)
         # The way that worked is tried first next time: the host dialled, or at once
         # the request to connect back.
         if link.host is not None:
@@ -192,12 +204,17 @@ class LinkPool:
             raise LinkClosed("closing")
         return link
 
-    async def _reach(self, address: ev.PeerAddress) -> PeerLink:
+    def _report(self, route: str, asked: list[bytes]) -> None:
+        if self.reported is not None:
+            self.reported(route, asked[-1] if asked else None)
+
+    async def _reach(self, address: ev.PeerAddress, asked: list[bytes]) -> PeerLink:
         """A link to `address`: dialled; and when that fails to connect, or has not
         connected within `Timeouts.reverse_after` (at once if it came back last time, or
         the server says it is behind a router), also asked for the other way round
         (`reverse`: the peer dials us). The first link wins, the other is closed. (Once
-        the dial connected, the way is open: what fails then is the module there.)"""
+        the dial connected, the way is open: what fails then is the module there.) The
+        tokens of the requests to connect back go in `asked`."""
         connected = asyncio.Event()
         dialled = asyncio.ensure_future(
             PeerLink.open(
@@ -238,10 +255,10 @@ class LinkPool:
                 # takes connections at that address, or nothing answers in it): ask it to
                 # connect back, as when nothing connects.
                 try:
-                    return await self._reversed(address)
+                    return await self._reversed(address, asked)
                 except DeliveryFailed as failed_back:
                     raise _both_ways(failed, failed_back) from failed_back
-        reversed_ = asyncio.ensure_future(self._reversed(address))
+        reversed_ = asyncio.ensure_future(self._reversed(address, asked))
         racing = {dialled, reversed_}
         winner: PeerLink | None = None
         try:
@@ -267,10 +284,13 @@ class LinkPool:
         assert back_failure is not None
         raise _both_ways(dial_failure, back_failure) from back_failure
 
-    async def _reversed(self, address: ev.PeerAddress) -> PeerLink:
-        """A link on the connection `address`'s module opens to us when asked to."""
+    async def _reversed(self, address: ev.PeerAddress, asked: list[bytes]) -> PeerLink:
+        """A link on the connection `address`'s module opens to us when asked to (the
+        request's token added to `asked`)."""
         assert self.reverse is not None
-        transport, route = await self.reverse(address)
+        token = secrets.token_bytes(TOKEN_BYTES)
+        asked.append(token)
+        transport, route = await self.reverse(address, token)
         try:
             return await PeerLink.adopt(
                 transport,

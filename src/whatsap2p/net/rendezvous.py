@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import socket
 import typing
 from collections.abc import Callable
@@ -21,7 +20,6 @@ from whatsap2p.net.directory_client import DirectoryClient
 from whatsap2p.net.listener import PeerListener
 from whatsap2p.net.network import Network
 from whatsap2p.protocol import events as ev
-from whatsap2p.protocol.directory import TOKEN_BYTES
 from whatsap2p.ratelimit import BucketsByKey, TokenBucket
 
 __all__ = ["Rendezvous"]
@@ -52,6 +50,8 @@ class Rendezvous:
             True: TokenBucket(limits.contact_dials_rate, limits.contact_dials_burst, 0.0),
             False: TokenBucket(limits.stranger_dials_rate, limits.stranger_dials_burst, 0.0),
         }
+        self._reports: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     def asked(self, directory: DirectoryClient, dial: ev.Dial) -> None:
         """`peer` cannot reach us and asks, through the server, that we connect to it:
@@ -72,15 +72,38 @@ class Rendezvous:
             return
         self._listener.dial_back(peer, dial.token, dial.punch)
 
-    async def reach(self, address: ev.PeerAddress) -> tuple[asyncio.Transport, str]:
-        """Ask `address`'s module, through the server, to connect to us, and meanwhile
-        punch a hole towards it (connect from the port we listen on to where the server
-        sees it, as it does towards us): the first connection to come, and how
-        ("reverse", "punched"); DeliveryFailed if none comes."""
+    def report(self, route: str, token: bytes | None) -> None:
+        """Tell the server how a connection to a peer was made (`route`, one of
+        ev.ROUTES; `token`: of the `reverse` it asked for, if any), for its operator's
+        counters; in the background, and nothing comes of it failing."""
+        directory = self._directory()
+        if directory is None or self._closed:
+            return
+        task = asyncio.get_running_loop().create_task(directory.report(route, token))
+        self._reports.add(task)
+        task.add_done_callback(self._reported)
+
+    def _reported(self, task: asyncio.Task[None]) -> None:
+        self._reports.discard(task)
+        if not task.cancelled() and (failure := task.exception()) is not None:
+            log.debug("the server did not count a connection: %s", failure)
+
+    async def close(self) -> None:
+        """Stop reporting (what is on its way is dropped)."""
+        self._closed = True
+        for task in self._reports:
+            task.cancel()
+        await asyncio.gather(*self._reports, return_exceptions=True)
+
+    async def reach(self, address: ev.PeerAddress, token: bytes) -> tuple[asyncio.Transport, str]:
+        """Ask `address`'s module, through the server, to connect to us opening with
+        `token` (TOKEN_BYTES random bytes), and meanwhile punch a hole towards it
+        (connect from the port we listen on to where the server sees it, as it does
+        towards us): the first connection to come, and how ("reverse", "punched");
+        DeliveryFailed if none comes."""
         directory = self._directory()
         if directory is None:
             raise PeerUnreachable("no server to ask it to connect back")
-        token = secrets.token_bytes(TOKEN_BYTES)
         arrival = self._listener.expect(token)
         # A fresh port to punch from (a router that keeps ports maps it to the same one
         # outside: the peer connects to it there), one per try: two connections between

@@ -31,13 +31,16 @@ E164: Final = re.compile(r"\+[1-9][0-9]{1,14}")
 # The kinds of message, as sets of classes checked with `type(message) in ...`: every
 # message class is a leaf, and isinstance() against a msgspec Struct class that does not
 # match goes through its metaclass (a Python call each, several on every request's path).
-_REQUESTS: Final = frozenset({ev.Register, ev.Lookup, ev.Watch, ev.Reverse, ev.Unregister, ev.Ping})
+_REQUESTS: Final = frozenset(
+    {ev.Register, ev.Lookup, ev.Watch, ev.Reverse, ev.Report, ev.Unregister, ev.Ping}
+)
 _ANSWERS: Final = frozenset(
     {
         ev.Registered,
         ev.LookupResult,
         ev.Watching,
         ev.Reversing,
+        ev.Reported,
         ev.Unregistered,
         ev.Pong,
         ev.Failure,
@@ -48,6 +51,7 @@ _ANSWER_TO: Final[dict[type[ev.Message], type[ev.Message]]] = {
     ev.Lookup: ev.LookupResult,
     ev.Watch: ev.Watching,
     ev.Reverse: ev.Reversing,
+    ev.Report: ev.Reported,
     ev.Unregister: ev.Unregistered,
     ev.Ping: ev.Pong,
 }
@@ -75,6 +79,7 @@ _SERVER_ACCEPTS: Final[dict[tuple[ServerState, type[ev.Message]], bool]] = {
     (ServerState.REGISTERED, ev.Lookup): True,
     (ServerState.REGISTERED, ev.Watch): True,
     (ServerState.REGISTERED, ev.Reverse): True,
+    (ServerState.REGISTERED, ev.Report): True,
     (ServerState.REGISTERED, ev.Ping): True,
     (ServerState.REGISTERED, ev.Unregister): True,
 }
@@ -89,6 +94,7 @@ _SERVER_SENDS: Final[dict[tuple[ServerState, type[ev.Message]], ServerState]] = 
     (ServerState.REGISTERED, ev.Online): ServerState.REGISTERED,
     (ServerState.REGISTERED, ev.Reversing): ServerState.REGISTERED,
     (ServerState.REGISTERED, ev.Dial): ServerState.REGISTERED,
+    (ServerState.REGISTERED, ev.Reported): ServerState.REGISTERED,
     (ServerState.REGISTERED, ev.Pong): ServerState.REGISTERED,
     (ServerState.REGISTERED, ev.Failure): ServerState.REGISTERED,
     (ServerState.REGISTERED, ev.Unregistered): ServerState.CLOSED,
@@ -170,6 +176,11 @@ class DirectoryServerConnection(OverChannel):
                 raise RemoteProtocolError(f"a token is {TOKEN_BYTES} bytes")
             if message.punch is not None and not 0 < message.punch < 65536:
                 raise RemoteProtocolError(f"invalid port {message.punch}")
+        elif type(message) is ev.Report:
+            if message.route not in ev.ROUTES:
+                raise RemoteProtocolError(f"no such route: {message.route[:16]!r}")
+            if message.token is not None and len(message.token) != TOKEN_BYTES:
+                raise RemoteProtocolError(f"a token is {TOKEN_BYTES} bytes")
         elif type(message) is ev.Lookup or type(message) is ev.Watch:
             if len(message.phones) > self.limits.max_lookup_phones:
                 raise RemoteProtocolError(

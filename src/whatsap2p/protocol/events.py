@@ -20,6 +20,7 @@ from typing import ClassVar
 import msgspec
 
 __all__ = [
+    "ROUTES",
     "Ack",
     "Closing",
     "ConnectionIdle",
@@ -42,6 +43,8 @@ __all__ = [
     "Register",
     "Registered",
     "Rejected",
+    "Report",
+    "Reported",
     "Resume",
     "Text",
     "Unregister",
@@ -162,6 +165,24 @@ class Dial(DirectoryMessage, frozen=True, tag="dial"):
     punch: int | None = None
 
 
+#: How a module came to be connected to a peer (`Report.route`): at its LAN address,
+#: at its published one, on a connection it opened back, through a punched hole, through
+#: a relay; or not at all.
+ROUTES = ("lan", "direct", "reverse", "punched", "relay", "none")
+
+
+class Report(DirectoryMessage, frozen=True, tag="report"):
+    """How a connection to a peer was made (`route`, one of ROUTES), for the operator's
+    counters; `token`: that of the `reverse` this attempt asked for, if any."""
+
+    route: str
+    token: bytes | None = None
+
+
+class Reported(DirectoryMessage, frozen=True, tag="reported"):
+    """Counted."""
+
+
 class Unregister(DirectoryMessage, frozen=True, tag="unregister"):
     """Take this connection's number offline (the connection is done)."""
 
@@ -278,6 +299,8 @@ WireMessage = (
     | Reverse
     | Reversing
     | Dial
+    | Report
+    | Reported
     | Unregister
     | Unregistered
     | Ping

@@ -5,6 +5,13 @@
 - `whatsap2p_lookups_total`: numbers looked up (rate() gives lookups/s);
 - `whatsap2p_reversals_total`: requests to connect back (`reverse`) passed on to the
   module asked (refused ones count under `rejected`);
+- `whatsap2p_connections_total{route}`: connections between modules, as the module
+  that opened them reports (`report`), by the way that worked: `lan`, `direct`,
+  `reverse`, `punched`, `relay`, or `none` (no way did);
+- `whatsap2p_rendezvous_total{outcome}`: of those, the attempts that asked this server to
+  have the other module connect back and punch (`reverse`), by what came of it: `reverse`
+  or `punched` (the punch success rate is `punched` over all of them), `direct` or `lan`
+  (the dial got there first after all), `relay`, `none`;
 - `whatsap2p_requests_total{kind}`: requests answered, by kind;
 - `whatsap2p_rejected_total{reason}`: requests refused (rate-limited, number-bound,
   number-online, protocol-error, unavailable);
@@ -34,7 +41,7 @@ from prometheus_client.exposition import start_http_server
 
 __all__ = ["ServerMetrics"]
 
-_KINDS = ("register", "lookup", "watch", "reverse", "unregister", "ping")
+_KINDS = ("register", "lookup", "watch", "reverse", "report", "unregister", "ping")
 _BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
 
 
@@ -57,6 +64,8 @@ class ServerMetrics:
         self.reversals = 0  # requests to connect back passed on
         self._latency = {kind: _Latency() for kind in _KINDS}
         self._rejected: dict[str, int] = {}
+        self._connections: dict[str, int] = {}
+        self._rendezvous: dict[str, int] = {}
         self._http: Any = None
         self.registry.register(self)  # a collector: it has collect()
 
@@ -67,6 +76,19 @@ class ServerMetrics:
 
     def rejected(self, reason: str) -> None:
         self._rejected[reason] = self._rejected.get(reason, 0) + 1
+
+    def connected(self, route: str, asked: bool) -> None:
+        """A module reported a connection made by `route`; `asked`: after a `reverse`
+        passed on for it."""
+        self._connections[route] = self._connections.get(route, 0) + 1
+        if asked:
+            self._rendezvous[route] = self._rendezvous.get(route, 0) + 1
+
+    def connections(self, route: str) -> int:
+        return self._connections.get(route, 0)
+
+    def rendezvous(self, outcome: str) -> int:
+        return self._rendezvous.get(outcome, 0)
 
     def collect(self) -> Iterator[Metric]:
         """The metric families, when the exporter is scraped (its thread)."""
@@ -92,6 +114,20 @@ class ServerMetrics:
                 buckets.append((bound, running))
             requests.add_metric([kind], running)
             latency.add_metric([kind], buckets, seen.total)
+        connections = CounterMetricFamily(
+            "whatsap2p_connections", "Connections between modules, by route", labels=["route"]
+        )
+        for route, count in list(self._connections.items()):
+            connections.add_metric([route], count)
+        yield connections
+        rendezvous = CounterMetricFamily(
+            "whatsap2p_rendezvous",
+            "Attempts that asked to connect back and punch, by outcome",
+            labels=["outcome"],
+        )
+        for outcome, count in list(self._rendezvous.items()):
+            rendezvous.add_metric([outcome], count)
+        yield rendezvous
         yield requests
         yield latency
         rejected = CounterMetricFamily("whatsap2p_rejected", "Requests refused", labels=["reason"])

@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 _REPEAT_COST: typing.Final = 0.1
 _REPEAT_WINDOW: typing.Final = 1.0
 _RECENT_NUMBERS: typing.Final = 64
+#: Tokens of `reverse`s passed on that a connection may still report the outcome of.
+_ASKED_KEPT: typing.Final = 64
 #: Stop reading a client's requests while this much of our answers waits unsent.
 _WRITE_HIGH: typing.Final = 64 * 1024
 #: What a refused registration is told, by refusal (its failure code).
@@ -173,6 +175,7 @@ class _Client(asyncio.Protocol):
     __slots__ = (
         "__weakref__",
         "_answering",
+        "_asked",
         "_conn",
         "_counted",
         "_entry",
@@ -182,6 +185,7 @@ class _Client(asyncio.Protocol):
         "_loop",
         "_port",
         "_recent",
+        "_reports",
         "_reverses",
         "_scheduled",
         "_seen_port",
@@ -200,6 +204,9 @@ class _Client(asyncio.Protocol):
         self._conn: DirectoryServerConnection | None = None
         self._lookups: TokenBucket | None = None
         self._reverses: TokenBucket | None = None
+        self._reports: TokenBucket | None = None
+        #: The tokens of the `reverse`s passed on for it, not reported yet (the latest).
+        self._asked: dict[bytes, None] | None = None
         self._port = 0  # where its module accepts peers (registered)
         self._seen_port = 0  # the port this connection comes from, as we see it
         #: This connection's live entry in the server's deadlines: when it comes up (None:
@@ -506,6 +513,8 @@ class _Client(asyncio.Protocol):
             return self._register(request)
         if type(request) is ev.Reverse:
             return self._reverse(request)
+        if type(request) is ev.Report:
+            return self._report(request)
         assert type(request) is ev.Unregister  # the connection lets no other request through
         return self._unregister(request)
 
@@ -539,7 +548,30 @@ class _Client(asyncio.Protocol):
         me = ev.PeerAddress(self.phone, self._ip, self._port, key)
         callee.push(ev.Dial(0, me, request.token, request.punch))
         server.metrics.reversals += 1
+        asked = self._asked
+        if asked is None:
+            asked = self._asked = {}
+        asked[request.token] = None
+        if len(asked) > _ASKED_KEPT:
+            del asked[next(iter(asked))]
         return self._conn.send(ev.Reversing(request.rid, callee.ip, callee.seen_port or None))
+
+    def _report(self, request: ev.Report) -> Buffer:
+        """Count how its module made a connection, within this connection's rate; as a
+        rendezvous outcome only for a `reverse` this server passed on for it (a module
+        can say how its own connections went, not make up attempts)."""
+        rates = self._server.config.rates
+        now = self._loop.time()
+        if self._reports is None:
+            self._reports = TokenBucket(rates.report_rate, rates.report_burst, now)
+        if not self._reports.take(now):
+            return self.failure(request.rid, "rate-limited", "too many reports")
+        asked = False
+        if self._asked is not None and request.token is not None:
+            asked = self._asked.pop(request.token, 0) is None
+        self._server.metrics.connected(request.route, asked)
+        assert self._conn is not None
+        return self._conn.send(ev.Reported(request.rid))
 
     def _lookup(self, request: ev.Lookup | ev.Watch) -> Buffer | Awaitable[Buffer]:
         """Count a lookup (or watch: its numbers watched from now on, before looking, so

@@ -178,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("--ip-reverse-burst", "ip_reverse_burst", "requests to connect back one IP may save"),
         ("--reverse-to-rate", "reverse_to_rate", "requests to connect back per second, a number"),
         ("--reverse-to-burst", "reverse_to_burst", "requests to connect back, a number's burst"),
+        ("--report-rate", "report_rate", "reports of connections per second, per connection"),
+        ("--report-burst", "report_burst", "reports of connections, a connection's burst"),
     ):
         server.add_argument(
             flag,
