@@ -80,6 +80,8 @@ async def test_add_a_contact_see_it_online_and_chat_both_ways(world: World) -> N
         assert isinstance(got, TextReceived)
         assert got.text == "hello bob"
         await until(app, lambda: any("✓ bob delivered" in m for m in messages(app)))
+        # the heading says how our messages reach bob
+        await until(app, lambda: str(app.query_one("#title", Static).content).endswith("· direct"))
 
         hostile = "[bold red]x[/] [link=http://e.vil]y[/link]\x1b[31m\u202e"
         await bob.send_text(ALICE, hostile)

@@ -33,3 +33,36 @@ def test_conversations_presence_and_names(tmp_path: Path) -> None:
             assert (trip.loaded, trip.rows) == (True, [])
 
     run_in_virtual_time(main)
+
+
+def test_a_conversation_says_how_our_messages_reach_it(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with world_at(tmp_path, MemoryNetwork()) as world:
+            alice = await world.user(ALICE)
+            alice.book.create_group("trip", [BOB, CAROL, DAVE])
+            chats = Chats(alice, history_rows=10)
+            trip = chats.conversation(chats.key_of("trip"))
+            bob, carol = (chats.conversation(chats.key_of(p)) for p in (BOB, CAROL))
+            assert chats.path(trip) is None  # nothing delivered yet
+            chats.learn(
+                DeliveryReport(
+                    "m1", delivered=[BOB, CAROL], routes={BOB: "punched", CAROL: "direct"}
+                )
+            )
+            assert (chats.path(bob), chats.path(carol)) == (
+                "direct (through a punched hole)",
+                "direct",
+            )
+            assert chats.path(trip) == "direct"
+            chats.learn(DeliveryReport("m2", delivered=[DAVE], routes={DAVE: "relay"}))
+            assert chats.path(trip) == "direct to 2, via relay to 1"
+            chats.learn(
+                DeliveryReport(
+                    "m3", delivered=[BOB, CAROL], routes=dict.fromkeys([BOB, CAROL], "relay")
+                )
+            )
+            assert (chats.path(trip), chats.path(bob)) == ("via relay", "via relay")
+            chats.learn(DeliveryReport("m4", delivered=[BOB], routes={BOB: "reverse"}))
+            assert chats.path(bob) == "direct (it connects back)"  # moved to a direct path
+
+    run_in_virtual_time(main)

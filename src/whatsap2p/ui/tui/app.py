@@ -241,22 +241,30 @@ class ChatApp(App[None]):
             if not conv.loaded:
                 self.chats.load(conv)
             conv.unread = 0
-            heading = Text()
-            heading.append("# " if conv.group else "")
-            heading.append_text(literal(conv.title))
-            if not conv.group and conv.title != conv.target:
-                heading.append(f"  {conv.target}", style="dim")
-            if conv.group:
-                names = ", ".join(self.name_of(p) for p in self.chats.members(conv))
-                heading.append("  ")
-                heading.append_text(literal(names, style="dim"))
-            title.update(heading)
+            title.update(self._heading(conv))
             rows = conv.rows
             self._refresh_items()
         boxes = [self._box(row, conv) for row in rows[-HISTORY_ROWS:]]
         await messages.mount_all(boxes)
         messages.anchor()  # follows new messages until the person scrolls up
         self.changed.set()
+
+    def _heading(self, conv: Conversation) -> Text:
+        """The conversation's title line: its name (and number), a group's members,
+        and the path our messages take to them."""
+        heading = Text()
+        heading.append("# " if conv.group else "")
+        heading.append_text(literal(conv.title))
+        if not conv.group and conv.title != conv.target:
+            heading.append(f"  {conv.target}", style="dim")
+        if conv.group:
+            names = ", ".join(self.name_of(p) for p in self.chats.members(conv))
+            heading.append("  ")
+            heading.append_text(literal(names, style="dim"))
+        path = self.chats.path(conv)
+        if path is not None:
+            heading.append(f"  · {path}", style="yellow" if "relay" in path else "green")
+        return heading
 
     def _box(self, row: Row, conv: Conversation | None) -> MessageBox:
         box = MessageBox(row, self.name_of, conv is not None and conv.group)
@@ -483,6 +491,8 @@ class ChatApp(App[None]):
         """A send has just asked the server: the freshest presence there is."""
         self.chats.learn(report)
         self._refresh_items()
+        if self.current is not None:
+            self.query_one("#title", Static).update(self._heading(self.current))
 
     @work(group="presence", exclusive=True)
     async def _watch_presence(self) -> None:

@@ -122,6 +122,14 @@ class Conversation:
         self.loaded = True
 
 
+#: A conversation's path, by the route of the last message delivered (not a relay).
+_DIRECT = {
+    "direct": "direct",
+    "reverse": "direct (it connects back)",
+    "punched": "direct (through a punched hole)",
+}
+
+
 class Chats:
     """The conversations the app shows, who of their members is online, and the names
     they are shown by: the sidebar's and the messages' contents, apart from their look.
@@ -133,6 +141,8 @@ class Chats:
         self.conversations: dict[str, Conversation] = {}
         #: What we last heard of each number: online or not (absent: not known yet).
         self.online: dict[str, bool] = {}
+        #: How our last message to each number got there (`DeliveryReport.routes`).
+        self.routes: dict[str, str] = {}
 
     def name_of(self, phone: str) -> str:
         if phone == self._session.phone:
@@ -208,9 +218,28 @@ class Chats:
         return sorted(phones)
 
     def learn(self, report: DeliveryReport) -> None:
-        """A send has just asked the server: the freshest presence there is."""
+        """A send has just asked the server: the freshest presence there is; and the
+        way each delivered recipient was reached."""
         self.online.update(dict.fromkeys(report.delivered, True))
         self.online.update(dict.fromkeys([*report.offline, *report.queued], False))
+        self.routes.update(report.routes)
+
+    def path(self, conv: Conversation) -> str | None:
+        """For the conversation's heading: how our messages reach its recipients, as
+        of the last one delivered to each (None: none delivered yet). A path through a
+        relay is not direct; the others are, and say how the connection was made when
+        it was not dialled."""
+        routes = [self.routes[p] for p in self.recipients(conv) if p in self.routes]
+        if not routes:
+            return None
+        relayed = routes.count("relay")
+        if not conv.group:
+            return "via relay" if relayed else _DIRECT[routes[0]]
+        if not relayed:
+            return "direct"
+        if relayed == len(routes):
+            return "via relay"
+        return f"direct to {len(routes) - relayed}, via relay to {relayed}"
 
     def find(self, message_id: str) -> Row | None:
         """The row of message `message_id`, in whichever conversation shows it."""
