@@ -4,7 +4,8 @@
 - `whatsap2p_online_users`: users registered through this server now;
 - `whatsap2p_lookups_total`: numbers looked up (rate() gives lookups/s);
 - `whatsap2p_reversals_total`: requests to connect back (`reverse`) passed on to the
-  module asked (refused ones count under `rejected`);
+  module asked, by the server it is connected to (whichever server the asker is on:
+  each counts once); refused ones count under `rejected` at the asker's server;
 - `whatsap2p_requests_total{kind}`: requests answered, by kind;
 - `whatsap2p_rejected_total{reason}`: requests refused (rate-limited, number-bound,
   number-online, protocol-error, unavailable);
