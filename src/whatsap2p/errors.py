@@ -24,6 +24,7 @@
     │   ├── ServerKeyMismatch         the server is not the one we were told to trust
     │   ├── RateLimited
     │   └── ServerRefused
+    │       └── NoRelay               it names no relay (none configured)
     └── DeliveryFailed                one peer was not given a message; `code` says why:
         ├── PeerUnreachable           "unreachable": no connection to its module
         │   └── LinkClosed            a kept connection was found closed (sent again)
@@ -64,6 +65,7 @@ __all__ = [
     "LinkClosed",
     "LocalProtocolError",
     "NameConflict",
+    "NoRelay",
     "NoRoom",
     "NumberAlreadyOnline",
     "NumberBound",
@@ -197,6 +199,10 @@ class RateLimited(DirectoryError):
 
 class ServerRefused(DirectoryError):
     """The server answered a request with an error."""
+
+
+class NoRelay(ServerRefused):
+    """The server names no relay to meet a peer at (none is configured)."""
 
 
 class DeliveryFailed(WhatsAp2pError):

@@ -245,6 +245,7 @@ class Session:
             lambda: registrar.directory,
         )
         pool.reverse = rendezvous.reach
+        pool.relay = rendezvous.relay
         pool.reported = rendezvous.report
         registrar.on_registered = self._registered
         registrar.on_lost = lambda: self._publish(ServerConnectionChanged("lost"))

@@ -14,11 +14,12 @@ from collections.abc import Callable
 from typing import Any
 
 from whatsap2p.config import IncomingLimits, Timeouts
-from whatsap2p.errors import DirectoryError, PeerTimedOut, PeerUnreachable
+from whatsap2p.errors import DirectoryError, NoRelay, PeerTimedOut, PeerUnreachable
 from whatsap2p.lan import may_dial_back
 from whatsap2p.net.directory_client import DirectoryClient
 from whatsap2p.net.listener import PeerListener
 from whatsap2p.net.network import Network
+from whatsap2p.net.relays import meet
 from whatsap2p.protocol import events as ev
 from whatsap2p.ratelimit import BucketsByKey, TokenBucket
 
@@ -53,14 +54,16 @@ class Rendezvous:
         self._reports: set[asyncio.Task[None]] = set()
         self._closed = False
 
-    def asked(self, directory: DirectoryClient, dial: ev.Dial) -> None:
+    def asked(self, directory: DirectoryClient, dial: ev.Dial | ev.Relayed) -> None:
         """`peer` cannot reach us and asks, through the server, that we connect to it:
-        we do, to an address that can only be its own (see lan.may_dial_back), within
-        our limits: contacts apart from strangers, and a few a second per stranger (one
-        asker's flood cannot use up everyone's share)."""
+        we do, to an address that can only be its own (see lan.may_dial_back), or meet
+        it at a relay, within our limits: contacts apart from strangers, and a few a
+        second per stranger (one asker's flood cannot use up everyone's share)."""
         peer = dial.peer
         server = directory.server_host
-        if server is None or not may_dial_back(peer.host, server):
+        if server is None:
+            return
+        if type(dial) is ev.Dial and not may_dial_back(peer.host, server):
             log.warning("not connecting back to %s at %s: not its own", peer.phone, peer.host)
             return
         now = asyncio.get_running_loop().time()
@@ -70,7 +73,33 @@ class Rendezvous:
         ].take(now):
             log.warning("not connecting back to %s: asked too often", peer.phone)
             return
-        self._listener.dial_back(peer, dial.token, dial.punch)
+        if type(dial) is ev.Relayed:
+            self._listener.meet(peer, dial.relays, dial.ticket, server)
+        else:
+            assert type(dial) is ev.Dial
+            self._listener.dial_back(peer, dial.token, dial.punch)
+
+    async def relay(self, address: ev.PeerAddress) -> tuple[asyncio.Transport, str]:
+        """Meet `address`'s module at a relay that the server introduces us both to: the
+        connection joined to its, ("relay"); DeliveryFailed if none joins us, NoRelay if
+        the server names none."""
+        directory = self._directory()
+        server = None if directory is None else directory.server_host
+        if directory is None or server is None:
+            raise PeerUnreachable("no server to ask for a relay")
+        try:
+            relaying = await directory.relay(address.phone)
+        except NoRelay:
+            raise
+        except DirectoryError as exc:
+            raise PeerUnreachable(f"no relay: {exc}") from exc
+        transport, rest = await meet(
+            self._network, relaying.relays, relaying.ticket, self._timeouts, server
+        )
+        if rest:  # (it answers our handshake: it never speaks first)
+            transport.abort()
+            raise PeerUnreachable("something spoke first at the relay")
+        return transport, "relay"
 
     def report(self, route: str, token: bytes | None) -> None:
         """Tell the server how a connection to a peer was made (`route`, one of

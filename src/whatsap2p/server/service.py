@@ -24,7 +24,7 @@ import logging
 import time
 import typing
 from collections import Counter
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 
 from whatsap2p.config import Limits, RateLimits, Timeouts
@@ -79,6 +79,10 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     timeouts: Timeouts = field(default_factory=Timeouts)
     rates: RateLimits = field(default_factory=RateLimits)
+    #: The relays handed to users that no direct way connects (`relay`), in the order
+    #: to try them, and what mints a ticket they take for two numbers (None: no relay).
+    relays: tuple[ev.RelayAddress, ...] = ()
+    tickets: Callable[[str, str], bytes] | None = None
 
 
 class DirectoryServer:
@@ -344,7 +348,7 @@ class _Client(asyncio.Protocol):
         """Tell this connection a number it watches has come online."""
         self.push(ev.Online(0, _seen_from(self._ip, address)))
 
-    def push(self, message: ev.Online | ev.Dial) -> None:
+    def push(self, message: ev.Online | ev.Dial | ev.Relayed) -> None:
         """Send `message` on our own (a client that stops reading is dropped by the
         write-drain deadline)."""
         if self._conn is None or self._transport is None or self._transport.is_closing():
@@ -515,6 +519,8 @@ class _Client(asyncio.Protocol):
             return self._reverse(request)
         if type(request) is ev.Report:
             return self._report(request)
+        if type(request) is ev.Relay:
+            return self._relay(request)
         assert type(request) is ev.Unregister  # the connection lets no other request through
         return self._unregister(request)
 
@@ -555,6 +561,35 @@ class _Client(asyncio.Protocol):
         if len(asked) > _ASKED_KEPT:
             del asked[next(iter(asked))]
         return self._conn.send(ev.Reversing(request.rid, callee.ip, callee.seen_port or None))
+
+    def _relay(self, request: ev.Relay) -> Buffer:
+        """Introduce this module and `request.phone`'s (connected here) at the relays:
+        both are given the same ones, in the same order, and a ticket for the pair."""
+        server = self._server
+        config = server.config
+        if not config.relays or config.tickets is None:
+            return self.failure(request.rid, "no-relay", "this directory has no relay")
+        now = self._loop.time()
+        if self._reverses is None:
+            self._reverses = TokenBucket(config.rates.reverse_rate, config.rates.reverse_burst, now)
+        if not self._reverses.take(now) or not server.reverses.take(self._ip, now):
+            return self.failure(request.rid, "rate-limited", "too many requests to connect")
+        callee = server.here.get(request.phone)
+        if callee is None or callee is self:
+            return self.failure(
+                request.rid, "offline", f"{request.phone} is not online at this server"
+            )
+        if not server.reverses_to.take(request.phone, now):  # (its module answers a few)
+            return self.failure(request.rid, "rate-limited", "too many ask that number")
+        assert self.phone is not None
+        assert self._conn is not None
+        key = self._conn.remote_key
+        assert key is not None
+        ticket = config.tickets(self.phone, request.phone)
+        me = ev.PeerAddress(self.phone, self._ip, self._port, key)
+        callee.push(ev.Relayed(0, me, config.relays, ticket))
+        server.metrics.relayed += 1
+        return self._conn.send(ev.Relaying(request.rid, config.relays, ticket))
 
     def _report(self, request: ev.Report) -> Buffer:
         """Count how its module made a connection, within this connection's rate; as a
