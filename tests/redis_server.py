@@ -79,3 +79,29 @@ def redis_process(*args: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
         command += ["--appendonly", "no", "--dir", folder, "--notify-keyspace-events", "Ex"]
         with _running([*command, *args], port, "redis-server") as proc:
             yield f"redis://127.0.0.1:{port}/0", proc
+
+
+@contextmanager
+def redis_inside(inside: tuple[str, ...], host: str, port: int = 6379) -> Iterator[str]:
+    """`redis_server` on `host`:`port` in a network namespace (`inside`: the command that
+    runs a program there, `ip netns exec NAME`), where no probe from this process reaches:
+    ready once it says so. Yields its URL."""
+    if REDIS_SERVER is None:
+        raise RuntimeError("redis-server is not installed: run `make test`, which installs it")
+    with tempfile.TemporaryDirectory() as folder:
+        command = [*inside, REDIS_SERVER, "--port", str(port), "--bind", host, "--save", ""]
+        # (protected mode takes connections from loopback only; this is the test's own net)
+        command += ["--appendonly", "no", "--dir", folder, "--protected-mode", "no"]
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:  # its log, until it is ready (or gone: it failed)
+                if "ready to accept connections" in line.lower():
+                    break
+            else:
+                raise RuntimeError(f"redis-server did not start on {host}:{port}")
+            yield f"redis://{host}:{port}/0"
+        finally:
+            proc.terminate()
+            proc.wait()
+            proc.stdout.close()

@@ -1,7 +1,8 @@
 """Real modules behind home routers, in a small internet of network namespaces the test
 builds and removes (tests/e2e/internet.py): who reaches whom, and by which route. Each
 pair exchanges a text both ways and a 5 MB photo verified by its hash; where no path
-works yet (a symmetric router on one side: no relay yet), the failure is clean and fast."""
+works yet (a symmetric router on one side: no relay yet), the failure is clean and fast.
+Also with two directory servers sharing a Redis, the two users on different servers."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import os
 import sys
 import time
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import image_bytes
 from tests.e2e.internet import Host, Internet, cannot_make_internet, internet
 from tests.e2e.procs import ServerProcess, UserProcess
+from tests.redis_server import redis_inside
 
 pytestmark = pytest.mark.skipif(
     cannot_make_internet() is not None, reason=str(cannot_make_internet())
@@ -33,20 +35,22 @@ METRICS = 9100  # (the directory's own namespace: no other port to meet)
 
 
 class Town:
-    """The internet, its directory server, and the users a test starts in it."""
+    """The internet, its directory servers, and the users a test starts in it."""
 
     def __init__(
-        self, net: Internet, directory: Host, server: ServerProcess, root: Path,
+        self, net: Internet, hosts: list[Host], servers: list[ServerProcess], root: Path,
         stack: AsyncExitStack,
     ) -> None:  # fmt: skip
-        self.net, self.directory, self.server = net, directory, server
+        self.net, self.hosts, self.servers = net, hosts, servers
         self.root, self._stack = root, stack
 
-    async def counted(self, family: str) -> dict[str, float]:
-        """The server's Prometheus counter `family` (its samples by their one label)."""
-        url = f"http://{self.directory.address}:{METRICS}/metrics"
+    async def counted(self, family: str, server: int = 0) -> dict[str, float]:
+        """The `server`th server's Prometheus counter `family` (its samples by their one
+        label)."""
+        host = self.hosts[server]
+        url = f"http://{host.address}:{METRICS}/metrics"
         read = f"import urllib.request as u; print(u.urlopen({url!r}).read().decode())"
-        scraped = await asyncio.to_thread(self.directory.run, sys.executable, "-c", read)
+        scraped = await asyncio.to_thread(host.run, sys.executable, "-c", read)
         (found,) = (f for f in text_string_to_metric_families(scraped.stdout) if f.name == family)
         return {
             next(iter(sample.labels.values())): sample.value
@@ -54,28 +58,44 @@ class Town:
             if sample.name == f"{family}_total"
         }
 
-    async def user(self, phone: str, host: Host) -> UserProcess:
+    async def user(self, phone: str, host: Host, server: int = 0) -> UserProcess:
+        """`phone`'s module on `host`, registered at the `server`th server."""
+        at = self.servers[server]
         user = await UserProcess.start(
-            self.server.address, phone, self.root / phone, "--listen", "0.0.0.0:0",
-            "--server-key", self.server.fingerprint, inside=host.inside,
+            at.address, phone, self.root / phone, "--listen", "0.0.0.0:0",
+            "--server-key", at.fingerprint, inside=host.inside,
         )  # fmt: skip
         self._stack.push_async_callback(user.close)
         return user
 
 
 @asynccontextmanager
-async def town(root: Path) -> AsyncIterator[Town]:
-    with internet() as net:
-        directory = net.public_host("203.0.113.10")
-        server = await ServerProcess.start(
-            root / "server" / "bindings.sqlite3", "--metrics-port", str(METRICS),
-            "--metrics-host", directory.address, inside=directory.inside, host=directory.address,
-        )  # fmt: skip
+async def town(root: Path, servers: int = 1) -> AsyncIterator[Town]:
+    """A town with one directory server (its bindings in SQLite) or `servers` of them on
+    hosts of their own (203.0.113.10, .11, ...), sharing a Redis on another (.5)."""
+    with internet() as net, ExitStack() as redis:
+        options: tuple[str, ...] = ()
+        if servers > 1:
+            database = net.public_host("203.0.113.5")
+            url = redis.enter_context(redis_inside(database.inside, database.address))
+            options = ("--redis", url, "--key", str(root / "deployment.key"))
+        started: list[ServerProcess] = []
+        hosts: list[Host] = []
         try:
+            for n in range(servers):
+                host = net.public_host(f"203.0.113.{10 + n}")
+                hosts.append(host)
+                db = root / f"server-{n}" / "bindings.sqlite3"
+                metrics = ("--metrics-port", str(METRICS), "--metrics-host", host.address)
+                server = await ServerProcess.start(
+                    db, *options, *metrics, inside=host.inside, host=host.address
+                )
+                started.append(server)
             async with AsyncExitStack() as stack:
-                yield Town(net, directory, server, root, stack)
+                yield Town(net, hosts, started, root, stack)
         finally:
-            assert await server.stop() == 0
+            for server in started:
+                assert await server.stop() == 0
 
 
 @pytest.fixture
@@ -175,3 +195,24 @@ async def test_behind_a_symmetric_router_no_hole_is_punched_and_it_says_so_fast(
         kept = await alice.call("send", to=CAROL, text="keep it for me", queue=True)
         assert (kept["queued"], kept["failed"]) == ([CAROL], [])
         assert [entry["id"] for entry in await alice.call("outbox")] == [kept["id"]]
+
+
+async def test_a_user_behind_a_router_is_reached_through_another_server(
+    tmp_path: Path, photo: Path
+) -> None:
+    # alice is connected to one server, dave to another: dave's server passes his
+    # request to connect back on to alice's (a symmetric router: no hole, only that way)
+    async with town(tmp_path, servers=2) as place:
+        alice = await place.user(ALICE, place.net.router(symmetric=True).host(), server=0)
+        dave = await place.user(DAVE, place.net.public_host(), server=1)
+        assert await text(dave, alice, "in, from the other server") == "reverse"
+        assert await photo_to(dave, alice, photo) == "reverse"
+        assert await text(alice, dave, "out") == "direct"
+
+
+async def test_users_behind_two_routers_on_two_servers_punch_a_hole(tmp_path: Path) -> None:
+    async with town(tmp_path, servers=2) as place:
+        alice = await place.user(ALICE, place.net.router().host(), server=0)
+        carol = await place.user(CAROL, place.net.router().host(), server=1)
+        assert await text(alice, carol, "through both routers and servers") == "punched"
+        assert await text(carol, alice, "and back") == "punched"

@@ -1,22 +1,27 @@
 """Several directory servers sharing one real redis-server (no mock): lookups, one live
-registration per number, bindings, presence pushes, unregistering and expiry."""
+registration per number, bindings, presence pushes, unregistering and expiry, and
+requests to connect back passed on to the server the module asked is connected to."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
+import msgpack
 import pytest
 import redis.asyncio as aioredis
 
-from tests.servers import directory_client, running_server
+from tests.redis_server import free_port
+from tests.servers import FAST, directory_client, running_server
 from whatsap2p.config import RateLimits
-from whatsap2p.errors import NumberAlreadyOnline, NumberBound, RateLimited
+from whatsap2p.errors import NumberAlreadyOnline, NumberBound, RateLimited, ServerRefused
 from whatsap2p.net.directory_client import DirectoryClient
 from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.keys import StaticKey
-from whatsap2p.server.redis_store import RedisDirectory
+from whatsap2p.server.redis_store import ANSWER_WITHIN, RedisDirectory
 from whatsap2p.server.service import DirectoryServer
 
 ALICE, BOB, CAROL = "+5511999990001", "+5511999990002", "+5511999990003"
@@ -27,9 +32,12 @@ class Servers:
         self.stack, self.url = stack, url
 
     async def start(
-        self, ttl: float = 30.0, rates: RateLimits | None = None
+        self,
+        ttl: float = 30.0,
+        rates: RateLimits | None = None,
+        answer_within: float = ANSWER_WITHIN,
     ) -> tuple[DirectoryServer, int]:
-        directory = RedisDirectory(self.url, ttl=ttl)
+        directory = RedisDirectory(self.url, ttl=ttl, answer_within=answer_within)
         server = running_server(directory=directory, rates=rates)
         return await self.stack.enter_async_context(server)
 
@@ -294,5 +302,136 @@ async def test_a_source_ip_has_one_budget_across_all_servers(servers: Servers) -
         await bob.lookup(["+5511999991199"])
     with pytest.raises(RateLimited):
         await alice.lookup(["+5511999991198"])
+    for client in (alice, bob):
+        await client.close()
+
+
+async def dialled(port: int, phone: str) -> tuple[DirectoryClient, int, asyncio.Queue[ev.Dial]]:
+    """`phone` registered through the server at `port`, from a port of its own: the
+    client, that port, and the dials pushed to it."""
+    local_port = free_port()
+    client = await DirectoryClient.connect(
+        "127.0.0.1", port, StaticKey.generate(), timeouts=FAST, local_port=local_port
+    )
+    await client.register(phone, 4000 + int(phone[-1]))
+    dials: asyncio.Queue[ev.Dial] = asyncio.Queue()
+    client.on_dial = dials.put_nowait
+    return client, local_port, dials
+
+
+async def test_a_request_to_connect_back_is_passed_on_to_the_callees_server(
+    servers: Servers,
+) -> None:
+    rates = RateLimits(reverse_to_rate=0.001, reverse_to_burst=2)
+    (server_a, port_a), (server_b, port_b), (_, port_c) = [
+        await servers.start(rates=rates) for _ in range(3)
+    ]
+    bob, bob_port, dials = await dialled(port_b, BOB)
+    alice_key = StaticKey.generate()
+    alice = await directory_client(port_a, alice_key)
+    await alice.register(ALICE, 4001, "127.0.0.9")  # (claims another address)
+    token = bytes(range(16))
+    reversing = await alice.reverse(BOB, token, 40000)
+    # where bob's server sees his connection come from: the port he connected from
+    assert (reversing.host, reversing.port) == ("127.0.0.1", bob_port)
+    dial = await asyncio.wait_for(dials.get(), 5)
+    # where alice's server sees her, never where she claims to be; her proven key
+    assert dial.peer == ev.PeerAddress(ALICE, "127.0.0.1", 4001, alice_key.public)
+    assert (dial.token, dial.punch) == (token, 40000)
+    # counted by the server that pushed it
+    assert (server_a.metrics.reversals, server_b.metrics.reversals) == (0, 1)
+
+    # the number's own limit holds whichever server the asks come through: bob's
+    # server takes them all
+    carol = await directory_client(port_c)
+    await carol.register(CAROL, 4003)
+    await carol.reverse(BOB, token)
+    with pytest.raises(RateLimited):
+        await alice.reverse(BOB, token)
+    with pytest.raises(RateLimited):
+        await carol.reverse(BOB, token)
+    assert dials.qsize() == 1  # (carol's)
+    for client in (alice, bob, carol):
+        await client.close()
+
+
+async def test_a_request_for_a_module_no_server_holds_is_offline(
+    servers: Servers, redis_url: str
+) -> None:
+    (_, port_a), (server_b, port_b) = await servers.start(), await servers.start(answer_within=0.2)
+    alice = await directory_client(port_b)
+    await alice.register(ALICE, 4001)
+    with pytest.raises(ServerRefused, match="not online"):
+        await alice.reverse(BOB, bytes(16))  # never registered
+    bob, _, dials = await dialled(port_a, BOB)
+    await bob.unregister()
+    with pytest.raises(ServerRefused, match="not online"):
+        await alice.reverse(BOB, bytes(16))  # gone
+
+    # what a lost connection leaves for a moment, or a crashed server for a while: a
+    # registration whose server has no such connection, or is gone, or hears but says
+    # nothing (wedged: the asker gives up in time)
+    admin = aioredis.Redis.from_url(redis_url)
+    silent = admin.pubsub()
+    await silent.subscribe("wa:dial:feedfacefeed")
+    assert isinstance(server_b.directory, RedisDirectory)
+
+    async def left_behind(owner: str) -> None:
+        record = [owner, "127.0.0.1", 4004, bytes(32)]
+        await admin.set(f"wa:online:{{{CAROL}}}", msgpack.packb(record, use_bin_type=False))
+
+    try:
+        for owner, why in (
+            (f"{server_b.directory.server_id}:999", "not online at this server"),
+            ("0123456789ab:1", "its server is gone"),
+            ("feedfacefeed:1", "its server does not answer"),
+        ):
+            await left_behind(owner)
+            started = time.monotonic()
+            with pytest.raises(ServerRefused, match=why):
+                await alice.reverse(CAROL, bytes(16))
+            assert time.monotonic() - started < 0.2 + 1
+    finally:
+        await silent.aclose()  # type: ignore[no-untyped-call]
+        await admin.aclose()
+    assert dials.empty()
+    for client in (alice, bob):
+        await client.close()
+
+
+async def test_malformed_messages_on_a_servers_dial_channel_are_ignored(
+    servers: Servers, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    (_, port_a), (server_b, port_b) = await servers.start(), await servers.start()
+    bob, _, dials = await dialled(port_b, BOB)
+    alice = await directory_client(port_a)
+    await alice.register(ALICE, 4001)
+    assert isinstance(server_b.directory, RedisDirectory)
+    reply_to = server_b.directory.server_id
+    admin = aioredis.Redis.from_url(redis_url)
+    with caplog.at_level(logging.WARNING):
+        for junk in (
+            b"junk",
+            msgpack.packb(["what", 1]),
+            # a request to connect back whose token is short, and one whose port is not
+            # one: pushed, either would break bob's connection (his module checks them)
+            msgpack.packb(
+                ["ask", 1, reply_to, BOB, ALICE, "127.0.0.1", 4001, bytes(32), b"short", None]
+            ),
+            msgpack.packb(
+                ["ask", 1, reply_to, BOB, ALICE, "127.0.0.1", 70000, bytes(32), bytes(16), None]
+            ),
+            msgpack.packb(["dialled", 1, "127.0.0.1", -1]),
+        ):
+            assert await admin.publish(server_b.directory.dial_channel, junk) == 1
+        await admin.aclose()
+        # heard after those (in order on one subscription): the server still serves
+        token = bytes(range(16))
+        await alice.reverse(BOB, token)
+        assert (await asyncio.wait_for(dials.get(), 5)).token == token
+    assert caplog.text.count("ignoring a malformed message") == 5
+    await bob.ping()  # (anything else pushed would have come before this answer)
+    assert dials.empty()
+    assert not bob.closed.is_set()
     for client in (alice, bob):
         await client.close()

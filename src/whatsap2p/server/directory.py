@@ -2,7 +2,8 @@
 
 `Directory` is what the service needs from a store; `MemoryDirectory` keeps it in this
 process. A registration belongs to the connection that made it (`owner`), so a
-connection can only ever remove its own.
+connection can only ever remove its own. A shared store also carries requests to connect
+back to the server whose connection can push them (`pass_on`).
 """
 
 from __future__ import annotations
@@ -14,10 +15,20 @@ from typing import ClassVar, Literal
 import msgspec
 from mypy_extensions import mypyc_attr
 
-from whatsap2p.protocol.events import PeerAddress
+from whatsap2p.protocol.events import Dial, Failure, PeerAddress, Reversing
 from whatsap2p.ratelimit import BucketsByKey
 
-__all__ = ["Bind", "Directory", "Found", "MemoryDirectory", "Refused", "Registration", "Spend"]
+__all__ = [
+    "Bind",
+    "Dialled",
+    "Directory",
+    "Found",
+    "MemoryDirectory",
+    "PushDial",
+    "Refused",
+    "Registration",
+    "Spend",
+]
 
 
 class Spend(msgspec.Struct, frozen=True, gc=False):
@@ -48,6 +59,13 @@ Refused = Literal["rate-limited", "number-bound", "number-online"] | None
 #: Binds a number to a key on first use; False if another key holds it (the server's
 #: `Bindings`, for a directory that does not bind keys itself).
 Bind = Callable[[str, bytes], bool]
+#: What came of a request to connect back: `Reversing` (rid 0) once the `dial` was pushed
+#: to the module asked, with where its server connection comes from; or the `Failure`
+#: (rid 0) saying why not (offline, rate-limited, invalid-host).
+Dialled = Reversing | Failure
+#: Pushes a `dial` to a number's module through its connection to this server, after the
+#: checks that need that connection (the server's `push_dial`).
+PushDial = Callable[[str, Dial], Dialled]
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # (RedisDirectory is not compiled)
@@ -69,9 +87,10 @@ class Directory(ABC):
     binds_keys: ClassVar[bool]
 
     @abstractmethod
-    async def start(self, on_online: Callable[[PeerAddress], None]) -> None:
+    async def start(self, on_online: Callable[[PeerAddress], None], push_dial: PushDial) -> None:
         """Call `on_online` for every registration from now on, made through this
-        server or any other sharing the directory."""
+        server or any other sharing the directory; and `push_dial` for every request to
+        connect back that another server passes on to this one (`pass_on`)."""
 
     @abstractmethod
     async def close(self) -> None:
@@ -103,6 +122,12 @@ class Directory(ABC):
         """Remove the number if `owner` registered it; True if something was removed."""
 
     @abstractmethod
+    def pass_on(self, phone: str, dial: Dial) -> Dialled | Awaitable[Dialled]:
+        """Push `dial` to `phone`'s module, which is not connected to this server, through
+        the server it is connected to (whose `push_dial` makes the checks that need its
+        connection); what came of it, `offline` when no server has it."""
+
+    @abstractmethod
     async def lookup(self, phones: list[str]) -> list[PeerAddress]:
         """The online ones among `phones` (for tests and tools: requests go through
         lookup_limited)."""
@@ -130,8 +155,8 @@ class MemoryDirectory(Directory):
             buckets = self._buckets[spend.bucket] = BucketsByKey(spend.rate, spend.burst)
         return buckets.take(spend.key, spend.now, spend.cost)
 
-    async def start(self, on_online: Callable[[PeerAddress], None]) -> None:
-        self._on_online = on_online
+    async def start(self, on_online: Callable[[PeerAddress], None], push_dial: PushDial) -> None:
+        self._on_online = on_online  # (every module is connected here: nothing to pass on)
 
     async def close(self) -> None:
         return None
@@ -169,6 +194,9 @@ class MemoryDirectory(Directory):
             return False
         del self._online[phone]
         return True
+
+    def pass_on(self, phone: str, dial: Dial) -> Dialled:
+        return Failure(0, "offline", f"{phone} is not online at this server")
 
     async def lookup(self, phones: list[str]) -> list[PeerAddress]:
         return self._lookup(phones)

@@ -4,7 +4,8 @@
 - `whatsap2p_online_users`: users registered through this server now;
 - `whatsap2p_lookups_total`: numbers looked up (rate() gives lookups/s);
 - `whatsap2p_reversals_total`: requests to connect back (`reverse`) passed on to the
-  module asked (refused ones count under `rejected`);
+  module asked, by the server it is connected to (whichever server the asker is on:
+  each counts once); refused ones count under `rejected` at the asker's server;
 - `whatsap2p_relayed_total`: pairs of modules introduced at a relay (`relay`);
 - `whatsap2p_connections_total{route}`: connections between modules, as the module
   that opened them reports (`report`), by the way that worked: `lan`, `direct`,

@@ -12,6 +12,19 @@ the scripts that touch both stay on one node):
   or remove it.
 - channel `wa:came-online`: msgpack `[phone, host, port, key]` (and `local`), published on every
   registration, so each server can push it to the connections watching that number.
+- channel `wa:dial:SERVER-ID`, one per server (the `SERVER-ID` of the owners it writes):
+  requests to connect back to a module connected to that server, passed on by the
+  server the asker is connected to, and the answers to those it passed on (below).
+
+Connecting back (`reverse`) needs the callee's server connection, which only its own
+server holds (it pushes the `dial` there, and knows where that connection comes from:
+the `reversing` answer). A server asked for a number connected elsewhere runs one
+script that reads the number's owner and publishes the request on that server's
+channel (nobody hears it: offline); that server makes the checks that need the
+connection (the number's rate limit among them: every request for a number reaches its
+one server), pushes the `dial` and publishes the answer on the asker's channel. A
+round trip through Redis and back; an answer that does not come within
+`ANSWER_WITHIN` seconds (its server died or lost Redis) is `offline`.
 
 Requests go to Redis in batches, like group commits: what the server's connections
 ask while one pipeline is out (lookups, their rate-limit buckets, registrations) goes
@@ -29,25 +42,44 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import uuid
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import msgpack
+import msgspec
 import redis.asyncio as redis
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import NoScriptError, RedisError
 
 from whatsap2p.errors import StoreError
+from whatsap2p.protocol import events as ev
+from whatsap2p.protocol.directory import TOKEN_BYTES
 from whatsap2p.protocol.events import PeerAddress
-from whatsap2p.server.directory import Bind, Directory, Found, Refused, Spend
+from whatsap2p.protocol.keys import KEY_BYTES
+from whatsap2p.server.directory import (
+    Bind,
+    Dialled,
+    Directory,
+    Found,
+    PushDial,
+    Refused,
+    Spend,
+)
 
 __all__ = ["RedisDirectory"]
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "wa:came-online"
+#: Followed by a server's id: the channel of requests to connect back passed on to it,
+#: and of the answers to those it passed on.
+DIAL_CHANNEL = "wa:dial:"
+#: A request to connect back passed on to another server is `offline` when that server
+#: has not answered within this many seconds (it died, or lost Redis, meanwhile).
+ANSWER_WITHIN = 2.0
 #: Heartbeats are renewed in Redis in batches gathered over this many seconds.
 RENEW_EVERY = 0.5
 #: A crashed server's users show offline everywhere within this many seconds.
@@ -75,6 +107,16 @@ local current = redis.call('GET', KEYS[1])
 if current and cmsgpack.unpack(current)[1] ~= ARGV[1] then return 'taken' end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 'ok'
+"""
+
+# KEYS: online. ARGV: channel prefix, message. Publishes the message on the channel of
+# the server that owns the registration; how many heard it, -1 when there is none.
+_TO_OWNER = """
+local current = redis.call('GET', KEYS[1])
+if not current then return -1 end
+local server = string.match(cmsgpack.unpack(current)[1], '^([^:]+):')
+if not server then return -1 end
+return redis.call('PUBLISH', ARGV[1] .. server, ARGV[2])
 """
 
 # KEYS: online. ARGV: owner.
@@ -228,6 +270,47 @@ class _Batches:
         self._fail(left, RuntimeError("the server is closing"))
 
 
+_Port = Annotated[int, msgspec.Meta(gt=0, lt=65536)]
+_Phone = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+_Host = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+
+
+class _PassedOn(msgspec.Struct, frozen=True, array_like=True, tag="ask"):
+    """A request to connect back, passed on to the server `phone` is connected to by the
+    one `caller` is: what that server pushes (a `dial` from the caller, at the address
+    its own server sees it at), and where its answer goes. Checked as the module that is
+    pushed the `dial` checks it (a malformed one would close its connection)."""
+
+    ask: int  # the asking server's number for it, repeated in the answer
+    reply_to: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{1,64}$")]  # its server id
+    phone: _Phone
+    caller: _Phone
+    host: _Host
+    port: _Port
+    key: Annotated[bytes, msgspec.Meta(min_length=KEY_BYTES, max_length=KEY_BYTES)]
+    token: Annotated[bytes, msgspec.Meta(min_length=TOKEN_BYTES, max_length=TOKEN_BYTES)]
+    punch: _Port | None
+
+
+class _Pushed(msgspec.Struct, frozen=True, array_like=True, tag="dialled"):
+    """The `dial` was pushed: where the callee's server connection comes from."""
+
+    ask: int
+    host: _Host | None
+    port: _Port | None
+
+
+class _NotPushed(msgspec.Struct, frozen=True, array_like=True, tag="refused"):
+    """The `dial` was not pushed: the failure code and message to answer with."""
+
+    ask: int
+    code: Annotated[str, msgspec.Meta(pattern="^(offline|rate-limited|invalid-host)$")]
+    message: Annotated[str, msgspec.Meta(max_length=512)]
+
+
+_DIAL_MESSAGES = msgspec.msgpack.Decoder(_PassedOn | _Pushed | _NotPushed)
+
+
 def _get(phone: str) -> _Command:
     """The command that reads `phone`'s registration."""
     key = _online_key(phone)
@@ -261,38 +344,54 @@ class RedisDirectory(Directory):
 
     binds_keys: ClassVar[bool] = True  # its registration script checks and makes bindings
 
-    def __init__(self, url: str, ttl: float = DEFAULT_TTL) -> None:
+    def __init__(
+        self, url: str, ttl: float = DEFAULT_TTL, answer_within: float = ANSWER_WITHIN
+    ) -> None:
         """`url`: `redis://HOST:PORT/DB` (also `rediss://`, `unix://`), or, for a Redis
         kept highly available by Sentinel, `sentinel://HOST:PORT[,HOST:PORT...]/SERVICE/DB`
         (the sentinels; the client follows the master they name across failovers)."""
         self.url = url
         self.ttl_ms = int(ttl * 1000)
+        self.answer_within = answer_within
         self.server_id = uuid.uuid4().hex[:12]
+        #: Where other servers pass on requests to connect back, and answer ours.
+        self.dial_channel = DIAL_CHANNEL + self.server_id
         self._redis, self._sentinel = _client(url)
         self._register = self._redis.register_script(_REGISTER)
         self._renew = self._redis.register_script(_RENEW)
         self._unregister = self._redis.register_script(_UNREGISTER)
         self._take = self._redis.register_script(_TAKE)
+        self._to_owner = self._redis.register_script(_TO_OWNER)
         self._batches = _Batches(
-            self._redis, [self._register, self._renew, self._unregister, self._take]
+            self._redis,
+            [self._register, self._renew, self._unregister, self._take, self._to_owner],
         )
         self._records: dict[str, bytes] = {}  # our own registrations, for renewals
         self._renewals: dict[str, tuple[int, Callable[[], None]]] = {}
         self._renewing: asyncio.TimerHandle | None = None
         self._flushes: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Task[None] | None = None
+        #: Requests to connect back we passed on, by number: their answers to come.
+        self._asks = itertools.count(1)
+        self._asked: dict[int, asyncio.Future[Dialled]] = {}
+        self._answering: set[asyncio.Task[None]] = set()
 
-    async def start(self, on_online: Callable[[PeerAddress], None]) -> None:
-        """Check Redis answers, and hear of every registration on every server."""
+    async def start(self, on_online: Callable[[PeerAddress], None], push_dial: PushDial) -> None:
+        """Check Redis answers, hear of every registration on every server, and of the
+        requests to connect back passed on to this one (and the answers to ours)."""
         try:
             await self._redis.ping()
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-            await pubsub.subscribe(CHANNEL)
+            await pubsub.subscribe(CHANNEL, self.dial_channel)
         except (RedisError, OSError) as exc:
             raise StoreError(f"cannot use Redis at {self.url}: {exc}") from exc
-        self._listener = asyncio.create_task(self._listen(pubsub, on_online), name="redis-sub")
+        self._listener = asyncio.create_task(
+            self._listen(pubsub, on_online, push_dial), name="redis-sub"
+        )
 
-    async def _listen(self, pubsub: Any, on_online: Callable[[PeerAddress], None]) -> None:
+    async def _listen(
+        self, pubsub: Any, on_online: Callable[[PeerAddress], None], push_dial: PushDial
+    ) -> None:
         try:
             while True:
                 try:
@@ -301,9 +400,12 @@ class RedisDirectory(Directory):
                     log.warning("redis subscription: %s; resubscribing", exc)
                     await asyncio.sleep(1.0)
                     with contextlib.suppress(RedisError, OSError):
-                        await pubsub.subscribe(CHANNEL)
+                        await pubsub.subscribe(CHANNEL, self.dial_channel)
                     continue
                 if message is None or message.get("type") != "message":
+                    continue
+                if message.get("channel") != CHANNEL.encode():
+                    self._heard(message["data"], push_dial)
                     continue
                 try:
                     phone, host, port, key, *local = msgpack.unpackb(message["data"], raw=True)
@@ -318,10 +420,78 @@ class RedisDirectory(Directory):
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
 
+    def _heard(self, data: bytes, push_dial: PushDial) -> None:
+        """A message on our dial channel: a request to connect back to a module connected
+        here (pushed, and answered on its asker's channel), or the answer to one of ours."""
+        try:
+            message = _DIAL_MESSAGES.decode(data)
+        except msgspec.DecodeError as exc:  # (ValidationError is one)
+            log.warning("ignoring a malformed message on %s: %s", self.dial_channel, exc)
+            return
+        if isinstance(message, _PassedOn):
+            caller = PeerAddress(message.caller, message.host, message.port, message.key)
+            dial = ev.Dial(0, caller, message.token, message.punch)
+            try:
+                dialled = push_dial(message.phone, dial)
+            except Exception:  # a bug: say so, and keep hearing the others
+                log.exception("pushing a dial passed on by server %s", message.reply_to)
+                return
+            answer: _Pushed | _NotPushed
+            if type(dialled) is ev.Reversing:
+                answer = _Pushed(message.ask, dialled.host, dialled.port)
+            else:
+                assert type(dialled) is ev.Failure
+                answer = _NotPushed(message.ask, dialled.code, dialled.message)
+            task = asyncio.get_running_loop().create_task(
+                self._answer(DIAL_CHANNEL + message.reply_to, msgspec.msgpack.encode(answer))
+            )
+            self._answering.add(task)
+            task.add_done_callback(self._answering.discard)
+            return
+        waiting = self._asked.get(message.ask)
+        if waiting is None or waiting.done():
+            log.info("an answer to a request to connect back came too late")
+            return
+        if isinstance(message, _Pushed):
+            waiting.set_result(ev.Reversing(0, message.host, message.port))
+        else:
+            waiting.set_result(ev.Failure(0, message.code, message.message))
+
+    async def _answer(self, channel: str, answer: bytes) -> None:
+        try:
+            await self._batches.run(lambda pipe: pipe.publish(channel, answer))
+        except StoreError as exc:  # its asker's server answers `offline` in time
+            log.warning("answering a request to connect back: %s", exc)
+
+    async def pass_on(self, phone: str, dial: ev.Dial) -> Dialled:
+        """Publish the request on the channel of the server `phone` is registered
+        through (one script: read its owner, publish), and await that server's answer."""
+        ask = next(self._asks)
+        answered: asyncio.Future[Dialled] = asyncio.get_running_loop().create_future()
+        self._asked[ask] = answered
+        peer = dial.peer
+        asked = _PassedOn(
+            ask, self.server_id, phone, peer.phone, peer.host, peer.port, peer.key,
+            dial.token, dial.punch,
+        )  # fmt: skip
+        args = [DIAL_CHANNEL, msgspec.msgpack.encode(asked)]
+        try:
+            [heard] = await self._batches.run(_script(self._to_owner, [_online_key(phone)], args))
+            if heard < 0:
+                return ev.Failure(0, "offline", f"{phone} is not online")
+            if heard == 0:
+                return ev.Failure(0, "offline", f"{phone} is not online (its server is gone)")
+            async with asyncio.timeout(self.answer_within):
+                return await answered
+        except TimeoutError:
+            return ev.Failure(0, "offline", f"{phone} is not online (its server does not answer)")
+        finally:
+            del self._asked[ask]
+
     async def close(self) -> None:
         if self._renewing is not None:
             self._renewing.cancel()
-        for task in list(self._flushes):
+        for task in [*self._flushes, *self._answering]:
             task.cancel()
         await self._batches.close()
         if self._listener is not None:

@@ -44,7 +44,15 @@ from whatsap2p.server.addresses import (
     vouched_local,
 )
 from whatsap2p.server.bindings import Bindings
-from whatsap2p.server.directory import Bind, Directory, Found, MemoryDirectory, Refused, Spend
+from whatsap2p.server.directory import (
+    Bind,
+    Dialled,
+    Directory,
+    Found,
+    MemoryDirectory,
+    Refused,
+    Spend,
+)
 from whatsap2p.server.metrics import ServerMetrics
 
 __all__ = ["DirectoryServer", "ServerConfig"]
@@ -108,7 +116,8 @@ class DirectoryServer:
         self.watchers: dict[str, set[_Client]] = {}
         #: phone -> the connection it is registered through, on this server
         self.here: dict[str, _Client] = {}
-        #: Requests to connect back, per source IP, and per number asked.
+        #: Requests to connect back, per source IP, and per number asked (taken by the
+        #: server the number is connected to, which every request for it reaches).
         self.reverses = BucketsByKey(config.rates.ip_reverse_rate, config.rates.ip_reverse_burst)
         self.reverses_to = BucketsByKey(config.rates.reverse_to_rate, config.rates.reverse_to_burst)
         self.metrics = ServerMetrics(self._online_users)
@@ -119,7 +128,7 @@ class DirectoryServer:
     async def start(self, network: Network | None = None) -> tuple[str, int]:
         """Bind (on TCP, or the `network` given); returns the address actually bound (the
         real port when asked for 0)."""
-        await self.directory.start(self.came_online)
+        await self.directory.start(self.came_online, self.push_dial)
         self._server = await (network or TcpNetwork()).listen(
             self.config.host, self.config.port, lambda: _Client(self, next(self._ids))
         )
@@ -152,6 +161,28 @@ class DirectoryServer:
         sharing it): tell the connections waiting for it."""
         for watcher in list(self.watchers.get(address.phone, ())):
             watcher.push_online(address)
+
+    def push_dial(self, phone: str, dial: ev.Dial) -> Dialled:
+        """Ask `phone`'s module, connected here, to connect to `dial.peer` (asked through
+        this server or passed on by another): within the number's rate limit, and only
+        to an address that cannot mean the module's own machine or network; `Reversing`
+        with where its connection comes from (to punch a hole towards), or why not."""
+        callee = self.here.get(phone)
+        if callee is None:
+            return ev.Failure(0, "offline", f"{phone} is not online at this server")
+        # (its module answers a few a second, however many servers they come through)
+        if not self.reverses_to.take(phone, asyncio.get_running_loop().time()):
+            return ev.Failure(0, "rate-limited", "too many ask that number")
+        caller = dial.peer.host  # where the asker's own server sees it
+        if not reachable_from(caller, callee.ip):
+            return ev.Failure(
+                0,
+                "invalid-host",
+                f"{phone} is not where {caller} would mean this machine or network",
+            )
+        callee.push(dial)
+        self.metrics.reversals += 1
+        return ev.Reversing(0, callee.ip, callee.seen_port or None)
 
     def lost_all(self) -> None:
         """The last connection is gone."""
@@ -524,9 +555,10 @@ class _Client(asyncio.Protocol):
         assert type(request) is ev.Unregister  # the connection lets no other request through
         return self._unregister(request)
 
-    def _reverse(self, request: ev.Reverse) -> Buffer:
-        """Ask `request.phone`'s module (connected here) to connect to this one: at the
-        address this connection comes from, never one it merely claims."""
+    def _reverse(self, request: ev.Reverse) -> Buffer | Awaitable[Buffer]:
+        """Ask `request.phone`'s module to connect to this one, at the address this
+        connection comes from (never one it merely claims): through its connection, here
+        or (passed on through the directory) at the server it is connected to."""
         server = self._server
         rates = server.config.rates
         now = self._loop.time()
@@ -534,33 +566,38 @@ class _Client(asyncio.Protocol):
             self._reverses = TokenBucket(rates.reverse_rate, rates.reverse_burst, now)
         if not self._reverses.take(now) or not server.reverses.take(self._ip, now):
             return self.failure(request.rid, "rate-limited", "too many requests to connect")
-        callee = server.here.get(request.phone)
-        if callee is None or callee is self:
+        if self.phone is None or request.phone == self.phone:  # (none: taken over since)
             return self.failure(
                 request.rid, "offline", f"{request.phone} is not online at this server"
             )
-        if not server.reverses_to.take(request.phone, now):  # (its module answers a few)
-            return self.failure(request.rid, "rate-limited", "too many ask that number")
-        if not reachable_from(self._ip, callee.ip):
-            return self.failure(
-                request.rid,
-                "invalid-host",
-                f"{request.phone} is not where {self._ip} would mean this machine or network",
-            )
-        assert self.phone is not None
         assert self._conn is not None
         key = self._conn.remote_key
         assert key is not None
         me = ev.PeerAddress(self.phone, self._ip, self._port, key)
-        callee.push(ev.Dial(0, me, request.token, request.punch))
-        server.metrics.reversals += 1
-        asked = self._asked
+        dial = ev.Dial(0, me, request.token, request.punch)
+        if request.phone in server.here:
+            return self._reversed(request, server.push_dial(request.phone, dial))
+        dialled = server.directory.pass_on(request.phone, dial)
+        if isinstance(dialled, (ev.Reversing, ev.Failure)):
+            return self._reversed(request, dialled)
+        return self._reversed_later(request, dialled)
+
+    async def _reversed_later(self, request: ev.Reverse, dialled: Awaitable[Dialled]) -> Buffer:
+        return self._reversed(request, await dialled)
+
+    def _reversed(self, request: ev.Reverse, dialled: Dialled) -> Buffer:
+        """The answer to `request`, from what came of it."""
+        if type(dialled) is ev.Failure:
+            return self.failure(request.rid, dialled.code, dialled.message)
+        assert type(dialled) is ev.Reversing
+        asked = self._asked  # (its outcome may be reported: see _report)
         if asked is None:
             asked = self._asked = {}
         asked[request.token] = None
         if len(asked) > _ASKED_KEPT:
             del asked[next(iter(asked))]
-        return self._conn.send(ev.Reversing(request.rid, callee.ip, callee.seen_port or None))
+        assert self._conn is not None
+        return self._conn.send(ev.Reversing(request.rid, dialled.host, dialled.port))
 
     def _relay(self, request: ev.Relay) -> Buffer:
         """Introduce this module and `request.phone`'s (connected here) at the relays:
