@@ -88,9 +88,10 @@ class DirectoryClient(DirectoryEvents):
         self._up: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         #: Called with each watched number that comes online (pushed by the server).
         self.on_online: Callable[[ev.PeerAddress], None] | None = None
-        #: Called when a module asks (through the server) to be connected to, or met at
-        #: a relay.
-        self.on_dial: Callable[[ev.Dial | ev.Relayed], None] | None = None
+        #: Called when a module asks (through the server) to be connected to.
+        self.on_dial: Callable[[ev.Dial], None] | None = None
+        #: Called when a module asks (through the server) to be met at a relay.
+        self.on_relayed: Callable[[ev.Relayed], None] | None = None
         #: Called once the connection is gone (lost, or closed), after `closed` is set.
         self.on_closed: Callable[[], None] | None = None
         self._waiting: dict[int, asyncio.Future[ev.Message]] = {}
@@ -252,9 +253,13 @@ class DirectoryClient(DirectoryEvents):
             if self.on_online is not None:
                 self.on_online(message.peer)
             return
-        if type(message) is ev.Dial or type(message) is ev.Relayed:
+        if type(message) is ev.Dial:
             if self.on_dial is not None:
                 self.on_dial(message)
+            return
+        if type(message) is ev.Relayed:
+            if self.on_relayed is not None:
+                self.on_relayed(message)
             return
         out = self._lookup_out
         if out is not None and message.rid == out[0]:

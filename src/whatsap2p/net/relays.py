@@ -1,4 +1,4 @@
-"""Meeting a peer at a relay (`whatsap2p relay`, docs/protocol.md §6.11) when no direct
+"""Meeting a peer at a relay (`whatsap2p relay`, docs/protocol.md §6.11 and §11) when no direct
 way connects: both modules connect to the first of the relays their server named that
 takes their ticket, and the relay joins the two connections. What flows through it is
 the usual peer connection, sealed end to end: the relay sees ciphertext only.
@@ -7,7 +7,6 @@ the usual peer connection, sealed end to end: the relay sees ciphertext only.
 from __future__ import annotations
 
 import asyncio
-import struct
 import typing
 
 from whatsap2p.config import Timeouts
@@ -15,20 +14,17 @@ from whatsap2p.errors import PeerTimedOut, PeerUnreachable
 from whatsap2p.lan import may_dial_back
 from whatsap2p.net.network import Network
 from whatsap2p.protocol import events as ev
+from whatsap2p.protocol.relay import Status, encode_preface
 
-__all__ = ["RELAY_PREFACE", "meet"]
+__all__ = ["meet"]
 
-#: What a module says first to a relay: this, the ticket's length (2 bytes, big-endian)
-#: and the ticket.
-RELAY_PREFACE: typing.Final = b"WA2Rly\x01"
-#: The relay's one-byte answer: joined to the other module, or why not.
-_JOINED: typing.Final = 0
-_REFUSALS: typing.Final = {
-    1: "it does not take the ticket",
-    2: "the ticket expired",
-    3: "the ticket was used already",
-    4: "it is busy",
-    5: "the other side did not come",
+#: Why a relay did not join us, by its answer (protocol/relay.py's Status).
+_REFUSALS: typing.Final[dict[int, str]] = {
+    Status.FORGED: "it does not take the ticket",
+    Status.EXPIRED: "the ticket expired",
+    Status.REPLAYED: "the ticket was used already",
+    Status.BUSY: "it is busy",
+    Status.TIMEOUT: "the other side did not come",
 }
 
 
@@ -69,7 +65,7 @@ async def meet(
     within `Timeouts.relay_meet`. PeerUnreachable (or PeerTimedOut) saying why each
     relay failed. `server_host`: where our server is (a relay on loopback or a LAN only
     with a server there too, as for connecting back)."""
-    preface = RELAY_PREFACE + struct.pack(">H", len(ticket)) + ticket
+    preface = encode_preface(ticket)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeouts.relay_meet
     why: list[str] = []
@@ -94,7 +90,7 @@ async def meet(
                 meeting.transport.abort()
             why.append(f"{where}: {str(exc) or 'no answer in time'}")
             continue
-        if status == _JOINED:
+        if status == Status.JOINED:
             return meeting.transport, rest
         meeting.transport.abort()
         why.append(f"{where}: {_REFUSALS.get(status, f'refused ({status})')}")

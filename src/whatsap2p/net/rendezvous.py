@@ -54,30 +54,37 @@ class Rendezvous:
         self._reports: set[asyncio.Task[None]] = set()
         self._closed = False
 
-    def asked(self, directory: DirectoryClient, dial: ev.Dial | ev.Relayed) -> None:
+    def asked(self, directory: DirectoryClient, dial: ev.Dial) -> None:
         """`peer` cannot reach us and asks, through the server, that we connect to it:
-        we do, to an address that can only be its own (see lan.may_dial_back), or meet
-        it at a relay, within our limits: contacts apart from strangers, and a few a
-        second per stranger (one asker's flood cannot use up everyone's share)."""
+        we do, to an address that can only be its own (see lan.may_dial_back), within
+        our limits."""
         peer = dial.peer
         server = directory.server_host
-        if server is None:
-            return
-        if type(dial) is ev.Dial and not may_dial_back(peer.host, server):
+        if server is None or not may_dial_back(peer.host, server):
             log.warning("not connecting back to %s at %s: not its own", peer.phone, peer.host)
             return
-        now = asyncio.get_running_loop().time()
-        known = self._known(peer.phone)
-        if (not known and not self._dials_each.take(peer.phone, now)) or not self._dials[
-            known
-        ].take(now):
-            log.warning("not connecting back to %s: asked too often", peer.phone)
-            return
-        if type(dial) is ev.Relayed:
-            self._listener.meet(peer, dial.relays, dial.ticket, server)
-        else:
-            assert type(dial) is ev.Dial
+        if self._may_answer(peer.phone):
             self._listener.dial_back(peer, dial.token, dial.punch)
+
+    def relayed(self, directory: DirectoryClient, relayed: ev.Relayed) -> None:
+        """`peer` cannot reach us by any direct way and asks, through the server, that we
+        meet it at a relay: we do, within the same limits."""
+        server = directory.server_host
+        if server is not None and self._may_answer(relayed.peer.phone):
+            self._listener.meet(relayed.peer, relayed.relays, relayed.ticket, server)
+
+    def _may_answer(self, phone: str) -> bool:
+        """Whether to answer one more request to connect from `phone`: contacts apart from
+        strangers, and a few a second per stranger (one asker's flood cannot use up
+        everyone's share)."""
+        now = asyncio.get_running_loop().time()
+        known = self._known(phone)
+        if (not known and not self._dials_each.take(phone, now)) or not self._dials[known].take(
+            now
+        ):
+            log.warning("not connecting to %s: asked too often", phone)
+            return False
+        return True
 
     async def relay(self, address: ev.PeerAddress) -> tuple[asyncio.Transport, str]:
         """Meet `address`'s module at a relay that the server introduces us both to: the

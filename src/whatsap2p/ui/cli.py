@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import fields, replace
 from pathlib import Path
@@ -21,7 +22,10 @@ from whatsap2p.config import Limits, MiB, RateLimits, Timeouts
 from whatsap2p.errors import CannotListen, StoreError, WhatsAp2pError
 from whatsap2p.keyfile import load_or_create_key
 from whatsap2p.phone import DEFAULT_REGION, normalise_phone
+from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.keys import normalise_fingerprint
+from whatsap2p.protocol.relay import mint
+from whatsap2p.relay.secret import DEFAULT_SECRET, load_or_create_secret
 from whatsap2p.server.bindings import Bindings
 from whatsap2p.server.service import DirectoryServer, ServerConfig
 from whatsap2p.ui.loadgen import main_loadgen
@@ -141,6 +145,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="keep the directory in Redis/Valkey (redis://HOST:PORT/DB), shared by every "
         "server given the same URL and key file; without it, in this process and --db",
+    )
+    server.add_argument(
+        "--relay",
+        type=parse_address,
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="a relay (whatsap2p relay) that users no direct way connects meet at; may repeat "
+        "(tried in this order)",
+    )
+    server.add_argument(
+        "--relay-secret",
+        type=Path,
+        metavar="FILE",
+        help="with --relay: the secret shared with the relays (default: the one `whatsap2p "
+        "relay` uses on this machine)",
     )
     server.add_argument(
         "--metrics-port",
@@ -373,7 +393,17 @@ async def _run_server(args: argparse.Namespace) -> int:
     rates = replace(rates, max_unauthenticated_per_ip=int(rates.max_unauthenticated_per_ip))
     db_path: Path = args.db.expanduser()
     key = load_or_create_key(args.key or db_path.with_name(db_path.name + ".key"))
-    config = ServerConfig(key, args.host, args.port, timeouts=timeouts, rates=rates)
+    relays = tuple(ev.RelayAddress(host, port) for host, port in args.relay)
+    tickets = None
+    if relays:
+        secret = load_or_create_secret(args.relay_secret or DEFAULT_SECRET)
+
+        def tickets(phone_a: str, phone_b: str) -> bytes:
+            return mint(secret, phone_a, phone_b, time.time())
+
+    config = ServerConfig(
+        key, args.host, args.port, timeouts=timeouts, rates=rates, relays=relays, tickets=tickets
+    )
     bindings: Bindings | None = None
     if args.redis:
         from whatsap2p.server.redis_store import RedisDirectory
