@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import image_bytes
 from tests.memory import MemoryNetwork, run_in_virtual_time
-from tests.servers import FAST, World, world_at
+from tests.servers import FAST, RELAY_SECRET, World, world_at
 from whatsap2p.app.events import (
     FailedDelivery,
     QueuedDelivered,
@@ -31,6 +32,7 @@ from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.keys import StaticKey
 from whatsap2p.protocol.noise import NoiseChannel
 from whatsap2p.protocol.peer import PeerReceiver
+from whatsap2p.relay.service import RelayConfig, RelayServer
 
 ALICE, BOB, CAROL, DAVE = (f"+551199999000{i}" for i in range(1, 5))
 
@@ -299,6 +301,74 @@ def test_a_peer_out_of_reach_both_ways_is_reported_on_time(tmp_path: Path) -> No
         await holder.close()
 
     in_memory(tmp_path, scenario)
+
+
+RELAY = ev.RelayAddress("203.0.113.50", 3478)
+
+
+def through_relays(tmp_path: Path, scenario: Callable[[World, list[RelayServer]], Coroutine[
+        object, object, None]], relays: int = 1) -> None:  # fmt: skip
+    """Run `scenario` in a world whose server names `relays` relays (each on a host of
+    its own, running), in virtual time."""
+
+    async def main() -> None:
+        net = MemoryNetwork()
+        named = tuple(ev.RelayAddress(f"203.0.113.{50 + n}", 3478) for n in range(relays))
+        running = []
+        for where in named:
+            relay = RelayServer(RelayConfig(RELAY_SECRET, where.host, where.port))
+            await relay.start(net.at(where.host))
+            running.append(relay)
+        try:
+            async with world_at(tmp_path, net, named) as world:
+                await scenario(world, running)
+        finally:
+            for relay in running:
+                await relay.close()
+
+    run_in_virtual_time(main)
+
+
+def test_peers_no_direct_way_connects_meet_at_a_relay(tmp_path: Path) -> None:
+    async def scenario(world: World, relays: list[RelayServer]) -> None:
+        alice, bob = await world.user(ALICE), await world.user(BOB)
+        net = network(world)
+        for each in (alice, bob):  # neither takes a connection (symmetric routers, say)
+            net.stop_listening(address(each))
+        started = now()
+        report = await alice.send_text(BOB, "through the relay")
+        assert (report.delivered, report.routes) == ([BOB], {BOB: "relay"})
+        assert now() - started < 15  # every direct way tried first, then the relay
+        got = await next_event(bob)
+        assert isinstance(got, TextReceived)
+        assert (got.sender, got.text) == (ALICE, "through the relay")
+        # and back, and the next link to bob goes to the relay at once
+        assert (await bob.send_text(ALICE, "and back")).routes == {ALICE: "relay"}
+        assert isinstance(await next_event(alice), TextReceived)
+        photo = world.root / "holiday.png"
+        photo.write_bytes(image_bytes())
+        started = now()
+        assert (await alice.send_photo(BOB, photo)).routes == {BOB: "relay"}
+        assert now() - started < FAST.connect  # (no direct way waited for)
+        await alice.status(BOB)  # (after alice's reports)
+        metrics = world.server.metrics
+        assert (metrics.relayed, metrics.connections("relay")) == (3, 2)
+
+    through_relays(tmp_path, scenario)
+
+
+def test_a_relay_that_refuses_or_is_gone_gives_way_to_the_next(tmp_path: Path) -> None:
+    async def scenario(world: World, relays: list[RelayServer]) -> None:
+        alice, bob = await world.user(ALICE), await world.user(BOB)
+        net = network(world)
+        for each in (alice, bob):
+            net.stop_listening(address(each))
+        await relays[0].close()  # gone: refused at once
+        report = await alice.send_text(BOB, "via the second")
+        assert report.routes == {BOB: "relay"}
+        assert isinstance(await next_event(bob), TextReceived)
+
+    through_relays(tmp_path, scenario, relays=2)
 
 
 # --- the server connection ------------------------------------------------------------------

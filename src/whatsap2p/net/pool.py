@@ -115,8 +115,8 @@ class LinkPool:
         stream_from: Callable[[int], PhotoSource],
     ) -> str:
         """Send a photo on a link of its own (see `PeerLink.send_photo`), returning the
-        link's route; a kept link found closed is replaced once (the photo resumes where
-        the receiver has it)."""
+        link's route; a kept link found closed is replaced once, and so is a new one lost
+        on the way (the photo resumes where the receiver has it)."""
         slots = self._slots.setdefault(address, asyncio.Semaphore(self._limits.max_links_per_peer))
         self._busy[address] = self._busy.get(address, 0) + 1
         try:
@@ -128,6 +128,14 @@ class LinkPool:
                     except DeliveryFailed as exc:
                         if not _found_closed(exc):
                             raise
+                link = await self._open(address)
+                try:
+                    return await self._photo_on(address, link, offer, stream_from)
+                except DeliveryFailed as exc:
+                    if not _found_closed(exc):
+                        raise
+                # Cut off on its way (the peer's network changed, a relay went away):
+                # once more on a new link, which resumes where the receiver has it.
                 link = await self._open(address)
                 return await self._photo_on(address, link, offer, stream_from)
         finally:
