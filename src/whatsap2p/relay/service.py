@@ -298,6 +298,7 @@ class _Half(asyncio.Protocol):
         """Close without a word (not a module speaking our protocol, or too slow to)."""
         if reason is not None:
             self._relay.metrics.refused(reason)
+            log.info("closed a connection from %s: %s", self._source, reason)
         self._end()
         if self._transport is not None:
             self._transport.close()
@@ -353,6 +354,7 @@ class _Half(asyncio.Protocol):
             self._refuse(outcome.status)
 
     def _join(self, other: _Half) -> None:
+        log.info("joined %s and %s", other._source, self._source)
         relay = self._relay
         now = self._loop.time()
         session = _Session(relay, (other, self), now)
@@ -374,6 +376,7 @@ class _Half(asyncio.Protocol):
     def _refuse(self, status: Status) -> None:
         """Answer `status` and close."""
         self._relay.metrics.refused(_REASONS[status])
+        log.info("refused a connection from %s: %s", self._source, _REASONS[status])
         self._end()
         transport = self._transport
         if transport is not None and not transport.is_closing():
