@@ -295,7 +295,8 @@ def percentile(samples: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
-async def main(quick: bool) -> None:
+async def relay_report(quick: bool) -> list[str]:
+    """The report's section (`make bench` may add it to bench/RESULTS.md as it is)."""
     runs = 1 if quick else RUNS
     size = (8 if quick else 50) * MB
     work = Path(tempfile.mkdtemp(prefix="whatsap2p-bench-relay-"))
@@ -338,23 +339,24 @@ async def main(quick: bool) -> None:
         await receiver.stop()
         await relay.stop()
         shutil.rmtree(work, ignore_errors=True)
-    print(
-        "\n".join(
-            [
-                "## Through a relay",
-                "",
-                f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-                f"{platform.python_version()}. Medians of {runs} runs. Sender, relay "
-                "(`whatsap2p relay`, default limits) and receiver are three processes; "
-                "direct: the same two ends connected to each other. Throughput from the "
-                "first byte sent to the receiver's answer.",
-                "",
-                "| what | direct | through the relay | relay / direct |",
-                "|---|---|---|---|",
-                *rows,
-            ]
-        )
-    )
+    return [
+        "",
+        "## Through a relay",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}. Medians of {runs} runs. Sender, relay "
+        "(`whatsap2p relay`, default limits) and receiver are three processes; "
+        "direct: the same two ends connected to each other. Throughput from the "
+        "first byte sent to the receiver's answer.",
+        "",
+        "| what | direct | through the relay | relay / direct |",
+        "|---|---|---|---|",
+        *rows,
+    ]
+
+
+async def main(quick: bool) -> None:
+    print("\n".join(await relay_report(quick)))
 
 
 if __name__ == "__main__":
