@@ -6,17 +6,13 @@ content nobody watching it can read."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 import shutil
-import signal
 import time
-import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-from tests.e2e.procs import TIMEOUT, WHATSAP2P, run
+from tests.e2e.procs import TIMEOUT, relay_process, run
 from tests.e2e.test_security import stop_capture
 from tests.relay.client import ALICE, BOB, RelayClient, connect, token
 from whatsap2p.protocol.keys import StaticKey
@@ -26,56 +22,6 @@ from whatsap2p.relay.secret import load_or_create_secret
 
 MiB = 1024 * 1024
 MARKER = b"MARKER-relay-4e1d-never-on-the-wire"
-
-
-class RelayProcess:
-    def __init__(self, proc: asyncio.subprocess.Process, port: int, metrics: int | None) -> None:
-        self.proc = proc
-        self.port = port
-        self.metrics = metrics
-
-    async def scrape(self) -> str:
-        url = f"http://127.0.0.1:{self.metrics}/metrics"
-
-        def get() -> str:
-            with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
-                return str(response.read().decode())
-
-        return await asyncio.to_thread(get)
-
-    async def stop(self) -> int:
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return await asyncio.wait_for(self.proc.wait(), TIMEOUT)
-
-
-@contextlib.asynccontextmanager
-async def relay_process(
-    *args: str, env: dict[str, str] | None = None
-) -> AsyncIterator[RelayProcess]:
-    proc = await asyncio.create_subprocess_exec(
-        WHATSAP2P, "relay", "--host", "127.0.0.1", "--port", "0", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
-    )  # fmt: skip
-    try:
-        assert proc.stdout is not None
-        assert proc.stderr is not None
-        metrics = None
-        if "--metrics-port" in args:
-            said = (await asyncio.wait_for(proc.stderr.readline(), TIMEOUT)).decode()
-            found = re.fullmatch(r"metrics on http://127\.0\.0\.1:(\d+)/metrics\n", said)
-            assert found, said
-            metrics = int(found[1])
-        line = (await asyncio.wait_for(proc.stdout.readline(), TIMEOUT)).decode()
-        found = re.fullmatch(r"listening on 127\.0\.0\.1:(\d+)\n", line)
-        assert found, line
-        relay = RelayProcess(proc, int(found[1]), metrics)
-        yield relay
-        assert await relay.stop() == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 def metric(text: str, name: str) -> float:
