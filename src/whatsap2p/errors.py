@@ -5,7 +5,10 @@
     │   ├── LocalProtocolError        we were about to (a bug on our side)
     │   └── RemoteProtocolError       the other side did (bad bytes, wrong order)
     │       ├── FrameTooLarge
-    │       └── RemoteKeyMismatch     its key is not the one we expected
+    │       ├── RemoteKeyMismatch     its key is not the one we expected
+    │       └── TokenRefused          a relay's token it will not take (protocol/relay.py):
+    │           ├── TokenForged       not minted with its secret, or malformed
+    │           └── TokenExpired      past its expiry
     ├── InvalidInput                  a request we refuse; JSON-RPC -32602
     │   ├── InvalidPhoneNumber
     │   ├── UnknownTarget             no such contact or group

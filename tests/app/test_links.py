@@ -360,6 +360,11 @@ def test_peers_no_direct_way_connects_meet_at_a_relay(tmp_path: Path) -> None:
                 await each.status(other)  # (after its reports)
             metrics = world.server.metrics  # three links: alice's two, bob's one
             assert (metrics.relayed, metrics.connections("relay")) == (3, 3)
+            # bob moves where he can be reached (a new address): the conversation moves
+            # to a direct path at once
+            await bob.close()
+            bob = await world.user(BOB)
+            assert (await alice.send_text(BOB, "direct now")).routes == {BOB: "direct"}
 
     run_in_virtual_time(main)
 
