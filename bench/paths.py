@@ -15,7 +15,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.e2e.internet import Host, cannot_make_internet, internet  # the test bed
-from tests.e2e.procs import ServerProcess, UserProcess
+from tests.e2e.procs import ServerProcess, UserProcess, relay_process
 
 __all__ = ["paths"]
 
@@ -61,29 +61,43 @@ async def paths(work: Path, photo: Path) -> list[str]:
         return [*title, f"Not measured: {why}."]
     size = photo.stat().st_size
     rows: list[tuple[str, float, float, float, str]] = []
+    secret = str(work / "paths" / "relay.secret")
     with internet() as net:
-        directory = net.public_host("203.0.113.10")
-        server = await ServerProcess.start(
-            work / "paths" / "bindings.sqlite3", inside=directory.inside, host=directory.address
-        )
-        try:
-            home = net.router()
-            ways = {
-                "LAN: two users behind one router": (home.host(), home.host()),
-                "out: behind a router, to a public user": (net.router().host(), net.public_host()),
-                "in: a public user, to one behind a router": (
-                    net.public_host(),
-                    net.router().host(),
-                ),
-                "across: behind a router, to one behind another": (
-                    net.router().host(),
-                    net.router().host(),
-                ),
-            }
-            for number, (name, ends) in enumerate(ways.items()):
-                rows.append((name, *await _measure(server, work / "paths", number, ends, photo)))
-        finally:
-            await server.stop()
+        relay_host = net.public_host("203.0.113.20")
+        async with relay_process(
+            "--secret", secret, inside=relay_host.inside, host=relay_host.address, port=5560
+        ) as relay:  # fmt: skip
+            directory = net.public_host("203.0.113.10")
+            server = await ServerProcess.start(
+                work / "paths" / "bindings.sqlite3", "--relay", relay.address,
+                "--relay-secret", secret, inside=directory.inside, host=directory.address,
+            )  # fmt: skip
+            try:
+                home = net.router()
+                ways = {
+                    "LAN: two users behind one router": (home.host(), home.host()),
+                    "out: behind a router, to a public user": (
+                        net.router().host(),
+                        net.public_host(),
+                    ),
+                    "in: a public user, to one behind a router": (
+                        net.public_host(),
+                        net.router().host(),
+                    ),
+                    "across: behind a router, to one behind another": (
+                        net.router().host(),
+                        net.router().host(),
+                    ),
+                    "relayed: behind symmetric routers, both": (
+                        net.router(symmetric=True).host(),
+                        net.router(symmetric=True).host(),
+                    ),
+                }
+                for number, (name, ends) in enumerate(ways.items()):
+                    measured = await _measure(server, work / "paths", number, ends, photo)
+                    rows.append((name, *measured))
+            finally:
+                await server.stop()
     lan = rows[0]
     lines = [
         *title,
@@ -101,10 +115,11 @@ async def paths(work: Path, photo: Path) -> list[str]:
         )
     lines += [
         "",
-        "A cold text to a user behind a router waits 1 s (`Timeouts.reverse_after`) for"
-        " the dial that its router drops, before asking it, through the directory, to"
-        " connect back (`reverse`) and punching a hole meanwhile (`punched`): whichever"
-        " comes first. Behind a symmetric router nothing gets through (no relay yet):"
-        " not measured.",
+        "A cold text to a user behind a router asks it at once, through the directory, to"
+        " connect back (`reverse`: the directory says it is behind a router) while"
+        " punching a hole (`punched`): whichever comes first. Between two symmetric"
+        " routers nothing gets through directly: the first text waits for every direct"
+        " way to fail (`Timeouts.connect`, 5 s) and then meets at the relay (`relay`, in"
+        " a namespace of its own); later links go to the relay at once.",
     ]
     return lines

@@ -35,6 +35,7 @@ from cluster import directory_cluster
 from paths import paths
 from PIL import Image
 
+from relay import relay_report
 from whatsap2p.app.contacts import FILE_NAME as CONTACTS_FILE
 from whatsap2p.app.contacts import AddressBook
 from whatsap2p.app.session import Session, SessionConfig
@@ -655,6 +656,7 @@ async def main(out: Path | None, quick: bool) -> None:
         )
         photo = photo_of((8 if quick else 50) * 1_000_000, work)
         directory += await within("paths through home routers", paths(work, photo))
+        directory += await within("through a relay", relay_report(quick))
     finally:
         await stack.aclose()
         for proc in procs:

@@ -54,6 +54,7 @@ from whatsap2p.protocol.framing import PROTOCOL_VERSION, FrameDecoder, encode_fr
 from whatsap2p.protocol.keys import StaticKey
 from whatsap2p.protocol.noise import NoiseChannel
 from whatsap2p.protocol.peer import PeerReceiver, PeerSender, SenderState
+from whatsap2p.protocol.relay import PrefaceDecoder, Verified, encode_preface, mint, verify
 
 __all__ = ["DICTIONARIES", "EXPECTED", "HARNESSES", "INSTRUMENT", "seeds"]
 
@@ -65,6 +66,9 @@ _OTHER = StaticKey.from_private(bytes(range(32, 64)))
 _PHONE = "+5511999990001"
 _STAMP = "2026-11-27T10:00:00+00:00"
 _LIMITS = Limits()
+_RELAY = ev.RelayAddress("203.0.113.20", 5560)
+_SECRET = bytes(range(32))
+_TICKET = mint(_SECRET, _PHONE, "+5511999990002", 1_800_000_000, nonce=bytes(16))
 _SCRATCH = Path(tempfile.mkdtemp(prefix="whatsap2p-fuzz-"))
 atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
 _HEADER = struct.Struct(">BI")
@@ -130,6 +134,10 @@ def _answer(message: ev.Message) -> ev.Message | None:
         return ev.Pong(message.rid)
     if isinstance(message, ev.Reverse):
         return ev.Reversing(message.rid)
+    if isinstance(message, ev.Relay):
+        return ev.Relaying(message.rid, (_RELAY,), _TICKET)
+    if isinstance(message, ev.Report):
+        return ev.Reported(message.rid)
     if isinstance(message, ev.Unregister):
         return ev.Unregistered(message.rid)
     return None
@@ -152,9 +160,10 @@ def directory_server(data: bytes) -> None:
 
 
 def directory_client(data: bytes) -> None:
-    """The client reading the server's answers and pushes. Control byte: bits 1-5 choose
-    the requests outstanding (register 1, lookup 2, watch 3, ping 4, unregister 5); bit 6
-    lets 4 s pass after each delivery (heartbeats are due every 10 s once registered)."""
+    """The client reading the server's answers and pushes. Control byte: bits 1-5 and 7
+    choose the requests outstanding (register 1, lookup 2, watch 3, ping 4, unregister 5,
+    relay 6); bit 6 lets 4 s pass after each delivery (heartbeats are due every 10 s once
+    registered)."""
     client = DirectoryClientConnection(now=0, channel=PlainChannel(_LIMITS.max_directory_frame))
     control = data[0] if data else 0
     requests: list[ev.Message] = [
@@ -167,6 +176,8 @@ def directory_client(data: bytes) -> None:
     for bit, request in enumerate(requests, 1):
         if control >> bit & 1:
             client.send(request, now=0)
+    if control & 0x80:
+        client.send(ev.Relay(6, _PHONE), now=0)
     now = 0.0
     with contextlib.suppress(RemoteProtocolError):
         for piece in _deliveries(data, _LIMITS.max_directory_frame):
@@ -417,6 +428,28 @@ def photo(data: bytes) -> None:
         assert _identify(image, _LIMITS) in _MIMES
 
 
+# --- a relay's preface ---------------------------------------------------------------------
+
+
+def relay_preface(data: bytes) -> None:
+    """A relay reading a module's preface as it comes (control byte: bit 0, all at once or
+    a byte at a time), then verifying the token it holds: a token, or one of our
+    refusals; a verified one is the one the directory minted."""
+    decoder = PrefaceDecoder()
+    pieces = (
+        [data[1:]] if data[:1] and data[0] & 1 else [data[i : i + 1] for i in range(1, len(data))]
+    )
+    token = None
+    with contextlib.suppress(RemoteProtocolError):
+        for piece in pieces:
+            token = decoder.receive_data(piece) or token
+        if token is not None:
+            assert 0 < len(token) <= 512
+            verified = verify(_SECRET, token, 1_800_000_000 - 30)
+            assert isinstance(verified, Verified)
+            assert token == _TICKET
+
+
 HARNESSES: dict[str, Callable[[bytes], None]] = {
     "frames": frames,
     "directory_server": directory_server,
@@ -429,6 +462,7 @@ HARNESSES: dict[str, Callable[[bytes], None]] = {
     "contacts": contacts,
     "trust": trust,
     "photo": photo,
+    "relay_preface": relay_preface,
 }
 
 #: The packages atheris instruments for each harness (besides whatsap2p): the pure-Python
@@ -489,6 +523,9 @@ def seeds(name: str) -> list[bytes]:
     Deterministic: the same files every run."""
     if name == "frames":
         return [encode_frame(b"hello", 4096) * 2, encode_frame(b"", 4096)]
+    if name == "relay_preface":
+        preface = encode_preface(_TICKET)
+        return [b"\x01" + preface, b"\x00" + preface, b"\x01" + preface[:9] + bytes(89)]
     if name == "directory_server":
         session = _sealed(
             ev.Ping(1),
@@ -497,7 +534,9 @@ def seeds(name: str) -> list[bytes]:
             ev.Watch(4, (_PHONE,)),
             ev.Ping(5),
             ev.Reverse(6, "+5511999990002", bytes(16)),
-            ev.Unregister(7),
+            ev.Report(7, "punched", bytes(16)),
+            ev.Relay(8, "+5511999990002"),
+            ev.Unregister(9),
         )
         behind = ev.Register(1, _PHONE, 4000, None, "10.1.0.2")
         return [
@@ -517,6 +556,7 @@ def seeds(name: str) -> list[bytes]:
             ev.Dial(
                 0, ev.PeerAddress(_PHONE, "203.0.113.7", 4000, _KEY.public, "10.1.0.2"), bytes(16)
             ),
+            ev.Relayed(0, peer, (_RELAY,), _TICKET),
         )
         heartbeat = _sealed(ev.Registered(1, _PHONE, "10.0.0.1", 4000), ev.Pong(2), ev.Pong(2))
         return [
@@ -524,6 +564,10 @@ def seeds(name: str) -> list[bytes]:
             bytes([0b0100010]) + _sealed(ev.Unregistered(5)),
             bytes([0b1000010]) + heartbeat,
             bytes([0b0000011]) + _sealed(ev.Failure(1, "number-online", "taken")),
+            bytes([0b10000010])
+            + _sealed(
+                ev.Registered(1, _PHONE, "10.0.0.1", 4000), ev.Relaying(6, (_RELAY,), _TICKET)
+            ),
         ]
     if name == "peer_receiver":
         photo = _offer("p1", 6)

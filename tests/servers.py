@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -16,7 +17,9 @@ from whatsap2p.app.session import Session, SessionConfig
 from whatsap2p.config import IncomingLimits, Limits, RateLimits, Timeouts
 from whatsap2p.net.directory_client import DirectoryClient
 from whatsap2p.net.network import Network, TcpNetwork
+from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.keys import StaticKey
+from whatsap2p.protocol.relay import mint
 from whatsap2p.server.bindings import Bindings
 from whatsap2p.server.directory import Directory, MemoryDirectory
 from whatsap2p.server.service import DirectoryServer, ServerConfig
@@ -31,6 +34,8 @@ FAST = Timeouts(
     peer_idle=5,
 )
 SERVER_KEY = StaticKey.generate()
+#: What the relays of the tests' servers and the servers share.
+RELAY_SECRET = bytes(range(32))
 
 
 @asynccontextmanager
@@ -40,12 +45,20 @@ async def running_server(
     rates: RateLimits | None = None,
     db: Path | None = None,
     network: Network | None = None,
+    relays: tuple[ev.RelayAddress, ...] = (),
 ) -> AsyncIterator[tuple[DirectoryServer, int]]:
+    """A directory server; with `relays`, it names them, and mints their tickets with
+    RELAY_SECRET."""
     with tempfile.TemporaryDirectory() as scratch:
         bindings = Bindings(db or Path(scratch) / "bindings.sqlite3")
+
+        def tickets(phone_a: str, phone_b: str) -> bytes:
+            return mint(RELAY_SECRET, phone_a, phone_b, time.time())
+
         config = ServerConfig(
-            SERVER_KEY, "127.0.0.1", 0, timeouts=timeouts, rates=rates or RateLimits()
-        )
+            SERVER_KEY, "127.0.0.1", 0, timeouts=timeouts, rates=rates or RateLimits(),
+            relays=relays, tickets=tickets if relays else None,
+        )  # fmt: skip
         server = DirectoryServer(config, bindings, directory)
         _, port = await server.start(network)
         try:
@@ -156,8 +169,12 @@ class World:
 
 
 @asynccontextmanager
-async def world_at(root: Path, network: MemoryNetwork | None = None) -> AsyncIterator[World]:
-    """A world on 127.0.0.1, or on the in-memory `network`."""
+async def world_at(
+    root: Path, network: MemoryNetwork | None = None, relays: tuple[ev.RelayAddress, ...] = ()
+) -> AsyncIterator[World]:
+    """A world on 127.0.0.1, or on the in-memory `network`; its server names `relays`."""
     async with AsyncExitStack() as stack:
-        server, port = await stack.enter_async_context(running_server(network=network))
+        server, port = await stack.enter_async_context(
+            running_server(network=network, relays=relays)
+        )
         yield World(stack, server, port, root, network)

@@ -49,6 +49,9 @@ async def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     table = out.decode()
     assert "| what | WhatsAp2p | baseline | ratio |" in table
     assert "## Paths through home routers" in table
+    assert "| relayed: behind symmetric routers, both | relay |" in table
+    assert "## Through a relay" in table
+    assert "| 8 MB, sealed (Noise, 1 MiB bodies): throughput |" in table
     assert "| photo 2 MB, delivered and verified |" in table
     assert "| ... delivered (acknowledged) / printed by B | 1,000 / 1,000 of 1,000 | | |" in table
     assert "| users online | 1,000 |" in table  # loadgen held every user it registered

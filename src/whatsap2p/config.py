@@ -121,6 +121,12 @@ class Timeouts:
     #: server, to connect to us (it may be behind a router that keeps us out); the first
     #: connection to come is taken.
     reverse_after: float = 1.0
+    #: Meeting a peer at a relay when no direct way connected: reaching a relay that
+    #: joins us to the peer, the relays named tried in turn, all within this time.
+    relay_meet: float = 6.0
+    #: A peer last reached through a relay is met there at once for this long (its
+    #: direct ways are tried again after, or as soon as its address changes).
+    relay_keep: float = 600.0
     #: Completing the secure handshake: how long a connection may stay unauthenticated.
     handshake: float = 5.0
     #: Waiting for the server to answer a request.

@@ -5,7 +5,10 @@
     │   ├── LocalProtocolError        we were about to (a bug on our side)
     │   └── RemoteProtocolError       the other side did (bad bytes, wrong order)
     │       ├── FrameTooLarge
-    │       └── RemoteKeyMismatch     its key is not the one we expected
+    │       ├── RemoteKeyMismatch     its key is not the one we expected
+    │       └── TokenRefused          a relay's token it will not take (protocol/relay.py):
+    │           ├── TokenForged       not minted with its secret, or malformed
+    │           └── TokenExpired      past its expiry
     ├── InvalidInput                  a request we refuse; JSON-RPC -32602
     │   ├── InvalidPhoneNumber
     │   ├── UnknownTarget             no such contact or group
@@ -24,6 +27,7 @@
     │   ├── ServerKeyMismatch         the server is not the one we were told to trust
     │   ├── RateLimited
     │   └── ServerRefused
+    │       └── NoRelay               it names no relay (none configured)
     └── DeliveryFailed                one peer was not given a message; `code` says why:
         ├── PeerUnreachable           "unreachable": no connection to its module
         │   └── LinkClosed            a kept connection was found closed (sent again)
@@ -64,6 +68,7 @@ __all__ = [
     "LinkClosed",
     "LocalProtocolError",
     "NameConflict",
+    "NoRelay",
     "NoRoom",
     "NumberAlreadyOnline",
     "NumberBound",
@@ -197,6 +202,10 @@ class RateLimited(DirectoryError):
 
 class ServerRefused(DirectoryError):
     """The server answered a request with an error."""
+
+
+class NoRelay(ServerRefused):
+    """The server names no relay to meet a peer at (none is configured)."""
 
 
 class DeliveryFailed(WhatsAp2pError):

@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import typing
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import image_bytes
 from tests.memory import MemoryNetwork, run_in_virtual_time
-from tests.servers import FAST, World, world_at
+from tests.servers import FAST, RELAY_SECRET, World, world_at
 from whatsap2p.app.events import (
     FailedDelivery,
+    PhotoReceived,
     QueuedDelivered,
     ServerConnectionChanged,
     SessionEvent,
@@ -31,6 +35,7 @@ from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.keys import StaticKey
 from whatsap2p.protocol.noise import NoiseChannel
 from whatsap2p.protocol.peer import PeerReceiver
+from whatsap2p.relay.service import RelayConfig, RelayServer
 
 ALICE, BOB, CAROL, DAVE = (f"+551199999000{i}" for i in range(1, 5))
 
@@ -299,6 +304,94 @@ def test_a_peer_out_of_reach_both_ways_is_reported_on_time(tmp_path: Path) -> No
         await holder.close()
 
     in_memory(tmp_path, scenario)
+
+
+@asynccontextmanager
+async def relay_world(
+    root: Path, relays: int = 1
+) -> AsyncIterator[tuple[World, list[RelayServer]]]:
+    """A world on an in-memory network whose server names `relays` relays (each on a
+    host of its own, running), in which no module takes a connection (as behind
+    symmetric routers: every direct way fails)."""
+    net = MemoryNetwork()
+    named = tuple(ev.RelayAddress(f"203.0.113.{50 + n}", 3478) for n in range(relays))
+    running = []
+    try:
+        for where in named:
+            relay = RelayServer(RelayConfig(RELAY_SECRET, where.host, where.port))
+            await relay.start(net.at(where.host))
+            running.append(relay)
+        async with world_at(root, net, named) as world:
+            yield world, running
+    finally:
+        for relay in running:
+            await relay.close()
+
+
+async def unreachable(world: World, *phones: str) -> list[Session]:
+    """Sessions for `phones` that take no connection (neither their own peers' nor
+    any connected back or punched)."""
+    sessions = [await world.user(phone) for phone in phones]
+    for session in sessions:
+        network(world).stop_listening(address(session))
+    return sessions
+
+
+def test_peers_no_direct_way_connects_meet_at_a_relay(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with relay_world(tmp_path) as (world, _):
+            alice, bob = await unreachable(world, ALICE, BOB)
+            started = now()
+            report = await alice.send_text(BOB, "through the relay")
+            assert (report.delivered, report.routes) == ([BOB], {BOB: "relay"})
+            assert now() - started < 15  # every direct way tried first, then the relay
+            got = await next_event(bob)
+            assert isinstance(got, TextReceived)
+            assert (got.sender, got.text) == (ALICE, "through the relay")
+            # and back
+            assert (await bob.send_text(ALICE, "and back")).routes == {ALICE: "relay"}
+            assert isinstance(await next_event(alice), TextReceived)
+            # once the text link is gone, the next goes to the relay at once
+            await asyncio.sleep(FAST.peer_idle * 2)
+            started = now()
+            assert (await alice.send_text(BOB, "again")).routes == {BOB: "relay"}
+            assert now() - started < FAST.connect  # (no direct way waited for)
+            for each, other in ((alice, BOB), (bob, ALICE)):
+                await each.status(other)  # (after its reports)
+            metrics = world.server.metrics  # three links: alice's two, bob's one
+            assert (metrics.relayed, metrics.connections("relay")) == (3, 3)
+            # bob moves where he can be reached (a new address): the conversation moves
+            # to a direct path at once
+            await bob.close()
+            bob = await world.user(BOB)
+            assert (await alice.send_text(BOB, "direct now")).routes == {BOB: "direct"}
+
+    run_in_virtual_time(main)
+
+
+def test_a_relay_that_is_gone_gives_way_to_the_next(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with relay_world(tmp_path, relays=2) as (world, relays):
+            alice, bob = await unreachable(world, ALICE, BOB)
+            await relays[0].close()  # gone: refused at once
+            report = await alice.send_text(BOB, "via the second")
+            assert report.routes == {BOB: "relay"}
+            assert isinstance(await next_event(bob), TextReceived)
+
+    run_in_virtual_time(main)
+
+
+async def test_a_photo_goes_through_a_relay_whole(tmp_path: Path) -> None:
+    # (in real time: photos are written on threads)
+    async with relay_world(tmp_path) as (world, _):
+        alice, bob = await unreachable(world, ALICE, BOB)
+        photo = tmp_path / "holiday.png"
+        photo.write_bytes(image_bytes(marker=os.urandom(300_000)))
+        sent = await alice.send_photo(BOB, photo)
+        assert sent.routes == {BOB: "relay"}, sent
+        got = await next_event(bob)
+        assert isinstance(got, PhotoReceived)
+        assert got.photo.path.read_bytes() == photo.read_bytes()
 
 
 # --- the server connection ------------------------------------------------------------------

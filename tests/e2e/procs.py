@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import itertools
 import json
+import re
 import signal
 import sys
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -209,3 +211,67 @@ class UserProcess:
         self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._reader
+
+
+class RelayProcess:
+    """A `whatsap2p relay` process: where it listens, and its metrics if it serves them."""
+
+    def __init__(
+        self, proc: asyncio.subprocess.Process, host: str, port: int, metrics: str | None
+    ) -> None:
+        """`metrics`: where it serves them (HOST:PORT), if it does."""
+        self.proc = proc
+        self.host, self.port, self.metrics = host, port, metrics
+        self.address = f"{host}:{port}"
+
+    async def scrape(self, inside: tuple[str, ...] = ()) -> str:
+        """Its metrics, read from `inside` (a namespace's `ip netns exec NAME`)."""
+        url = f"http://{self.metrics}/metrics"
+        read = f"import urllib.request as u; print(u.urlopen({url!r}, timeout=5).read().decode())"
+        proc = await asyncio.create_subprocess_exec(
+            *inside, sys.executable, "-c", read, stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), TIMEOUT)
+        assert proc.returncode == 0
+        return out.decode()
+
+    async def stop(self, signum: int = signal.SIGTERM) -> int:
+        if self.proc.returncode is None:
+            self.proc.send_signal(signum)
+        return await asyncio.wait_for(self.proc.wait(), TIMEOUT)
+
+
+@contextlib.asynccontextmanager
+async def relay_process(
+    *args: str,
+    env: dict[str, str] | None = None,
+    inside: tuple[str, ...] = (),
+    host: str = "127.0.0.1",
+    port: int = 0,
+) -> AsyncIterator[RelayProcess]:
+    """`whatsap2p relay` on `host`:`port` with `args` (its metrics on the same host
+    with `--metrics-port`), stopped cleanly at the end unless the test killed it."""
+    proc = await asyncio.create_subprocess_exec(
+        *inside, WHATSAP2P, "relay", "--host", host, "--port", str(port), *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        metrics = None
+        if "--metrics-port" in args:
+            said = (await asyncio.wait_for(proc.stderr.readline(), TIMEOUT)).decode()
+            found = re.fullmatch(r"metrics on http://([^/]*)/metrics\n", said)
+            assert found, said
+            metrics = found[1]
+        line = (await asyncio.wait_for(proc.stdout.readline(), TIMEOUT)).decode()
+        found = re.fullmatch(rf"listening on {re.escape(host)}:(\d+)\n", line)
+        assert found, line
+        relay = RelayProcess(proc, host, int(found[1]), metrics)
+        yield relay
+        if proc.returncode is None:
+            assert await relay.stop() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -95,6 +95,7 @@ SAMPLE: dict[str, Any] = {
     "[str]": ["+5511999990002", "+5511999990003"],
     "PeerAddress": ADDRESS,
     "[PeerAddress]": [ADDRESS],
+    "[RelayAddress]": [{"host": "192.0.2.20", "port": 3478}],
 }
 #: A value of another MessagePack type, which a receiver must refuse.
 WRONG: dict[str, Any] = {
@@ -104,6 +105,7 @@ WRONG: dict[str, Any] = {
     "[str]": "+5511999990002",
     "PeerAddress": ["+5511999990002", "192.0.2.10", 41233, KEY],
     "[PeerAddress]": [["+5511999990002", "192.0.2.10", 41233, KEY]],
+    "[RelayAddress]": [["192.0.2.20", 3478]],
 }
 
 #: The tables of §5.1 and §6.1: every `t`, and its fields with their types; a type
@@ -119,6 +121,9 @@ DOCUMENTED: dict[str, dict[str, str]] = {
     "reverse": {"rid": "int", "phone": "str", "token": "bin", "punch": "int?"},
     "reversing": {"rid": "int", "host": "str?", "port": "int?"},
     "dial": {"rid": "int", "peer": "PeerAddress", "token": "bin", "punch": "int?"},
+    "relay": {"rid": "int", "phone": "str"},
+    "relaying": {"rid": "int", "relays": "[RelayAddress]", "ticket": "bin"},
+    "relayed": {"rid": "int", "peer": "PeerAddress", "relays": "[RelayAddress]", "ticket": "bin"},
     "report": {"rid": "int", "route": "str", "token": "bin?"},
     "reported": {"rid": "int"},
     "unregister": {"rid": "int"},

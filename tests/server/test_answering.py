@@ -339,7 +339,7 @@ async def test_a_request_to_connect_back_carries_the_askers_own_address() -> Non
         bob_key, alice_key = StaticKey.generate(), StaticKey.generate()
         bob = await client("203.0.113.101", bob_key)  # behind a router
         await bob.register(BOB, 4002)
-        dials: asyncio.Queue[ev.Dial] = asyncio.Queue()
+        dials: asyncio.Queue[ev.Dial | ev.Relayed] = asyncio.Queue()
         bob.on_dial = dials.put_nowait
         alice = await client("198.51.100.7", alice_key)
         await alice.register(ALICE, 4001, "198.51.100.99")  # claims another address
@@ -348,6 +348,7 @@ async def test_a_request_to_connect_back_carries_the_askers_own_address() -> Non
         assert reversing.host == "203.0.113.101"  # where bob is seen, to punch towards
         assert reversing.port is not None
         dial = await asyncio.wait_for(dials.get(), 5)
+        assert isinstance(dial, ev.Dial)
         assert dial.punch == 40000  # (at the address alice is seen at)
         # where the server sees alice, never where she claims to be
         assert dial.peer == ev.PeerAddress(ALICE, "198.51.100.7", 4001, alice_key.public)
@@ -414,7 +415,7 @@ async def test_a_request_to_connect_back_never_points_a_module_at_its_own_machin
             "127.0.0.1", port, StaticKey.generate(), network=network.at("203.0.113.101")
         )
         await bob.register(BOB, 4002)
-        dials: list[ev.Dial] = []
+        dials: list[ev.Dial | ev.Relayed] = []
         bob.on_dial = dials.append
         for seen in ("127.0.0.1", "10.0.0.2"):
             mallory = await DirectoryClient.connect(

@@ -245,6 +245,7 @@ class Session:
             lambda: registrar.directory,
         )
         pool.reverse = rendezvous.reach
+        pool.relay = rendezvous.relay
         pool.reported = rendezvous.report
         registrar.on_registered = self._registered
         registrar.on_lost = lambda: self._publish(ServerConnectionChanged("lost"))
@@ -384,6 +385,7 @@ class Session:
         directory.on_online = self._came_online
         assert self._rendezvous is not None
         directory.on_dial = functools.partial(self._rendezvous.asked, directory)
+        directory.on_relayed = functools.partial(self._rendezvous.relayed, directory)
         assert self._outbox is not None
         await self._outbox.watch(directory, self._presence)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from whatsap2p.config import Limits, Timeouts
 from whatsap2p.errors import (
     DirectoryError,
+    NoRelay,
     NumberAlreadyOnline,
     NumberBound,
     ProtocolError,
@@ -43,6 +44,7 @@ _FAILURES: dict[str, type[DirectoryError]] = {
     "number-online": NumberAlreadyOnline,
     "number-bound": NumberBound,
     "rate-limited": RateLimited,
+    "no-relay": NoRelay,
 }
 
 
@@ -88,6 +90,8 @@ class DirectoryClient(DirectoryEvents):
         self.on_online: Callable[[ev.PeerAddress], None] | None = None
         #: Called when a module asks (through the server) to be connected to.
         self.on_dial: Callable[[ev.Dial], None] | None = None
+        #: Called when a module asks (through the server) to be met at a relay.
+        self.on_relayed: Callable[[ev.Relayed], None] | None = None
         #: Called once the connection is gone (lost, or closed), after `closed` is set.
         self.on_closed: Callable[[], None] | None = None
         self._waiting: dict[int, asyncio.Future[ev.Message]] = {}
@@ -177,6 +181,14 @@ class DirectoryClient(DirectoryEvents):
         assert isinstance(answer, ev.Reversing)
         return answer
 
+    async def relay(self, phone: str) -> ev.Relaying:
+        """Ask the server to introduce us and `phone`'s module at a relay (no direct way
+        works): the relays to try, in order, and the ticket they take; DirectoryError if
+        it would not (none configured, offline, rate-limited)."""
+        answer = await self.request(ev.Relay(self.next_rid(), phone))
+        assert isinstance(answer, ev.Relaying)
+        return answer
+
     async def report(self, route: str, token: bytes | None = None) -> None:
         """Tell the server how a connection to a peer was made (for its operator's
         counters; `token`: the `reverse` this attempt asked for, if any)."""
@@ -244,6 +256,10 @@ class DirectoryClient(DirectoryEvents):
         if type(message) is ev.Dial:
             if self.on_dial is not None:
                 self.on_dial(message)
+            return
+        if type(message) is ev.Relayed:
+            if self.on_relayed is not None:
+                self.on_relayed(message)
             return
         out = self._lookup_out
         if out is not None and message.rid == out[0]:

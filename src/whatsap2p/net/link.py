@@ -153,12 +153,14 @@ class PeerLink(asyncio.Protocol):
         route: str = "reverse",
     ) -> PeerLink:
         """A link on a connection `address`'s module opened to us because we asked it to
-        (it is behind a router that keeps us out: `reverse`), or that we both opened at
-        once through our routers (`punched`); we are the sender on it, exactly as on one
+        (it is behind a router that keeps us out: `reverse`), that we both opened at
+        once through our routers (`punched`), or that a relay joined to its (`relay`);
+        we are the sender on it, exactly as on one
         we dialled: we start the handshake, it proves its key."""
         link = cls(cls._sender(address, key, limits, timeouts), deadlines)
         transport.set_protocol(link)
         link.connection_made(transport)
+        transport.resume_reading()  # (paused while the connection waited to be taken)
         await link._secured(address)
         link.route = route
         link.address = address

@@ -18,6 +18,7 @@ from typing import Protocol
 
 from whatsap2p.config import Limits, Timeouts
 from whatsap2p.errors import (
+    DeliveryFailed,
     IncomingRefused,
     NoRoom,
     ProtocolError,
@@ -25,6 +26,7 @@ from whatsap2p.errors import (
     WhatsAp2pError,
 )
 from whatsap2p.net.network import Listening, Network, TcpNetwork
+from whatsap2p.net.relays import meet
 from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.channel import Buffer
 from whatsap2p.protocol.directory import TOKEN_BYTES
@@ -128,6 +130,35 @@ class PeerListener:
         self._connect_out(peer.phone, peer.host, peer.port, REVERSE_PREFACE + token)
         if punch is not None and self._server is not None:
             self._connect_out(peer.phone, peer.host, punch, b"", self._server.address[1])
+
+    def meet(
+        self, peer: ev.PeerAddress, relays: tuple[ev.RelayAddress, ...], ticket: bytes,
+        server_host: str,
+    ) -> None:  # fmt: skip
+        """Meet `peer`, which cannot reach us by any direct way, at the first of `relays`
+        that takes `ticket` (see relays.meet), and take its messages there as if it had
+        connected to us."""
+        task = asyncio.get_running_loop().create_task(
+            self._met(peer.phone, relays, ticket, server_host)
+        )
+        self._dialling.add(task)
+        task.add_done_callback(self._dialling.discard)
+
+    async def _met(
+        self, phone: str, relays: tuple[ev.RelayAddress, ...], ticket: bytes, server_host: str
+    ) -> None:
+        try:
+            transport, rest = await meet(self._network, relays, ticket, self._timeouts, server_host)
+        except DeliveryFailed as exc:
+            log.info("cannot meet %s at a relay: %s", phone, exc)
+            return
+        log.info("met %s at a relay", phone)
+        inbox = _Inbox(self._serve)
+        transport.set_protocol(inbox)
+        inbox.connection_made(transport)
+        if rest:
+            inbox.data_received(rest)
+        transport.resume_reading()
 
     def _connect_out(
         self, phone: str, host: str, port: int, preface: bytes, local_port: int | None = None

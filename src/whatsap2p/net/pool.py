@@ -15,7 +15,14 @@ import secrets
 from collections.abc import Awaitable, Callable
 
 from whatsap2p.config import Limits, Timeouts
-from whatsap2p.errors import DeliveryFailed, LinkClosed, PeerTimedOut, PeerUnreachable, Unconfirmed
+from whatsap2p.errors import (
+    DeliveryFailed,
+    LinkClosed,
+    NoRelay,
+    PeerTimedOut,
+    PeerUnreachable,
+    Unconfirmed,
+)
 from whatsap2p.net.deadlines import Deadlines
 from whatsap2p.net.link import PeerLink, PhotoSource
 from whatsap2p.net.network import Network, TcpNetwork
@@ -66,6 +73,12 @@ class LinkPool:
         self.reverse: (
             Callable[[ev.PeerAddress, bytes], Awaitable[tuple[asyncio.Transport, str]]] | None
         ) = None
+        #: Meets `address`'s module at a relay the server introduces us both to, and
+        #: returns that connection and its route ("relay"); DeliveryFailed if none
+        #: joins us, NoRelay if the server names none. None: never asked.
+        self.relay: Callable[[ev.PeerAddress], Awaitable[tuple[asyncio.Transport, str]]] | None = (
+            None
+        )
         #: Told how each connection was made (a route of ev.ROUTES, "none" when none
         #: was) and the token of the request to connect back it made, if any.
         self.reported: Callable[[str, bytes | None], None] | None = None
@@ -73,6 +86,9 @@ class LinkPool:
         #: the peers last reached by connecting back (asked at once next time).
         self._reached_at: dict[ev.PeerAddress, str] = {}
         self._came_back: dict[ev.PeerAddress, None] = {}
+        #: When each peer last reached through a relay was (met there at once for
+        #: `Timeouts.relay_keep`).
+        self._relayed_at: dict[ev.PeerAddress, float] = {}
         self._closed = False
 
     async def send_text(self, address: ev.PeerAddress, text: ev.Text) -> str:
@@ -99,8 +115,8 @@ class LinkPool:
         stream_from: Callable[[int], PhotoSource],
     ) -> str:
         """Send a photo on a link of its own (see `PeerLink.send_photo`), returning the
-        link's route; a kept link found closed is replaced once (the photo resumes where
-        the receiver has it)."""
+        link's route; a kept link found closed is replaced once, and so is a new one lost
+        on the way (the photo resumes where the receiver has it)."""
         slots = self._slots.setdefault(address, asyncio.Semaphore(self._limits.max_links_per_peer))
         self._busy[address] = self._busy.get(address, 0) + 1
         try:
@@ -112,6 +128,14 @@ class LinkPool:
                     except DeliveryFailed as exc:
                         if not _found_closed(exc):
                             raise
+                link = await self._open(address)
+                try:
+                    return await self._photo_on(address, link, offer, stream_from)
+                except DeliveryFailed as exc:
+                    if not _found_closed(exc):
+                        raise
+                # Cut off on its way (the peer's network changed, a relay went away):
+                # once more on a new link, which resumes where the receiver has it.
                 link = await self._open(address)
                 return await self._photo_on(address, link, offer, stream_from)
         finally:
@@ -190,11 +214,15 @@ class LinkPool:
             self._reached_at[address] = link.host
         else:
             self._reached_at.pop(address, None)
-        if link.route != "direct":
+        if link.route in ("reverse", "punched"):
             self._came_back[address] = None
         else:
             self._came_back.pop(address, None)
-        for remembered in (self._reached_at, self._came_back):
+        if link.route == "relay":
+            self._relayed_at[address] = asyncio.get_running_loop().time()
+        else:
+            self._relayed_at.pop(address, None)
+        for remembered in (self._reached_at, self._came_back, self._relayed_at):
             while len(remembered) > _REMEMBERED:
                 del remembered[next(iter(remembered))]
         link.on_ended = self._forget
@@ -209,6 +237,30 @@ class LinkPool:
             self.reported(route, asked[-1] if asked else None)
 
     async def _reach(self, address: ev.PeerAddress, asked: list[bytes]) -> PeerLink:
+        """A link to `address` by a direct way (see `_reach_directly`), or else through a
+        relay: used last, and first only for a peer reached through one less than
+        `Timeouts.relay_keep` ago at this address (a peer that moved has a new one, and
+        its direct ways are tried first again)."""
+        relay = self.relay
+        if relay is None:
+            return await self._reach_directly(address, asked)
+        relayed = self._relayed_at.get(address)
+        loop = asyncio.get_running_loop()
+        if relayed is not None and loop.time() - relayed < self._timeouts.relay_keep:
+            with contextlib.suppress(DeliveryFailed, NoRelay):  # (then the other ways)
+                return await self._adopted(address, relay(address))
+        try:
+            return await self._reach_directly(address, asked)
+        except DeliveryFailed as failed:
+            try:
+                return await self._adopted(address, relay(address))
+            except NoRelay:
+                raise failed from None
+            except DeliveryFailed as failed_relay:
+                kind = type(failed)
+                raise kind(f"{failed}; through a relay: {failed_relay}") from failed_relay
+
+    async def _reach_directly(self, address: ev.PeerAddress, asked: list[bytes]) -> PeerLink:
         """A link to `address`: dialled; and when that fails to connect, or has not
         connected within `Timeouts.reverse_after` (at once if it came back last time, or
         the server says it is behind a router), also asked for the other way round
@@ -290,7 +342,14 @@ class LinkPool:
         assert self.reverse is not None
         token = secrets.token_bytes(TOKEN_BYTES)
         asked.append(token)
-        transport, route = await self.reverse(address, token)
+        return await self._adopted(address, self.reverse(address, token))
+
+    async def _adopted(
+        self, address: ev.PeerAddress, coming: Awaitable[tuple[asyncio.Transport, str]]
+    ) -> PeerLink:
+        """A link on the connection `coming` brings (connected back, punched, or joined at
+        a relay), with its route."""
+        transport, route = await coming
         try:
             return await PeerLink.adopt(
                 transport,

@@ -14,11 +14,12 @@ from collections.abc import Callable
 from typing import Any
 
 from whatsap2p.config import IncomingLimits, Timeouts
-from whatsap2p.errors import DirectoryError, PeerTimedOut, PeerUnreachable
+from whatsap2p.errors import DirectoryError, NoRelay, PeerTimedOut, PeerUnreachable
 from whatsap2p.lan import may_dial_back
 from whatsap2p.net.directory_client import DirectoryClient
 from whatsap2p.net.listener import PeerListener
 from whatsap2p.net.network import Network
+from whatsap2p.net.relays import meet
 from whatsap2p.protocol import events as ev
 from whatsap2p.ratelimit import BucketsByKey, TokenBucket
 
@@ -56,21 +57,56 @@ class Rendezvous:
     def asked(self, directory: DirectoryClient, dial: ev.Dial) -> None:
         """`peer` cannot reach us and asks, through the server, that we connect to it:
         we do, to an address that can only be its own (see lan.may_dial_back), within
-        our limits: contacts apart from strangers, and a few a second per stranger (one
-        asker's flood cannot use up everyone's share)."""
+        our limits."""
         peer = dial.peer
         server = directory.server_host
         if server is None or not may_dial_back(peer.host, server):
             log.warning("not connecting back to %s at %s: not its own", peer.phone, peer.host)
             return
+        if self._may_answer(peer.phone):
+            self._listener.dial_back(peer, dial.token, dial.punch)
+
+    def relayed(self, directory: DirectoryClient, relayed: ev.Relayed) -> None:
+        """`peer` cannot reach us by any direct way and asks, through the server, that we
+        meet it at a relay: we do, within the same limits."""
+        server = directory.server_host
+        if server is not None and self._may_answer(relayed.peer.phone):
+            self._listener.meet(relayed.peer, relayed.relays, relayed.ticket, server)
+
+    def _may_answer(self, phone: str) -> bool:
+        """Whether to answer one more request to connect from `phone`: contacts apart from
+        strangers, and a few a second per stranger (one asker's flood cannot use up
+        everyone's share)."""
         now = asyncio.get_running_loop().time()
-        known = self._known(peer.phone)
-        if (not known and not self._dials_each.take(peer.phone, now)) or not self._dials[
-            known
-        ].take(now):
-            log.warning("not connecting back to %s: asked too often", peer.phone)
-            return
-        self._listener.dial_back(peer, dial.token, dial.punch)
+        known = self._known(phone)
+        if (not known and not self._dials_each.take(phone, now)) or not self._dials[known].take(
+            now
+        ):
+            log.warning("not connecting to %s: asked too often", phone)
+            return False
+        return True
+
+    async def relay(self, address: ev.PeerAddress) -> tuple[asyncio.Transport, str]:
+        """Meet `address`'s module at a relay that the server introduces us both to: the
+        connection joined to its, ("relay"); DeliveryFailed if none joins us, NoRelay if
+        the server names none."""
+        directory = self._directory()
+        server = None if directory is None else directory.server_host
+        if directory is None or server is None:
+            raise PeerUnreachable("no server to ask for a relay")
+        try:
+            relaying = await directory.relay(address.phone)
+        except NoRelay:
+            raise
+        except DirectoryError as exc:
+            raise PeerUnreachable(f"no relay: {exc}") from exc
+        transport, rest = await meet(
+            self._network, relaying.relays, relaying.ticket, self._timeouts, server
+        )
+        if rest:  # (it answers our handshake: it never speaks first)
+            transport.abort()
+            raise PeerUnreachable("something spoke first at the relay")
+        return transport, "relay"
 
     def report(self, route: str, token: bytes | None) -> None:
         """Tell the server how a connection to a peer was made (`route`, one of

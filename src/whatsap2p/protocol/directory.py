@@ -32,7 +32,7 @@ E164: Final = re.compile(r"\+[1-9][0-9]{1,14}")
 # message class is a leaf, and isinstance() against a msgspec Struct class that does not
 # match goes through its metaclass (a Python call each, several on every request's path).
 _REQUESTS: Final = frozenset(
-    {ev.Register, ev.Lookup, ev.Watch, ev.Reverse, ev.Report, ev.Unregister, ev.Ping}
+    {ev.Register, ev.Lookup, ev.Watch, ev.Reverse, ev.Relay, ev.Report, ev.Unregister, ev.Ping}
 )
 _ANSWERS: Final = frozenset(
     {
@@ -41,6 +41,7 @@ _ANSWERS: Final = frozenset(
         ev.Watching,
         ev.Reversing,
         ev.Reported,
+        ev.Relaying,
         ev.Unregistered,
         ev.Pong,
         ev.Failure,
@@ -52,13 +53,17 @@ _ANSWER_TO: Final[dict[type[ev.Message], type[ev.Message]]] = {
     ev.Watch: ev.Watching,
     ev.Reverse: ev.Reversing,
     ev.Report: ev.Reported,
+    ev.Relay: ev.Relaying,
     ev.Unregister: ev.Unregistered,
     ev.Ping: ev.Pong,
 }
 #: What the server sends on its own (rid 0), not as an answer.
-_PUSHES: Final = frozenset({ev.Online, ev.Dial, ev.Failure})
+_PUSHES: Final = frozenset({ev.Online, ev.Dial, ev.Relayed, ev.Failure})
 #: The bytes of a `reverse` token.
 TOKEN_BYTES: Final = 16
+#: At most this many relays in `relaying` / `relayed`, and bytes in their ticket.
+MAX_RELAYS: Final = 8
+MAX_TICKET_BYTES: Final = 256
 _FROM_SERVER: Final = _ANSWERS | _PUSHES
 
 
@@ -80,6 +85,7 @@ _SERVER_ACCEPTS: Final[dict[tuple[ServerState, type[ev.Message]], bool]] = {
     (ServerState.REGISTERED, ev.Watch): True,
     (ServerState.REGISTERED, ev.Reverse): True,
     (ServerState.REGISTERED, ev.Report): True,
+    (ServerState.REGISTERED, ev.Relay): True,
     (ServerState.REGISTERED, ev.Ping): True,
     (ServerState.REGISTERED, ev.Unregister): True,
 }
@@ -95,6 +101,8 @@ _SERVER_SENDS: Final[dict[tuple[ServerState, type[ev.Message]], ServerState]] = 
     (ServerState.REGISTERED, ev.Reversing): ServerState.REGISTERED,
     (ServerState.REGISTERED, ev.Dial): ServerState.REGISTERED,
     (ServerState.REGISTERED, ev.Reported): ServerState.REGISTERED,
+    (ServerState.REGISTERED, ev.Relaying): ServerState.REGISTERED,
+    (ServerState.REGISTERED, ev.Relayed): ServerState.REGISTERED,
     (ServerState.REGISTERED, ev.Pong): ServerState.REGISTERED,
     (ServerState.REGISTERED, ev.Failure): ServerState.REGISTERED,
     (ServerState.REGISTERED, ev.Unregistered): ServerState.CLOSED,
@@ -176,6 +184,8 @@ class DirectoryServerConnection(OverChannel):
                 raise RemoteProtocolError(f"a token is {TOKEN_BYTES} bytes")
             if message.punch is not None and not 0 < message.punch < 65536:
                 raise RemoteProtocolError(f"invalid port {message.punch}")
+        elif type(message) is ev.Relay:
+            _check_phone(message.phone)
         elif type(message) is ev.Report:
             if message.route not in ev.ROUTES:
                 raise RemoteProtocolError(f"no such route: {message.route[:16]!r}")
@@ -239,6 +249,16 @@ class DirectoryServerConnection(OverChannel):
             reason = "heartbeats stopped"
         self.state = ServerState.CLOSED
         self._events.append(ev.ConnectionTimedOut(reason))
+
+
+def _check_relays(message: ev.Relaying | ev.Relayed) -> None:
+    if not 0 < len(message.ticket) <= MAX_TICKET_BYTES:
+        raise RemoteProtocolError(f"a ticket is 1 to {MAX_TICKET_BYTES} bytes")
+    if not 0 < len(message.relays) <= MAX_RELAYS:
+        raise RemoteProtocolError(f"1 to {MAX_RELAYS} relays")
+    for relay in message.relays:
+        if not (0 < len(relay.host) <= 255 and 0 < relay.port < 65536):
+            raise RemoteProtocolError("a malformed relay address")
 
 
 def _check_phone(phone: str) -> None:
@@ -326,6 +346,8 @@ class DirectoryClientConnection(OverChannel):
                         or (dial.punch is not None and not 0 < dial.punch < 65536)
                     ):
                         raise RemoteProtocolError("a malformed 'dial'")
+                elif kind is ev.Relayed:
+                    _check_relays(cast(ev.Relayed, message))
                 self._events.append(message)
                 continue
             if rid == self._ping_rid and rid != 0:
@@ -338,6 +360,8 @@ class DirectoryClientConnection(OverChannel):
                 raise RemoteProtocolError(f"answer to unknown request {rid}")
             if kind is not _ANSWER_TO[asked[0]] and kind is not ev.Failure:
                 raise RemoteProtocolError(f"{message.TYPE!r} does not answer {asked[0].TYPE!r}")
+            if kind is ev.Relaying:
+                _check_relays(cast(ev.Relaying, message))
             if rid == self._register_rid:
                 self._register_rid = 0
                 if kind is ev.Registered:  # registered: heartbeats from now on

@@ -43,6 +43,10 @@ __all__ = [
     "Register",
     "Registered",
     "Rejected",
+    "Relay",
+    "RelayAddress",
+    "Relayed",
+    "Relaying",
     "Report",
     "Reported",
     "Resume",
@@ -163,6 +167,37 @@ class Dial(DirectoryMessage, frozen=True, tag="dial"):
     peer: PeerAddress
     token: bytes
     punch: int | None = None
+
+
+class RelayAddress(msgspec.Struct, frozen=True, gc=False):
+    """Where a relay (`whatsap2p relay`) accepts modules."""
+
+    host: str
+    port: int
+
+
+class Relay(DirectoryMessage, frozen=True, tag="relay"):
+    """No direct way to `phone`'s module works: introduce the two of us at a relay. The
+    server gives both (it pushes `relayed`, and answers `relaying`) the same relays, in
+    the same order, and a ticket that they accept for this pair, for a short while."""
+
+    phone: str
+
+
+class Relaying(DirectoryMessage, frozen=True, tag="relaying"):
+    """`phone`'s module was told: meet it at the first of `relays` that takes `ticket`."""
+
+    relays: tuple[RelayAddress, ...]
+    ticket: bytes
+
+
+class Relayed(DirectoryMessage, frozen=True, tag="relayed"):
+    """Pushed by the server (rid 0): `peer` cannot reach us by any direct way; meet it at
+    the first of `relays` that takes `ticket`, and take its messages there."""
+
+    peer: PeerAddress
+    relays: tuple[RelayAddress, ...]
+    ticket: bytes
 
 
 #: How a module came to be connected to a peer (`Report.route`): at its LAN address,
@@ -301,6 +336,9 @@ WireMessage = (
     | Dial
     | Report
     | Reported
+    | Relay
+    | Relaying
+    | Relayed
     | Unregister
     | Unregistered
     | Ping

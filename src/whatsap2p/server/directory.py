@@ -15,7 +15,7 @@ from typing import ClassVar, Literal
 import msgspec
 from mypy_extensions import mypyc_attr
 
-from whatsap2p.protocol.events import Dial, Failure, PeerAddress, Reversing
+from whatsap2p.protocol.events import Dial, Failure, PeerAddress, Relayed, Reversing
 from whatsap2p.ratelimit import BucketsByKey
 
 __all__ = [
@@ -59,13 +59,13 @@ Refused = Literal["rate-limited", "number-bound", "number-online"] | None
 #: Binds a number to a key on first use; False if another key holds it (the server's
 #: `Bindings`, for a directory that does not bind keys itself).
 Bind = Callable[[str, bytes], bool]
-#: What came of a request to connect back: `Reversing` (rid 0) once the `dial` was pushed
-#: to the module asked, with where its server connection comes from; or the `Failure`
-#: (rid 0) saying why not (offline, rate-limited, invalid-host).
+#: What came of a request to connect back: `Reversing` (rid 0) once the `dial` (or the
+#: `relayed`) was pushed to the module asked, with where its server connection comes
+#: from; or the `Failure` (rid 0) saying why not (offline, rate-limited, invalid-host).
 Dialled = Reversing | Failure
-#: Pushes a `dial` to a number's module through its connection to this server, after the
-#: checks that need that connection (the server's `push_dial`).
-PushDial = Callable[[str, Dial], Dialled]
+#: Pushes a `dial` (or a `relayed`) to a number's module through its connection to this
+#: server, after the checks that need that connection (the server's `push_dial`).
+PushDial = Callable[[str, Dial | Relayed], Dialled]
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # (RedisDirectory is not compiled)
@@ -122,7 +122,7 @@ class Directory(ABC):
         """Remove the number if `owner` registered it; True if something was removed."""
 
     @abstractmethod
-    def pass_on(self, phone: str, dial: Dial) -> Dialled | Awaitable[Dialled]:
+    def pass_on(self, phone: str, dial: Dial | Relayed) -> Dialled | Awaitable[Dialled]:
         """Push `dial` to `phone`'s module, which is not connected to this server, through
         the server it is connected to (whose `push_dial` makes the checks that need its
         connection); what came of it, `offline` when no server has it."""
@@ -195,7 +195,7 @@ class MemoryDirectory(Directory):
         del self._online[phone]
         return True
 
-    def pass_on(self, phone: str, dial: Dial) -> Dialled:
+    def pass_on(self, phone: str, dial: Dial | Relayed) -> Dialled:
         return Failure(0, "offline", f"{phone} is not online at this server")
 
     async def lookup(self, phones: list[str]) -> list[PeerAddress]:

@@ -6,6 +6,7 @@
 - `whatsap2p_reversals_total`: requests to connect back (`reverse`) passed on to the
   module asked, by the server it is connected to (whichever server the asker is on:
   each counts once); refused ones count under `rejected` at the asker's server;
+- `whatsap2p_relayed_total`: pairs of modules introduced at a relay (`relay`);
 - `whatsap2p_connections_total{route}`: connections between modules, as the module
   that opened them reports (`report`), by the way that worked: `lan`, `direct`,
   `reverse`, `punched`, `relay`, or `none` (no way did);
@@ -42,7 +43,7 @@ from prometheus_client.exposition import start_http_server
 
 __all__ = ["ServerMetrics"]
 
-_KINDS = ("register", "lookup", "watch", "reverse", "report", "unregister", "ping")
+_KINDS = ("register", "lookup", "watch", "reverse", "relay", "report", "unregister", "ping")
 _BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
 
 
@@ -63,6 +64,7 @@ class ServerMetrics:
         self._online_users = online_users
         self.lookups = 0  # numbers looked up
         self.reversals = 0  # requests to connect back passed on
+        self.relayed = 0  # pairs introduced at a relay
         self._latency = {kind: _Latency() for kind in _KINDS}
         self._rejected: dict[str, int] = {}
         self._connections: dict[str, int] = {}
@@ -101,6 +103,9 @@ class ServerMetrics:
         )
         yield CounterMetricFamily(
             "whatsap2p_reversals", "Requests to connect back passed on", self.reversals
+        )
+        yield CounterMetricFamily(
+            "whatsap2p_relayed", "Pairs of modules introduced at a relay", self.relayed
         )
         requests = CounterMetricFamily("whatsap2p_requests", "Requests answered", labels=["kind"])
         latency = HistogramMetricFamily(

@@ -13,8 +13,9 @@ the scripts that touch both stay on one node):
 - channel `wa:came-online`: msgpack `[phone, host, port, key]` (and `local`), published on every
   registration, so each server can push it to the connections watching that number.
 - channel `wa:dial:SERVER-ID`, one per server (the `SERVER-ID` of the owners it writes):
-  requests to connect back to a module connected to that server, passed on by the
-  server the asker is connected to, and the answers to those it passed on (below).
+  requests to connect back to a module connected to that server (or to meet its asker
+  at a relay), passed on by the server the asker is connected to, and the answers to
+  those it passed on (below).
 
 Connecting back (`reverse`) needs the callee's server connection, which only its own
 server holds (it pushes the `dial` there, and knows where that connection comes from:
@@ -56,7 +57,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from whatsap2p.errors import StoreError
 from whatsap2p.protocol import events as ev
-from whatsap2p.protocol.directory import TOKEN_BYTES
+from whatsap2p.protocol.directory import MAX_RELAYS, MAX_TICKET_BYTES, TOKEN_BYTES
 from whatsap2p.protocol.events import PeerAddress
 from whatsap2p.protocol.keys import KEY_BYTES
 from whatsap2p.server.directory import (
@@ -292,6 +293,21 @@ class _PassedOn(msgspec.Struct, frozen=True, array_like=True, tag="ask"):
     punch: _Port | None
 
 
+class _RelayPassedOn(msgspec.Struct, frozen=True, array_like=True, tag="relay"):
+    """A request to meet at a relay, passed on like `_PassedOn`: what that server pushes
+    (a `relayed` from the caller, with the relays and the ticket its server gave)."""
+
+    ask: int
+    reply_to: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{1,64}$")]
+    phone: _Phone
+    caller: _Phone
+    host: _Host
+    port: _Port
+    key: Annotated[bytes, msgspec.Meta(min_length=KEY_BYTES, max_length=KEY_BYTES)]
+    relays: Annotated[list[tuple[_Host, _Port]], msgspec.Meta(min_length=1, max_length=MAX_RELAYS)]
+    ticket: Annotated[bytes, msgspec.Meta(min_length=1, max_length=MAX_TICKET_BYTES)]
+
+
 class _Pushed(msgspec.Struct, frozen=True, array_like=True, tag="dialled"):
     """The `dial` was pushed: where the callee's server connection comes from."""
 
@@ -308,7 +324,7 @@ class _NotPushed(msgspec.Struct, frozen=True, array_like=True, tag="refused"):
     message: Annotated[str, msgspec.Meta(max_length=512)]
 
 
-_DIAL_MESSAGES = msgspec.msgpack.Decoder(_PassedOn | _Pushed | _NotPushed)
+_DIAL_MESSAGES = msgspec.msgpack.Decoder(_PassedOn | _RelayPassedOn | _Pushed | _NotPushed)
 
 
 def _get(phone: str) -> _Command:
@@ -428,9 +444,14 @@ class RedisDirectory(Directory):
         except msgspec.DecodeError as exc:  # (ValidationError is one)
             log.warning("ignoring a malformed message on %s: %s", self.dial_channel, exc)
             return
-        if isinstance(message, _PassedOn):
+        if isinstance(message, _PassedOn | _RelayPassedOn):
             caller = PeerAddress(message.caller, message.host, message.port, message.key)
-            dial = ev.Dial(0, caller, message.token, message.punch)
+            dial: ev.Dial | ev.Relayed
+            if isinstance(message, _PassedOn):
+                dial = ev.Dial(0, caller, message.token, message.punch)
+            else:
+                relays = tuple(ev.RelayAddress(host, port) for host, port in message.relays)
+                dial = ev.Relayed(0, caller, relays, message.ticket)
             try:
                 dialled = push_dial(message.phone, dial)
             except Exception:  # a bug: say so, and keep hearing the others
@@ -463,17 +484,25 @@ class RedisDirectory(Directory):
         except StoreError as exc:  # its asker's server answers `offline` in time
             log.warning("answering a request to connect back: %s", exc)
 
-    async def pass_on(self, phone: str, dial: ev.Dial) -> Dialled:
+    async def pass_on(self, phone: str, dial: ev.Dial | ev.Relayed) -> Dialled:
         """Publish the request on the channel of the server `phone` is registered
         through (one script: read its owner, publish), and await that server's answer."""
         ask = next(self._asks)
         answered: asyncio.Future[Dialled] = asyncio.get_running_loop().create_future()
         self._asked[ask] = answered
         peer = dial.peer
-        asked = _PassedOn(
-            ask, self.server_id, phone, peer.phone, peer.host, peer.port, peer.key,
-            dial.token, dial.punch,
-        )  # fmt: skip
+        asked: _PassedOn | _RelayPassedOn
+        if type(dial) is ev.Dial:
+            asked = _PassedOn(
+                ask, self.server_id, phone, peer.phone, peer.host, peer.port, peer.key,
+                dial.token, dial.punch,
+            )  # fmt: skip
+        else:
+            assert type(dial) is ev.Relayed
+            asked = _RelayPassedOn(
+                ask, self.server_id, phone, peer.phone, peer.host, peer.port, peer.key,
+                [(relay.host, relay.port) for relay in dial.relays], dial.ticket,
+            )  # fmt: skip
         args = [DIAL_CHANNEL, msgspec.msgpack.encode(asked)]
         try:
             [heard] = await self._batches.run(_script(self._to_owner, [_online_key(phone)], args))

@@ -24,7 +24,7 @@ import logging
 import time
 import typing
 from collections import Counter
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 
 from whatsap2p.config import Limits, RateLimits, Timeouts
@@ -87,6 +87,10 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     timeouts: Timeouts = field(default_factory=Timeouts)
     rates: RateLimits = field(default_factory=RateLimits)
+    #: The relays handed to users that no direct way connects (`relay`), in the order
+    #: to try them, and what mints a ticket they take for two numbers (None: no relay).
+    relays: tuple[ev.RelayAddress, ...] = ()
+    tickets: Callable[[str, str], bytes] | None = None
 
 
 class DirectoryServer:
@@ -158,17 +162,22 @@ class DirectoryServer:
         for watcher in list(self.watchers.get(address.phone, ())):
             watcher.push_online(address)
 
-    def push_dial(self, phone: str, dial: ev.Dial) -> Dialled:
+    def push_dial(self, phone: str, dial: ev.Dial | ev.Relayed) -> Dialled:
         """Ask `phone`'s module, connected here, to connect to `dial.peer` (asked through
-        this server or passed on by another): within the number's rate limit, and only
-        to an address that cannot mean the module's own machine or network; `Reversing`
-        with where its connection comes from (to punch a hole towards), or why not."""
+        this server or passed on by another), or to meet it at a relay: within the
+        number's rate limit, and only to an address that cannot mean the module's own
+        machine or network; `Reversing` with where its connection comes from (to punch
+        a hole towards), or why not."""
         callee = self.here.get(phone)
         if callee is None:
             return ev.Failure(0, "offline", f"{phone} is not online at this server")
         # (its module answers a few a second, however many servers they come through)
         if not self.reverses_to.take(phone, asyncio.get_running_loop().time()):
             return ev.Failure(0, "rate-limited", "too many ask that number")
+        if type(dial) is ev.Relayed:  # (to the relays this directory names)
+            callee.push(dial)
+            self.metrics.relayed += 1
+            return ev.Reversing(0, callee.ip, callee.seen_port or None)
         caller = dial.peer.host  # where the asker's own server sees it
         if not reachable_from(caller, callee.ip):
             return ev.Failure(
@@ -375,7 +384,7 @@ class _Client(asyncio.Protocol):
         """Tell this connection a number it watches has come online."""
         self.push(ev.Online(0, _seen_from(self._ip, address)))
 
-    def push(self, message: ev.Online | ev.Dial) -> None:
+    def push(self, message: ev.Online | ev.Dial | ev.Relayed) -> None:
         """Send `message` on our own (a client that stops reading is dropped by the
         write-drain deadline)."""
         if self._conn is None or self._transport is None or self._transport.is_closing():
@@ -546,6 +555,8 @@ class _Client(asyncio.Protocol):
             return self._reverse(request)
         if type(request) is ev.Report:
             return self._report(request)
+        if type(request) is ev.Relay:
+            return self._relay(request)
         assert type(request) is ev.Unregister  # the connection lets no other request through
         return self._unregister(request)
 
@@ -553,6 +564,15 @@ class _Client(asyncio.Protocol):
         """Ask `request.phone`'s module to connect to this one, at the address this
         connection comes from (never one it merely claims): through its connection, here
         or (passed on through the directory) at the server it is connected to."""
+        refused = self._may_introduce(request)
+        if refused is not None:
+            return refused
+        dial = ev.Dial(0, self._me(), request.token, request.punch)
+        return self._introduced(request, dial, None)
+
+    def _may_introduce(self, request: ev.Reverse | ev.Relay) -> Buffer | None:
+        """The refusal of a request to have another module connect to this one (back to
+        it, or at a relay), over this connection's or its IP's rate; None: go ahead."""
         server = self._server
         rates = server.config.rates
         now = self._loop.time()
@@ -564,34 +584,75 @@ class _Client(asyncio.Protocol):
             return self.failure(
                 request.rid, "offline", f"{request.phone} is not online at this server"
             )
+        return None
+
+    def _me(self) -> ev.PeerAddress:
+        """This module as another is told of it: its number and key, at the address this
+        connection comes from, and the port it registered."""
+        assert self.phone is not None
         assert self._conn is not None
         key = self._conn.remote_key
         assert key is not None
-        me = ev.PeerAddress(self.phone, self._ip, self._port, key)
-        dial = ev.Dial(0, me, request.token, request.punch)
+        return ev.PeerAddress(self.phone, self._ip, self._port, key)
+
+    def _introduced(
+        self,
+        request: ev.Reverse | ev.Relay,
+        push: ev.Dial | ev.Relayed,
+        answer: ev.Relaying | None,
+    ) -> Buffer | Awaitable[Buffer]:
+        """Push `push` to `request.phone`'s module (here, or through its server), and
+        answer: `answer`, or where that module's connection comes from (`reversing`)."""
+        server = self._server
         if request.phone in server.here:
-            return self._reversed(request, server.push_dial(request.phone, dial))
-        dialled = server.directory.pass_on(request.phone, dial)
+            return self._answer_introduced(request, server.push_dial(request.phone, push), answer)
+        dialled = server.directory.pass_on(request.phone, push)
         if isinstance(dialled, (ev.Reversing, ev.Failure)):
-            return self._reversed(request, dialled)
-        return self._reversed_later(request, dialled)
+            return self._answer_introduced(request, dialled, answer)
+        return self._introduced_later(request, dialled, answer)
 
-    async def _reversed_later(self, request: ev.Reverse, dialled: Awaitable[Dialled]) -> Buffer:
-        return self._reversed(request, await dialled)
+    async def _introduced_later(
+        self,
+        request: ev.Reverse | ev.Relay,
+        dialled: Awaitable[Dialled],
+        answer: ev.Relaying | None,
+    ) -> Buffer:
+        return self._answer_introduced(request, await dialled, answer)
 
-    def _reversed(self, request: ev.Reverse, dialled: Dialled) -> Buffer:
+    def _answer_introduced(
+        self, request: ev.Reverse | ev.Relay, dialled: Dialled, answer: ev.Relaying | None
+    ) -> Buffer:
         """The answer to `request`, from what came of it."""
         if type(dialled) is ev.Failure:
             return self.failure(request.rid, dialled.code, dialled.message)
         assert type(dialled) is ev.Reversing
+        assert self._conn is not None
+        if answer is not None:
+            return self._conn.send(answer)
+        assert type(request) is ev.Reverse
         asked = self._asked  # (its outcome may be reported: see _report)
         if asked is None:
             asked = self._asked = {}
         asked[request.token] = None
         if len(asked) > _ASKED_KEPT:
             del asked[next(iter(asked))]
-        assert self._conn is not None
         return self._conn.send(ev.Reversing(request.rid, dialled.host, dialled.port))
+
+    def _relay(self, request: ev.Relay) -> Buffer | Awaitable[Buffer]:
+        """Introduce this module and `request.phone`'s at the relays: both are given the
+        same ones, in the same order, and a ticket for the pair (pushed to it through its
+        connection, here or at the server it is connected to)."""
+        config = self._server.config
+        if not config.relays or config.tickets is None:
+            return self.failure(request.rid, "no-relay", "this directory has no relay")
+        refused = self._may_introduce(request)
+        if refused is not None:
+            return refused
+        assert self.phone is not None
+        ticket = config.tickets(self.phone, request.phone)
+        relayed = ev.Relayed(0, self._me(), config.relays, ticket)
+        answer = ev.Relaying(request.rid, config.relays, ticket)
+        return self._introduced(request, relayed, answer)
 
     def _report(self, request: ev.Report) -> Buffer:
         """Count how its module made a connection, within this connection's rate; as a

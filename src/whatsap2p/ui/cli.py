@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import fields, replace
 from pathlib import Path
@@ -21,7 +22,12 @@ from whatsap2p.config import Limits, MiB, RateLimits, Timeouts
 from whatsap2p.errors import CannotListen, StoreError, WhatsAp2pError
 from whatsap2p.keyfile import load_or_create_key
 from whatsap2p.phone import DEFAULT_REGION, normalise_phone
+from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.keys import normalise_fingerprint
+from whatsap2p.protocol.relay import mint
+from whatsap2p.relay.limits import RelayLimits
+from whatsap2p.relay.secret import DEFAULT_SECRET, load_or_create_secret
+from whatsap2p.relay.service import RelayConfig, RelayServer
 from whatsap2p.server.bindings import Bindings
 from whatsap2p.server.service import DirectoryServer, ServerConfig
 from whatsap2p.ui.loadgen import main_loadgen
@@ -143,6 +149,22 @@ def build_parser() -> argparse.ArgumentParser:
         "server given the same URL and key file; without it, in this process and --db",
     )
     server.add_argument(
+        "--relay",
+        type=parse_address,
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="a relay (whatsap2p relay) that users no direct way connects meet at; may repeat "
+        "(tried in this order)",
+    )
+    server.add_argument(
+        "--relay-secret",
+        type=Path,
+        metavar="FILE",
+        help="with --relay: the secret shared with the relays (default: the one `whatsap2p "
+        "relay` uses on this machine)",
+    )
+    server.add_argument(
         "--metrics-port",
         type=int,
         metavar="PORT",
@@ -194,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     release.add_argument("--db", type=Path, default=DEFAULT_DB, metavar="PATH", dest="release_db")
     release.add_argument("--region", default=DEFAULT_REGION)
     release.add_argument("--redis", metavar="URL", dest="release_redis")
+
+    _relay_parser(commands)
 
     load = commands.add_parser(
         "loadgen", help="load a directory server with simulated users (operators' benchmark)"
@@ -288,6 +312,58 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The relay's limits that have an option: flag, RelayLimits field, the field's value for
+#: 1 given (MiB for bytes), what it limits.
+_RELAY_LIMITS = (
+    ("--max-sessions", "max_sessions", 1, "joined pairs at once"),
+    ("--max-sessions-per-ip", "max_sessions_per_ip", 1, "joined connections from one IP"),
+    ("--max-waiting", "max_waiting", 1, "halves waiting for their other half at once"),
+    ("--max-waiting-per-ip", "max_waiting_per_ip", 1, "halves waiting, from one IP"),
+    ("--session-rate", "session_rate", MiB, "MiB/s through one pair, both ways"),
+    ("--session-burst", "session_burst", MiB, "MiB one pair may save up"),
+    ("--ip-rate", "ip_rate", MiB, "MiB/s sent by one IP"),
+    ("--ip-burst", "ip_burst", MiB, "MiB one IP may save up"),
+    ("--wait-timeout", "wait_timeout", 1, "seconds a half waits for its other half"),
+    ("--idle-timeout", "idle_timeout", 1, "seconds a pair may move no byte"),
+)
+
+
+def _relay_parser(commands: argparse._SubParsersAction[_Parser]) -> None:
+    relay = commands.add_parser(
+        "relay", help="run a relay, for modules that cannot reach each other directly"
+    )
+    relay.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    relay.add_argument(
+        "--port", type=int, default=5560, help="port (0 picks a free one; default %(default)s)"
+    )
+    relay.add_argument(
+        "--secret",
+        type=Path,
+        default=DEFAULT_SECRET,
+        metavar="FILE",
+        help="the secret shared with the directory server, created if missing "
+        "(default %(default)s, the server's default too)",
+    )
+    relay.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://METRICS_HOST:PORT/metrics (0: a free port)",
+    )
+    relay.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics")
+    limits = RelayLimits()
+    for flag, name, unit, help_text in _RELAY_LIMITS:
+        default = getattr(limits, name)
+        relay.add_argument(
+            flag,
+            type=_count if isinstance(default, int) else _positive,
+            default=default / unit if unit != 1 else default,
+            dest=f"relay_{name}",
+            metavar="MiB" if unit == MiB else "SECONDS" if "timeout" in name else "N",
+            help=f"{help_text} (default %(default)g)",
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -302,6 +378,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     return uvloop.run(_release_redis(args))
                 return _release(args)
             return uvloop.run(_run_server(args))
+        if args.command == "relay":
+            return uvloop.run(_run_relay(args))
         if args.command == "loadgen":
             return main_loadgen(
                 args.servers,
@@ -373,7 +451,17 @@ async def _run_server(args: argparse.Namespace) -> int:
     rates = replace(rates, max_unauthenticated_per_ip=int(rates.max_unauthenticated_per_ip))
     db_path: Path = args.db.expanduser()
     key = load_or_create_key(args.key or db_path.with_name(db_path.name + ".key"))
-    config = ServerConfig(key, args.host, args.port, timeouts=timeouts, rates=rates)
+    relays = tuple(ev.RelayAddress(host, port) for host, port in args.relay)
+    tickets = None
+    if relays:
+        secret = load_or_create_secret(args.relay_secret or DEFAULT_SECRET)
+
+        def tickets(phone_a: str, phone_b: str) -> bytes:
+            return mint(secret, phone_a, phone_b, time.time())
+
+    config = ServerConfig(
+        key, args.host, args.port, timeouts=timeouts, rates=rates, relays=relays, tickets=tickets
+    )
     bindings: Bindings | None = None
     if args.redis:
         from whatsap2p.server.redis_store import RedisDirectory
@@ -408,6 +496,37 @@ async def _run_server(args: argparse.Namespace) -> int:
         await server.close()
         if bindings is not None:
             bindings.close()
+    return EXIT_OK
+
+
+def _relay_limits(args: argparse.Namespace) -> RelayLimits:
+    limits = RelayLimits()
+    given = {name: getattr(args, f"relay_{name}") * unit for _, name, unit, _ in _RELAY_LIMITS}
+    return replace(limits, **{name: type(getattr(limits, name))(v) for name, v in given.items()})
+
+
+async def _run_relay(args: argparse.Namespace) -> int:
+    secret = load_or_create_secret(args.secret.expanduser())
+    relay = RelayServer(RelayConfig(secret, args.host, args.port, _relay_limits(args)))
+    stop = _stop_on_signals()
+    try:
+        try:
+            host, port = await relay.start()
+        except OSError as exc:
+            where = _format_address(args.host, args.port)
+            raise CannotListen(f"cannot listen on {where}: {exc.strerror or exc}") from exc
+        if args.metrics_port is not None:
+            try:
+                bound = relay.metrics.serve(args.metrics_host, args.metrics_port)
+            except OSError as exc:
+                where = _format_address(args.metrics_host, args.metrics_port)
+                raise CannotListen(f"cannot serve metrics on {where}: {exc.strerror}") from exc
+            where = _format_address(args.metrics_host, bound)
+            print(f"metrics on http://{where}/metrics", file=sys.stderr, flush=True)
+        print(f"listening on {_format_address(host, port)}", flush=True)
+        await stop.wait()
+    finally:
+        await relay.close()
     return EXIT_OK
 
 
