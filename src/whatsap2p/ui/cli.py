@@ -21,6 +21,7 @@ from whatsap2p.app.session import Session, SessionConfig
 from whatsap2p.config import Limits, MiB, RateLimits, Timeouts
 from whatsap2p.errors import CannotListen, StoreError, WhatsAp2pError
 from whatsap2p.keyfile import load_or_create_key
+from whatsap2p.metrics import Exported
 from whatsap2p.phone import DEFAULT_REGION, normalise_phone
 from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.keys import normalise_fingerprint
@@ -482,13 +483,7 @@ async def _run_server(args: argparse.Namespace) -> int:
             )
             return EXIT_ERROR
         if args.metrics_port is not None:
-            try:
-                bound = server.metrics.serve(args.metrics_host, args.metrics_port)
-            except OSError as exc:
-                where = _format_address(args.metrics_host, args.metrics_port)
-                raise CannotListen(f"cannot serve metrics on {where}: {exc.strerror}") from exc
-            where = _format_address(args.metrics_host, bound)
-            print(f"metrics on http://{where}/metrics", file=sys.stderr, flush=True)
+            _serve_metrics(server.metrics, args.metrics_host, args.metrics_port)
         print(f"fingerprint {key.fingerprint}", flush=True)
         print(f"listening on {_format_address(host, port)}", flush=True)
         await stop.wait()
@@ -497,6 +492,16 @@ async def _run_server(args: argparse.Namespace) -> int:
         if bindings is not None:
             bindings.close()
     return EXIT_OK
+
+
+def _serve_metrics(metrics: Exported, host: str, port: int) -> None:
+    """Export `metrics` on http://host:port/metrics and say where (on stderr)."""
+    try:
+        bound = metrics.serve(host, port)
+    except OSError as exc:
+        where = _format_address(host, port)
+        raise CannotListen(f"cannot serve metrics on {where}: {exc.strerror}") from exc
+    print(f"metrics on http://{_format_address(host, bound)}/metrics", file=sys.stderr, flush=True)
 
 
 def _relay_limits(args: argparse.Namespace) -> RelayLimits:
@@ -516,13 +521,7 @@ async def _run_relay(args: argparse.Namespace) -> int:
             where = _format_address(args.host, args.port)
             raise CannotListen(f"cannot listen on {where}: {exc.strerror or exc}") from exc
         if args.metrics_port is not None:
-            try:
-                bound = relay.metrics.serve(args.metrics_host, args.metrics_port)
-            except OSError as exc:
-                where = _format_address(args.metrics_host, args.metrics_port)
-                raise CannotListen(f"cannot serve metrics on {where}: {exc.strerror}") from exc
-            where = _format_address(args.metrics_host, bound)
-            print(f"metrics on http://{where}/metrics", file=sys.stderr, flush=True)
+            _serve_metrics(relay.metrics, args.metrics_host, args.metrics_port)
         print(f"listening on {_format_address(host, port)}", flush=True)
         await stop.wait()
     finally:
