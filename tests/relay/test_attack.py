@@ -1,0 +1,232 @@
+"""Defects found reviewing the relay change (branch relayint), each shown by a test that
+fails on that code. On 127.0.0.1, or on tests/memory.py's network in virtual time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+from typing import cast
+
+import pytest
+
+from tests.app.test_links import ALICE, BOB, next_event, relay_world, unreachable
+from tests.memory import MemoryNetwork, run_in_virtual_time
+from tests.relay.client import SECRET, RelayClient, connect, token
+from tests.servers import FAST, RELAY_SECRET
+from whatsap2p.app.events import TextReceived
+from whatsap2p.config import Limits, Timeouts
+from whatsap2p.errors import DeliveryFailed
+from whatsap2p.net.listener import Inbound, PeerListener
+from whatsap2p.net.network import TcpNetwork
+from whatsap2p.net.relays import meet
+from whatsap2p.protocol import events as ev
+from whatsap2p.protocol.keys import StaticKey
+from whatsap2p.protocol.relay import Status, encode_preface, mint, verify
+from whatsap2p.relay.limits import RelayLimits
+from whatsap2p.relay.pairing import Joined, Pairing, Refused, Waiting
+from whatsap2p.relay.service import RelayConfig, RelayServer
+from whatsap2p.ui.cli import build_parser
+
+# --- 1. a meeting cancelled leaves its connection to the relay open --------------------------
+
+
+async def test_a_meeting_cancelled_while_waiting_closes_its_relay_connection() -> None:
+    """A module that gives up on a meeting (the pool or the listener closing, a send
+    cancelled) must close its connection to the relay. `meet` aborts it only on
+    OSError/TimeoutError: on CancelledError it is left open, a half waiting at the relay
+    that the peer may join in vain, until the relay's own wait runs out (15 s), and past
+    the loop's end when the listener or pool is closing. (Cancelled just after the answer
+    came, `_Meeting` has paused reading: then the relay's close is never noticed at all.)"""
+    accepted: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    arrived = asyncio.Event()
+
+    def took(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append((reader, writer))
+        arrived.set()
+
+    fake_relay = await asyncio.start_server(took, "127.0.0.1", 0)
+    port = fake_relay.sockets[0].getsockname()[1]
+    ticket = token()
+    try:
+        meeting = asyncio.create_task(
+            meet(
+                TcpNetwork(), (ev.RelayAddress("127.0.0.1", port),), ticket, Timeouts(), "127.0.0.1"
+            )
+        )
+        await arrived.wait()
+        reader, writer = accepted[0]
+        assert await reader.readexactly(len(encode_preface(ticket))) == encode_preface(ticket)
+        await asyncio.sleep(0.1)  # (it now waits for the relay's answer)
+        meeting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await meeting
+        # The module gave up: its side of the connection must end (EOF here).
+        try:
+            async with asyncio.timeout(2.0):
+                rest = await reader.read()
+        except TimeoutError:
+            pytest.fail("the module left its connection to the relay open after giving up")
+        assert rest == b""
+    finally:
+        for _, writer in accepted:
+            writer.close()
+        fake_relay.close()
+        await fake_relay.wait_closed()
+
+
+async def test_a_listener_closed_while_meeting_at_a_relay_closes_that_connection() -> None:
+    """The same through PeerListener.close(): it cancels its `_met` tasks, and the
+    connection to the relay they opened stays open after the listener is closed."""
+    accepted: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    arrived = asyncio.Event()
+
+    def took(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append((reader, writer))
+        arrived.set()
+
+    fake_relay = await asyncio.start_server(took, "127.0.0.1", 0)
+    port = fake_relay.sockets[0].getsockname()[1]
+    listener = PeerListener(cast(Inbound, None), StaticKey.generate(), Limits(), Timeouts())
+    peer = ev.PeerAddress(ALICE, "127.0.0.1", 1, StaticKey.generate().public)
+    try:
+        listener.meet(peer, (ev.RelayAddress("127.0.0.1", port),), token(), "127.0.0.1")
+        await arrived.wait()
+        reader, _ = accepted[0]
+        await reader.readexactly(len(encode_preface(token())))
+        await asyncio.sleep(0.1)  # (it now waits for the relay's answer)
+        await listener.close()
+        try:
+            async with asyncio.timeout(2.0):
+                rest = await reader.read()
+        except TimeoutError:
+            pytest.fail("a closed listener left its connection to a relay open")
+        assert rest == b""
+    finally:
+        for _, writer in accepted:
+            writer.close()
+        fake_relay.close()
+        await fake_relay.wait_closed()
+
+
+# --- 2. a relay named by its DNS name is accepted by the server and never used ---------------
+
+
+async def test_a_relay_named_by_name_is_either_refused_by_the_server_or_used() -> None:
+    """`whatsap2p server --relay relay.example.org:5560` is taken without a word, but a
+    module connects only to a relay whose host is an IP literal (may_dial_back parses
+    it as one): every meeting there fails, "not an address to connect to from here"."""
+    args = build_parser().parse_args(["server", "--relay", "localhost:5560"])
+    assert args.relay == [("localhost", 5560)]  # the server takes it
+    relay = RelayServer(RelayConfig(SECRET, "127.0.0.1", 0))
+    _, port = await relay.start()
+    try:
+        ticket = token()
+        peer = await connect(port)
+        peer.present(ticket)
+        try:
+            transport, _ = await meet(
+                TcpNetwork(), (ev.RelayAddress("localhost", port),), ticket, Timeouts(),
+                "127.0.0.1",
+            )  # fmt: skip
+        except DeliveryFailed as exc:
+            pytest.fail(f"a relay the server accepted by name is never used: {exc}")
+        transport.abort()
+    finally:
+        await relay.close()
+
+
+# --- 3. a server naming more than 8 relays (or port 0) breaks its modules' connections --------
+
+
+def test_a_server_naming_nine_relays_still_introduces_at_a_relay(tmp_path: Path) -> None:
+    """The server takes any number of `--relay` (and port 0), and sends them all in
+    `relaying`/`relayed`; a module's DirectoryClientConnection takes 1 to 8 relays of port
+    1..65535 and calls anything else a protocol error: its server connection is closed,
+    for the asker and for the recipient pushed to, on every attempt."""
+    args = build_parser().parse_args(
+        ["server", *(a for n in range(9) for a in ("--relay", f"203.0.113.{n + 1}:3478"))]
+    )
+    assert len(args.relay) == 9  # the server takes them
+    assert build_parser().parse_args(["server", "--relay", "203.0.113.1:0"]).relay
+
+    async def main() -> None:
+        async with relay_world(tmp_path, relays=9) as (world, _):
+            alice, bob = await unreachable(world, ALICE, BOB)
+            report = await alice.send_text(BOB, "through one of nine relays")
+            assert report.routes == {BOB: "relay"}, report
+            got = await next_event(bob)
+            assert isinstance(got, TextReceived)
+
+    run_in_virtual_time(main)
+
+
+# --- 4. every relayed connection counts as one IP at the module -------------------------------
+
+
+def test_relayed_peers_are_not_limited_as_one_ip() -> None:
+    """PeerListener._serve limits connections per source IP (64): through a relay, every
+    peer's connection comes from the relay's IP, so 64 relayed connections, from any
+    number of different peers (one stranger asking `relay` again and again, or two
+    contacts sending 32 photos each), shut every other peer out of that relay."""
+
+    async def main() -> None:
+        net = MemoryNetwork()
+        relay_at = ev.RelayAddress("203.0.113.50", 3478)
+        relay = RelayServer(RelayConfig(RELAY_SECRET, relay_at.host, relay_at.port))
+        await relay.start(net.at(relay_at.host))
+        bob = PeerListener(
+            cast(Inbound, None), StaticKey.generate(), Limits(), FAST, net.at("198.51.100.2")
+        )  # (nobody here gets past the handshake: never asked)
+        peers: list[RelayClient] = []
+        try:
+            count = Limits().max_peer_connections_per_ip + 1
+            for n in range(count):
+                phone = f"+5511970{n:06d}"
+                ticket = mint(RELAY_SECRET, phone, BOB, time.time())
+                peer = ev.PeerAddress(phone, f"192.0.2.{n + 1}", 1, StaticKey.generate().public)
+                bob.meet(peer, (relay_at,), ticket, "198.51.100.1")
+                client = await net.at(f"192.0.2.{n + 1}").connect(
+                    relay_at.host, relay_at.port, RelayClient, 5.0
+                )
+                client.present(ticket)
+                assert await client.status() == Status.JOINED
+                peers.append(client)
+            await asyncio.sleep(1.0)  # (well within the 5 s handshake deadline)
+            shut_out = [n for n, client in enumerate(peers) if client.lost or client.eof]
+            assert not shut_out, (
+                f"{len(shut_out)} of {count} different peers met at the relay were closed at "
+                "once: all count as the relay's one IP"
+            )
+        finally:
+            await bob.close()
+            await relay.close()
+
+    run_in_virtual_time(main)
+
+
+# --- 5. the relay's per-pair cap is below what the two modules of a pair open ---------------
+
+
+def test_a_pair_sending_photos_both_ways_fits_the_relays_pair_limit() -> None:
+    """`max_sessions_per_pair` (40) counts the sessions of a pair of numbers in both
+    directions (`pair` is the same whichever number comes first), but each module opens
+    up to `max_links_per_peer` + 1 (33) to the other: two people sending each other an
+    album at once through a relay need 66 sessions, and the relay refuses `busy` from
+    the 41st."""
+    limits, module = RelayLimits(), Limits()
+    pairing: Pairing[str] = Pairing(limits)
+    per_way = module.max_links_per_peer + 1
+    refused = 0
+    for n in range(2 * per_way):
+        shared = verify(SECRET, token(), time.time())
+        for half in (f"a{n}", f"b{n}"):
+            assert pairing.connected(half, f"10.0.{n % 2}.1") is not None
+        assert isinstance(pairing.presented(f"a{n}", shared, time.time()), Waiting)
+        outcome = pairing.presented(f"b{n}", shared, time.time())
+        if isinstance(outcome, Refused):
+            refused += 1
+        else:
+            assert isinstance(outcome, Joined)
+    assert refused == 0, f"{refused} of {2 * per_way} links of one pair refused busy"
