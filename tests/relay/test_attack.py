@@ -230,3 +230,79 @@ def test_a_pair_sending_photos_both_ways_fits_the_relays_pair_limit() -> None:
         else:
             assert isinstance(outcome, Joined)
     assert refused == 0, f"{refused} of {2 * per_way} links of one pair refused busy"
+
+
+# --- 6. two relays, one of which only one side can reach: the two wait at different ones -----
+
+
+class _Firewalled(asyncio.Protocol):
+    """A relay's connection as seen through a firewall in front of it that resets
+    connections from `blocked` hosts (one side's network cannot reach that relay)."""
+
+    def __init__(self, inner: asyncio.Protocol, blocked: set[str]) -> None:
+        self._inner, self._blocked = inner, blocked
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        if peer and peer[0] in self._blocked:
+            cast(asyncio.Transport, transport).abort()
+            return
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
+def test_a_relay_one_side_cannot_reach_does_not_keep_the_pair_from_the_next(
+    tmp_path: Path,
+) -> None:
+    """Both modules take "the first relay that joins us", in the server's order, each
+    waiting at a relay until the whole meeting time (6 s) is spent. When the first relay
+    takes one side (it waits there) but not the other (refused, reset, `busy` for its
+    source, unreachable from its network), the other goes on to the second and waits
+    there: they never meet, although the second would join them both. Every attempt
+    ends the same way."""
+    from tests.servers import world_at
+
+    async def main() -> None:
+        net = MemoryNetwork()
+        named = (ev.RelayAddress("203.0.113.50", 3478), ev.RelayAddress("203.0.113.51", 3478))
+        running: list[RelayServer] = []
+        try:
+            async with world_at(tmp_path, net, named) as world:
+                blocked = {world.host_of(BOB)}
+                for n, where in enumerate(named):
+                    relay = RelayServer(RelayConfig(RELAY_SECRET, where.host, where.port))
+                    at = net.at(where.host)
+                    if n == 0:
+                        listen = at.listen
+
+                        async def firewalled(host, port, factory, reuse_port=False):  # type: ignore[no-untyped-def]
+                            return await listen(
+                                host, port, lambda: _Firewalled(factory(), blocked), reuse_port
+                            )
+
+                        at.listen = firewalled  # type: ignore[method-assign]
+                    await relay.start(at)
+                    running.append(relay)
+                alice, bob = await unreachable(world, ALICE, BOB)
+                report = await alice.send_text(BOB, "through the relay both reach")
+                assert report.routes == {BOB: "relay"}, report
+                assert isinstance(await next_event(bob), TextReceived)
+        finally:
+            for relay in running:
+                await relay.close()
+
+    run_in_virtual_time(main)
