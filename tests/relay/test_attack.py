@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
@@ -19,7 +20,7 @@ from whatsap2p.app.events import TextReceived
 from whatsap2p.config import Limits, Timeouts
 from whatsap2p.errors import DeliveryFailed
 from whatsap2p.net.listener import Inbound, PeerListener
-from whatsap2p.net.network import TcpNetwork
+from whatsap2p.net.network import Listening, Network, TcpNetwork
 from whatsap2p.net.relays import meet
 from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.keys import StaticKey
@@ -265,6 +266,24 @@ class _Firewalled(asyncio.Protocol):
         self._inner.resume_writing()
 
 
+class _FirewalledNetwork:
+    """A host of tests/memory.py's network whose listening ports reset `blocked` hosts."""
+
+    def __init__(self, at: Network, blocked: set[str]) -> None:
+        self._at, self._blocked = at, blocked
+
+    async def connect(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._at.connect(*args, **kwargs)
+
+    async def listen(
+        self, host: str, port: int, factory: Callable[[], Any], reuse_port: bool = False
+    ) -> Listening:
+        blocked = self._blocked
+        return await self._at.listen(
+            host, port, lambda: _Firewalled(factory(), blocked), reuse_port
+        )
+
+
 def test_a_relay_one_side_cannot_reach_does_not_keep_the_pair_from_the_next(
     tmp_path: Path,
 ) -> None:
@@ -286,16 +305,7 @@ def test_a_relay_one_side_cannot_reach_does_not_keep_the_pair_from_the_next(
                 for n, where in enumerate(named):
                     relay = RelayServer(RelayConfig(RELAY_SECRET, where.host, where.port))
                     at = net.at(where.host)
-                    if n == 0:
-                        listen = at.listen
-
-                        async def firewalled(host, port, factory, reuse_port=False):  # type: ignore[no-untyped-def]
-                            return await listen(
-                                host, port, lambda: _Firewalled(factory(), blocked), reuse_port
-                            )
-
-                        at.listen = firewalled  # type: ignore[method-assign]
-                    await relay.start(at)
+                    await relay.start(_FirewalledNetwork(at, blocked) if n == 0 else at)
                     running.append(relay)
                 alice, bob = await unreachable(world, ALICE, BOB)
                 report = await alice.send_text(BOB, "through the relay both reach")
@@ -306,3 +316,16 @@ def test_a_relay_one_side_cannot_reach_does_not_keep_the_pair_from_the_next(
                 await relay.close()
 
     run_in_virtual_time(main)
+
+
+# --- 7. docs/protocol.md §5.8 contradicts §6.11 and the code ---------------------------------
+
+
+def test_protocol_md_5_8_does_not_say_relay_is_refused_for_a_number_on_another_server() -> None:
+    """§5.8's `offline` row says a `relay` is refused "offline" when "the number is not
+    connected to this server"; §6.11 and the server pass it on (through Redis) to the
+    server the number is connected to, exactly as a `reverse` (checked: RedisDirectory
+    pushes `relayed` across servers)."""
+    doc = (Path(__file__).parents[2] / "docs" / "protocol.md").read_text()
+    row = next(line for line in doc.splitlines() if line.startswith("| `offline` |"))
+    assert "not connected to this server" not in row, row
