@@ -329,3 +329,17 @@ def test_protocol_md_5_8_does_not_say_relay_is_refused_for_a_number_on_another_s
     doc = (Path(__file__).parents[2] / "docs" / "protocol.md").read_text()
     row = next(line for line in doc.splitlines() if line.startswith("| `offline` |"))
     assert "not connected to this server" not in row, row
+
+
+# --- 8. `whatsap2p relay` refuses a byte rate under 1 MiB/s ----------------------------------
+
+
+def test_the_relays_byte_rates_take_fractions_of_a_mib() -> None:
+    """The options in MiB are parsed as whole numbers: RelayLimits' `session_rate: float =
+    16 * MiB` is an int at run time, and cli.py picks `_count` for an int default. An
+    operator on a thin uplink ("lower both", docs/deployment.md) cannot give 0.5 MiB/s."""
+    try:
+        args = build_parser().parse_args(["relay", "--session-rate", "0.5", "--ip-rate", "1.5"])
+    except SystemExit:
+        pytest.fail("whatsap2p relay --session-rate 0.5 is refused: not a whole number")
+    assert (args.relay_session_rate, args.relay_ip_rate) == (0.5, 1.5)
