@@ -343,3 +343,41 @@ def test_the_relays_byte_rates_take_fractions_of_a_mib() -> None:
     except SystemExit:
         pytest.fail("whatsap2p relay --session-rate 0.5 is refused: not a whole number")
     assert (args.relay_session_rate, args.relay_ip_rate) == (0.5, 1.5)
+
+
+# --- 9. a waiting half whose module left holds its slots for the whole wait -------------------
+
+
+async def test_a_waiting_half_whose_module_left_frees_its_slot_at_once() -> None:
+    """A waiting half is not read (pause_reading), so the relay does not see its module
+    leave: a module gives up after `Timeouts.relay_meet` (6 s) and aborts, yet its half
+    keeps its place in `max_waiting` / `max_waiting_per_ip` until `wait_timeout` (15 s).
+    Since any user may make a module meet it at a relay (`relay` naming its number, a
+    few a second), strangers keep a victim's source at its waiting cap, where the
+    victim's own first halves are refused `busy`. (Reading a waiting half costs nothing:
+    any byte from it is a protocol error, and its end is then seen at once.)"""
+    limits = RelayLimits(max_waiting_per_ip=2)
+    relay = RelayServer(RelayConfig(SECRET, "127.0.0.1", 0, limits))
+    _, port = await relay.start()
+    try:
+        for _ in range(2):  # two meetings abandoned, as `meet` abandons them
+            gone = await connect(port)
+            gone.present(token())
+            deadline = time.monotonic() + 2
+            while relay.pairing.waiting < 1:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            assert gone.transport is not None
+            gone.transport.abort()
+        await asyncio.sleep(0.5)
+        # the victim's next meeting, first at the relay
+        mine = await connect(port)
+        mine.present(token())
+        try:
+            async with asyncio.timeout(0.5):
+                status = await mine.status()
+        except TimeoutError:
+            status = None  # (waiting: as it should)
+        assert status != Status.BUSY, "refused busy: two modules that left still wait there"
+    finally:
+        await relay.close()
