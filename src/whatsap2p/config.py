@@ -122,7 +122,7 @@ class Timeouts:
     #: connection to come is taken.
     reverse_after: float = 1.0
     #: Meeting a peer at a relay when no direct way connected: reaching a relay that
-    #: joins us to the peer, the relays named tried in turn, all within this time.
+    #: joins us to the peer (all the relays named tried at once) within this time.
     relay_meet: float = 6.0
     #: A peer last reached through a relay is met there at once for this long (its
     #: direct ways are tried again after, or as soon as its address changes).

@@ -15,6 +15,7 @@ from tests.memory import MemoryNetwork
 from tests.servers import directory_client, running_server
 from whatsap2p.config import RateLimits
 from whatsap2p.errors import (
+    NoRelay,
     NumberAlreadyOnline,
     NumberBound,
     RateLimited,
@@ -402,6 +403,47 @@ async def test_connections_reported_are_counted_by_route_and_rendezvous_by_outco
         assert metrics.connections("reverse") == 1
         with pytest.raises(ServerUnreachable):  # not a route: the server hangs up
             await alice.request(ev.Report(alice.next_rid(), "carrier-pigeon"))
+        for each in (alice, bob):
+            await each.close()
+
+
+async def test_a_relay_introduction_gives_both_the_relays_and_one_ticket() -> None:
+    network = MemoryNetwork()
+    relays = (ev.RelayAddress("203.0.113.20", 5560),)
+
+    async def client(port: int, host_seen: str) -> DirectoryClient:
+        return await DirectoryClient.connect(
+            "127.0.0.1", port, StaticKey.generate(), network=network.at(host_seen)
+        )
+
+    async with running_server(network=network) as (_, port):  # (no relay)
+        alice = await client(port, "198.51.100.7")
+        await alice.register(ALICE, 4001)
+        with pytest.raises(NoRelay, match="no relay"):
+            await alice.relay(BOB)
+        await alice.close()
+    rates = RateLimits(reverse_burst=2, reverse_rate=0.001)
+    async with running_server(network=network, relays=relays, rates=rates) as (server, port):
+        bob = await client(port, "203.0.113.101")
+        await bob.register(BOB, 4002)
+        pushed: list[ev.Relayed] = []
+        bob.on_relayed = pushed.append
+        alice = await client(port, "198.51.100.7")
+        await alice.register(ALICE, 4001)
+        relaying = await alice.relay(BOB)
+        await bob.ping()  # (anything pushed comes before this answer)
+        (relayed,) = pushed
+        assert (relayed.peer.phone, relayed.peer.host) == (ALICE, "198.51.100.7")
+        assert (
+            (relayed.relays, relayed.ticket)
+            == (relays, relaying.ticket)
+            == (relays, relaying.ticket)
+        )
+        assert server.metrics.relayed == 1
+        with pytest.raises(ServerRefused, match="not online"):
+            await alice.relay(ALICE)  # (herself)
+        with pytest.raises(RateLimited):  # the same buckets as requests to connect back
+            await alice.relay(BOB)
         for each in (alice, bob):
             await each.close()
 

@@ -15,12 +15,13 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.redis_server import free_port
-from tests.servers import FAST, directory_client, running_server
+from tests.servers import FAST, RELAY_SECRET, directory_client, running_server
 from whatsap2p.config import RateLimits
 from whatsap2p.errors import NumberAlreadyOnline, NumberBound, RateLimited, ServerRefused
 from whatsap2p.net.directory_client import DirectoryClient
 from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.keys import StaticKey
+from whatsap2p.protocol.relay import pair_of, verify
 from whatsap2p.server.redis_store import ANSWER_WITHIN, RedisDirectory
 from whatsap2p.server.service import DirectoryServer
 
@@ -36,9 +37,10 @@ class Servers:
         ttl: float = 30.0,
         rates: RateLimits | None = None,
         answer_within: float = ANSWER_WITHIN,
+        relays: tuple[ev.RelayAddress, ...] = (),
     ) -> tuple[DirectoryServer, int]:
         directory = RedisDirectory(self.url, ttl=ttl, answer_within=answer_within)
-        server = running_server(directory=directory, rates=rates)
+        server = running_server(directory=directory, rates=rates, relays=relays)
         return await self.stack.enter_async_context(server)
 
 
@@ -352,6 +354,31 @@ async def test_a_request_to_connect_back_is_passed_on_to_the_callees_server(
         await carol.reverse(BOB, token)
     assert dials.qsize() == 1  # (carol's)
     for client in (alice, bob, carol):
+        await client.close()
+
+
+async def test_a_relay_introduction_is_passed_on_to_the_callees_server(servers: Servers) -> None:
+    relays = (ev.RelayAddress("203.0.113.20", 5560), ev.RelayAddress("203.0.113.21", 5560))
+    (server_a, port_a), (server_b, port_b) = [await servers.start(relays=relays) for _ in range(2)]
+    bob = await directory_client(port_b)
+    await bob.register(BOB, 4002)
+    pushed: asyncio.Queue[ev.Relayed] = asyncio.Queue()
+    bob.on_relayed = pushed.put_nowait
+    alice_key = StaticKey.generate()
+    alice = await directory_client(port_a, alice_key)
+    await alice.register(ALICE, 4001, "127.0.0.9")  # (claims another address)
+    relaying = await alice.relay(BOB)
+    relayed = await asyncio.wait_for(pushed.get(), 5)
+    assert relayed.peer == ev.PeerAddress(ALICE, "127.0.0.1", 4001, alice_key.public)
+    assert relayed.relays == relaying.relays == relays
+    assert relayed.ticket == relaying.ticket
+    # a ticket the relays take, for the two of them
+    verified = verify(RELAY_SECRET, relaying.ticket, time.time())
+    assert verified.pair == pair_of(RELAY_SECRET, BOB, ALICE)
+    assert (server_a.metrics.relayed, server_b.metrics.relayed) == (0, 1)
+    with pytest.raises(ServerRefused, match="not online"):
+        await alice.relay("+5511999990009")
+    for client in (alice, bob):
         await client.close()
 
 

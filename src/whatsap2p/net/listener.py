@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import typing
 from collections import Counter, deque
@@ -18,7 +19,6 @@ from typing import Protocol
 
 from whatsap2p.config import Limits, Timeouts
 from whatsap2p.errors import (
-    DeliveryFailed,
     IncomingRefused,
     NoRoom,
     ProtocolError,
@@ -26,7 +26,7 @@ from whatsap2p.errors import (
     WhatsAp2pError,
 )
 from whatsap2p.net.network import Listening, Network, TcpNetwork
-from whatsap2p.net.relays import meet
+from whatsap2p.net.relays import meet_each
 from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.channel import Buffer
 from whatsap2p.protocol.directory import TOKEN_BYTES
@@ -135,9 +135,10 @@ class PeerListener:
         self, peer: ev.PeerAddress, relays: tuple[ev.RelayAddress, ...], ticket: bytes,
         server_host: str,
     ) -> None:  # fmt: skip
-        """Meet `peer`, which cannot reach us by any direct way, at the first of `relays`
-        that takes `ticket` (see relays.meet), and take its messages there as if it had
-        connected to us."""
+        """Meet `peer`, which cannot reach us by any direct way, at `relays` with `ticket`
+        (see relays.meet_each), and take its messages where it starts its handshake as
+        if it had connected to us (limited as connections from its number, not from the
+        relay's address, which all relayed peers share)."""
         task = asyncio.get_running_loop().create_task(
             self._met(peer.phone, relays, ticket, server_host)
         )
@@ -147,18 +148,17 @@ class PeerListener:
     async def _met(
         self, phone: str, relays: tuple[ev.RelayAddress, ...], ticket: bytes, server_host: str
     ) -> None:
-        try:
-            transport, rest = await meet(self._network, relays, ticket, self._timeouts, server_host)
-        except DeliveryFailed as exc:
-            log.info("cannot meet %s at a relay: %s", phone, exc)
-            return
-        log.info("met %s at a relay", phone)
-        inbox = _Inbox(self._serve)
-        transport.set_protocol(inbox)
-        inbox.connection_made(transport)
-        if rest:
-            inbox.data_received(rest)
-        transport.resume_reading()
+        def joined(transport: asyncio.Transport, rest: bytes) -> None:
+            inbox = _Inbox(functools.partial(self._serve, source=f"{phone} (relayed)"))
+            transport.set_protocol(inbox)
+            inbox.connection_made(transport)
+            if rest:
+                inbox.data_received(rest)
+            transport.resume_reading()
+
+        why = await meet_each(self._network, relays, ticket, self._timeouts, server_host, joined)
+        if len(why) == len(relays):
+            log.info("cannot meet %s at a relay: %s", phone, "; ".join(why))
 
     def _connect_out(
         self, phone: str, host: str, port: int, preface: bytes, local_port: int | None = None
@@ -214,9 +214,11 @@ class PeerListener:
         if self._server is not None:
             await self._server.wait_closed()
 
-    async def _serve(self, connection: _Inbox) -> None:
+    async def _serve(self, connection: _Inbox, source: str | None = None) -> None:
+        """Serve `connection`, within the limits on connections at once, in all and from
+        its `source` (its IP address unless given)."""
         peer = connection.get_extra_info("peername")
-        ip = str(peer[0]) if peer else "?"
+        ip = source or (str(peer[0]) if peer else "?")
         limits = self._limits
         if (
             len(self._connections) >= limits.max_peer_connections

@@ -121,23 +121,21 @@ class LinkPool:
         self._busy[address] = self._busy.get(address, 0) + 1
         try:
             async with slots:
+                # A kept link (if any), a new one, and once more a new one if that is cut
+                # off on its way (the peer's network changed, a relay went away): which
+                # resumes where the receiver has it.
                 link = self._take(address)
-                if link is not None:
+                tries = 2 if link is None else 3
+                while True:
+                    tries -= 1
+                    if link is None:
+                        link = await self._open(address)
                     try:
                         return await self._photo_on(address, link, offer, stream_from)
                     except DeliveryFailed as exc:
-                        if not _found_closed(exc):
+                        if not tries or not _found_closed(exc):
                             raise
-                link = await self._open(address)
-                try:
-                    return await self._photo_on(address, link, offer, stream_from)
-                except DeliveryFailed as exc:
-                    if not _found_closed(exc):
-                        raise
-                # Cut off on its way (the peer's network changed, a relay went away):
-                # once more on a new link, which resumes where the receiver has it.
-                link = await self._open(address)
-                return await self._photo_on(address, link, offer, stream_from)
+                    link = None
         finally:
             self._busy[address] -= 1
             if not self._busy[address]:

@@ -1,6 +1,6 @@
-"""Meeting a peer at a relay (`whatsap2p relay`, docs/protocol.md §6.11 and §11) when no direct
-way connects: both modules connect to the first of the relays their server named that
-takes their ticket, and the relay joins the two connections. What flows through it is
+"""Meeting a peer at a relay (`whatsap2p relay`, docs/protocol.md §6.11 and §11) when no
+direct way connects: both modules present their ticket to all the relays their server
+named, and a relay that both reach joins their two connections. What flows through it is
 the usual peer connection, sealed end to end: the relay sees ciphertext only.
 """
 
@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import typing
+from collections.abc import Callable
 
 from whatsap2p.config import Timeouts
-from whatsap2p.errors import PeerTimedOut, PeerUnreachable
+from whatsap2p.errors import DeliveryFailed, PeerTimedOut, PeerUnreachable
 from whatsap2p.lan import may_dial_back
 from whatsap2p.net.network import Network
 from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.relay import Status, encode_preface
 
-__all__ = ["meet"]
+__all__ = ["meet", "meet_each"]
 
 #: Why a relay did not join us, by its answer (protocol/relay.py's Status).
 _REFUSALS: typing.Final[dict[int, str]] = {
@@ -59,40 +60,119 @@ async def meet(
     timeouts: Timeouts,
     server_host: str,
 ) -> tuple[asyncio.Transport, bytes]:
-    """A connection joined to the peer's at the first of `relays` that takes `ticket`
-    (each tried in turn: one that cannot be reached, or refuses, gives way to the
-    next), with reading paused, and the peer's bytes that came with the join; all
-    within `Timeouts.relay_meet`. PeerUnreachable (or PeerTimedOut) saying why each
-    relay failed. `server_host`: where our server is (a relay on loopback or a LAN only
-    with a server there too, as for connecting back)."""
-    preface = encode_preface(ticket)
+    """A connection joined to the peer's at one of `relays` that take `ticket`: the
+    ticket is presented to all of them at once, the first joined is taken and the others
+    are let go (so a relay one side cannot reach, or that keeps one side waiting, costs
+    nothing: the peer's module does the same, `meet_each`). Reading is paused; the
+    peer's bytes that came with the join are returned with it. PeerUnreachable (or
+    PeerTimedOut, after `Timeouts.relay_meet`) saying why each relay failed.
+    `server_host`: where our server is (a relay on loopback or a LAN only with a server
+    there too, as for connecting back)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeouts.relay_meet
-    why: list[str] = []
-    for relay in relays:
-        where = f"{relay.host}:{relay.port}"
-        if not may_dial_back(relay.host, server_host):
-            why.append(f"{where}: not an address to connect to from here")
-            continue
-        left = deadline - loop.time()
-        if left <= 0:
-            why.append(f"{where}: no time left")
-            break
-        meeting: _Meeting | None = None
+    why: dict[ev.RelayAddress, str] = {}
+    trying = {
+        asyncio.ensure_future(_attempt(network, relay, ticket, timeouts, deadline)): relay
+        for relay in _reachable(relays, server_host, why)
+    }
+    pending = set(trying)
+    taken = None
+    try:
+        while pending and taken is None:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for attempt in done:
+                failed = attempt.exception()
+                if failed is not None:
+                    why[trying[attempt]] = str(failed)
+                elif taken is None:
+                    taken = attempt
+    finally:
+        for attempt in trying:
+            if attempt is not taken:
+                _let_go(attempt)
+    if taken is not None:
+        return taken.result()
+    kind = PeerTimedOut if loop.time() >= deadline else PeerUnreachable
+    said = [f"{relay.host}:{relay.port}: {why[relay]}" for relay in relays if relay in why]
+    raise kind("no relay joined us: " + "; ".join(said or ["none named"]))
+
+
+async def meet_each(
+    network: Network,
+    relays: tuple[ev.RelayAddress, ...],
+    ticket: bytes,
+    timeouts: Timeouts,
+    server_host: str,
+    joined: Callable[[asyncio.Transport, bytes], None],
+) -> list[str]:
+    """The peer's side of `meet`: present `ticket` to all of `relays` at once and hand
+    each connection joined (reading paused, with the bytes that came with the join) to
+    `joined`: the peer starts its handshake on the one it took and closes the others,
+    which then end by themselves. Why each relay did not join us."""
+    deadline = asyncio.get_running_loop().time() + timeouts.relay_meet
+    why: dict[ev.RelayAddress, str] = {}
+
+    async def at(relay: ev.RelayAddress) -> None:
         try:
-            async with asyncio.timeout(left):
-                meeting = await network.connect(
-                    relay.host, relay.port, lambda: _Meeting(preface), min(left, timeouts.connect)
-                )
-                status, rest = await meeting.answer
-        except (OSError, TimeoutError) as exc:
-            if meeting is not None:
-                meeting.transport.abort()
-            why.append(f"{where}: {str(exc) or 'no answer in time'}")
-            continue
-        if status == Status.JOINED:
-            return meeting.transport, rest
+            transport, rest = await _attempt(network, relay, ticket, timeouts, deadline)
+        except DeliveryFailed as exc:
+            why[relay] = str(exc)
+            return
+        joined(transport, rest)
+
+    await asyncio.gather(*(at(relay) for relay in _reachable(relays, server_host, why)))
+    return [f"{relay.host}:{relay.port}: {why[relay]}" for relay in relays if relay in why]
+
+
+def _reachable(
+    relays: tuple[ev.RelayAddress, ...], server_host: str, why: dict[ev.RelayAddress, str]
+) -> list[ev.RelayAddress]:
+    """Those of `relays` we may connect to (the others' reasons go in `why`)."""
+    allowed = []
+    for relay in dict.fromkeys(relays):
+        if may_dial_back(relay.host, server_host):
+            allowed.append(relay)
+        else:
+            why[relay] = "not an address to connect to from here"
+    return allowed
+
+
+async def _attempt(
+    network: Network, relay: ev.RelayAddress, ticket: bytes, timeouts: Timeouts, deadline: float
+) -> tuple[asyncio.Transport, bytes]:
+    """A connection to `relay` joined to the peer's (reading paused), and the bytes that
+    came with the join; DeliveryFailed saying why not. Whatever ends it otherwise
+    (cancelled) closes the connection."""
+    loop = asyncio.get_running_loop()
+    meeting: _Meeting | None = None
+    try:
+        async with asyncio.timeout_at(deadline):
+            meeting = await network.connect(
+                relay.host,
+                relay.port,
+                lambda: _Meeting(encode_preface(ticket)),
+                max(0.0, min(deadline - loop.time(), timeouts.connect)),
+            )
+            status, rest = await meeting.answer
+    except (OSError, TimeoutError) as exc:
+        if meeting is not None:
+            meeting.transport.abort()
+        failure = PeerTimedOut if isinstance(exc, TimeoutError) else PeerUnreachable
+        raise failure(str(exc) or "no answer in time") from exc
+    except BaseException:
+        if meeting is not None:
+            meeting.transport.abort()
+        raise
+    if status != Status.JOINED:
         meeting.transport.abort()
-        why.append(f"{where}: {_REFUSALS.get(status, f'refused ({status})')}")
-    failure = PeerTimedOut if loop.time() >= deadline else PeerUnreachable
-    raise failure("no relay joined us: " + "; ".join(why or ["none named"]))
+        raise PeerUnreachable(_REFUSALS.get(status, f"refused ({status})"))
+    return meeting.transport, rest
+
+
+def _let_go(attempt: asyncio.Future[tuple[asyncio.Transport, bytes]]) -> None:
+    """An attempt not taken: cancelled (which closes its connection), or its connection
+    closed if it was joined after all."""
+    if not attempt.done():
+        attempt.cancel()
+    elif not attempt.cancelled() and attempt.exception() is None:
+        attempt.result()[0].abort()

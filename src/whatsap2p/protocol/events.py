@@ -178,14 +178,14 @@ class RelayAddress(msgspec.Struct, frozen=True, gc=False):
 
 class Relay(DirectoryMessage, frozen=True, tag="relay"):
     """No direct way to `phone`'s module works: introduce the two of us at a relay. The
-    server gives both (it pushes `relayed`, and answers `relaying`) the same relays, in
-    the same order, and a ticket that they accept for this pair, for a short while."""
+    server gives both (it pushes `relayed`, and answers `relaying`) the same relays and a
+    ticket that they accept for this pair, for a short while."""
 
     phone: str
 
 
 class Relaying(DirectoryMessage, frozen=True, tag="relaying"):
-    """`phone`'s module was told: meet it at the first of `relays` that takes `ticket`."""
+    """`phone`'s module was told: meet it at one of `relays`, with `ticket`."""
 
     relays: tuple[RelayAddress, ...]
     ticket: bytes
@@ -193,7 +193,7 @@ class Relaying(DirectoryMessage, frozen=True, tag="relaying"):
 
 class Relayed(DirectoryMessage, frozen=True, tag="relayed"):
     """Pushed by the server (rid 0): `peer` cannot reach us by any direct way; meet it at
-    the first of `relays` that takes `ticket`, and take its messages there."""
+    one of `relays`, with `ticket`, and take its messages there."""
 
     peer: PeerAddress
     relays: tuple[RelayAddress, ...]

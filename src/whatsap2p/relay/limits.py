@@ -28,22 +28,23 @@ class RelayLimits:
     max_waiting: int = 1024
     max_waiting_per_ip: int = 64
     #: Joined pairs, in all; joined connections from one source (a pair counts once for
-    #: each of its halves); pairs joined for one pair of numbers at once (a module opens
-    #: up to 33 connections to one peer: texts, and 32 photos).
+    #: each of its halves); pairs joined for one pair of numbers at once, whichever of
+    #: the two opened them (each module opens up to 33 connections to the other: texts,
+    #: and 32 photos; both at once, 66).
     max_sessions: int = 512
     max_sessions_per_ip: int = 128
-    max_sessions_per_pair: int = 40
+    max_sessions_per_pair: int = 72
     #: Token nonces remembered (each until its token expires, so that no token joins
     #: twice); a new token beyond is refused `busy`. ~200 bytes each.
     max_nonces: int = 100_000
     #: Bytes per second through one joined pair (both ways together), and the burst it
     #: may save up: one largest photo (64 MiB, plus its framing) goes through at full
     #: speed, a stream of them at the rate. Over it, the sender's bytes are not read.
-    session_rate: float = 16 * MiB
-    session_burst: float = 96 * MiB
+    session_rate: float = 16.0 * MiB
+    session_burst: float = 96.0 * MiB
     #: The same for what one source sends through all its connections together.
-    ip_rate: float = 64 * MiB
-    ip_burst: float = 512 * MiB
+    ip_rate: float = 64.0 * MiB
+    ip_burst: float = 512.0 * MiB
     #: Sources whose byte allowance is remembered (least recently used forgotten first).
     max_ips: int = 65536
     #: A connection's write buffer: past this, its other half's bytes are not read until

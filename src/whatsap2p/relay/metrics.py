@@ -23,11 +23,10 @@ exporter's thread turns them into metric families when scraped.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
-from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import start_http_server
+
+from whatsap2p.metrics import Exported
 
 __all__ = ["REASONS", "RelayMetrics"]
 
@@ -35,19 +34,17 @@ __all__ = ["REASONS", "RelayMetrics"]
 REASONS = ("forged", "expired", "replayed", "busy", "timeout", "garbled", "slow", "evicted")
 
 
-class RelayMetrics:
+class RelayMetrics(Exported):
     def __init__(self, counts: Callable[[], tuple[int, int, int, int]]) -> None:
         """`counts()`: (prefacing, waiting, sessions, buffered bytes) now, when scraped
         (from the exporter's thread)."""
-        self.registry = CollectorRegistry()
         self._counts = counts
         self.forwarded = 0
         self.joined = 0
         self.idle_closed = 0
         self.throttled = 0
         self.refusals = dict.fromkeys(REASONS, 0)
-        self._http: Any = None
-        self.registry.register(self)  # a collector: it has collect()
+        super().__init__()
 
     def refused(self, reason: str) -> None:
         self.refusals[reason] += 1
@@ -84,14 +81,3 @@ class RelayMetrics:
             "Times a connection was paused for its byte rate",
             self.throttled,
         )
-
-    def serve(self, host: str, port: int) -> int:
-        """Export on http://host:port/metrics (a thread); returns the port bound."""
-        self._http, _ = start_http_server(port, addr=host, registry=self.registry)
-        return int(self._http.server_address[1])
-
-    def close(self) -> None:
-        if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
-            self._http = None

@@ -13,15 +13,12 @@ invalidate every token the other side mints.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
-import tempfile
 from pathlib import Path
 
 import platformdirs
 
-from whatsap2p.errors import StoreError
+from whatsap2p.keyfile import load_or_create_secret_file
 from whatsap2p.protocol.relay import MIN_SECRET
 
 __all__ = ["DEFAULT_SECRET", "load_or_create_secret"]
@@ -33,48 +30,11 @@ _HEADER = "whatsap2p-relay-secret 1"
 
 
 def load_or_create_secret(path: Path) -> bytes:
-    try:
-        text = path.read_text(encoding="ascii")
-    except FileNotFoundError:
-        return _create(path)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise StoreError(f"cannot read relay secret file {path}: {exc}") from exc
-    lines = text.split()
-    try:
-        if " ".join(lines[:2]) != _HEADER or len(lines) != 3:
-            raise ValueError("not a whatsap2p relay secret file")
-        secret = base64.b64decode(lines[2], validate=True)
-        if len(secret) < MIN_SECRET:
-            raise ValueError(f"{len(secret)} bytes, fewer than {MIN_SECRET}")
-    except (ValueError, binascii.Error) as exc:
-        raise StoreError(
-            f"relay secret file {path} is corrupt ({exc}); it was not changed"
-        ) from exc
-    return secret
+    return load_or_create_secret_file(
+        path, _HEADER, "relay secret file", lambda: os.urandom(MIN_SECRET), _check
+    )
 
 
-def _create(path: Path) -> bytes:
-    secret = os.urandom(MIN_SECRET)
-    data = f"{_HEADER}\n{base64.b64encode(secret).decode()}\n".encode()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Written whole under another name (mkstemp: mode 0600), then linked into place,
-        # which fails if the name exists: another process creating it at the same moment
-        # (the relay, the server) never reads a half-written file, nor do we replace theirs.
-        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".relay-secret-")
-    except OSError as exc:
-        raise StoreError(f"cannot create relay secret file {path}: {exc.strerror}") from exc
-    try:
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.link(temporary, path)
-    except FileExistsError:
-        return load_or_create_secret(path)
-    except OSError as exc:
-        raise StoreError(f"cannot create relay secret file {path}: {exc.strerror}") from exc
-    finally:
-        os.unlink(temporary)
-    return secret
+def _check(secret: bytes) -> None:
+    if len(secret) < MIN_SECRET:
+        raise ValueError(f"{len(secret)} bytes, fewer than {MIN_SECRET}")

@@ -5,9 +5,10 @@ both ways.
 Each connection is an `asyncio.Protocol`, not a task with streams: the bytes a half reads
 are written to its other half's transport in the same callback (uvloop sends them at once
 when the socket has room), so forwarding costs one copy and no buffer of ours. Nothing
-is held that flow control does not bound: a half waiting for its pair is not read; a
-half whose other half's write buffer is past the high-water mark is not read until it
-drains; a half over its byte rate is not read until its allowance is back. Deadlines
+is held that flow control does not bound: a half waiting for its pair says nothing (a
+byte from it closes it); a half whose other half's write buffer is past the high-water
+mark is not read until it drains; a half over its byte rate is not read until its
+allowance is back. Deadlines
 (preface, wait, idle) share one loop timer, as the directory's connections do.
 """
 
@@ -41,7 +42,6 @@ _FORWARDING: typing.Final = 2
 _CLOSED: typing.Final = 3  # refused, dropped, or its connection ended
 
 # Why a half's reading is paused: a bit each, read again when none is left.
-_HELD_WAITING: typing.Final = 1  # for its other half
 _HELD_PEER_FULL: typing.Final = 2  # its other half's write buffer is past the high-water mark
 _HELD_RATE: typing.Final = 4  # over its pair's or its source's byte rate
 
@@ -318,7 +318,7 @@ class _Half(asyncio.Protocol):
     # --- internals -------------------------------------------------------------------------
 
     def _preface_received(self, data: bytes) -> None:
-        if self._state == _WAITING:  # (not read while waiting: a transport that did)
+        if self._state == _WAITING:  # (a module says nothing until it is joined)
             self.drop("garbled")
             return
         if self._state != _PREFACE or self._preface is None:
@@ -343,8 +343,9 @@ class _Half(asyncio.Protocol):
             return
         outcome = relay.pairing.presented(self, verified, now)
         if isinstance(outcome, Waiting):
+            # (still read: a byte from it is garbled, and its module leaving is seen at
+            # once, its place given up)
             self._state = _WAITING
-            self._hold(_HELD_WAITING)
             self._arm(self._loop.time() + limits.wait_timeout)
         elif isinstance(outcome, Joined):
             self._join(outcome.other)
@@ -371,7 +372,6 @@ class _Half(asyncio.Protocol):
             assert transport is not None
             if not transport.is_closing():  # (one closing: its connection_lost ends both)
                 transport.write(joined)
-        other._release(_HELD_WAITING)
 
     def _refuse(self, status: Status) -> None:
         """Answer `status` and close."""

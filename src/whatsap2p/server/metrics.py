@@ -19,27 +19,24 @@
   number-online, protocol-error, unavailable);
 - `whatsap2p_request_seconds{kind}`: how long answering took, a histogram.
 
+
 The event loop counts in plain integers (a request costs two list updates, not four
-locked metric calls); prometheus-client's exporter thread turns them into metric
-families when it is scraped (a custom collector, as its documentation describes for
-"metrics from another system"). Each server has a registry of its own (several may run
-in one test process).
+locked metric calls), exported as whatsap2p/metrics.py says.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Iterator
-from typing import Any
 
-from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.exposition import start_http_server
+
+from whatsap2p.metrics import Exported
 
 __all__ = ["ServerMetrics"]
 
@@ -57,10 +54,9 @@ class _Latency:
         self.total = 0.0
 
 
-class ServerMetrics:
+class ServerMetrics(Exported):
     def __init__(self, online_users: Callable[[], int]) -> None:
         """`online_users()` counts them when scraped (from the exporter's thread)."""
-        self.registry = CollectorRegistry()
         self._online_users = online_users
         self.lookups = 0  # numbers looked up
         self.reversals = 0  # requests to connect back passed on
@@ -69,8 +65,7 @@ class ServerMetrics:
         self._rejected: dict[str, int] = {}
         self._connections: dict[str, int] = {}
         self._rendezvous: dict[str, int] = {}
-        self._http: Any = None
-        self.registry.register(self)  # a collector: it has collect()
+        super().__init__()
 
     def answered(self, kind: str, seconds: float) -> None:
         latency = self._latency[kind]
@@ -140,14 +135,3 @@ class ServerMetrics:
         for reason, count in list(self._rejected.items()):
             rejected.add_metric([reason], count)
         yield rejected
-
-    def serve(self, host: str, port: int) -> int:
-        """Export on http://host:port/metrics (a thread); returns the port bound."""
-        self._http, _ = start_http_server(port, addr=host, registry=self.registry)
-        return int(self._http.server_address[1])
-
-    def close(self) -> None:
-        if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
-            self._http = None

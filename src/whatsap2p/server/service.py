@@ -33,7 +33,7 @@ from whatsap2p.net.deadlines import Deadlines
 from whatsap2p.net.network import Listening, Network, TcpNetwork
 from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.channel import Buffer
-from whatsap2p.protocol.directory import DirectoryServerConnection
+from whatsap2p.protocol.directory import MAX_RELAYS, DirectoryServerConnection
 from whatsap2p.protocol.keys import StaticKey
 from whatsap2p.protocol.noise import COMPACT, NoiseChannel
 from whatsap2p.ratelimit import BucketsByKey, TokenBucket
@@ -87,10 +87,14 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     timeouts: Timeouts = field(default_factory=Timeouts)
     rates: RateLimits = field(default_factory=RateLimits)
-    #: The relays handed to users that no direct way connects (`relay`), in the order
-    #: to try them, and what mints a ticket they take for two numbers (None: no relay).
+    #: The relays (1 to 8) handed to users that no direct way connects (`relay`), and
+    #: what mints a ticket they take for two numbers (None: no relay).
     relays: tuple[ev.RelayAddress, ...] = ()
     tickets: Callable[[str, str], bytes] | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.relays) > MAX_RELAYS:
+            raise ValueError(f"at most {MAX_RELAYS} relays")
 
 
 class DirectoryServer:
@@ -640,7 +644,7 @@ class _Client(asyncio.Protocol):
 
     def _relay(self, request: ev.Relay) -> Buffer | Awaitable[Buffer]:
         """Introduce this module and `request.phone`'s at the relays: both are given the
-        same ones, in the same order, and a ticket for the pair (pushed to it through its
+        same ones and a ticket for the pair (pushed to it through its
         connection, here or at the server it is connected to)."""
         config = self._server.config
         if not config.relays or config.tickets is None:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -19,10 +20,12 @@ import uvloop
 from whatsap2p import __version__
 from whatsap2p.app.session import Session, SessionConfig
 from whatsap2p.config import Limits, MiB, RateLimits, Timeouts
-from whatsap2p.errors import CannotListen, StoreError, WhatsAp2pError
+from whatsap2p.errors import CannotListen, InvalidInput, StoreError, WhatsAp2pError
 from whatsap2p.keyfile import load_or_create_key
+from whatsap2p.metrics import Exported
 from whatsap2p.phone import DEFAULT_REGION, normalise_phone
 from whatsap2p.protocol import events as ev
+from whatsap2p.protocol.directory import MAX_RELAYS
 from whatsap2p.protocol.keys import normalise_fingerprint
 from whatsap2p.protocol.relay import mint
 from whatsap2p.relay.limits import RelayLimits
@@ -65,6 +68,18 @@ def parse_address(text: str, default_host: str | None = None) -> tuple[str, int]
     if not port_text.isdigit() or not 0 <= int(port_text) < 65536:
         raise argparse.ArgumentTypeError(f"{text!r}: the port must be a number 0..65535")
     return host, int(port_text)
+
+
+def _relay_address(text: str) -> ev.RelayAddress:
+    """`HOST:PORT` of a relay, its host name resolved (modules are given IP addresses)."""
+    host, port = parse_address(text)
+    if port == 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a relay's port is 1..65535")
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot resolve {host!r}: {exc}") from None
+    return ev.RelayAddress(str(found[0][4][0]), port)
 
 
 def _format_address(host: str, port: int) -> str:
@@ -150,12 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     server.add_argument(
         "--relay",
-        type=parse_address,
+        type=_relay_address,
         action="append",
         default=[],
         metavar="HOST:PORT",
-        help="a relay (whatsap2p relay) that users no direct way connects meet at; may repeat "
-        "(tried in this order)",
+        help="a relay (whatsap2p relay) where users that no direct way connects meet; may "
+        f"repeat, up to {MAX_RELAYS} (a host name is resolved now)",
     )
     server.add_argument(
         "--relay-secret",
@@ -451,7 +466,9 @@ async def _run_server(args: argparse.Namespace) -> int:
     rates = replace(rates, max_unauthenticated_per_ip=int(rates.max_unauthenticated_per_ip))
     db_path: Path = args.db.expanduser()
     key = load_or_create_key(args.key or db_path.with_name(db_path.name + ".key"))
-    relays = tuple(ev.RelayAddress(host, port) for host, port in args.relay)
+    relays = tuple(args.relay)
+    if len(relays) > MAX_RELAYS:
+        raise InvalidInput(f"at most {MAX_RELAYS} relays (--relay), not {len(relays)}")
     tickets = None
     if relays:
         secret = load_or_create_secret(args.relay_secret or DEFAULT_SECRET)
@@ -482,13 +499,7 @@ async def _run_server(args: argparse.Namespace) -> int:
             )
             return EXIT_ERROR
         if args.metrics_port is not None:
-            try:
-                bound = server.metrics.serve(args.metrics_host, args.metrics_port)
-            except OSError as exc:
-                where = _format_address(args.metrics_host, args.metrics_port)
-                raise CannotListen(f"cannot serve metrics on {where}: {exc.strerror}") from exc
-            where = _format_address(args.metrics_host, bound)
-            print(f"metrics on http://{where}/metrics", file=sys.stderr, flush=True)
+            _serve_metrics(server.metrics, args.metrics_host, args.metrics_port)
         print(f"fingerprint {key.fingerprint}", flush=True)
         print(f"listening on {_format_address(host, port)}", flush=True)
         await stop.wait()
@@ -497,6 +508,16 @@ async def _run_server(args: argparse.Namespace) -> int:
         if bindings is not None:
             bindings.close()
     return EXIT_OK
+
+
+def _serve_metrics(metrics: Exported, host: str, port: int) -> None:
+    """Export `metrics` on http://host:port/metrics and say where (on stderr)."""
+    try:
+        bound = metrics.serve(host, port)
+    except OSError as exc:
+        where = _format_address(host, port)
+        raise CannotListen(f"cannot serve metrics on {where}: {exc.strerror}") from exc
+    print(f"metrics on http://{_format_address(host, bound)}/metrics", file=sys.stderr, flush=True)
 
 
 def _relay_limits(args: argparse.Namespace) -> RelayLimits:
@@ -516,13 +537,7 @@ async def _run_relay(args: argparse.Namespace) -> int:
             where = _format_address(args.host, args.port)
             raise CannotListen(f"cannot listen on {where}: {exc.strerror or exc}") from exc
         if args.metrics_port is not None:
-            try:
-                bound = relay.metrics.serve(args.metrics_host, args.metrics_port)
-            except OSError as exc:
-                where = _format_address(args.metrics_host, args.metrics_port)
-                raise CannotListen(f"cannot serve metrics on {where}: {exc.strerror}") from exc
-            where = _format_address(args.metrics_host, bound)
-            print(f"metrics on http://{where}/metrics", file=sys.stderr, flush=True)
+            _serve_metrics(relay.metrics, args.metrics_host, args.metrics_port)
         print(f"listening on {_format_address(host, port)}", flush=True)
         await stop.wait()
     finally:
