@@ -299,6 +299,8 @@ class History:
         come whole on the next page), more only when a message has more rows than
         `limit`. An empty page: nothing older. Paging with `before` = the id of each
         page's last (oldest) row visits every row once."""
+        if limit < 1:
+            return []
         if group is not None:
             page, start, key = _GROUP_PAGE, _GROUP_START, group
         else:
