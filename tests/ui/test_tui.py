@@ -122,9 +122,9 @@ async def test_a_group_photo_shows_progress_per_recipient_and_previews(world: Wo
         def sent() -> bool:
             """Whether the photo is through; meanwhile, what its progress bar shows."""
             for box in app.query(MessageBox):
-                bar = box.query_one(ProgressBar)
-                if box.row.photo == big and bar.display:
-                    bars.append((bar.progress, bar.total))
+                for bar in box.query(ProgressBar):  # (only while it is being sent)
+                    if box.row.photo == big:
+                        bars.append((bar.progress, bar.total))
             row = app.current.rows[-1] if app.current and app.current.rows else None
             return row is not None and row.progress is None and not row.id.startswith("pending")
 
