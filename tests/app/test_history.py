@@ -287,3 +287,36 @@ async def test_a_page_before_a_message_not_in_the_conversation_is_refused(
         with pytest.raises(UnknownMessage, match="no message"):
             history.entries(before=before, **conversation)  # type: ignore[arg-type]
     history.close()
+
+
+async def test_ids_two_senders_share_are_paged_once_without_long_pages(tmp_path: Path) -> None:
+    """Ids are the senders' choice: another implementation may number its messages, so
+    two members of a group send a "1" each (or one reuses an id of ours). `before` such
+    an id is older than all of its entries; a page ends only where that is right."""
+    history = History(tmp_path / "h.sqlite3", ME)
+    both: dict[str, tuple[State, str | None]] = {BOB: ("delivered", None), CAROL: ("queued", None)}
+    for i in range(40):
+        await history.store_received(str(i), BOB, "pals", T, text=f"bob {i}")
+    for i in range(40):  # carol numbers hers too; ours come between
+        await history.store_received(str(i), CAROL, "pals", T, text=f"carol {i}")
+        await history.store_sent(f"ours{i}", both, "pals", T, text=f"ours {i}")
+    await history.store_received("ours3", DAVE, "pals", T, text="dave reuses an id of ours")
+    everything = [entry_key(e) for e in history.entries(group="pals", limit=10**6)]
+    assert len(everything) == 40 + 40 * 3 + 1
+    for limit in (3, 4, 10, 1000):
+        pages = pages_of(history, limit, group="pals")
+        assert [entry_key(e) for page in pages for e in page] == everything, limit
+        assert max(len(page) for page in pages) <= limit, limit
+    # `before` an id two senders used: older than both
+    assert [e.text for e in history.entries(group="pals", before="0", limit=1)] == []
+    assert [e.text for e in history.entries(group="pals", before="39", limit=1)] == ["bob 38"]
+
+    # the same in a direct conversation: bob's "x" after ours
+    await history.store_sent("x", {BOB: ("delivered", None)}, None, T, text="ours")
+    await history.store_received("y", BOB, None, T, text="between")
+    await history.store_received("x", BOB, None, T, text="his")
+    assert [[e.text for e in page] for page in pages_of(history, 1, phone=BOB)] == [
+        ["his", "between"],  # (a page cannot end on his "x": it would skip "between")
+        ["ours"],
+    ]
+    history.close()

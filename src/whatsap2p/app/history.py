@@ -14,8 +14,10 @@ A conversation is read newest first, a page at a time (`entries`, `before`). Its
 is the store's own, `seq` (when each row was stored), not the timestamps, which are the
 senders' clocks: total, fixed once stored, and a row stored later is always newer, so
 paging back while messages arrive visits each older row once. A page never splits the
-rows of one message (a group send's, one per recipient) between two pages: `before` a
-message means older than all of its rows.
+rows of one message (a group send's, one per recipient) between two pages. `before` an
+id means older than every row with that id in the conversation (two senders may use
+one id: ids are theirs to choose), and a page ends only where the next one, before
+its last row's id, starts right below it.
 
 SQLite in WAL mode: a transaction is either in the file or not, also after kill -9.
 """
@@ -64,22 +66,26 @@ CREATE INDEX IF NOT EXISTS messages_to_show ON messages (seq) WHERE shown = 0;
 
 
 # A conversation is the direct messages with a number, or a group's. Its rows below a
-# seq, newest first, each with where its message starts in the conversation (the seq
-# of the message's oldest row there), found by its id (the unary + keeps SQLite off the
-# conversation's index, with which it would scan the conversation for it).
+# seq, newest first, each with its seq, where its message starts (the seq of its oldest
+# row: only a group send has several) and where its id first appears in the
+# conversation (ids are the senders' choice: two senders may use one, and `before` an
+# id is older than all its rows). Both found by the id (the unary + keeps SQLite off the
+# conversation's index, with which it would scan the conversation for them).
 _DIRECT_PAGE = (
-    "SELECT id, direction, peer, grp, timestamp, text, photo, state, error, code, seq,"
+    "SELECT id, direction, peer, grp, timestamp, text, photo, state, error, code, seq, seq,"
     " (SELECT MIN(seq) FROM messages AS o WHERE o.id = m.id AND +o.peer = m.peer"
     " AND o.grp IS NULL) FROM messages AS m WHERE peer = ? AND grp IS NULL AND seq < ?"
     " ORDER BY seq DESC"
 )
 _GROUP_PAGE = (
     "SELECT id, direction, peer, grp, timestamp, text, photo, state, error, code, seq,"
+    " CASE direction WHEN 'out' THEN (SELECT MIN(seq) FROM messages AS o WHERE o.id = m.id"
+    " AND o.direction = 'out' AND +o.grp = m.grp) ELSE seq END,"
     " (SELECT MIN(seq) FROM messages AS o WHERE o.id = m.id AND +o.grp = m.grp)"
     " FROM messages AS m WHERE grp = ? AND seq < ? ORDER BY seq DESC"
 )
-_DIRECT_START = "SELECT MIN(seq) FROM messages WHERE id = ? AND +peer = ? AND grp IS NULL"
-_GROUP_START = "SELECT MIN(seq) FROM messages WHERE id = ? AND +grp = ?"
+_DIRECT_FIRST = "SELECT MIN(seq) FROM messages WHERE id = ? AND +peer = ? AND grp IS NULL"
+_GROUP_FIRST = "SELECT MIN(seq) FROM messages WHERE id = ? AND +grp = ?"
 #: Above every seq: the page of the newest rows.
 _TOP = 2**63 - 1
 
@@ -296,19 +302,20 @@ class History:
         all of its rows; UnknownMessage if the conversation has none).
 
         At most `limit` rows, fewer where the next would split a message's rows (they
-        come whole on the next page), more only when a message has more rows than
-        `limit`. An empty page: nothing older. Paging with `before` = the id of each
-        page's last (oldest) row visits every row once."""
+        come whole on the next page) or where the page would end on an id used before;
+        more only when there is no place to end among the first `limit` (a message with
+        more rows than that). An empty page: nothing older. Paging with `before` = the
+        id of each page's last (oldest) row visits every row once."""
         if limit < 1:
             return []
         if group is not None:
-            page, start, key = _GROUP_PAGE, _GROUP_START, group
+            page, first, key = _GROUP_PAGE, _GROUP_FIRST, group
         else:
             assert phone is not None
-            page, start, key = _DIRECT_PAGE, _DIRECT_START, phone
+            page, first, key = _DIRECT_PAGE, _DIRECT_FIRST, phone
         below = _TOP
         if before is not None:
-            (below,) = self._execute(start, (before, key)).fetchone()
+            (below,) = self._execute(first, (before, key)).fetchone()
             if below is None:
                 raise UnknownMessage(f"no message {before} in this conversation")
         try:  # (read lazily: the page ends where the first `limit` rows allow)
@@ -316,7 +323,7 @@ class History:
                 found = _whole_messages(rows, limit)
         except sqlite3.Error as exc:
             raise StoreError(f"history: {exc}") from exc
-        return [self._entry(row[:-2]) for row in found]
+        return [self._entry(row[:-3]) for row in found]
 
     def unshown(self) -> list[HistoryEntry]:
         """Received messages the UI never showed (the module died first), oldest first."""
@@ -383,22 +390,24 @@ class History:
 
 def _whole_messages(rows: Iterable[tuple[Any, ...]], limit: int) -> list[tuple[Any, ...]]:
     """The first rows of a conversation's `rows` (newest first, each ending with its
-    seq and where its message starts), at most `limit` of them, but only up to a row
-    below which no message on the page has a row: so that no message is split between
-    two pages. More than `limit` only when there is no such row among the first `limit`
-    (one message with more rows than that): then up to the first one."""
+    seq, where its message starts and where its id first appears), at most `limit` of
+    them, up to a row where the next page can start: below which no message on the page
+    has a row (no message is split between two pages), and the first with its id (the
+    next page is the one `before` it). More than `limit` only when there is no such row
+    among the first `limit` (a message with more rows than that, or a run of ids used
+    before): then up to the first one."""
     page: list[tuple[Any, ...]] = []
-    whole = 0  # the page so far splits no message up to here
+    end = 0  # the next page can start below page[end - 1]
     lowest = _TOP  # where the oldest message seen so far starts
     for row in rows:
-        if len(page) >= limit and whole:
+        if len(page) >= limit and end:
             break
         page.append(row)
-        seq, start = row[-2], row[-1]
+        seq, start, first = row[-3:]
         lowest = min(lowest, start)
-        if lowest == seq:  # every message seen so far starts at or above this row
-            whole = len(page)
-    return page[:whole]
+        if lowest == seq == first:
+            end = len(page)
+    return page[:end]
 
 
 def _sent_rows(
