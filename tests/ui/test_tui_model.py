@@ -100,4 +100,14 @@ def test_a_conversation_reads_its_history_a_page_at_a_time(tmp_path: Path) -> No
             assert all(len(row.states) == 3 for row in trip.rows if row.mine)
             assert chats.load_older(trip) == 0
 
+            # two senders may choose the same id: two messages
+            await history.store_received("1", BOB, "pals", T, text="bob's first")
+            await history.store_received("1", CAROL, "pals", T, text="carol's first")
+            pals = chats.conversation(group_key("pals"))
+            chats.load(pals)
+            assert [(row.sender, row.text) for row in pals.rows] == [
+                (BOB, "bob's first"),
+                (CAROL, "carol's first"),
+            ]
+
     run_in_virtual_time(main)

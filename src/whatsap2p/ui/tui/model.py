@@ -99,15 +99,16 @@ class Conversation:
     def load(self, entries: list[HistoryEntry], me: str) -> int:
         """Put a page of the stored history (newest first, one entry per recipient of
         what we sent; the newest page, or the one before `oldest`) before what the
-        conversation shows already; how many rows that added."""
-        rows: dict[str, Row] = {}
+        conversation shows already; how many rows that added. A message is its id from
+        its sender (two senders may choose one id)."""
+        rows: dict[tuple[str, str], Row] = {}
         for entry in reversed(entries):
-            row = rows.get(entry.id)
+            row = rows.get((entry.id, entry.sender))
             if row is None:
                 photo = entry.photo or {}
                 path = photo.get("path")
                 name = photo.get("filename")
-                row = rows[entry.id] = Row(
+                row = rows[entry.id, entry.sender] = Row(
                     entry.id,
                     entry.sender,
                     entry.timestamp,
@@ -122,8 +123,8 @@ class Conversation:
                     row.errors[entry.recipient] = entry.error
                 if entry.code:
                     row.codes[entry.recipient] = entry.code
-        seen = {row.id for row in self.rows}
-        older = [row for row in rows.values() if row.id not in seen]
+        seen = {(row.id, row.sender) for row in self.rows}
+        older = [row for key, row in rows.items() if key not in seen]
         self.rows[:0] = older
         self.loaded = True
         if entries:
