@@ -139,7 +139,7 @@ class UnknownTarget(InvalidInput):
 
 
 class UnknownMessage(InvalidInput):
-    """A message id the conversation asked about does not hold (a page `before` it)."""
+    """No message with that id in the conversation asked about (for a page before it)."""
 
 
 class NameConflict(InvalidInput):

@@ -47,8 +47,7 @@ INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 #: The server cannot be reached, or a local file cannot be written.
 SERVER_ERROR = -32000
-#: The largest `limit` of `history`: the entries of a page (more only when one message
-#: alone has more, docs/jsonrpc.md).
+#: The largest `limit` of `history`: the entries of a page (rarely more: docs/jsonrpc.md).
 MAX_HISTORY = 1000
 #: What a message id may be (docs/protocol.md §6.1; this module makes 32 hex digits).
 _MESSAGE_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
