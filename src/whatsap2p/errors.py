@@ -12,6 +12,7 @@
     ├── InvalidInput                  a request we refuse; JSON-RPC -32602
     │   ├── InvalidPhoneNumber
     │   ├── UnknownTarget             no such contact or group
+    │   ├── UnknownMessage            no such message in that conversation
     │   ├── NameConflict              the name is already a contact or a group
     │   └── PhotoRejected             missing, unreadable, not an image, too large
     ├── StoreError                    a local file we cannot use
@@ -91,6 +92,7 @@ __all__ = [
     "ServerUnreachable",
     "StoreError",
     "Unconfirmed",
+    "UnknownMessage",
     "UnknownTarget",
     "WhatsAp2pError",
 ]
@@ -134,6 +136,10 @@ class InvalidPhoneNumber(InvalidInput):
 
 class UnknownTarget(InvalidInput):
     """Not a contact, a group, or a phone number."""
+
+
+class UnknownMessage(InvalidInput):
+    """No message with that id in the conversation asked about (for a page before it)."""
 
 
 class NameConflict(InvalidInput):

@@ -3,10 +3,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from whatsap2p.app.history import History
-from whatsap2p.errors import StoreError
+import pytest
 
-ME, BOB, CAROL = "+5511999990001", "+5511999990002", "+5511999990003"
+from whatsap2p.app.history import History, HistoryEntry, State
+from whatsap2p.errors import StoreError, UnknownMessage
+
+ME, BOB, CAROL, DAVE = (f"+551199999000{i}" for i in range(1, 5))
 T = "2026-11-27T10:00:00.000+00:00"
 
 
@@ -180,4 +182,141 @@ async def test_a_failure_keeps_its_code(
     assert got == {BOB: ("failed", "rejected")}
     (carol,) = history.entries(phone=CAROL)
     assert (carol.state, carol.code) == ("failed", "identity-changed")
+    history.close()
+
+
+def pages_of(history: History, limit: int, **conversation: str) -> list[list[HistoryEntry]]:
+    """Every page of a conversation, newest first, each `before` the last one's oldest."""
+    pages: list[list[HistoryEntry]] = []
+    before = None
+    while page := history.entries(limit=limit, before=before, **conversation):
+        pages.append(page)
+        before = page[-1].id
+    return pages
+
+
+def entry_key(entry: HistoryEntry) -> tuple[str, str, str]:
+    return entry.id, entry.sender, entry.recipient
+
+
+async def test_paging_visits_every_entry_once_and_never_splits_a_message(
+    tmp_path: Path,
+) -> None:
+    history = History(tmp_path / "h.sqlite3", ME)
+    stored: list[tuple[str, str, str]] = []  # oldest first, as stored
+    for i in range(700):
+        await history.store_received(f"in{i}", BOB if i % 2 else CAROL, "pals", T, text=str(i))
+        stored.append((f"in{i}", BOB if i % 2 else CAROL, ME))
+        members = [BOB, CAROL, DAVE] if i % 3 else [BOB, CAROL]
+        await history.store_sent(
+            f"out{i}", dict.fromkeys(members, ("delivered", None)), "pals", T, text=str(i)
+        )
+        stored += [(f"out{i}", ME, phone) for phone in members]
+        await history.store_sent(f"direct{i}", {BOB: ("delivered", None)}, None, T, text="d")
+    assert len(stored) > 2500
+    newest_first = stored[::-1]
+    assert [entry_key(e) for e in history.entries(group="pals", limit=10**6)] == newest_first
+
+    for limit in (1000, 999, 7, 2, 1):
+        pages = pages_of(history, limit, group="pals")
+        assert [entry_key(e) for page in pages for e in page] == newest_first, limit
+        for page in pages:
+            # a page holds `limit` entries or fewer, but never part of a message: here
+            # only a message with more recipients than `limit` makes it longer
+            assert len(page) <= max(limit, 3)
+            ids = {e.id for e in page}
+            assert sum(1 for key in stored if key[0] in ids) == len(page)
+        assert all(len(page) >= limit - 2 for page in pages[:-1])  # no needless short page
+
+    direct = [e.id for page in pages_of(history, 64, phone=BOB) for e in page]
+    assert direct == [f"direct{i}" for i in reversed(range(700))]
+    history.close()
+
+
+async def test_entries_stored_while_paging_are_newer_than_every_page(tmp_path: Path) -> None:
+    history = History(tmp_path / "h.sqlite3", ME)
+    for i in range(300):
+        await history.store_received(f"old{i}", BOB, None, T, text=str(i))
+    seen: list[str] = []
+    before = None
+    while page := history.entries(BOB, limit=50, before=before):
+        seen += [e.id for e in page]
+        before = page[-1].id
+        # messages keep coming (one from the same sender, ours to a group it is in)
+        await history.store_received(f"new{len(seen)}", BOB, None, T, text="new")
+        await history.store_sent(f"grp{len(seen)}", {BOB: ("delivered", None)}, "g", T)
+    assert seen == [f"old{i}" for i in reversed(range(300))]
+    assert history.entries(BOB, limit=1)[0].id == "new300"
+    history.close()
+
+
+async def test_a_message_stored_again_is_still_paged_once_with_its_other_rows(
+    tmp_path: Path,
+) -> None:
+    """A row replaced (stored again for one recipient) lands at the newest end, apart
+    from its message's other rows: a page that reaches it takes the message whole."""
+    history = History(tmp_path / "h.sqlite3", ME)
+    both: dict[str, tuple[State, str | None]] = {BOB: ("queued", None), CAROL: ("queued", None)}
+    await history.store_sent("a", both, "pals", T, text="a")
+    await history.store_sent("b", both, "pals", T, text="b")
+    await history.store_sent("a", {CAROL: ("delivered", None)}, "pals", T, text="a")
+    everything = [entry_key(e) for e in history.entries(group="pals", limit=100)]
+    assert everything == [("a", ME, CAROL), ("b", ME, CAROL), ("b", ME, BOB), ("a", ME, BOB)]
+    for limit in (1, 2, 3):  # a's rows enclose b's: one page holds both messages whole
+        assert [
+            [entry_key(e) for e in page] for page in pages_of(history, limit, group="pals")
+        ] == [everything]
+    assert len(pages_of(history, 4, group="pals")) == 1
+    history.close()
+
+
+async def test_a_page_before_a_message_not_in_the_conversation_is_refused(
+    tmp_path: Path,
+) -> None:
+    history = History(tmp_path / "h.sqlite3", ME)
+    await history.store_received("bob1", BOB, None, T, text="hi")
+    await history.store_received("carol1", CAROL, None, T, text="hi")
+    await history.store_received("grp1", BOB, "pals", T, text="hi")
+    assert history.entries(BOB, before="bob1") == []
+    for conversation, before in [
+        ({"phone": BOB}, "carol1"),  # another number's
+        ({"phone": BOB}, "grp1"),  # his, but in a group
+        ({"group": "pals"}, "bob1"),
+        ({"phone": BOB}, "f" * 32),  # none at all
+    ]:
+        with pytest.raises(UnknownMessage, match="no message"):
+            history.entries(before=before, **conversation)  # type: ignore[arg-type]
+    history.close()
+
+
+async def test_ids_two_senders_share_are_paged_once_without_long_pages(tmp_path: Path) -> None:
+    """Ids are the senders' choice: another implementation may number its messages, so
+    two members of a group send a "1" each (or one reuses an id of ours). `before` such
+    an id is older than all of its entries; a page ends only where that is right."""
+    history = History(tmp_path / "h.sqlite3", ME)
+    both: dict[str, tuple[State, str | None]] = {BOB: ("delivered", None), CAROL: ("queued", None)}
+    for i in range(40):
+        await history.store_received(str(i), BOB, "pals", T, text=f"bob {i}")
+    for i in range(40):  # carol numbers hers too; ours come between
+        await history.store_received(str(i), CAROL, "pals", T, text=f"carol {i}")
+        await history.store_sent(f"ours{i}", both, "pals", T, text=f"ours {i}")
+    await history.store_received("ours3", DAVE, "pals", T, text="dave reuses an id of ours")
+    everything = [entry_key(e) for e in history.entries(group="pals", limit=10**6)]
+    assert len(everything) == 40 + 40 * 3 + 1
+    for limit in (3, 4, 10, 1000):
+        pages = pages_of(history, limit, group="pals")
+        assert [entry_key(e) for page in pages for e in page] == everything, limit
+        assert max(len(page) for page in pages) <= limit, limit
+    # `before` an id two senders used: older than both
+    assert [e.text for e in history.entries(group="pals", before="0", limit=1)] == []
+    assert [e.text for e in history.entries(group="pals", before="39", limit=1)] == ["bob 38"]
+
+    # the same in a direct conversation: bob's "x" after ours
+    await history.store_sent("x", {BOB: ("delivered", None)}, None, T, text="ours")
+    await history.store_received("y", BOB, None, T, text="between")
+    await history.store_received("x", BOB, None, T, text="his")
+    assert [[e.text for e in page] for page in pages_of(history, 1, phone=BOB)] == [
+        ["his", "between"],  # (a page cannot end on his "x": it would skip "between")
+        ["ours"],
+    ]
     history.close()

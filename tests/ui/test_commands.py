@@ -63,6 +63,7 @@ ALICE, BOB, CAROL = "+5511999990001", "+5511999990002", "+5511999990003"
         ("/photo bob '~/My Pictures/cat.jpg'", SendPhoto("bob", "~/My Pictures/cat.jpg")),
         ("/history bob", ShowHistory("bob", 20)),
         ('/history "my mom" 5', ShowHistory("my mom", 5)),
+        ("/history pals more", ShowHistory("pals", more=True)),
         ("/who   pals  ", Who("pals")),
         ("/trust +55 11 99999-0002", TrustKey("+55 11 99999-0002")),
         ("/contacts", ListContacts()),
@@ -100,7 +101,7 @@ def test_a_command_without_its_words_answers_with_its_usage(
         ("/msg bob", "/msg TARGET TEXT..."),
         ("/queue 'the gang'", "/queue TARGET TEXT..."),
         ("/photo bob a.png b.png", "/photo TARGET PATH"),
-        ("/history bob ten", "/history TARGET [N]"),
+        ("/history bob ten", "/history TARGET [N|more]"),
         ("/who bob carol", "/who TARGET"),
     ],
 )

@@ -14,6 +14,7 @@ from whatsap2p.app.events import (
     ServerConnectionChanged,
     TextReceived,
 )
+from whatsap2p.app.history import State
 from whatsap2p.app.session import Session
 from whatsap2p.ui.lines import (
     LineMode,
@@ -25,6 +26,7 @@ from whatsap2p.ui.lines import (
 from whatsap2p.ui.stdin import LineReader
 
 ALICE, BOB, CAROL = "+5511999990001", "+5511999990002", "+5511999990003"
+T = "2026-11-27T10:00:00.000+00:00"
 
 
 def test_untrusted_text_cannot_drive_the_terminal() -> None:
@@ -59,7 +61,8 @@ commands:
   /photo TARGET PATH        send a photo (JPEG, PNG, GIF or WebP)
   /queue TARGET TEXT...     like /msg, and keep it for recipients who are offline
   /outbox                   queued messages still waiting for their recipient
-  /history TARGET [N]       the last N (default 20) messages with TARGET
+  /history TARGET [N|more]  the last N (default 20) messages with TARGET
+  more: as many again, from before the ones /history showed last
   /who TARGET               who of TARGET is online
   /identity                 your number and key fingerprint
   /trust PHONE              accept the new key of a number whose key changed
@@ -113,8 +116,9 @@ async def test_every_command_prints_what_it_always_has(world: World, photo: Path
         ("/queue", "/queue TARGET TEXT..."),
         ("/photo bob", "/photo TARGET PATH"),
         ("/photo bob a b", "/photo TARGET PATH"),
-        ("/history", "/history TARGET [N]"),
-        ("/history bob ten", "/history TARGET [N]"),
+        ("/history", "/history TARGET [N|more]"),
+        ("/history bob ten", "/history TARGET [N|more]"),
+        ("/history bob more 5", "/history TARGET [N|more]"),
         ("/who", "/who TARGET"),
         ("/who bob carol", "/who TARGET"),
         ("/trust", "/trust PHONE"),
@@ -162,3 +166,44 @@ async def test_every_command_prints_what_it_always_has(world: World, photo: Path
 def test_a_send_says_how_a_message_got_there_when_not_the_usual_way() -> None:
     report = DeliveryReport("m1", delivered=[BOB, CAROL], routes={BOB: "direct", CAROL: "reverse"})
     assert format_report(report) == f"delivered to {BOB}, {CAROL} (it connected back)"
+
+
+def texts(printed: str) -> list[str]:
+    """The texts of the history lines printed (`[HH:MM] FROM -> TO: TEXT (STATE)`)."""
+    found = [
+        re.fullmatch(r"\[..:..\] \S+ -> \S+: (.*) \(\w+\)", line) for line in printed.splitlines()
+    ]
+    assert all(found), printed
+    return [match[1] for match in found if match]
+
+
+async def test_history_more_shows_the_page_before_the_last_one_shown(world: World) -> None:
+    alice = await world.user(ALICE)
+    history = alice.history
+    assert history is not None
+    me = Typist(alice)
+    await me.type(f"/add bob {BOB}")
+    for i in range(45):
+        await history.store_received(f"b{i:02}", BOB, None, T, text=f"bob {i}")
+    assert texts(await me.type("/history bob")) == [f"bob {i}" for i in range(25, 45)]
+    assert texts(await me.type("/history bob more")) == [f"bob {i}" for i in range(5, 25)]
+    assert texts(await me.type("/history bob more")) == [f"bob {i}" for i in range(5)]
+    assert await me.type("/history bob more") == "no older messages"
+    assert await me.type("/history bob more") == "no older messages"  # still
+    assert texts(await me.type("/history bob 2")) == ["bob 43", "bob 44"]  # from the newest again
+    assert texts(await me.type("/history bob more")) == ["bob 41", "bob 42"]  # 2 at a time
+    assert texts(await me.type(f"/history {BOB} more")) == texts(await me.type("/history bob"))
+    assert await me.type("/history +5511999990009 more") == "no messages yet"
+
+    # A group send has a line per recipient: a page shows a message with all of them.
+    await me.type(f"/group pals bob {CAROL}")
+    for i in range(3):
+        outcomes: dict[str, tuple[State, str | None]] = {
+            BOB: ("delivered", None),
+            CAROL: ("offline", None),
+        }
+        await history.store_sent(f"p{i}", outcomes, "pals", T, text=f"pals {i}")
+    assert texts(await me.type("/history pals 3")) == ["pals 2", "pals 2"]
+    assert texts(await me.type("/history pals more")) == ["pals 1", "pals 1"]
+    assert texts(await me.type("/history pals more")) == ["pals 0", "pals 0"]
+    assert await me.type("/history pals more") == "no older messages"

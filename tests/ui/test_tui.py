@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from textual.app import App, ComposeResult
+from textual.containers import VerticalScroll
 from textual.pilot import Pilot
 from textual.widgets import Input, ListView, ProgressBar, Static
 
@@ -17,14 +18,17 @@ from tests.conftest import image_bytes
 from tests.servers import World, world_at
 from whatsap2p.app.contacts import Contact, Group
 from whatsap2p.app.events import DeliveryReport, FailedDelivery, PhotoReceived, TextReceived
+from whatsap2p.app.history import State
 from whatsap2p.app.session import Session
 from whatsap2p.config import Limits
 from whatsap2p.ui.tui import ChatApp
+from whatsap2p.ui.tui import app as tui_app
 from whatsap2p.ui.tui.dialogs import FormDialog, TrustDialog, complete_path
 from whatsap2p.ui.tui.model import SENDING, Row
 from whatsap2p.ui.tui.widgets import ConversationItem, MessageBox, StatusLine
 
 ALICE, BOB, CAROL, DAVE, ERIN = (f"+551199999000{i}" for i in range(1, 6))
+T = "2026-11-27T10:00:00.000+00:00"
 
 
 @pytest.fixture
@@ -122,9 +126,9 @@ async def test_a_group_photo_shows_progress_per_recipient_and_previews(world: Wo
         def sent() -> bool:
             """Whether the photo is through; meanwhile, what its progress bar shows."""
             for box in app.query(MessageBox):
-                bar = box.query_one(ProgressBar)
-                if box.row.photo == big and bar.display:
-                    bars.append((bar.progress, bar.total))
+                for bar in box.query(ProgressBar):  # (only while it is being sent)
+                    if box.row.photo == big:
+                        bars.append((bar.progress, bar.total))
             row = app.current.rows[-1] if app.current and app.current.rows else None
             return row is not None and row.progress is None and not row.id.startswith("pending")
 
@@ -405,3 +409,98 @@ async def test_line_breaks_show_as_line_breaks_and_controls_do_not_reach_the_scr
         shown = "two lines\nof text \\x1b[31mred\\x1b[0m \\u202eevil Z"
         await until(app, lambda: any(shown in m for m in messages(app)))
         assert any("[+496 combining marks]" in m for m in messages(app))
+
+
+def text_of(box: MessageBox) -> str:
+    """The text of a message shown (`HH:MM WHO: TEXT` and its states below)."""
+    return box.plain().splitlines()[0].partition(": ")[2]
+
+
+def shown_texts(app: ChatApp) -> list[str]:
+    """The texts of the messages up on the screen, top to bottom."""
+    return [text_of(box) for box in app.query(MessageBox)]
+
+
+def top_shown(app: ChatApp) -> str:
+    """The text of the message at the top of the view (scrolled to `scroll_y`)."""
+    view = app.query_one("#messages", VerticalScroll)
+    shown = (box for box in app.query(MessageBox) if box.virtual_region.bottom > view.scroll_y)
+    return text_of(next(shown))
+
+
+async def test_scrolling_up_shows_older_messages_and_back_down_the_newer_ones(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pages of 20 read from the history, 10 put up at a time, at most 30 up at once
+    monkeypatch.setattr(tui_app, "HISTORY_ROWS", 20)
+    monkeypatch.setattr(tui_app, "SCROLL_ROWS", 10)
+    monkeypatch.setattr(tui_app, "MOUNTED_ROWS", 30)
+    alice, bob = await world.user(ALICE), await world.user(BOB)
+    alice.book.add_contact("bob", BOB)
+    history = alice.history
+    assert history is not None
+    for i in range(60):  # bob and alice take turns
+        if i % 2:
+            await history.store_received(f"m{i:03}", BOB, None, T, text=f"msg {i}")
+            history.mark_shown(f"m{i:03}", BOB)
+        else:
+            outcome: dict[str, tuple[State, str | None]] = {BOB: ("delivered", None)}
+            await history.store_sent(f"m{i:03}", outcome, None, T, text=f"msg {i}")
+    await history.settled()
+    msgs = [f"msg {i}" for i in range(60)]
+    app = ChatApp(alice)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await app.ready.wait()
+        await pilot.press("ctrl+down")  # bob's conversation: its last messages
+        await until(app, lambda: shown_texts(app) == msgs[50:])
+        conv = app.current
+        assert conv is not None
+        assert len(conv.rows) == 20  # read from the history: one page, no more
+        view = app.query_one("#messages", VerticalScroll)
+        assert view.scroll_y == view.max_scroll_y > 0  # at the end
+
+        view.scroll_home(animate=False)  # the person scrolls to the top
+        await until(app, lambda: shown_texts(app) == msgs[40:])  # read already
+        assert top_shown(app) == "msg 50"  # what the person saw stayed in place
+        assert 0 < view.scroll_y < view.max_scroll_y
+        view.scroll_home(animate=False)
+        await until(app, lambda: shown_texts(app) == msgs[30:])  # the page before, read
+        assert (top_shown(app), len(conv.rows)) == ("msg 40", 40)
+
+        # PageUp (from the input line) pages up; at the top, the page before; messages
+        # far below are taken off the screen, at most 30 are up
+        while not conv.complete:
+            await pilot.press("pageup")
+            shown = shown_texts(app)
+            assert len(shown) <= 30
+            assert shown == msgs[msgs.index(shown[0]) :][: len(shown)]  # in order, each once
+        assert (shown_texts(app), top_shown(app), view.scroll_y) == (msgs[:30], "msg 0", 0)
+        assert len(conv.rows) == 60
+
+        # a message arriving meanwhile waits below; scrolled back down, all are shown
+        await bob.send_text(ALICE, "news")
+        await until(app, lambda: conv.rows[-1].text == "news")
+        assert "news" not in shown_texts(app)
+        while shown_texts(app)[-1] != "news":
+            last = shown_texts(app)[-1]
+
+            def moved(last: str = last) -> bool:
+                return shown_texts(app)[-1] != last
+
+            view.scroll_end(animate=False)  # (End, as the person would press it)
+            await until(app, moved)
+            shown = shown_texts(app)
+            assert len(shown) <= 30
+            assert shown == [*msgs, "news"][[*msgs, "news"].index(shown[0]) :][: len(shown)]
+        view.scroll_end(animate=False)  # at the end again: the view follows what comes
+        await bob.send_text(ALICE, "more news")
+        await until(app, lambda: shown_texts(app)[-2:] == ["news", "more news"])
+        await pilot.pause()  # (laid out)
+        assert view.scroll_y == view.max_scroll_y
+
+        # scrolled back, what the person sends brings the last messages back up
+        while "msg 30" not in shown_texts(app):
+            await pilot.press("pageup")
+        await type_line(pilot, "and mine")
+        await until(app, lambda: shown_texts(app)[-3:] == ["news", "more news", "and mine"])
+        assert len(shown_texts(app)) == 10

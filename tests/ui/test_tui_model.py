@@ -8,9 +8,11 @@ from pathlib import Path
 from tests.memory import MemoryNetwork, run_in_virtual_time
 from tests.servers import world_at
 from whatsap2p.app.events import DeliveryReport
+from whatsap2p.app.history import State
 from whatsap2p.ui.tui.model import Chats, group_key, phone_key
 
 ALICE, BOB, CAROL, DAVE = (f"+551199999000{i}" for i in range(1, 5))
+T = "2026-11-27T10:00:00.000+00:00"
 
 
 def test_conversations_presence_and_names(tmp_path: Path) -> None:
@@ -64,5 +66,48 @@ def test_a_conversation_says_how_our_messages_reach_it(tmp_path: Path) -> None:
             assert (chats.path(trip), chats.path(bob)) == ("via relay", "via relay")
             chats.learn(DeliveryReport("m4", delivered=[BOB], routes={BOB: "reverse"}))
             assert chats.path(bob) == "direct (it connects back)"  # moved to a direct path
+
+    run_in_virtual_time(main)
+
+
+def test_a_conversation_reads_its_history_a_page_at_a_time(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with world_at(tmp_path, MemoryNetwork()) as world:
+            alice = await world.user(ALICE)
+            alice.book.create_group("trip", [BOB, CAROL, DAVE])
+            history = alice.history
+            assert history is not None
+            outcomes: dict[str, tuple[State, str | None]] = {
+                BOB: ("delivered", None),
+                CAROL: ("queued", None),
+                DAVE: ("failed", "refused"),
+            }
+            for i in range(10):  # ours: an entry per member; and one from bob between
+                await history.store_sent(f"out{i}", outcomes, "trip", T, text=f"out {i}")
+                await history.store_received(f"in{i}", BOB, "trip", T, text=f"in {i}")
+            chats = Chats(alice, history_rows=8)  # a page: 8 entries, messages whole
+            trip = chats.conversation(chats.key_of("trip"))
+            chats.load(trip)
+            assert [row.text for row in trip.rows] == ["out 8", "in 8", "out 9", "in 9"]
+            assert trip.rows[0].states == {BOB: "delivered", CAROL: "queued", DAVE: "failed"}
+            assert trip.rows[0].errors == {DAVE: "refused"}
+            texts = [row.text for row in trip.rows]
+            while added := chats.load_older(trip):
+                assert [row.text for row in trip.rows[added:]] == texts  # put before
+                texts = [row.text for row in trip.rows]
+            assert trip.complete
+            assert texts == [f"{way} {i}" for i in range(10) for way in ("out", "in")]
+            assert all(len(row.states) == 3 for row in trip.rows if row.mine)
+            assert chats.load_older(trip) == 0
+
+            # two senders may choose the same id: two messages
+            await history.store_received("1", BOB, "pals", T, text="bob's first")
+            await history.store_received("1", CAROL, "pals", T, text="carol's first")
+            pals = chats.conversation(group_key("pals"))
+            chats.load(pals)
+            assert [(row.sender, row.text) for row in pals.rows] == [
+                (BOB, "bob's first"),
+                (CAROL, "carol's first"),
+            ]
 
     run_in_virtual_time(main)

@@ -10,21 +10,31 @@ A received message is `shown` once the UI has written it out. One the module sto
 but had not shown when it died is shown at the next start: nothing is silently lost,
 and a crash between showing and marking repeats at most that one message (same id).
 
+A conversation is read newest first, a page at a time (`entries`, `before`). Its order
+is the store's own, `seq` (when each row was stored), not the timestamps, which are the
+senders' clocks: total, fixed once stored, and a row stored later is always newer, so
+paging back while messages arrive visits each older row once. A page never splits the
+rows of one message (a group send's, one per recipient) between two pages. `before` an
+id means older than every row with that id in the conversation (two senders may use
+one id: ids are theirs to choose), and a page ends only where the next one, before
+its last row's id, starts right below it.
+
 SQLite in WAL mode: a transaction is either in the file or not, also after kill -9.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from whatsap2p.errors import StoreError
+from whatsap2p.errors import StoreError, UnknownMessage
 
 __all__ = ["FILE_NAME", "History", "HistoryEntry", "State"]
 
@@ -48,21 +58,36 @@ CREATE TABLE IF NOT EXISTS messages (
     shown     INTEGER NOT NULL DEFAULT 1,
     UNIQUE (id, direction, peer)
 );
-CREATE INDEX IF NOT EXISTS messages_peer ON messages (peer, seq);
+CREATE INDEX IF NOT EXISTS messages_direct ON messages (peer, seq) WHERE grp IS NULL;
 CREATE INDEX IF NOT EXISTS messages_grp ON messages (grp, seq) WHERE grp IS NOT NULL;
 CREATE INDEX IF NOT EXISTS messages_queued ON messages (peer, seq) WHERE state = 'queued';
 CREATE INDEX IF NOT EXISTS messages_to_show ON messages (seq) WHERE shown = 0;
 """
 
 
-_DIRECT_QUERY = (
-    "SELECT id, direction, peer, grp, timestamp, text, photo, state, error, code FROM messages"
-    " WHERE peer = ? AND grp IS NULL ORDER BY seq DESC LIMIT ?"
+# A conversation is the direct messages with a number, or a group's. Its rows below a
+# seq, newest first, each with its seq, where its message starts (the seq of its oldest
+# row: only a group send has several) and where its id first appears in the
+# conversation (ids are the senders' choice: two senders may use one, and `before` an
+# id is older than all its rows). Both found by the id (the unary + keeps SQLite off the
+# conversation's index, with which it would scan the conversation for them).
+_DIRECT_PAGE = (
+    "SELECT id, direction, peer, grp, timestamp, text, photo, state, error, code, seq, seq,"
+    " (SELECT MIN(seq) FROM messages AS o WHERE o.id = m.id AND +o.peer = m.peer"
+    " AND o.grp IS NULL) FROM messages AS m WHERE peer = ? AND grp IS NULL AND seq < ?"
+    " ORDER BY seq DESC"
 )
-_GROUP_QUERY = (
-    "SELECT id, direction, peer, grp, timestamp, text, photo, state, error, code FROM messages"
-    " WHERE grp = ? ORDER BY seq DESC LIMIT ?"
+_GROUP_PAGE = (
+    "SELECT id, direction, peer, grp, timestamp, text, photo, state, error, code, seq,"
+    " CASE direction WHEN 'out' THEN (SELECT MIN(seq) FROM messages AS o WHERE o.id = m.id"
+    " AND o.direction = 'out' AND +o.grp = m.grp) ELSE seq END,"
+    " (SELECT MIN(seq) FROM messages AS o WHERE o.id = m.id AND +o.grp = m.grp)"
+    " FROM messages AS m WHERE grp = ? AND seq < ? ORDER BY seq DESC"
 )
+_DIRECT_FIRST = "SELECT MIN(seq) FROM messages WHERE id = ? AND +peer = ? AND grp IS NULL"
+_GROUP_FIRST = "SELECT MIN(seq) FROM messages WHERE id = ? AND +grp = ?"
+#: Above every seq: the page of the newest rows.
+_TOP = 2**63 - 1
 
 
 _QUEUED_QUERY = (
@@ -154,6 +179,10 @@ class History:
         # keep AUTOINCREMENT on seq, which orders rows just the same.)
         self._db.execute("DROP INDEX IF EXISTS messages_state")
         self._db.execute("DROP INDEX IF EXISTS messages_unshown")
+        # The direct messages' index, which held the group rows too: a page of a number's
+        # direct messages stepped over every group row it was in (22 ms for 100 messages
+        # beside 100,000 group rows; now under 1 ms).
+        self._db.execute("DROP INDEX IF EXISTS messages_peer")
 
     def close(self) -> None:
         if self._batch:
@@ -262,15 +291,39 @@ class History:
         )
 
     def entries(
-        self, phone: str | None = None, group: str | None = None, limit: int = 50
+        self,
+        phone: str | None = None,
+        group: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
     ) -> list[HistoryEntry]:
-        """Newest first: the direct messages with `phone`, or the messages of `group`."""
+        """A page of a conversation, newest first: the direct messages with `phone`, or
+        the messages of `group`; the newest, or those older than message `before` (than
+        all of its rows; UnknownMessage if the conversation has none).
+
+        At most `limit` rows, fewer where the next would split a message's rows (they
+        come whole on the next page) or where the page would end on an id used before;
+        more only when there is no place to end among the first `limit` (a message with
+        more rows than that). An empty page: nothing older. Paging with `before` = the
+        id of each page's last (oldest) row visits every row once."""
+        if limit < 1:
+            return []
         if group is not None:
-            query, key = _GROUP_QUERY, group
+            page, first, key = _GROUP_PAGE, _GROUP_FIRST, group
         else:
             assert phone is not None
-            query, key = _DIRECT_QUERY, phone
-        return [self._entry(row) for row in self._execute(query, (key, limit)).fetchall()]
+            page, first, key = _DIRECT_PAGE, _DIRECT_FIRST, phone
+        below = _TOP
+        if before is not None:
+            (below,) = self._execute(first, (before, key)).fetchone()
+            if below is None:
+                raise UnknownMessage(f"no message {before} in this conversation")
+        try:  # (read lazily: the page ends where the first `limit` rows allow)
+            with contextlib.closing(self._db.execute(page, (key, below))) as rows:
+                found = _whole_messages(rows, limit)
+        except sqlite3.Error as exc:
+            raise StoreError(f"history: {exc}") from exc
+        return [self._entry(row[:-3]) for row in found]
 
     def unshown(self) -> list[HistoryEntry]:
         """Received messages the UI never showed (the module died first), oldest first."""
@@ -333,6 +386,28 @@ class History:
             return self._db.execute(sql, args)
         except sqlite3.Error as exc:
             raise StoreError(f"history: {exc}") from exc
+
+
+def _whole_messages(rows: Iterable[tuple[Any, ...]], limit: int) -> list[tuple[Any, ...]]:
+    """The first rows of a conversation's `rows` (newest first, each ending with its
+    seq, where its message starts and where its id first appears), at most `limit` of
+    them, up to a row where the next page can start: below which no message on the page
+    has a row (no message is split between two pages), and the first with its id (the
+    next page is the one `before` it). More than `limit` only when there is no such row
+    among the first `limit` (a message with more rows than that, or a run of ids used
+    before): then up to the first one."""
+    page: list[tuple[Any, ...]] = []
+    end = 0  # the next page can start below page[end - 1]
+    lowest = _TOP  # where the oldest message seen so far starts
+    for row in rows:
+        if len(page) >= limit and end:
+            break
+        page.append(row)
+        seq, start, first = row[-3:]
+        lowest = min(lowest, start)
+        if lowest == seq == first:
+            end = len(page)
+    return page[:end]
 
 
 def _sent_rows(

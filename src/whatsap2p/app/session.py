@@ -52,6 +52,7 @@ from whatsap2p.errors import (
     InvalidInput,
     ServerUnreachable,
     StoreError,
+    UnknownMessage,
     UnknownTarget,
 )
 from whatsap2p.keyfile import load_or_create_key
@@ -334,20 +335,29 @@ class Session:
 
     # --- the history -----------------------------------------------------------------------
 
-    def conversation(self, target: str, limit: int) -> list[HistoryEntry]:
-        """Newest first: the messages with a contact or number, or of a group (ours, or
-        one we were messaged in: group names are chosen by their senders)."""
-        assert self.history is not None
+    def conversation(
+        self, target: str, limit: int, before: str | None = None
+    ) -> list[HistoryEntry]:
+        """Newest first: a page of the messages with a contact or number, or of a group
+        (ours, or one we were messaged in: group names are chosen by their senders); the
+        newest, or those older than message `before` (`History.entries`)."""
+        history = self.history
+        assert history is not None
+        phone: str | None = None
         try:
             recipients = self.book.resolve(target)
         except UnknownTarget:
-            if not self.history.has_group(target):
+            if not history.has_group(target):
                 raise
-            return self.history.entries(group=target, limit=limit)
-        if recipients.group is not None:
-            return self.history.entries(group=recipients.group, limit=limit)
-        (phone,) = recipients.phones
-        return self.history.entries(phone=phone, limit=limit)
+            group: str | None = target
+        else:
+            group = recipients.group
+            if group is None:
+                (phone,) = recipients.phones
+        try:
+            return history.entries(phone, group, limit, before)
+        except UnknownMessage:
+            raise UnknownMessage(f"no message {before} in the history with {target}") from None
 
     def shown(self, event: TextReceived | PhotoReceived) -> None:
         """The UI has shown `event`: it will not be shown again after a restart."""

@@ -33,6 +33,7 @@ __all__ = [
     "CreateGroup",
     "GroupList",
     "HelpText",
+    "HistoryPages",
     "Identity",
     "KeyTrusted",
     "Leaving",
@@ -124,6 +125,8 @@ class ShowOutbox:
 class ShowHistory:
     target: str
     count: int = HISTORY_DEFAULT
+    #: The page before the last one shown of `target` (`HistoryPages`), of its size.
+    more: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,9 +211,11 @@ class Outbox:
 
 @dataclass(frozen=True, slots=True)
 class MessageHistory:
-    """The last messages with a contact, a number or a group, oldest first."""
+    """A page of the messages with a contact, a number or a group, oldest first: the
+    last ones, or (`more`) those before the page shown last."""
 
     entries: tuple[HistoryEntry, ...]
+    more: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,9 +292,34 @@ async def show_outbox(session: Session, request: ShowOutbox) -> Outbox:
     return Outbox(tuple(session.outbox()))
 
 
-async def show_history(session: Session, request: ShowHistory) -> MessageHistory:
-    newest_first = session.conversation(request.target, request.count)
-    return MessageHistory(tuple(reversed(newest_first)))
+class HistoryPages:
+    """How far back each target's history has been shown, so that `/history TARGET
+    more` goes on from there: one per UI (a UI without one shows the last messages)."""
+
+    def __init__(self) -> None:
+        #: target (as typed) -> the oldest message shown of it, and the page's size
+        self._oldest: dict[str, tuple[str, int]] = {}
+
+    def next_page(self, request: ShowHistory) -> tuple[str | None, int]:
+        """Where `request`'s page ends (before which message id: None, the newest) and
+        how many messages it shows."""
+        if request.more and request.target in self._oldest:
+            return self._oldest[request.target]
+        return None, request.count
+
+    def shown(self, target: str, newest_first: list[HistoryEntry], count: int) -> None:
+        if newest_first:  # (an empty page: nothing older, the next `more` says so again)
+            self._oldest[target] = (newest_first[-1].id, count)
+
+
+async def show_history(
+    session: Session, request: ShowHistory, pages: HistoryPages | None = None
+) -> MessageHistory:
+    pages = pages if pages is not None else HistoryPages()
+    before, count = pages.next_page(request)
+    newest_first = session.conversation(request.target, count, before)
+    pages.shown(request.target, newest_first, count)
+    return MessageHistory(tuple(reversed(newest_first)), more=before is not None)
 
 
 async def who(session: Session, request: Who) -> Presence:
@@ -378,6 +408,8 @@ def _photo_words(rest: str) -> SendPhoto | None:
 
 def _history_words(rest: str) -> ShowHistory | None:
     target, count = split_target(rest)
+    if count == "more":
+        return ShowHistory(target, more=True) if target else None
     if not target or (count and not count.isdigit()):
         return None
     return ShowHistory(target, int(count)) if count else ShowHistory(target)
@@ -466,10 +498,11 @@ COMMANDS: Final[tuple[Command[Any], ...]] = (
     ),
     Command(
         "/history",
-        "TARGET [N]",
+        "TARGET [N|more]",
         f"the last N (default {HISTORY_DEFAULT}) messages with TARGET",
         _history_words,
         show_history,
+        note="more: as many again, from before the ones /history showed last",
     ),
     Command("/who", "TARGET", "who of TARGET is online", _who_words, who),
     Command(

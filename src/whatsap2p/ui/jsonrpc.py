@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
@@ -46,8 +47,10 @@ INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 #: The server cannot be reached, or a local file cannot be written.
 SERVER_ERROR = -32000
-#: The most history entries one request returns.
+#: The largest `limit` of `history`: the entries of a page (rarely more: docs/jsonrpc.md).
 MAX_HISTORY = 1000
+#: What a message id may be (docs/protocol.md §6.1; this module makes 32 hex digits).
+_MESSAGE_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
 #: Requests handled at once: a client pipelining more waits (its lines stay unread)
 #: until one is answered, so a flood of sends to a frozen peer cannot use up memory.
 MAX_IN_FLIGHT = 4096
@@ -363,7 +366,10 @@ class JsonRpc:
         limit = params.get("limit", 50)
         if type(limit) is not int or not 1 <= limit <= MAX_HISTORY:
             raise _RpcError(INVALID_PARAMS, f"param 'limit' must be an integer 1..{MAX_HISTORY}")
-        entries = self._session.conversation(_text_param(params, "with"), limit)
+        before = params.get("before")
+        if before is not None and not (isinstance(before, str) and _MESSAGE_ID.fullmatch(before)):
+            raise _RpcError(INVALID_PARAMS, "param 'before' must be a message id")
+        entries = self._session.conversation(_text_param(params, "with"), limit, before)
         return [history_json(entry) for entry in entries]
 
     async def _outbox(self, params: Params) -> object:

@@ -38,6 +38,7 @@ from whatsap2p.ui.commands import (
     Outbox,
     Presence,
     Result,
+    ShowHistory,
     UsageError,
 )
 from whatsap2p.ui.stdin import LineReader
@@ -173,8 +174,10 @@ def format_result(result: Result) -> str:
                 "\n".join(f"{e.id} to {e.recipient}: {_summary(e)}" for e in entries)
                 or "nothing is waiting"
             )
-        case MessageHistory(entries):
-            return "\n".join(format_history(e) for e in entries) or "no messages yet"
+        case MessageHistory(entries, more):
+            if not entries:
+                return "no older messages" if more else "no messages yet"
+            return "\n".join(format_history(e) for e in entries)
         case Presence(online):
             return ", ".join(f"{p} {'online' if up else 'offline'}" for p, up in online.items())
         case Identity(phone, fingerprint):
@@ -200,6 +203,7 @@ class LineMode:
     def __init__(self, session: Session, out: TextIO | None = None) -> None:
         self._session = session
         self._out = out or sys.stdout
+        self._pages = commands.HistoryPages()
 
     def say(self, line: str) -> None:
         self._out.write(line + "\n")
@@ -257,8 +261,13 @@ class LineMode:
         if line == LineReader.TOO_LONG:
             self.say("error: line too long")
             return True
+        result: Result
         try:
-            result = await commands.parse(line).run(self._session)
+            call = commands.parse(line)
+            if isinstance(call.request, ShowHistory):  # `more` goes on from the last page
+                result = await commands.show_history(self._session, call.request, self._pages)
+            else:
+                result = await call.run(self._session)
         except (WhatsAp2pError, ValueError) as exc:
             self.say(format_error(exc))
             return True

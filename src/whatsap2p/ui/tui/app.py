@@ -68,8 +68,17 @@ log = logging.getLogger(__name__)
 
 #: How often presence is looked up again (going offline is not pushed by the server).
 PRESENCE_EVERY = 5.0
-#: Messages of a conversation read from the history when it is first shown.
+#: Messages of a conversation read from the history when it is first shown, and again
+#: each time the person scrolls up past the ones read.
 HISTORY_ROWS = 100
+#: Messages put on the screen at a time: the last ones of a conversation shown, and
+#: more each time the person scrolls to the top (or back down to the bottom) of them.
+#: Each costs the screen a few ms to put up, and makes every later change of its layout
+#: slower: so at most MOUNTED_ROWS are up, those furthest from what the person reads
+#: taken off (and put back when they scroll to them again). Measured at 80x24: 30 more
+#: with 150 up, ~0.2 s, however far back; 100 more with 1,000 up (all kept), ~1.5 s.
+SCROLL_ROWS = 30
+MOUNTED_ROWS = 150
 #: Size of a photo preview, in cells.
 PREVIEW_COLUMNS, PREVIEW_ROWS = 28, 7
 
@@ -112,6 +121,7 @@ class ChatApp(App[None]):
         Binding("ctrl+down,alt+down", "next_chat", "Next", key_display="^↓"),
         Binding("ctrl+up,alt+up", "previous_chat", "Prev", key_display="^↑"),
         Binding("ctrl+q", "quit", "Quit", priority=True),
+        Binding("pageup", "page_up", "Older", show=False),
     ]
 
     def __init__(
@@ -138,6 +148,7 @@ class ChatApp(App[None]):
         self._notes: list[Row] = []  # shown while no conversation is selected
         self._previews: dict[Path, Text] = {}
         self._graphics = graphics
+        self._scrolling = False  # messages being put up at one end, taken off the other
         self.ready = asyncio.Event()
         #: Set whenever what the screen shows changed (tests and scripts wait on it).
         self.changed = asyncio.Event()
@@ -161,6 +172,9 @@ class ChatApp(App[None]):
         self._notes.append(Row("welcome", "", "", note=True, text=WELCOME))
         await self.sync_sidebar()
         await self._show_conversation(None)
+        self.watch(
+            self.query_one("#messages", VerticalScroll), "scroll_y", self._scrolled, init=False
+        )
         self.query_one("#input", Input).focus()
         self._pump_events()
         self._watch_presence()
@@ -244,9 +258,10 @@ class ChatApp(App[None]):
             title.update(self._heading(conv))
             rows = conv.rows
             self._refresh_items()
-        boxes = [self._box(row, conv) for row in rows[-HISTORY_ROWS:]]
+        boxes = [self._box(row, conv) for row in rows[-SCROLL_ROWS:]]
         await messages.mount_all(boxes)
         messages.anchor()  # follows new messages until the person scrolls up
+        self.call_after_refresh(self._at_an_end)  # (fewer messages than the screen holds)
         self.changed.set()
 
     def _heading(self, conv: Conversation) -> Text:
@@ -279,10 +294,18 @@ class ChatApp(App[None]):
         return box
 
     async def _add_row(self, conv: Conversation | None, row: Row) -> None:
-        """Append `row` to `conv` (None: the notes), and to the screen if it is shown."""
-        (conv.rows if conv is not None else self._notes).append(row)
-        if conv is self.current:
+        """Append `row` to `conv` (None: the notes), and to the screen if it is shown (if
+        the person scrolled back so far that the last ones were taken off, it is put up
+        when they scroll down to it; or at once, with the last ones, if it is what they
+        sent or a command's answer)."""
+        rows = conv.rows if conv is not None else self._notes
+        shown = conv is self.current
+        to_the_end = shown and self._shows_end(rows)
+        rows.append(row)
+        if to_the_end:
             await self.query_one("#messages", VerticalScroll).mount(self._box(row, conv))
+        elif shown and (row.mine or row.note):
+            await self._show_conversation(conv)
         self.changed.set()
 
     def _refresh_row(self, row: Row) -> None:
@@ -302,6 +325,111 @@ class ChatApp(App[None]):
             if box.row.photo == path:
                 box.set_preview(preview)
         self.changed.set()
+
+    # --- the messages up on the screen, as the person scrolls ---------------------------
+
+    def _scrolled(self, scroll_y: float) -> None:
+        messages = self.query_one("#messages", VerticalScroll)
+        if scroll_y <= 0 or scroll_y >= messages.max_scroll_y:
+            self.call_after_refresh(self._at_an_end)  # (laid out: not a view being replaced)
+
+    def action_page_up(self) -> None:
+        """A page up in the messages (from the input line too); at the top, older ones."""
+        messages = self.query_one("#messages", VerticalScroll)
+        if messages.scroll_y > 0:
+            messages.scroll_page_up(animate=False)
+        else:
+            self._at_an_end()
+
+    def _shown_boxes(self) -> list[MessageBox]:
+        return list(self.query_one("#messages", VerticalScroll).query_children(MessageBox))
+
+    def _shows_end(self, rows: list[Row]) -> bool:
+        """Whether the last of `rows` is up (when they are the ones shown)."""
+        boxes = self._shown_boxes()
+        return not rows or not boxes or boxes[-1].row is rows[-1]
+
+    def _at_an_end(self) -> None:
+        """If the person sees the top of the messages up, put up the ones before; if
+        the bottom, and later ones were taken off, those."""
+        messages = self.query_one("#messages", VerticalScroll)
+        conv = self.current
+        if conv is None or self._scrolling:
+            return
+        if messages.scroll_y <= 0:
+            self._scrolling = True
+            self.run_worker(self._show_older(conv), group="scrolling")
+        elif messages.scroll_y >= messages.max_scroll_y and not self._shows_end(conv.rows):
+            self._scrolling = True
+            self.run_worker(self._show_newer(conv), group="scrolling")
+
+    async def _show_older(self, conv: Conversation) -> None:
+        """Put up the messages before the first one up: rows read already, else the
+        page before them in the history."""
+        try:
+            boxes = self._shown_boxes()
+            start = conv.rows.index(boxes[0].row) if boxes else len(conv.rows)
+            if start == 0:
+                start = self.chats.load_older(conv)
+            if start == 0 or conv is not self.current:
+                return  # nothing older
+            older = conv.rows[max(0, start - SCROLL_ROWS) : start]
+            off = boxes[max(0, MOUNTED_ROWS - len(older)) :]  # the last ones, if too many
+            await self._put_up(conv, older, boxes[0] if boxes else None, off, before=True)
+        finally:
+            self._scrolling = False
+            self.changed.set()
+        self.call_after_refresh(self._at_an_end)  # the screen may show the top still
+
+    async def _show_newer(self, conv: Conversation) -> None:
+        """Put up the messages after the last one up (taken off, scrolled back to)."""
+        try:
+            boxes = self._shown_boxes()
+            end = conv.rows.index(boxes[-1].row) + 1
+            newer = conv.rows[end : end + SCROLL_ROWS]
+            off = boxes[: max(0, len(boxes) + len(newer) - MOUNTED_ROWS)]  # the first ones
+            await self._put_up(conv, newer, boxes[-1], off, before=False)
+        finally:
+            self._scrolling = False
+            self.changed.set()
+
+    async def _put_up(
+        self,
+        conv: Conversation,
+        rows: list[Row],
+        edge: MessageBox | None,
+        off: list[MessageBox],
+        before: bool,
+    ) -> None:
+        """Mount `rows` before the boxes up (or after them), whose first (last) is `edge`,
+        and take the boxes `off` off, without moving what the person sees; unless all
+        of them fit the screen, which then follows the end as it did."""
+        messages = self.query_one("#messages", VerticalScroll)
+        fits = messages.max_scroll_y <= 0
+        offset = messages.scroll_y - (edge.virtual_region.y if edge is not None else 0)
+        if not fits:
+            messages.release_anchor()  # (at the bottom it would follow the new ones down)
+        boxes = [self._box(row, conv) for row in rows]
+        await messages.mount_all(boxes, before=0 if before else None)
+        if conv is not self.current:  # another conversation was shown meanwhile
+            await messages.remove_children([box for box in boxes if box.parent is messages])
+            return
+        if off:
+            await messages.remove_children(off)
+        # The view follows new messages once scrolled to the end, if the last one is up:
+        # else the end of what is up (where it would stay, and nothing said it got there).
+        if self._shows_end(conv.rows) != messages.is_anchored:
+            messages.anchor(not messages.is_anchored)
+        if edge is not None and not fits:
+            await self._laid_out()
+            y = edge.virtual_region.y + offset
+            messages.scroll_to(y=y, animate=False, immediate=True)
+
+    async def _laid_out(self) -> None:
+        """Returns once the screen was refreshed (what was mounted has its size)."""
+        refreshed = asyncio.Event()
+        self.call_after_refresh(refreshed.set)
+        await refreshed.wait()
 
     def note(self, text: str) -> None:
         """A line for the user (a command's output, an error), in the current view."""

@@ -84,7 +84,11 @@ class Conversation:
     group: bool = False
     unread: int = 0
     rows: list[Row] = field(default_factory=list)
-    loaded: bool = False  # history read from the store
+    loaded: bool = False  # its newest page read from the store
+    #: The oldest message read from the store: the next page is the one before it.
+    oldest: str | None = None
+    #: Every stored message is read (a page before `oldest` came back empty).
+    complete: bool = False
 
     def find(self, message_id: str) -> Row | None:
         for row in reversed(self.rows):
@@ -92,17 +96,19 @@ class Conversation:
                 return row
         return None
 
-    def load(self, entries: list[HistoryEntry], me: str) -> None:
-        """Put the stored history (newest first, one entry per recipient of what we
-        sent) before what the conversation shows already."""
-        rows: dict[str, Row] = {}
+    def load(self, entries: list[HistoryEntry], me: str) -> int:
+        """Put a page of the stored history (newest first, one entry per recipient of
+        what we sent; the newest page, or the one before `oldest`) before what the
+        conversation shows already; how many rows that added. A message is its id from
+        its sender (two senders may choose one id)."""
+        rows: dict[tuple[str, str], Row] = {}
         for entry in reversed(entries):
-            row = rows.get(entry.id)
+            row = rows.get((entry.id, entry.sender))
             if row is None:
                 photo = entry.photo or {}
                 path = photo.get("path")
                 name = photo.get("filename")
-                row = rows[entry.id] = Row(
+                row = rows[entry.id, entry.sender] = Row(
                     entry.id,
                     entry.sender,
                     entry.timestamp,
@@ -117,9 +123,15 @@ class Conversation:
                     row.errors[entry.recipient] = entry.error
                 if entry.code:
                     row.codes[entry.recipient] = entry.code
-        seen = {row.id for row in self.rows}
-        self.rows[:0] = [row for row in rows.values() if row.id not in seen]
+        seen = {(row.id, row.sender) for row in self.rows}
+        older = [row for key, row in rows.items() if key not in seen]
+        self.rows[:0] = older
         self.loaded = True
+        if entries:
+            self.oldest = entries[-1].id
+        else:
+            self.complete = True
+        return len(older)
 
 
 #: A conversation's path, by the route of the last message delivered (not a relay).
@@ -180,13 +192,27 @@ class Chats:
         return phone_key(recipients.phones[0])
 
     def load(self, conv: Conversation) -> None:
-        """Read the conversation's stored history, once."""
+        """Read the newest page of the conversation's stored history, once."""
         try:
             conv.load(
                 self._session.conversation(conv.target, self._history_rows), self._session.phone
             )
-        except WhatsAp2pError:
-            conv.loaded = True  # a group we were never messaged in: nothing stored
+        except WhatsAp2pError:  # a group we were never messaged in: nothing stored
+            conv.loaded = conv.complete = True
+
+    def load_older(self, conv: Conversation) -> int:
+        """Read the page of the stored history before the oldest message read yet
+        (after `load`); how many rows it put before the conversation's (0: none older)."""
+        while not conv.complete and conv.oldest is not None:
+            try:
+                page = self._session.conversation(conv.target, self._history_rows, conv.oldest)
+            except WhatsAp2pError:  # (the oldest read was dropped from the store meanwhile)
+                conv.complete = True
+                break
+            added = conv.load(page, self._session.phone)
+            if added:  # (else the page held only rows it has: they came while it was open)
+                return added
+        return 0
 
     def members(self, conv: Conversation) -> list[str]:
         if not conv.group:

@@ -126,7 +126,9 @@ class MessageBox(Vertical):
         self._group = group
         self._head = Static(markup=False)
         self._preview = Static(classes="preview", markup=False)
-        self._bar = ProgressBar(show_eta=False, classes="progress")
+        #: Only while the photo is being sent: an idle bar still runs its timers (15 a
+        #: second each), which a long conversation's hundreds of boxes cannot afford.
+        self._bar: ProgressBar | None = None
         self._states = Static(classes="states", markup=False)
         self._has_preview = False
         self._graphic: Widget | None = None
@@ -136,7 +138,6 @@ class MessageBox(Vertical):
         if self._graphic is not None:
             yield self._graphic
         yield self._preview
-        yield self._bar
         yield self._states
 
     def on_mount(self) -> None:
@@ -172,7 +173,7 @@ class MessageBox(Vertical):
         if row.note:  # our own output (a command's, /help): its lines as lines
             head.append_text(message(row.text or "", style="italic"))
             self._head.update(head)
-            for part in (self._preview, self._bar, self._states):
+            for part in (self._preview, self._states):
                 part.display = False
             return
         head.append(f"{clock_of(row.timestamp)} ", style="dim")
@@ -189,12 +190,15 @@ class MessageBox(Vertical):
             head.append_text(message(row.text or ""))
         self._head.update(head)
         self._preview.display = self._has_preview and self._graphic is None
-        if row.progress is not None:
+        if row.progress is not None and any(state == SENDING for state in row.states.values()):
+            if self._bar is None:
+                self._bar = ProgressBar(show_eta=False, classes="progress")
+                self.mount(self._bar, before=self._states)
             done, total = row.progress
             self._bar.update(total=max(total, 1), progress=done)
-        self._bar.display = row.progress is not None and any(
-            state == SENDING for state in row.states.values()
-        )
+        elif self._bar is not None:
+            self._bar.remove()
+            self._bar = None
         self._states.display = bool(row.states) and row.mine
         if row.mine:
             self._states.update(self._state_line())
