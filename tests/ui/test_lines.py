@@ -57,7 +57,7 @@ commands:
   /group NAME MEMBER...     create a group of contacts or phone numbers
   /msg TARGET TEXT...       send a text to a contact, a group or a phone number
   /photo TARGET PATH        send a photo (JPEG, PNG, GIF or WebP)
-  /queue TARGET TEXT...     like /msg, and keep it for recipients who are offline
+  /queue TARGET TEXT...     like /msg, and keep it for whoever it cannot reach now
   /outbox                   queued messages still waiting for their recipient
   /history TARGET [N]       the last N (default 20) messages with TARGET
   /who TARGET               who of TARGET is online

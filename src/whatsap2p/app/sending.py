@@ -10,6 +10,7 @@ import functools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from whatsap2p.app.contacts import AddressBook, Recipients
@@ -19,7 +20,7 @@ from whatsap2p.app.outbox import Outbox
 from whatsap2p.app.photos import PhotoFile, PhotoStream, file_sha256, prepare_photo
 from whatsap2p.app.trust import Trust
 from whatsap2p.config import Limits
-from whatsap2p.errors import DeliveryFailed, InvalidInput
+from whatsap2p.errors import DeliveryFailed, DirectoryError, InvalidInput
 from whatsap2p.net.pool import LinkPool
 from whatsap2p.protocol import events as ev
 
@@ -28,12 +29,24 @@ __all__ = ["Sender"]
 log = logging.getLogger(__name__)
 
 #: Failures a queued message waits out in the outbox (online, but not reached now);
-#: the others (identity changed, refused for good, a broken protocol) are final.
+#: the others (identity changed, rejected, refused, a broken protocol) are final. (A
+#: server that cannot be reached, for the lookup, queues every recipient too.)
 _WAITS = frozenset({"unreachable", "timeout", "unconfirmed", "rate-limited", "no-room"})
 
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """How a fan-out went: the report, the recipients online but not reached now (and
+    why), whether the server could be asked at all, and the outbox's `mark` before it was."""
+
+    report: DeliveryReport
+    unreached: dict[str, str]
+    looked_up: bool
+    since: int
 
 
 class Sender:
@@ -79,9 +92,9 @@ class Sender:
         def deliver(address: ev.PeerAddress) -> Awaitable[str]:
             return pool.send_text(address, message)
 
-        report, unreached = await self._fan_out(message.id, recipients, deliver, queue)
-        await self._record(report, unreached, recipients.group, message.timestamp, text=text)
-        return report
+        outcome = await self._fan_out(message.id, recipients, deliver, queue)
+        await self._record(outcome, recipients.group, message.timestamp, text=text)
+        return outcome.report
 
     async def send_photo(
         self,
@@ -125,7 +138,8 @@ class Sender:
                 address, offer, functools.partial(stream_to, address.phone)
             )
 
-        report, unreached = await self._fan_out(offer.id, recipients, deliver, queue)
+        outcome = await self._fan_out(offer.id, recipients, deliver, queue)
+        report = outcome.report
         digests = [s.sha256 for s in streams.values() if s.sha256 is not None]
         if digests:
             photo = dataclasses.replace(photo, sha256=digests[0])
@@ -135,9 +149,7 @@ class Sender:
         kept = photo
         if report.queued:
             kept = await asyncio.to_thread(self._outbox.keep_photo, photo, offer.id)
-        await self._record(
-            report, unreached, recipients.group, offer.timestamp, photo=kept.describe()
-        )
+        await self._record(outcome, recipients.group, offer.timestamp, photo=kept.describe())
         return report
 
     def _recipients(self, target: str) -> Recipients:
@@ -155,12 +167,23 @@ class Sender:
         recipients: Recipients,
         deliver: Callable[[ev.PeerAddress], Awaitable[str]],
         queue: bool,
-    ) -> tuple[DeliveryReport, dict[str, str]]:
+    ) -> _Outcome:
         """One lookup for all recipients, then every online one concurrently; the
         offline ones are reported `offline`, or `queued` for later when asked to, as are
-        then those online but not reached now (returned apart too, with why)."""
-        online = await self._lookup(list(recipients.phones))
+        then those online but not reached now (kept apart too, with why). With `queue`,
+        a server that cannot be asked (unreachable, or refusing for now) queues them all."""
         report = DeliveryReport(message_id)
+        unreached: dict[str, str] = {}
+        outcome = _Outcome(report, unreached, True, self._outbox.mark())
+        try:
+            online = await self._lookup(list(recipients.phones))
+        except DirectoryError as exc:
+            if not queue:
+                raise
+            log.info("queued %s for later: %s", message_id, exc)
+            report.queued = list(recipients.phones)
+            outcome.looked_up = False
+            return outcome
         absent = [p for p in recipients.phones if p not in online]
         if queue:
             report.queued = absent
@@ -179,20 +202,19 @@ class Sender:
         else:
             sends = (self._deliver_to(online[p], deliver) for p in targets)
             outcomes = await asyncio.gather(*sends)
-        unreached: dict[str, str] = {}
-        for phone, outcome in zip(targets, outcomes, strict=True):
-            if isinstance(outcome, str):
+        for phone, result in zip(targets, outcomes, strict=True):
+            if isinstance(result, str):
                 report.delivered.append(phone)
-                report.routes[phone] = outcome
-            elif queue and outcome.code in _WAITS:  # kept, and tried again later
+                report.routes[phone] = result
+            elif queue and result.code in _WAITS:  # kept, and tried again later
                 report.queued.append(phone)
-                unreached[phone] = str(outcome)
+                unreached[phone] = str(result)
             else:
-                report.failed.append(FailedDelivery.of(phone, outcome))
+                report.failed.append(FailedDelivery.of(phone, result))
         order = {phone: i for i, phone in enumerate(recipients.phones)}
         report.failed.sort(key=lambda failed: order[failed.phone])
         report.queued.sort(key=order.__getitem__)  # (the unreached came after the absent)
-        return report, unreached
+        return outcome
 
     @staticmethod
     async def _deliver_to(
@@ -207,15 +229,15 @@ class Sender:
 
     async def _record(
         self,
-        report: DeliveryReport,
-        unreached: dict[str, str],
+        outcome: _Outcome,
         group: str | None,
         timestamp: str,
         text: str | None = None,
         photo: dict[str, object] | None = None,
     ) -> None:
-        """The send in the history, a row per recipient; queued ones watched for, and
-        those `unreached` (online, not reached now) tried again later."""
+        """The send in the history, a row per recipient; the queued ones handed to the
+        outbox, which sees that each is tried (watched for, or tried again later)."""
+        report = outcome.report
         delivered: tuple[State, str | None] = ("delivered", None)
         outcomes = dict.fromkeys(report.delivered, delivered)
         outcomes.update((phone, ("offline", None)) for phone in report.offline)
@@ -223,9 +245,8 @@ class Sender:
         outcomes.update((failed.phone, ("failed", failed.error)) for failed in report.failed)
         codes = {failed.phone: failed.code for failed in report.failed}
         await self._history.store_sent(report.id, outcomes, group, timestamp, text, photo, codes)
-        self._outbox.added(len(report.queued))
-        if not self._outbox.watching(report.queued):
+        if not report.queued:
+            return
+        self._outbox.kept(report.queued, outcome.unreached, outcome.since, outcome.looked_up)
+        if outcome.looked_up and not self._outbox.watching(report.queued):
             await self._watch_outbox()  # (which tries those online again at once)
-        else:
-            for phone, why in unreached.items():
-                self._outbox.retry_later(phone, why)

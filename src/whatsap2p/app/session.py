@@ -195,6 +195,7 @@ class Session:
             self._publish,
             limits,
             timeouts,
+            connected=lambda: self.server_connected,
         )
         self._sender = Sender(
             self.phone,
@@ -248,7 +249,7 @@ class Session:
         pool.relay = rendezvous.relay
         pool.reported = rendezvous.report
         registrar.on_registered = self._registered
-        registrar.on_lost = lambda: self._publish(ServerConnectionChanged("lost"))
+        registrar.on_lost = self._lost
         registrar.on_restored = lambda: self._publish(ServerConnectionChanged("restored"))
         try:
             await registrar.start()
@@ -313,6 +314,8 @@ class Session:
     # --- sending ---------------------------------------------------------------------------
 
     async def send_text(self, target: str, text: str, queue: bool = False) -> DeliveryReport:
+        """Send a text; with `queue`, what cannot be delivered now (the recipient
+        offline or out of reach, the server unreachable) waits in the outbox."""
         assert self._sender is not None, "start() the session first"
         return await self._sender.send_text(target, text, queue)
 
@@ -393,6 +396,11 @@ class Session:
         assert self._outbox is not None
         assert self._registrar is not None
         return await self._outbox.watch(self._registrar.directory, self._presence)
+
+    def _lost(self) -> None:
+        assert self._outbox is not None
+        self._outbox.unwatched()
+        self._publish(ServerConnectionChanged("lost"))
 
     def _came_online(self, address: ev.PeerAddress) -> None:
         """The server's push: a watched number came online."""

@@ -106,7 +106,7 @@ class CreateGroup:
 class SendText:
     target: str  # a contact, a group or a phone number
     text: str
-    queue: bool = False  # keep it for recipients who are offline
+    queue: bool = False  # keep it for recipients it cannot reach now
 
 
 @dataclass(frozen=True, slots=True)
@@ -453,7 +453,7 @@ COMMANDS: Final[tuple[Command[Any], ...]] = (
     Command(
         "/queue",
         "TARGET TEXT...",
-        "like /msg, and keep it for recipients who are offline",
+        "like /msg, and keep it for whoever it cannot reach now",
         _queue_words,
         send_text,
     ),

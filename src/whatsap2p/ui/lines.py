@@ -89,7 +89,10 @@ def format_event(event: SessionEvent) -> str:
         return f"! {event.phone} is {'online' if event.online else 'offline'}"
     if isinstance(event, ServerConnectionChanged):
         if event.state == "lost":
-            return "! lost the connection to the server; reconnecting (sends fail meanwhile)"
+            return (
+                "! lost the connection to the server; reconnecting"
+                " (/msg fails meanwhile; /queue keeps what you send)"
+            )
         return "! connected to the server again"
     if isinstance(event, IdentityChanged):
         return (
