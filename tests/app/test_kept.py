@@ -1,6 +1,7 @@
 """What a person sends with `queue` is kept: a server that cannot be reached, a link that
 drops, an acknowledgement that never comes — the message waits in the outbox and is
-delivered once, its `delivered` said once.
+delivered once, its `delivered` said once. A send may name its message's id (a retry,
+shown once).
 
 Texts on an in-memory network in virtual time; photos (written on threads) in real time.
 """
@@ -8,6 +9,7 @@ Texts on an in-memory network in virtual time; photos (written on threads) in re
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -27,7 +29,7 @@ from whatsap2p.app.events import (
 )
 from whatsap2p.app.session import Session
 from whatsap2p.config import Timeouts
-from whatsap2p.errors import ServerUnreachable
+from whatsap2p.errors import InvalidInput, ServerUnreachable
 
 ALICE, BOB, CAROL = (f"+551199999000{i}" for i in range(1, 4))
 #: Longer than every pause of the outbox's retries: what has not come by then never will.
@@ -226,6 +228,105 @@ def test_a_queued_text_whose_acknowledgement_was_lost_is_sent_again_and_shown_on
         assert await next_event(alice) == QueuedDelivered(report.id, BOB)
         await quiet(alice, bob)
         assert states(alice, BOB)[report.id] == "delivered"
+
+    in_memory(tmp_path, scenario)
+
+
+def test_without_queue_a_lost_acknowledgement_says_it_may_have_arrived_and_a_retry_is_shown_once(
+    tmp_path: Path,
+) -> None:
+    async def scenario(world: World) -> None:
+        alice, bob = await world.user(ALICE), await world.user(BOB)
+        assert (await alice.send_text(BOB, "hello")).delivered == [BOB]
+        assert isinstance(await next_event(bob), TextReceived)
+        (link,) = network(world).open_to(listening(bob))
+        link.hush()
+        report = await alice.send_text(BOB, "did you get it?")
+        (failed,) = report.failed
+        assert (failed.phone, failed.code) == (BOB, "unconfirmed")
+        assert "may have arrived" in failed.error
+        got = await next_event(bob)
+        assert isinstance(got, TextReceived)
+        again = await alice.send_text(BOB, "did you get it?", message_id=report.id)
+        assert (again.id, again.delivered, again.failed) == (report.id, [BOB], [])
+        await quiet(alice, bob)  # shown once
+        assert states(alice, BOB)[report.id] == "delivered"
+
+    in_memory(tmp_path, scenario)
+
+
+# --- a send under a given id ---------------------------------------------------------------
+
+
+def test_a_send_under_a_given_id_is_a_retry_of_that_message(tmp_path: Path) -> None:
+    async def scenario(world: World) -> None:
+        alice, bob = await world.user(ALICE), await world.user(BOB)
+        alice.book.create_group("pals", [BOB, CAROL])
+        message_id = os.urandom(16).hex()
+        first = await alice.send_text("pals", "hi all", message_id=message_id)
+        assert (first.id, first.delivered, first.offline) == (message_id, [BOB], [CAROL])
+        carol = await world.user(CAROL)
+        again = await alice.send_text("pals", "hi all", message_id=message_id)
+        # bob, who has it, is not sent it again: counted delivered; carol gets it now
+        assert (again.id, again.delivered, again.offline) == (message_id, [BOB, CAROL], [])
+        assert again.routes == {CAROL: "direct"}
+        stamps = set()
+        for session in (bob, carol):
+            got = await next_event(session)
+            assert isinstance(got, TextReceived)
+            assert (got.id, got.group) == (message_id, "pals")
+            stamps.add(got.timestamp)
+        # one message: the retry keeps its timestamp too
+        assert len(stamps) == 1
+        assert {e.timestamp for e in alice.conversation("pals", 10)} == stamps
+        with pytest.raises(InvalidInput, match="sent before with other content"):
+            await alice.send_text("pals", "something else", message_id=message_id)
+        with pytest.raises(InvalidInput, match="sent before to group 'pals'"):
+            await alice.send_text(BOB, "hi all", message_id=message_id)
+        for bad in ("ABCDEF" * 6, "12345", "g" * 32, " " + "a" * 31):
+            with pytest.raises(InvalidInput, match="32 lowercase hexadecimal digits"):
+                await alice.send_text(BOB, "x", message_id=bad)
+        await quiet(alice, bob, carol)
+
+    in_memory(tmp_path, scenario)
+
+
+def test_a_retry_leaves_a_copy_waiting_in_the_outbox_to_it(tmp_path: Path) -> None:
+    async def scenario(world: World) -> None:
+        alice = await world.user(ALICE)
+        message_id = os.urandom(16).hex()
+        queued = await alice.send_text(BOB, "later", queue=True, message_id=message_id)
+        assert queued.queued == [BOB]
+        again = await alice.send_text(BOB, "later", message_id=message_id)
+        assert (again.queued, again.offline) == ([BOB], [])  # still waiting, not doubled
+        assert [entry.id for entry in alice.outbox()] == [message_id]
+        bob = await world.user(BOB)
+        assert await next_event(alice) == QueuedDelivered(message_id, BOB)
+        assert received(await events_until(bob, received)) == [message_id]
+        await quiet(alice, bob)
+
+    in_memory(tmp_path, scenario)
+
+
+def test_resend_sends_a_failed_message_again_under_its_id(tmp_path: Path) -> None:
+    async def scenario(world: World) -> None:
+        alice = await world.user(ALICE)
+        alice.book.add_contact("bob", BOB)
+        net = network(world)
+        net.take_down(server_of(world))
+        assert await next_event(alice) == ServerConnectionChanged("lost")
+        with pytest.raises(ServerUnreachable):
+            await alice.send_text("bob", "are you there?")  # nothing was stored
+        net.bring_up(server_of(world))
+        assert await next_event(alice) == ServerConnectionChanged("restored")
+        offline = await alice.send_text("bob", "are you there?")
+        assert offline.offline == [BOB]
+        bob = await world.user(BOB)
+        again = await alice.resend(offline.id)
+        assert (again.id, again.delivered) == (offline.id, [BOB])
+        assert received(await events_until(bob, received)) == [offline.id]
+        with pytest.raises(InvalidInput, match=r"no message 0{32} was sent from here"):
+            await alice.resend("0" * 32)
 
     in_memory(tmp_path, scenario)
 

@@ -308,6 +308,16 @@ class History:
         ).fetchone()
         return row is not None
 
+    def sent(self, message_id: str) -> list[HistoryEntry]:
+        """The rows of a message we sent, one per recipient, in the order they were stored
+        (none if no message of ours has that id)."""
+        rows = self._execute(
+            "SELECT id, direction, peer, grp, timestamp, text, photo, state, error, code"
+            " FROM messages WHERE id = ? AND direction = 'out' ORDER BY seq",
+            (message_id,),
+        ).fetchall()
+        return [self._entry(row) for row in rows]
+
     def has_group(self, group: str) -> bool:
         row = self._execute("SELECT 1 FROM messages WHERE grp = ? LIMIT 1", (group,)).fetchone()
         return row is not None

@@ -1,15 +1,22 @@
 """Sending: one lookup for all the recipients of a message, then the content straight to
-each one online (concurrently), a report per recipient, and the history of it."""
+each one online (concurrently), a report per recipient, and the history of it.
+
+A send may name its message's id (a retry of an earlier send): it is the same message,
+which its recipients show once; the recipients that already have it, or whose copy waits
+in the outbox, are not sent it again.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import functools
 import logging
+import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +31,7 @@ from whatsap2p.errors import DeliveryFailed, DirectoryError, InvalidInput
 from whatsap2p.net.pool import LinkPool
 from whatsap2p.protocol import events as ev
 
-__all__ = ["Sender"]
+__all__ = ["Sender", "check_message_id"]
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +40,19 @@ log = logging.getLogger(__name__)
 #: server that cannot be reached, for the lookup, queues every recipient too.)
 _WAITS = frozenset({"unreachable", "timeout", "unconfirmed", "rate-limited", "no-room"})
 
+#: A message id as a send may give it: 32 lowercase hex digits (128 bits).
+_MESSAGE_ID = re.compile(r"[0-9a-f]{32}")
+
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+def check_message_id(message_id: object) -> str:
+    """`message_id` if it is one a send may give; InvalidInput otherwise."""
+    if not isinstance(message_id, str) or not _MESSAGE_ID.fullmatch(message_id):
+        raise InvalidInput("a message id is 32 lowercase hexadecimal digits")
+    return message_id
 
 
 @dataclass(slots=True)
@@ -47,6 +64,24 @@ class _Outcome:
     unreached: dict[str, str]
     looked_up: bool
     since: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Earlier:
+    """What an earlier send of the same message id left: its timestamp (the message's),
+    the recipients that have it and those whose copy waits in the outbox."""
+
+    timestamp: str
+    delivered: frozenset[str]
+    queued: frozenset[str]
+
+    def merge(self, report: DeliveryReport, order: tuple[str, ...]) -> None:
+        """Count the recipients left out of this send in `report`, in `order`."""
+        rank = {phone: i for i, phone in enumerate(order)}
+        delivered = {*report.delivered, *(p for p in self.delivered if p in rank)}
+        queued = {*report.queued, *(p for p in self.queued if p in rank)}
+        report.delivered = sorted(delivered, key=rank.__getitem__)
+        report.queued = sorted(queued, key=rank.__getitem__)
 
 
 class Sender:
@@ -71,8 +106,14 @@ class Sender:
         self._lookup = lookup
         self._watch_outbox = watch_outbox
         self._limits = limits
+        #: The ids of the sends under way that named theirs: a second send of one
+        #: (a retry made before the first ended) waits for the first.
+        self._sending: dict[str, asyncio.Event] = {}
 
-    async def send_text(self, target: str, text: str, queue: bool = False) -> DeliveryReport:
+    async def send_text(
+        self, target: str, text: str, queue: bool = False, message_id: str | None = None
+    ) -> DeliveryReport:
+        """Send `text`; under `message_id` if given (a retry of an earlier send of it)."""
         if not isinstance(text, str):
             raise InvalidInput("text must be a string")
         try:
@@ -84,16 +125,28 @@ class Sender:
         if size > self._limits.max_text_bytes:
             raise InvalidInput(f"text longer than {self._limits.max_text_bytes} bytes")
         recipients = self._recipients(target)
-        if queue:
-            self._outbox.check_room(recipients)
-        message = ev.Text(secrets.token_hex(16), _now(), text, recipients.group)
-        pool = self._pool
+        named = message_id is not None
+        message_id = secrets.token_hex(16) if message_id is None else check_message_id(message_id)
+        async with self._one_send_of(message_id):
+            earlier = self._earlier(message_id, recipients.group, text=text) if named else None
+            to_send = self._to_send(recipients, earlier)
+            if queue:
+                self._outbox.check_room(to_send)
+            message = ev.Text(
+                message_id,
+                _now() if earlier is None else earlier.timestamp,
+                text,
+                recipients.group,
+            )
+            pool = self._pool
 
-        def deliver(address: ev.PeerAddress) -> Awaitable[str]:
-            return pool.send_text(address, message)
+            def deliver(address: ev.PeerAddress) -> Awaitable[str]:
+                return pool.send_text(address, message)
 
-        outcome = await self._fan_out(message.id, recipients, deliver, queue)
-        await self._record(outcome, recipients.group, message.timestamp, text=text)
+            outcome = await self._fan_out(message.id, to_send, deliver, queue)
+            await self._record(outcome, recipients.group, message.timestamp, text=text)
+        if earlier is not None:
+            earlier.merge(outcome.report, recipients.phones)
         return outcome.report
 
     async def send_photo(
@@ -102,54 +155,66 @@ class Sender:
         path: str | Path,
         queue: bool = False,
         progress: Callable[[int, int], None] | None = None,
+        message_id: str | None = None,
     ) -> DeliveryReport:
         """Send a photo; `progress(sent, total)` follows the transfer, in bytes summed
-        over the recipients being sent to (a resumed transfer starts part way)."""
+        over the recipients being sent to (a resumed transfer starts part way). Under
+        `message_id` if given (a retry of an earlier send of the same photo)."""
         recipients = self._recipients(target)
-        if queue:
-            self._outbox.check_room(recipients)
+        named = message_id is not None
+        message_id = secrets.token_hex(16) if message_id is None else check_message_id(message_id)
         photo: PhotoFile = await asyncio.to_thread(prepare_photo, Path(path), self._limits)
-        offer = ev.PhotoOffer(
-            secrets.token_hex(16),
-            _now(),
-            photo.filename,
-            photo.size,
-            photo.key,
-            photo.mime,
-            recipients.group,
-        )
-        streams: dict[str, PhotoStream] = {}  # each hashes the whole file as it sends it
-
-        def report_progress() -> None:
-            assert progress is not None
-            progress(sum(s.done for s in streams.values()), photo.size * len(streams))
-
-        def stream_to(phone: str, offset: int) -> PhotoStream:
-            stream = streams[phone] = PhotoStream(photo, self._limits.photo_chunk, offset)
-            if progress is not None:
-                stream.on_progress = report_progress
-                report_progress()
-            return stream
-
-        pool = self._pool
-
-        async def deliver(address: ev.PeerAddress) -> str:
-            return await pool.send_photo(
-                address, offer, functools.partial(stream_to, address.phone)
+        async with self._one_send_of(message_id):
+            earlier = None
+            if named and self._history.sent(message_id):
+                sha256 = await asyncio.to_thread(file_sha256, photo.path)
+                earlier = self._earlier(message_id, recipients.group, sha256=sha256)
+            to_send = self._to_send(recipients, earlier)
+            if queue:
+                self._outbox.check_room(to_send)
+            offer = ev.PhotoOffer(
+                message_id,
+                _now() if earlier is None else earlier.timestamp,
+                photo.filename,
+                photo.size,
+                photo.key,
+                photo.mime,
+                recipients.group,
             )
+            streams: dict[str, PhotoStream] = {}  # each hashes the whole file as it sends it
 
-        outcome = await self._fan_out(offer.id, recipients, deliver, queue)
-        report = outcome.report
-        digests = [s.sha256 for s in streams.values() if s.sha256 is not None]
-        if digests:
-            photo = dataclasses.replace(photo, sha256=digests[0])
-        else:  # sent to nobody (offline, queued, failed, or already had it): hash it now
-            sha256 = await asyncio.to_thread(file_sha256, photo.path)
-            photo = dataclasses.replace(photo, sha256=sha256)
-        kept = photo
-        if report.queued:
-            kept = await asyncio.to_thread(self._outbox.keep_photo, photo, offer.id)
-        await self._record(outcome, recipients.group, offer.timestamp, photo=kept.describe())
+            def report_progress() -> None:
+                assert progress is not None
+                progress(sum(s.done for s in streams.values()), photo.size * len(streams))
+
+            def stream_to(phone: str, offset: int) -> PhotoStream:
+                stream = streams[phone] = PhotoStream(photo, self._limits.photo_chunk, offset)
+                if progress is not None:
+                    stream.on_progress = report_progress
+                    report_progress()
+                return stream
+
+            pool = self._pool
+
+            async def deliver(address: ev.PeerAddress) -> str:
+                return await pool.send_photo(
+                    address, offer, functools.partial(stream_to, address.phone)
+                )
+
+            outcome = await self._fan_out(offer.id, to_send, deliver, queue)
+            report = outcome.report
+            digests = [s.sha256 for s in streams.values() if s.sha256 is not None]
+            if digests:
+                photo = dataclasses.replace(photo, sha256=digests[0])
+            else:  # sent to nobody (offline, queued, failed, or already had it): hash it now
+                sha256 = await asyncio.to_thread(file_sha256, photo.path)
+                photo = dataclasses.replace(photo, sha256=sha256)
+            kept = photo
+            if report.queued:
+                kept = await asyncio.to_thread(self._outbox.keep_photo, photo, offer.id)
+            await self._record(outcome, recipients.group, offer.timestamp, photo=kept.describe())
+        if earlier is not None:
+            earlier.merge(report, recipients.phones)
         return report
 
     def _recipients(self, target: str) -> Recipients:
@@ -160,6 +225,62 @@ class Sender:
                 raise InvalidInput("you cannot send a message to yourself")
             raise InvalidInput(f"group {recipients.group!r} has no members besides you")
         return Recipients(others, recipients.group)
+
+    @contextlib.asynccontextmanager
+    async def _one_send_of(self, message_id: str) -> AsyncIterator[None]:
+        """One send at a time of a message (another of the same id is a retry, which
+        must know what the first did)."""
+        while (other := self._sending.get(message_id)) is not None:
+            await other.wait()
+        done = self._sending[message_id] = asyncio.Event()
+        try:
+            yield
+        finally:
+            del self._sending[message_id]
+            done.set()
+
+    def _earlier(
+        self,
+        message_id: str,
+        group: str | None,
+        text: str | None = None,
+        sha256: str | None = None,
+    ) -> _Earlier | None:
+        """What an earlier send of `message_id` did, if there was one: it must have sent
+        the same content (the `text`, or a photo of digest `sha256`) to the same place."""
+        rows = self._history.sent(message_id)
+        if not rows:
+            return None
+        first = rows[0]
+        if text is not None:
+            same = first.photo is None and first.text == text
+        else:
+            same = first.photo is not None and first.photo.get("sha256") == sha256
+        if not same:
+            raise InvalidInput(
+                f"message {message_id} was sent before with other content: a retry sends "
+                "the same message (leave out the id to send a new one)"
+            )
+        if first.group != group:
+            where = f"group {first.group!r}" if first.group is not None else "a contact"
+            raise InvalidInput(
+                f"message {message_id} was sent before to {where}: a retry goes to the "
+                "same place (leave out the id to send a new message)"
+            )
+        return _Earlier(
+            first.timestamp,
+            frozenset(row.recipient for row in rows if row.state == "delivered"),
+            frozenset(row.recipient for row in rows if row.state == "queued"),
+        )
+
+    @staticmethod
+    def _to_send(recipients: Recipients, earlier: _Earlier | None) -> Recipients:
+        """The recipients this send goes to: not those an earlier send of the message
+        reached, or left in the outbox."""
+        if earlier is None:
+            return recipients
+        done = earlier.delivered | earlier.queued
+        return Recipients(tuple(p for p in recipients.phones if p not in done), recipients.group)
 
     async def _fan_out(
         self,
@@ -175,6 +296,8 @@ class Sender:
         report = DeliveryReport(message_id)
         unreached: dict[str, str] = {}
         outcome = _Outcome(report, unreached, True, self._outbox.mark())
+        if not recipients.phones:  # (an earlier send of it reached them all)
+            return outcome
         try:
             online = await self._lookup(list(recipients.phones))
         except DirectoryError as exc:
@@ -243,6 +366,8 @@ class Sender:
         outcomes.update((phone, ("offline", None)) for phone in report.offline)
         outcomes.update((phone, ("queued", None)) for phone in report.queued)
         outcomes.update((failed.phone, ("failed", failed.error)) for failed in report.failed)
+        if not outcomes:
+            return
         codes = {failed.phone: failed.code for failed in report.failed}
         await self._history.store_sent(report.id, outcomes, group, timestamp, text, photo, codes)
         if not report.queued:
