@@ -1,7 +1,7 @@
 """What a person sends with `queue` is kept: a server that cannot be reached, a link that
 drops, an acknowledgement that never comes — the message waits in the outbox and is
 delivered once, its `delivered` said once. A send may name its message's id (a retry,
-shown once).
+shown once); a queued message can be cancelled.
 
 Texts on an in-memory network in virtual time; photos (written on threads) in real time.
 """
@@ -331,6 +331,38 @@ def test_resend_sends_a_failed_message_again_under_its_id(tmp_path: Path) -> Non
     in_memory(tmp_path, scenario)
 
 
+# --- cancelling ----------------------------------------------------------------------------
+
+
+def test_a_cancelled_message_is_never_delivered(tmp_path: Path) -> None:
+    async def scenario(world: World) -> None:
+        alice, carol = await world.user(ALICE), await world.user(CAROL)
+        alice.book.create_group("pals", [BOB, CAROL])
+        report = await alice.send_text("pals", "never mind", queue=True)
+        assert received(await events_until(carol, received)) == [report.id]
+        assert (report.delivered, report.queued) == ([CAROL], [BOB])
+        kept = await alice.send_text(BOB, "this one stays", queue=True)
+        assert alice.cancel(report.id) == [BOB]
+        assert [entry.id for entry in alice.outbox()] == [kept.id]
+        group = {e.recipient: e.state for e in alice.conversation("pals", 10)}
+        assert group == {BOB: "cancelled", CAROL: "delivered"}
+        with pytest.raises(
+            InvalidInput, match=r"no queued message [0-9a-f]{32} waits in the outbox"
+        ):
+            alice.cancel(report.id)
+        with pytest.raises(InvalidInput, match="no queued message"):
+            alice.cancel(os.urandom(16).hex())
+        with pytest.raises(InvalidInput, match="32 lowercase hexadecimal digits"):
+            alice.cancel("nope")
+        bob = await world.user(BOB)
+        assert await next_event(alice) == QueuedDelivered(kept.id, BOB)
+        assert received(await events_until(bob, received)) == [kept.id]
+        await quiet(alice, bob)
+        assert alice.outbox() == []
+
+    in_memory(tmp_path, scenario)
+
+
 # --- photos, in real time --------------------------------------------------------------------
 
 
@@ -354,3 +386,19 @@ async def test_a_photo_queued_while_the_server_is_down_arrives_verified(tmp_path
         assert got.id == report.id
         assert got.photo.path.read_bytes() == image_bytes(size=(120, 90))
         assert list((alice.config.data_dir / "outbox").iterdir()) == []
+
+
+async def test_a_cancelled_photos_copy_goes_once_nobody_waits_for_it(tmp_path: Path) -> None:
+    async with world_at(tmp_path, MemoryNetwork()) as world:
+        alice = await world.user(ALICE)
+        alice.book.create_group("pals", [BOB, CAROL])
+        original = tmp_path / "p.png"
+        original.write_bytes(image_bytes())
+        report = await alice.send_photo("pals", original, queue=True)
+        assert report.queued == [BOB, CAROL]
+        outbox = alice.config.data_dir / "outbox"
+        assert len(list(outbox.iterdir())) == 1
+        assert sorted(alice.cancel(report.id)) == [BOB, CAROL]
+        assert list(outbox.iterdir()) == []
+        history = alice.conversation("pals", 10)
+        assert {e.recipient: e.state for e in history} == {BOB: "cancelled", CAROL: "cancelled"}

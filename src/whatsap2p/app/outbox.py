@@ -72,6 +72,8 @@ class Outbox:
         #: A newer address of a recipient that came online while its delivery was under
         #: way (it restarted elsewhere): the next round goes there, at once.
         self._newer: dict[str, ev.PeerAddress] = {}
+        #: The copies being handed over now, (message id, recipient): too late to cancel.
+        self._delivering: set[tuple[str, str]] = set()
         #: How many times a recipient was said to come online, and when each last was
         #: (that count then) and where: a send that found it offline can tell whether it
         #: came online while its copy was being queued (and the push found nothing yet).
@@ -170,6 +172,22 @@ class Outbox:
             retry.cancel()
         self._flushing[phone] = asyncio.create_task(self._flush(address), name=f"outbox-{phone}")
 
+    def cancel(self, message_id: str) -> list[str]:
+        """Take message `message_id` out of the outbox for the recipients it still waits
+        for (not one being handed over right now); those recipients."""
+        waiting = [e for e in self._history.sent(message_id) if e.state == "queued"]
+        phones = [e.recipient for e in waiting if (message_id, e.recipient) not in self._delivering]
+        if not phones:
+            if waiting:
+                raise InvalidInput(
+                    f"message {message_id} is being delivered now: too late to cancel it"
+                )
+            raise InvalidInput(f"no queued message {message_id} waits in the outbox")
+        self._history.cancel(message_id, phones)
+        self._count -= len(phones)
+        self._drop_copy(waiting[0])
+        return phones
+
     def retry(self, phone: str) -> None:
         """Look `phone` up again now and deliver if it is online (e.g. its key was
         trusted since)."""
@@ -226,6 +244,17 @@ class Outbox:
         self._retry_pause.pop(phone, None)
 
     async def _deliver(self, address: ev.PeerAddress, entry: HistoryEntry) -> None:
+        phone = entry.recipient
+        if not self._history.is_queued(entry.id, phone):
+            return  # cancelled since the outbox was read
+        handing = (entry.id, phone)
+        self._delivering.add(handing)
+        try:
+            await self._hand_over(address, entry)
+        finally:
+            self._delivering.discard(handing)
+
+    async def _hand_over(self, address: ev.PeerAddress, entry: HistoryEntry) -> None:
         phone = entry.recipient
         try:
             if entry.photo is None:

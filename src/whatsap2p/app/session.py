@@ -350,6 +350,12 @@ class Session:
         path = str(first.photo["path"])
         return await self.send_photo(target, path, queue, message_id=message_id)
 
+    def cancel(self, message_id: str) -> list[str]:
+        """Take a queued message out of the outbox, for the recipients it still waits
+        for; those recipients (their history state becomes `cancelled`)."""
+        assert self._outbox is not None, "start() the session first"
+        return self._outbox.cancel(check_message_id(message_id))
+
     def outbox(self) -> list[HistoryEntry]:
         assert self._outbox is not None, "start() the session first"
         return self._outbox.entries()
