@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import io
 import re
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ from whatsap2p.app.events import (
     TextReceived,
 )
 from whatsap2p.app.session import Session
+from whatsap2p.config import IncomingLimits
 from whatsap2p.ui.lines import (
     LineMode,
     escape_untrusted,
@@ -58,7 +60,9 @@ commands:
   /msg TARGET TEXT...       send a text to a contact, a group or a phone number
   /photo TARGET PATH        send a photo (JPEG, PNG, GIF or WebP)
   /queue TARGET TEXT...     like /msg, and keep it for whoever it cannot reach now
+  /retry ID                 send a message that failed again (its recipients show it once)
   /outbox                   queued messages still waiting for their recipient
+  /cancel ID                take a queued message out of the outbox (/outbox lists their IDs)
   /history TARGET [N]       the last N (default 20) messages with TARGET
   /who TARGET               who of TARGET is online
   /identity                 your number and key fingerprint
@@ -118,6 +122,9 @@ async def test_every_command_prints_what_it_always_has(world: World, photo: Path
         ("/who", "/who TARGET"),
         ("/who bob carol", "/who TARGET"),
         ("/trust", "/trust PHONE"),
+        ("/retry", "/retry ID"),
+        ("/cancel", "/cancel ID"),
+        ("/cancel a b", "/cancel ID"),
     ]:
         assert await me.type(line) == f"usage: {usage}", line
     assert await me.type("/add 'bob +55 11 99999-0002") == "error: No closing quotation"
@@ -162,3 +169,38 @@ async def test_every_command_prints_what_it_always_has(world: World, photo: Path
 def test_a_send_says_how_a_message_got_there_when_not_the_usual_way() -> None:
     report = DeliveryReport("m1", delivered=[BOB, CAROL], routes={BOB: "direct", CAROL: "reverse"})
     assert format_report(report) == f"delivered to {BOB}, {CAROL} (it connected back)"
+
+
+async def test_a_failed_send_names_its_retry_and_a_queued_one_can_be_cancelled(
+    world: World,
+) -> None:
+    alice = await world.user(ALICE)
+    # bob takes one text at once from a stranger (then one a second)
+    bob = await world.user(BOB, incoming=IncomingLimits(stranger_messages_burst=1))
+    me = Typist(alice)
+    assert await me.type(f"/msg {BOB} one") == f"delivered to {BOB}"
+    refused = await me.type(f"/msg {BOB} two")
+    found = re.fullmatch(
+        rf"failed: \{BOB} \(refused by the peer: too many messages: .*\); "
+        r"/retry ([0-9a-f]{32}) tries again",
+        refused,
+    )
+    assert found, refused
+    bob.book.add_contact("alice", ALICE)  # a friend now: no longer held back
+    assert await me.type(f"/retry {found[1]}") == f"delivered to {BOB}"
+    assert await me.type(f"/retry {found[1]}") == f"delivered to {BOB}"  # (nothing sent)
+    shown = [await asyncio.wait_for(bob.events.get(), 10) for _ in range(2)]
+    assert [e.text for e in shown if isinstance(e, TextReceived)] == ["one", "two"]
+    assert bob.events.empty()
+
+    queued = await me.type(f"/queue {CAROL} later")
+    assert queued == f"queued for: {CAROL}"
+    (waiting,) = alice.outbox()
+    assert await me.type(f"/cancel {waiting.id}") == f"cancelled {waiting.id} for {CAROL}"
+    assert await me.type(f"/cancel {waiting.id}") == (
+        f"error: no queued message {waiting.id} waits in the outbox"
+    )
+    assert re.fullmatch(
+        rf"\[\d\d:\d\d\] \{ALICE} -> \{CAROL}: later \(cancelled\)",
+        await me.type(f"/history {CAROL}"),
+    )

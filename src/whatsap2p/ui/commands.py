@@ -26,6 +26,8 @@ __all__ = [
     "HISTORY_DEFAULT",
     "AddContact",
     "Call",
+    "Cancel",
+    "Cancelled",
     "Command",
     "CommandError",
     "ContactList",
@@ -46,6 +48,7 @@ __all__ = [
     "RemoveContact",
     "Request",
     "Result",
+    "Retry",
     "SendPhoto",
     "SendText",
     "ShowHelp",
@@ -57,6 +60,7 @@ __all__ = [
     "UsageError",
     "Who",
     "add_contact",
+    "cancel",
     "create_group",
     "help_text",
     "leave",
@@ -64,6 +68,7 @@ __all__ = [
     "list_groups",
     "parse",
     "remove_contact",
+    "retry",
     "send_photo",
     "send_text",
     "show_help",
@@ -107,17 +112,34 @@ class SendText:
     target: str  # a contact, a group or a phone number
     text: str
     queue: bool = False  # keep it for recipients it cannot reach now
+    id: str | None = None  # the message's id (a retry's: the message sent before)
 
 
 @dataclass(frozen=True, slots=True)
 class SendPhoto:
     target: str
     path: str  # as typed; the Session expands `~`
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Send a message that did not reach everyone again, under its id (its recipients
+    show it once)."""
+
+    id: str
 
 
 @dataclass(frozen=True, slots=True)
 class ShowOutbox:
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Take a queued message out of the outbox."""
+
+    id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +189,9 @@ Request = (
     | CreateGroup
     | SendText
     | SendPhoto
+    | Retry
     | ShowOutbox
+    | Cancel
     | ShowHistory
     | Who
     | ShowIdentity
@@ -204,6 +228,14 @@ class Outbox:
     """Queued messages still waiting, one entry per recipient."""
 
     entries: tuple[HistoryEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """A queued message taken out of the outbox, for these recipients."""
+
+    id: str
+    phones: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +280,7 @@ Result = (
     | ContactList
     | GroupList
     | Outbox
+    | Cancelled
     | MessageHistory
     | Presence
     | Identity
@@ -274,17 +307,29 @@ async def create_group(session: Session, request: CreateGroup) -> Group:
 
 
 async def send_text(session: Session, request: SendText) -> DeliveryReport:
-    return await session.send_text(request.target, request.text, queue=request.queue)
+    return await session.send_text(
+        request.target, request.text, queue=request.queue, message_id=request.id
+    )
 
 
 async def send_photo(
     session: Session, request: SendPhoto, progress: Progress | None = None
 ) -> DeliveryReport:
-    return await session.send_photo(request.target, request.path, progress=progress)
+    return await session.send_photo(
+        request.target, request.path, progress=progress, message_id=request.id
+    )
+
+
+async def retry(session: Session, request: Retry) -> DeliveryReport:
+    return await session.resend(request.id)
 
 
 async def show_outbox(session: Session, request: ShowOutbox) -> Outbox:
     return Outbox(tuple(session.outbox()))
+
+
+async def cancel(session: Session, request: Cancel) -> Cancelled:
+    return Cancelled(request.id, tuple(session.cancel(request.id)))
 
 
 async def show_history(session: Session, request: ShowHistory) -> MessageHistory:
@@ -376,6 +421,16 @@ def _photo_words(rest: str) -> SendPhoto | None:
     return SendPhoto(words[0], words[1]) if len(words) == 2 else None
 
 
+def _retry_words(rest: str) -> Retry | None:
+    words = rest.split()
+    return Retry(words[0].lower()) if len(words) == 1 else None
+
+
+def _cancel_words(rest: str) -> Cancel | None:
+    words = rest.split()
+    return Cancel(words[0].lower()) if len(words) == 1 else None
+
+
 def _history_words(rest: str) -> ShowHistory | None:
     target, count = split_target(rest)
     if not target or (count and not count.isdigit()):
@@ -458,11 +513,25 @@ COMMANDS: Final[tuple[Command[Any], ...]] = (
         send_text,
     ),
     Command(
+        "/retry",
+        "ID",
+        "send a message that failed again (its recipients show it once)",
+        _retry_words,
+        retry,
+    ),
+    Command(
         "/outbox",
         "",
         "queued messages still waiting for their recipient",
         _no_words(ShowOutbox),
         show_outbox,
+    ),
+    Command(
+        "/cancel",
+        "ID",
+        "take a queued message out of the outbox (/outbox lists their IDs)",
+        _cancel_words,
+        cancel,
     ),
     Command(
         "/history",

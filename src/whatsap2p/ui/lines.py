@@ -27,6 +27,7 @@ from whatsap2p.app.session import Session
 from whatsap2p.errors import WhatsAp2pError
 from whatsap2p.ui import commands
 from whatsap2p.ui.commands import (
+    Cancelled,
     ContactList,
     ContactRemoved,
     GroupList,
@@ -131,6 +132,13 @@ def delivered_to(phone: str, route: str | None) -> str:
     return phone if words is None else f"{phone} ({words})"
 
 
+#: Failures a retry may mend (not a changed key, which needs /trust first, nor a
+#: message its recipient will not store).
+RETRY_HELPS = frozenset(
+    {"unreachable", "timeout", "refused", "unconfirmed", "rate-limited", "no-room", "protocol"}
+)
+
+
 def format_report(report: DeliveryReport) -> str:
     parts = []
     if report.delivered:
@@ -144,6 +152,8 @@ def format_report(report: DeliveryReport) -> str:
     parts.extend(
         f"failed: {failed.phone} ({escape_untrusted(failed.error)})" for failed in report.failed
     )
+    if any(failed.code in RETRY_HELPS for failed in report.failed):
+        parts.append(f"/retry {report.id} tries again")
     return "; ".join(parts) or "no recipients"
 
 
@@ -176,6 +186,8 @@ def format_result(result: Result) -> str:
                 "\n".join(f"{e.id} to {e.recipient}: {_summary(e)}" for e in entries)
                 or "nothing is waiting"
             )
+        case Cancelled(message_id, phones):
+            return f"cancelled {message_id} for {', '.join(phones)}"
         case MessageHistory(entries):
             return "\n".join(format_history(e) for e in entries) or "no messages yet"
         case Presence(online):
