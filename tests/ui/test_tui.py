@@ -126,7 +126,7 @@ async def test_a_group_photo_shows_progress_per_recipient_and_previews(world: Wo
                 if box.row.photo == big and bar.display:
                     bars.append((bar.progress, bar.total))
             row = app.current.rows[-1] if app.current and app.current.rows else None
-            return row is not None and row.progress is None and not row.id.startswith("pending")
+            return row is not None and row.progress is None and SENDING not in row.states.values()
 
         watching = asyncio.create_task(until(app, sent))  # each time the screen changes
         await type_line(pilot, f"/photo trip {big}")  # (returns once the app is idle)
@@ -405,3 +405,25 @@ async def test_line_breaks_show_as_line_breaks_and_controls_do_not_reach_the_scr
         shown = "two lines\nof text \\x1b[31mred\\x1b[0m \\u202eevil Z"
         await until(app, lambda: any(shown in m for m in messages(app)))
         assert any("[+496 combining marks]" in m for m in messages(app))
+
+
+async def test_ctrl_r_sends_a_message_again_to_whoever_it_did_not_reach(world: World) -> None:
+    alice = await world.user(ALICE)
+    alice.book.add_contact("bob", BOB)
+    app = ChatApp(alice)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await app.ready.wait()
+        await type_line(pilot, "/msg bob are you there?")
+        await until(app, lambda: any("○ bob offline" in m for m in messages(app)))
+        bob = await world.user(BOB)
+        await pilot.press("ctrl+r")  # the newest message of the conversation not delivered
+        await until(app, lambda: any("✓ bob delivered" in m for m in messages(app)))
+        got = await next_event(bob)
+        assert isinstance(got, TextReceived)
+        assert app.current is not None
+        assert (got.text, got.id) == ("are you there?", app.current.rows[-1].id)
+        await pilot.press("ctrl+r")
+        await until(app, lambda: any("nothing to retry" in m for m in messages(app)))
+        await type_line(pilot, f"/retry {got.id}")  # by its id: nothing left to send either
+        await until(app, lambda: sum("nothing to retry" in m for m in messages(app)) == 2)
+        assert bob.events.empty()

@@ -20,6 +20,8 @@ __all__ = ["Chats", "Conversation", "Row", "group_key", "phone_key"]
 
 #: The states a recipient of a sent message can be in, as shown.
 SENDING = "sending"
+#: The states of the recipients a retry sends a message to again.
+RETRIED = frozenset({"failed", "offline", "cancelled"})
 
 
 def phone_key(phone: str) -> str:
@@ -54,8 +56,11 @@ class Row:
     routes: dict[str, str] = field(default_factory=dict)
 
     def apply(self, report: DeliveryReport) -> None:
-        """The outcome of the send, per recipient."""
+        """The outcome of the send (or of a retry), per recipient."""
         self.id = report.id
+        for phone in [*report.delivered, *report.offline, *report.queued]:
+            self.errors.pop(phone, None)  # (a retry's: what failed before did not now)
+            self.codes.pop(phone, None)
         for phone in report.delivered:
             self.states[phone] = "delivered"
         self.routes.update(report.routes)
@@ -67,6 +72,12 @@ class Row:
             self.states[failed.phone] = "failed"
             self.errors[failed.phone] = failed.error
             self.codes[failed.phone] = failed.code
+
+    @property
+    def retryable(self) -> bool:
+        """A message of ours that some recipient did not get (failed, offline, or
+        taken out of the outbox): a retry under its id sends it to those."""
+        return self.mine and not self.note and any(s in RETRIED for s in self.states.values())
 
     def fail(self, error: str) -> None:
         """The send as a whole was refused (nothing went out)."""
@@ -89,6 +100,13 @@ class Conversation:
     def find(self, message_id: str) -> Row | None:
         for row in reversed(self.rows):
             if row.id == message_id:
+                return row
+        return None
+
+    def last_retryable(self) -> Row | None:
+        """The newest message of ours that did not reach every recipient."""
+        for row in reversed(self.rows):
+            if row.retryable:
                 return row
         return None
 
