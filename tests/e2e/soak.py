@@ -159,23 +159,25 @@ def send_request(n: int) -> dict[str, Any]:
 
 async def soak(root: Path, count: int) -> SoakResult:
     db = root / "server" / "bindings.sqlite3"
-    server = await ServerProcess.start(db)
     # Friends: B takes a burst from a contact (a stranger's would be held to its limits).
     (root / "bob").mkdir(parents=True, exist_ok=True)
     AddressBook.load(root / "bob" / CONTACTS_FILE).add_contact("alice", ALICE)
-    alice = await UserProcess.start(server.address, ALICE, root / "alice")
-    shown = Ids("receive")
-    bob = Receiver(server.address, root, shown)
-    await bob.start()
     waves = -(-count // WAVE)
     # When, in waves: B is killed in the middle of one, and back some waves later; the
     # server is killed with one's lookups on their way, and back some waves later.
     kill_b, start_b = waves // 5, 2 * waves // 5
     kill_server, start_server = 3 * waves // 5, 7 * waves // 10
-    said = Ids("delivered")
-    collecting = asyncio.create_task(said.follow(alice))
+    shown, said = Ids("receive"), Ids("delivered")
     answers: list[dict[str, Any]] = []
+    server = await ServerProcess.start(db)
+    bob = Receiver(server.address, root, shown)
+    started_users: list[UserProcess] = []  # (stopped at the end, whatever happens)
+    collecting: asyncio.Task[None] | None = None
     try:
+        alice = await UserProcess.start(server.address, ALICE, root / "alice")
+        started_users.append(alice)
+        await bob.start()
+        collecting = asyncio.create_task(said.follow(alice))
         started = time.perf_counter()
         for wave in range(waves):
             numbers = range(wave * WAVE, min(count, (wave + 1) * WAVE))
@@ -244,8 +246,9 @@ async def soak(root: Path, count: int) -> SoakResult:
             server_restarts=1,
         )
     finally:
-        collecting.cancel()
-        for user in [alice, *bob.lives]:
+        if collecting is not None:
+            collecting.cancel()
+        for user in [*started_users, *bob.lives]:
             await user.close()
         await server.stop(signal.SIGKILL)
 
