@@ -120,6 +120,7 @@ class SendPhoto:
     target: str
     path: str  # as typed; the Session expands `~`
     id: str | None = None
+    queue: bool = False  # keep it for recipients it cannot reach now
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,7 +317,7 @@ async def send_photo(
     session: Session, request: SendPhoto, progress: Progress | None = None
 ) -> DeliveryReport:
     return await session.send_photo(
-        request.target, request.path, progress=progress, message_id=request.id
+        request.target, request.path, request.queue, progress=progress, message_id=request.id
     )
 
 

@@ -6,10 +6,12 @@ sends run as workers (the screen stays live while a 50 MB photo goes out), the
 session's events arrive through one worker that reads `Session.events`. The input line
 takes every command of the table in `commands`, with what each did shown as a note in
 the plain mode's words; `/msg`, `/queue` and `/photo` send through the conversation they
-send to (selected, made if new), and plain text goes to the selected conversation;
-ctrl+r (or `/retry ID`) sends a message that did not reach everyone again, under its id
-(its recipients show it once). The dialogs (new contact, new group, photo, a changed
-key) call the same commands' handlers with the values typed in them.
+send to (selected, made if new), and plain text (and a photo attached) goes to the
+selected conversation, kept for recipients who are offline or out of reach (⏳ until
+it is delivered, as `/queue`); ctrl+t shows what waits, to cancel; ctrl+r (or `/retry
+ID`) sends a message that did not reach everyone again, under its id (its recipients
+show it once). The dialogs (new contact, new group, photo, a changed key, the outbox)
+call the same commands' handlers with the values typed in them.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ from whatsap2p.ui.commands import (
     TrustKey,
 )
 from whatsap2p.ui.lines import RETRY_HELPS, format_error, format_result
-from whatsap2p.ui.tui.dialogs import Field, FormDialog, TrustDialog
+from whatsap2p.ui.tui.dialogs import Field, FormDialog, OutboxDialog, TrustDialog
 from whatsap2p.ui.tui.model import (
     RETRIED,
     SENDING,
@@ -122,8 +124,10 @@ class ChatApp(App[None]):
         Binding("ctrl+o", "attach", "Photo"),
         # (not in the footer: a failure that a retry may mend says so where it shows)
         Binding("ctrl+r", "retry", "Retry", show=False),
-        Binding("ctrl+down,alt+down", "next_chat", "Next", key_display="^↓"),
-        Binding("ctrl+up,alt+up", "previous_chat", "Prev", key_display="^↑"),
+        Binding("ctrl+t", "outbox", "Outbox"),
+        # (one entry in the footer for both: ^↑ and ^↓ move through the conversations)
+        Binding("ctrl+down,alt+down", "next_chat", "Chats", key_display="^↑↓"),
+        Binding("ctrl+up,alt+up", "previous_chat", "Prev", show=False),
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
 
@@ -336,8 +340,8 @@ class ChatApp(App[None]):
                 await self.run_command(commands.parse(line))
             elif self.current is None:
                 self.note("choose a conversation on the left first, or use /msg TARGET TEXT")
-            else:
-                await self.send_text(self.current, line)
+            else:  # (kept for whoever it cannot reach now, as every messenger does)
+                await self.send_text(self.current, line, queue=True)
 
     async def run_command(self, call: Call[Any]) -> None:
         """Carry out a command read from the input line. A send goes through the
@@ -403,12 +407,12 @@ class ChatApp(App[None]):
         await self._add_row(conv, row)
         await self._send(conv, row, queue)
 
-    async def send_photo(self, conv: Conversation, path_text: str) -> None:
+    async def send_photo(self, conv: Conversation, path_text: str, queue: bool = False) -> None:
         path = _photo_path(path_text)
         row = self._new_row(conv, photo=path, photo_name=path.name)
         row.progress = (0, 1)  # (shown with its bar from the start)
         await self._add_row(conv, row)
-        await self._send(conv, row)
+        await self._send(conv, row, queue)
 
     async def retry(self, conv: Conversation, row: Row) -> None:
         """Send `row`'s message again, under its id, to the recipients it did not reach
@@ -433,7 +437,7 @@ class ChatApp(App[None]):
                 row.progress = (done, total)
                 self._refresh_row(row)
 
-            photo = SendPhoto(conv.target, str(row.photo), id=row.id)
+            photo = SendPhoto(conv.target, str(row.photo), id=row.id, queue=queue)
             sending = commands.send_photo(session, photo, progress=progress)
         else:
             sending = commands.send_text(
@@ -468,6 +472,28 @@ class ChatApp(App[None]):
             self.note("every message here reached everyone it was sent to: nothing to retry")
             return
         self._retry_worker(conv, row)
+
+    def action_outbox(self) -> None:
+        """What waits for recipients who are offline or out of reach; one chosen there
+        is cancelled for them."""
+
+        def chosen(message_id: str | None) -> None:
+            if message_id is not None:
+                self._cancel_worker(message_id)
+
+        self.push_screen(OutboxDialog(self.chats.waiting()), chosen)
+
+    @work(group="commands")
+    async def _cancel_worker(self, message_id: str) -> None:
+        with self._errors_as_notes():
+            cancelled = self.session.cancel(message_id)
+            names = ", ".join(self.name_of(phone) for phone in cancelled)
+            self.note(f"cancelled: it will not be sent to {names}")
+            shown = self._row_of(message_id)
+            if shown is not None:
+                row = shown[1]
+                row.states.update(dict.fromkeys(cancelled, "cancelled"))
+                self._refresh_row(row)
 
     @work(group="commands")
     async def _retry_worker(self, conv: Conversation, row: Row) -> None:
@@ -613,7 +639,7 @@ class ChatApp(App[None]):
     @work(group="commands")
     async def _send_attached(self, conv: Conversation, path: str) -> None:
         with self._errors_as_notes():
-            await self.send_photo(conv, path)
+            await self.send_photo(conv, path, queue=True)
 
     def _move(self, step: int) -> None:
         sidebar = self.query_one("#sidebar", ListView)

@@ -15,8 +15,9 @@ from whatsap2p.app.events import DeliveryReport
 from whatsap2p.app.history import HistoryEntry
 from whatsap2p.app.session import Session
 from whatsap2p.errors import UnknownTarget, WhatsAp2pError
+from whatsap2p.ui.tui.render import clock_of
 
-__all__ = ["Chats", "Conversation", "Row", "group_key", "phone_key"]
+__all__ = ["Chats", "Conversation", "Row", "Waiting", "group_key", "phone_key"]
 
 #: The states a recipient of a sent message can be in, as shown.
 SENDING = "sending"
@@ -148,6 +149,16 @@ _DIRECT = {
 }
 
 
+@dataclass(frozen=True)
+class Waiting:
+    """A message in the outbox, as the person sees it listed."""
+
+    id: str
+    to: str  # the names of the recipients it still waits for
+    what: str  # its text, or the photo's name
+    since: str  # when it was written (local clock time)
+
+
 class Chats:
     """The conversations the app shows, who of their members is online, and the names
     they are shown by: the sidebar's and the messages' contents, apart from their look.
@@ -258,6 +269,22 @@ class Chats:
         if relayed == len(routes):
             return "via relay"
         return f"direct to {len(routes) - relayed}, via relay to {relayed}"
+
+    def waiting(self) -> list[Waiting]:
+        """The outbox, a line per message (oldest first): whom it still waits for."""
+        messages: dict[str, list[HistoryEntry]] = {}
+        for entry in self._session.outbox():
+            messages.setdefault(entry.id, []).append(entry)
+        listed = []
+        for message_id, entries in messages.items():
+            first = entries[0]
+            names = ", ".join(self.name_of(entry.recipient) for entry in entries)
+            to = f"{names} (# {first.group})" if first.group else names
+            photo = first.photo or {}
+            name = photo.get("filename")
+            what = first.text or (f"photo {name}" if isinstance(name, str) else "a photo")
+            listed.append(Waiting(message_id, to, what, clock_of(first.timestamp)))
+        return listed
 
     def find(self, message_id: str) -> Row | None:
         """The row of message `message_id`, in whichever conversation shows it."""
