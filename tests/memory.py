@@ -104,9 +104,12 @@ class MemoryTransport(asyncio.Transport):
     def get_write_buffer_size(self) -> int:
         return self._size
 
+    #: What this side writes is lost on the way (MemoryConnection.hush).
+    hushed = False
+
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._reset:
-            return  # lost in the reset, as the kernel would lose it
+        if self._reset or self.hushed:
+            return  # lost in the reset, as the kernel would lose it; or on the way
         if self._closing or self._eof_after_flush:
             # (what uvloop does; asyncio would only log)
             raise RuntimeError("unable to perform operation on a closed transport")
@@ -261,6 +264,11 @@ class MemoryConnection:
         for transport in self.transports:
             transport._thawed()
 
+    def hush(self) -> None:
+        """From now on what the accepting side writes is lost on the way (a path that
+        fails one way); what the connecting side writes still arrives."""
+        self.transports[1].hushed = True
+
     def cut(self) -> None:
         """A reset: both ends see the connection lost (ConnectionResetError), and what
         was on its way is lost."""
@@ -310,6 +318,7 @@ class MemoryNetwork:
         self.attempts: list[tuple[float, str, tuple[str, int], bool]] = []
         self._attempted: list[asyncio.Future[None]] = []
         self._host = "127.0.0.1"
+        self._refused: set[tuple[str, int]] = set()
 
     def at(self, host: str) -> _HostView:
         return _HostView(self, host)
@@ -345,7 +354,7 @@ class MemoryNetwork:
         _from: str | None = None,
     ) -> P:
         """(`local_port` is taken and forgotten: no router here maps ports.)"""
-        listener = self._listeners.get((host, port))
+        listener = None if (host, port) in self._refused else self._listeners.get((host, port))
         now = asyncio.get_running_loop().time()
         self.attempts.append((now, _from or self._host, (host, port), listener is not None))
         attempted, self._attempted = self._attempted, []
@@ -393,6 +402,18 @@ class MemoryNetwork:
     def stop_listening(self, address: tuple[str, int]) -> None:
         """Nobody accepts at `address` any more (those accepted stay)."""
         self._listeners.pop(address, None)
+
+    def take_down(self, address: tuple[str, int]) -> None:
+        """The host at `address` goes down (as a process killed with -9): every connection
+        to it is reset, and new ones are refused until `bring_up`."""
+        self._refused.add(address)
+        for connection in self.open_to(address):
+            connection.cut()
+
+    def bring_up(self, address: tuple[str, int]) -> None:
+        """`address` accepts connections again (the same listener: a server restarted on
+        its port, with what it keeps on disk)."""
+        self._refused.discard(address)
 
     def _next_port(self) -> int:
         self._ports += 1

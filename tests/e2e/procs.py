@@ -16,6 +16,9 @@ from typing import Any
 
 WHATSAP2P = str(Path(sys.executable).parent / "whatsap2p")
 TIMEOUT = 15.0
+#: The longest line read from a module (a page of 1,000 history entries is a few
+#: hundred KiB; asyncio's default, 64 KiB, would end the reader).
+LINE_LIMIT = 16 * 1024 * 1024
 
 
 class RpcError(Exception):
@@ -59,6 +62,7 @@ async def spawn_user(
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        limit=LINE_LIMIT,
     )
 
 

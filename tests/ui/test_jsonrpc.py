@@ -46,7 +46,9 @@ async def test_a_client_pipelining_more_than_the_cap_waits_for_answers(
     running, most = 0, 0
     full, release = asyncio.Event(), asyncio.Event()
 
-    async def stuck_send(target: str, text: str, queue: bool = False) -> DeliveryReport:
+    async def stuck_send(
+        target: str, text: str, queue: bool = False, message_id: str | None = None
+    ) -> DeliveryReport:
         nonlocal running, most
         running += 1
         most = max(most, running)
@@ -86,7 +88,9 @@ class Broken:
     def __init__(self) -> None:
         self.events = asyncio.Queue()
 
-    async def send_text(self, target: str, text: str, queue: bool = False) -> DeliveryReport:
+    async def send_text(
+        self, target: str, text: str, queue: bool = False, message_id: str | None = None
+    ) -> DeliveryReport:
         raise KeyError("a bug")
 
 

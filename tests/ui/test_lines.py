@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import io
 import re
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from whatsap2p.app.events import (
 )
 from whatsap2p.app.history import State
 from whatsap2p.app.session import Session
+from whatsap2p.config import IncomingLimits
 from whatsap2p.ui.lines import (
     LineMode,
     escape_untrusted,
@@ -59,8 +61,10 @@ commands:
   /group NAME MEMBER...     create a group of contacts or phone numbers
   /msg TARGET TEXT...       send a text to a contact, a group or a phone number
   /photo TARGET PATH        send a photo (JPEG, PNG, GIF or WebP)
-  /queue TARGET TEXT...     like /msg, and keep it for recipients who are offline
+  /queue TARGET TEXT...     like /msg, and keep it for whoever it cannot reach now
+  /retry ID                 send a message that failed again (its recipients show it once)
   /outbox                   queued messages still waiting for their recipient
+  /cancel ID                take a queued message out of the outbox (/outbox lists their IDs)
   /history TARGET [N|more]  the last N (default 20) messages with TARGET
   more: as many again, from before the ones /history showed last
   /who TARGET               who of TARGET is online
@@ -122,6 +126,9 @@ async def test_every_command_prints_what_it_always_has(world: World, photo: Path
         ("/who", "/who TARGET"),
         ("/who bob carol", "/who TARGET"),
         ("/trust", "/trust PHONE"),
+        ("/retry", "/retry ID"),
+        ("/cancel", "/cancel ID"),
+        ("/cancel a b", "/cancel ID"),
     ]:
         assert await me.type(line) == f"usage: {usage}", line
     assert await me.type("/add 'bob +55 11 99999-0002") == "error: No closing quotation"
@@ -207,3 +214,38 @@ async def test_history_more_shows_the_page_before_the_last_one_shown(world: Worl
     assert texts(await me.type("/history pals more")) == ["pals 1", "pals 1"]
     assert texts(await me.type("/history pals more")) == ["pals 0", "pals 0"]
     assert await me.type("/history pals more") == "no older messages"
+
+
+async def test_a_failed_send_names_its_retry_and_a_queued_one_can_be_cancelled(
+    world: World,
+) -> None:
+    alice = await world.user(ALICE)
+    # bob takes one text at once from a stranger (then one a second)
+    bob = await world.user(BOB, incoming=IncomingLimits(stranger_messages_burst=1))
+    me = Typist(alice)
+    assert await me.type(f"/msg {BOB} one") == f"delivered to {BOB}"
+    refused = await me.type(f"/msg {BOB} two")
+    found = re.fullmatch(
+        rf"failed: \{BOB} \(refused by the peer: too many messages: .*\); "
+        r"/retry ([0-9a-f]{32}) tries again",
+        refused,
+    )
+    assert found, refused
+    bob.book.add_contact("alice", ALICE)  # a friend now: no longer held back
+    assert await me.type(f"/retry {found[1]}") == f"delivered to {BOB}"
+    assert await me.type(f"/retry {found[1]}") == f"delivered to {BOB}"  # (nothing sent)
+    shown = [await asyncio.wait_for(bob.events.get(), 10) for _ in range(2)]
+    assert [e.text for e in shown if isinstance(e, TextReceived)] == ["one", "two"]
+    assert bob.events.empty()
+
+    queued = await me.type(f"/queue {CAROL} later")
+    assert queued == f"queued for: {CAROL}"
+    (waiting,) = alice.outbox()
+    assert await me.type(f"/cancel {waiting.id}") == f"cancelled {waiting.id} for {CAROL}"
+    assert await me.type(f"/cancel {waiting.id}") == (
+        f"error: no queued message {waiting.id} waits in the outbox"
+    )
+    assert re.fullmatch(
+        rf"\[\d\d:\d\d\] \{ALICE} -> \{CAROL}: later \(cancelled\)",
+        await me.type(f"/history {CAROL}"),
+    )

@@ -12,7 +12,7 @@ import pytest
 from textual.app import App, ComposeResult
 from textual.containers import VerticalScroll
 from textual.pilot import Pilot
-from textual.widgets import Input, ListView, ProgressBar, Static
+from textual.widgets import Input, ListView, OptionList, ProgressBar, Static
 
 from tests.conftest import image_bytes
 from tests.servers import World, world_at
@@ -23,8 +23,8 @@ from whatsap2p.app.session import Session
 from whatsap2p.config import Limits
 from whatsap2p.ui.tui import ChatApp
 from whatsap2p.ui.tui import app as tui_app
-from whatsap2p.ui.tui.dialogs import FormDialog, TrustDialog, complete_path
-from whatsap2p.ui.tui.model import SENDING, Row
+from whatsap2p.ui.tui.dialogs import FormDialog, OutboxDialog, TrustDialog, complete_path
+from whatsap2p.ui.tui.model import SENDING, Row, phone_key
 from whatsap2p.ui.tui.widgets import ConversationItem, MessageBox, StatusLine
 
 ALICE, BOB, CAROL, DAVE, ERIN = (f"+551199999000{i}" for i in range(1, 6))
@@ -130,7 +130,7 @@ async def test_a_group_photo_shows_progress_per_recipient_and_previews(world: Wo
                     if box.row.photo == big:
                         bars.append((bar.progress, bar.total))
             row = app.current.rows[-1] if app.current and app.current.rows else None
-            return row is not None and row.progress is None and not row.id.startswith("pending")
+            return row is not None and row.progress is None and SENDING not in row.states.values()
 
         watching = asyncio.create_task(until(app, sent))  # each time the screen changes
         await type_line(pilot, f"/photo trip {big}")  # (returns once the app is idle)
@@ -504,3 +504,58 @@ async def test_scrolling_up_shows_older_messages_and_back_down_the_newer_ones(
         await type_line(pilot, "and mine")
         await until(app, lambda: shown_texts(app)[-3:] == ["news", "more news", "and mine"])
         assert len(shown_texts(app)) == 10
+
+
+async def test_ctrl_r_sends_a_message_again_to_whoever_it_did_not_reach(world: World) -> None:
+    alice = await world.user(ALICE)
+    alice.book.add_contact("bob", BOB)
+    app = ChatApp(alice)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await app.ready.wait()
+        await type_line(pilot, "/msg bob are you there?")
+        await until(app, lambda: any("○ bob offline" in m for m in messages(app)))
+        bob = await world.user(BOB)
+        await pilot.press("ctrl+r")  # the newest message of the conversation not delivered
+        await until(app, lambda: any("✓ bob delivered" in m for m in messages(app)))
+        got = await next_event(bob)
+        assert isinstance(got, TextReceived)
+        assert app.current is not None
+        assert (got.text, got.id) == ("are you there?", app.current.rows[-1].id)
+        await pilot.press("ctrl+r")
+        await until(app, lambda: any("nothing to retry" in m for m in messages(app)))
+        await type_line(pilot, f"/retry {got.id}")  # by its id: nothing left to send either
+        await until(app, lambda: sum("nothing to retry" in m for m in messages(app)) == 2)
+        assert bob.events.empty()
+
+
+async def test_what_is_typed_to_someone_offline_waits_and_is_delivered(world: World) -> None:
+    alice = await world.user(ALICE)
+    alice.book.add_contact("bob", BOB)
+    alice.book.add_contact("carol", CAROL)
+    app = ChatApp(alice)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await app.ready.wait()
+        await app.select(phone_key(BOB))
+        await type_line(pilot, "see you at 8")  # bob is offline: kept for him
+        await until(app, lambda: any("⏳ bob queued" in m for m in messages(app)))
+        bob = await world.user(BOB)  # he comes online: the outbox hands it over
+        got = await next_event(bob)
+        assert isinstance(got, TextReceived)
+        assert got.text == "see you at 8"
+        await until(app, lambda: any("✓ bob delivered" in m for m in messages(app)))
+
+        # one for carol (offline) waits; the outbox lists it, and Enter cancels it
+        await app.select(phone_key(CAROL))
+        await type_line(pilot, "call me")
+        await until(app, lambda: any("⏳ carol queued" in m for m in messages(app)))
+        await pilot.press("ctrl+t")
+        await until(app, lambda: isinstance(app.screen, OutboxDialog))
+        listed = str(app.screen.query_one("#waiting", OptionList).get_option_at_index(0).prompt)
+        assert "carol: call me" in listed
+        await pilot.press("enter")
+        await until(app, lambda: any("⊘ carol cancelled" in m for m in messages(app)))
+        assert alice.outbox() == []
+        await pilot.press("ctrl+t")  # and now nothing waits
+        await until(app, lambda: isinstance(app.screen, OutboxDialog))
+        assert not app.screen.query(OptionList)
+        await pilot.press("escape")

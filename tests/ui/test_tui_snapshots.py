@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from textual.pilot import Pilot
+from textual.widgets import Input
 from textual.worker import Worker, WorkerCancelled
 
 from tests.servers import session_config
@@ -30,6 +31,7 @@ from whatsap2p.app.session import IDENTITY_FILE, Session
 from whatsap2p.ui.tui import ChatApp
 from whatsap2p.ui.tui.dialogs import TrustDialog
 from whatsap2p.ui.tui.model import phone_key
+from whatsap2p.ui.tui.widgets import MessageBox
 
 WHATSAP2P = str(Path(sys.executable).parent / "whatsap2p")
 ALICE, BOB, CAROL = "+5511999990001", "+5511999990002", "+5511999990003"
@@ -161,3 +163,49 @@ def test_conversation_on_a_light_theme(
         await a_conversation(pilot)
 
     assert snap_compare(app, terminal_size=(80, 24), run_before=light)
+
+
+async def typed_to_bob(pilot: Pilot[None]) -> None:
+    """Alice types to bob, who is offline: her message waits (⏳)."""
+    app = pilot.app
+    assert isinstance(app, ChatApp)
+    await app.ready.wait()
+    await settled_presence(app)
+    await app.select(phone_key(BOB))
+    box = app.query_one("#input", Input)
+    box.focus()
+    box.value = "see you at 8"
+    await pilot.press("enter")
+    await shown(app, "⏳ bob queued")
+
+
+async def shown(app: ChatApp, words: str) -> None:
+    """Until a message shows `words` (each change of the screen looked at)."""
+    async with asyncio.timeout(10):
+        while not any(words in box.plain() for box in app.query(MessageBox)):
+            app.changed.clear()
+            await app.changed.wait()
+
+
+def test_a_message_waiting_for_someone_offline(
+    snap_compare: SnapCompare, server_port: int, tmp_path: Path
+) -> None:
+    app = make_app(server_port, tmp_path / "alice")
+    assert snap_compare(app, terminal_size=(80, 24), run_before=typed_to_bob)
+
+
+def test_a_waiting_message_delivered(
+    snap_compare: SnapCompare, server_port: int, tmp_path: Path
+) -> None:
+    app = make_app(server_port, tmp_path / "alice")
+
+    async def then_delivered(pilot: Pilot[None]) -> None:
+        await typed_to_bob(pilot)
+        assert isinstance(pilot.app, ChatApp)
+        async with Session(session_config(server_port, BOB, tmp_path / "bob")) as bob:
+            got = await asyncio.wait_for(bob.events.get(), 10)  # the outbox hands it over
+            assert isinstance(got, TextReceived)
+            await shown(pilot.app, "✓ bob delivered")
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=(80, 24), run_before=then_delivered)

@@ -40,7 +40,7 @@ __all__ = ["FILE_NAME", "History", "HistoryEntry", "State"]
 
 FILE_NAME = "history.sqlite3"
 
-State = Literal["received", "delivered", "queued", "offline", "failed"]
+State = Literal["received", "delivered", "queued", "offline", "failed", "cancelled"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -361,6 +361,33 @@ class History:
         ).fetchone()
         return row is not None
 
+    def is_queued(self, message_id: str, phone: str) -> bool:
+        """Whether message `message_id` still waits in the outbox for `phone`."""
+        row = self._execute(
+            "SELECT 1 FROM messages WHERE id = ? AND direction = 'out' AND peer = ?"
+            " AND state = 'queued'",
+            (message_id, phone),
+        ).fetchone()
+        return row is not None
+
+    def sent(self, message_id: str) -> list[HistoryEntry]:
+        """The rows of a message we sent, one per recipient, in the order they were stored
+        (none if no message of ours has that id)."""
+        rows = self._execute(
+            "SELECT id, direction, peer, grp, timestamp, text, photo, state, error, code"
+            " FROM messages WHERE id = ? AND direction = 'out' ORDER BY seq",
+            (message_id,),
+        ).fetchall()
+        return [self._entry(row) for row in rows]
+
+    def cancel(self, message_id: str, phones: list[str]) -> None:
+        """The copies of `message_id` queued for `phones` will not be sent: `cancelled`."""
+        self._executemany(
+            "UPDATE messages SET state = 'cancelled', error = NULL, code = NULL"
+            " WHERE id = ? AND direction = 'out' AND peer = ? AND state = 'queued'",
+            [(message_id, phone) for phone in phones],
+        )
+
     def has_group(self, group: str) -> bool:
         row = self._execute("SELECT 1 FROM messages WHERE grp = ? LIMIT 1", (group,)).fetchone()
         return row is not None
@@ -384,6 +411,14 @@ class History:
     def _execute(self, sql: str, args: tuple[object, ...]) -> sqlite3.Cursor:
         try:
             return self._db.execute(sql, args)
+        except sqlite3.Error as exc:
+            raise StoreError(f"history: {exc}") from exc
+
+    def _executemany(self, sql: str, args: list[tuple[object, ...]]) -> None:
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.executemany(sql, args)
         except sqlite3.Error as exc:
             raise StoreError(f"history: {exc}") from exc
 

@@ -25,6 +25,7 @@ from whatsap2p.errors import (
     InvalidInput,
     PeerFull,
     PeerThrottled,
+    ServerUnreachable,
     StoreError,
 )
 from whatsap2p.net.directory_client import DirectoryClient
@@ -47,7 +48,10 @@ class Outbox:
         publish: Callable[[SessionEvent], None],
         limits: Limits,
         timeouts: Timeouts,
+        connected: Callable[[], bool] = lambda: True,
     ) -> None:
+        """`connected()`: whether we are registered at a server now (while we are not, the
+        next registration's `watch` brings back what waits)."""
         self._folder = folder
         self._history = history
         self._trust = trust
@@ -56,6 +60,7 @@ class Outbox:
         self._publish = publish
         self._limits = limits
         self._timeouts = timeouts
+        self._connected = connected
         self._count = history.count_queued()
         #: Deliveries running, one per recipient, and the retries waiting.
         self._flushing: dict[str, asyncio.Task[None]] = {}
@@ -64,6 +69,16 @@ class Outbox:
         self._retrying: set[asyncio.Task[None]] = set()
         #: Numbers the server has been asked to watch on the current connection.
         self._watched: frozenset[str] = frozenset()
+        #: A newer address of a recipient that came online while its delivery was under
+        #: way (it restarted elsewhere): the next round goes there, at once.
+        self._newer: dict[str, ev.PeerAddress] = {}
+        #: The copies being handed over now, (message id, recipient): too late to cancel.
+        self._delivering: set[tuple[str, str]] = set()
+        #: How many times a recipient was said to come online, and when each last was
+        #: (that count then) and where: a send that found it offline can tell whether it
+        #: came online while its copy was being queued (and the push found nothing yet).
+        self._pushes = 0
+        self._came: dict[str, tuple[int, ev.PeerAddress]] = {}
 
     def entries(self) -> list[HistoryEntry]:
         return self._history.queued()
@@ -72,10 +87,6 @@ class Outbox:
         limit = self._limits.max_outbox
         if self._count + len(recipients.phones) > limit:
             raise InvalidInput(f"the outbox is full ({limit} messages wait for delivery)")
-
-    def added(self, count: int) -> None:
-        """`count` copies were queued (their history rows are stored)."""
-        self._count += count
 
     def keep_photo(self, photo: PhotoFile, message_id: str) -> PhotoFile:
         """A private copy of a queued photo (blocking: run it in a thread): the original
@@ -92,6 +103,39 @@ class Outbox:
         """Whether the server already watches all of `phones` for us."""
         return self._watched.issuperset(phones)
 
+    def unwatched(self) -> None:
+        """The connection to the server is lost, and the watches with it."""
+        self._watched = frozenset()
+
+    def mark(self) -> int:
+        """Where the pushes are now (for `kept`)."""
+        return self._pushes
+
+    def kept(
+        self, phones: list[str], unreached: dict[str, str], since: int, looked_up: bool
+    ) -> None:
+        """Copies for `phones` were queued (their rows are stored): make sure each is
+        tried. `unreached`: those online but not reached (tried again later, and later);
+        the others were offline when looked up after `since` (`mark`), or, not
+        `looked_up`, could not be looked up at all (the server is unreachable)."""
+        self._count += len(phones)
+        for phone in phones:
+            if phone in self._flushing or phone in self._retries:
+                # its delivery under way reads the outbox again before it ends; or its
+                # retry is set (another copy put it off: not further)
+                continue
+            if phone in unreached:
+                self._retry_later(phone, unreached[phone])
+            elif not looked_up:
+                # Connected again already: its watch may have read the outbox before this
+                # copy was stored; look it up. Not yet: the watch will see it.
+                if self._connected():
+                    self.retry(phone)
+            else:
+                came = self._came.get(phone)
+                if came is not None and came[0] > since:  # online before it was stored
+                    self.came_online(came[1])
+
     async def watch(
         self, directory: DirectoryClient | None, also: frozenset[str]
     ) -> dict[str, ev.PeerAddress]:
@@ -99,6 +143,9 @@ class Outbox:
         `also`) come online; returns those online now, and starts delivering to them."""
         if directory is None or directory.closed.is_set():
             return {}  # done again when the connection is restored
+        # (until the server answers, a send that queues asks for a watch of its own: this
+        # one may have read the outbox before its copy was stored)
+        self._watched = frozenset()
         queued = self._history.queued_phones()
         phones = sorted(set(queued) | also)
         try:
@@ -114,9 +161,32 @@ class Outbox:
 
     def came_online(self, address: ev.PeerAddress) -> None:
         """`address`'s number is online: deliver what waits for it (if anything)."""
-        if address.phone not in self._flushing:
-            task = asyncio.create_task(self._flush(address), name=f"outbox-{address.phone}")
-            self._flushing[address.phone] = task
+        phone = address.phone
+        self._pushes += 1
+        self._came[phone] = (self._pushes, address)
+        if phone in self._flushing:
+            self._newer[phone] = address
+            return
+        retry = self._retries.pop(phone, None)
+        if retry is not None:
+            retry.cancel()
+        self._flushing[phone] = asyncio.create_task(self._flush(address), name=f"outbox-{phone}")
+
+    def cancel(self, message_id: str) -> list[str]:
+        """Take message `message_id` out of the outbox for the recipients it still waits
+        for (not one being handed over right now); those recipients."""
+        waiting = [e for e in self._history.sent(message_id) if e.state == "queued"]
+        phones = [e.recipient for e in waiting if (message_id, e.recipient) not in self._delivering]
+        if not phones:
+            if waiting:
+                raise InvalidInput(
+                    f"message {message_id} is being delivered now: too late to cancel it"
+                )
+            raise InvalidInput(f"no queued message {message_id} waits in the outbox")
+        self._history.cancel(message_id, phones)
+        self._count -= len(phones)
+        self._drop_copy(waiting[0])
+        return phones
 
     def retry(self, phone: str) -> None:
         """Look `phone` up again now and deliver if it is online (e.g. its key was
@@ -136,35 +206,55 @@ class Outbox:
     # --- delivering --------------------------------------------------------------------------
 
     async def _flush(self, address: ev.PeerAddress) -> None:
-        """Deliver everything queued for one recipient that is online, oldest first."""
+        """Deliver everything queued for one recipient that is online, oldest first;
+        again at once where it came online anew meanwhile, else later if it failed."""
         phone = address.phone
         try:
-            if not self._history.queued(phone):
-                return
-            refusal = self._trust.check(phone, address.key)
-            if refusal is not None:
-                log.warning("outbox for %s waits: %s", phone, refusal)
-                return  # until the user trusts the new key
-            # A photo the recipient has no room or allowance for now waits for the next
-            # try; what was queued after it goes on (a full disk never holds texts back).
-            later: dict[str, PeerFull | PeerThrottled] = {}
-            while pending := [e for e in self._history.queued(phone) if e.id not in later]:
-                for entry in pending:
-                    try:
-                        await self._deliver(address, entry)
-                    except (PeerFull, PeerThrottled) as exc:
-                        if entry.photo is None:
-                            raise
-                        later[entry.id] = exc
-            if later:
-                raise next(iter(later.values()))
-            self._retry_pause.pop(phone, None)
+            await self._deliver_all(address)
         except DeliveryFailed as exc:
-            self._retry_later(phone, str(exc))
+            if phone not in self._newer:
+                self._retry_later(phone, str(exc))
         finally:
-            self._flushing.pop(phone, None)
+            del self._flushing[phone]
+        newer = self._newer.pop(phone, None)
+        if newer is not None:
+            self.came_online(newer)
+
+    async def _deliver_all(self, address: ev.PeerAddress) -> None:
+        phone = address.phone
+        if not self._history.queued(phone):
+            return
+        refusal = self._trust.check(phone, address.key)
+        if refusal is not None:
+            log.warning("outbox for %s waits: %s", phone, refusal)
+            return  # until the user trusts the new key
+        # A photo the recipient has no room or allowance for now waits for the next
+        # try; what was queued after it goes on (a full disk never holds texts back).
+        later: dict[str, PeerFull | PeerThrottled] = {}
+        while pending := [e for e in self._history.queued(phone) if e.id not in later]:
+            for entry in pending:
+                try:
+                    await self._deliver(address, entry)
+                except (PeerFull, PeerThrottled) as exc:
+                    if entry.photo is None:
+                        raise
+                    later[entry.id] = exc
+        if later:
+            raise next(iter(later.values()))
+        self._retry_pause.pop(phone, None)
 
     async def _deliver(self, address: ev.PeerAddress, entry: HistoryEntry) -> None:
+        phone = entry.recipient
+        if not self._history.is_queued(entry.id, phone):
+            return  # cancelled since the outbox was read
+        handing = (entry.id, phone)
+        self._delivering.add(handing)
+        try:
+            await self._hand_over(address, entry)
+        finally:
+            self._delivering.discard(handing)
+
+    async def _hand_over(self, address: ev.PeerAddress, entry: HistoryEntry) -> None:
         phone = entry.recipient
         try:
             if entry.photo is None:
@@ -227,8 +317,13 @@ class Outbox:
         self.retry(phone)
 
     async def _retry(self, phone: str) -> None:
-        with contextlib.suppress(DirectoryError):
+        try:
             online = await self._lookup([phone])
-            if phone in online:
-                self.came_online(online[phone])
+        except ServerUnreachable:
+            return  # the next registration's watch brings it back
+        except DirectoryError as exc:  # e.g. rate-limited: later
+            self._retry_later(phone, str(exc))
+            return
+        if phone in online:
+            self.came_online(online[phone])
         # offline: the server's push will bring it back

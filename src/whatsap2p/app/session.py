@@ -42,7 +42,7 @@ from whatsap2p.app.inbox import Inbox
 from whatsap2p.app.outbox import Outbox
 from whatsap2p.app.photos import PhotoStore
 from whatsap2p.app.registration import Registrar
-from whatsap2p.app.sending import Sender
+from whatsap2p.app.sending import Sender, check_message_id
 from whatsap2p.app.storage import DataDirLock, remove_leftovers
 from whatsap2p.app.trust import FILE_NAME as TRUST_FILE
 from whatsap2p.app.trust import Trust, TrustStore
@@ -196,6 +196,7 @@ class Session:
             self._publish,
             limits,
             timeouts,
+            connected=lambda: self.server_connected,
         )
         self._sender = Sender(
             self.phone,
@@ -249,7 +250,7 @@ class Session:
         pool.relay = rendezvous.relay
         pool.reported = rendezvous.report
         registrar.on_registered = self._registered
-        registrar.on_lost = lambda: self._publish(ServerConnectionChanged("lost"))
+        registrar.on_lost = self._lost
         registrar.on_restored = lambda: self._publish(ServerConnectionChanged("restored"))
         try:
             await registrar.start()
@@ -313,9 +314,14 @@ class Session:
 
     # --- sending ---------------------------------------------------------------------------
 
-    async def send_text(self, target: str, text: str, queue: bool = False) -> DeliveryReport:
+    async def send_text(
+        self, target: str, text: str, queue: bool = False, message_id: str | None = None
+    ) -> DeliveryReport:
+        """Send a text; with `queue`, what cannot be delivered now (the recipient
+        offline or out of reach, the server unreachable) waits in the outbox. Under
+        `message_id` if given: a retry of the message sent under that id before."""
         assert self._sender is not None, "start() the session first"
-        return await self._sender.send_text(target, text, queue)
+        return await self._sender.send_text(target, text, queue, message_id)
 
     async def send_photo(
         self,
@@ -323,11 +329,33 @@ class Session:
         path: str | Path,
         queue: bool = False,
         progress: Callable[[int, int], None] | None = None,
+        message_id: str | None = None,
     ) -> DeliveryReport:
         """Send a photo; `progress(sent, total)` follows the transfer, in bytes summed
         over the recipients being sent to (a resumed transfer starts part way)."""
         assert self._sender is not None, "start() the session first"
-        return await self._sender.send_photo(target, path, queue, progress)
+        return await self._sender.send_photo(target, path, queue, progress, message_id)
+
+    async def resend(self, message_id: str, queue: bool = False) -> DeliveryReport:
+        """Send a message we sent before again, under its id, to the recipients it did
+        not reach (failed, offline, cancelled): they show it once, whatever came of the
+        first try. Its target is the one it was sent to (its group, or its recipient)."""
+        assert self.history is not None, "start() the session first"
+        rows = self.history.sent(check_message_id(message_id))
+        if not rows:
+            raise InvalidInput(f"no message {message_id} was sent from here")
+        first = rows[0]
+        target = first.group if first.group is not None else first.recipient
+        if first.photo is None:
+            return await self.send_text(target, first.text or "", queue, message_id)
+        path = str(first.photo["path"])
+        return await self.send_photo(target, path, queue, message_id=message_id)
+
+    def cancel(self, message_id: str) -> list[str]:
+        """Take a queued message out of the outbox, for the recipients it still waits
+        for; those recipients (their history state becomes `cancelled`)."""
+        assert self._outbox is not None, "start() the session first"
+        return self._outbox.cancel(check_message_id(message_id))
 
     def outbox(self) -> list[HistoryEntry]:
         assert self._outbox is not None, "start() the session first"
@@ -403,6 +431,11 @@ class Session:
         assert self._outbox is not None
         assert self._registrar is not None
         return await self._outbox.watch(self._registrar.directory, self._presence)
+
+    def _lost(self) -> None:
+        assert self._outbox is not None
+        self._outbox.unwatched()
+        self._publish(ServerConnectionChanged("lost"))
 
     def _came_online(self, address: ev.PeerAddress) -> None:
         """The server's push: a watched number came online."""

@@ -26,6 +26,8 @@ __all__ = [
     "HISTORY_DEFAULT",
     "AddContact",
     "Call",
+    "Cancel",
+    "Cancelled",
     "Command",
     "CommandError",
     "ContactList",
@@ -47,6 +49,7 @@ __all__ = [
     "RemoveContact",
     "Request",
     "Result",
+    "Retry",
     "SendPhoto",
     "SendText",
     "ShowHelp",
@@ -58,6 +61,7 @@ __all__ = [
     "UsageError",
     "Who",
     "add_contact",
+    "cancel",
     "create_group",
     "help_text",
     "leave",
@@ -65,6 +69,7 @@ __all__ = [
     "list_groups",
     "parse",
     "remove_contact",
+    "retry",
     "send_photo",
     "send_text",
     "show_help",
@@ -107,18 +112,36 @@ class CreateGroup:
 class SendText:
     target: str  # a contact, a group or a phone number
     text: str
-    queue: bool = False  # keep it for recipients who are offline
+    queue: bool = False  # keep it for recipients it cannot reach now
+    id: str | None = None  # the message's id (a retry's: the message sent before)
 
 
 @dataclass(frozen=True, slots=True)
 class SendPhoto:
     target: str
     path: str  # as typed; the Session expands `~`
+    id: str | None = None
+    queue: bool = False  # keep it for recipients it cannot reach now
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Send a message that did not reach everyone again, under its id (its recipients
+    show it once)."""
+
+    id: str
 
 
 @dataclass(frozen=True, slots=True)
 class ShowOutbox:
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Take a queued message out of the outbox."""
+
+    id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +193,9 @@ Request = (
     | CreateGroup
     | SendText
     | SendPhoto
+    | Retry
     | ShowOutbox
+    | Cancel
     | ShowHistory
     | Who
     | ShowIdentity
@@ -207,6 +232,14 @@ class Outbox:
     """Queued messages still waiting, one entry per recipient."""
 
     entries: tuple[HistoryEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """A queued message taken out of the outbox, for these recipients."""
+
+    id: str
+    phones: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +286,7 @@ Result = (
     | ContactList
     | GroupList
     | Outbox
+    | Cancelled
     | MessageHistory
     | Presence
     | Identity
@@ -279,17 +313,29 @@ async def create_group(session: Session, request: CreateGroup) -> Group:
 
 
 async def send_text(session: Session, request: SendText) -> DeliveryReport:
-    return await session.send_text(request.target, request.text, queue=request.queue)
+    return await session.send_text(
+        request.target, request.text, queue=request.queue, message_id=request.id
+    )
 
 
 async def send_photo(
     session: Session, request: SendPhoto, progress: Progress | None = None
 ) -> DeliveryReport:
-    return await session.send_photo(request.target, request.path, progress=progress)
+    return await session.send_photo(
+        request.target, request.path, request.queue, progress=progress, message_id=request.id
+    )
+
+
+async def retry(session: Session, request: Retry) -> DeliveryReport:
+    return await session.resend(request.id)
 
 
 async def show_outbox(session: Session, request: ShowOutbox) -> Outbox:
     return Outbox(tuple(session.outbox()))
+
+
+async def cancel(session: Session, request: Cancel) -> Cancelled:
+    return Cancelled(request.id, tuple(session.cancel(request.id)))
 
 
 class HistoryPages:
@@ -406,6 +452,16 @@ def _photo_words(rest: str) -> SendPhoto | None:
     return SendPhoto(words[0], words[1]) if len(words) == 2 else None
 
 
+def _retry_words(rest: str) -> Retry | None:
+    words = rest.split()
+    return Retry(words[0].lower()) if len(words) == 1 else None
+
+
+def _cancel_words(rest: str) -> Cancel | None:
+    words = rest.split()
+    return Cancel(words[0].lower()) if len(words) == 1 else None
+
+
 def _history_words(rest: str) -> ShowHistory | None:
     target, count = split_target(rest)
     if count == "more":
@@ -485,9 +541,16 @@ COMMANDS: Final[tuple[Command[Any], ...]] = (
     Command(
         "/queue",
         "TARGET TEXT...",
-        "like /msg, and keep it for recipients who are offline",
+        "like /msg, and keep it for whoever it cannot reach now",
         _queue_words,
         send_text,
+    ),
+    Command(
+        "/retry",
+        "ID",
+        "send a message that failed again (its recipients show it once)",
+        _retry_words,
+        retry,
     ),
     Command(
         "/outbox",
@@ -495,6 +558,13 @@ COMMANDS: Final[tuple[Command[Any], ...]] = (
         "queued messages still waiting for their recipient",
         _no_words(ShowOutbox),
         show_outbox,
+    ),
+    Command(
+        "/cancel",
+        "ID",
+        "take a queued message out of the outbox (/outbox lists their IDs)",
+        _cancel_words,
+        cancel,
     ),
     Command(
         "/history",

@@ -145,6 +145,7 @@ class JsonRpc:
             "identity": self._identity,
             "history": self._history,
             "outbox": self._outbox,
+            "cancel": self._cancel,
             "trust": self._trust,
             "quit": self._quit,
         }
@@ -313,11 +314,20 @@ class JsonRpc:
         queue = params.get("queue", False)
         if not isinstance(queue, bool):
             raise _RpcError(INVALID_PARAMS, "param 'queue' must be true or false")
+        message_id = params.get("id")
+        if message_id is not None and not isinstance(message_id, str):
+            raise _RpcError(INVALID_PARAMS, "param 'id' must be a string of 32 hex digits")
+        session = self._session
         if has_text:
-            report = await self._session.send_text(target, _text_param(params, "text"), queue)
+            text = _text_param(params, "text")
+            report = await session.send_text(target, text, queue, message_id)
         else:
-            report = await self._session.send_photo(target, _text_param(params, "photo"), queue)
+            path = _text_param(params, "photo")
+            report = await session.send_photo(target, path, queue, message_id=message_id)
         return report_json(report)
+
+    async def _cancel(self, params: Params) -> object:
+        return {"cancelled": self._session.cancel(_text_param(params, "id"))}
 
     async def _add_contact(self, params: Params) -> object:
         contact = self._session.book.add_contact(

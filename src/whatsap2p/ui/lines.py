@@ -27,6 +27,7 @@ from whatsap2p.app.session import Session
 from whatsap2p.errors import WhatsAp2pError
 from whatsap2p.ui import commands
 from whatsap2p.ui.commands import (
+    Cancelled,
     ContactList,
     ContactRemoved,
     GroupList,
@@ -90,7 +91,10 @@ def format_event(event: SessionEvent) -> str:
         return f"! {event.phone} is {'online' if event.online else 'offline'}"
     if isinstance(event, ServerConnectionChanged):
         if event.state == "lost":
-            return "! lost the connection to the server; reconnecting (sends fail meanwhile)"
+            return (
+                "! lost the connection to the server; reconnecting"
+                " (/msg fails meanwhile; /queue keeps what you send)"
+            )
         return "! connected to the server again"
     if isinstance(event, IdentityChanged):
         return (
@@ -129,6 +133,13 @@ def delivered_to(phone: str, route: str | None) -> str:
     return phone if words is None else f"{phone} ({words})"
 
 
+#: Failures a retry may mend (not a changed key, which needs /trust first, nor a
+#: message its recipient will not store).
+RETRY_HELPS = frozenset(
+    {"unreachable", "timeout", "refused", "unconfirmed", "rate-limited", "no-room", "protocol"}
+)
+
+
 def format_report(report: DeliveryReport) -> str:
     parts = []
     if report.delivered:
@@ -142,6 +153,8 @@ def format_report(report: DeliveryReport) -> str:
     parts.extend(
         f"failed: {failed.phone} ({escape_untrusted(failed.error)})" for failed in report.failed
     )
+    if any(failed.code in RETRY_HELPS for failed in report.failed):
+        parts.append(f"/retry {report.id} tries again")
     return "; ".join(parts) or "no recipients"
 
 
@@ -174,6 +187,8 @@ def format_result(result: Result) -> str:
                 "\n".join(f"{e.id} to {e.recipient}: {_summary(e)}" for e in entries)
                 or "nothing is waiting"
             )
+        case Cancelled(message_id, phones):
+            return f"cancelled {message_id} for {', '.join(phones)}"
         case MessageHistory(entries, more):
             if not entries:
                 return "no older messages" if more else "no messages yet"

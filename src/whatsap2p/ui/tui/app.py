@@ -6,9 +6,12 @@ sends run as workers (the screen stays live while a 50 MB photo goes out), the
 session's events arrive through one worker that reads `Session.events`. The input line
 takes every command of the table in `commands`, with what each did shown as a note in
 the plain mode's words; `/msg`, `/queue` and `/photo` send through the conversation they
-send to (selected, made if new), and plain text goes to the selected conversation. The
-dialogs (new contact, new group, photo, a changed key) call the same commands' handlers
-with the values typed in them.
+send to (selected, made if new), and plain text (and a photo attached) goes to the
+selected conversation, kept for recipients who are offline or out of reach (⏳ until
+it is delivered, as `/queue`); ctrl+t shows what waits, to cancel; ctrl+r (or `/retry
+ID`) sends a message that did not reach everyone again, under its id (its recipients
+show it once). The dialogs (new contact, new group, photo, a changed key, the outbox)
+call the same commands' handlers with the values typed in them.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import contextlib
 import datetime as dt
 import functools
 import logging
+import secrets
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -52,13 +56,22 @@ from whatsap2p.ui.commands import (
     KeyTrusted,
     Leaving,
     Result,
+    Retry,
     SendPhoto,
     SendText,
     TrustKey,
 )
-from whatsap2p.ui.lines import format_error, format_result
-from whatsap2p.ui.tui.dialogs import Field, FormDialog, TrustDialog
-from whatsap2p.ui.tui.model import SENDING, Chats, Conversation, Row, group_key, phone_key
+from whatsap2p.ui.lines import RETRY_HELPS, format_error, format_result
+from whatsap2p.ui.tui.dialogs import Field, FormDialog, OutboxDialog, TrustDialog
+from whatsap2p.ui.tui.model import (
+    RETRIED,
+    SENDING,
+    Chats,
+    Conversation,
+    Row,
+    group_key,
+    phone_key,
+)
 from whatsap2p.ui.tui.render import halfblocks, literal
 from whatsap2p.ui.tui.widgets import ChatInput, ConversationItem, MessageBox, StatusLine
 
@@ -118,8 +131,12 @@ class ChatApp(App[None]):
         Binding("ctrl+n", "new_contact", "Contact"),
         Binding("ctrl+g", "new_group", "Group"),
         Binding("ctrl+o", "attach", "Photo"),
-        Binding("ctrl+down,alt+down", "next_chat", "Next", key_display="^↓"),
-        Binding("ctrl+up,alt+up", "previous_chat", "Prev", key_display="^↑"),
+        # (not in the footer: a failure that a retry may mend says so where it shows)
+        Binding("ctrl+r", "retry", "Retry", show=False),
+        Binding("ctrl+t", "outbox", "Outbox"),
+        # (one entry in the footer for both: ^↑ and ^↓ move through the conversations)
+        Binding("ctrl+down,alt+down", "next_chat", "Chats", key_display="^↑↓"),
+        Binding("ctrl+up,alt+up", "previous_chat", "Prev", show=False),
         Binding("ctrl+q", "quit", "Quit", priority=True),
         Binding("pageup", "page_up", "Older", show=False),
     ]
@@ -451,8 +468,8 @@ class ChatApp(App[None]):
                 await self.run_command(commands.parse(line))
             elif self.current is None:
                 self.note("choose a conversation on the left first, or use /msg TARGET TEXT")
-            else:
-                await self.send_text(self.current, line)
+            else:  # (kept for whoever it cannot reach now, as every messenger does)
+                await self.send_text(self.current, line, queue=True)
 
     async def run_command(self, call: Call[Any]) -> None:
         """Carry out a command read from the input line. A send goes through the
@@ -464,6 +481,8 @@ class ChatApp(App[None]):
         elif isinstance(request, SendPhoto):
             conv = await self.select(self.chats.key_of(request.target))
             await self.send_photo(conv, request.path)
+        elif isinstance(request, Retry) and (shown := self._row_of(request.id)) is not None:
+            await self.retry(*shown)
         else:
             await self._show_result(await call.run(self.session))
 
@@ -502,7 +521,7 @@ class ChatApp(App[None]):
     def _new_row(self, conv: Conversation, **content: object) -> Row:
         phones = self.chats.recipients(conv)
         row = Row(
-            f"pending-{uuid.uuid4().hex}",
+            secrets.token_hex(16),  # the message's id from the start: a retry reuses it
             self.session.phone,
             self._clock().isoformat(),
             mine=True,
@@ -514,38 +533,100 @@ class ChatApp(App[None]):
     async def send_text(self, conv: Conversation, text: str, queue: bool = False) -> None:
         row = self._new_row(conv, text=text)
         await self._add_row(conv, row)
-        try:
-            report = await commands.send_text(self.session, SendText(conv.target, text, queue))
-        except WhatsAp2pError as exc:
-            row.fail(str(exc))
-            self._refresh_row(row)
-            raise
-        row.apply(report)
-        self._refresh_row(row)
-        self._learn_presence(report)
+        await self._send(conv, row, queue)
 
-    async def send_photo(self, conv: Conversation, path_text: str) -> None:
+    async def send_photo(self, conv: Conversation, path_text: str, queue: bool = False) -> None:
         path = _photo_path(path_text)
         row = self._new_row(conv, photo=path, photo_name=path.name)
-        row.progress = (0, 1)
+        row.progress = (0, 1)  # (shown with its bar from the start)
         await self._add_row(conv, row)
+        await self._send(conv, row, queue)
 
-        def progress(done: int, total: int) -> None:
-            row.progress = (done, total)
+    async def retry(self, conv: Conversation, row: Row) -> None:
+        """Send `row`'s message again, under its id, to the recipients it did not reach
+        (they show it once, whatever came of the first try)."""
+        if not row.retryable:
+            self.note("that message reached everyone it was sent to: nothing to retry")
+            return
+        for phone, state in row.states.items():
+            if state in RETRIED:
+                row.states[phone] = SENDING
+        self._refresh_row(row)
+        await self._send(conv, row)
+
+    async def _send(self, conv: Conversation, row: Row, queue: bool = False) -> None:
+        """Send the message `row` shows (under its id), and show how it went."""
+        session = self.session
+        if row.photo is not None:
+            row.progress = (0, 1)
             self._refresh_row(row)
 
-        request = SendPhoto(conv.target, str(path))
+            def progress(done: int, total: int) -> None:
+                row.progress = (done, total)
+                self._refresh_row(row)
+
+            photo = SendPhoto(conv.target, str(row.photo), id=row.id, queue=queue)
+            sending = commands.send_photo(session, photo, progress=progress)
+        else:
+            sending = commands.send_text(
+                session, SendText(conv.target, row.text or "", queue, row.id)
+            )
         try:
-            report = await commands.send_photo(self.session, request, progress=progress)
+            report = await sending
         except WhatsAp2pError as exc:
             row.fail(str(exc))
+            raise
+        else:
+            row.apply(report)
+            self._learn_presence(report)
+            if any(failed.code in RETRY_HELPS for failed in report.failed):
+                self.note("ctrl+r sends it again to those it did not reach (same message)")
+        finally:
             row.progress = None
             self._refresh_row(row)
-            raise
-        row.apply(report)
-        self._learn_presence(report)
-        row.progress = None
-        self._refresh_row(row)
+
+    def _row_of(self, message_id: str) -> tuple[Conversation, Row] | None:
+        """The conversation showing our message `message_id`, and its row."""
+        for conv in self.conversations.values():
+            row = conv.find(message_id)
+            if row is not None and row.mine:
+                return conv, row
+        return None
+
+    def action_retry(self) -> None:
+        conv = self.current
+        row = None if conv is None else conv.last_retryable()
+        if conv is None or row is None:
+            self.note("every message here reached everyone it was sent to: nothing to retry")
+            return
+        self._retry_worker(conv, row)
+
+    def action_outbox(self) -> None:
+        """What waits for recipients who are offline or out of reach; one chosen there
+        is cancelled for them."""
+
+        def chosen(message_id: str | None) -> None:
+            if message_id is not None:
+                self._cancel_worker(message_id)
+
+        self.push_screen(OutboxDialog(self.chats.waiting()), chosen)
+
+    @work(group="commands")
+    async def _cancel_worker(self, message_id: str) -> None:
+        with self._errors_as_notes():
+            cancelled = self.session.cancel(message_id)
+            names = ", ".join(self.name_of(phone) for phone in cancelled)
+            self.note(f"cancelled: it will not be sent to {names}")
+            shown = self._row_of(message_id)
+            if shown is not None:
+                row = shown[1]
+                row.states.update(dict.fromkeys(cancelled, "cancelled"))
+                self._refresh_row(row)
+
+    @work(group="commands")
+    async def _retry_worker(self, conv: Conversation, row: Row) -> None:
+        with self._errors_as_notes():
+            await self.retry(conv, row)
 
     # --- what the session tells ---------------------------------------------------------
 
@@ -686,7 +767,7 @@ class ChatApp(App[None]):
     @work(group="commands")
     async def _send_attached(self, conv: Conversation, path: str) -> None:
         with self._errors_as_notes():
-            await self.send_photo(conv, path)
+            await self.send_photo(conv, path, queue=True)
 
     def _move(self, step: int) -> None:
         sidebar = self.query_one("#sidebar", ListView)

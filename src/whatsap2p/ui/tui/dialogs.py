@@ -1,5 +1,5 @@
-"""Modal dialogs: a small form (new contact, new group, attach a photo) and the trust
-prompt shown when a contact's key changes."""
+"""Modal dialogs: a small form (new contact, new group, attach a photo), the trust
+prompt shown when a contact's key changes, and the outbox (what waits, to cancel)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,20 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.suggester import Suggester
-from textual.widgets import Button, Input, Label, Static
+from textual.widgets import Button, Input, Label, OptionList, Static
+from textual.widgets.option_list import Option
 
+from whatsap2p.ui.tui.model import Waiting
 from whatsap2p.ui.tui.render import literal
 
-__all__ = ["Field", "FormDialog", "PathSuggester", "TrustDialog", "complete_path"]
+__all__ = [
+    "Field",
+    "FormDialog",
+    "OutboxDialog",
+    "PathSuggester",
+    "TrustDialog",
+    "complete_path",
+]
 
 
 class PathSuggester(Suggester):
@@ -139,6 +148,44 @@ class TrustDialog(ModalScreen[bool]):
     @on(Button.Pressed, "#later")
     def action_later(self) -> None:
         self.dismiss(False)
+
+
+class OutboxDialog(ModalScreen[str | None]):
+    """The messages waiting for recipients who are offline or out of reach: Enter on one
+    cancels it for them (dismissed with its id), Escape closes."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "close", "Close")]
+
+    def __init__(self, waiting: list[Waiting]) -> None:
+        super().__init__()
+        self._waiting = waiting
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            title = "Waiting to be delivered" if self._waiting else "Nothing is waiting"
+            yield Label(Text(title, style="bold"), markup=False)
+            if self._waiting:
+                yield Label(Text("Enter cancels the one chosen; Escape closes.", style="dim"))
+                options = []
+                for message in self._waiting:
+                    line = Text(no_wrap=True, overflow="ellipsis")
+                    line.append("⏳ ", style="yellow")
+                    line.append_text(literal(message.to, style="bold"))
+                    line.append(": ")
+                    line.append_text(literal(message.what))
+                    line.append(f"  {message.since}", style="dim")
+                    options.append(Option(line, id=message.id))
+                yield OptionList(*options, id="waiting")
+            with Horizontal(classes="buttons"):
+                yield Button("Close", id="close")
+
+    @on(OptionList.OptionSelected, "#waiting")
+    def _chosen(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(event.option.id)
+
+    @on(Button.Pressed, "#close")
+    def action_close(self) -> None:
+        self.dismiss(None)
 
 
 def _grouped(fingerprint: str) -> str:

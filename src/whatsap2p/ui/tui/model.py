@@ -15,11 +15,14 @@ from whatsap2p.app.events import DeliveryReport
 from whatsap2p.app.history import HistoryEntry
 from whatsap2p.app.session import Session
 from whatsap2p.errors import UnknownTarget, WhatsAp2pError
+from whatsap2p.ui.tui.render import clock_of
 
-__all__ = ["Chats", "Conversation", "Row", "group_key", "phone_key"]
+__all__ = ["Chats", "Conversation", "Row", "Waiting", "group_key", "phone_key"]
 
 #: The states a recipient of a sent message can be in, as shown.
 SENDING = "sending"
+#: The states of the recipients a retry sends a message to again.
+RETRIED = frozenset({"failed", "offline", "cancelled"})
 
 
 def phone_key(phone: str) -> str:
@@ -54,8 +57,11 @@ class Row:
     routes: dict[str, str] = field(default_factory=dict)
 
     def apply(self, report: DeliveryReport) -> None:
-        """The outcome of the send, per recipient."""
+        """The outcome of the send (or of a retry), per recipient."""
         self.id = report.id
+        for phone in [*report.delivered, *report.offline, *report.queued]:
+            self.errors.pop(phone, None)  # (a retry's: what failed before did not now)
+            self.codes.pop(phone, None)
         for phone in report.delivered:
             self.states[phone] = "delivered"
         self.routes.update(report.routes)
@@ -67,6 +73,12 @@ class Row:
             self.states[failed.phone] = "failed"
             self.errors[failed.phone] = failed.error
             self.codes[failed.phone] = failed.code
+
+    @property
+    def retryable(self) -> bool:
+        """A message of ours that some recipient did not get (failed, offline, or
+        taken out of the outbox): a retry under its id sends it to those."""
+        return self.mine and not self.note and any(s in RETRIED for s in self.states.values())
 
     def fail(self, error: str) -> None:
         """The send as a whole was refused (nothing went out)."""
@@ -93,6 +105,13 @@ class Conversation:
     def find(self, message_id: str) -> Row | None:
         for row in reversed(self.rows):
             if row.id == message_id:
+                return row
+        return None
+
+    def last_retryable(self) -> Row | None:
+        """The newest message of ours that did not reach every recipient."""
+        for row in reversed(self.rows):
+            if row.retryable:
                 return row
         return None
 
@@ -140,6 +159,16 @@ _DIRECT = {
     "reverse": "direct (it connects back)",
     "punched": "direct (through a punched hole)",
 }
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A message in the outbox, as the person sees it listed."""
+
+    id: str
+    to: str  # the names of the recipients it still waits for
+    what: str  # its text, or the photo's name
+    since: str  # when it was written (local clock time)
 
 
 class Chats:
@@ -266,6 +295,22 @@ class Chats:
         if relayed == len(routes):
             return "via relay"
         return f"direct to {len(routes) - relayed}, via relay to {relayed}"
+
+    def waiting(self) -> list[Waiting]:
+        """The outbox, a line per message (oldest first): whom it still waits for."""
+        messages: dict[str, list[HistoryEntry]] = {}
+        for entry in self._session.outbox():
+            messages.setdefault(entry.id, []).append(entry)
+        listed = []
+        for message_id, entries in messages.items():
+            first = entries[0]
+            names = ", ".join(self.name_of(entry.recipient) for entry in entries)
+            to = f"{names} (# {first.group})" if first.group else names
+            photo = first.photo or {}
+            name = photo.get("filename")
+            what = first.text or (f"photo {name}" if isinstance(name, str) else "a photo")
+            listed.append(Waiting(message_id, to, what, clock_of(first.timestamp)))
+        return listed
 
     def find(self, message_id: str) -> Row | None:
         """The row of message `message_id`, in whichever conversation shows it."""

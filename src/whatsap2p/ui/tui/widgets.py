@@ -26,6 +26,7 @@ _STATE_MARKS = {
     "delivered": ("✓", "green"),
     "queued": ("⏳", "yellow"),
     "offline": ("○", "bright_black"),
+    "cancelled": ("⊘", "bright_black"),
     SENDING: ("…", "bright_black"),
     "received": ("✓", "green"),
 }
