@@ -116,7 +116,7 @@ async def capture(host: Host, path: Path) -> asyncio.subprocess.Process:
     assert tcpdump is not None, "tcpdump is missing: `make test` installs it"
     proc = await asyncio.create_subprocess_exec(
         *host.inside, tcpdump, "-i", "any", "--immediate-mode", "-U", "-s", "0",
-        "-B", "32768", "-w", str(path), "tcp", "port", str(PORT),
+        "-B", "131072", "-w", str(path), "tcp", "port", str(PORT),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stderr is not None
