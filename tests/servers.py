@@ -7,12 +7,12 @@ import asyncio
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from tests.memory import MemoryNetwork
+from tests.memory import MemoryNetwork, run_in_virtual_time
 from whatsap2p.app.session import Session, SessionConfig
 from whatsap2p.config import IncomingLimits, Limits, RateLimits, Timeouts
 from whatsap2p.net.directory_client import DirectoryClient
@@ -178,3 +178,22 @@ async def world_at(
             running_server(network=network, relays=relays)
         )
         yield World(stack, server, port, root, network)
+
+
+Scenario = Callable[[World], Coroutine[object, object, None]]
+
+
+def in_memory(tmp_path: Path, scenario: Scenario) -> None:
+    """Run `scenario` in a world on an in-memory network, in virtual time."""
+
+    async def main() -> None:
+        async with world_at(tmp_path, MemoryNetwork()) as world:
+            await scenario(world)
+
+    run_in_virtual_time(main)
+
+
+def network(world: World) -> MemoryNetwork:
+    """The in-memory network `world` runs on."""
+    assert world.network is not None
+    return world.network

@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import image_bytes
-from tests.memory import MemoryNetwork, run_in_virtual_time
-from tests.servers import World, world_at
+from tests.memory import MemoryNetwork
+from tests.servers import World, in_memory, network, world_at
 from whatsap2p.app.events import (
     DeliveryReport,
     PhotoReceived,
@@ -34,23 +34,6 @@ from whatsap2p.errors import InvalidInput, ServerUnreachable
 ALICE, BOB, CAROL = (f"+551199999000{i}" for i in range(1, 4))
 #: Longer than every pause of the outbox's retries: what has not come by then never will.
 QUIET = 5 * Timeouts().outbox_retry_max
-
-Scenario = Callable[[World], Coroutine[object, object, None]]
-
-
-def in_memory(tmp_path: Path, scenario: Scenario) -> None:
-    """Run `scenario` in a world on an in-memory network, in virtual time."""
-
-    async def main() -> None:
-        async with world_at(tmp_path, MemoryNetwork()) as world:
-            await scenario(world)
-
-    run_in_virtual_time(main)
-
-
-def network(world: World) -> MemoryNetwork:
-    assert world.network is not None
-    return world.network
 
 
 def server_of(world: World) -> tuple[str, int]:

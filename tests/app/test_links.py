@@ -8,7 +8,7 @@ import asyncio
 import itertools
 import os
 import typing
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import image_bytes
 from tests.memory import MemoryNetwork, run_in_virtual_time
-from tests.servers import FAST, RELAY_SECRET, World, world_at
+from tests.servers import FAST, RELAY_SECRET, World, in_memory, network, world_at
 from whatsap2p.app.events import (
     FailedDelivery,
     PhotoReceived,
@@ -39,18 +39,6 @@ from whatsap2p.relay.service import RelayConfig, RelayServer
 
 ALICE, BOB, CAROL, DAVE = (f"+551199999000{i}" for i in range(1, 5))
 
-Scenario = Callable[[World], Coroutine[object, object, None]]
-
-
-def in_memory(tmp_path: Path, scenario: Scenario) -> None:
-    """Run `scenario` in a world on an in-memory network, in virtual time."""
-
-    async def main() -> None:
-        async with world_at(tmp_path, MemoryNetwork()) as world:
-            await scenario(world)
-
-    run_in_virtual_time(main)
-
 
 def now() -> float:
     return asyncio.get_running_loop().time()
@@ -58,11 +46,6 @@ def now() -> float:
 
 async def next_event(session: Session) -> SessionEvent:
     return await asyncio.wait_for(session.events.get(), 60)
-
-
-def network(world: World) -> MemoryNetwork:
-    assert world.network is not None
-    return world.network
 
 
 def address(session: Session) -> tuple[str, int]:
