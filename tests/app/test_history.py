@@ -250,22 +250,24 @@ async def test_entries_stored_while_paging_are_newer_than_every_page(tmp_path: P
     history.close()
 
 
-async def test_a_message_stored_again_is_still_paged_once_with_its_other_rows(
+async def test_a_message_stored_again_keeps_its_place_and_is_paged_once(
     tmp_path: Path,
 ) -> None:
-    """A row replaced (stored again for one recipient) lands at the newest end, apart
-    from its message's other rows: a page that reaches it takes the message whole."""
+    """A row stored again (a retry, for one recipient) keeps its place in the order: only
+    its state changes; pages still hold each message whole, once."""
     history = History(tmp_path / "h.sqlite3", ME)
     both: dict[str, tuple[State, str | None]] = {BOB: ("queued", None), CAROL: ("queued", None)}
     await history.store_sent("a", both, "pals", T, text="a")
     await history.store_sent("b", both, "pals", T, text="b")
     await history.store_sent("a", {CAROL: ("delivered", None)}, "pals", T, text="a")
-    everything = [entry_key(e) for e in history.entries(group="pals", limit=100)]
-    assert everything == [("a", ME, CAROL), ("b", ME, CAROL), ("b", ME, BOB), ("a", ME, BOB)]
-    for limit in (1, 2, 3):  # a's rows enclose b's: one page holds both messages whole
+    entries = history.entries(group="pals", limit=100)
+    everything = [entry_key(e) for e in entries]
+    assert everything == [("b", ME, CAROL), ("b", ME, BOB), ("a", ME, CAROL), ("a", ME, BOB)]
+    assert [e.state for e in entries if e.id == "a"] == ["delivered", "queued"]
+    for limit in (1, 2):  # a page per message
         assert [
             [entry_key(e) for e in page] for page in pages_of(history, limit, group="pals")
-        ] == [everything]
+        ] == [everything[:2], everything[2:]]
     assert len(pages_of(history, 4, group="pals")) == 1
     history.close()
 

@@ -123,9 +123,14 @@ _INSERT_RECEIVED = (
     "INSERT OR IGNORE INTO messages (id, direction, peer, grp, timestamp, text, photo,"
     " state, shown) VALUES (?, 'in', ?, ?, ?, ?, ?, 'received', 0)"
 )
+#: A message sent again (a retry under its id) keeps its row, and so its place (`seq`)
+#: in the history's order: only what became of it changes.
 _INSERT_SENT = (
-    "INSERT OR REPLACE INTO messages (id, direction, peer, grp, timestamp, text,"
+    "INSERT INTO messages (id, direction, peer, grp, timestamp, text,"
     " photo, state, error, code) VALUES (?, 'out', ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (id, direction, peer) DO UPDATE SET grp = excluded.grp,"
+    " timestamp = excluded.timestamp, text = excluded.text, photo = excluded.photo,"
+    " state = excluded.state, error = excluded.error, code = excluded.code"
 )
 _MARK_SHOWN = "UPDATE messages SET shown = 1 WHERE id = ? AND direction = 'in' AND peer = ?"
 

@@ -69,6 +69,11 @@ class Outbox:
         self._retrying: set[asyncio.Task[None]] = set()
         #: Numbers the server has been asked to watch on the current connection.
         self._watched: frozenset[str] = frozenset()
+        #: Asks the server again to watch the outbox's recipients (Session's watch, with
+        #: the numbers it watches for itself); a refused watch is asked again, later.
+        self.rewatch: Callable[[], Awaitable[object]] | None = None
+        self._rewatching: asyncio.Task[None] | None = None
+        self._rewatch_pause = timeouts.outbox_retry_first
         #: A newer address of a recipient that came online while its delivery was under
         #: way (it restarted elsewhere): the next round goes there, at once.
         self._newer: dict[str, ev.PeerAddress] = {}
@@ -150,9 +155,18 @@ class Outbox:
         phones = sorted(set(queued) | also)
         try:
             online = await directory.watch(phones)
-        except DirectoryError as exc:
-            log.warning("cannot watch the outbox recipients: %s", exc)
+        except ServerUnreachable:
+            return {}  # done again when the connection is restored
+        except DirectoryError as exc:  # refused (rate-limited, say): asked again, later
+            log.warning(
+                "cannot watch the outbox recipients: %s; asking again in %.0f s",
+                exc,
+                self._rewatch_pause,
+            )
+            self._watch_later(self._rewatch_pause)
+            self._rewatch_pause = min(self._rewatch_pause * 2, self._timeouts.outbox_retry_max)
             return {}
+        self._rewatch_pause = self._timeouts.outbox_retry_first
         self._watched = frozenset(phones)
         for address in online.values():
             if address.phone in queued:
@@ -326,4 +340,29 @@ class Outbox:
             return
         if phone in online:
             self.came_online(online[phone])
+        elif phone not in self._watched:  # offline, and the server was never asked: ask
+            self._watch_later(0.0)
         # offline: the server's push will bring it back
+
+    def _watch_later(self, pause: float) -> None:
+        """Ask the server again, after `pause`, to watch the outbox's recipients (once,
+        however many ask meanwhile)."""
+        running = self._rewatching
+        if self.rewatch is None or (
+            running is not None and not running.done() and running is not asyncio.current_task()
+        ):
+            return
+        rewatch = self.rewatch
+
+        async def watch_again() -> None:
+            await asyncio.sleep(pause)
+            await rewatch()
+
+        self._rewatching = task = asyncio.create_task(watch_again(), name="outbox-watch")
+        self._retrying.add(task)
+        task.add_done_callback(self._watched_again)
+
+    def _watched_again(self, task: asyncio.Task[None]) -> None:
+        self._retrying.discard(task)
+        if not task.cancelled() and (failure := task.exception()) is not None:
+            log.warning("watching the outbox recipients again: %s", failure)

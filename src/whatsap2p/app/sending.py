@@ -35,10 +35,12 @@ __all__ = ["Sender", "check_message_id"]
 
 log = logging.getLogger(__name__)
 
-#: Failures a queued message waits out in the outbox (online, but not reached now);
-#: the others (identity changed, rejected, refused, a broken protocol) are final. (A
-#: server that cannot be reached, for the lookup, queues every recipient too.)
-_WAITS = frozenset({"unreachable", "timeout", "unconfirmed", "rate-limited", "no-room"})
+#: Failures a queued message waits out in the outbox (online, but not reached now: a
+#: refusal of the whole connection too, which a receiver that cannot check our key at its
+#: own server says until it can); the others (identity changed, rejected, a broken
+#: protocol) are final. (A server that cannot be asked, for the lookup, queues every
+#: recipient too.)
+_WAITS = frozenset({"unreachable", "timeout", "unconfirmed", "rate-limited", "no-room", "refused"})
 
 #: A message id as a send may give it: 32 lowercase hex digits (128 bits).
 _MESSAGE_ID = re.compile(r"[0-9a-f]{32}")
@@ -128,7 +130,11 @@ class Sender:
         named = message_id is not None
         message_id = secrets.token_hex(16) if message_id is None else check_message_id(message_id)
         async with self._one_send_of(message_id):
-            earlier = self._earlier(message_id, recipients.group, text=text) if named else None
+            earlier = (
+                self._earlier(message_id, recipients.group, text=text, to=recipients.phones)
+                if named
+                else None
+            )
             to_send = self._to_send(recipients, earlier)
             if queue:
                 self._outbox.check_room(to_send)
@@ -168,7 +174,9 @@ class Sender:
             earlier = None
             if named and self._history.sent(message_id):
                 sha256 = await asyncio.to_thread(file_sha256, photo.path)
-                earlier = self._earlier(message_id, recipients.group, sha256=sha256)
+                earlier = self._earlier(
+                    message_id, recipients.group, sha256=sha256, to=recipients.phones
+                )
             to_send = self._to_send(recipients, earlier)
             if queue:
                 self._outbox.check_room(to_send)
@@ -245,9 +253,11 @@ class Sender:
         group: str | None,
         text: str | None = None,
         sha256: str | None = None,
+        to: tuple[str, ...] = (),
     ) -> _Earlier | None:
         """What an earlier send of `message_id` did, if there was one: it must have sent
-        the same content (the `text`, or a photo of digest `sha256`) to the same place."""
+        the same content (the `text`, or a photo of digest `sha256`) to the same place
+        (the group, or the one number of `to`)."""
         rows = self._history.sent(message_id)
         if not rows:
             return None
@@ -261,8 +271,8 @@ class Sender:
                 f"message {message_id} was sent before with other content: a retry sends "
                 "the same message (leave out the id to send a new one)"
             )
-        if first.group != group:
-            where = f"group {first.group!r}" if first.group is not None else "a contact"
+        if first.group != group or (group is None and first.recipient not in to):
+            where = f"group {first.group!r}" if first.group is not None else first.recipient
             raise InvalidInput(
                 f"message {message_id} was sent before to {where}: a retry goes to the "
                 "same place (leave out the id to send a new message)"

@@ -198,6 +198,7 @@ class Session:
             timeouts,
             connected=lambda: self.server_connected,
         )
+        outbox.rewatch = self._watch
         self._sender = Sender(
             self.phone,
             self.book,

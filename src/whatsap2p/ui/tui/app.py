@@ -544,15 +544,24 @@ class ChatApp(App[None]):
 
     async def retry(self, conv: Conversation, row: Row) -> None:
         """Send `row`'s message again, under its id, to the recipients it did not reach
-        (they show it once, whatever came of the first try)."""
+        (they show it once, whatever came of the first try), kept for those it cannot
+        reach now, as what is typed is. A recipient the send no longer goes to (who
+        left the group since) is shown as before."""
         if not row.retryable:
             self.note("that message reached everyone it was sent to: nothing to retry")
             return
+        before = dict(row.states)
         for phone, state in row.states.items():
             if state in RETRIED:
                 row.states[phone] = SENDING
         self._refresh_row(row)
-        await self._send(conv, row)
+        try:
+            await self._send(conv, row, queue=True)
+        finally:
+            for phone, state in row.states.items():
+                if state == SENDING:
+                    row.states[phone] = before[phone]
+            self._refresh_row(row)
 
     async def _send(self, conv: Conversation, row: Row, queue: bool = False) -> None:
         """Send the message `row` shows (under its id), and show how it went."""
