@@ -56,7 +56,7 @@ class SoakResult:
     #: Any other repeat (shown twice by one life, or thrice): none expected.
     shown_twice: int
     outbox_left: int
-    history_read: int  # A's newest history entries with B, read through JSON-RPC
+    history_read: int  # A's messages to B in its history, read a page at a time (JSON-RPC)
     history_disagreeing: int  # of those: not `delivered`, or not shown by B
     stored_at_b: int  # read from the files once the modules ended
     delivered_at_a: int
@@ -73,6 +73,7 @@ class SoakResult:
             and self.missing_shown == self.shown_twice == 0
             and self.outbox_left == 0
             and self.history_disagreeing == 0
+            and self.history_read == self.messages
             and self.stored_at_b == self.delivered_at_a == self.messages
         )
 
@@ -204,7 +205,7 @@ async def soak(root: Path, count: int) -> SoakResult:
         await said.until(lambda ids: set(ids) >= queued)
         done_at = time.perf_counter()
         outbox = await alice.call("outbox")
-        history = await alice.call("history", limit=HISTORY_PAGE, **{"with": BOB})
+        history = await _whole_history(alice, BOB)
         seen = set(shown.ids)
         disagreeing = [e for e in history if e["state"] != "delivered" or e["id"] not in seen]
         assert await alice.quit() == 0
@@ -233,7 +234,7 @@ async def soak(root: Path, count: int) -> SoakResult:
                 if n > 2 or (n == 2 and i not in bob.printed_by_killed)
             ),
             outbox_left=len(outbox),
-            history_read=len(history),
+            history_read=len({entry["id"] for entry in history}),
             history_disagreeing=len(disagreeing),
             stored_at_b=_count(
                 root / "bob", "SELECT COUNT(*) FROM messages WHERE direction = 'in'"
@@ -260,6 +261,19 @@ def _queued_or_delivered(answer: dict[str, Any]) -> bool:
         return False
     lists = (result["delivered"], result["queued"], result["failed"], result["offline"])
     return [len(got) for got in lists] in ([1, 0, 0, 0], [0, 1, 0, 0])
+
+
+async def _whole_history(user: UserProcess, phone: str) -> list[dict[str, Any]]:
+    """`user`'s whole history with `phone`, read a page at a time (`before` the oldest
+    entry of the page before, until a page comes back empty), each entry once."""
+    entries: list[dict[str, Any]] = []
+    before: dict[str, str] = {}
+    while page := await user.call("history", limit=HISTORY_PAGE, **{"with": phone}, **before):
+        entries += page
+        before = {"before": page[-1]["id"]}
+    keys = [(e["id"], e["from"], e.get("to")) for e in entries]
+    assert len(keys) == len(set(keys)), "an entry read twice"
+    return entries
 
 
 def _count(data_dir: Path, query: str) -> int:
