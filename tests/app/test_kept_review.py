@@ -207,3 +207,41 @@ def test_a_queued_text_to_someone_whose_server_link_is_lost_is_kept_not_failed(
         del bob
 
     in_memory(tmp_path, scenario)
+
+
+def test_a_queued_copy_that_may_have_arrived_is_not_reported_plainly_cancelled(
+    tmp_path: Path,
+) -> None:
+    """Bob's module stores a queued text, shows it, and dies before its acknowledgement
+    leaves (the issue's own case). The copy stays queued; the person cancels it: the
+    history says `cancelled` with code `unconfirmed` and that it may have arrived (a
+    send whose acknowledgement was lost after the bytes left is never reported as
+    plainly not delivered)."""
+
+    async def scenario(world: World) -> None:
+        alice, bob = await world.user(ALICE), await world.user(BOB)
+        assert (await alice.send_text(BOB, "hello")).delivered == [BOB]
+        await next_event(bob)
+        net = world.network
+        assert net is not None
+        bob_at = bob.listen_address
+        assert bob_at is not None
+        (link,) = net.open_to(bob_at)
+        link.hush()  # bob's acknowledgement will not come back...
+        sending = asyncio.create_task(alice.send_text(BOB, "did you get it?", queue=True))
+        got = await next_event(bob)  # ...though bob stored and showed the text
+        net.take_down(bob_at)  # and bob's module dies (kill -9)
+        for connection in net.open_to(("127.0.0.1", world.port)):
+            if connection.client[0] == world.host_of(BOB):
+                connection.cut()
+        await bob.close()
+        report = await sending
+        assert report.queued == [BOB]
+        assert getattr(got, "id", None) == report.id
+        await asyncio.sleep(10)  # (tried again meanwhile: bob is offline)
+        assert alice.cancel(report.id) == [BOB]
+        (entry,) = [e for e in alice.conversation(BOB, 10) if e.id == report.id]
+        assert (entry.state, entry.code) == ("cancelled", "unconfirmed")
+        assert entry.error == "it may have arrived before it was cancelled"
+
+    in_memory(tmp_path, scenario)

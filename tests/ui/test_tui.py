@@ -24,7 +24,7 @@ from whatsap2p.config import Limits
 from whatsap2p.ui.tui import ChatApp
 from whatsap2p.ui.tui import app as tui_app
 from whatsap2p.ui.tui.dialogs import FormDialog, OutboxDialog, TrustDialog, complete_path
-from whatsap2p.ui.tui.model import SENDING, Row, phone_key
+from whatsap2p.ui.tui.model import SENDING, Row, group_key, phone_key
 from whatsap2p.ui.tui.widgets import ConversationItem, MessageBox, StatusLine
 
 ALICE, BOB, CAROL, DAVE, ERIN = (f"+551199999000{i}" for i in range(1, 6))
@@ -559,3 +559,24 @@ async def test_what_is_typed_to_someone_offline_waits_and_is_delivered(world: Wo
         await until(app, lambda: isinstance(app.screen, OutboxDialog))
         assert not app.screen.query(OptionList)
         await pilot.press("escape")
+
+
+async def test_two_members_messages_under_one_id_are_both_shown(world: World) -> None:
+    """Ids are the senders' choice (docs/jsonrpc.md, 'Ids two senders share'): a message
+    arriving while the app runs is told apart by its id and its sender, as the
+    conversation read from the history is."""
+    alice, bob, carol = [await world.user(p) for p in (ALICE, BOB, CAROL)]
+    bob.book.create_group("pals", [ALICE, CAROL])
+    carol.book.create_group("pals", [ALICE, BOB])
+    shared = os.urandom(16).hex()
+    app = ChatApp(alice)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await app.ready.wait()
+        await bob.send_text("pals", "bob's first", message_id=shared)
+        await until(app, lambda: group_key("pals") in app.chats.conversations)
+        await app.select(group_key("pals"))
+        await until(app, lambda: any("bob's first" in m for m in messages(app)))
+        sent = await carol.send_text("pals", "carol's first", message_id=shared)
+        assert ALICE in sent.delivered  # stored at alice's, notified to the app
+        await until(app, lambda: any("carol's first" in m for m in messages(app)), 5)
+        del pilot

@@ -386,9 +386,13 @@ class History:
         return [self._entry(row) for row in rows]
 
     def cancel(self, message_id: str, phones: list[str]) -> None:
-        """The copies of `message_id` queued for `phones` will not be sent: `cancelled`."""
+        """The copies of `message_id` queued for `phones` will not be sent: `cancelled`
+        (code `unconfirmed` kept, and said, for one that went out unacknowledged)."""
         self._executemany(
-            "UPDATE messages SET state = 'cancelled', error = NULL, code = NULL"
+            "UPDATE messages SET state = 'cancelled',"
+            " error = CASE WHEN code = 'unconfirmed'"
+            " THEN 'it may have arrived before it was cancelled' END,"
+            " code = CASE WHEN code = 'unconfirmed' THEN code END"
             " WHERE id = ? AND direction = 'out' AND peer = ? AND state = 'queued'",
             [(message_id, phone) for phone in phones],
         )

@@ -27,6 +27,7 @@ from whatsap2p.errors import (
     PeerThrottled,
     ServerUnreachable,
     StoreError,
+    Unconfirmed,
 )
 from whatsap2p.net.directory_client import DirectoryClient
 from whatsap2p.net.pool import LinkPool
@@ -279,6 +280,9 @@ class Outbox:
                 await self._pool.send_photo(address, offer, stream_from)
         except DeliveryRejected as exc:  # final: it will not be stored, however often we try
             self._history.set_state(entry.id, phone, "failed", str(exc), exc.code)
+        except Unconfirmed:  # (still queued; but it may have arrived: a cancel says so)
+            self._history.set_state(entry.id, phone, "queued", None, "unconfirmed")
+            raise
         else:
             self._history.set_state(entry.id, phone, "delivered", None)
             self._publish(QueuedDelivered(entry.id, phone))

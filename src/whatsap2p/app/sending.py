@@ -17,7 +17,7 @@ import logging
 import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from whatsap2p.app.contacts import AddressBook, Recipients
@@ -66,6 +66,8 @@ class _Outcome:
     unreached: dict[str, str]
     looked_up: bool
     since: int
+    #: Those queued whose copy went out but was not acknowledged: it may have arrived.
+    unconfirmed: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,6 +344,8 @@ class Sender:
             elif queue and result.code in _WAITS:  # kept, and tried again later
                 report.queued.append(phone)
                 unreached[phone] = str(result)
+                if result.code == "unconfirmed":
+                    outcome.unconfirmed.add(phone)
             else:
                 report.failed.append(FailedDelivery.of(phone, result))
         order = {phone: i for i, phone in enumerate(recipients.phones)}
@@ -379,6 +383,7 @@ class Sender:
         if not outcomes:
             return
         codes = {failed.phone: failed.code for failed in report.failed}
+        codes.update(dict.fromkeys(outcome.unconfirmed, "unconfirmed"))  # (queued: it may have)
         await self._history.store_sent(report.id, outcomes, group, timestamp, text, photo, codes)
         if not report.queued:
             return

@@ -95,8 +95,10 @@ class LinkPool:
         """Send `text` on the text link to `address` (opened if there is none; sends made
         meanwhile wait for the same one); returns once acknowledged, with the link's
         route ("direct", "reverse"); DeliveryFailed as it says. A kept link found closed
-        is replaced once."""
+        is replaced once (and if the text had gone out on it, unacknowledged, and the new
+        link fails, the failure says it may have arrived: Unconfirmed)."""
         link = self._texts.get(address)
+        went_out: Unconfirmed | None = None
         if link is not None:
             try:
                 await link.send_text(text)
@@ -104,8 +106,14 @@ class LinkPool:
             except DeliveryFailed as exc:
                 if not _found_closed(exc):
                     raise
-        link = await self._text_link(address)
-        await link.send_text(text)
+                went_out = exc if isinstance(exc, Unconfirmed) else None
+        try:
+            link = await self._text_link(address)
+            await link.send_text(text)
+        except DeliveryFailed as exc:
+            if went_out is None or isinstance(exc, Unconfirmed):
+                raise
+            raise went_out from exc
         return link.route
 
     async def send_photo(

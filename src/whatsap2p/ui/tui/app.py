@@ -385,6 +385,8 @@ class ChatApp(App[None]):
         page before them in the history."""
         try:
             boxes = self._shown_boxes()
+            if not self._shows(conv, boxes):
+                return  # (another conversation, or the notes, went up meanwhile)
             start = conv.rows.index(boxes[0].row) if boxes else len(conv.rows)
             if start == 0:
                 start = self.chats.load_older(conv)
@@ -398,10 +400,16 @@ class ChatApp(App[None]):
             self.changed.set()
         self.call_after_refresh(self._at_an_end)  # the screen may show the top still
 
+    def _shows(self, conv: Conversation, boxes: list[MessageBox]) -> bool:
+        """Whether `boxes` (those up) are `conv`'s messages, and it is the one open."""
+        return conv is self.current and all(box.row in conv.rows for box in boxes[:1] + boxes[-1:])
+
     async def _show_newer(self, conv: Conversation) -> None:
         """Put up the messages after the last one up (taken off, scrolled back to)."""
         try:
             boxes = self._shown_boxes()
+            if not boxes or not self._shows(conv, boxes):
+                return  # (another conversation, or the notes, went up meanwhile)
             end = conv.rows.index(boxes[-1].row) + 1
             newer = conv.rows[end : end + SCROLL_ROWS]
             off = boxes[: max(0, len(boxes) + len(newer) - MOUNTED_ROWS)]  # the first ones
@@ -668,7 +676,7 @@ class ChatApp(App[None]):
         key = group_key(event.group) if event.group is not None else phone_key(event.sender)
         new = key not in self.chats.conversations
         conv = self.chats.conversation(key)
-        if conv.find(event.id) is None:
+        if conv.find(event.id, event.sender) is None:
             row = Row(event.id, event.sender, event.timestamp)
             if isinstance(event, TextReceived):
                 row.text = event.text

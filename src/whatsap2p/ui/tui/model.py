@@ -102,9 +102,11 @@ class Conversation:
     #: Every stored message is read (a page before `oldest` came back empty).
     complete: bool = False
 
-    def find(self, message_id: str) -> Row | None:
+    def find(self, message_id: str, sender: str | None = None) -> Row | None:
+        """The row of message `message_id` (from `sender`, if given: two senders may
+        choose one id)."""
         for row in reversed(self.rows):
-            if row.id == message_id:
+            if row.id == message_id and (sender is None or row.sender == sender):
                 return row
         return None
 
