@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import image_bytes
 from tests.memory import MemoryNetwork, run_in_virtual_time
-from tests.servers import World, running_server
+from tests.servers import World, running_server, world_at
 from whatsap2p.app.events import QueuedDelivered, SessionEvent
 from whatsap2p.app.history import History, HistoryEntry, State
 from whatsap2p.app.session import Session
@@ -245,3 +246,23 @@ def test_a_queued_copy_that_may_have_arrived_is_not_reported_plainly_cancelled(
         assert entry.error == "it may have arrived before it was cancelled"
 
     in_memory(tmp_path, scenario)
+
+
+async def test_a_cancelled_queued_photo_retried_from_its_id_says_to_attach_it_again(
+    tmp_path: Path,
+) -> None:
+    """/retry ID (and ctrl+r) sends a photo from the copy the outbox kept, which goes with
+    the cancel: a clear word rather than a missing file; `send` with the photo and the id
+    (the photo attached again) is the same message, shown once."""
+    async with world_at(tmp_path, MemoryNetwork()) as world:
+        alice = await world.user(ALICE)
+        original = tmp_path / "p.png"
+        original.write_bytes(image_bytes())
+        report = await alice.send_photo(BOB, original, queue=True)
+        assert report.queued == [BOB]
+        assert alice.cancel(report.id) == [BOB]
+        await world.user(BOB)
+        with pytest.raises(InvalidInput, match="no longer kept here: attach it again"):
+            await alice.resend(report.id)
+        again = await alice.send_photo(BOB, original, message_id=report.id)
+        assert (again.id, again.delivered) == (report.id, [BOB])

@@ -350,6 +350,11 @@ class Session:
         if first.photo is None:
             return await self.send_text(target, first.text or "", queue, message_id)
         path = str(first.photo["path"])
+        if not await asyncio.to_thread(Path(path).is_file):  # (a queued copy goes once done)
+            raise InvalidInput(
+                f"photo {first.photo.get('filename', '')!r} of message {message_id} is no"
+                " longer kept here: attach it again to send it"
+            )
         return await self.send_photo(target, path, queue, message_id=message_id)
 
     def cancel(self, message_id: str) -> list[str]:
