@@ -139,11 +139,7 @@ class PeerListener:
         (see relays.meet_each), and take its messages where it starts its handshake as
         if it had connected to us (limited as connections from its number, not from the
         relay's address, which all relayed peers share)."""
-        task = asyncio.get_running_loop().create_task(
-            self._met(peer.phone, relays, ticket, server_host)
-        )
-        self._dialling.add(task)
-        task.add_done_callback(self._dialling.discard)
+        self._going_out(self._met(peer.phone, relays, ticket, server_host))
 
     async def _met(
         self, phone: str, relays: tuple[ev.RelayAddress, ...], ticket: bytes, server_host: str
@@ -163,9 +159,12 @@ class PeerListener:
     def _connect_out(
         self, phone: str, host: str, port: int, preface: bytes, local_port: int | None = None
     ) -> None:
-        task = asyncio.get_running_loop().create_task(
-            self._connected_out(phone, host, port, preface, local_port)
-        )
+        self._going_out(self._connected_out(phone, host, port, preface, local_port))
+
+    def _going_out(self, work: Coroutine[object, object, None]) -> None:
+        """A connection we open on a peer's request (back to it, a hole, a relay): held
+        until it is made or given up, and cancelled when we close."""
+        task = asyncio.get_running_loop().create_task(work)
         self._dialling.add(task)
         task.add_done_callback(self._dialling.discard)
 

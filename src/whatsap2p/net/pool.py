@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import typing
 from collections.abc import Awaitable, Callable
 
 from whatsap2p.config import Limits, Timeouts
@@ -34,6 +35,15 @@ __all__ = ["LinkPool"]
 
 #: Peers whose working path is remembered (the oldest forgotten first).
 _REMEMBERED = 1024
+
+
+class _Way(typing.NamedTuple):
+    """How a peer was last reached: the route, the host dialled (None: it connected to
+    us, or a relay joined us), and when (loop time)."""
+
+    route: str
+    host: str | None
+    when: float
 
 
 def _found_closed(failure: DeliveryFailed) -> bool:
@@ -82,13 +92,9 @@ class LinkPool:
         #: Told how each connection was made (a route of ev.ROUTES, "none" when none
         #: was) and the token of the request to connect back it made, if any.
         self.reported: Callable[[str, bytes | None], None] | None = None
-        #: Where each peer was last reached (its LAN address, or its published one), and
-        #: the peers last reached by connecting back (asked at once next time).
-        self._reached_at: dict[ev.PeerAddress, str] = {}
-        self._came_back: dict[ev.PeerAddress, None] = {}
-        #: When each peer last reached through a relay was (met there at once for
-        #: `Timeouts.relay_keep`).
-        self._relayed_at: dict[ev.PeerAddress, float] = {}
+        #: How each peer was last reached (the oldest forgotten first): tried that way
+        #: first next time.
+        self._worked: dict[ev.PeerAddress, _Way] = {}
         self._closed = False
 
     async def send_text(self, address: ev.PeerAddress, text: ev.Text) -> str:
@@ -214,23 +220,12 @@ class LinkPool:
             raise
         at_lan = address.local is not None and link.host == address.local
         self._report("lan" if at_lan else link.route, asked)
-        # The way that worked is tried first next time: the host dialled, or at once
-        # the request to connect back.
-        if link.host is not None:
-            self._reached_at[address] = link.host
-        else:
-            self._reached_at.pop(address, None)
-        if link.route in ("reverse", "punched"):
-            self._came_back[address] = None
-        else:
-            self._came_back.pop(address, None)
-        if link.route == "relay":
-            self._relayed_at[address] = asyncio.get_running_loop().time()
-        else:
-            self._relayed_at.pop(address, None)
-        for remembered in (self._reached_at, self._came_back, self._relayed_at):
-            while len(remembered) > _REMEMBERED:
-                del remembered[next(iter(remembered))]
+        # The way that worked is tried first next time: the host dialled, at once the
+        # request to connect back, or (for a while) the relay.
+        self._worked.pop(address, None)  # (to the newest end)
+        self._worked[address] = _Way(link.route, link.host, asyncio.get_running_loop().time())
+        if len(self._worked) > _REMEMBERED:
+            del self._worked[next(iter(self._worked))]
         link.on_ended = self._forget
         self._links.add(link)
         if self._closed:
@@ -250,9 +245,9 @@ class LinkPool:
         relay = self.relay
         if relay is None:
             return await self._reach_directly(address, asked)
-        relayed = self._relayed_at.get(address)
-        loop = asyncio.get_running_loop()
-        if relayed is not None and loop.time() - relayed < self._timeouts.relay_keep:
+        way = self._worked.get(address)
+        now = asyncio.get_running_loop().time()
+        if way is not None and way.route == "relay" and now - way.when < self._timeouts.relay_keep:
             with contextlib.suppress(DeliveryFailed, NoRelay):  # (then the other ways)
                 return await self._adopted(address, relay(address))
         try:
@@ -283,7 +278,7 @@ class LinkPool:
                 self._limits,
                 self._timeouts,
                 self._deadlines,
-                prefer=self._reached_at.get(address),
+                prefer=None if (way := self._worked.get(address)) is None else way.host,
                 connected=connected,
             )
         )
@@ -294,7 +289,7 @@ class LinkPool:
             await asyncio.wait(
                 (dialled, went_through),
                 timeout=0.0
-                if address.nat or address in self._came_back
+                if address.nat or (way is not None and way.route in ("reverse", "punched"))
                 else self._timeouts.reverse_after,
                 return_when=asyncio.FIRST_COMPLETED,
             )
