@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from tests.memory import MemoryNetwork, run_in_virtual_time
+from whatsap2p.app.events import GroupChanged, SessionEvent
 from whatsap2p.app.session import Session, SessionConfig
 from whatsap2p.config import IncomingLimits, Limits, RateLimits, Timeouts
 from whatsap2p.net.directory_client import DirectoryClient
@@ -197,3 +198,12 @@ def network(world: World) -> MemoryNetwork:
     """The in-memory network `world` runs on."""
     assert world.network is not None
     return world.network
+
+
+async def next_message(session: Session, timeout: float = 10) -> SessionEvent:
+    """The session's next event but what it tells of groups (a receiver learns a group
+    from its creator's first message: GroupChanged comes before the message)."""
+    while True:
+        event = await asyncio.wait_for(session.events.get(), timeout)
+        if not isinstance(event, GroupChanged):
+            return event

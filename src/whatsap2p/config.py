@@ -34,6 +34,10 @@ class Limits:
     max_text_bytes: int = 64 * KiB
     #: Longest group name, contact name or photo file name, in characters.
     max_name_chars: int = 128
+    #: Most members of a group (its messages carry them all; a send looks them all up).
+    max_group_members: int = 256
+    #: Most groups a module keeps (others can add us to groups: this bounds them).
+    max_groups: int = 1000
     #: Most phone numbers in one lookup.
     max_lookup_phones: int = 1024
     #: Longest phone number string accepted on the wire (E.164 is at most 16).

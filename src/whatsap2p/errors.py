@@ -14,12 +14,16 @@
     │   ├── UnknownTarget             no such contact or group
     │   ├── UnknownMessage            no such message in that conversation
     │   ├── NameConflict              the name is already a contact or a group
+    │   ├── AmbiguousTarget           a name that several groups share
     │   └── PhotoRejected             missing, unreadable, not an image, too large
     ├── StoreError                    a local file we cannot use
     │   └── CorruptContactsFile
     ├── IncomingRefused               we refuse a peer's message for now; `code` tells it
     │   ├── SenderThrottled           "rate-limited": over its sender's limits
-    │   └── NoRoom                    "no-room": no room for it on our disk
+    │   ├── NoRoom                    "no-room": no room for it on our disk
+    │   └── NotMember                 "not-member": not a member of that group, as we know it
+    ├── MessageRefused                we will never store a peer's message (e.g. a group
+    │                                 change that only the group's creator may make)
     ├── CannotListen                  the address to accept peers on is taken or invalid
     ├── DirectoryError                the central server said no or went away
     │   ├── ServerUnreachable
@@ -38,6 +42,8 @@
         ├── DeliveryRejected          "rejected": it read the message and will not store it
         ├── PeerThrottled             "rate-limited": over the receiver's limits for us
         ├── PeerFull                  "no-room": the receiver has no room for it now
+        ├── PeerNotMember             "not-member": the receiver does not count us (or the
+        │                             recipient) as a member of the message's group
         ├── PeerProtocolError         "protocol": it broke the peer protocol
         ├── Unconfirmed               "unconfirmed": it was sent, no answer came back
         └── RecipientOffline          "offline": not online at the server
@@ -45,8 +51,9 @@
 A DeliveryFailed's `code` is stable (scripts read it in a `send` result's `failed`
 entries, the UIs choose what to show by it); its text is for people and may change.
 Retrying helps with "unreachable", "timeout", "refused" and "unconfirmed" (the receiver
-recognises a message it already has by its id), and later with "rate-limited" and
-"no-room"; it cannot with "identity-changed" (the user must `trust` the new key first)
+recognises a message it already has by its id), and later with "rate-limited",
+"no-room" and "not-member" (a new member hears of its group from the creator); it
+cannot with "identity-changed" (the user must `trust` the new key first)
 or "rejected".
 """
 
@@ -57,6 +64,7 @@ from typing import ClassVar
 __all__ = [
     "DELIVERY_CODES",
     "REJECTIONS",
+    "AmbiguousTarget",
     "CannotListen",
     "CorruptContactsFile",
     "DeliveryFailed",
@@ -68,13 +76,16 @@ __all__ = [
     "InvalidPhoneNumber",
     "LinkClosed",
     "LocalProtocolError",
+    "MessageRefused",
     "NameConflict",
     "NoRelay",
     "NoRoom",
+    "NotMember",
     "NumberAlreadyOnline",
     "NumberBound",
     "PeerFull",
     "PeerIdentityChanged",
+    "PeerNotMember",
     "PeerProtocolError",
     "PeerRefused",
     "PeerThrottled",
@@ -146,6 +157,10 @@ class NameConflict(InvalidInput):
     """A contact and a group may not share a name."""
 
 
+class AmbiguousTarget(UnknownTarget):
+    """A name that several groups share: give the group's id (the message lists them)."""
+
+
 class PhotoRejected(InvalidInput):
     """The photo cannot be sent (or was not accepted)."""
 
@@ -176,6 +191,18 @@ class NoRoom(IncomingRefused):
     taken, or the disk would be (too) full."""
 
     code = "no-room"
+
+
+class NotMember(IncomingRefused):
+    """The message claims a group whose members, as we know them, do not include its
+    sender (or a group we do not know, from someone other than its creator: a new
+    member hears of its group from the creator first, so the sender may try later)."""
+
+    code = "not-member"
+
+
+class MessageRefused(WhatsAp2pError):
+    """A peer's message we will never store (answered `rejected` without a code)."""
 
 
 class CannotListen(WhatsAp2pError):
@@ -271,6 +298,13 @@ class PeerFull(DeliveryFailed):
     code = "no-room"
 
 
+class PeerNotMember(DeliveryFailed):
+    """The recipient does not count us as a member of the message's group (yet: it may
+    not have heard of the change that added us), or no longer counts itself as one."""
+
+    code = "not-member"
+
+
 class PeerProtocolError(DeliveryFailed):
     """The peer broke the peer protocol."""
 
@@ -298,6 +332,7 @@ DELIVERY_CODES: tuple[str, ...] = (
     "rejected",
     "rate-limited",
     "no-room",
+    "not-member",
     "protocol",
     "unconfirmed",
     "offline",
@@ -308,4 +343,5 @@ DELIVERY_CODES: tuple[str, ...] = (
 REJECTIONS: dict[str, type[DeliveryFailed]] = {
     PeerThrottled.code: PeerThrottled,
     PeerFull.code: PeerFull,
+    PeerNotMember.code: PeerNotMember,
 }

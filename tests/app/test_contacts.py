@@ -14,31 +14,51 @@ from whatsap2p.errors import (
     UnknownTarget,
 )
 
-ALICE, BOB = "+5511999990001", "+5511999990002"
+ALICE, BOB, ME = "+5511999990001", "+5511999990002", "+5511999990009"
 
 
 def test_contacts_and_groups_survive_a_reload(tmp_path: Path) -> None:
     path = tmp_path / "contacts.json"
-    book = AddressBook.load(path)
+    book = AddressBook.load(path, me=ME)
     assert book.add_contact("alice", "(11) 99999-0001").phone == ALICE
     book.add_contact("bob", BOB)
-    assert book.create_group("family", ["alice", "+55 11 99999-0002", "alice"]).members == (
-        ALICE,
-        BOB,
-    )
-    again = AddressBook.load(path)
+    family = book.create_group("family", ["alice", "+55 11 99999-0002", "alice", ME])
+    assert (family.members, family.creator, family.epoch) == ((ME, ALICE, BOB), ME, 1)
+    again = AddressBook.load(path, me=ME)
     assert [(c.name, c.phone) for c in again.contacts()] == [("alice", ALICE), ("bob", BOB)]
-    assert again.group("family").members == (ALICE, BOB)
-    assert json.loads(path.read_text())["groups"] == {"family": [ALICE, BOB]}  # human-readable
+    assert again.group("family") == family == again.group(family.id)
+    assert json.loads(path.read_text())["groups"] == [  # human-readable
+        {"id": family.id, "name": "family", "creator": ME, "members": [ME, ALICE, BOB], "epoch": 1}
+    ]
     assert path.stat().st_mode & 0o777 == 0o600
 
 
+def test_a_version_1_file_is_migrated_with_its_groups_given_ids(tmp_path: Path) -> None:
+    path = tmp_path / "contacts.json"
+    path.write_text(
+        json.dumps({"version": 1, "contacts": {"bob": BOB}, "groups": {"trip": [BOB, ALICE]}})
+    )
+    book = AddressBook.load(path, me=ME)
+    (trip,) = book.groups()
+    assert (trip.name, trip.creator, trip.members, trip.private) == (
+        "trip",
+        ME,
+        (ME, BOB, ALICE),
+        False,
+    )
+    assert book.migrated == [trip]
+    assert json.loads(path.read_text())["version"] == 2  # written back, once
+    again = AddressBook.load(path, me=ME)
+    assert again.groups() == [trip]
+    assert again.migrated == []
+
+
 def test_resolve_contact_group_and_number(tmp_path: Path) -> None:
-    book = AddressBook.load(tmp_path / "c.json")
+    book = AddressBook.load(tmp_path / "c.json", me=ME)
     book.add_contact("alice", ALICE)
-    book.create_group("pals", ["alice", BOB])
+    pals = book.create_group("pals", ["alice", BOB])
     assert book.resolve("alice") == Recipients((ALICE,), None)
-    assert book.resolve("pals") == Recipients((ALICE, BOB), "pals")
+    assert book.resolve("pals") == Recipients((ALICE, BOB), pals) == book.resolve(pals.id)
     assert book.resolve("+1 650 253 0000") == Recipients(("+16502530000",), None)
     with pytest.raises(UnknownTarget):
         book.resolve("nobody")
@@ -47,7 +67,7 @@ def test_resolve_contact_group_and_number(tmp_path: Path) -> None:
 
 
 def test_names_are_checked(tmp_path: Path) -> None:
-    book = AddressBook.load(tmp_path / "c.json")
+    book = AddressBook.load(tmp_path / "c.json", me=ME)
     book.add_contact("alice", ALICE)
     with pytest.raises(NameConflict):
         book.create_group("alice", [BOB])
@@ -60,11 +80,13 @@ def test_names_are_checked(tmp_path: Path) -> None:
 
 
 def test_group_membership_changes(tmp_path: Path) -> None:
-    book = AddressBook.load(tmp_path / "c.json")
+    book = AddressBook.load(tmp_path / "c.json", me=ME)
     book.add_contact("alice", ALICE)
     book.create_group("pals", ["alice"])
-    assert book.add_to_group("pals", BOB).members == (ALICE, BOB)
-    assert book.remove_from_group("pals", "alice").members == (BOB,)
+    added = book.add_to_group("pals", BOB)
+    assert (added.members, added.epoch) == ((ME, ALICE, BOB), 2)  # each change: a version
+    removed = book.remove_from_group("pals", "alice")
+    assert (removed.members, removed.epoch) == ((ME, BOB), 3)
     with pytest.raises(UnknownTarget):
         book.remove_from_group("pals", "alice")
     with pytest.raises(UnknownTarget):
@@ -83,7 +105,10 @@ def test_group_membership_changes(tmp_path: Path) -> None:
         b'{"version": 1, "contacts": {"alice": "not a phone"}}',
         b'{"version": 1, "contacts": {"alice": 5}}',
         b'{"version": 1, "groups": {"g": "+5511999990001"}}',
-        b'{"version": 2}',
+        b'{"version": 3}',
+        b'{"version": 2, "groups": {"g": ["+5511999990001"]}}',
+        b'{"version": 2, "groups": [{"id": "nothex", "name": "g", "members": []}]}',
+        b'{"version": 2, "groups": [{"id": "' + b"a" * 32 + b'", "name": 5, "members": []}]}',
     ],
 )
 def test_a_corrupt_file_is_reported_and_never_overwritten(tmp_path: Path, content: bytes) -> None:

@@ -4,7 +4,6 @@ test mounts and removes (as root; skipped with the reason elsewhere)."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import image_bytes
-from tests.servers import World, world_at
+from tests.servers import World, next_message, world_at
 from whatsap2p.app.events import SessionEvent, TextReceived
 from whatsap2p.app.session import Session
 from whatsap2p.config import IncomingLimits, MiB
@@ -39,7 +38,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 async def next_event(session: Session) -> SessionEvent:
-    return await asyncio.wait_for(session.events.get(), 10)
+    return await next_message(session, 10)
 
 
 def photo_file(folder: Path, size: int) -> Path:

@@ -31,9 +31,10 @@ async def test_sent_messages_keep_a_state_per_recipient(tmp_path: Path) -> None:
         {BOB: ("delivered", None), CAROL: ("failed", "refused")},
         "pals",
         T,
+        group_id="pals",
         photo={"filename": "a.png"},
     )
-    entries = history.entries(group="pals")
+    entries = history.entries(group_id="pals")
     assert sorted((e.recipient, e.state, e.error) for e in entries) == [
         (BOB, "delivered", None),
         (CAROL, "failed", "refused"),
@@ -41,7 +42,7 @@ async def test_sent_messages_keep_a_state_per_recipient(tmp_path: Path) -> None:
     assert all(e.photo == {"filename": "a.png"} and e.text is None for e in entries)
     assert history.entries(BOB) == []  # group messages are not in the direct conversation
     history.set_state("g1", CAROL, "delivered", None)
-    assert {e.recipient: e.state for e in history.entries(group="pals")}[CAROL] == "delivered"
+    assert {e.recipient: e.state for e in history.entries(group_id="pals")}[CAROL] == "delivered"
 
 
 async def test_history_is_newest_first_limited_and_survives_reopening(tmp_path: Path) -> None:
@@ -178,7 +179,7 @@ async def test_a_failure_keeps_its_code(
         codes={BOB: "rejected"},
     )
     history.set_state("f1", CAROL, "failed", "identity changed: ...", "identity-changed")
-    got = {e.recipient: (e.state, e.code) for e in history.entries(group=None, phone=BOB)}
+    got = {e.recipient: (e.state, e.code) for e in history.entries(group_id=None, phone=BOB)}
     assert got == {BOB: ("failed", "rejected")}
     (carol,) = history.entries(phone=CAROL)
     assert (carol.state, carol.code) == ("failed", "identity-changed")
@@ -205,20 +206,27 @@ async def test_paging_visits_every_entry_once_and_never_splits_a_message(
     history = History(tmp_path / "h.sqlite3", ME)
     stored: list[tuple[str, str, str]] = []  # oldest first, as stored
     for i in range(700):
-        await history.store_received(f"in{i}", BOB if i % 2 else CAROL, "pals", T, text=str(i))
+        await history.store_received(
+            f"in{i}", BOB if i % 2 else CAROL, "pals", T, group_id="pals", text=str(i)
+        )
         stored.append((f"in{i}", BOB if i % 2 else CAROL, ME))
         members = [BOB, CAROL, DAVE] if i % 3 else [BOB, CAROL]
         await history.store_sent(
-            f"out{i}", dict.fromkeys(members, ("delivered", None)), "pals", T, text=str(i)
+            f"out{i}",
+            dict.fromkeys(members, ("delivered", None)),
+            "pals",
+            T,
+            group_id="pals",
+            text=str(i),
         )
         stored += [(f"out{i}", ME, phone) for phone in members]
         await history.store_sent(f"direct{i}", {BOB: ("delivered", None)}, None, T, text="d")
     assert len(stored) > 2500
     newest_first = stored[::-1]
-    assert [entry_key(e) for e in history.entries(group="pals", limit=10**6)] == newest_first
+    assert [entry_key(e) for e in history.entries(group_id="pals", limit=10**6)] == newest_first
 
     for limit in (1000, 999, 7, 2, 1):
-        pages = pages_of(history, limit, group="pals")
+        pages = pages_of(history, limit, group_id="pals")
         assert [entry_key(e) for page in pages for e in page] == newest_first, limit
         for page in pages:
             # a page holds `limit` entries or fewer, but never part of a message: here
@@ -244,7 +252,9 @@ async def test_entries_stored_while_paging_are_newer_than_every_page(tmp_path: P
         before = page[-1].id
         # messages keep coming (one from the same sender, ours to a group it is in)
         await history.store_received(f"new{len(seen)}", BOB, None, T, text="new")
-        await history.store_sent(f"grp{len(seen)}", {BOB: ("delivered", None)}, "g", T)
+        await history.store_sent(
+            f"grp{len(seen)}", {BOB: ("delivered", None)}, "g", T, group_id="g"
+        )
     assert seen == [f"old{i}" for i in reversed(range(300))]
     assert history.entries(BOB, limit=1)[0].id == "new300"
     history.close()
@@ -257,18 +267,20 @@ async def test_a_message_stored_again_keeps_its_place_and_is_paged_once(
     its state changes; pages still hold each message whole, once."""
     history = History(tmp_path / "h.sqlite3", ME)
     both: dict[str, tuple[State, str | None]] = {BOB: ("queued", None), CAROL: ("queued", None)}
-    await history.store_sent("a", both, "pals", T, text="a")
-    await history.store_sent("b", both, "pals", T, text="b")
-    await history.store_sent("a", {CAROL: ("delivered", None)}, "pals", T, text="a")
-    entries = history.entries(group="pals", limit=100)
+    await history.store_sent("a", both, "pals", T, group_id="pals", text="a")
+    await history.store_sent("b", both, "pals", T, group_id="pals", text="b")
+    await history.store_sent(
+        "a", {CAROL: ("delivered", None)}, "pals", T, group_id="pals", text="a"
+    )
+    entries = history.entries(group_id="pals", limit=100)
     everything = [entry_key(e) for e in entries]
     assert everything == [("b", ME, CAROL), ("b", ME, BOB), ("a", ME, CAROL), ("a", ME, BOB)]
     assert [e.state for e in entries if e.id == "a"] == ["delivered", "queued"]
     for limit in (1, 2):  # a page per message
         assert [
-            [entry_key(e) for e in page] for page in pages_of(history, limit, group="pals")
+            [entry_key(e) for e in page] for page in pages_of(history, limit, group_id="pals")
         ] == [everything[:2], everything[2:]]
-    assert len(pages_of(history, 4, group="pals")) == 1
+    assert len(pages_of(history, 4, group_id="pals")) == 1
     history.close()
 
 
@@ -278,12 +290,12 @@ async def test_a_page_before_a_message_not_in_the_conversation_is_refused(
     history = History(tmp_path / "h.sqlite3", ME)
     await history.store_received("bob1", BOB, None, T, text="hi")
     await history.store_received("carol1", CAROL, None, T, text="hi")
-    await history.store_received("grp1", BOB, "pals", T, text="hi")
+    await history.store_received("grp1", BOB, "pals", T, group_id="pals", text="hi")
     assert history.entries(BOB, before="bob1") == []
     for conversation, before in [
         ({"phone": BOB}, "carol1"),  # another number's
         ({"phone": BOB}, "grp1"),  # his, but in a group
-        ({"group": "pals"}, "bob1"),
+        ({"group_id": "pals"}, "bob1"),
         ({"phone": BOB}, "f" * 32),  # none at all
     ]:
         with pytest.raises(UnknownMessage, match="no message"):
@@ -298,20 +310,22 @@ async def test_ids_two_senders_share_are_paged_once_without_long_pages(tmp_path:
     history = History(tmp_path / "h.sqlite3", ME)
     both: dict[str, tuple[State, str | None]] = {BOB: ("delivered", None), CAROL: ("queued", None)}
     for i in range(40):
-        await history.store_received(str(i), BOB, "pals", T, text=f"bob {i}")
+        await history.store_received(str(i), BOB, "pals", T, group_id="pals", text=f"bob {i}")
     for i in range(40):  # carol numbers hers too; ours come between
-        await history.store_received(str(i), CAROL, "pals", T, text=f"carol {i}")
-        await history.store_sent(f"ours{i}", both, "pals", T, text=f"ours {i}")
-    await history.store_received("ours3", DAVE, "pals", T, text="dave reuses an id of ours")
-    everything = [entry_key(e) for e in history.entries(group="pals", limit=10**6)]
+        await history.store_received(str(i), CAROL, "pals", T, group_id="pals", text=f"carol {i}")
+        await history.store_sent(f"ours{i}", both, "pals", T, group_id="pals", text=f"ours {i}")
+    await history.store_received(
+        "ours3", DAVE, "pals", T, group_id="pals", text="dave reuses an id of ours"
+    )
+    everything = [entry_key(e) for e in history.entries(group_id="pals", limit=10**6)]
     assert len(everything) == 40 + 40 * 3 + 1
     for limit in (3, 4, 10, 1000):
-        pages = pages_of(history, limit, group="pals")
+        pages = pages_of(history, limit, group_id="pals")
         assert [entry_key(e) for page in pages for e in page] == everything, limit
         assert max(len(page) for page in pages) <= limit, limit
     # `before` an id two senders used: older than both
-    assert [e.text for e in history.entries(group="pals", before="0", limit=1)] == []
-    assert [e.text for e in history.entries(group="pals", before="39", limit=1)] == ["bob 38"]
+    assert [e.text for e in history.entries(group_id="pals", before="0", limit=1)] == []
+    assert [e.text for e in history.entries(group_id="pals", before="39", limit=1)] == ["bob 38"]
 
     # the same in a direct conversation: bob's "x" after ours
     await history.store_sent("x", {BOB: ("delivered", None)}, None, T, text="ours")

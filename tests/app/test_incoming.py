@@ -22,7 +22,7 @@ from tests.app.test_session import (
 )
 from tests.conftest import image_bytes
 from tests.memory import MemoryNetwork, run_in_virtual_time
-from tests.servers import World, world_at
+from tests.servers import World, next_message, world_at
 from whatsap2p.app.events import PhotoReceived, QueuedDelivered, SessionEvent, TextReceived
 from whatsap2p.app.session import Session
 from whatsap2p.config import IncomingLimits, Limits, Timeouts
@@ -34,7 +34,7 @@ BURST = int(LIMITS.stranger_messages_burst)
 
 
 async def next_event(session: Session) -> SessionEvent:
-    return await asyncio.wait_for(session.events.get(), 60)
+    return await next_message(session, 60)
 
 
 def in_virtual_time(tmp_path: Path, scenario: Callable[[World], Awaitable[None]]) -> None:

@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import image_bytes
 from tests.memory import MemoryNetwork
-from tests.servers import World, in_memory, network, world_at
+from tests.servers import World, in_memory, network, next_message, world_at
 from whatsap2p.app.events import (
     DeliveryReport,
     PhotoReceived,
@@ -46,7 +46,7 @@ def listening(session: Session) -> tuple[str, int]:
 
 
 async def next_event(session: Session) -> SessionEvent:
-    return await asyncio.wait_for(session.events.get(), 600)
+    return await next_message(session, 600)
 
 
 async def events_until(

@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import image_bytes
 from tests.memory import MemoryNetwork, run_in_virtual_time
-from tests.servers import World, running_server, world_at
+from tests.servers import World, next_message, running_server, world_at
 from whatsap2p.app.events import QueuedDelivered, SessionEvent
 from whatsap2p.app.history import History, HistoryEntry, State
 from whatsap2p.app.session import Session
@@ -47,7 +47,7 @@ def in_memory(tmp_path: Path, scenario: Scenario, rates: RateLimits | None = Non
 
 
 async def next_event(session: Session, timeout: float = 600) -> SessionEvent:
-    return await asyncio.wait_for(session.events.get(), timeout)
+    return await next_message(session, timeout)
 
 
 def pages(

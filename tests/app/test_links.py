@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import image_bytes
 from tests.memory import MemoryNetwork, run_in_virtual_time
-from tests.servers import FAST, RELAY_SECRET, World, in_memory, network, world_at
+from tests.servers import FAST, RELAY_SECRET, World, in_memory, network, next_message, world_at
 from whatsap2p.app.events import (
     FailedDelivery,
     PhotoReceived,
@@ -45,7 +45,7 @@ def now() -> float:
 
 
 async def next_event(session: Session) -> SessionEvent:
-    return await asyncio.wait_for(session.events.get(), 60)
+    return await next_message(session, 60)
 
 
 def address(session: Session) -> tuple[str, int]:

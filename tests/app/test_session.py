@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import image_bytes
 from tests.memory import MemoryNetwork
-from tests.servers import FAST, World, session_config, world_at
+from tests.servers import FAST, World, next_message, session_config, world_at
 from whatsap2p.app.events import (
     IdentityChanged,
     PhotoReceived,
@@ -49,7 +49,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
 
 
 async def next_event(session: Session) -> SessionEvent:
-    return await asyncio.wait_for(session.events.get(), 10)
+    return await next_message(session, 10)
 
 
 async def test_text_both_ways_with_contact_names(world: World) -> None:

@@ -62,7 +62,12 @@ async def test_photo_to_a_group_then_members_quit_and_die(cluster: Cluster, tmp_
     photo.write_bytes(image_bytes("JPEG", (320, 240)))
     digest = hashlib.sha256(photo.read_bytes()).hexdigest()
     group = await alice.call("createGroup", name="trip", members=[BOB, CAROL, DAVE, ERIN])
-    assert group == {"name": "trip", "members": [BOB, CAROL, DAVE, ERIN]}
+    assert group == {
+        "id": group["id"],
+        "name": "trip",
+        "members": [BOB, CAROL, DAVE, ERIN],
+        "creator": ALICE,
+    }
 
     sent = await alice.call("send", to="trip", photo=str(photo))
     assert sorted(sent["delivered"]) == [BOB, CAROL, DAVE]
@@ -122,7 +127,8 @@ async def test_contacts_and_groups_survive_a_restart(cluster: Cluster) -> None:
     assert await alice.call("listContacts") == [
         {"name": "bob", "phone": BOB, "fingerprint": None}  # never talked to: no key yet
     ]
-    assert await alice.call("listGroups") == [{"name": "pals", "members": [CAROL, DAVE]}]
+    (pals,) = await alice.call("listGroups")
+    assert pals == {"id": pals["id"], "name": "pals", "members": [CAROL, DAVE], "creator": ALICE}
 
 
 async def test_end_of_input_and_signals_unregister_cleanly(cluster: Cluster) -> None:
@@ -158,6 +164,7 @@ async def test_history_through_json_rpc(cluster: Cluster, tmp_path: Path) -> Non
             "from": BOB,
             "to": ALICE,
             "group": None,
+            "groupId": None,
             "timestamp": (await bob.call("history", **{"with": ALICE}))[0]["timestamp"],
             "text": "two",
             "state": "received",
@@ -167,6 +174,7 @@ async def test_history_through_json_rpc(cluster: Cluster, tmp_path: Path) -> Non
             "from": ALICE,
             "to": BOB,
             "group": None,
+            "groupId": None,
             "timestamp": (await bob.call("history", **{"with": ALICE}))[1]["timestamp"],
             "text": "one",
             "state": "delivered",

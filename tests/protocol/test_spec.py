@@ -96,6 +96,13 @@ SAMPLE: dict[str, Any] = {
     "PeerAddress": ADDRESS,
     "[PeerAddress]": [ADDRESS],
     "[RelayAddress]": [{"host": "192.0.2.20", "port": 3478}],
+    "GroupInfo": {
+        "id": "0123456789abcdef0123456789abcdef",
+        "creator": "+5511999990002",
+        "members": ["+5511999990002", "+5511999990003"],
+        "epoch": 3,
+        "change": {"op": "add", "phones": ["+5511999990003"]},
+    },
 }
 #: A value of another MessagePack type, which a receiver must refuse.
 WRONG: dict[str, Any] = {
@@ -106,6 +113,7 @@ WRONG: dict[str, Any] = {
     "PeerAddress": ["+5511999990002", "192.0.2.10", 41233, KEY],
     "[PeerAddress]": [["+5511999990002", "192.0.2.10", 41233, KEY]],
     "[RelayAddress]": [["192.0.2.20", 3478]],
+    "GroupInfo": ["0123456789abcdef0123456789abcdef", "+5511999990002", [], 3],
 }
 
 #: The tables of §5.1 and §6.1: every `t`, and its fields with their types; a type
@@ -132,7 +140,13 @@ DOCUMENTED: dict[str, dict[str, str]] = {
     "pong": {"rid": "int"},
     "failure": {"rid": "int", "code": "str", "message": "str"},
     "hello": {"phone": "str"},
-    "text": {"id": "str", "timestamp": "str", "body": "str", "group": "str?"},
+    "text": {
+        "id": "str",
+        "timestamp": "str",
+        "body": "str",
+        "group": "str?",
+        "grp": "GroupInfo?",
+    },
     "photo": {
         "id": "str",
         "timestamp": "str",
@@ -141,6 +155,7 @@ DOCUMENTED: dict[str, dict[str, str]] = {
         "key": "str",
         "mime": "str",
         "group": "str?",
+        "grp": "GroupInfo?",
     },
     "resume": {"id": "str", "offset": "int"},
     "chunk": {"id": "str", "data": "bin"},
@@ -438,6 +453,7 @@ def test_8_documented_defaults() -> None:
     assert (limits.max_peer_connections, limits.max_peer_connections_per_ip) == (512, 64)
     assert (limits.max_links_per_peer, limits.max_photos_writing) == (32, 32)
     assert (limits.max_outbox, limits.max_history) == (100_000, 1_000_000)
+    assert (limits.max_group_members, limits.max_groups) == (256, 1000)
     assert (timeouts.connect, timeouts.handshake, timeouts.server_reply) == (5, 5, 10)
     assert (timeouts.heartbeat_interval, timeouts.server_idle) == (10, 25)
     assert (timeouts.register_deadline, timeouts.hello_deadline) == (10, 10)

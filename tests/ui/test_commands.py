@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.servers import World, world_at
-from whatsap2p.app.contacts import Contact, Group
+from whatsap2p.app.contacts import Contact
 from whatsap2p.app.events import DeliveryReport
 from whatsap2p.ui import commands
 from whatsap2p.ui.commands import (
@@ -181,7 +181,7 @@ async def test_handlers_return_what_came_of_the_command(world: World) -> None:
     assert made == Contact('Ana "Bia" O\'Neil', CAROL)
     assert await typed("/add bob +55 11 99999-0002") == Contact("bob", BOB)
     group = await commands.create_group(alice, CreateGroup("pals", ("bob", CAROL)))
-    assert group == Group("pals", (BOB, CAROL))
+    assert (group.name, group.creator, group.members) == ("pals", ALICE, (ALICE, BOB, CAROL))
     assert await typed("/groups") == GroupList((group,))
     assert await typed("/who pals") == Presence({BOB: True, CAROL: False})
 
@@ -192,9 +192,11 @@ async def test_handlers_return_what_came_of_the_command(world: World) -> None:
     assert queued.queued == [CAROL]
     history = await typed("/history pals")
     assert isinstance(history, MessageHistory)
-    assert sorted((e.recipient, e.state) for e in history.entries) == [
-        (BOB, "delivered"),
-        (CAROL, "offline"),
+    assert sorted((e.recipient, e.state, e.text) for e in history.entries) == [
+        (BOB, "delivered", "created the group with +5511999990002, +5511999990003"),
+        (BOB, "delivered", "hi both"),
+        (CAROL, "offline", "hi both"),
+        (CAROL, "queued", "created the group with +5511999990002, +5511999990003"),
     ]
     await typed("/msg bob one")
     await typed("/msg bob two")

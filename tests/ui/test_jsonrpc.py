@@ -169,16 +169,18 @@ async def test_history_is_read_a_page_at_a_time_with_before(world: World) -> Non
     alice = await world.user(ALICE)
     history = alice.history
     assert history is not None
+    alice.book.add_contact("bob", BOB)
+    pals = alice.book.create_group("pals", ["bob", CAROL])
     for i in range(130):  # stored as they would be: bob writes, alice answers him and a group
         await history.store_received(f"{2 * i:032x}", BOB, None, T, text=f"from bob {i}")
         outcomes: dict[str, tuple[State, str | None]] = {
             BOB: ("delivered", None),
             CAROL: ("queued", None),
         }
-        await history.store_sent(f"{2 * i + 1:032x}", outcomes, "pals", T, text=f"to pals {i}")
+        await history.store_sent(
+            f"{2 * i + 1:032x}", outcomes, "pals", T, text=f"to pals {i}", group_id=pals.id
+        )
     async with Client(alice) as client:
-        await client.call("addContact", name="bob", phone=BOB)
-        await client.call("createGroup", name="pals", members=["bob", CAROL])
         for target, limit, sizes in [
             ("bob", 50, [50, 50, 30]),
             ("pals", 45, [44, 44, 44, 44, 44, 40]),
@@ -196,10 +198,10 @@ async def test_history_is_read_a_page_at_a_time_with_before(world: World) -> Non
             ] == sizes  # (a group send's 2 entries stay together)
             assert [entry for page in pages for entry in page] == everything
         assert everything[:2] == [
-            {"id": f"{259:032x}", "from": ALICE, "to": CAROL, "group": "pals", "timestamp": T,
-             "text": "to pals 129", "state": "queued"},
-            {"id": f"{259:032x}", "from": ALICE, "to": BOB, "group": "pals", "timestamp": T,
-             "text": "to pals 129", "state": "delivered"},
+            {"id": f"{259:032x}", "from": ALICE, "to": CAROL, "group": "pals",
+             "groupId": pals.id, "timestamp": T, "text": "to pals 129", "state": "queued"},
+            {"id": f"{259:032x}", "from": ALICE, "to": BOB, "group": "pals",
+             "groupId": pals.id, "timestamp": T, "text": "to pals 129", "state": "delivered"},
         ]  # fmt: skip
 
         async def refused(params: dict[str, object]) -> str:

@@ -58,7 +58,12 @@ HELP_TEXT = """\
 commands:
   /add NAME PHONE           add or update a contact
   /remove NAME              remove a contact
-  /group NAME MEMBER...     create a group of contacts or phone numbers
+  /group NAME MEMBER...     create a group of contacts or phone numbers (all can write to it)
+  /addto GROUP MEMBER       add a member to a group you created (every member is told)
+  GROUP: its name, or its id when groups share a name (/groups)
+  /removefrom GROUP MEMBER  remove a member from a group you created
+  /leave GROUP              leave a group (its members are told)
+  /list NAME MEMBER...      a private list: each member gets your message as a direct message
   /msg TARGET TEXT...       send a text to a contact, a group or a phone number
   /photo TARGET PATH        send a photo (JPEG, PNG, GIF or WebP)
   /queue TARGET TEXT...     like /msg, and keep it for whoever it cannot reach now
@@ -71,7 +76,7 @@ commands:
   /identity                 your number and key fingerprint
   /trust PHONE              accept the new key of a number whose key changed
   /contacts                 list contacts
-  /groups                   list groups
+  /groups                   list groups, their ids and creators
   /help                     this text
   names with spaces go in quotes: /msg "my mom" hello
   /quit                     unregister and leave"""
@@ -116,6 +121,9 @@ async def test_every_command_prints_what_it_always_has(world: World, photo: Path
         ("/remove", "/remove NAME"),
         ("/remove bob carol", "/remove NAME"),
         ("/group pals", "/group NAME MEMBER..."),
+        ("/addto pals", "/addto GROUP MEMBER"),
+        ("/leave", "/leave GROUP"),
+        ("/list l", "/list NAME MEMBER..."),
         ("/msg bob", "/msg TARGET TEXT..."),
         ("/queue", "/queue TARGET TEXT..."),
         ("/photo bob", "/photo TARGET PATH"),
@@ -139,9 +147,13 @@ async def test_every_command_prints_what_it_always_has(world: World, photo: Path
     assert await me.type('/add "my mom" 11999990003') == f"contact my mom: {CAROL}"
     assert await me.type('/remove "my mom"') == "removed my mom"
     assert await me.type("/remove nobody") == "error: no contact named 'nobody'"
-    assert await me.type(f"/group pals bob {CAROL}") == f"group pals: {BOB} {CAROL}"
-    assert await me.type("/groups") == f"pals: {BOB} {CAROL}"
     assert await me.type("/contacts") == f"bob: {BOB} key not seen yet"
+    made = await me.type(f"/group pals bob {CAROL}")  # (bob is told of it: his key is seen)
+    (pals,) = alice.book.groups()
+    assert made == f"group pals (id {pals.id}, by {ALICE}): {ALICE} {BOB} {CAROL}"
+    assert await me.type("/groups") == made
+    assert await me.type("/addto pals bob") == made  # (already in it)
+    assert await me.type("/leave bob") == "error: no group named 'bob'"
     assert await me.type("/who pals") == f"{BOB} online, {CAROL} offline"
 
     assert await me.type("/msg bob  hello  there ") == f"delivered to {BOB}"
@@ -154,7 +166,11 @@ async def test_every_command_prints_what_it_always_has(world: World, photo: Path
     assert await me.type("/msg nobody hi") == "error: no contact or group named 'nobody'"
     assert await me.type("/msg pals hi all") == f"delivered to {BOB}; offline: {CAROL}"
     assert await me.type("/queue pals later") == f"delivered to {BOB}; queued for: {CAROL}"
-    assert re.fullmatch(rf"[0-9a-f]{{32}} to \{CAROL}: later", await me.type("/outbox"))
+    assert re.fullmatch(  # carol is told of the group when she comes online, then "later"
+        rf"[0-9a-f]{{32}} to \{CAROL}: created the group with \{BOB}, \{CAROL}\n"
+        rf"[0-9a-f]{{32}} to \{CAROL}: later",
+        await me.type("/outbox"),
+    )
     assert await me.type(f"/photo bob {photo}") == f"delivered to {BOB}"
     assert await me.type("/photo bob /no/such.png") == ("error: photo /no/such.png does not exist")
     assert (await me.type("/trust 12")).startswith("error: invalid phone number '12'")
@@ -203,13 +219,13 @@ async def test_history_more_shows_the_page_before_the_last_one_shown(world: Worl
     assert await me.type("/history +5511999990009 more") == "no messages yet"
 
     # A group send has a line per recipient: a page shows a message with all of them.
-    await me.type(f"/group pals bob {CAROL}")
+    pals = alice.book.create_group("pals", ["bob", CAROL])
     for i in range(3):
         outcomes: dict[str, tuple[State, str | None]] = {
             BOB: ("delivered", None),
             CAROL: ("offline", None),
         }
-        await history.store_sent(f"p{i}", outcomes, "pals", T, text=f"pals {i}")
+        await history.store_sent(f"p{i}", outcomes, "pals", T, text=f"pals {i}", group_id=pals.id)
     assert texts(await me.type("/history pals 3")) == ["pals 2", "pals 2"]
     assert texts(await me.type("/history pals more")) == ["pals 1", "pals 1"]
     assert texts(await me.type("/history pals more")) == ["pals 0", "pals 0"]

@@ -15,8 +15,8 @@ from textual.pilot import Pilot
 from textual.widgets import Input, ListView, OptionList, ProgressBar, Static
 
 from tests.conftest import image_bytes
-from tests.servers import World, world_at
-from whatsap2p.app.contacts import Contact, Group
+from tests.servers import World, next_message, world_at
+from whatsap2p.app.contacts import Contact
 from whatsap2p.app.events import DeliveryReport, FailedDelivery, PhotoReceived, TextReceived
 from whatsap2p.app.history import State
 from whatsap2p.app.session import Session
@@ -57,11 +57,16 @@ def messages(app: ChatApp) -> list[str]:
 
 
 def sidebar(app: ChatApp) -> list[str]:
-    return [item.plain for item in app.query(ConversationItem)]
+    """The first line of each sidebar entry (a group's second names its members)."""
+    return [item.plain.split("\n")[0] for item in app.query(ConversationItem)]
+
+
+def sidebar_lines(app: ChatApp) -> list[str]:
+    return [line for item in app.query(ConversationItem) for line in item.plain.split("\n")]
 
 
 async def next_event(session: Session) -> object:
-    return await asyncio.wait_for(session.events.get(), 10)
+    return await next_message(session, 10)
 
 
 async def test_add_a_contact_see_it_online_and_chat_both_ways(world: World) -> None:
@@ -130,7 +135,9 @@ async def test_a_group_photo_shows_progress_per_recipient_and_previews(world: Wo
                     if box.row.photo == big:
                         bars.append((bar.progress, bar.total))
             row = app.current.rows[-1] if app.current and app.current.rows else None
-            return row is not None and row.progress is None and SENDING not in row.states.values()
+            if row is None or row.photo != big:  # (before it: the news of the group made)
+                return False
+            return row.progress is None and SENDING not in row.states.values()
 
         watching = asyncio.create_task(until(app, sent))  # each time the screen changes
         await type_line(pilot, f"/photo trip {big}")  # (returns once the app is idle)
@@ -146,6 +153,10 @@ async def test_a_group_photo_shows_progress_per_recipient_and_previews(world: Wo
         assert "✓ bob delivered" in text
         assert "○ dave offline" in text
         for who in (bob, carol):
+            told = await next_event(who)  # first, that alice made the group
+            assert isinstance(told, TextReceived)
+            assert told.change is not None
+            assert told.change["op"] == "create"
             assert isinstance(await next_event(who), PhotoReceived)
 
         # and one coming in: shown with its preview and where it was saved
@@ -276,9 +287,11 @@ async def test_dialogs_carry_out_the_commands_with_the_values_typed_in_them(
 
         await fill("ctrl+g", "the gang", f" {name} ,, +5511999990003 ")
         await until(app, lambda: "# the gang 1/2" in sidebar(app))
-        assert alice.book.groups() == [Group("the gang", (BOB, CAROL))]
+        (gang,) = alice.book.groups()
+        assert (gang.name, gang.members) == ("the gang", (ALICE, BOB, CAROL))
+        assert f"  {name}, {CAROL}" in sidebar_lines(app)  # its members, by name
         assert app.current is not None
-        assert app.current.target == "the gang"
+        assert app.current.target == gang.id
 
         await fill("ctrl+n", "dan", "12")
         await until(app, lambda: "error: invalid phone number '12'" in messages(app))
@@ -566,17 +579,16 @@ async def test_two_members_messages_under_one_id_are_both_shown(world: World) ->
     arriving while the app runs is told apart by its id and its sender, as the
     conversation read from the history is."""
     alice, bob, carol = [await world.user(p) for p in (ALICE, BOB, CAROL)]
-    bob.book.create_group("pals", [ALICE, CAROL])
-    carol.book.create_group("pals", [ALICE, BOB])
+    pals = await bob.create_group("pals", [ALICE, CAROL])  # (alice and carol are told)
     shared = os.urandom(16).hex()
     app = ChatApp(alice)
     async with app.run_test(size=(100, 30)) as pilot:
         await app.ready.wait()
         await bob.send_text("pals", "bob's first", message_id=shared)
-        await until(app, lambda: group_key("pals") in app.chats.conversations)
-        await app.select(group_key("pals"))
+        await until(app, lambda: group_key(pals.id) in app.chats.conversations)
+        await app.select(group_key(pals.id))
         await until(app, lambda: any("bob's first" in m for m in messages(app)))
-        sent = await carol.send_text("pals", "carol's first", message_id=shared)
+        sent = await carol.send_text(pals.id, "carol's first", message_id=shared)
         assert ALICE in sent.delivered  # stored at alice's, notified to the app
         await until(app, lambda: any("carol's first" in m for m in messages(app)), 5)
         del pilot

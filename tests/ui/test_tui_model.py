@@ -20,9 +20,9 @@ def test_conversations_presence_and_names(tmp_path: Path) -> None:
         async with world_at(tmp_path, MemoryNetwork()) as world:
             alice = await world.user(ALICE)
             alice.book.add_contact("bob", BOB)
-            alice.book.create_group("trip", [BOB, CAROL, ALICE])
+            made = alice.book.create_group("trip", [BOB, CAROL, ALICE])
             chats = Chats(alice, history_rows=10)
-            assert chats.wanted_keys() == [phone_key(BOB), group_key("trip")]
+            assert chats.wanted_keys() == [phone_key(BOB), group_key(made.id)]
             trip = chats.conversation(chats.key_of("trip"))
             assert chats.recipients(trip) == [BOB, CAROL]  # never ourselves
             assert chats.presence(trip) == (None, 2, False)  # nobody heard of yet
@@ -74,7 +74,7 @@ def test_a_conversation_reads_its_history_a_page_at_a_time(tmp_path: Path) -> No
     async def main() -> None:
         async with world_at(tmp_path, MemoryNetwork()) as world:
             alice = await world.user(ALICE)
-            alice.book.create_group("trip", [BOB, CAROL, DAVE])
+            made = alice.book.create_group("trip", [BOB, CAROL, DAVE])
             history = alice.history
             assert history is not None
             outcomes: dict[str, tuple[State, str | None]] = {
@@ -83,8 +83,12 @@ def test_a_conversation_reads_its_history_a_page_at_a_time(tmp_path: Path) -> No
                 DAVE: ("failed", "refused"),
             }
             for i in range(10):  # ours: an entry per member; and one from bob between
-                await history.store_sent(f"out{i}", outcomes, "trip", T, text=f"out {i}")
-                await history.store_received(f"in{i}", BOB, "trip", T, text=f"in {i}")
+                await history.store_sent(
+                    f"out{i}", outcomes, "trip", T, text=f"out {i}", group_id=made.id
+                )
+                await history.store_received(
+                    f"in{i}", BOB, "trip", T, text=f"in {i}", group_id=made.id
+                )
             chats = Chats(alice, history_rows=8)  # a page: 8 entries, messages whole
             trip = chats.conversation(chats.key_of("trip"))
             chats.load(trip)
@@ -101,9 +105,13 @@ def test_a_conversation_reads_its_history_a_page_at_a_time(tmp_path: Path) -> No
             assert chats.load_older(trip) == 0
 
             # two senders may choose the same id: two messages
-            await history.store_received("1", BOB, "pals", T, text="bob's first")
-            await history.store_received("1", CAROL, "pals", T, text="carol's first")
-            pals = chats.conversation(group_key("pals"))
+            other = alice.book.create_group("pals", [BOB, CAROL])
+            for sender in (BOB, CAROL):
+                name = "bob" if sender == BOB else "carol"
+                await history.store_received(
+                    "1", sender, "pals", T, text=f"{name}'s first", group_id=other.id
+                )
+            pals = chats.conversation(group_key(other.id))
             chats.load(pals)
             assert [(row.sender, row.text) for row in pals.rows] == [
                 (BOB, "bob's first"),

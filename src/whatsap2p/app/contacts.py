@@ -2,9 +2,15 @@
 
 The file is meant to be read (and, carefully, edited) by people:
 
-    {"version": 1,
+    {"version": 2,
      "contacts": {"alice": "+5511999990001"},
-     "groups": {"family": ["+5511999990001", "+5511999990002"]}}
+     "groups": [{"id": "3f0c...", "name": "family", "creator": "+5511999990009",
+                 "members": ["+5511999990009", "+5511999990001"], "epoch": 1}]}
+
+A group is kept by its id (app/groups.py: its rules); its name is a label, which two
+groups may share (a send by that name is then refused as ambiguous, with the ids to
+choose from). A file of version 1 (groups as name -> numbers) is read, its groups made
+groups of ours with new ids (`migrated`), and written back as version 2.
 
 It is loaded at start, rewritten atomically after every change, and a file that does not
 parse is reported and never overwritten.
@@ -13,24 +19,31 @@ parse is reported and never overwritten.
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
+from whatsap2p.app import groups as rules
+from whatsap2p.app.groups import Group
 from whatsap2p.app.storage import read_if_present, write_atomically
 from whatsap2p.errors import (
+    AmbiguousTarget,
     CorruptContactsFile,
     InvalidInput,
+    MessageRefused,
     NameConflict,
     StoreError,
     UnknownTarget,
 )
 from whatsap2p.phone import DEFAULT_REGION, looks_like_phone, normalise_phone
+from whatsap2p.protocol import events as ev
 
 __all__ = ["FILE_NAME", "AddressBook", "Contact", "Group", "Recipients"]
 
 FILE_NAME = "contacts.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_GROUP_ID = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,36 +53,50 @@ class Contact:
 
 
 @dataclass(frozen=True, slots=True)
-class Group:
-    name: str
-    members: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
 class Recipients:
-    """Who a send goes to: the phones, and the group name when it went to a group."""
+    """Who a send goes to: the phones, and the group when it went to a group."""
 
     phones: tuple[str, ...]
-    group: str | None
+    group: Group | None
 
 
 class AddressBook:
-    """The user's contacts and groups; every change is saved before it returns."""
+    """The user's contacts and groups; every change is saved before it returns. `me`:
+    the user's own number (the creator of the groups it makes)."""
 
-    def __init__(self, path: Path, region: str = DEFAULT_REGION, max_name_chars: int = 128) -> None:
+    def __init__(
+        self,
+        path: Path,
+        region: str = DEFAULT_REGION,
+        max_name_chars: int = 128,
+        me: str | None = None,
+        max_groups: int = 1000,
+        max_members: int = 256,
+    ) -> None:
         self.path = path
         self.region = region
+        self.me = me
         self._max_name = max_name_chars
+        self._max_groups = max_groups
+        self._max_members = max_members
         self._contacts: dict[str, str] = {}
-        self._groups: dict[str, list[str]] = {}
+        self._groups: dict[str, Group] = {}
+        #: Groups of a version 1 file, given ids at this load (their history is theirs).
+        self.migrated: list[Group] = []
         #: The numbers in the contacts and groups (made when asked, dropped on a change).
         self._known: frozenset[str] | None = None
 
     @classmethod
     def load(
-        cls, path: Path, region: str = DEFAULT_REGION, max_name_chars: int = 128
+        cls,
+        path: Path,
+        region: str = DEFAULT_REGION,
+        max_name_chars: int = 128,
+        me: str | None = None,
+        max_groups: int = 1000,
+        max_members: int = 256,
     ) -> AddressBook:
-        book = cls(path, region, max_name_chars)
+        book = cls(path, region, max_name_chars, me, max_groups, max_members)
         raw = read_if_present(path)
         if raw is None:
             return book
@@ -80,18 +107,27 @@ class AddressBook:
                 f"contacts file {path} is corrupt (nested too deeply); fix or move it, it was"
                 " not changed"
             ) from exc
-        except (UnicodeDecodeError, json.JSONDecodeError, ValueError, InvalidInput) as exc:
+        except (
+            UnicodeDecodeError,
+            json.JSONDecodeError,
+            ValueError,
+            TypeError,
+            InvalidInput,
+        ) as exc:
             raise CorruptContactsFile(
                 f"contacts file {path} is corrupt ({exc}); fix or move it, it was not changed"
             ) from exc
+        if book.migrated:
+            book._save()
         return book
 
     def _parse(self, data: object) -> None:
-        if not isinstance(data, dict) or data.get("version") != FORMAT_VERSION:
+        if not isinstance(data, dict) or data.get("version") not in (1, FORMAT_VERSION):
             raise ValueError(f'expected an object with "version": {FORMAT_VERSION}')
-        contacts, groups = data.get("contacts", {}), data.get("groups", {})
-        if not isinstance(contacts, dict) or not isinstance(groups, dict):
-            raise ValueError('"contacts" and "groups" must be objects')
+        contacts = data.get("contacts", {})
+        groups = data.get("groups", {} if data["version"] == 1 else [])
+        if not isinstance(contacts, dict):
+            raise ValueError('"contacts" must be an object')
         for name, phone in contacts.items():
             if not isinstance(phone, str):
                 raise ValueError(f"contact {name!r}: the phone must be a string")
@@ -99,20 +135,73 @@ class AddressBook:
             if checked in self._contacts:  # e.g. "mom" and " mom", once normalised
                 raise ValueError(f"the contact name {checked!r} appears twice")
             self._contacts[checked] = normalise_phone(phone, self.region)
+        if data["version"] == 1:
+            self._migrate(groups)
+            return
+        if not isinstance(groups, list):
+            raise ValueError('"groups" must be a list')
+        for item in groups:
+            group = self._parse_group(item)
+            if group.id in self._groups:
+                raise ValueError(f"the group id {group.id} appears twice")
+            self._groups[group.id] = group
+
+    def _migrate(self, groups: object) -> None:
+        """A version 1 file's groups (name -> numbers): groups of ours, with new ids."""
+        if not isinstance(groups, dict):
+            raise ValueError('"groups" must be an object')
         for name, members in groups.items():
             if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
                 raise ValueError(f"group {name!r}: members must be a list of phone numbers")
             checked = self._check_name(name)
             if checked in self._contacts:
                 raise ValueError(f"{checked!r} is both a contact and a group")
-            if checked in self._groups:
+            if any(g.name == checked for g in self._groups.values()):
                 raise ValueError(f"the group name {checked!r} appears twice")
             phones = [normalise_phone(m, self.region) for m in members]
-            self._groups[checked] = list(dict.fromkeys(phones))
+            me = self.me
+            others = [p for p in dict.fromkeys(phones) if p != me]
+            if me is None or not others:  # (no number of ours to make it with: a list)
+                group = Group(rules.new_id(), checked, me or "", tuple(others), 1, True)
+            else:
+                group = Group(rules.new_id(), checked, me, (me, *others))
+            self._groups[group.id] = group
+            self.migrated.append(group)
+
+    def _parse_group(self, item: object) -> Group:
+        if not isinstance(item, dict):
+            raise ValueError("each group must be an object")
+        group_id, members = item.get("id"), item.get("members")
+        if not isinstance(group_id, str) or not _GROUP_ID.fullmatch(group_id):
+            raise ValueError(f"group id {group_id!r}: 32 hexadecimal digits expected")
+        if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
+            raise ValueError(f"group {group_id}: members must be a list of phone numbers")
+        epoch, left = item.get("epoch", 1), item.get("left", [])
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+            raise ValueError(f"group {group_id}: the epoch must be a whole number")
+        if not isinstance(left, list) or not all(isinstance(m, str) for m in left):
+            raise ValueError(f"group {group_id}: left must be a list of phone numbers")
+        private = item.get("private", False)
+        creator = item.get("creator", self.me or "")
+        if not isinstance(creator, str) or not isinstance(private, bool):
+            raise ValueError(f"group {group_id}: a creator number, private true or false")
+        return Group(
+            group_id,
+            self._label(item.get("name")),
+            creator if private else normalise_phone(creator, self.region),
+            tuple(dict.fromkeys(normalise_phone(m, self.region) for m in members)),
+            epoch,
+            private,
+            frozenset(normalise_phone(m, self.region) for m in left),
+        )
 
     def _save(self) -> None:
         self._known = None  # (every change is saved: what `knows` answers changes with it)
-        data = {"version": FORMAT_VERSION, "contacts": self._contacts, "groups": self._groups}
+        data = {
+            "version": FORMAT_VERSION,
+            "contacts": self._contacts,
+            "groups": [group.to_json() for group in self._groups.values()],
+        }
         text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
         try:
             write_atomically(self.path, text.encode("utf-8"))
@@ -131,6 +220,17 @@ class AddressBook:
             raise InvalidInput(f"{name!r} looks like a phone number; choose a name")
         return name
 
+    def _label(self, name: object) -> str:
+        """A group name as a peer or the file gives it, made safe to show and to type:
+        without control or format characters, never empty, never taken for a number."""
+        if not isinstance(name, str):
+            raise ValueError("a group name must be a string")
+        kept = "".join(c for c in name if unicodedata.category(c)[0] != "C")
+        kept = unicodedata.normalize("NFC", kept.strip())[: self._max_name]
+        if not kept or looks_like_phone(kept) or _GROUP_ID.fullmatch(kept):
+            kept = f"group {kept}"[: self._max_name].strip()
+        return kept
+
     # --- contacts ---------------------------------------------------------------------
 
     def contacts(self) -> list[Contact]:
@@ -138,7 +238,7 @@ class AddressBook:
 
     def add_contact(self, name: str, phone: str) -> Contact:
         name = self._check_name(name)
-        if name in self._groups:
+        if any(g.name == name and g.creator == self.me for g in self._groups.values()):
             raise NameConflict(f"{name!r} is already a group")
         if isinstance(phone, str) and phone.strip() in self._contacts:
             known = phone.strip()
@@ -158,9 +258,16 @@ class AddressBook:
         self._save()
 
     def knows(self, phone: str) -> bool:
-        """Whether `phone` is a contact or in one of the groups (not a stranger)."""
+        """Whether `phone` is a contact or in a group we or a contact made (not a
+        stranger: anyone may add us to a group, which vouches for nobody)."""
         if self._known is None:
-            self._known = frozenset(self._contacts.values()).union(*self._groups.values())
+            contacts = frozenset(self._contacts.values())
+            vouched = [
+                g.members
+                for g in self._groups.values()
+                if g.creator == self.me or g.creator in contacts
+            ]
+            self._known = contacts.union(*vouched)
         return phone in self._known
 
     def name_of(self, phone: str) -> str | None:
@@ -171,43 +278,109 @@ class AddressBook:
     # --- groups -------------------------------------------------------------------------
 
     def groups(self) -> list[Group]:
-        return [Group(name, tuple(m)) for name, m in sorted(self._groups.items())]
+        """By name, then creator (ours first), then id."""
+        return sorted(
+            self._groups.values(), key=lambda g: (g.name, g.creator != self.me, g.creator, g.id)
+        )
 
-    def create_group(self, name: str, members: list[str]) -> Group:
+    def create_group(self, name: str, members: list[str], private: bool = False) -> Group:
+        """A new group of ours (`private`: a list, sent to as direct messages); only
+        here: Session.create_group tells its members too."""
         name = self._check_name(name)
         if name in self._contacts:
             raise NameConflict(f"{name!r} is already a contact")
-        if name in self._groups:
-            raise NameConflict(f"group {name!r} already exists")
+        if any(g.name == name and g.creator == self._me() for g in self._groups.values()):
+            raise NameConflict(f"you already have a group named {name!r}")
+        self._check_room()
         phones = [self.member_phone(m) for m in members]
-        self._groups[name] = list(dict.fromkeys(phones))
-        self._save()
-        return self.group(name)
+        if len(phones) + 1 > self._max_members:
+            raise InvalidInput(f"a group has at most {self._max_members} members")
+        group = rules.created(name, self._me(), phones, private)
+        while group.id in self._groups:  # (128 random bits: never, but never twice either)
+            group = rules.created(name, self._me(), phones, private)
+        return self._put(group)
 
-    def add_to_group(self, name: str, member: str) -> Group:
-        phones = self._group_members(name)
+    def add_to_group(self, target: str, member: str) -> Group:
+        group = self.group(target)
+        return self._put(
+            rules.add(group, [self.member_phone(member)], self._me(), self._max_members)
+        )
+
+    def remove_from_group(self, target: str, member: str) -> Group:
+        group = self.group(target)
         phone = self.member_phone(member)
-        if phone not in phones:
-            phones.append(phone)
-            self._save()
-        return self.group(name)
+        if phone not in group.members:
+            raise UnknownTarget(f"{member!r} is not a member of group {group.name!r}")
+        return self._put(rules.remove(group, [phone], self._me()))
 
-    def remove_from_group(self, name: str, member: str) -> Group:
-        phones = self._group_members(name)
-        phone = self.member_phone(member)
-        if phone not in phones:
-            raise UnknownTarget(f"{member!r} is not a member of group {name!r}")
-        phones.remove(phone)
+    def leave_group(self, target: str) -> Group:
+        return self._put(rules.leave(self.group(target), self._me()))
+
+    def group(self, target: str) -> Group:
+        """A group by its id, or by its name when one group has it."""
+        if not isinstance(target, str):
+            raise InvalidInput("a group is named by its name or its id")
+        found = self._find_group(target)
+        if found is None:
+            raise UnknownTarget(f"no group named {target!r}")
+        return found
+
+    def group_by_id(self, group_id: str) -> Group | None:
+        return self._groups.get(group_id)
+
+    def judge(self, sender: str, name: str, info: ev.GroupInfo) -> tuple[Group, bool]:
+        """The group a peer's message claiming `info` is shown in (app/groups.py's
+        `judge`), saved when the message changed it; and whether it did."""
+        known = self._groups.get(info.id)
+        if known is None:
+            self._check_room(sender)
+        group = rules.judge(known, self._me(), sender, self._label(name), info)
+        if group is known:
+            return group, False
+        return self._put(group), True
+
+    def _put(self, group: Group) -> Group:
+        self._groups[group.id] = group
         self._save()
-        return self.group(name)
+        return group
 
-    def group(self, name: str) -> Group:
-        return Group(name, tuple(self._group_members(name)))
+    def _check_room(self, creator: str | None = None) -> None:
+        """Room for one more group (of ours; or made by `creator`, a peer: a stranger's
+        take only a tenth of the room, so strangers cannot fill it)."""
+        if creator is None:
+            if len(self._groups) >= self._max_groups:
+                raise InvalidInput(f"at most {self._max_groups} groups are kept")
+            return
+        if len(self._groups) >= self._max_groups:
+            raise MessageRefused(f"I keep at most {self._max_groups} groups")
+        if not self.knows(creator):
+            strangers = sum(not self.knows(g.creator) for g in self._groups.values())
+            if strangers >= self._max_groups // 10:
+                raise MessageRefused(
+                    f"I keep at most {self._max_groups // 10} groups made by numbers not in"
+                    " my contacts"
+                )
 
-    def _group_members(self, name: str) -> list[str]:
-        if name not in self._groups:
-            raise UnknownTarget(f"no group named {name!r}")
-        return self._groups[name]
+    def _me(self) -> str:
+        assert self.me is not None, "an address book with groups knows its own number"
+        return self.me
+
+    def _find_group(self, target: str) -> Group | None:
+        if _GROUP_ID.fullmatch(target) and target in self._groups:
+            return self._groups[target]
+        named = [g for g in self.groups() if g.name == target]
+        if len(named) > 1:
+            choices = ", ".join(f"{g.id} (created by {self._who(g.creator)})" for g in named)
+            raise AmbiguousTarget(
+                f"{len(named)} groups are named {target!r}: give the id of one of {choices}"
+            )
+        return named[0] if named else None
+
+    def _who(self, phone: str) -> str:
+        if phone == self.me:
+            return "you"
+        name = self.name_of(phone)
+        return phone if name is None else f"{name}, {phone}"
 
     # --- resolving what a user typed -----------------------------------------------------
 
@@ -222,13 +395,15 @@ class AddressBook:
         raise UnknownTarget(f"no contact named {member!r}")
 
     def resolve(self, target: str) -> Recipients:
-        """A contact name, a group name or a phone number -> the phones it means."""
+        """A contact name, a group (its id, or its name) or a phone number -> the phones
+        it means (a contact's name wins over a group a peer named the same)."""
         if not isinstance(target, str):
             raise InvalidInput("the target must be a contact, a group or a phone number")
         if target in self._contacts:
             return Recipients((self._contacts[target],), None)
-        if target in self._groups:
-            return Recipients(tuple(self._groups[target]), target)
+        group = self._find_group(target)
+        if group is not None:
+            return Recipients(group.others(self.me or ""), group)
         if looks_like_phone(target):
             return Recipients((normalise_phone(target, self.region),), None)
         raise UnknownTarget(f"no contact or group named {target!r}")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from whatsap2p.app.groups import Group
 from whatsap2p.app.photos import PhotoFile
 from whatsap2p.errors import DeliveryFailed
 
 __all__ = [
     "DeliveryReport",
     "FailedDelivery",
+    "GroupChanged",
     "IdentityChanged",
     "PhotoReceived",
     "PresenceChanged",
@@ -26,9 +28,12 @@ class TextReceived:
     id: str
     sender: str
     name: str | None  # the sender's name in our contacts
-    group: str | None  # the group name the sender chose
+    group: str | None  # the group's name (its creator's label)
     timestamp: str  # ISO-8601, as the sender stamped it
     text: str
+    group_id: str | None = None  # the group's id (None: a direct message)
+    #: The membership change it tells of ({"op", "phones"}); `text` says it in words.
+    change: dict[str, object] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +44,7 @@ class PhotoReceived:
     group: str | None
     timestamp: str
     photo: PhotoFile
+    group_id: str | None = None
 
 
 Received = TextReceived | PhotoReceived
@@ -63,10 +69,12 @@ class ServerConnectionChanged:
 
 @dataclass(frozen=True, slots=True)
 class QueuedDelivered:
-    """A queued message `id` has now been acknowledged by `phone`."""
+    """A queued message `id` has now been acknowledged by `phone`; `news`: it was the
+    news of a change of a group's members (no message the person wrote)."""
 
     id: str
     phone: str
+    news: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +86,18 @@ class PresenceChanged:
     online: bool
 
 
+@dataclass(frozen=True, slots=True)
+class GroupChanged:
+    """What we know of a group changed: we were added to it (it is new to us), its
+    members changed, or we left or were removed (`group` no longer lists us)."""
+
+    group: Group
+    #: Who changed it, and how (`{"op", "phones"}`; None: it came with a message of
+    #: its creator's that had a newer list of members).
+    by: str | None = None
+    change: dict[str, object] | None = None
+
+
 SessionEvent = (
     TextReceived
     | PhotoReceived
@@ -85,6 +105,7 @@ SessionEvent = (
     | ServerConnectionChanged
     | QueuedDelivered
     | PresenceChanged
+    | GroupChanged
 )
 
 

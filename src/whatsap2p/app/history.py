@@ -6,6 +6,11 @@ The primary key (id, direction, peer) is also how a retried delivery is recognis
 the receiver stores a message before acknowledging it, and a second copy with the same
 id from the same sender is acknowledged but not shown again.
 
+A message of a group carries the group's id (`gid`; its name, `grp`, is a label kept
+for display): a group's conversation is its id's rows, and a direct conversation the
+rows with no id. What a sent group message said of its group (its members then, and the
+change it announced) is kept once per message (`sent_groups`), for the outbox.
+
 A received message is `shown` once the UI has written it out. One the module stored
 but had not shown when it died is shown at the next start: nothing is silently lost,
 and a crash between showing and marking repeats at most that one message (same id).
@@ -49,6 +54,8 @@ CREATE TABLE IF NOT EXISTS messages (
     direction TEXT NOT NULL CHECK (direction IN ('in', 'out')),
     peer      TEXT NOT NULL,
     grp       TEXT,
+    gid       TEXT,
+    change    TEXT,
     timestamp TEXT NOT NULL,
     text      TEXT,
     photo     TEXT,
@@ -58,10 +65,14 @@ CREATE TABLE IF NOT EXISTS messages (
     shown     INTEGER NOT NULL DEFAULT 1,
     UNIQUE (id, direction, peer)
 );
-CREATE INDEX IF NOT EXISTS messages_direct ON messages (peer, seq) WHERE grp IS NULL;
-CREATE INDEX IF NOT EXISTS messages_grp ON messages (grp, seq) WHERE grp IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_chat ON messages (peer, seq) WHERE gid IS NULL;
+CREATE INDEX IF NOT EXISTS messages_gid ON messages (gid, seq) WHERE gid IS NOT NULL;
 CREATE INDEX IF NOT EXISTS messages_queued ON messages (peer, seq) WHERE state = 'queued';
 CREATE INDEX IF NOT EXISTS messages_to_show ON messages (seq) WHERE shown = 0;
+CREATE TABLE IF NOT EXISTS sent_groups (
+    id   TEXT PRIMARY KEY,
+    info TEXT NOT NULL
+);
 """
 
 
@@ -72,31 +83,32 @@ CREATE INDEX IF NOT EXISTS messages_to_show ON messages (seq) WHERE shown = 0;
 # id is older than all its rows). Both found by the id (the unary + keeps SQLite off the
 # conversation's index, with which it would scan the conversation for them).
 _DIRECT_PAGE = (
-    "SELECT id, direction, peer, grp, timestamp, text, photo, state, error, code, seq, seq,"
+    "SELECT id, direction, peer, grp, gid, change, timestamp, text, photo, state, error, code,"
+    " seq, seq,"
     " (SELECT MIN(seq) FROM messages AS o WHERE o.id = m.id AND +o.peer = m.peer"
-    " AND o.grp IS NULL) FROM messages AS m WHERE peer = ? AND grp IS NULL AND seq < ?"
+    " AND o.gid IS NULL) FROM messages AS m WHERE peer = ? AND gid IS NULL AND seq < ?"
     " ORDER BY seq DESC"
 )
 _GROUP_PAGE = (
-    "SELECT id, direction, peer, grp, timestamp, text, photo, state, error, code, seq,"
+    "SELECT id, direction, peer, grp, gid, change, timestamp, text, photo, state, error, code, seq,"
     " CASE direction WHEN 'out' THEN (SELECT MIN(seq) FROM messages AS o WHERE o.id = m.id"
-    " AND o.direction = 'out' AND +o.grp = m.grp) ELSE seq END,"
-    " (SELECT MIN(seq) FROM messages AS o WHERE o.id = m.id AND +o.grp = m.grp)"
-    " FROM messages AS m WHERE grp = ? AND seq < ? ORDER BY seq DESC"
+    " AND o.direction = 'out' AND +o.gid = m.gid) ELSE seq END,"
+    " (SELECT MIN(seq) FROM messages AS o WHERE o.id = m.id AND +o.gid = m.gid)"
+    " FROM messages AS m WHERE gid = ? AND seq < ? ORDER BY seq DESC"
 )
-_DIRECT_FIRST = "SELECT MIN(seq) FROM messages WHERE id = ? AND +peer = ? AND grp IS NULL"
-_GROUP_FIRST = "SELECT MIN(seq) FROM messages WHERE id = ? AND +grp = ?"
+_DIRECT_FIRST = "SELECT MIN(seq) FROM messages WHERE id = ? AND +peer = ? AND gid IS NULL"
+_GROUP_FIRST = "SELECT MIN(seq) FROM messages WHERE id = ? AND +gid = ?"
 #: Above every seq: the page of the newest rows.
 _TOP = 2**63 - 1
 
 
 _QUEUED_QUERY = (
-    "SELECT id, direction, peer, grp, timestamp, text, photo, state, error, code FROM messages"
-    " WHERE direction = 'out' AND state = 'queued' ORDER BY seq"
+    "SELECT id, direction, peer, grp, gid, change, timestamp, text, photo, state, error, code"
+    " FROM messages WHERE direction = 'out' AND state = 'queued' ORDER BY seq"
 )
 _QUEUED_FOR_QUERY = (
-    "SELECT id, direction, peer, grp, timestamp, text, photo, state, error, code FROM messages"
-    " WHERE direction = 'out' AND state = 'queued' AND peer = ? ORDER BY seq"
+    "SELECT id, direction, peer, grp, gid, change, timestamp, text, photo, state, error, code"
+    " FROM messages WHERE direction = 'out' AND state = 'queued' AND peer = ? ORDER BY seq"
 )
 
 
@@ -106,6 +118,10 @@ class HistoryEntry:
     sender: str
     recipient: str
     group: str | None
+    #: The group's id (None: a direct message).
+    group_id: str | None
+    #: The membership change it tells of ({"op", "phones"}; `text` says it in words).
+    change: dict[str, object] | None
     timestamp: str
     text: str | None
     photo: dict[str, object] | None
@@ -120,15 +136,15 @@ _T = TypeVar("_T")
 log = logging.getLogger(__name__)
 
 _INSERT_RECEIVED = (
-    "INSERT OR IGNORE INTO messages (id, direction, peer, grp, timestamp, text, photo,"
-    " state, shown) VALUES (?, 'in', ?, ?, ?, ?, ?, 'received', 0)"
+    "INSERT OR IGNORE INTO messages (id, direction, peer, grp, gid, change, timestamp, text,"
+    " photo, state, shown) VALUES (?, 'in', ?, ?, ?, ?, ?, ?, ?, 'received', 0)"
 )
 #: A message sent again (a retry under its id) keeps its row, and so its place (`seq`)
 #: in the history's order: only what became of it changes.
 _INSERT_SENT = (
-    "INSERT INTO messages (id, direction, peer, grp, timestamp, text,"
-    " photo, state, error, code) VALUES (?, 'out', ?, ?, ?, ?, ?, ?, ?, ?)"
-    " ON CONFLICT (id, direction, peer) DO UPDATE SET grp = excluded.grp,"
+    "INSERT INTO messages (id, direction, peer, grp, gid, change, timestamp, text,"
+    " photo, state, error, code) VALUES (?, 'out', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (id, direction, peer) DO UPDATE SET grp = excluded.grp, gid = excluded.gid,"
     " timestamp = excluded.timestamp, text = excluded.text, photo = excluded.photo,"
     " state = excluded.state, error = excluded.error, code = excluded.code"
 )
@@ -160,16 +176,23 @@ class History:
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the history {path}: {exc}") from exc
-        self.prune()
+        self.prune(groups=True)
 
-    def prune(self) -> int:
-        """Drop the oldest rows beyond `keep`, except queued or unshown ones; how many."""
+    def prune(self, groups: bool = False) -> int:
+        """Drop the oldest rows beyond `keep`, except queued or unshown ones; how many.
+        `groups`: the group records of sent messages no longer kept too (a scan: at start)."""
         self._since_prune = 0
         cursor = self._execute(
             "DELETE FROM messages WHERE seq <= (SELECT MAX(seq) FROM messages) - ?"
             " AND state != 'queued' AND shown = 1",
             (self._keep,),
         )
+        if groups:
+            self._execute(
+                "DELETE FROM sent_groups WHERE id NOT IN"
+                " (SELECT id FROM messages WHERE direction = 'out')",
+                (),
+            )
         return cursor.rowcount
 
     def _migrate(self) -> None:
@@ -179,6 +202,12 @@ class History:
             self._db.execute("ALTER TABLE messages ADD COLUMN shown INTEGER NOT NULL DEFAULT 1")
         if columns and "code" not in columns:  # before failures had codes
             self._db.execute("ALTER TABLE messages ADD COLUMN code TEXT")
+        if columns and "gid" not in columns:  # before groups had ids (`adopt_group`)
+            self._db.execute("ALTER TABLE messages ADD COLUMN gid TEXT")
+            self._db.execute("ALTER TABLE messages ADD COLUMN change TEXT")
+        # Conversations by group name, now by group id.
+        self._db.execute("DROP INDEX IF EXISTS messages_direct")
+        self._db.execute("DROP INDEX IF EXISTS messages_grp")
         # Indexes of every row, replaced by partial ones of the few rows they serve (queued,
         # not yet shown): an insert then writes two fewer index pages. (Tables made before
         # keep AUTOINCREMENT on seq, which orders rows just the same.)
@@ -202,11 +231,15 @@ class History:
         timestamp: str,
         text: str | None = None,
         photo: dict[str, object] | None = None,
+        group_id: str | None = None,
+        change: dict[str, object] | None = None,
     ) -> asyncio.Future[bool]:
-        """Store a received message, group-committed: the write joins the current group
-        at once (messages that came together share a commit); the future says, once
-        committed, True, or False if this sender's message id was already stored."""
-        args = (message_id, sender, group, timestamp, text, _json(photo))
+        """Store a received message (of group `group_id`, named `group`, if any),
+        group-committed: the write joins the current group at once (messages that came
+        together share a commit); the future says, once committed, True, or False if
+        this sender's message id was already stored. `change`: the membership change
+        it tells of (then `text` says it in words)."""
+        args = (message_id, sender, group, group_id, _json(change), timestamp, text, _json(photo))
         self._counted_insert()
         return self._soon(lambda db: db.execute(_INSERT_RECEIVED, args).rowcount == 1)
 
@@ -219,15 +252,38 @@ class History:
         text: str | None = None,
         photo: dict[str, object] | None = None,
         codes: dict[str, str] | None = None,
+        group_id: str | None = None,
+        group_info: str | None = None,
+        change: dict[str, object] | None = None,
     ) -> None:
         """Store a sent message, one row per recipient with its state (and error, and
-        the failure's code from `codes`); group-committed."""
+        the failure's code from `codes`); of group `group_id` (named `group`), and
+        what it said of its group (`group_info`, kept for the outbox); group-committed."""
         # The group inserts the rows of all its sent messages at once (one executemany,
         # not one each: a tenth of a pipelining sender's work); each still awaits the commit.
         self._sent_rows += _sent_rows(
-            message_id, outcomes, group, timestamp, text, photo, codes or {}
+            message_id,
+            outcomes,
+            (group, group_id, _json(change)),
+            timestamp,
+            text,
+            photo,
+            codes or {},
         )
-        await self._soon(_nothing)
+        if group_info is None:
+            await self._soon(_nothing)
+            return
+        await self._soon(
+            lambda db: db.execute(
+                "INSERT OR REPLACE INTO sent_groups (id, info) VALUES (?, ?)",
+                (message_id, group_info),
+            )
+        )
+
+    def sent_group(self, message_id: str) -> str | None:
+        """What sent message `message_id` said of its group (`store_sent`'s group_info)."""
+        row = self._execute("SELECT info FROM sent_groups WHERE id = ?", (message_id,)).fetchone()
+        return None if row is None else str(row[0])
 
     def mark_shown(self, message_id: str, sender: str) -> None:
         """The UI showed it: committed with the next group (a crash before that shows it
@@ -298,12 +354,12 @@ class History:
     def entries(
         self,
         phone: str | None = None,
-        group: str | None = None,
+        group_id: str | None = None,
         limit: int = 50,
         before: str | None = None,
     ) -> list[HistoryEntry]:
         """A page of a conversation, newest first: the direct messages with `phone`, or
-        the messages of `group`; the newest, or those older than message `before` (than
+        the messages of group `group_id`; the newest, or those older than message `before` (than
         all of its rows; UnknownMessage if the conversation has none).
 
         At most `limit` rows, fewer where the next would split a message's rows (they
@@ -313,8 +369,8 @@ class History:
         id of each page's last (oldest) row visits every row once."""
         if limit < 1:
             return []
-        if group is not None:
-            page, first, key = _GROUP_PAGE, _GROUP_FIRST, group
+        if group_id is not None:
+            page, first, key = _GROUP_PAGE, _GROUP_FIRST, group_id
         else:
             assert phone is not None
             page, first, key = _DIRECT_PAGE, _DIRECT_FIRST, phone
@@ -333,8 +389,8 @@ class History:
     def unshown(self) -> list[HistoryEntry]:
         """Received messages the UI never showed (the module died first), oldest first."""
         rows = self._execute(
-            "SELECT id, direction, peer, grp, timestamp, text, photo, state, error, code"
-            " FROM messages WHERE shown = 0 ORDER BY seq",
+            "SELECT id, direction, peer, grp, gid, change, timestamp, text, photo, state,"
+            " error, code FROM messages WHERE shown = 0 ORDER BY seq",
             (),
         ).fetchall()
         return [self._entry(row) for row in rows]
@@ -379,8 +435,8 @@ class History:
         """The rows of a message we sent, one per recipient, in the order they were stored
         (none if no message of ours has that id)."""
         rows = self._execute(
-            "SELECT id, direction, peer, grp, timestamp, text, photo, state, error, code"
-            " FROM messages WHERE id = ? AND direction = 'out' ORDER BY seq",
+            "SELECT id, direction, peer, grp, gid, change, timestamp, text, photo, state,"
+            " error, code FROM messages WHERE id = ? AND direction = 'out' ORDER BY seq",
             (message_id,),
         ).fetchall()
         return [self._entry(row) for row in rows]
@@ -397,18 +453,48 @@ class History:
             [(message_id, phone) for phone in phones],
         )
 
-    def has_group(self, group: str) -> bool:
-        row = self._execute("SELECT 1 FROM messages WHERE grp = ? LIMIT 1", (group,)).fetchone()
-        return row is not None
+    def fail_group(self, group_id: str, error: str, code: str) -> int:
+        """Every copy of a message to group `group_id` still queued fails (we are no
+        longer in the group); how many."""
+        cursor = self._execute(
+            "UPDATE messages SET state = 'failed', error = ?, code = ? WHERE gid = ?"
+            " AND direction = 'out' AND state = 'queued'",
+            (error, code, group_id),
+        )
+        return cursor.rowcount
+
+    def adopt_group(self, group_id: str, name: str, members: Iterable[str]) -> None:
+        """Rows written before groups had ids, of a group now given `group_id`: what we
+        sent to it, and what its members sent under its name (the rest stay direct)."""
+        self._executemany(
+            "UPDATE messages SET gid = ? WHERE gid IS NULL AND grp = ?"
+            " AND (direction = 'out' OR peer = ?)",
+            [(group_id, name, phone) for phone in members],
+        )
 
     def _entry(self, row: tuple[object, ...]) -> HistoryEntry:
-        message_id, direction, peer, group, timestamp, text, photo, state, error, code = row
+        (
+            message_id,
+            direction,
+            peer,
+            group,
+            group_id,
+            change,
+            timestamp,
+            text,
+            photo,
+            state,
+            error,
+            code,
+        ) = row
         sender, recipient = (peer, self._me) if direction == "in" else (self._me, peer)
         return HistoryEntry(
             str(message_id),
             str(sender),
             str(recipient),
             None if group is None else str(group),
+            None if group_id is None else str(group_id),
+            None if change is None else json.loads(str(change)),
             str(timestamp),
             None if text is None else str(text),
             None if photo is None else json.loads(str(photo)),
@@ -457,17 +543,19 @@ def _whole_messages(rows: Iterable[tuple[Any, ...]], limit: int) -> list[tuple[A
 def _sent_rows(
     message_id: str,
     outcomes: dict[str, tuple[State, str | None]],
-    group: str | None,
+    group: tuple[str | None, str | None, str | None],
     timestamp: str,
     text: str | None,
     photo: dict[str, object] | None,
     codes: dict[str, str],
 ) -> list[tuple[object, ...]]:
-    """One row per recipient of a sent message, with its state (and error, and code)."""
+    """One row per recipient of a sent message, with its state (and error, and code);
+    `group`: the group's name and id, and the change the message tells of (JSON)."""
     stored_photo = _json(photo)
+    name, group_id, change = group
     return [
-        (message_id, phone, group, timestamp, text, stored_photo, state, error, codes.get(phone))
-        for phone, (state, error) in outcomes.items()
+        (message_id, phone, name, group_id, change, timestamp, text, stored_photo, *outcome)
+        for phone, outcome in ((p, (*o, codes.get(p))) for p, o in outcomes.items())
     ]
 
 
@@ -482,5 +570,5 @@ def _log_failure(future: asyncio.Future[Any]) -> None:
         log.error("%s", exc)
 
 
-def _json(photo: dict[str, object] | None) -> str | None:
-    return None if photo is None else json.dumps(photo)
+def _json(value: dict[str, object] | None) -> str | None:
+    return None if value is None else json.dumps(value)

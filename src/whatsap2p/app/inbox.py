@@ -5,12 +5,14 @@ acknowledged, then published to the UI, each shown once."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from whatsap2p.app.contacts import AddressBook
-from whatsap2p.app.events import PhotoReceived, SessionEvent, TextReceived
+from whatsap2p.app.events import GroupChanged, PhotoReceived, SessionEvent, TextReceived
+from whatsap2p.app.groups import change_json
 from whatsap2p.app.history import History
 from whatsap2p.app.photos import IncomingPhoto, PhotoFile, PhotoStore
 from whatsap2p.app.trust import Trust
@@ -34,8 +36,11 @@ class Inbox:
         lookup: Callable[[list[str]], Awaitable[dict[str, ev.PeerAddress]]],
         publish: Callable[[SessionEvent], None],
         limits: IncomingLimits | None = None,
+        group_changed: Callable[[GroupChanged], None] = lambda changed: None,
     ) -> None:
+        """`group_changed(event)`: a peer's message changed what we know of a group."""
         self._history = history
+        self._group_changed = group_changed
         self._book = book
         self._photos = photos
         self._trust = trust
@@ -65,14 +70,27 @@ class Inbox:
             if entry.photo is None:
                 self._publish(
                     TextReceived(
-                        entry.id, entry.sender, name, entry.group, entry.timestamp, entry.text or ""
+                        entry.id,
+                        entry.sender,
+                        name,
+                        entry.group,
+                        entry.timestamp,
+                        entry.text or "",
+                        entry.group_id,
+                        entry.change,
                     )
                 )
             else:
                 stored = PhotoFile.from_description(entry.photo)
                 self._publish(
                     PhotoReceived(
-                        entry.id, entry.sender, name, entry.group, entry.timestamp, stored
+                        entry.id,
+                        entry.sender,
+                        name,
+                        entry.group,
+                        entry.timestamp,
+                        stored,
+                        entry.group_id,
                     )
                 )
 
@@ -116,28 +134,61 @@ class Inbox:
             )
         return known
 
+    def _place(
+        self, sender: str, message_id: str, name: str | None, info: ev.GroupInfo | None
+    ) -> tuple[str | None, str | None]:
+        """The group a message is shown in (its id and name; no id: a direct message);
+        NotMember or MessageRefused when it claims a group it may not (app/groups.py).
+        A message without a group id (from a version before ids) is a direct one."""
+        if info is None or name is None:
+            return None, name
+        if self._history.was_received(message_id, sender):
+            return info.id, name  # (a retry: acknowledged again, not stored or shown again)
+        group, changed = self._book.judge(sender, name, info)
+        if changed:
+            change = None if info.change is None else change_json(info.change)
+            self._group_changed(GroupChanged(group, sender, change))
+        return group.id, group.name
+
     def text_received(self, sender: str, text: ev.Text) -> Awaitable[None]:
         # Stored before it is acknowledged; a copy already stored is acknowledged again
         # (the sender retried) but not shown twice.
         self._admit(sender, text.id)
+        group_id, group = self._place(sender, text.id, text.group, text.grp)
+        change = None
+        if group_id is not None and text.grp is not None and text.grp.change is not None:
+            change = change_json(text.grp.change)
         stored = self._history.store_received(
-            text.id, sender, text.group, text.timestamp, text=text.body
+            text.id,
+            sender,
+            group,
+            text.timestamp,
+            text=text.body,
+            group_id=group_id,
+            change=change,
         )
-        return self._show_once_stored(stored, sender, text)
+        shown = TextReceived(
+            text.id,
+            sender,
+            None,
+            group,
+            text.timestamp,
+            text.body,
+            group_id,
+            change,
+        )
+        return self._show_once_stored(stored, shown)
 
-    async def _show_once_stored(
-        self, stored: asyncio.Future[bool], sender: str, text: ev.Text
-    ) -> None:
+    async def _show_once_stored(self, stored: asyncio.Future[bool], shown: TextReceived) -> None:
         if await stored:
-            name = self._book.name_of(sender)
-            self._publish(
-                TextReceived(text.id, sender, name, text.group, text.timestamp, text.body)
-            )
+            name = self._book.name_of(shown.sender)
+            self._publish(dataclasses.replace(shown, name=name))
 
     def photo_offered(self, sender: str, offer: ev.PhotoOffer) -> _PhotoSink | None:
         if self._history.was_received(offer.id, sender):
             return None  # already stored: acknowledge without taking the bytes again
         known = self._admit(sender, offer.id)
+        group_id, group = self._place(sender, offer.id, offer.group, offer.grp)
         limits = self._limits
         at_once = limits.contact_photos_at_once if known else limits.stranger_photos_at_once
         if self._arriving[sender] >= at_once:
@@ -158,7 +209,8 @@ class Inbox:
         self._arriving[sender] += 1
         self._strangers_arriving += not known
         ended = functools.partial(self._photo_ended, sender, known)
-        return _PhotoSink(sender, offer, incoming, self, photo_bytes, ended)
+        where = (group_id, group)
+        return _PhotoSink(sender, offer, where, incoming, self, photo_bytes, ended)
 
     def _photo_ended(self, sender: str, known: bool) -> None:
         """A photo `photo_offered` took is stored, refused or cut off."""
@@ -167,14 +219,25 @@ class Inbox:
             del self._arriving[sender]
         self._strangers_arriving -= not known
 
-    async def photo_stored(self, sender: str, offer: ev.PhotoOffer, stored: PhotoFile) -> None:
+    async def photo_stored(
+        self,
+        sender: str,
+        offer: ev.PhotoOffer,
+        where: tuple[str | None, str | None],
+        stored: PhotoFile,
+    ) -> None:
+        """Photo `offer` is stored at `stored`: in the history, in group `where` (its id
+        and name, as `_place` said at the offer), then shown."""
+        group_id, group = where
         if not await self._history.store_received(
-            offer.id, sender, offer.group, offer.timestamp, photo=stored.describe()
+            offer.id, sender, group, offer.timestamp, photo=stored.describe(), group_id=group_id
         ):
             stored.path.unlink()  # the same photo arrived twice at once: keep one
             return
         name = self._book.name_of(sender)
-        self._publish(PhotoReceived(offer.id, sender, name, offer.group, offer.timestamp, stored))
+        self._publish(
+            PhotoReceived(offer.id, sender, name, group, offer.timestamp, stored, group_id)
+        )
 
 
 class _PhotoSink:
@@ -184,6 +247,7 @@ class _PhotoSink:
         self,
         sender: str,
         offer: ev.PhotoOffer,
+        where: tuple[str | None, str | None],
         incoming: IncomingPhoto,
         inbox: Inbox,
         allowance: BucketsByKey,
@@ -191,6 +255,7 @@ class _PhotoSink:
     ) -> None:
         self._sender = sender
         self._offer = offer
+        self._where = where
         self._incoming = incoming
         self._inbox = inbox
         self._allowance = allowance
@@ -208,7 +273,7 @@ class _PhotoSink:
             stored = await asyncio.to_thread(self._incoming.finish, sha256)
         finally:
             self._end()
-        await self._inbox.photo_stored(self._sender, self._offer, stored)
+        await self._inbox.photo_stored(self._sender, self._offer, self._where, stored)
 
     def interrupted(self) -> None:
         self._incoming.interrupted()

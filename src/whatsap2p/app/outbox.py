@@ -11,6 +11,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import msgspec
+
 from whatsap2p.app.contacts import Recipients
 from whatsap2p.app.events import QueuedDelivered, SessionEvent
 from whatsap2p.app.history import History, HistoryEntry
@@ -50,9 +52,12 @@ class Outbox:
         limits: Limits,
         timeouts: Timeouts,
         connected: Callable[[], bool] = lambda: True,
+        member: Callable[[str, str], bool] = lambda group_id, phone: True,
     ) -> None:
         """`connected()`: whether we are registered at a server now (while we are not, the
-        next registration's `watch` brings back what waits)."""
+        next registration's `watch` brings back what waits); `member(group_id, phone)`:
+        whether `phone` is still a member of that group (a removed member is not given
+        what was queued for it, save the news of its removal)."""
         self._folder = folder
         self._history = history
         self._trust = trust
@@ -62,6 +67,7 @@ class Outbox:
         self._limits = limits
         self._timeouts = timeouts
         self._connected = connected
+        self._member = member
         self._count = history.count_queued()
         #: Deliveries running, one per recipient, and the retries waiting.
         self._flushing: dict[str, asyncio.Task[None]] = {}
@@ -203,6 +209,14 @@ class Outbox:
         self._drop_copy(waiting[0])
         return phones
 
+    def drop_group(self, group_id: str, why: str) -> None:
+        """We are no longer in group `group_id`: what waits for its members fails."""
+        for entry in self._history.queued():
+            if entry.group_id == group_id and (entry.id, entry.recipient) not in self._delivering:
+                self._history.set_state(entry.id, entry.recipient, "failed", why, "not-member")
+                self._count -= 1
+                self._drop_copy(entry)
+
     def retry(self, phone: str) -> None:
         """Look `phone` up again now and deliver if it is online (e.g. its key was
         trusted since)."""
@@ -271,12 +285,20 @@ class Outbox:
 
     async def _hand_over(self, address: ev.PeerAddress, entry: HistoryEntry) -> None:
         phone = entry.recipient
+        group = self._group_of(entry)
+        if group is not None and group.change is None and not self._member(group.id, phone):
+            why = "removed from the group before it could be delivered"
+            self._history.set_state(entry.id, phone, "failed", why, "not-member")
+            self._count -= 1
+            self._drop_copy(entry)
+            return
+        name = None if group is None else entry.group
         try:
             if entry.photo is None:
-                text = ev.Text(entry.id, entry.timestamp, entry.text or "", entry.group)
+                text = ev.Text(entry.id, entry.timestamp, entry.text or "", name, group)
                 await self._pool.send_text(address, text)
             else:
-                offer, stream_from = await asyncio.to_thread(self._queued_photo, entry)
+                offer, stream_from = await asyncio.to_thread(self._queued_photo, entry, group)
                 await self._pool.send_photo(address, offer, stream_from)
         except DeliveryRejected as exc:  # final: it will not be stored, however often we try
             self._history.set_state(entry.id, phone, "failed", str(exc), exc.code)
@@ -285,7 +307,7 @@ class Outbox:
             raise
         else:
             self._history.set_state(entry.id, phone, "delivered", None)
-            self._publish(QueuedDelivered(entry.id, phone))
+            self._publish(QueuedDelivered(entry.id, phone, entry.change is not None))
         self._count -= 1
         self._drop_copy(entry)
 
@@ -298,8 +320,16 @@ class Outbox:
             with contextlib.suppress(OSError):
                 kept.unlink()
 
+    def _group_of(self, entry: HistoryEntry) -> ev.GroupInfo | None:
+        """What a queued message said of its group when it was sent (None: direct, or to
+        a private list, whose members get direct messages)."""
+        if entry.group_id is None:
+            return None
+        info = self._history.sent_group(entry.id)
+        return None if info is None else msgspec.json.decode(info, type=ev.GroupInfo)
+
     def _queued_photo(
-        self, entry: HistoryEntry
+        self, entry: HistoryEntry, group: ev.GroupInfo | None
     ) -> tuple[ev.PhotoOffer, Callable[[int], PhotoStream]]:
         """The offer of a queued photo, and its bytes (blocking: reads the photo's key)."""
         photo = entry.photo
@@ -309,8 +339,9 @@ class Outbox:
             key = photo_key(kept.path, kept.size)
         except OSError as exc:
             raise DeliveryFailed(f"cannot read the queued photo: {exc.strerror}") from exc
+        name = None if group is None else entry.group
         offer = ev.PhotoOffer(
-            entry.id, entry.timestamp, kept.filename, kept.size, key, kept.mime, entry.group
+            entry.id, entry.timestamp, kept.filename, kept.size, key, kept.mime, name, group
         )
         chunk = self._limits.photo_chunk
         return offer, lambda offset: PhotoStream(kept, chunk, offset)

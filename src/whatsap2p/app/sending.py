@@ -20,8 +20,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
+
 from whatsap2p.app.contacts import AddressBook, Recipients
 from whatsap2p.app.events import DeliveryReport, FailedDelivery
+from whatsap2p.app.groups import Group, change_json
 from whatsap2p.app.history import History, State
 from whatsap2p.app.outbox import Outbox
 from whatsap2p.app.photos import PhotoFile, PhotoStream, file_sha256, prepare_photo
@@ -40,7 +43,9 @@ log = logging.getLogger(__name__)
 #: own server says until it can); the others (identity changed, rejected, a broken
 #: protocol) are final. (A server that cannot be asked, for the lookup, queues every
 #: recipient too.)
-_WAITS = frozenset({"unreachable", "timeout", "unconfirmed", "rate-limited", "no-room", "refused"})
+_WAITS = frozenset(
+    {"unreachable", "timeout", "unconfirmed", "rate-limited", "no-room", "refused", "not-member"}
+)
 
 #: A message id as a send may give it: 32 lowercase hex digits (128 bits).
 _MESSAGE_ID = re.compile(r"[0-9a-f]{32}")
@@ -86,6 +91,14 @@ class _Earlier:
         queued = {*report.queued, *(p for p in self.queued if p in rank)}
         report.delivered = sorted(delivered, key=rank.__getitem__)
         report.queued = sorted(queued, key=rank.__getitem__)
+
+
+def _on_the_wire(group: Group | None) -> tuple[str | None, ev.GroupInfo | None]:
+    """What a message to `group` says of it: a shared group's name and its members; a
+    private list is ours alone (its members get direct messages)."""
+    if group is None or group.private:
+        return None, None
+    return group.name, group.info()
 
 
 class Sender:
@@ -144,18 +157,34 @@ class Sender:
                 message_id,
                 _now() if earlier is None else earlier.timestamp,
                 text,
-                recipients.group,
+                *_on_the_wire(recipients.group),
             )
-            pool = self._pool
-
-            def deliver(address: ev.PeerAddress) -> Awaitable[str]:
-                return pool.send_text(address, message)
-
-            outcome = await self._fan_out(message.id, to_send, deliver, queue)
-            await self._record(outcome, recipients.group, message.timestamp, text=text)
+            outcome = await self._send_text(message, to_send, queue)
+            await self._record(outcome, recipients.group, message, text=text)
         if earlier is not None:
             earlier.merge(outcome.report, recipients.phones)
         return outcome.report
+
+    async def send_change(
+        self, group: Group, change: ev.GroupChange, to: tuple[str, ...], words: str
+    ) -> DeliveryReport:
+        """Tell `to` of a change of `group`'s members (`group` as it is after it), as a
+        text saying it in `words`; queued for whoever cannot be reached now."""
+        to = tuple(phone for phone in to if phone != self._me)
+        message = ev.Text(secrets.token_hex(16), _now(), words, group.name, group.info(change))
+        if to:
+            self._outbox.check_room(Recipients(to, group))
+        outcome = await self._send_text(message, Recipients(to, group), queue=True)
+        await self._record(outcome, group, message, text=words)
+        return outcome.report
+
+    async def _send_text(self, message: ev.Text, to: Recipients, queue: bool) -> _Outcome:
+        pool = self._pool
+
+        def deliver(address: ev.PeerAddress) -> Awaitable[str]:
+            return pool.send_text(address, message)
+
+        return await self._fan_out(message.id, to, deliver, queue)
 
     async def send_photo(
         self,
@@ -189,7 +218,7 @@ class Sender:
                 photo.size,
                 photo.key,
                 photo.mime,
-                recipients.group,
+                *_on_the_wire(recipients.group),
             )
             streams: dict[str, PhotoStream] = {}  # each hashes the whole file as it sends it
 
@@ -222,19 +251,22 @@ class Sender:
             kept = photo
             if report.queued:
                 kept = await asyncio.to_thread(self._outbox.keep_photo, photo, offer.id)
-            await self._record(outcome, recipients.group, offer.timestamp, photo=kept.describe())
+            await self._record(outcome, recipients.group, offer, photo=kept.describe())
         if earlier is not None:
             earlier.merge(report, recipients.phones)
         return report
 
     def _recipients(self, target: str) -> Recipients:
         recipients = self._book.resolve(target)
+        group = recipients.group
+        if group is not None and not group.private and self._me not in group.members:
+            raise InvalidInput(f"you are no longer a member of group {group.name!r}")
         others = tuple(p for p in recipients.phones if p != self._me)
         if not others:
-            if recipients.group is None:
+            if group is None:
                 raise InvalidInput("you cannot send a message to yourself")
-            raise InvalidInput(f"group {recipients.group!r} has no members besides you")
-        return Recipients(others, recipients.group)
+            raise InvalidInput(f"group {group.name!r} has no members besides you")
+        return Recipients(others, group)
 
     @contextlib.asynccontextmanager
     async def _one_send_of(self, message_id: str) -> AsyncIterator[None]:
@@ -252,7 +284,7 @@ class Sender:
     def _earlier(
         self,
         message_id: str,
-        group: str | None,
+        group: Group | None,
         text: str | None = None,
         sha256: str | None = None,
         to: tuple[str, ...] = (),
@@ -273,7 +305,8 @@ class Sender:
                 f"message {message_id} was sent before with other content: a retry sends "
                 "the same message (leave out the id to send a new one)"
             )
-        if first.group != group or (group is None and first.recipient not in to):
+        group_id = None if group is None else group.id
+        if first.group_id != group_id or (group is None and first.recipient not in to):
             where = f"group {first.group!r}" if first.group is not None else first.recipient
             raise InvalidInput(
                 f"message {message_id} was sent before to {where}: a retry goes to the "
@@ -367,8 +400,8 @@ class Sender:
     async def _record(
         self,
         outcome: _Outcome,
-        group: str | None,
-        timestamp: str,
+        group: Group | None,
+        message: ev.Text | ev.PhotoOffer,
         text: str | None = None,
         photo: dict[str, object] | None = None,
     ) -> None:
@@ -384,7 +417,20 @@ class Sender:
             return
         codes = {failed.phone: failed.code for failed in report.failed}
         codes.update(dict.fromkeys(outcome.unconfirmed, "unconfirmed"))  # (queued: it may have)
-        await self._history.store_sent(report.id, outcomes, group, timestamp, text, photo, codes)
+        info = message.grp
+        change = None if info is None or info.change is None else change_json(info.change)
+        await self._history.store_sent(
+            report.id,
+            outcomes,
+            None if group is None else group.name,
+            message.timestamp,
+            text,
+            photo,
+            codes,
+            group_id=None if group is None else group.id,
+            group_info=None if info is None else msgspec.json.encode(info).decode(),
+            change=change,
+        )
         if not report.queued:
             return
         self._outbox.kept(report.queued, outcome.unreached, outcome.since, outcome.looked_up)

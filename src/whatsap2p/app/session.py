@@ -29,6 +29,7 @@ from whatsap2p.app.contacts import FILE_NAME as CONTACTS_FILE
 from whatsap2p.app.contacts import AddressBook
 from whatsap2p.app.events import (
     DeliveryReport,
+    GroupChanged,
     IdentityChanged,
     PhotoReceived,
     PresenceChanged,
@@ -36,6 +37,7 @@ from whatsap2p.app.events import (
     SessionEvent,
     TextReceived,
 )
+from whatsap2p.app.groups import Group
 from whatsap2p.app.history import FILE_NAME as HISTORY_FILE
 from whatsap2p.app.history import History, HistoryEntry
 from whatsap2p.app.inbox import Inbox
@@ -53,7 +55,6 @@ from whatsap2p.errors import (
     ServerUnreachable,
     StoreError,
     UnknownMessage,
-    UnknownTarget,
 )
 from whatsap2p.keyfile import load_or_create_key
 from whatsap2p.net.directory_client import DirectoryClient
@@ -105,8 +106,14 @@ class Session:
     def __init__(self, config: SessionConfig) -> None:
         self.config = config
         self.phone = config.phone
+        limits = config.limits
         self.book = AddressBook.load(
-            config.data_dir / CONTACTS_FILE, config.region, config.limits.max_name_chars
+            config.data_dir / CONTACTS_FILE,
+            config.region,
+            limits.max_name_chars,
+            me=config.phone,
+            max_groups=limits.max_groups,
+            max_members=limits.max_group_members,
         )
         self.trust = TrustStore.load(config.data_dir / TRUST_FILE)
         self._keys = Trust(self.trust, self._key_changed)
@@ -179,6 +186,8 @@ class Session:
             self.history = history = History(
                 config.data_dir / HISTORY_FILE, self.phone, config.limits.max_history
             )
+            for group in self.book.migrated:  # (groups that had no id: their history too)
+                history.adopt_group(group.id, group.name, group.members)
         except OSError as exc:
             self._lock.release()
             raise StoreError(f"cannot use data dir {config.data_dir}: {exc.strerror}") from exc
@@ -197,6 +206,7 @@ class Session:
             limits,
             timeouts,
             connected=lambda: self.server_connected,
+            member=self._still_member,
         )
         outbox.rewatch = self._watch
         self._sender = Sender(
@@ -218,6 +228,7 @@ class Session:
             self.lookup,
             self._publish,
             config.incoming,
+            group_changed=self._group_changed,
         )
         self._listener = PeerListener(inbox, identity, limits, timeouts, network)
         try:
@@ -346,7 +357,12 @@ class Session:
         if not rows:
             raise InvalidInput(f"no message {message_id} was sent from here")
         first = rows[0]
-        target = first.group if first.group is not None else first.recipient
+        if first.change is not None:
+            raise InvalidInput(
+                f"message {message_id} is the news of a change of the group's members: the"
+                " outbox delivers it to whoever it waits for; it is not sent again"
+            )
+        target = first.group_id if first.group_id is not None else first.recipient
         if first.photo is None:
             return await self.send_text(target, first.text or "", queue, message_id)
         path = str(first.photo["path"])
@@ -356,6 +372,57 @@ class Session:
                 " longer kept here: attach it again to send it"
             )
         return await self.send_photo(target, path, queue, message_id=message_id)
+
+    # --- groups --------------------------------------------------------------------------
+
+    async def create_group(self, name: str, members: list[str], private: bool = False) -> Group:
+        """A new group of ours, its members told at once (queued for those who cannot be
+        reached now); `private`: a list of ours alone, sent to as direct messages."""
+        group = self.book.create_group(name, members, private)
+        if not private:
+            await self._tell(group, ev.GroupChange("create", group.others(self.phone)), group)
+        return group
+
+    async def add_to_group(self, target: str, member: str) -> Group:
+        """Add `member` to a group of ours; all members (the new one too) are told."""
+        before = self.book.group(target)
+        group = self.book.add_to_group(target, member)
+        added = tuple(p for p in group.members if p not in before.members)
+        if added and not group.private:
+            await self._tell(group, ev.GroupChange("add", added), group)
+        return group
+
+    async def remove_from_group(self, target: str, member: str) -> Group:
+        """Remove `member` from a group of ours; the members it had (it too) are told."""
+        before = self.book.group(target)
+        group = self.book.remove_from_group(target, member)
+        gone = tuple(p for p in before.members if p not in group.members)
+        if not group.private:
+            await self._tell(group, ev.GroupChange("remove", gone), before)
+        return group
+
+    async def leave_group(self, target: str) -> Group:
+        """Leave a group: its members are told (a creator hands it to the first left)."""
+        before = self.book.group(target)
+        group = self.book.leave_group(target)
+        await self._tell(group, ev.GroupChange("leave"), before)
+        self._publish(GroupChanged(group, self.phone, {"op": "leave", "phones": []}))
+        return group
+
+    async def _tell(self, group: Group, change: ev.GroupChange, told: Group) -> None:
+        """Tell the members of `told` of `change` (after which the group is `group`)."""
+        assert self._sender is not None, "start() the session first"
+        await self._sender.send_change(group, change, told.others(self.phone), _words(change))
+
+    def _still_member(self, group_id: str, phone: str) -> bool:
+        group = self.book.group_by_id(group_id)
+        return group is None or group.private or phone in group.members
+
+    def _group_changed(self, event: GroupChanged) -> None:
+        """A peer's message changed what we know of a group (it may have removed us)."""
+        if self.phone not in event.group.members and self._outbox is not None:
+            self._outbox.drop_group(event.group.id, "you are no longer a member of the group")
+        self._publish(event)
 
     def cancel(self, message_id: str) -> list[str]:
         """Take a queued message out of the outbox, for the recipients it still waits
@@ -373,23 +440,17 @@ class Session:
         self, target: str, limit: int, before: str | None = None
     ) -> list[HistoryEntry]:
         """Newest first: a page of the messages with a contact or number, or of a group
-        (ours, or one we were messaged in: group names are chosen by their senders); the
-        newest, or those older than message `before` (`History.entries`)."""
+        (by its id, or its name when one group has it); the newest, or those older than
+        message `before` (`History.entries`)."""
         history = self.history
         assert history is not None
         phone: str | None = None
+        recipients = self.book.resolve(target)
+        group = recipients.group
+        if group is None:
+            (phone,) = recipients.phones
         try:
-            recipients = self.book.resolve(target)
-        except UnknownTarget:
-            if not history.has_group(target):
-                raise
-            group: str | None = target
-        else:
-            group = recipients.group
-            if group is None:
-                (phone,) = recipients.phones
-        try:
-            return history.entries(phone, group, limit, before)
+            return history.entries(phone, None if group is None else group.id, limit, before)
         except UnknownMessage:
             raise UnknownMessage(f"no message {before} in the history with {target}") from None
 
@@ -452,3 +513,18 @@ class Session:
 
     def _publish(self, event: SessionEvent) -> None:
         self.events.put_nowait(event)
+
+
+def _words(change: ev.GroupChange) -> str:
+    """A change of a group's members, said in words (what a module that does not know
+    changes shows: the message's text)."""
+    phones = ", ".join(change.phones)
+    match change.op:
+        case "create":
+            return f"created the group with {phones}"
+        case "add":
+            return f"added {phones}"
+        case "remove":
+            return f"removed {phones}"
+        case _:
+            return "left the group"

@@ -20,6 +20,7 @@ from typing import ClassVar
 import msgspec
 
 __all__ = [
+    "GROUP_OPS",
     "ROUTES",
     "Ack",
     "Closing",
@@ -27,6 +28,8 @@ __all__ = [
     "ConnectionTimedOut",
     "DirectoryMessage",
     "Failure",
+    "GroupChange",
+    "GroupInfo",
     "Hello",
     "Lookup",
     "LookupResult",
@@ -258,11 +261,38 @@ class Hello(PeerMessage, frozen=True, tag="hello"):
     phone: str
 
 
+#: What a membership change does (`GroupChange.op`): the creator makes the group (with
+#: `phones` its first members), adds or removes `phones`; any member leaves it (its
+#: sender: a leaving creator hands the group to the first member left).
+GROUP_OPS = ("create", "add", "remove", "leave")
+
+
+class GroupChange(msgspec.Struct, frozen=True, gc=False):
+    """A change of a group's members, carried by the text that tells its members of it."""
+
+    op: str
+    phones: tuple[str, ...] = ()
+
+
+class GroupInfo(msgspec.Struct, frozen=True, gc=False):
+    """The shared group a message belongs to (docs/protocol.md §6.12): its id (128 random
+    bits, hex), its creator, and its members and their version (`epoch`, which only the
+    creator's changes raise) as the sender knows them; `change`: the message tells of a
+    membership change. The group's name is the message's `group`, a label only."""
+
+    id: str
+    creator: str
+    members: tuple[str, ...]
+    epoch: int
+    change: GroupChange | None = None
+
+
 class Text(PeerMessage, frozen=True, tag="text"):
     id: str
     timestamp: str
     body: str
     group: str | None = None
+    grp: GroupInfo | None = None
 
 
 class PhotoOffer(PeerMessage, frozen=True, tag="photo"):
@@ -277,6 +307,7 @@ class PhotoOffer(PeerMessage, frozen=True, tag="photo"):
     key: str
     mime: str
     group: str | None = None
+    grp: GroupInfo | None = None
 
 
 class PhotoChunk(PeerMessage, frozen=True, tag="chunk"):

@@ -49,6 +49,9 @@ REVERSE_PREFACE: Final = b"WA2Prev\x05"
 PHOTO_MIME_TYPES: Final = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 _SHA256: Final = re.compile(r"[0-9a-f]{64}")
 _MESSAGE_ID: Final = re.compile(r"[0-9A-Za-z_-]{1,64}")
+_GROUP_ID: Final = re.compile(r"[0-9a-f]{32}")
+#: Largest group version a message may carry (JSON's safe integers: it is shown to programs).
+_MAX_EPOCH: Final = 2**53 - 1
 
 ReceiverEvent = (
     ev.Hello
@@ -188,6 +191,10 @@ class PeerReceiver(OverChannel):
         limits = self.limits
         if message.group is not None and not 0 < len(message.group) <= limits.max_name_chars:
             return "invalid group name"
+        if message.grp is not None:
+            refusal = _group_refusal(message.grp, message.group, limits)
+            if refusal is not None:
+                return refusal
         try:
             stamp = dt.datetime.fromisoformat(message.timestamp)
         except ValueError:
@@ -253,6 +260,32 @@ class PeerReceiver(OverChannel):
             reason = "peer idle"
         self.state = ReceiverState.CLOSED
         self._events.append(ev.ConnectionTimedOut(reason))
+
+
+def _group_refusal(info: ev.GroupInfo, name: str | None, limits: Limits) -> str | None:
+    """Why a message's group is malformed (docs/protocol.md §6.12), or None."""
+    if name is None:
+        return "a group without a name"
+    if not _GROUP_ID.fullmatch(info.id):
+        return "invalid group id"
+    most = limits.max_group_members
+    if not 0 < len(info.members) <= most:
+        return f"a group has 1 to {most} members"
+    if not all(E164.fullmatch(phone) for phone in info.members):
+        return "a group member that is not an E.164 number"
+    if len(set(info.members)) != len(info.members):
+        return "a group member listed twice"
+    if info.creator not in info.members:
+        return "a group's creator must be one of its members"
+    if not 0 <= info.epoch <= _MAX_EPOCH:
+        return "invalid group version"
+    change = info.change
+    if change is not None:
+        if change.op not in ev.GROUP_OPS:
+            return f"unknown group change {change.op[:20]!r}"
+        if len(change.phones) > most or not all(E164.fullmatch(p) for p in change.phones):
+            return "invalid numbers in a group change"
+    return None
 
 
 class SenderState(enum.Enum):

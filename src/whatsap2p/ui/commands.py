@@ -28,6 +28,7 @@ __all__ = [
     "Call",
     "Cancel",
     "Cancelled",
+    "ChangeGroup",
     "Command",
     "CommandError",
     "ContactList",
@@ -38,6 +39,7 @@ __all__ = [
     "HistoryPages",
     "Identity",
     "KeyTrusted",
+    "LeaveGroup",
     "Leaving",
     "ListContacts",
     "ListGroups",
@@ -62,9 +64,11 @@ __all__ = [
     "Who",
     "add_contact",
     "cancel",
+    "change_group",
     "create_group",
     "help_text",
     "leave",
+    "leave_group",
     "list_contacts",
     "list_groups",
     "parse",
@@ -106,6 +110,21 @@ class RemoveContact:
 class CreateGroup:
     name: str
     members: tuple[str, ...]  # contact names or phone numbers
+    private: bool = False  # a list of ours alone: each member gets a direct message
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeGroup:
+    """Add a member to a group of ours, or remove one (`add` false)."""
+
+    group: str  # its name, or its id
+    member: str  # a contact name or a phone number
+    add: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class LeaveGroup:
+    group: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +210,8 @@ Request = (
     AddContact
     | RemoveContact
     | CreateGroup
+    | ChangeGroup
+    | LeaveGroup
     | SendText
     | SendPhoto
     | Retry
@@ -309,7 +330,17 @@ async def remove_contact(session: Session, request: RemoveContact) -> ContactRem
 
 
 async def create_group(session: Session, request: CreateGroup) -> Group:
-    return session.book.create_group(request.name, list(request.members))
+    return await session.create_group(request.name, list(request.members), request.private)
+
+
+async def change_group(session: Session, request: ChangeGroup) -> Group:
+    if request.add:
+        return await session.add_to_group(request.group, request.member)
+    return await session.remove_from_group(request.group, request.member)
+
+
+async def leave_group(session: Session, request: LeaveGroup) -> Group:
+    return await session.leave_group(request.group)
 
 
 async def send_text(session: Session, request: SendText) -> DeliveryReport:
@@ -437,6 +468,24 @@ def _group_words(rest: str) -> CreateGroup | None:
     return CreateGroup(words[0], tuple(words[1:])) if len(words) >= 2 else None
 
 
+def _list_words(rest: str) -> CreateGroup | None:
+    words = shlex.split(rest)
+    return CreateGroup(words[0], tuple(words[1:]), private=True) if len(words) >= 2 else None
+
+
+def _change_words(add: bool) -> Callable[[str], ChangeGroup | None]:
+    def parse(rest: str) -> ChangeGroup | None:
+        words = shlex.split(rest)
+        return ChangeGroup(words[0], " ".join(words[1:]), add) if len(words) >= 2 else None
+
+    return parse
+
+
+def _leave_words(rest: str) -> LeaveGroup | None:
+    words = shlex.split(rest)
+    return LeaveGroup(words[0]) if len(words) == 1 else None
+
+
 def _text_words(rest: str) -> SendText | None:
     target, text = split_target(rest)
     return SendText(target, text) if target and text else None
@@ -520,8 +569,31 @@ COMMANDS: Final[tuple[Command[Any], ...]] = (
     Command(
         "/group",
         "NAME MEMBER...",
-        "create a group of contacts or phone numbers",
+        "create a group of contacts or phone numbers (all can write to it)",
         _group_words,
+        create_group,
+    ),
+    Command(
+        "/addto",
+        "GROUP MEMBER",
+        "add a member to a group you created (every member is told)",
+        _change_words(add=True),
+        change_group,
+        note="GROUP: its name, or its id when groups share a name (/groups)",
+    ),
+    Command(
+        "/removefrom",
+        "GROUP MEMBER",
+        "remove a member from a group you created",
+        _change_words(add=False),
+        change_group,
+    ),
+    Command("/leave", "GROUP", "leave a group (its members are told)", _leave_words, leave_group),
+    Command(
+        "/list",
+        "NAME MEMBER...",
+        "a private list: each member gets your message as a direct message",
+        _list_words,
         create_group,
     ),
     Command(
@@ -590,7 +662,9 @@ COMMANDS: Final[tuple[Command[Any], ...]] = (
         trust_key,
     ),
     Command("/contacts", "", "list contacts", _no_words(ListContacts), list_contacts),
-    Command("/groups", "", "list groups", _no_words(ListGroups), list_groups),
+    Command(
+        "/groups", "", "list groups, their ids and creators", _no_words(ListGroups), list_groups
+    ),
     Command(
         "/help",
         "",

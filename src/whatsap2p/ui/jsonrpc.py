@@ -16,13 +16,16 @@ from typing import Any, TextIO
 
 from whatsap2p.app.events import (
     DeliveryReport,
+    GroupChanged,
     IdentityChanged,
     PhotoReceived,
     PresenceChanged,
     QueuedDelivered,
     Received,
     ServerConnectionChanged,
+    TextReceived,
 )
+from whatsap2p.app.groups import Group
 from whatsap2p.app.history import HistoryEntry
 from whatsap2p.app.session import Session
 from whatsap2p.errors import DirectoryError, InvalidInput, StoreError, WhatsAp2pError
@@ -72,6 +75,12 @@ def _text_param(params: Params, name: str) -> str:
     return value
 
 
+def _group_param(params: Params) -> str:
+    """A group, by its name or its id: param `group` (or `name`, as the contract's
+    addToGroup and removeFromGroup call it)."""
+    return _text_param(params, "group" if "group" in params else "name")
+
+
 def report_json(report: DeliveryReport) -> dict[str, object]:
     return {
         "id": report.id,
@@ -86,18 +95,37 @@ def report_json(report: DeliveryReport) -> dict[str, object]:
     }
 
 
+def group_json(group: Group, me: str) -> dict[str, object]:
+    """A group for programs: `members` are the others in it (whom a send to it goes to),
+    `left` says that we are no longer in it, `private` that it is a list of ours alone."""
+    item: dict[str, object] = {
+        "id": group.id,
+        "name": group.name,
+        "members": list(group.others(me)),
+        "creator": group.creator,
+    }
+    if group.private:
+        item["private"] = True
+    elif me not in group.members:
+        item["left"] = True
+    return item
+
+
 def history_json(entry: HistoryEntry) -> dict[str, object]:
     item: dict[str, object] = {
         "id": entry.id,
         "from": entry.sender,
         "to": entry.recipient,
         "group": entry.group,
+        "groupId": entry.group_id,
         "timestamp": entry.timestamp,
     }
     if entry.photo is not None:
         item["photo"] = entry.photo
     else:
         item["text"] = entry.text
+    if entry.change is not None:
+        item["change"] = entry.change
     item["state"] = entry.state
     if entry.error is not None:
         item["error"] = entry.error
@@ -112,12 +140,15 @@ def received_json(event: Received) -> dict[str, object]:
         "from": event.sender,
         "name": event.name,
         "group": event.group,
+        "groupId": event.group_id,
         "timestamp": event.timestamp,
     }
     if isinstance(event, PhotoReceived):
         params["photo"] = event.photo.describe()
     else:
         params["text"] = event.text
+        if event.change is not None:
+            params["change"] = event.change
     return params
 
 
@@ -141,6 +172,7 @@ class JsonRpc:
             "addToGroup": self._add_to_group,
             "removeFromGroup": self._remove_from_group,
             "listGroups": self._list_groups,
+            "leaveGroup": self._leave_group,
             "status": self._status,
             "identity": self._identity,
             "history": self._history,
@@ -220,9 +252,17 @@ class JsonRpc:
             elif isinstance(event, ServerConnectionChanged):
                 self.notify("serverConnection", {"state": event.state})
             elif isinstance(event, QueuedDelivered):
-                self.notify("delivered", {"id": event.id, "phone": event.phone})
+                if not event.news:  # (the news of a group's members: not a message sent)
+                    self.notify("delivered", {"id": event.id, "phone": event.phone})
             elif isinstance(event, PresenceChanged):
                 continue  # only the terminal UI asks to watch presence
+            elif isinstance(event, GroupChanged):
+                changed = group_json(event.group, self._session.phone)
+                changed.update(by=event.by, change=event.change)
+                self.notify("groupChanged", changed)
+            elif isinstance(event, TextReceived) and event.change is not None:
+                # (news of a group's members: `groupChanged` says what came of it)
+                self._session.shown(event)
             else:
                 self.notify("receive", received_json(event))
                 self._shown.append(event)  # marked shown once flushed
@@ -350,23 +390,31 @@ class JsonRpc:
         members = params.get("members")
         if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
             raise _RpcError(INVALID_PARAMS, "param 'members' must be a list of strings")
-        group = self._session.book.create_group(_text_param(params, "name"), members)
-        return {"name": group.name, "members": list(group.members)}
+        private = params.get("private", False)
+        if not isinstance(private, bool):
+            raise _RpcError(INVALID_PARAMS, "param 'private' must be true or false")
+        session = self._session
+        group = await session.create_group(_text_param(params, "name"), members, private)
+        return group_json(group, session.phone)
 
     async def _add_to_group(self, params: Params) -> object:
-        group = self._session.book.add_to_group(
-            _text_param(params, "name"), _text_param(params, "member")
-        )
-        return {"name": group.name, "members": list(group.members)}
+        session = self._session
+        group = await session.add_to_group(_group_param(params), _text_param(params, "member"))
+        return group_json(group, session.phone)
 
     async def _remove_from_group(self, params: Params) -> object:
-        group = self._session.book.remove_from_group(
-            _text_param(params, "name"), _text_param(params, "member")
-        )
-        return {"name": group.name, "members": list(group.members)}
+        session = self._session
+        group = await session.remove_from_group(_group_param(params), _text_param(params, "member"))
+        return group_json(group, session.phone)
+
+    async def _leave_group(self, params: Params) -> object:
+        session = self._session
+        group = await session.leave_group(_group_param(params))
+        return group_json(group, session.phone)
 
     async def _list_groups(self, params: Params) -> object:
-        return [{"name": g.name, "members": list(g.members)} for g in self._session.book.groups()]
+        me = self._session.phone
+        return [group_json(g, me) for g in self._session.book.groups()]
 
     async def _status(self, params: Params) -> object:
         online = await self._session.status(_text_param(params, "target"))
@@ -379,12 +427,26 @@ class JsonRpc:
         before = params.get("before")
         if before is not None and not (isinstance(before, str) and _MESSAGE_ID.fullmatch(before)):
             raise _RpcError(INVALID_PARAMS, "param 'before' must be a message id")
-        entries = self._session.conversation(_text_param(params, "with"), limit, before)
-        return [history_json(entry) for entry in entries]
+        changes = params.get("changes", False)
+        if not isinstance(changes, bool):
+            raise _RpcError(INVALID_PARAMS, "param 'changes' must be true or false")
+        target = _text_param(params, "with")
+        while True:  # (the news of a group's members only when asked for: a page of
+            # nothing else is passed over, so that only the end of the history is empty)
+            entries = self._session.conversation(target, limit, before)
+            shown = [history_json(e) for e in entries if changes or e.change is None]
+            if shown or not entries:
+                return shown
+            before = entries[-1].id
 
     async def _outbox(self, params: Params) -> object:
+        changes = params.get("changes", False)
+        if not isinstance(changes, bool):
+            raise _RpcError(INVALID_PARAMS, "param 'changes' must be true or false")
         pending = []
         for entry in self._session.outbox():
+            if entry.change is not None and not changes:
+                continue  # (the news of a group's members, only when asked for)
             item = history_json(entry)
             del item["from"], item["state"]
             pending.append(item)

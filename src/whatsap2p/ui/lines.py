@@ -13,6 +13,7 @@ from typing import Any, TextIO, TypeVar, assert_never
 from whatsap2p.app.contacts import Contact, Group
 from whatsap2p.app.events import (
     DeliveryReport,
+    GroupChanged,
     IdentityChanged,
     PhotoReceived,
     PresenceChanged,
@@ -101,7 +102,17 @@ def format_event(event: SessionEvent) -> str:
             f"! the key of {event.phone} changed (now {event.fingerprint}); nothing is "
             f"exchanged with it until you check it and /trust {event.phone}"
         )
+    if isinstance(event, GroupChanged):
+        return f"! {format_group(event.group)}"
     return format_received(event)
+
+
+def format_group(group: Group) -> str:
+    """`group NAME (id ID, by CREATOR): MEMBERS` (a private list: `list NAME ...`)."""
+    name = escape_untrusted(group.name)
+    if group.private:
+        return f"list {name} (id {group.id}): {' '.join(group.members)}"
+    return f"group {name} (id {group.id}, by {group.creator}): {' '.join(group.members)}"
 
 
 def _summary(entry: HistoryEntry) -> str:
@@ -165,8 +176,8 @@ def format_result(result: Result) -> str:
             return f"contact {escape_untrusted(name)}: {phone}"
         case ContactRemoved(name):
             return f"removed {escape_untrusted(name)}"
-        case Group(name, members):
-            return f"group {escape_untrusted(name)}: {' '.join(members)}"
+        case Group():
+            return format_group(result)
         case DeliveryReport():
             return format_report(result)
         case ContactList(entries):
@@ -178,10 +189,7 @@ def format_result(result: Result) -> str:
                 or "no contacts"
             )
         case GroupList(groups):
-            return (
-                "\n".join(f"{escape_untrusted(g.name)}: {' '.join(g.members)}" for g in groups)
-                or "no groups"
-            )
+            return "\n".join(format_group(g) for g in groups) or "no groups"
         case Outbox(entries):
             return (
                 "\n".join(f"{e.id} to {e.recipient}: {_summary(e)}" for e in entries)

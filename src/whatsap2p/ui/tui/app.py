@@ -38,6 +38,7 @@ from textual.widgets import Footer, Input, ListView, Static
 from whatsap2p.app.contacts import Contact, Group
 from whatsap2p.app.events import (
     DeliveryReport,
+    GroupChanged,
     IdentityChanged,
     PhotoReceived,
     PresenceChanged,
@@ -51,6 +52,7 @@ from whatsap2p.ui import commands
 from whatsap2p.ui.commands import (
     AddContact,
     Call,
+    ChangeGroup,
     ContactRemoved,
     CreateGroup,
     KeyTrusted,
@@ -130,6 +132,7 @@ class ChatApp(App[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+n", "new_contact", "Contact"),
         Binding("ctrl+g", "new_group", "Group"),
+        Binding("ctrl+l", "edit_group", "Members"),
         Binding("ctrl+o", "attach", "Photo"),
         # (not in the footer: a failure that a retry may mend says so where it shows)
         Binding("ctrl+r", "retry", "Retry", show=False),
@@ -222,7 +225,9 @@ class ChatApp(App[None]):
         keys = self.chats.wanted_keys()
         for key in keys:
             conv = self.chats.conversation(key)
-            if not conv.group:
+            if conv.group:
+                self.chats.describe(conv)
+            else:
                 conv.title = self.name_of(conv.target)
         items = list(sidebar.query(ConversationItem))
         if [item.conversation.key for item in items] != keys:
@@ -290,9 +295,10 @@ class ChatApp(App[None]):
         if not conv.group and conv.title != conv.target:
             heading.append(f"  {conv.target}", style="dim")
         if conv.group:
-            names = ", ".join(self.name_of(p) for p in self.chats.members(conv))
             heading.append("  ")
-            heading.append_text(literal(names, style="dim"))
+            heading.append_text(literal(conv.detail, style="dim"))
+            if not conv.member:
+                heading.append("  (you are no longer a member)", style="yellow")
         path = self.chats.path(conv)
         if path is not None:
             heading.append(f"  · {path}", style="yellow" if "relay" in path else "green")
@@ -514,7 +520,7 @@ class ChatApp(App[None]):
         if isinstance(result, Contact):
             await self.select(phone_key(result.phone))
         elif isinstance(result, Group):
-            await self.select(group_key(result.name))
+            await self.select(group_key(result.id))
 
     @contextlib.contextmanager
     def _errors_as_notes(self) -> Iterator[None]:
@@ -670,16 +676,28 @@ class ChatApp(App[None]):
             elif isinstance(event, PresenceChanged):
                 self.chats.online[event.phone] = event.online
                 self._refresh_items()
+            elif isinstance(event, GroupChanged):
+                await self._group_changed(event)
+
+    async def _group_changed(self, event: GroupChanged) -> None:
+        """A group we were added to appears; one whose members changed says so."""
+        conv = self.chats.conversation(group_key(event.group.id))
+        self.chats.describe(conv)
+        await self.sync_sidebar()
+        self._watch_presence()
+        if conv is self.current:
+            self.query_one("#title", Static).update(self._heading(conv))
+        self.changed.set()
 
     async def receive(self, event: TextReceived | PhotoReceived) -> None:
         """Show a message that arrived (in its conversation, made if new)."""
-        key = group_key(event.group) if event.group is not None else phone_key(event.sender)
+        key = group_key(event.group_id) if event.group_id is not None else phone_key(event.sender)
         new = key not in self.chats.conversations
         conv = self.chats.conversation(key)
         if conv.find(event.id, event.sender) is None:
             row = Row(event.id, event.sender, event.timestamp)
             if isinstance(event, TextReceived):
-                row.text = event.text
+                row.text, row.change = event.text, event.change
             else:
                 row.photo, row.photo_name = event.photo.path, event.photo.filename
             await self._add_row(conv, row)
@@ -767,6 +785,37 @@ class ChatApp(App[None]):
             Field("Members (contact names or numbers, separated by commas)", "maria, +55..."),
         ]
         self.push_screen(FormDialog("New group", fields), made)
+
+    def action_edit_group(self) -> None:
+        """Add members to the group shown, or remove some (only its creator may)."""
+        conv = self.current
+        if conv is None or not conv.group:
+            self.note("choose a group first, then change its members (ctrl+l)")
+            return
+
+        def changed(values: list[str] | None) -> None:
+            if not values:
+                return
+            requests = [
+                ChangeGroup(conv.target, member.strip(), add)
+                for listed, add in zip(values, (True, False), strict=True)
+                for member in listed.split(",")
+                if member.strip()
+            ]
+            if requests:
+                self._change_members(requests)
+
+        fields = [
+            Field("Add (contact names or numbers, separated by commas)", "maria, +55..."),
+            Field("Remove (contact names or numbers, separated by commas)", ""),
+        ]
+        self.push_screen(FormDialog(f"Members of {conv.title}", fields), changed)
+
+    @work(group="commands")
+    async def _change_members(self, requests: list[ChangeGroup]) -> None:
+        for request in requests:  # (one after the other: each raises the group's version)
+            with self._errors_as_notes():
+                await self._show_result(await commands.change_group(self.session, request))
 
     def action_attach(self) -> None:
         conv = self.current

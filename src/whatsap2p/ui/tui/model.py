@@ -1,9 +1,9 @@
 """What the terminal UI shows, apart from how: conversations, their messages, presence.
 
 A conversation is with one number (a contact, or a number that wrote to us) or with a
-group (ours, or one a sender named). A message we sent keeps a state per recipient,
-updated as reports come in; a received one keeps who sent it. Nothing here touches the
-network or the screen.
+group (ours, or one we were added to), known by the group's id. A message we sent keeps
+a state per recipient, updated as reports come in; a received one keeps who sent it.
+Nothing here touches the network or the screen.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from whatsap2p.app.events import DeliveryReport
 from whatsap2p.app.history import HistoryEntry
 from whatsap2p.app.session import Session
-from whatsap2p.errors import UnknownTarget, WhatsAp2pError
+from whatsap2p.errors import WhatsAp2pError
 from whatsap2p.ui.tui.render import clock_of
 
 __all__ = ["Chats", "Conversation", "Row", "Waiting", "group_key", "phone_key"]
@@ -29,8 +29,8 @@ def phone_key(phone: str) -> str:
     return f"p:{phone}"
 
 
-def group_key(name: str) -> str:
-    return f"g:{name}"
+def group_key(group_id: str) -> str:
+    return f"g:{group_id}"
 
 
 @dataclass(eq=False)
@@ -55,6 +55,8 @@ class Row:
     progress: tuple[int, int] | None = None
     #: For a delivered recipient: how it got there (`DeliveryReport.routes`).
     routes: dict[str, str] = field(default_factory=dict)
+    #: News of a group's members (`{"op", "phones"}`) rather than a message.
+    change: dict[str, object] | None = None
 
     def apply(self, report: DeliveryReport) -> None:
         """The outcome of the send (or of a retry), per recipient."""
@@ -78,7 +80,12 @@ class Row:
     def retryable(self) -> bool:
         """A message of ours that some recipient did not get (failed, offline, or
         taken out of the outbox): a retry under its id sends it to those."""
-        return self.mine and not self.note and any(s in RETRIED for s in self.states.values())
+        return (
+            self.mine
+            and not self.note
+            and self.change is None
+            and any(s in RETRIED for s in self.states.values())
+        )
 
     def fail(self, error: str) -> None:
         """The send as a whole was refused (nothing went out)."""
@@ -92,8 +99,12 @@ class Row:
 class Conversation:
     key: str
     title: str  # what the sidebar shows
-    target: str  # what a send to it names: a phone, or a group name
+    target: str  # what a send to it names: a phone, or a group's id
     group: bool = False
+    #: A group's members but us, by name (the sidebar's second line), and whether we
+    #: are still one of them.
+    detail: str = ""
+    member: bool = True
     unread: int = 0
     rows: list[Row] = field(default_factory=list)
     loaded: bool = False  # its newest page read from the store
@@ -137,6 +148,7 @@ class Conversation:
                     text=entry.text,
                     photo=Path(path) if isinstance(path, str) else None,
                     photo_name=name if isinstance(name, str) else None,
+                    change=entry.change,
                 )
             if row.mine:
                 row.states[entry.recipient] = entry.state
@@ -197,7 +209,7 @@ class Chats:
         groups we had messages with (a removed contact stays while it has some)."""
         book = self._session.book
         keys = [phone_key(c.phone) for c in book.contacts()]
-        keys += [group_key(g.name) for g in book.groups()]
+        keys += [group_key(g.id) for g in book.groups()]
         keys += [k for k, c in self.conversations.items() if k not in keys and c.rows]
         return list(dict.fromkeys(keys))
 
@@ -210,16 +222,31 @@ class Chats:
         kind, _, name = key.partition(":")
         if kind == "g":
             conv = Conversation(key, name, name, group=True)
+            self.describe(conv)
         else:
             conv = Conversation(key, self.name_of(name), name)
         self.conversations[key] = conv
         return conv
 
+    def describe(self, conv: Conversation) -> None:
+        """A group conversation's title (its name; and its creator where another group
+        has the same name), members and whether we are one, as the address book has them."""
+        book = self._session.book
+        group = book.group_by_id(conv.target)
+        if group is None:
+            return
+        me = self._session.phone
+        conv.title = group.name
+        if sum(g.name == group.name for g in book.groups()) > 1:
+            conv.title += f" (by {self.name_of(group.creator)})"
+        conv.detail = ", ".join(self.name_of(p) for p in group.others(me))
+        conv.member = group.private or me in group.members
+
     def key_of(self, target: str) -> str:
         """The key of the conversation a send to `target` belongs to."""
         recipients = self._session.book.resolve(target)
         if recipients.group is not None:
-            return group_key(recipients.group)
+            return group_key(recipients.group.id)
         return phone_key(recipients.phones[0])
 
     def load(self, conv: Conversation) -> None:
@@ -248,10 +275,8 @@ class Chats:
     def members(self, conv: Conversation) -> list[str]:
         if not conv.group:
             return [conv.target]
-        try:
-            return list(self._session.book.resolve(conv.target).phones)
-        except UnknownTarget:
-            return []
+        group = self._session.book.group_by_id(conv.target)
+        return [] if group is None else list(group.others(self._session.phone))
 
     def recipients(self, conv: Conversation) -> list[str]:
         """Who a message in `conv` goes to: its members but us."""

@@ -111,8 +111,27 @@ class ConversationItem(ListItem):
             line.append(" ⚠", style="bold yellow")
         if conv.unread:
             line.append(f" ({conv.unread})", style="bold magenta")
+        if conv.group and (conv.detail or not conv.member):
+            line.append("\n  ")
+            detail = conv.detail if conv.member else "you left the group"
+            line.append_text(literal(detail, style="dim"))
         self._label.update(line)
         self.plain = line.plain
+
+
+def change_words(change: dict[str, object], name_of: Callable[[str], str]) -> str:
+    """A change of a group's members (`{"op", "phones"}`), as its sender did it."""
+    phones = change.get("phones")
+    names = ", ".join(name_of(str(p)) for p in phones) if isinstance(phones, list) else ""
+    match change.get("op"):
+        case "create":
+            return f"made the group, with {names}"
+        case "add":
+            return f"added {names}"
+        case "remove":
+            return f"removed {names}"
+        case _:
+            return "left the group"
 
 
 class MessageBox(Vertical):
@@ -181,7 +200,9 @@ class MessageBox(Vertical):
         who = "me" if row.mine else self._name_of(row.sender)
         head.append_text(literal(who, style="bold blue" if row.mine else "bold magenta"))
         head.append(": ")
-        if row.photo is not None or row.photo_name is not None:
+        if row.change is not None:  # news of the group's members, in our names for them
+            head.append_text(literal(change_words(row.change, self._name_of), style="italic"))
+        elif row.photo is not None or row.photo_name is not None:
             head.append("photo ", style="italic")
             head.append_text(literal(row.photo_name or "", style="underline"))
             if row.photo is not None and not row.mine:
