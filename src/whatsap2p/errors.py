@@ -32,6 +32,7 @@
     │   ├── ServerKeyMismatch         the server is not the one we were told to trust
     │   ├── RateLimited
     │   └── ServerRefused
+    │       ├── StoreUnavailable      its directory store fails, for now
     │       └── NoRelay               it names no relay (none configured)
     └── DeliveryFailed                one peer was not given a message; `code` says why:
         ├── PeerUnreachable           "unreachable": no connection to its module
@@ -102,6 +103,7 @@ __all__ = [
     "ServerRefused",
     "ServerUnreachable",
     "StoreError",
+    "StoreUnavailable",
     "Unconfirmed",
     "UnknownMessage",
     "UnknownTarget",
@@ -235,6 +237,11 @@ class RateLimited(DirectoryError):
 
 class ServerRefused(DirectoryError):
     """The server answered a request with an error."""
+
+
+class StoreUnavailable(ServerRefused):
+    """The server cannot use its directory store for now (a shared store failing over):
+    a module waits it out."""
 
 
 class NoRelay(ServerRefused):

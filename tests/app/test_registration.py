@@ -14,6 +14,7 @@ from whatsap2p.app.registration import (
     Registration,
     RegistrationState,
     Restored,
+    WaitingOut,
 )
 from whatsap2p.config import Timeouts
 from whatsap2p.errors import LocalProtocolError
@@ -22,10 +23,13 @@ TIMEOUTS = Timeouts(reconnect_first=0.1, reconnect_max=2.0)
 
 
 class Halfway(random.Random):
-    """Chance that always picks the middle: jitter * 0.75."""
+    """Chance that always picks the middle: jitter * 0.75; and the first server."""
 
     def uniform(self, a: float, b: float) -> float:
         return (a + b) / 2
+
+    def randrange(self, *args: object, **kwargs: object) -> int:
+        return 0
 
 
 def machine(servers: int = 1) -> Registration:
@@ -37,6 +41,26 @@ def registered(servers: int = 1) -> Registration:
     reg.start()
     reg.registered()
     return reg
+
+
+def test_the_first_server_tried_is_one_of_the_list_at_random() -> None:
+    """When a server comes back, modules that start get their share of it again."""
+    firsts = {Registration(4, TIMEOUTS, random.Random(seed)).start()[0] for seed in range(40)}
+    assert firsts == {Connect(0), Connect(1), Connect(2), Connect(3)}
+
+
+def test_a_refusal_for_now_at_start_is_waited_out() -> None:
+    """A server whose store fails over (or a rate limit) at start: the module waits and
+    tries again, saying so; a refusal for good (or no server at all) still ends it."""
+    reg = machine(2)
+    reg.start()
+    assert reg.failed(now=0, transient=True) == [Connect(1)]
+    assert reg.failed(now=0) == [WaitingOut(0.1 * 0.75)]  # one of the round was for now
+    assert reg.get_timer() is not None  # waiting
+    assert reg.handle_timer(0.08) == [Connect(0)]  # a new round, from the next server
+    assert reg.failed(now=1) == [Connect(1)]
+    assert reg.failed(now=1) == [GaveUp()]  # a round with no refusal for now
+    assert reg.state is RegistrationState.CLOSED
 
 
 def test_start_tries_every_server_in_turn_then_gives_up() -> None:

@@ -115,6 +115,11 @@ class ServerProcess:
             self.proc.send_signal(signum)
         return await asyncio.wait_for(self.proc.wait(), TIMEOUT)
 
+    async def stderr(self) -> str:
+        """All it wrote on stderr (once it has stopped)."""
+        assert self.proc.stderr is not None
+        return (await asyncio.wait_for(self.proc.stderr.read(), TIMEOUT)).decode()
+
 
 class UserProcess:
     """A `whatsap2p user --json` process: requests out, responses and notifications in."""

@@ -201,7 +201,7 @@ async def test_modules_survive_a_server_restart_and_say_so(tmp_path: Path) -> No
     try:
         assert await server.stop() == 0
         for user in (alice, bob):
-            assert await user.notification("serverConnection") == {"state": "lost"}
+            assert (await user.notification("serverConnection"))["state"] == "lost"
         with pytest.raises(RpcError) as caught:
             await alice.call("send", to=BOB, text="anyone?")
         assert caught.value.code == -32000
@@ -214,7 +214,7 @@ async def test_modules_survive_a_server_restart_and_say_so(tmp_path: Path) -> No
         server = await ServerProcess.start(db, port=server.port)  # back, same address
         back = asyncio.get_running_loop().time()
         for user in (alice, bob):
-            assert await user.notification("serverConnection") == {"state": "restored"}
+            assert (await user.notification("serverConnection"))["state"] == "restored"
         assert asyncio.get_running_loop().time() - back < 5
         assert (await alice.call("send", to="bob", text="you there?"))["delivered"] == [BOB]
         assert (await bob.notification("receive"))["text"] == "you there?"
@@ -232,10 +232,10 @@ async def test_a_frozen_server_is_noticed_and_rejoined_when_it_thaws(tmp_path: P
     try:
         server.proc.send_signal(signal.SIGSTOP)  # the connection stays up; nobody answers
         frozen_at = asyncio.get_running_loop().time()
-        assert await alice.notification("serverConnection") == {"state": "lost"}
+        assert (await alice.notification("serverConnection"))["state"] == "lost"
         assert asyncio.get_running_loop().time() - frozen_at < 3  # two heartbeats
         server.proc.send_signal(signal.SIGCONT)
-        assert await alice.notification("serverConnection", timeout=30) == {"state": "restored"}
+        assert (await alice.notification("serverConnection", timeout=30))["state"] == "restored"
         assert await alice.call("status", target=ALICE) == {ALICE: {"online": True}}
         assert await alice.quit() == 0
     finally:

@@ -85,7 +85,7 @@ async def test_loadgen_spreads_over_servers_and_probes_another_loadgens_users(
     from whatsap2p.ui.loadgen import phone_of
 
     shared = ["--redis", redis_url, "--key", str(tmp_path / "deployment.key")]
-    a = await ServerProcess.start(tmp_path / "a.sqlite3", *shared)
+    a = await ServerProcess.start(tmp_path / "a.sqlite3", *shared, "--new-key")
     b = await ServerProcess.start(tmp_path / "b.sqlite3", *shared)
     holder = await hold_users(f"{a.address},{b.address}", 30, 60)
     try:

@@ -78,7 +78,7 @@ async def town(root: Path, servers: int = 1) -> AsyncIterator[Town]:
         if servers > 1:
             database = net.public_host("203.0.113.5")
             url = redis.enter_context(redis_inside(database.inside, database.address))
-            options = ("--redis", url, "--key", str(root / "deployment.key"))
+            options = ("--redis", url, "--key", str(root / "deployment.key"), "--new-key")
         started: list[ServerProcess] = []
         hosts: list[Host] = []
         try:

@@ -38,6 +38,7 @@ class Deployment:
             str(self.root / "deployment.key"),
             "--presence-ttl",
             TTL,
+            *(["--new-key"] if n == 0 else []),  # (the directory's first server makes it)
         )
         self.servers.append(server)
         return server
@@ -102,15 +103,18 @@ async def test_queued_messages_follow_presence_across_servers(deployment: Deploy
 
 async def test_a_module_fails_over_when_its_server_is_killed(deployment: Deployment) -> None:
     a, b = await deployment.server(), await deployment.server()
-    alice = await deployment.user(ALICE, a, b)  # a first, b when a is gone
-    bob = await deployment.user(BOB, b)
+    alice = await deployment.user(ALICE, a, b)  # one of the two at random, the other then
+    on, other = (a, b) if alice.ready["server"] == a.address else (b, a)
+    assert alice.ready["server"] == on.address
+    bob = await deployment.user(BOB, other)
     assert (await alice.call("send", to=BOB, text="before"))["delivered"] == [BOB]
     await bob.notification("receive")
 
     killed = time.monotonic()
-    await a.stop(signal.SIGKILL)
-    assert (await alice.notification("serverConnection")) == {"state": "lost"}
-    assert (await alice.notification("serverConnection", timeout=5)) == {"state": "restored"}
+    await on.stop(signal.SIGKILL)
+    assert (await alice.notification("serverConnection"))["state"] == "lost"
+    back = await alice.notification("serverConnection", timeout=5)
+    assert back == {"state": "restored", "server": other.address}
     assert time.monotonic() - killed < 5
     sent = await bob.call("send", to=ALICE, text="still there?")
     assert sent["delivered"] == [ALICE]
@@ -137,3 +141,28 @@ async def test_without_another_server_a_user_shows_offline_everywhere(
         await expired.aclose()  # type: ignore[no-untyped-call]
         await events.aclose()
     assert await bob.call("status", target=CAROL) == {CAROL: {"online": False}}
+
+
+async def test_a_server_of_a_shared_directory_never_makes_a_key_of_its_own(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """A second server started without the deployment's key file would show another
+    fingerprint, which every pinned user refuses: it does not start. The first one,
+    told `--new-key`, makes it; each logs the fingerprint it serves with."""
+    first = await deployment.server()  # (--new-key: the deployment's first server)
+    missing = tmp_path / "elsewhere" / "server.key"
+    code, out, err = await run(
+        "server", "--port", "0", "--redis", deployment.redis_url, "--key", str(missing)
+    )
+    assert code != 0
+    assert out == ""
+    assert err.strip().splitlines() == [
+        f"whatsap2p: no server key file at {missing}: every server of a shared directory "
+        "(--redis) needs the same key; copy it from another server, or give --new-key to "
+        "make the directory's first one"
+    ]
+    assert not missing.exists()
+    second = await deployment.server()
+    assert second.fingerprint == first.fingerprint
+    await second.stop()
+    assert f"fingerprint {first.fingerprint}" in await second.stderr()

@@ -83,6 +83,7 @@ class Broken:
 
     phone = ALICE
     listen_address = ("127.0.0.1", 1)
+    server = "127.0.0.1:2"
     events: asyncio.Queue[object]
 
     def __init__(self) -> None:

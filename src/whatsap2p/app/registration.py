@@ -9,8 +9,10 @@ that out with a `DirectoryClient`.
     idle ──start──▶ connecting ──registered──▶ registered
                      │  ▲   failed, with servers left to try: the next one
                      │  └─────┘
-                     │ failed, every server tried: at start, gave up (the module ends);
-                     ▼ later, wait (growing pause) and try again from the next server
+                     │ failed, every server tried: at start, gave up (the module ends),
+                     │ unless one refused only for now (its store fails over, or a rate
+                     │ limit): then, as later, wait (growing pause) and try again from
+                     ▼ the next server
                    waiting ──pause over──▶ connecting
     registered ──lost──▶ waiting;  any ──close──▶ closed
 """
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from whatsap2p.config import Limits, Timeouts
-from whatsap2p.errors import DirectoryError, LocalProtocolError
+from whatsap2p.errors import DirectoryError, LocalProtocolError, RateLimited, StoreUnavailable
 from whatsap2p.lan import is_lan
 from whatsap2p.net.directory_client import DirectoryClient
 from whatsap2p.net.network import Network
@@ -42,6 +44,7 @@ __all__ = [
     "Registration",
     "RegistrationState",
     "Restored",
+    "WaitingOut",
 ]
 
 log = logging.getLogger(__name__)
@@ -77,13 +80,22 @@ class GaveUp:
     """No server of the list could be reached at start: the module cannot run."""
 
 
-Action = Connect | Lost | Restored | GaveUp
+@dataclass(frozen=True, slots=True)
+class WaitingOut:
+    """Every server refused, one of them only for now: trying again in `pause` seconds
+    (tell the user)."""
+
+    pause: float
+
+
+Action = Connect | Lost | Restored | GaveUp | WaitingOut
 
 #: (state, input) -> next state; a pair not listed is a bug on our side.
 _TRANSITIONS: Final[dict[tuple[RegistrationState, str], RegistrationState]] = {
     (RegistrationState.IDLE, "start"): RegistrationState.CONNECTING,
     (RegistrationState.CONNECTING, "registered"): RegistrationState.REGISTERED,
     (RegistrationState.CONNECTING, "failed"): RegistrationState.CONNECTING,
+    (RegistrationState.CONNECTING, "failed for now"): RegistrationState.CONNECTING,
     (RegistrationState.REGISTERED, "lost"): RegistrationState.WAITING,
     (RegistrationState.WAITING, "timer"): RegistrationState.CONNECTING,
 }
@@ -101,13 +113,17 @@ class Registration:
         #: The server in use, or being tried.
         self.server = 0
         self._tries_left = 0  # servers of this round not tried yet
+        #: A server of this round refused only for now (`failed(..., transient=True)`).
+        self._for_now = False
         self._ever_registered = False
         self._pause = timeouts.reconnect_first
         self._retry_at: float | None = None
 
     def start(self) -> list[Action]:
+        """The first server tried is one of the list at random: when a server comes back,
+        the modules that start get their share of it again."""
         self._step("start")
-        return self._round(0)
+        return self._round(self._rng.randrange(self._servers))
 
     def registered(self) -> list[Action]:
         self._step("registered")
@@ -116,17 +132,19 @@ class Registration:
         self._ever_registered = True
         return [Restored()] if again else []
 
-    def failed(self, now: float) -> list[Action]:
-        """The server being tried did not register us (unreachable, or refused)."""
-        self._step("failed")
+    def failed(self, now: float, transient: bool = False) -> list[Action]:
+        """The server being tried did not register us (unreachable, or refused);
+        `transient`: it refused only for now (its store, a rate limit)."""
+        self._step("failed for now" if transient else "failed")
+        self._for_now |= transient
         if self._tries_left:
             return self._next_server()
-        if not self._ever_registered:
+        if not self._ever_registered and not self._for_now:
             self.state = RegistrationState.CLOSED
             return [GaveUp()]
         self.state = RegistrationState.WAITING
-        self._wait(now)
-        return []
+        pause = self._wait(now)
+        return [] if self._ever_registered else [WaitingOut(pause)]
 
     def lost(self, now: float) -> list[Action]:
         """The registered connection is gone."""
@@ -159,6 +177,7 @@ class Registration:
         """Try every server once, from `first` on."""
         self.server = (first - 1) % self._servers
         self._tries_left = self._servers
+        self._for_now = False
         return self._next_server()
 
     def _next_server(self) -> list[Action]:
@@ -166,11 +185,13 @@ class Registration:
         self.server = (self.server + 1) % self._servers
         return [Connect(self.server)]
 
-    def _wait(self, now: float) -> None:
+    def _wait(self, now: float) -> float:
         """Wait a pause (doubled after each failed round, capped), jittered down by up to
-        half so that many modules that lost one server do not come back at once."""
-        self._retry_at = now + self._pause * self._rng.uniform(0.5, 1.0)
+        half so that many modules that lost one server do not come back at once; how long."""
+        pause = self._pause * self._rng.uniform(0.5, 1.0)
+        self._retry_at = now + pause
         self._pause = min(self._pause * 2, self._timeouts.reconnect_max)
+        return pause
 
 
 class Registrar:
@@ -221,6 +242,11 @@ class Registrar:
     def connected(self) -> bool:
         return self.directory is not None and not self.directory.closed.is_set()
 
+    @property
+    def server(self) -> tuple[str, int] | None:
+        """The server of the list we are registered at (None while we are not)."""
+        return self._servers[self._machine.server] if self.connected else None
+
     def _local(self, directory: DirectoryClient) -> str | None:
         """Our LAN address, where peers behind the same router reach us (the address our
         connection to the server leaves from, if we listen there), or None."""
@@ -265,6 +291,8 @@ class Registrar:
                 log.warning("connected to the server again")
                 if self.on_restored is not None:
                     self.on_restored()
+            elif isinstance(action, WaitingOut):
+                log.warning("%s; trying again in %.1f s", self._last_error, action.pause)
             elif not self._started.done():  # GaveUp
                 assert self._last_error is not None
                 self._started.set_exception(self._last_error)
@@ -298,7 +326,8 @@ class Registrar:
             if len(self._servers) > 1 or self._started.done():
                 log.info("server %s:%s: %s", host, port, exc)
             self._last_error = exc
-            self._act(self._machine.failed(self._loop.time()))
+            transient = isinstance(exc, StoreUnavailable | RateLimited)
+            self._act(self._machine.failed(self._loop.time(), transient))
             return
         old, self.directory = self.directory, directory
         if old is not None:

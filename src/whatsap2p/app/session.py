@@ -146,6 +146,12 @@ class Session:
         return None if self._registrar is None else self._registrar.published
 
     @property
+    def server(self) -> str | None:
+        """`HOST:PORT` of the server of the list we are registered at (None: none now)."""
+        where = None if self._registrar is None else self._registrar.server
+        return None if where is None else f"{where[0]}:{where[1]}"
+
+    @property
     def server_connected(self) -> bool:
         return self._registrar is not None and self._registrar.connected
 

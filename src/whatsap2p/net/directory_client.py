@@ -25,6 +25,7 @@ from whatsap2p.errors import (
     ServerKeyMismatch,
     ServerRefused,
     ServerUnreachable,
+    StoreUnavailable,
 )
 from whatsap2p.net.deadlines import Deadlines
 from whatsap2p.net.directory_connection import (
@@ -45,6 +46,7 @@ _FAILURES: dict[str, type[DirectoryError]] = {
     "number-bound": NumberBound,
     "rate-limited": RateLimited,
     "no-relay": NoRelay,
+    "unavailable": StoreUnavailable,
 }
 
 

@@ -130,7 +130,7 @@ class LinkPool:
     ) -> str:
         """Send a photo on a link of its own (see `PeerLink.send_photo`), returning the
         link's route; a kept link found closed is replaced once, and so is a new one lost
-        on the way (the photo resumes where the receiver has it)."""
+        or stalled on the way (the photo resumes where the receiver has it)."""
         slots = self._slots.setdefault(address, asyncio.Semaphore(self._limits.max_links_per_peer))
         self._busy[address] = self._busy.get(address, 0) + 1
         try:
@@ -147,7 +147,9 @@ class LinkPool:
                     try:
                         return await self._photo_on(address, link, offer, stream_from)
                     except DeliveryFailed as exc:
-                        if not tries or not _found_closed(exc):
+                        # (a link that stalled, too: our own process or machine may have
+                        # been frozen, or suspended, while the peer gave up on it)
+                        if not tries or not (_found_closed(exc) or isinstance(exc, PeerTimedOut)):
                             raise
                     link = None
         finally:

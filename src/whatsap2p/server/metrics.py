@@ -15,6 +15,11 @@
   or `punched` (the punch success rate is `punched` over all of them), `direct` or `lan`
   (the dial got there first after all), `relay`, `none`;
 - `whatsap2p_requests_total{kind}`: requests answered, by kind;
+- `whatsap2p_store_events_total{event}`: with --redis: `store-lost` / `store-back` (the
+  shared store stopped or started answering), `binding-restored` (a renewal put back a
+  binding the store had lost), `binding-conflict` (a renewal found the number bound to
+  another key: that registration ended), `binding-unreplicated` (no replica took a new
+  binding in time: the registration was refused);
 - `whatsap2p_rejected_total{reason}`: requests refused (rate-limited, number-bound,
   number-online, protocol-error, unavailable);
 - `whatsap2p_request_seconds{kind}`: how long answering took, a histogram.
@@ -65,6 +70,7 @@ class ServerMetrics(Exported):
         self._rejected: dict[str, int] = {}
         self._connections: dict[str, int] = {}
         self._rendezvous: dict[str, int] = {}
+        self._store: dict[str, int] = {}
         super().__init__()
 
     def answered(self, kind: str, seconds: float) -> None:
@@ -81,6 +87,11 @@ class ServerMetrics(Exported):
         self._connections[route] = self._connections.get(route, 0) + 1
         if asked:
             self._rendezvous[route] = self._rendezvous.get(route, 0) + 1
+
+    def store_event(self, event: str) -> None:
+        """The shared store (redis_store.py) was lost or is back, or a binding was put
+        back, found bound to another key, or not taken by a replica in time."""
+        self._store[event] = self._store.get(event, 0) + 1
 
     def connections(self, route: str) -> int:
         return self._connections.get(route, 0)
@@ -131,6 +142,14 @@ class ServerMetrics(Exported):
         yield rendezvous
         yield requests
         yield latency
+        store = CounterMetricFamily(
+            "whatsap2p_store_events",
+            "The shared directory store lost and back, bindings put back or in conflict",
+            labels=["event"],
+        )
+        for event, count in list(self._store.items()):
+            store.add_metric([event], count)
+        yield store
         rejected = CounterMetricFamily("whatsap2p_rejected", "Requests refused", labels=["reason"])
         for reason, count in list(self._rejected.items()):
             rejected.add_metric([reason], count)

@@ -33,10 +33,21 @@ out together in the next, so a crowd of lookups costs a round trip per batch rat
 than one or two each; heartbeat renewals are gathered for `RENEW_EVERY` seconds.
 
 Registration is one script (binding check, bind on first use, one live registration
-per number), so two servers never both accept a number. The same key registering again
-from elsewhere (its module failed over to another server, the old connection is dead or
-dying) takes the registration over; the old server finds out at its next renewal and
-drops that connection.
+per number), so two servers never both accept a number. Bindings have no expiry and are
+the only record of who owns a number, so they are kept with care:
+
+- a registration that creates a binding is acknowledged only once a replica has it,
+  where the master has replicas (`WAIT 1`, at most `BIND_WAIT` seconds, after each
+  batch of registrations); when no replica takes it in time the new binding is taken
+  back and the registration refused `unavailable` (the module tries again), so a
+  failover to a replica that lags cannot forget a number it said was bound;
+- every renewal re-asserts its binding: one missing (a failover lost it anyway, or an
+  operator's mistake) is put back from the key of the registration renewing it, and a
+  binding to another key found there ends that registration (logged, counted).
+
+The same key registering again from elsewhere (its module failed over to another
+server, the old connection is dead or dying) takes the registration over; the old
+server finds out at its next renewal and drops that connection.
 """
 
 from __future__ import annotations
@@ -45,6 +56,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from typing import Annotated, Any, ClassVar
@@ -85,6 +97,10 @@ ANSWER_WITHIN = 2.0
 RENEW_EVERY = 0.5
 #: A crashed server's users show offline everywhere within this many seconds.
 DEFAULT_TTL = 30.0
+#: How long a registration that creates a binding waits for a replica to have it.
+BIND_WAIT = 1.0
+#: How often the server asks its Redis how many replicas it has (`ROLE`).
+REPLICAS_EVERY = 5.0
 
 # KEYS: bind, online. ARGV: key, owner, record, ttl-ms, channel, presence message.
 _REGISTER = """
@@ -98,15 +114,36 @@ end
 if not bound then redis.call('SET', KEYS[1], ARGV[1]) end
 redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
 redis.call('PUBLISH', ARGV[5], ARGV[6])
+if not bound then return 'new' end
 return 'ok'
 """
 
-# KEYS: online. ARGV: owner, record, ttl-ms. 'ok' renewed (or restored after expiring),
-# 'taken' when another connection holds the number now.
+# KEYS: bind, online. ARGV: key, owner. A new binding no replica took: taken back (and
+# its registration with it), unless something else changed them since.
+_UNBIND = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+local current = redis.call('GET', KEYS[2])
+if current and cmsgpack.unpack(current)[1] == ARGV[2] then redis.call('DEL', KEYS[2]) end
+return 1
+"""
+
+# KEYS: online, bind. ARGV: owner, record, ttl-ms, key. 'ok' renewed (or restored after
+# expiring), 'taken' when another connection holds the number now; 'restored' renewed,
+# and the binding, missing, put back; 'conflict' the number is bound to another key
+# (the registration is removed).
 _RENEW = """
 local current = redis.call('GET', KEYS[1])
 if current and cmsgpack.unpack(current)[1] ~= ARGV[1] then return 'taken' end
+local bound = redis.call('GET', KEYS[2])
+if bound and bound ~= ARGV[4] then
+  if current then redis.call('DEL', KEYS[1]) end
+  return 'conflict'
+end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+if not bound then
+  redis.call('SET', KEYS[2], ARGV[4])
+  return 'restored'
+end
 return 'ok'
 """
 
@@ -189,15 +226,51 @@ def _script(script: Any, keys: list[str], args: list[Any]) -> _Command:
     return lambda pipe: pipe.evalsha(script.sha, len(keys), *keys, *args)
 
 
+class _Health:
+    """Whether Redis answers, said once when that changes (logged, and to `on_event`)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.up = True
+        self._since = 0.0
+        self.on_event: Callable[[str], None] = lambda event: None
+
+    def failed(self, exc: BaseException) -> None:
+        if self.up:
+            self.up, self._since = False, time.monotonic()
+            log.error(
+                "directory store lost (%s): %s; requests that need it are refused", self.url, exc
+            )
+            self.on_event("store-lost")
+
+    def answered(self) -> None:
+        if not self.up:
+            self.up = True
+            log.warning(
+                "directory store back (%s) after %.1f s", self.url, time.monotonic() - self._since
+            )
+            self.on_event("store-back")
+
+
 class _Batches:
     """Commands of many requests sent together: whatever is asked while a pipeline is
     out goes in the next one. Each caller gets the results of its own commands. Scripts
     run by digest; a Redis that does not know them (restarted, flushed) gets them again
     and runs what it refused (a refused script did not run, so it is not run twice)."""
 
-    def __init__(self, client: redis.Redis, scripts: list[Any]) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        scripts: list[Any],
+        health: _Health,
+        tail: Callable[[], _Command | None] = lambda: None,
+    ) -> None:
+        """`tail()`: a command to end each pipeline with (its result is added to each
+        caller's results), or None; `health` hears whether Redis answered."""
         self._client = client
         self._scripts = scripts
+        self._health = health
+        self._tail = tail
         self._waiting: list[_Asked] = []
         self._sent: list[_Asked] = []
         self._sending: asyncio.Task[None] | None = None
@@ -225,21 +298,31 @@ class _Batches:
 
     async def _send_one(self, batch: list[_Asked]) -> None:
         flat = [command for commands, _ in batch for command in commands]
+        tail = self._tail()
         try:
-            results = await self._execute(flat)
-            unknown = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            results = await self._execute(flat if tail is None else [*flat, tail])
+            unknown = [
+                i for i, r in enumerate(results[: len(flat)]) if isinstance(r, NoScriptError)
+            ]
             if unknown:
                 for script in self._scripts:
                     await self._client.script_load(script.script)
-                again = await self._execute([flat[i] for i in unknown])
-                for i, result in zip(unknown, again, strict=True):
+                again = await self._execute(
+                    [flat[i] for i in unknown] + ([] if tail is None else [tail])
+                )
+                for i, result in zip(unknown, again, strict=False):
                     results[i] = result
+                if tail is not None:  # (the tail again, after what ran again)
+                    results[-1] = again[-1]
         except (RedisError, OSError) as exc:
+            self._health.failed(exc)
             self._fail(batch, exc)
             return
+        self._health.answered()
+        extra = results[len(flat) :]
         at = 0
         for commands, future in batch:
-            mine, at = results[at : at + len(commands)], at + len(commands)
+            mine, at = results[at : at + len(commands)] + extra, at + len(commands)
             if future.done():
                 continue  # its asker is gone (its connection closed)
             failed = next((r for r in mine if isinstance(r, Exception)), None)
@@ -347,6 +430,12 @@ def _local(rest: list[Any]) -> str | None:
     return bytes(rest[0]).decode() if rest else None
 
 
+def _key_of(record: bytes) -> bytes:
+    """The key in a registration's record (`[owner, host, port, key, ...]`)."""
+    key: bytes = msgpack.unpackb(record, raw=True)[3]
+    return key
+
+
 def _bind_key(phone: str) -> str:
     return f"wa:bind:{{{phone}}}"
 
@@ -378,10 +467,28 @@ class RedisDirectory(Directory):
         self._unregister = self._redis.register_script(_UNREGISTER)
         self._take = self._redis.register_script(_TAKE)
         self._to_owner = self._redis.register_script(_TO_OWNER)
-        self._batches = _Batches(
-            self._redis,
-            [self._register, self._renew, self._unregister, self._take, self._to_owner],
-        )
+        self._unbind = self._redis.register_script(_UNBIND)
+        scripts = [
+            self._register,
+            self._renew,
+            self._unregister,
+            self._take,
+            self._to_owner,
+            self._unbind,
+        ]
+        self.health = _Health(url)
+        self._batches = _Batches(self._redis, scripts, self.health)
+        #: Registrations go in pipelines of their own, each ended by a WAIT for a replica
+        #: when there are replicas (a WAIT holds its pipeline: not the lookups').
+        self._registrations = _Batches(self._redis, scripts, self.health, self._wait_command)
+        #: Replicas of the master, as it last said (ROLE, every REPLICAS_EVERY seconds).
+        self.replicas = 0
+        self._watching_replicas: asyncio.Task[None] | None = None
+        #: Told of what an operator alerts on: "store-lost", "store-back",
+        #: "binding-restored", "binding-conflict", "binding-unreplicated".
+        self.on_event: Callable[[str], None] = lambda event: None
+        self.health.on_event = lambda event: self.on_event(event)
+        self.health.on_event = lambda event: self.on_event(event)
         self._records: dict[str, bytes] = {}  # our own registrations, for renewals
         self._renewals: dict[str, tuple[int, Callable[[], None]]] = {}
         self._renewing: asyncio.TimerHandle | None = None
@@ -404,6 +511,36 @@ class RedisDirectory(Directory):
         self._listener = asyncio.create_task(
             self._listen(pubsub, on_online, push_dial), name="redis-sub"
         )
+        await self._count_replicas()
+        self._watching_replicas = asyncio.create_task(self._watch_replicas(), name="replicas")
+
+    async def _count_replicas(self) -> None:
+        try:
+            role = await self._redis.execute_command("ROLE")  # type: ignore[no-untyped-call]
+        except (RedisError, OSError) as exc:
+            log.debug("ROLE: %s", exc)
+            return
+        replicas = len(role[2]) if role and role[0] == b"master" else 0
+        if replicas != self.replicas:
+            log.info("the directory store's master has %d replica(s)", replicas)
+        self.replicas = replicas
+
+    async def _has_replicas(self) -> bool:
+        """Whether the master has replicas now (asked again: a WAIT no replica answered
+        may mean the one it had is gone, or a failover left a master without any)."""
+        await self._count_replicas()
+        return self.replicas > 0
+
+    async def _watch_replicas(self) -> None:
+        while True:
+            await asyncio.sleep(REPLICAS_EVERY)
+            await self._count_replicas()
+
+    def _wait_command(self) -> _Command | None:
+        """Ends each pipeline of registrations: a replica must have what it wrote."""
+        if not self.replicas:
+            return None
+        return lambda pipe: pipe.execute_command("WAIT", 1, int(BIND_WAIT * 1000))
 
     async def _listen(
         self, pubsub: Any, on_online: Callable[[PeerAddress], None], push_dial: PushDial
@@ -522,7 +659,12 @@ class RedisDirectory(Directory):
             self._renewing.cancel()
         for task in [*self._flushes, *self._answering]:
             task.cancel()
+        if self._watching_replicas is not None:
+            self._watching_replicas.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watching_replicas
         await self._batches.close()
+        await self._registrations.close()
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -556,11 +698,25 @@ class RedisDirectory(Directory):
         keys = [_bind_key(address.phone), _online_key(address.phone)]
         args: list[bytes | str | int] = [address.key, self._owner(owner), record, self.ttl_ms]
         args += [CHANNEL, pushed]
-        [outcome] = await self._batches.run(_script(self._register, keys, args))
+        outcome, *acked = await self._registrations.run(_script(self._register, keys, args))
         if outcome == b"bound":
             return "number-bound"
         if outcome == b"online":
             return "number-online"
+        if outcome == b"new" and acked and acked[0] < 1 and await self._has_replicas():
+            # No replica has the new binding: a failover now would forget it. Take it
+            # back; the module tries again (and binds again, with a replica then).
+            with contextlib.suppress(StoreError):
+                await self._batches.run(
+                    _script(self._unbind, keys, [address.key, self._owner(owner)])
+                )
+            log.error(
+                "%s: no replica took its new binding within %g s; registration refused",
+                address.phone,
+                BIND_WAIT,
+            )
+            self.on_event("binding-unreplicated")
+            raise StoreError(f"no replica took the new binding of {address.phone} in time")
         self._records[address.phone] = record
         return None
 
@@ -591,8 +747,13 @@ class RedisDirectory(Directory):
         renewals = [
             _script(
                 self._renew,
-                [_online_key(phone)],
-                [self._owner(owner), self._records[phone], self.ttl_ms],
+                [_online_key(phone), _bind_key(phone)],
+                [
+                    self._owner(owner),
+                    self._records[phone],
+                    self.ttl_ms,
+                    _key_of(self._records[phone]),
+                ],
             )
             for phone, (owner, _) in batch.items()
         ]
@@ -602,7 +763,23 @@ class RedisDirectory(Directory):
             log.warning("renewing %d registrations: %s", len(batch), exc)
             return
         for (phone, (_, taken)), outcome in zip(batch.items(), outcomes, strict=True):
-            if outcome == b"taken":
+            if outcome == b"restored":
+                log.warning(
+                    "%s: its binding was missing from the directory store (a failover that"
+                    " lost it?); put back from its registration's key",
+                    phone,
+                )
+                self.on_event("binding-restored")
+            elif outcome == b"conflict":
+                log.error(
+                    "%s: the directory store binds it to another key than the one registered"
+                    " here; this registration ends (an operator should check who owns it)",
+                    phone,
+                )
+                self.on_event("binding-conflict")
+                self._records.pop(phone, None)
+                taken()
+            elif outcome == b"taken":
                 self._records.pop(phone, None)
                 taken()
 

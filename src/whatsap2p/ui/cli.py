@@ -26,7 +26,7 @@ from whatsap2p.metrics import Exported
 from whatsap2p.phone import DEFAULT_REGION, normalise_phone
 from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.directory import MAX_RELAYS
-from whatsap2p.protocol.keys import normalise_fingerprint
+from whatsap2p.protocol.keys import StaticKey, normalise_fingerprint
 from whatsap2p.protocol.relay import mint
 from whatsap2p.relay.limits import RelayLimits
 from whatsap2p.relay.secret import DEFAULT_SECRET, load_or_create_secret
@@ -156,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     server.add_argument(
         "--key", type=Path, metavar="PATH", help="the server's key file (default: DB path + .key)"
+    )
+    server.add_argument(
+        "--new-key",
+        action="store_true",
+        help="with --redis: make the key file if it is missing (the directory's first "
+        "server); without it a server of a shared directory refuses to start with a key of "
+        "its own, which every pinned user would refuse",
     )
     server.add_argument(
         "--redis",
@@ -456,6 +463,20 @@ async def _release_redis(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _server_key(args: argparse.Namespace, db_path: Path) -> StaticKey:
+    """The server's key: made when missing, but never for a server of a shared directory
+    unless asked (`--new-key`): another key there is another fingerprint, which every
+    user who pinned the directory's refuses."""
+    key_path: Path = (args.key or db_path.with_name(db_path.name + ".key")).expanduser()
+    if args.redis and not args.new_key and not key_path.exists():
+        raise InvalidInput(
+            f"no server key file at {key_path}: every server of a shared directory (--redis)"
+            " needs the same key; copy it from another server, or give --new-key to make the"
+            " directory's first one"
+        )
+    return load_or_create_key(key_path)
+
+
 async def _run_server(args: argparse.Namespace) -> int:
     timeouts = replace(
         Timeouts(), server_idle=args.idle_timeout, register_deadline=args.register_timeout
@@ -465,7 +486,7 @@ async def _run_server(args: argparse.Namespace) -> int:
     )
     rates = replace(rates, max_unauthenticated_per_ip=int(rates.max_unauthenticated_per_ip))
     db_path: Path = args.db.expanduser()
-    key = load_or_create_key(args.key or db_path.with_name(db_path.name + ".key"))
+    key = _server_key(args, db_path)
     relays = tuple(args.relay)
     if len(relays) > MAX_RELAYS:
         raise InvalidInput(f"at most {MAX_RELAYS} relays (--relay), not {len(relays)}")
@@ -483,7 +504,9 @@ async def _run_server(args: argparse.Namespace) -> int:
     if args.redis:
         from whatsap2p.server.redis_store import RedisDirectory
 
-        server = DirectoryServer(config, None, RedisDirectory(args.redis, args.presence_ttl))
+        store = RedisDirectory(args.redis, args.presence_ttl)
+        server = DirectoryServer(config, None, store)
+        store.on_event = server.metrics.store_event
     else:
         bindings = Bindings(db_path)
         server = DirectoryServer(config, bindings)
@@ -502,6 +525,9 @@ async def _run_server(args: argparse.Namespace) -> int:
             _serve_metrics(server.metrics, args.metrics_host, args.metrics_port)
         print(f"fingerprint {key.fingerprint}", flush=True)
         print(f"listening on {_format_address(host, port)}", flush=True)
+        log.warning(  # (the operator's log: which key, so which fingerprint, it serves with)
+            "listening on %s with key fingerprint %s", _format_address(host, port), key.fingerprint
+        )
         await stop.wait()
     finally:
         await server.close()

@@ -207,7 +207,8 @@ class JsonRpc:
         standard input, or `requests`)."""
         assert self._session.listen_address is not None
         listen = f"{self._session.listen_address[0]}:{self._session.listen_address[1]}"
-        self.notify("ready", {"phone": self._session.phone, "listen": listen})
+        session = self._session
+        self.notify("ready", {"phone": session.phone, "listen": listen, "server": session.server})
         pump = asyncio.create_task(self._forward_received())
         reading = asyncio.create_task(self._read_requests(requests or LineReader()))
         stop_task = asyncio.ensure_future(stop.wait())
@@ -250,7 +251,9 @@ class JsonRpc:
                     "identityChanged", {"phone": event.phone, "fingerprint": event.fingerprint}
                 )
             elif isinstance(event, ServerConnectionChanged):
-                self.notify("serverConnection", {"state": event.state})
+                self.notify(
+                    "serverConnection", {"state": event.state, "server": self._session.server}
+                )
             elif isinstance(event, QueuedDelivered):
                 if not event.news:  # (the news of a group's members: not a message sent)
                     self.notify("delivered", {"id": event.id, "phone": event.phone})

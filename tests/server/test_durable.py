@@ -1,0 +1,183 @@
+"""A directory operators can trust (issue 26): bindings survive what a failover loses,
+a new binding waits for a replica, the store's loss and return are said once, and a
+module started while the store is down waits it out. Real redis-server processes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from tests.redis_server import redis_process
+from tests.servers import directory_client, running_server, session_config
+from whatsap2p.app.session import Session
+from whatsap2p.errors import NumberBound, StoreUnavailable
+from whatsap2p.protocol.keys import StaticKey
+from whatsap2p.server.redis_store import RedisDirectory
+from whatsap2p.server.service import DirectoryServer
+
+ALICE, BOB = "+5511999990001", "+5511999990002"
+
+
+def bind_key(phone: str) -> str:
+    return f"wa:bind:{{{phone}}}"
+
+
+class Store:
+    """A server on a real Redis, what it tells an operator (`events`), and the Redis."""
+
+    def __init__(self, server: DirectoryServer, port: int, admin: aioredis.Redis) -> None:
+        self.server, self.port, self.admin = server, port, admin
+        directory = server.directory
+        assert isinstance(directory, RedisDirectory)
+        self.directory = directory
+        self.events: list[str] = []
+        self.told = asyncio.Event()
+        directory.on_event = self._heard
+
+    def _heard(self, event: str) -> None:
+        self.events.append(event)
+        self.told.set()
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[Store]:
+    async with AsyncExitStack() as stack:
+        server, port = await stack.enter_async_context(
+            running_server(directory=RedisDirectory(redis_url))
+        )
+        admin = aioredis.Redis.from_url(redis_url)
+        stack.push_async_callback(admin.aclose)
+        yield Store(server, port, admin)
+
+
+async def test_a_lost_binding_is_put_back_by_its_holders_next_renewal(store: Store) -> None:
+    key = StaticKey.generate()
+    alice = await directory_client(store.port, key)
+    await alice.register(ALICE, 4001)
+    await store.admin.delete(bind_key(ALICE))  # what a failover to a lagging replica leaves
+    await alice.ping()  # a heartbeat: its renewal is gathered ...
+    await store.directory.flush()  # ... and sent
+    assert await store.admin.get(bind_key(ALICE)) == key.public
+    assert store.events == ["binding-restored"]
+    thief = await directory_client(store.port)
+    with pytest.raises(NumberBound):  # another key is refused, as before the loss
+        await thief.register(ALICE, 4009)
+    for client in (alice, thief):
+        await client.close()
+
+
+async def test_a_binding_to_another_key_ends_the_registration_loudly(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    alice = await directory_client(store.port)
+    await alice.register(ALICE, 4001)
+    await store.admin.set(bind_key(ALICE), StaticKey.generate().public)  # not alice's key
+    with caplog.at_level(logging.ERROR, "whatsap2p.server.redis_store"):
+        await alice.ping()
+        await store.directory.flush()
+        await asyncio.wait_for(alice.closed.wait(), 5)  # the registration ends
+    assert store.events == ["binding-conflict"]
+    assert "binds it to another key" in caplog.text
+    asker = await directory_client(store.port)
+    await asker.register(BOB, 4002)
+    assert ALICE not in await asker.lookup([ALICE])  # and is not published any more
+    await asker.close()
+    await alice.close()
+
+
+async def test_a_new_binding_waits_for_a_replica_and_is_refused_without_one() -> None:
+    with (
+        redis_process() as (master_url, _),
+        redis_process("--replicaof", "127.0.0.1", master_url.split(":")[2].split("/")[0]) as (
+            replica_url,
+            replica,
+        ),
+    ):
+        admin = aioredis.Redis.from_url(master_url)
+        copy = aioredis.Redis.from_url(replica_url)
+        await admin.incr("test:writes")
+        async with asyncio.timeout(30):  # (the replica has synced: it answers WAIT)
+            while await admin.wait(1, 1000) < 1:
+                continue
+        async with running_server(directory=RedisDirectory(master_url)) as (server, port):
+            directory = server.directory
+            assert isinstance(directory, RedisDirectory)
+            assert directory.replicas == 1
+            events: list[str] = []
+            directory.on_event = events.append
+            alice = await directory_client(port)
+            await alice.register(ALICE, 4001)  # acknowledged once the replica has it
+            assert await copy.get(bind_key(ALICE)) is not None
+
+            replica.send_signal(signal.SIGSTOP)  # replication stalls (as a partition would)
+            try:
+                bob_key = StaticKey.generate()
+                bob = await directory_client(port, bob_key)
+                with pytest.raises(StoreUnavailable):
+                    await bob.register(BOB, 4002)
+                assert events == ["binding-unreplicated"]
+                assert await admin.get(bind_key(BOB)) is None  # taken back, not half-made
+                assert BOB not in await alice.lookup([BOB])
+                await bob.close()
+            finally:
+                replica.send_signal(signal.SIGCONT)
+            bob = await directory_client(port, bob_key)
+            await bob.register(BOB, 4002)  # the module's next try, with the replica back
+            assert await copy.get(bind_key(BOB)) == bob_key.public
+            for client in (alice, bob):
+                await client.close()
+        await admin.aclose()
+        await copy.aclose()
+
+
+async def test_the_store_lost_and_back_is_said_once_each(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    alice = await directory_client(store.port)
+    await alice.register(ALICE, 4001)
+    with caplog.at_level(logging.WARNING, "whatsap2p.server.redis_store"):
+        await store.admin.client_kill_filter(_type="normal", skipme=True)
+        await store.admin.config_set("requirepass", "locked")  # Redis says no to the server
+        for _ in range(3):
+            with pytest.raises(StoreUnavailable):
+                await alice.lookup([ALICE])
+        await store.admin.auth("locked")
+        await store.admin.config_set("requirepass", "")
+        assert ALICE in await alice.lookup([ALICE])
+        assert ALICE in await alice.lookup([ALICE])
+    assert store.events == ["store-lost", "store-back"]
+    assert caplog.text.count("directory store lost") == 1
+    assert caplog.text.count("directory store back") == 1
+    await alice.close()
+
+
+async def test_a_module_started_while_the_store_is_down_waits_and_registers(
+    store: Store, tmp_path: Path
+) -> None:
+    await store.admin.config_set("requirepass", "locked")
+    await store.admin.client_kill_filter(_type="normal", skipme=True)
+    config = session_config(store.port, ALICE, tmp_path / "alice")
+    session = Session(config)
+    starting = asyncio.create_task(session.start())
+    try:
+        await asyncio.wait_for(store.told.wait(), 10)  # its registration met the store down
+        assert store.events == ["store-lost"]
+        # refused "unavailable", again and again: it does not end (nothing to await but
+        # the time its pauses take: 0.1 s doubling)
+        done, _ = await asyncio.wait([starting], timeout=0.5)
+        assert not done
+        await store.admin.auth("locked")
+        await store.admin.config_set("requirepass", "")
+        await asyncio.wait_for(starting, 10)
+        assert session.server_connected
+    finally:
+        await session.close()
+        if not starting.done():
+            starting.cancel()
