@@ -145,6 +145,9 @@ class Timeouts:
     #: longest pause (doubling in between).
     outbox_retry_first: float = 2.0
     outbox_retry_max: float = 60.0
+    #: How long a queued group message a member refuses `not-member` keeps being tried
+    #: (it may not have heard yet that we were added), from when it was sent.
+    not_member_wait: float = 3600.0
     #: How long the start of an interrupted incoming photo is kept for a resume.
     partial_keep: float = 24 * 3600.0
     #: Server side: a connection that sends nothing for this long is dropped (and unregistered).

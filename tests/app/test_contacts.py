@@ -28,7 +28,14 @@ def test_contacts_and_groups_survive_a_reload(tmp_path: Path) -> None:
     assert [(c.name, c.phone) for c in again.contacts()] == [("alice", ALICE), ("bob", BOB)]
     assert again.group("family") == family == again.group(family.id)
     assert json.loads(path.read_text())["groups"] == [  # human-readable
-        {"id": family.id, "name": "family", "creator": ME, "members": [ME, ALICE, BOB], "epoch": 1}
+        {
+            "id": family.id,
+            "name": "family",
+            "creator": ME,
+            "members": [ME, ALICE, BOB],
+            "epoch": 1,
+            "salt": family.salt.hex(),  # (the id is made of the creator's number and it)
+        }
     ]
     assert path.stat().st_mode & 0o777 == 0o600
 

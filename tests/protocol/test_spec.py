@@ -102,6 +102,7 @@ SAMPLE: dict[str, Any] = {
         "members": ["+5511999990002", "+5511999990003"],
         "epoch": 3,
         "change": {"op": "add", "phones": ["+5511999990003"]},
+        "salt": b"0123456789abcdef",
     },
 }
 #: A value of another MessagePack type, which a receiver must refuse.

@@ -159,12 +159,8 @@ class AddressBook:
             if any(g.name == checked for g in self._groups.values()):
                 raise ValueError(f"the group name {checked!r} appears twice")
             phones = [normalise_phone(m, self.region) for m in members]
-            me = self.me
-            others = [p for p in dict.fromkeys(phones) if p != me]
-            if me is None or not others:  # (no number of ours to make it with: a list)
-                group = Group(rules.new_id(), checked, me or "", tuple(others), 1, True)
-            else:
-                group = Group(rules.new_id(), checked, me, (me, *others))
+            # (no number of ours to make it with: a private list)
+            group = rules.created(checked, self.me or "", phones, private=self.me is None)
             self._groups[group.id] = group
             self.migrated.append(group)
 
@@ -176,23 +172,29 @@ class AddressBook:
             raise ValueError(f"group id {group_id!r}: 32 hexadecimal digits expected")
         if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
             raise ValueError(f"group {group_id}: members must be a list of phone numbers")
-        epoch, left = item.get("epoch", 1), item.get("left", [])
+        epoch = item.get("epoch", 1)
         if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
             raise ValueError(f"group {group_id}: the epoch must be a whole number")
-        if not isinstance(left, list) or not all(isinstance(m, str) for m in left):
-            raise ValueError(f"group {group_id}: left must be a list of phone numbers")
-        private = item.get("private", False)
+        private, quit, salt = item.get("private", False), item.get("quit", False), b""
         creator = item.get("creator", self.me or "")
         if not isinstance(creator, str) or not isinstance(private, bool):
             raise ValueError(f"group {group_id}: a creator number, private true or false")
+        if not isinstance(quit, bool):
+            raise ValueError(f"group {group_id}: quit must be true or false")
+        if not private:
+            creator = normalise_phone(creator, self.region)
+            salt = bytes.fromhex(str(item.get("salt", "")))
+            if rules.group_id(creator, salt) != group_id:
+                raise ValueError(f"group {group_id}: not the id of its creator and salt")
         return Group(
             group_id,
             self._label(item.get("name")),
-            creator if private else normalise_phone(creator, self.region),
+            creator,
             tuple(dict.fromkeys(normalise_phone(m, self.region) for m in members)),
             epoch,
             private,
-            frozenset(normalise_phone(m, self.region) for m in left),
+            salt,
+            quit,
         )
 
     def _save(self) -> None:
@@ -262,13 +264,14 @@ class AddressBook:
         stranger: anyone may add us to a group, which vouches for nobody)."""
         if self._known is None:
             contacts = frozenset(self._contacts.values())
-            vouched = [
-                g.members
-                for g in self._groups.values()
-                if g.creator == self.me or g.creator in contacts
-            ]
+            vouched = [g.members for g in self._groups.values() if self._vouches(g, contacts)]
             self._known = contacts.union(*vouched)
         return phone in self._known
+
+    def _vouches(self, group: Group, contacts: frozenset[str]) -> bool:
+        """Whether `group` makes its members known: ours, or a contact's, that we are in."""
+        mine = group.creator == self.me
+        return mine or (group.creator in contacts and self.me in group.members)
 
     def name_of(self, phone: str) -> str | None:
         """The contact name for `phone` (the first alphabetically if several)."""
@@ -328,6 +331,11 @@ class AddressBook:
     def group_by_id(self, group_id: str) -> Group | None:
         return self._groups.get(group_id)
 
+    def confirm_left(self, group_id: str, phone: str) -> Group:
+        """Our group, once we confirm to its members that `phone` left it."""
+        group = self._groups[group_id]
+        return self._put(rules.confirm_left(group, phone))
+
     def judge(self, sender: str, name: str, info: ev.GroupInfo) -> tuple[Group, bool]:
         """The group a peer's message claiming `info` is shown in (app/groups.py's
         `judge`), saved when the message changed it; and whether it did."""
@@ -345,20 +353,24 @@ class AddressBook:
         return group
 
     def _check_room(self, creator: str | None = None) -> None:
-        """Room for one more group (of ours; or made by `creator`, a peer: a stranger's
-        take only a tenth of the room, so strangers cannot fill it)."""
+        """Room for one more group we are in (ours; or made by `creator`, a peer, who
+        may take only a twentieth of the room, and a stranger's all only a tenth: no one
+        fills it). Groups we left or were removed from take none."""
+        most = self._max_groups
+        active = [g for g in self._groups.values() if g.private or self.me in g.members]
         if creator is None:
-            if len(self._groups) >= self._max_groups:
-                raise InvalidInput(f"at most {self._max_groups} groups are kept")
+            if len(active) >= most:
+                raise InvalidInput(f"at most {most} groups are kept")
             return
-        if len(self._groups) >= self._max_groups:
-            raise MessageRefused(f"I keep at most {self._max_groups} groups")
+        if len(active) >= most:
+            raise MessageRefused(f"I keep at most {most} groups")
+        if sum(g.creator == creator for g in active) >= most // 20:
+            raise MessageRefused(f"I keep at most {most // 20} groups made by one number")
         if not self.knows(creator):
-            strangers = sum(not self.knows(g.creator) for g in self._groups.values())
-            if strangers >= self._max_groups // 10:
+            strangers = sum(not self.knows(g.creator) for g in active)
+            if strangers >= most // 10:
                 raise MessageRefused(
-                    f"I keep at most {self._max_groups // 10} groups made by numbers not in"
-                    " my contacts"
+                    f"I keep at most {most // 10} groups made by numbers not in my contacts"
                 )
 
     def _me(self) -> str:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from whatsap2p.errors import (
     DirectoryError,
     InvalidInput,
     PeerFull,
+    PeerNotMember,
     PeerThrottled,
     ServerUnreachable,
     StoreError,
@@ -197,6 +200,12 @@ class Outbox:
         """Take message `message_id` out of the outbox for the recipients it still waits
         for (not one being handed over right now); those recipients."""
         waiting = [e for e in self._history.sent(message_id) if e.state == "queued"]
+        if waiting and waiting[0].change is not None:
+            raise InvalidInput(
+                f"message {message_id} is the news of a change of a group's members: it"
+                " cannot be cancelled (without it, its members' views of the group would"
+                " stay apart)"
+            )
         phones = [e.recipient for e in waiting if (message_id, e.recipient) not in self._delivering]
         if not phones:
             if waiting:
@@ -258,12 +267,19 @@ class Outbox:
             log.warning("outbox for %s waits: %s", phone, refusal)
             return  # until the user trusts the new key
         # A photo the recipient has no room or allowance for now waits for the next
-        # try; what was queued after it goes on (a full disk never holds texts back).
-        later: dict[str, PeerFull | PeerThrottled] = {}
+        # try; what was queued after it goes on (a full disk never holds texts back);
+        # so does a message of a group the recipient does not count us in (yet: it
+        # may not have heard that we were added), for at most `not_member_wait`.
+        later: dict[str, PeerFull | PeerThrottled | PeerNotMember] = {}
         while pending := [e for e in self._history.queued(phone) if e.id not in later]:
             for entry in pending:
                 try:
                     await self._deliver(address, entry)
+                except PeerNotMember as exc:
+                    if self._waited_out(entry):
+                        self._give_up(entry, str(exc))
+                    else:
+                        later[entry.id] = exc
                 except (PeerFull, PeerThrottled) as exc:
                     if entry.photo is None:
                         raise
@@ -308,6 +324,20 @@ class Outbox:
         else:
             self._history.set_state(entry.id, phone, "delivered", None)
             self._publish(QueuedDelivered(entry.id, phone, entry.change is not None))
+        self._count -= 1
+        self._drop_copy(entry)
+
+    def _waited_out(self, entry: HistoryEntry) -> bool:
+        """Whether `entry` was sent (by our clock) `not_member_wait` ago or more."""
+        try:
+            sent = dt.datetime.fromisoformat(entry.timestamp).timestamp()
+        except ValueError:
+            return True
+        return time.time() - sent >= self._timeouts.not_member_wait
+
+    def _give_up(self, entry: HistoryEntry, why: str) -> None:
+        """A copy refused `not-member` for too long: it fails."""
+        self._history.set_state(entry.id, entry.recipient, "failed", why, "not-member")
         self._count -= 1
         self._drop_copy(entry)
 

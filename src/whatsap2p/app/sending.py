@@ -296,6 +296,11 @@ class Sender:
         if not rows:
             return None
         first = rows[0]
+        if first.change is not None:
+            raise InvalidInput(
+                f"message {message_id} is the news of a change of a group's members: it is"
+                " not sent again as a message (leave out the id to send a new one)"
+            )
         if text is not None:
             same = first.photo is None and first.text == text
         else:

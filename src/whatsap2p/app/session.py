@@ -137,6 +137,8 @@ class Session:
         self._rendezvous: Rendezvous | None = None
         #: Numbers whose coming online the UI wants to hear of (PresenceChanged).
         self._presence: frozenset[str] = frozenset()
+        #: Confirmations under way that a member left a group of ours.
+        self._confirming: set[asyncio.Task[None]] = set()
 
     # --- what the UIs read -----------------------------------------------------------------
 
@@ -279,6 +281,9 @@ class Session:
 
     async def close(self) -> None:
         """Unregister (if the server is still there) and stop listening."""
+        for task in self._confirming:
+            task.cancel()
+        await asyncio.gather(*self._confirming, return_exceptions=True)
         if self._outbox is not None:
             await self._outbox.close()
         if self._rendezvous is not None:
@@ -408,7 +413,8 @@ class Session:
         return group
 
     async def leave_group(self, target: str) -> Group:
-        """Leave a group: its members are told (a creator hands it to the first left)."""
+        """Leave a group: its members are told (a group whose creator left keeps its
+        members, and nobody adds or removes any more)."""
         before = self.book.group(target)
         group = self.book.leave_group(target)
         await self._tell(group, ev.GroupChange("leave"), before)
@@ -425,10 +431,28 @@ class Session:
         return group is None or group.private or phone in group.members
 
     def _group_changed(self, event: GroupChanged) -> None:
-        """A peer's message changed what we know of a group (it may have removed us)."""
-        if self.phone not in event.group.members and self._outbox is not None:
-            self._outbox.drop_group(event.group.id, "you are no longer a member of the group")
+        """A peer's message changed what we know of a group (it may have removed us; a
+        member of ours may have left it, which we confirm to the others)."""
+        group = event.group
+        if self.phone not in group.members and self._outbox is not None:
+            self._outbox.drop_group(group.id, "you are no longer a member of the group")
         self._publish(event)
+        left = event.change is not None and event.change.get("op") == "leave"
+        if left and group.creator == self.phone and event.by is not None:
+            task = asyncio.get_running_loop().create_task(self._confirm_left(group, event.by))
+            self._confirming.add(task)
+            task.add_done_callback(self._confirmed)
+
+    async def _confirm_left(self, group: Group, phone: str) -> None:
+        """Tell the members of our group that `phone` left (a new epoch): every view
+        converges, also one that missed the leave."""
+        confirmed = self.book.confirm_left(group.id, phone)
+        await self._tell(confirmed, ev.GroupChange("left", (phone,)), confirmed)
+
+    def _confirmed(self, task: asyncio.Task[None]) -> None:
+        self._confirming.discard(task)
+        if not task.cancelled() and (failure := task.exception()) is not None:
+            log.warning("confirming a member's leave: %s", failure)
 
     def cancel(self, message_id: str) -> list[str]:
         """Take a queued message out of the outbox, for the recipients it still waits
@@ -532,5 +556,7 @@ def _words(change: ev.GroupChange) -> str:
             return f"added {phones}"
         case "remove":
             return f"removed {phones}"
+        case "left":
+            return f"{phones} left the group"
         case _:
             return "left the group"

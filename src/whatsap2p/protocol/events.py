@@ -262,9 +262,9 @@ class Hello(PeerMessage, frozen=True, tag="hello"):
 
 
 #: What a membership change does (`GroupChange.op`): the creator makes the group (with
-#: `phones` its first members), adds or removes `phones`; any member leaves it (its
-#: sender: a leaving creator hands the group to the first member left).
-GROUP_OPS = ("create", "add", "remove", "leave")
+#: `phones` its first members), adds or removes `phones`, or confirms that `phones` left;
+#: any member leaves it (its sender).
+GROUP_OPS = ("create", "add", "remove", "leave", "left")
 
 
 class GroupChange(msgspec.Struct, frozen=True, gc=False):
@@ -275,16 +275,18 @@ class GroupChange(msgspec.Struct, frozen=True, gc=False):
 
 
 class GroupInfo(msgspec.Struct, frozen=True, gc=False):
-    """The shared group a message belongs to (docs/protocol.md §6.12): its id (128 random
-    bits, hex), its creator, and its members and their version (`epoch`, which only the
-    creator's changes raise) as the sender knows them; `change`: the message tells of a
-    membership change. The group's name is the message's `group`, a label only."""
+    """The shared group a message belongs to (docs/protocol.md §6.12): its id (the hash
+    of its creator's number and `salt`, 16 random bytes), its creator, and its members
+    and their version (`epoch`, which only the creator's changes raise) as the sender
+    knows them; `change`: the message tells of a membership change. The group's name is
+    the message's `group`, a label only."""
 
     id: str
     creator: str
     members: tuple[str, ...]
     epoch: int
     change: GroupChange | None = None
+    salt: bytes = b""
 
 
 class Text(PeerMessage, frozen=True, tag="text"):

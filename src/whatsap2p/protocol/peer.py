@@ -275,8 +275,10 @@ def _group_refusal(info: ev.GroupInfo, name: str | None, limits: Limits) -> str 
         return "a group member that is not an E.164 number"
     if len(set(info.members)) != len(info.members):
         return "a group member listed twice"
-    if info.creator not in info.members:
-        return "a group's creator must be one of its members"
+    if not E164.fullmatch(info.creator):
+        return "a group creator that is not an E.164 number"
+    if len(info.salt) != 16:
+        return "a group salt is 16 bytes"
     if not 0 <= info.epoch <= _MAX_EPOCH:
         return "invalid group version"
     change = info.change

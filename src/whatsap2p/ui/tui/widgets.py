@@ -130,6 +130,8 @@ def change_words(change: dict[str, object], name_of: Callable[[str], str]) -> st
             return f"added {names}"
         case "remove":
             return f"removed {names}"
+        case "left":
+            return f"{names} left the group"
         case _:
             return "left the group"
 
