@@ -63,7 +63,8 @@ async def directory_cluster(
         servers = []
         try:
             for i in range(count):
-                proc, line = await start(work / f"cluster-{i}.sqlite3", *shared)
+                first = ["--new-key"] if i == 0 else []  # (the directory's first server)
+                proc, line = await start(work / f"cluster-{i}.sqlite3", *shared, *first)
                 servers.append((proc, line.rsplit(" ", 1)[1]))
             before = await used_memory(redis_port)
             holder = await asyncio.create_subprocess_exec(

@@ -268,9 +268,11 @@ class LinkClosed(PeerUnreachable):
 
 class PeerTimedOut(DeliveryFailed):
     """The peer did not connect, complete the handshake, answer or read in time, before
-    the message could have reached it."""
+    the message could have reached it. `late`: how long after it was due the deadline
+    was seen (much later: our own process or machine was frozen or suspended)."""
 
     code = "timeout"
+    late: float = 0.0
 
 
 class PeerRefused(DeliveryFailed):

@@ -373,6 +373,9 @@ async def test_a_sender_frozen_mid_photo_is_given_up_and_the_photo_resumes_on_a_
         assert list((bob.data_dir / "photos").iterdir()) == []  # nothing stored or shown
         assert bob.notifications["receive"].empty()
         assert list(partial.glob("*.part"))  # but the part that came is kept
+        # frozen a while longer (as a laptop asleep): alice sees her deadline long past
+        # when she wakes (what tells her that she, not bob, was frozen)
+        await asyncio.sleep(1.5)
     finally:
         alice.proc.send_signal(signal.SIGCONT)
     # alice learns the link is gone, opens another and resumes where bob has it

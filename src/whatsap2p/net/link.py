@@ -77,6 +77,7 @@ class PeerLink(asyncio.Protocol):
         self._writable: asyncio.Future[None] | None = None
         self._unsent = 0
         self._scheduled: float | None = None
+        self._late = 0.0
         self._entry = 0
         #: Why the link can carry nothing more (set once).
         self.ended: DeliveryFailed | None = None
@@ -374,9 +375,12 @@ class PeerLink(asyncio.Protocol):
         return entry == self._entry
 
     def deadline_reached(self) -> None:
+        now = self._loop.time()
+        # How late the deadline is seen: much later than due, this process (or its
+        # machine) was frozen or suspended meanwhile, not the peer.
+        self._late = now - (self._scheduled if self._scheduled is not None else now)
         self._scheduled = None
         self._entry = 0
-        now = self._loop.time()
         if self._writable is not None and self._transport is not None:
             unsent = self._transport.get_write_buffer_size()
             if unsent < self._unsent:  # bytes moved since: slow, not stopped
@@ -453,7 +457,9 @@ class PeerLink(asyncio.Protocol):
             elif isinstance(event, ev.ConnectionIdle):
                 self._end(LinkClosed("closed after a quiet while"), abort=False)
             else:
-                self._end(PeerTimedOut(event.reason))
+                timed_out = PeerTimedOut(event.reason)
+                timed_out.late = self._late
+                self._end(timed_out)
 
     @staticmethod
     def _answer(

@@ -46,12 +46,23 @@ class _Way(typing.NamedTuple):
     when: float
 
 
+#: A deadline seen this long after it was due means that we were frozen, not the peer.
+_FROZEN = 1.0
+
+
 def _found_closed(failure: DeliveryFailed) -> bool:
     """Whether `failure` is a kept link found gone (its peer closed it, or the network
     dropped it, since it was last used): worth once more on a new link (the receiver
     recognises a message it already has by its id)."""
     cause = failure.__cause__ if isinstance(failure, Unconfirmed) else failure
     return isinstance(cause, LinkClosed)
+
+
+def _we_were_frozen(failure: DeliveryFailed) -> bool:
+    """Whether `failure` is a deadline seen long after it was due: our own process (or
+    machine) was frozen or suspended meanwhile, and the peer, alive, may have given up
+    on the link; worth once more on a new one (a photo resumes where it has it)."""
+    return isinstance(failure, PeerTimedOut) and failure.late > _FROZEN
 
 
 class LinkPool:
@@ -130,7 +141,8 @@ class LinkPool:
     ) -> str:
         """Send a photo on a link of its own (see `PeerLink.send_photo`), returning the
         link's route; a kept link found closed is replaced once, and so is a new one lost
-        or stalled on the way (the photo resumes where the receiver has it)."""
+        on the way, or timed out while we were frozen (the photo resumes where the
+        receiver has it)."""
         slots = self._slots.setdefault(address, asyncio.Semaphore(self._limits.max_links_per_peer))
         self._busy[address] = self._busy.get(address, 0) + 1
         try:
@@ -147,9 +159,7 @@ class LinkPool:
                     try:
                         return await self._photo_on(address, link, offer, stream_from)
                     except DeliveryFailed as exc:
-                        # (a link that stalled, too: our own process or machine may have
-                        # been frozen, or suspended, while the peer gave up on it)
-                        if not tries or not (_found_closed(exc) or isinstance(exc, PeerTimedOut)):
+                        if not tries or not (_found_closed(exc) or _we_were_frozen(exc)):
                             raise
                     link = None
         finally:
