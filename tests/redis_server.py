@@ -41,8 +41,11 @@ def _running(command: list[str], port: int, what: str) -> Iterator[subprocess.Po
 
 
 @contextmanager
-def redis_sentinel(master_url: str, service: str = "mymaster") -> Iterator[str]:
-    """A Sentinel watching the Redis at `master_url`; yields the `sentinel://` URL."""
+def redis_sentinel(
+    master_url: str, service: str = "mymaster", password: str | None = None
+) -> Iterator[str]:
+    """A Sentinel watching the Redis at `master_url` (which asks for `password`, as the
+    sentinel then does too); yields the `sentinel://` URL (no password in it)."""
     assert REDIS_SERVER is not None
     master_port = int(master_url.rsplit(":", 1)[1].split("/")[0])
     port = free_port()
@@ -55,6 +58,8 @@ def redis_sentinel(master_url: str, service: str = "mymaster") -> Iterator[str]:
                 f"sentinel down-after-milliseconds {service} 1000\n"
                 f"sentinel failover-timeout {service} 10000\n"
             )
+            if password is not None:
+                out.write(f"requirepass {password}\nsentinel auth-pass {service} {password}\n")
         with _running([REDIS_SERVER, conf, "--sentinel"], port, "redis-sentinel"):
             yield f"sentinel://127.0.0.1:{port}/{service}/0"
 
@@ -105,3 +110,80 @@ def redis_inside(inside: tuple[str, ...], host: str, port: int = 6379) -> Iterat
             proc.terminate()
             proc.wait()
             proc.stdout.close()
+
+
+def _certificates(folder: str) -> tuple[str, str, str]:
+    """A CA and a certificate for 127.0.0.1 it signed (files: CA, cert, key)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+
+    def certificate(
+        subject: str,
+        key: ec.EllipticCurvePrivateKey,
+        issuer: x509.Name,
+        signer: ec.EllipticCurvePrivateKey,
+        ca: bool,
+    ) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False,
+            )
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    ca = certificate("test CA", ca_key, ca_name, ca_key, ca=True)
+    cert = certificate("127.0.0.1", key, ca_name, ca_key, ca=False)
+    paths = (f"{folder}/ca.pem", f"{folder}/redis.pem", f"{folder}/redis.key")
+    for path, data in zip(
+        paths,
+        (
+            ca.public_bytes(serialization.Encoding.PEM),
+            cert.public_bytes(serialization.Encoding.PEM),
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        ),
+        strict=True,
+    ):
+        with open(path, "wb") as out:
+            out.write(data)
+    return paths
+
+
+@contextmanager
+def redis_tls(password: str) -> Iterator[tuple[str, str]]:
+    """A redis-server speaking only TLS (a certificate for 127.0.0.1 from a CA made
+    here) and asking for `password`; yields its `rediss://` URL (no password in it) and
+    the CA file."""
+    if REDIS_SERVER is None:
+        raise RuntimeError("redis-server is not installed: run `make test`, which installs it")
+    port = free_port()
+    with tempfile.TemporaryDirectory() as folder:
+        ca, cert, key = _certificates(folder)
+        command = [REDIS_SERVER, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1"]
+        command += ["--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", ca]
+        command += ["--tls-auth-clients", "no", "--requirepass", password, "--save", ""]
+        command += ["--appendonly", "no", "--dir", folder]
+        with _running(command, port, "redis-server (TLS)"):
+            yield f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}", ca

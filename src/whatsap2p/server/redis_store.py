@@ -56,10 +56,12 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable
 from typing import Annotated, Any, ClassVar
+from urllib.parse import unquote
 
 import msgpack
 import msgspec
@@ -168,13 +170,43 @@ return 0
 """
 
 
-def _client(url: str) -> tuple[redis.Redis, Sentinel | None]:
-    """The client for `url`, and the Sentinel it goes through (None for a plain URL)."""
-    if not url.startswith("sentinel://"):
-        return redis.Redis.from_url(url, decode_responses=False), None
-    hosts, _, rest = url.removeprefix("sentinel://").partition("/")
+#: The URLs `--redis` takes (docs/deployment.md).
+_SCHEMES = ("redis://", "rediss://", "unix://", "sentinel://", "sentinels://")
+
+
+def shown(url: str) -> str:
+    """`url` without its password, to log or to say in an error."""
+    return re.sub(r"(://[^/@]*?:)[^/@]*@", r"\1***@", url)
+
+
+def _client(url: str, password: str | None = None) -> tuple[redis.Redis, Sentinel | None]:
+    """The client for `url`, and the Sentinel it goes through (None for a plain URL).
+    `password`: for a URL that has none (given from a file or the environment, so that
+    it stays out of process lists). `sentinels://` is `sentinel://` over TLS."""
+    if url.startswith("cluster://"):
+        raise StoreError(
+            f"{shown(url)}: Redis Cluster is not supported yet; use redis://, rediss:// or"
+            " sentinel:// (one Redis kept available by Sentinel)"
+        )
+    if not url.startswith(_SCHEMES):
+        raise StoreError(
+            f"not a Redis URL: {shown(url)} (redis://[USER:PASSWORD@]HOST:PORT/DB,"
+            " rediss://... over TLS, unix://PATH, sentinel://[USER:PASSWORD@]HOST:PORT,.../"
+            "SERVICE/DB)"
+        )
+    extra: dict[str, Any] = {} if password is None else {"password": password}
+    if not url.startswith(("sentinel://", "sentinels://")):
+        try:
+            return redis.Redis.from_url(url, decode_responses=False, **extra), None
+        except ValueError as exc:
+            raise StoreError(f"not a Redis URL: {shown(url)} ({exc})") from None
+    scheme, _, rest = url.partition("://")
+    where, _, rest = rest.partition("/")
+    credentials, _, hosts = where.rpartition("@")
     service, _, db = rest.partition("/")
-    wrong = StoreError(f"not a sentinel URL: {url} (sentinel://HOST:PORT,.../SERVICE/DB)")
+    wrong = StoreError(
+        f"not a sentinel URL: {shown(url)} (sentinel://[USER:PASSWORD@]HOST:PORT,.../SERVICE/DB)"
+    )
     try:
         sentinels = [(h, int(p)) for h, _, p in (a.rpartition(":") for a in hosts.split(","))]
         number = int(db or 0)
@@ -182,7 +214,15 @@ def _client(url: str) -> tuple[redis.Redis, Sentinel | None]:
         raise wrong from None
     if not service or not all(h for h, _ in sentinels):
         raise wrong
-    watchers = Sentinel(sentinels, socket_timeout=5.0)  # type: ignore[no-untyped-call]
+    if credentials:
+        user, _, secret = credentials.partition(":")
+        extra = {"password": unquote(secret) if secret else password, "username": unquote(user)}
+        extra = {k: v for k, v in extra.items() if v}
+    if scheme == "sentinels":
+        extra["ssl"] = True
+    watchers = Sentinel(  # type: ignore[no-untyped-call]
+        sentinels, socket_timeout=5.0, sentinel_kwargs=dict(extra), **extra
+    )
     master: redis.Redis = watchers.master_for(service, db=number, decode_responses=False)
     return master, watchers
 
@@ -450,7 +490,11 @@ class RedisDirectory(Directory):
     binds_keys: ClassVar[bool] = True  # its registration script checks and makes bindings
 
     def __init__(
-        self, url: str, ttl: float = DEFAULT_TTL, answer_within: float = ANSWER_WITHIN
+        self,
+        url: str,
+        ttl: float = DEFAULT_TTL,
+        answer_within: float = ANSWER_WITHIN,
+        password: str | None = None,
     ) -> None:
         """`url`: `redis://HOST:PORT/DB` (also `rediss://`, `unix://`), or, for a Redis
         kept highly available by Sentinel, `sentinel://HOST:PORT[,HOST:PORT...]/SERVICE/DB`
@@ -461,7 +505,7 @@ class RedisDirectory(Directory):
         self.server_id = uuid.uuid4().hex[:12]
         #: Where other servers pass on requests to connect back, and answer ours.
         self.dial_channel = DIAL_CHANNEL + self.server_id
-        self._redis, self._sentinel = _client(url)
+        self._redis, self._sentinel = _client(url, password)
         self._register = self._redis.register_script(_REGISTER)
         self._renew = self._redis.register_script(_RENEW)
         self._unregister = self._redis.register_script(_UNREGISTER)
@@ -476,7 +520,7 @@ class RedisDirectory(Directory):
             self._to_owner,
             self._unbind,
         ]
-        self.health = _Health(url)
+        self.health = _Health(shown(url))
         self._batches = _Batches(self._redis, scripts, self.health)
         #: Registrations go in pipelines of their own, each ended by a WAIT for a replica
         #: when there are replicas (a WAIT holds its pipeline: not the lookups').
@@ -507,7 +551,7 @@ class RedisDirectory(Directory):
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             await pubsub.subscribe(CHANNEL, self.dial_channel)
         except (RedisError, OSError) as exc:
-            raise StoreError(f"cannot use Redis at {self.url}: {exc}") from exc
+            raise StoreError(f"cannot use Redis at {shown(self.url)}: {exc}") from exc
         self._listener = asyncio.create_task(
             self._listen(pubsub, on_online, push_dial), name="redis-sub"
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import socket
 import sys
@@ -167,8 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument(
         "--redis",
         metavar="URL",
-        help="keep the directory in Redis/Valkey (redis://HOST:PORT/DB), shared by every "
-        "server given the same URL and key file; without it, in this process and --db",
+        help="keep the directory in Redis/Valkey (redis://[USER:PASSWORD@]HOST:PORT/DB, "
+        "rediss:// over TLS, sentinel://[USER:PASSWORD@]HOST:PORT,.../SERVICE/DB), shared "
+        "by every server given the same URL and key file; without it, in this process and --db",
+    )
+    server.add_argument(
+        "--redis-password-file",
+        type=Path,
+        metavar="FILE",
+        help=f"with --redis: the password, from this file (or ${REDIS_PASSWORD_ENV}), for a "
+        "URL without one: out of the process list",
     )
     server.add_argument(
         "--relay",
@@ -238,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     release.add_argument("--db", type=Path, default=DEFAULT_DB, metavar="PATH", dest="release_db")
     release.add_argument("--region", default=DEFAULT_REGION)
     release.add_argument("--redis", metavar="URL", dest="release_redis")
+    release.add_argument("--redis-password-file", type=Path, metavar="FILE")
 
     _relay_parser(commands)
 
@@ -449,18 +459,35 @@ def _release(args: argparse.Namespace) -> int:
 
 
 async def _release_redis(args: argparse.Namespace) -> int:
-    from whatsap2p.server.redis_store import RedisDirectory
+    from whatsap2p.server.redis_store import RedisDirectory, shown
 
     phone = normalise_phone(args.phone, args.region)
-    directory = RedisDirectory(args.release_redis)
+    directory = RedisDirectory(args.release_redis, password=_redis_password(args))
     try:
         released = await directory.release(phone)
     except Exception as exc:  # redis-py's errors: one line, not a traceback
-        raise StoreError(f"cannot use Redis at {args.release_redis}: {exc}") from exc
+        raise StoreError(f"cannot use Redis at {shown(args.release_redis)}: {exc}") from exc
     finally:
         await directory.close()
     print(f"released {phone}" if released else f"{phone} was not bound to any key")
     return EXIT_OK
+
+
+#: Where a Redis password may come from instead of the URL (or --redis-password-file).
+REDIS_PASSWORD_ENV = "WHATSAP2P_REDIS_PASSWORD"  # noqa: S105 (a variable's name)
+
+
+def _redis_password(args: argparse.Namespace) -> str | None:
+    """The Redis password from --redis-password-file (its first line) or the
+    environment; None when neither gives one."""
+    path: Path | None = args.redis_password_file
+    if path is None:
+        return os.environ.get(REDIS_PASSWORD_ENV) or None
+    try:
+        lines = path.expanduser().read_text().splitlines()
+    except OSError as exc:
+        raise StoreError(f"cannot read the Redis password file {path}: {exc.strerror}") from exc
+    return lines[0] if lines and lines[0] else None
 
 
 def _server_key(args: argparse.Namespace, db_path: Path) -> StaticKey:
@@ -504,7 +531,7 @@ async def _run_server(args: argparse.Namespace) -> int:
     if args.redis:
         from whatsap2p.server.redis_store import RedisDirectory
 
-        store = RedisDirectory(args.redis, args.presence_ttl)
+        store = RedisDirectory(args.redis, args.presence_ttl, password=_redis_password(args))
         server = DirectoryServer(config, None, store)
         store.on_event = server.metrics.store_event
     else:
