@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -187,3 +188,83 @@ def redis_tls(password: str) -> Iterator[tuple[str, str]]:
         command += ["--appendonly", "no", "--dir", folder]
         with _running(command, port, "redis-server (TLS)"):
             yield f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}", ca
+
+
+REDIS_CLI = shutil.which("redis-cli")
+
+
+@contextmanager
+def redis_cluster(
+    masters: int = 3, replicas: int = 1
+) -> Iterator[tuple[str, dict[int, subprocess.Popen[bytes]]]]:
+    """A real Redis Cluster of `masters` masters with `replicas` replicas each, on free
+    loopback ports (a node timeout of 1 s: a master killed is failed over in seconds);
+    yields its `cluster://` URL (every node a seed) and its processes by port."""
+    if REDIS_SERVER is None or REDIS_CLI is None:
+        raise RuntimeError("redis-server is not installed: run `make test`, which installs it")
+    ports = [free_port() for _ in range(masters * (1 + replicas))]
+    with tempfile.TemporaryDirectory() as folder, contextlib.ExitStack() as stack:
+        procs: dict[int, subprocess.Popen[bytes]] = {}
+        for port in ports:
+            command = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+            command += ["--appendonly", "no", "--dir", folder, "--cluster-enabled", "yes"]
+            command += ["--cluster-config-file", f"nodes-{port}.conf"]
+            command += ["--cluster-port", str(free_port())]  # (not port + 10000: past 65535)
+            command += ["--cluster-node-timeout", "1000", "--notify-keyspace-events", "Ex"]
+            procs[port] = stack.enter_context(_running(command, port, "redis-server (cluster)"))
+        nodes = [f"127.0.0.1:{port}" for port in ports]
+        create = [REDIS_CLI, "--cluster", "create", *nodes, "--cluster-yes"]
+        created = subprocess.run(
+            [*create, "--cluster-replicas", str(replicas)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if created.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout}")
+        wait_cluster_ok(ports)
+        yield "cluster://" + ",".join(nodes), procs
+
+
+def wait_cluster_ok(ports: list[int], timeout: float = 30) -> None:
+    """Until every node in `ports` that answers says the cluster is ok (a foreign
+    process's state: nothing to wait on but its answers)."""
+    import redis
+
+    deadline = time.monotonic() + timeout
+    for port in ports:
+        client = redis.Redis(port=port)
+        try:
+            while True:
+                try:
+                    info = client.execute_command("CLUSTER", "INFO")  # type: ignore[no-untyped-call]
+                    if b"cluster_state:ok" in info:
+                        break
+                except redis.ConnectionError:
+                    break  # (a node that was killed)
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the cluster is not ok at {port} in {timeout} s")
+                time.sleep(0.05)
+        finally:
+            client.close()
+
+
+def wait_failed_over(ports: list[int], victim: int, timeout: float = 30) -> None:
+    """Until the cluster (asked at a live node of `ports`) names another master for
+    every slot the killed `victim` had, and is ok again."""
+    import redis
+
+    client = redis.Redis(port=next(p for p in ports if p != victim))
+    deadline = time.monotonic() + timeout
+    try:
+        while any(  # a foreign process's state: nothing to wait on but its answers
+            int(r[2][1]) == victim
+            for r in client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+        ):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no failover of {victim} in {timeout} s")
+            time.sleep(0.05)
+    finally:
+        client.close()
+    wait_cluster_ok([p for p in ports if p != victim])

@@ -96,7 +96,8 @@ async def test_sentinels_that_ask_for_a_password() -> None:
 @pytest.mark.parametrize(
     ("url", "said"),
     [
-        ("cluster://127.0.0.1:7000", "Redis Cluster is not supported yet"),
+        ("cluster://127.0.0.1:notaport", "not a cluster URL: cluster://127.0.0.1:notaport"),
+        ("cluster://127.0.0.1:7000/0", "not a cluster URL"),
         ("http://127.0.0.1:6379", "not a Redis URL: http://127.0.0.1:6379"),
         ("redis://127.0.0.1:notaport/0", "not a Redis URL"),
         ("127.0.0.1:6379", "not a Redis URL"),

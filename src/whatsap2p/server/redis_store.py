@@ -66,7 +66,9 @@ from urllib.parse import unquote
 import msgpack
 import msgspec
 import redis.asyncio as redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
 from whatsap2p.errors import StoreError
@@ -171,7 +173,41 @@ return 0
 
 
 #: The URLs `--redis` takes (docs/deployment.md).
-_SCHEMES = ("redis://", "rediss://", "unix://", "sentinel://", "sentinels://")
+_SCHEMES = ("redis://", "rediss://", "unix://", "sentinel://", "sentinels://", "cluster://")
+
+
+def _hosts(
+    where: str, password: str | None, wrong: StoreError
+) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    """`[USER:PASSWORD@]HOST:PORT,...`: the hosts, and the credentials to use (the
+    password given apart when the URL has none)."""
+    credentials, _, hosts = where.rpartition("@")
+    try:
+        found = [(h, int(p)) for h, _, p in (a.rpartition(":") for a in hosts.split(","))]
+    except ValueError:
+        raise wrong from None
+    if not all(h for h, _ in found):
+        raise wrong
+    user, _, secret = credentials.partition(":")
+    extra = {"password": unquote(secret) if secret else password, "username": unquote(user)}
+    return found, {k: v for k, v in extra.items() if v}
+
+
+def _cluster(url: str, password: str | None) -> Any:
+    """A Redis Cluster client, from `cluster://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...]`
+    (any of its nodes as seeds; `clusters://` over TLS)."""
+    scheme, _, rest = url.partition("://")
+    where, _, tail = rest.partition("/")
+    wrong = StoreError(
+        f"not a cluster URL: {shown(url)} (cluster://[USER:PASSWORD@]HOST:PORT,HOST:PORT...)"
+    )
+    if tail.strip("/"):
+        raise wrong
+    seeds, extra = _hosts(where, password, wrong)
+    if scheme == "clusters":
+        extra["ssl"] = True
+    nodes = [ClusterNode(host, port) for host, port in seeds]
+    return RedisCluster(startup_nodes=nodes, decode_responses=False, **extra)
 
 
 def shown(url: str) -> str:
@@ -179,15 +215,12 @@ def shown(url: str) -> str:
     return re.sub(r"(://[^/@]*?:)[^/@]*@", r"\1***@", url)
 
 
-def _client(url: str, password: str | None = None) -> tuple[redis.Redis, Sentinel | None]:
+def _client(url: str, password: str | None = None) -> tuple[Any, Sentinel | None]:
     """The client for `url`, and the Sentinel it goes through (None for a plain URL).
     `password`: for a URL that has none (given from a file or the environment, so that
     it stays out of process lists). `sentinels://` is `sentinel://` over TLS."""
-    if url.startswith("cluster://"):
-        raise StoreError(
-            f"{shown(url)}: Redis Cluster is not supported yet; use redis://, rediss:// or"
-            " sentinel:// (one Redis kept available by Sentinel)"
-        )
+    if url.startswith(("cluster://", "clusters://")):
+        return _cluster(url, password), None
     if not url.startswith(_SCHEMES):
         raise StoreError(
             f"not a Redis URL: {shown(url)} (redis://[USER:PASSWORD@]HOST:PORT/DB,"
@@ -202,22 +235,17 @@ def _client(url: str, password: str | None = None) -> tuple[redis.Redis, Sentine
             raise StoreError(f"not a Redis URL: {shown(url)} ({exc})") from None
     scheme, _, rest = url.partition("://")
     where, _, rest = rest.partition("/")
-    credentials, _, hosts = where.rpartition("@")
     service, _, db = rest.partition("/")
     wrong = StoreError(
         f"not a sentinel URL: {shown(url)} (sentinel://[USER:PASSWORD@]HOST:PORT,.../SERVICE/DB)"
     )
+    sentinels, extra = _hosts(where, password, wrong)
     try:
-        sentinels = [(h, int(p)) for h, _, p in (a.rpartition(":") for a in hosts.split(","))]
         number = int(db or 0)
     except ValueError:
         raise wrong from None
-    if not service or not all(h for h, _ in sentinels):
+    if not service:
         raise wrong
-    if credentials:
-        user, _, secret = credentials.partition(":")
-        extra = {"password": unquote(secret) if secret else password, "username": unquote(user)}
-        extra = {k: v for k, v in extra.items() if v}
     if scheme == "sentinels":
         extra["ssl"] = True
     watchers = Sentinel(  # type: ignore[no-untyped-call]
@@ -262,8 +290,10 @@ _Asked = tuple[tuple[_Command, ...], "asyncio.Future[list[Any]]"]
 
 def _script(script: Any, keys: list[str], args: list[Any]) -> _Command:
     """The command that runs a registered script by its digest. (Through the script's
-    own call, redis-py asks SCRIPT EXISTS before every pipeline: a round trip more.)"""
-    return lambda pipe: pipe.evalsha(script.sha, len(keys), *keys, *args)
+    own call, redis-py asks SCRIPT EXISTS before every pipeline: a round trip more; and
+    a cluster's pipeline refuses `evalsha` by name, not EVALSHA as a command, which it
+    sends to the node of the keys' slot.)"""
+    return lambda pipe: pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
 
 
 class _Health:
@@ -358,6 +388,10 @@ class _Batches:
             self._health.failed(exc)
             self._fail(batch, exc)
             return
+        except Exception as exc:  # (a cluster's client raises others): fail, never hang
+            log.exception("a batch of requests to the directory store failed")
+            self._fail(batch, exc)
+            return
         self._health.answered()
         extra = results[len(flat) :]
         at = 0
@@ -372,6 +406,19 @@ class _Batches:
                 future.set_result(mine)
 
     async def _execute(self, commands: list[_Command]) -> list[Any]:
+        if not isinstance(self._client, RedisCluster):
+            return await self._pipeline(commands)
+        try:
+            results = await self._pipeline(commands)
+        except RedisConnectionError:
+            results = [RedisConnectionError()]
+        if any(isinstance(r, RedisConnectionError) for r in results):
+            # A cluster's node gone (failed over): its client has learned where the
+            # slots are now; once more there (every script here may run twice).
+            return await self._pipeline(commands)
+        return results
+
+    async def _pipeline(self, commands: list[_Command]) -> list[Any]:
         async with self._client.pipeline(transaction=False) as pipe:
             for command in commands:
                 command(pipe)
@@ -506,6 +553,8 @@ class RedisDirectory(Directory):
         #: Where other servers pass on requests to connect back, and answer ours.
         self.dial_channel = DIAL_CHANNEL + self.server_id
         self._redis, self._sentinel = _client(url, password)
+        #: A Redis Cluster: no WAIT (a write's master is the key's), pub/sub on any node.
+        self._cluster = isinstance(self._redis, RedisCluster)
         self._register = self._redis.register_script(_REGISTER)
         self._renew = self._redis.register_script(_RENEW)
         self._unregister = self._redis.register_script(_UNREGISTER)
@@ -559,8 +608,10 @@ class RedisDirectory(Directory):
         self._watching_replicas = asyncio.create_task(self._watch_replicas(), name="replicas")
 
     async def _count_replicas(self) -> None:
+        if self._cluster:
+            return
         try:
-            role = await self._redis.execute_command("ROLE")  # type: ignore[no-untyped-call]
+            role = await self._redis.execute_command("ROLE")
         except (RedisError, OSError) as exc:
             log.debug("ROLE: %s", exc)
             return
@@ -596,6 +647,10 @@ class RedisDirectory(Directory):
                 except (RedisError, OSError) as exc:
                     log.warning("redis subscription: %s; resubscribing", exc)
                     await asyncio.sleep(1.0)
+                    if self._cluster:  # (its node may be gone: another, which hears all)
+                        with contextlib.suppress(RedisError, OSError):
+                            await pubsub.aclose()
+                        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
                     with contextlib.suppress(RedisError, OSError):
                         await pubsub.subscribe(CHANNEL, self.dial_channel)
                     continue
@@ -714,8 +769,8 @@ class RedisDirectory(Directory):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
         await self._redis.aclose()
-        # every connection, in use or not (a pub/sub one cut by the cancel included)
-        await self._redis.connection_pool.disconnect(inuse_connections=True)
+        if not self._cluster:  # every connection, in use or not (a pub/sub one included)
+            await self._redis.connection_pool.disconnect(inuse_connections=True)
         if self._sentinel is not None:
             for sentinel in self._sentinel.sentinels:
                 await sentinel.aclose()
