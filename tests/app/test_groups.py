@@ -317,19 +317,25 @@ def test_a_new_member_heard_of_first_from_another_member_gets_it_later(tmp_path:
     in_memory(tmp_path, scenario)
 
 
+async def from_before_ids(folder: Path) -> None:
+    """A data dir as a version before group ids left it: alice's group `trip` (bob and
+    carol) in a version 1 contacts.json, and history rows naming it (and one from dave,
+    who named a group of his `trip` too)."""
+    folder.mkdir(parents=True)
+    (folder / "contacts.json").write_text(
+        json.dumps({"version": 1, "contacts": {}, "groups": {"trip": [BOB, CAROL]}})
+    )
+    history = History(folder / "history.sqlite3", ALICE)  # rows as they were: no ids
+    both: dict[str, tuple[State, str | None]] = dict.fromkeys((BOB, CAROL), ("delivered", None))
+    await history.store_sent("a" * 32, both, "trip", T, text="ours")
+    await history.store_received("b" * 32, BOB, "trip", T, text="bob's")
+    await history.store_received("c" * 32, DAVE, "trip", T, text="dave's, named trip")
+    history.close()
+
+
 def test_groups_of_a_file_from_before_ids_keep_their_history(tmp_path: Path) -> None:
     async def scenario(world: World) -> None:
-        folder = world.root / ALICE
-        folder.mkdir(parents=True)
-        (folder / "contacts.json").write_text(
-            json.dumps({"version": 1, "contacts": {}, "groups": {"trip": [BOB, CAROL]}})
-        )
-        history = History(folder / "history.sqlite3", ALICE)  # rows as they were: no ids
-        both: dict[str, tuple[State, str | None]] = dict.fromkeys((BOB, CAROL), ("delivered", None))
-        await history.store_sent("a" * 32, both, "trip", T, text="ours")
-        await history.store_received("b" * 32, BOB, "trip", T, text="bob's")
-        await history.store_received("c" * 32, DAVE, "trip", T, text="dave's, named trip")
-        history.close()
+        await from_before_ids(world.root / ALICE)
         alice = await world.user(ALICE)
         (trip,) = alice.book.groups()
         assert (trip.name, trip.creator, trip.members) == ("trip", ALICE, (ALICE, BOB, CAROL))

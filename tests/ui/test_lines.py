@@ -59,9 +59,9 @@ commands:
   /add NAME PHONE           add or update a contact
   /remove NAME              remove a contact
   /group NAME MEMBER...     create a group of contacts or phone numbers (all can write to it)
-  /addto GROUP MEMBER       add a member to a group you created (every member is told)
-  GROUP: its name, or its id when groups share a name (/groups)
-  /removefrom GROUP MEMBER  remove a member from a group you created
+  /addto GROUP WHO...       add members to a group you created (everyone in it is told)
+  GROUP: its name, or (when groups share one) the start of its id (/groups)
+  /removefrom GROUP WHO...  remove members from a group you created
   /leave GROUP              leave a group (its members are told)
   /list NAME MEMBER...      a private list: each member gets your message as a direct message
   /msg TARGET TEXT...       send a text to a contact, a group or a phone number
@@ -121,7 +121,7 @@ async def test_every_command_prints_what_it_always_has(world: World, photo: Path
         ("/remove", "/remove NAME"),
         ("/remove bob carol", "/remove NAME"),
         ("/group pals", "/group NAME MEMBER..."),
-        ("/addto pals", "/addto GROUP MEMBER"),
+        ("/addto pals", "/addto GROUP WHO..."),
         ("/leave", "/leave GROUP"),
         ("/list l", "/list NAME MEMBER..."),
         ("/msg bob", "/msg TARGET TEXT..."),

@@ -44,6 +44,7 @@ __all__ = ["FILE_NAME", "AddressBook", "Contact", "Group", "Recipients"]
 FILE_NAME = "contacts.json"
 FORMAT_VERSION = 2
 _GROUP_ID = re.compile(r"[0-9a-f]{32}")
+_ID_START = re.compile(r"[0-9a-f]{6,31}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,9 +118,14 @@ class AddressBook:
             raise CorruptContactsFile(
                 f"contacts file {path} is corrupt ({exc}); fix or move it, it was not changed"
             ) from exc
-        if book.migrated:
-            book._save()
         return book
+
+    def finish_migration(self) -> None:
+        """Write a version 1 file back as version 2, once the groups it gave ids to
+        have their history (`migrated`): a start that fails before that migrates again."""
+        if self.migrated:
+            self._save()
+            self.migrated = []
 
     def _parse(self, data: object) -> None:
         if not isinstance(data, dict) or data.get("version") not in (1, FORMAT_VERSION):
@@ -340,17 +346,26 @@ class AddressBook:
         """The group a peer's message claiming `info` is shown in (app/groups.py's
         `judge`), saved when the message changed it; and whether it did."""
         known = self._groups.get(info.id)
-        if known is None:
-            self._check_room(sender)
         group = rules.judge(known, self._me(), sender, self._label(name), info)
         if group is known:
             return group, False
+        if known is None:  # (a group the rules take: its creator's room is taken)
+            self._check_room(group.creator)
         return self._put(group), True
 
     def _put(self, group: Group) -> Group:
+        if self._gone(group):  # (last of those we are not in: forgotten last)
+            self._groups.pop(group.id, None)
         self._groups[group.id] = group
+        gone = [g.id for g in self._groups.values() if self._gone(g)]
+        for group_id in gone[: max(0, len(gone) - self._max_groups)]:
+            del self._groups[group_id]  # the oldest we left or were removed from
         self._save()
         return group
+
+    def _gone(self, group: Group) -> bool:
+        """Whether we are no longer in `group` (left, or removed)."""
+        return not group.private and self.me not in group.members
 
     def _check_room(self, creator: str | None = None) -> None:
         """Room for one more group we are in (ours; or made by `creator`, a peer, who
@@ -380,6 +395,10 @@ class AddressBook:
     def _find_group(self, target: str) -> Group | None:
         if _GROUP_ID.fullmatch(target) and target in self._groups:
             return self._groups[target]
+        if _ID_START.fullmatch(target):  # the start of an id (as the line mode shows it)
+            started = [g for g in self._groups.values() if g.id.startswith(target)]
+            if len(started) == 1:
+                return started[0]
         named = [g for g in self.groups() if g.name == target]
         if len(named) > 1:
             choices = ", ".join(f"{g.id} (created by {self._who(g.creator)})" for g in named)

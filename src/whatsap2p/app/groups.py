@@ -181,8 +181,9 @@ def judge(known: Group | None, me: str, sender: str, name: str, info: ev.GroupIn
         return Group(info.id, name, info.creator, info.members, info.epoch, salt=info.salt)
     if known.private or info.creator != known.creator:  # (a hash collision, or our list's)
         raise MessageRefused("that group id is not one you may use")
-    if sender == known.creator and info.epoch > known.epoch:
-        # The creator's word on its members (a change, or one we missed).
+    if sender == known.creator and info.epoch > known.epoch and sender in known.members:
+        # The creator's word on its members (a change, or one we missed); a creator
+        # that left has none any more.
         members, quit = info.members, known.quit
         if quit and me in members:
             if change is not None and change.op == "add" and me in change.phones:

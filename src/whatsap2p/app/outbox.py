@@ -219,8 +219,11 @@ class Outbox:
         return phones
 
     def drop_group(self, group_id: str, why: str) -> None:
-        """We are no longer in group `group_id`: what waits for its members fails."""
+        """We were removed from group `group_id`: the messages that wait for its members
+        fail (not the news of a change: our own leave, say, still goes)."""
         for entry in self._history.queued():
+            if entry.change is not None:
+                continue
             if entry.group_id == group_id and (entry.id, entry.recipient) not in self._delivering:
                 self._history.set_state(entry.id, entry.recipient, "failed", why, "not-member")
                 self._count -= 1

@@ -196,6 +196,7 @@ class Session:
             )
             for group in self.book.migrated:  # (groups that had no id: their history too)
                 history.adopt_group(group.id, group.name, group.members)
+            self.book.finish_migration()  # (written only now: adopted, under the lock)
         except OSError as exc:
             self._lock.release()
             raise StoreError(f"cannot use data dir {config.data_dir}: {exc.strerror}") from exc
@@ -434,7 +435,8 @@ class Session:
         """A peer's message changed what we know of a group (it may have removed us; a
         member of ours may have left it, which we confirm to the others)."""
         group = event.group
-        if self.phone not in group.members and self._outbox is not None:
+        removed = self.phone not in group.members and not group.quit
+        if removed and self._outbox is not None:
             self._outbox.drop_group(group.id, "you are no longer a member of the group")
         self._publish(event)
         left = event.change is not None and event.change.get("op") == "leave"

@@ -115,10 +115,10 @@ class CreateGroup:
 
 @dataclass(frozen=True, slots=True)
 class ChangeGroup:
-    """Add a member to a group of ours, or remove one (`add` false)."""
+    """Add members to a group of ours, or remove some (`add` false)."""
 
     group: str  # its name, or its id
-    member: str  # a contact name or a phone number
+    members: tuple[str, ...]  # contact names or phone numbers
     add: bool = True
 
 
@@ -334,9 +334,11 @@ async def create_group(session: Session, request: CreateGroup) -> Group:
 
 
 async def change_group(session: Session, request: ChangeGroup) -> Group:
-    if request.add:
-        return await session.add_to_group(request.group, request.member)
-    return await session.remove_from_group(request.group, request.member)
+    change = session.add_to_group if request.add else session.remove_from_group
+    group = session.book.group(request.group)
+    for member in request.members:  # (one change each, in turn: each a new version)
+        group = await change(group.id, member)
+    return group
 
 
 async def leave_group(session: Session, request: LeaveGroup) -> Group:
@@ -476,7 +478,7 @@ def _list_words(rest: str) -> CreateGroup | None:
 def _change_words(add: bool) -> Callable[[str], ChangeGroup | None]:
     def parse(rest: str) -> ChangeGroup | None:
         words = shlex.split(rest)
-        return ChangeGroup(words[0], " ".join(words[1:]), add) if len(words) >= 2 else None
+        return ChangeGroup(words[0], tuple(words[1:]), add) if len(words) >= 2 else None
 
     return parse
 
@@ -575,16 +577,16 @@ COMMANDS: Final[tuple[Command[Any], ...]] = (
     ),
     Command(
         "/addto",
-        "GROUP MEMBER",
-        "add a member to a group you created (every member is told)",
+        "GROUP WHO...",
+        "add members to a group you created (everyone in it is told)",
         _change_words(add=True),
         change_group,
-        note="GROUP: its name, or its id when groups share a name (/groups)",
+        note="GROUP: its name, or (when groups share one) the start of its id (/groups)",
     ),
     Command(
         "/removefrom",
-        "GROUP MEMBER",
-        "remove a member from a group you created",
+        "GROUP WHO...",
+        "remove members from a group you created",
         _change_words(add=False),
         change_group,
     ),

@@ -78,8 +78,9 @@ def format_received(event: Received) -> str:
     except ValueError:
         clock = "--:--"
     who = escape_untrusted(event.name or event.sender)
-    if event.group is not None:
-        who += f" [{escape_untrusted(event.group)}]"
+    if event.group is not None:  # (and the start of its id: two groups may share a name)
+        short = "" if event.group_id is None else f" #{event.group_id[:6]}"
+        who += f" [{escape_untrusted(event.group)}{short}]"
     if isinstance(event, PhotoReceived):
         return f"[{clock}] {who}: photo saved to {event.photo.path}"
     return f"[{clock}] {who}: {message_text(event.text)}"

@@ -797,10 +797,9 @@ class ChatApp(App[None]):
             if not values:
                 return
             requests = [
-                ChangeGroup(conv.target, member.strip(), add)
+                ChangeGroup(conv.target, members, add)
                 for listed, add in zip(values, (True, False), strict=True)
-                for member in listed.split(",")
-                if member.strip()
+                if (members := tuple(m.strip() for m in listed.split(",") if m.strip()))
             ]
             if requests:
                 self._change_members(requests)
