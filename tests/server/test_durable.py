@@ -181,3 +181,45 @@ async def test_a_module_started_while_the_store_is_down_waits_and_registers(
         await session.close()
         if not starting.done():
             starting.cancel()
+
+
+async def test_a_connection_taken_over_elsewhere_is_not_said_offline(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server whose user moved to another server (it was frozen, say) does not log
+    that user offline when the old connection closes: the user is online, elsewhere."""
+    key = StaticKey.generate()
+    async with (
+        running_server(directory=RedisDirectory(redis_url)) as (_, port_a),
+        running_server(directory=RedisDirectory(redis_url)) as (_, port_b),
+    ):
+        old = await directory_client(port_a, key)
+        await old.register(ALICE, 4001)
+        new = await directory_client(port_b, key)
+        await new.register(ALICE, 4002)  # taken over, at the other server
+        said = asyncio.Event()
+        heard = logging.getLogger("whatsap2p.server.service")
+        handler = _Said(said, "an old connection closed")
+        heard.addHandler(handler)
+        try:
+            with caplog.at_level(logging.INFO, "whatsap2p.server.service"):
+                await old.close()  # (the socket closed, as a module that gave up on it)
+                await asyncio.wait_for(said.wait(), 5)
+        finally:
+            heard.removeHandler(handler)
+        assert f"{ALICE} offline" not in caplog.text
+        assert "registered through another since" in caplog.text
+        assert ALICE in await new.lookup([ALICE])
+        await new.close()
+
+
+class _Said(logging.Handler):
+    """Sets `event` when a record with `words` is logged."""
+
+    def __init__(self, event: asyncio.Event, words: str) -> None:
+        super().__init__()
+        self.event, self.words = event, words
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.words in record.getMessage():
+            self.event.set()

@@ -438,13 +438,15 @@ class _Client(asyncio.Protocol):
 
     async def _offline(self, phone: str) -> None:
         try:
-            removed = self._server.directory.unregister(phone, self._id)
-            if not isinstance(removed, bool):
-                await removed
+            removing = self._server.directory.unregister(phone, self._id)
+            removed = removing if isinstance(removing, bool) else await removing
         except StoreError as exc:  # the registration expires on its own
             log.warning("could not take %s offline now: %s", phone, exc)
             return
-        log.info("%s offline (connection closed)", phone)
+        if removed:
+            log.info("%s offline (connection closed)", phone)
+        else:  # (taken over: its module moved to another server, say while we were frozen)
+            log.info("%s: an old connection closed (registered through another since)", phone)
 
     def _start_answering(self) -> None:
         """Answer the requests received so far, in order: each by a plain call, sent at
