@@ -223,3 +223,34 @@ class _Said(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if self.words in record.getMessage():
             self.event.set()
+
+
+async def test_a_released_number_is_not_kept_or_taken_back_by_its_old_key(
+    store: Store, redis_url: str
+) -> None:
+    """The operator releases a number whose module still runs (a stolen phone, say):
+    the renewals, which put a lost binding back, do not put this one back; that module's
+    registration ends, its key may not take the number again for a while, and the
+    owner's new key binds it."""
+    stolen = StaticKey.generate()
+    thief = await directory_client(store.port, stolen)
+    await thief.register(ALICE, 4001)
+    operator = RedisDirectory(redis_url)
+    try:
+        assert await operator.release(ALICE)
+        assert await operator.key_of(ALICE) is None
+    finally:
+        await operator.close()
+    await thief.ping()
+    await store.directory.flush()
+    await asyncio.wait_for(thief.closed.wait(), 5)  # its registration ended
+    assert store.events == ["binding-conflict"]
+    again = await directory_client(store.port, stolen)
+    with pytest.raises(NumberBound):
+        await again.register(ALICE, 4002)  # the released key may not take it back
+    owner = StaticKey.generate()
+    rightful = await directory_client(store.port, owner)
+    await rightful.register(ALICE, 4003)  # the owner's new key binds it
+    assert await store.admin.get(bind_key(ALICE)) == owner.public
+    for client in (thief, again, rightful):
+        await client.close()

@@ -105,10 +105,16 @@ DEFAULT_TTL = 30.0
 BIND_WAIT = 1.0
 #: How often the server asks its Redis how many replicas it has (`ROLE`).
 REPLICAS_EVERY = 5.0
+#: After `server release`, how long the released key may not take the number again.
+RELEASE_HOLD = 600.0
 
 # KEYS: bind, online. ARGV: key, owner, record, ttl-ms, channel, presence message.
 _REGISTER = """
 local bound = redis.call('GET', KEYS[1])
+if bound and string.sub(bound, 1, 9) == 'released:' then
+  if string.sub(bound, 10) == ARGV[1] then return 'bound' end
+  bound = false
+end
 if bound and bound ~= ARGV[1] then return 'bound' end
 local current = redis.call('GET', KEYS[2])
 if current then
@@ -120,6 +126,18 @@ redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
 redis.call('PUBLISH', ARGV[5], ARGV[6])
 if not bound then return 'new' end
 return 'ok'
+"""
+
+# KEYS: bind, online. ARGV: hold-ms. The operator frees the number from its key: for
+# hold-ms, that key may not take it again (its registration is removed now, and ended at
+# its next renewal: a module that still holds a released number, stolen say, cannot
+# re-assert it), while any other key may bind it. 1 if it was bound.
+_RELEASE = """
+local bound = redis.call('GET', KEYS[1])
+if not bound or string.sub(bound, 1, 9) == 'released:' then return 0 end
+redis.call('SET', KEYS[1], 'released:' .. bound, 'PX', ARGV[1])
+redis.call('DEL', KEYS[2])
+return 1
 """
 
 # KEYS: bind, online. ARGV: key, owner. A new binding no replica took: taken back (and
@@ -912,9 +930,15 @@ class RedisDirectory(Directory):
         return total
 
     async def release(self, phone: str) -> bool:
-        """Free `phone` from its key (the operator's `server release`)."""
-        return bool(await self._redis.delete(_bind_key(phone)))
+        """Free `phone` from its key (the operator's `server release`): any other key
+        may bind it; the released one may not for `RELEASE_HOLD` seconds, and its
+        registration ends (a module still holding the number cannot keep or re-take it)."""
+        script = self._redis.register_script(_RELEASE)
+        keys = [_bind_key(phone), _online_key(phone)]
+        return bool(await script(keys=keys, args=[int(RELEASE_HOLD * 1000)]))
 
     async def key_of(self, phone: str) -> bytes | None:
         key = await self._redis.get(_bind_key(phone))
-        return key if isinstance(key, bytes) else None
+        if not isinstance(key, bytes) or key.startswith(b"released:"):
+            return None
+        return key
