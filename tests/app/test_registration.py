@@ -59,8 +59,14 @@ def test_a_refusal_for_now_at_start_is_waited_out() -> None:
     assert reg.get_timer() is not None  # waiting
     assert reg.handle_timer(0.08) == [Connect(0)]  # a new round, from the next server
     assert reg.failed(now=1) == [Connect(1)]
-    assert reg.failed(now=1) == [GaveUp()]  # a round with no refusal for now
-    assert reg.state is RegistrationState.CLOSED
+    # a round with no refusal for now (the server restarting, say): still waited out,
+    # since a server answered for now before; only a start with none ends the module
+    assert reg.failed(now=1) == [WaitingOut(0.2 * 0.75)]
+    assert machine(1).start() == [Connect(0)]
+    never = machine(1)
+    never.start()
+    assert never.failed(now=0) == [GaveUp()]
+    assert never.state is RegistrationState.CLOSED
 
 
 def test_start_tries_every_server_in_turn_then_gives_up() -> None:

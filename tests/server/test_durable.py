@@ -92,7 +92,7 @@ async def test_a_binding_to_another_key_ends_the_registration_loudly(
     await alice.close()
 
 
-async def test_a_new_binding_waits_for_a_replica_and_is_refused_without_one() -> None:
+async def test_a_new_binding_waits_for_a_replica_and_is_not_acknowledged_without_one() -> None:
     with (
         redis_process() as (master_url, _),
         redis_process("--replicaof", "127.0.0.1", master_url.split(":")[2].split("/")[0]) as (
@@ -123,8 +123,12 @@ async def test_a_new_binding_waits_for_a_replica_and_is_refused_without_one() ->
                 with pytest.raises(StoreUnavailable):
                     await bob.register(BOB, 4002)
                 assert events == ["binding-unreplicated"]
-                assert await admin.get(bind_key(BOB)) is None  # taken back, not half-made
-                assert BOB not in await alice.lookup([BOB])
+                assert BOB not in await alice.lookup([BOB])  # not published
+                assert await admin.get(bind_key(BOB)) == bob_key.public  # (for its key)
+                thief = await directory_client(port)
+                with pytest.raises(NumberBound):  # (no other key gets in meanwhile)
+                    await thief.register(BOB, 4009)
+                await thief.close()
                 await bob.close()
             finally:
                 replica.send_signal(signal.SIGCONT)

@@ -113,7 +113,8 @@ class Registration:
         #: The server in use, or being tried.
         self.server = 0
         self._tries_left = 0  # servers of this round not tried yet
-        #: A server of this round refused only for now (`failed(..., transient=True)`).
+        #: A server refused only for now (`failed(..., transient=True)`) since the last
+        #: registration: it exists, so the module waits for it rather than ends.
         self._for_now = False
         self._ever_registered = False
         self._pause = timeouts.reconnect_first
@@ -127,6 +128,7 @@ class Registration:
 
     def registered(self) -> list[Action]:
         self._step("registered")
+        self._for_now = False
         self._pause = self._timeouts.reconnect_first
         again = self._ever_registered
         self._ever_registered = True
@@ -177,7 +179,6 @@ class Registration:
         """Try every server once, from `first` on."""
         self.server = (first - 1) % self._servers
         self._tries_left = self._servers
-        self._for_now = False
         return self._next_server()
 
     def _next_server(self) -> list[Action]:

@@ -38,9 +38,11 @@ the only record of who owns a number, so they are kept with care:
 
 - a registration that creates a binding is acknowledged only once a replica has it,
   where the master has replicas (`WAIT 1`, at most `BIND_WAIT` seconds, after each
-  batch of registrations); when no replica takes it in time the new binding is taken
-  back and the registration refused `unavailable` (the module tries again), so a
-  failover to a replica that lags cannot forget a number it said was bound;
+  batch of registrations; not on a cluster, whose masters each have their own: there
+  renewals re-assert bindings, below); when no replica takes it in time the registration is refused
+  `unavailable` (the module tries again: the binding stays for its key, and the next
+  try's WAIT covers it), so a failover to a replica that lags cannot forget a number
+  it said was bound;
 - every renewal re-asserts its binding: one missing (a failover lost it anyway, or an
   operator's mistake) is put back from the key of the registration renewing it, and a
   binding to another key found there ends that registration (logged, counted).
@@ -140,15 +142,6 @@ redis.call('DEL', KEYS[2])
 return 1
 """
 
-# KEYS: bind, online. ARGV: key, owner. A new binding no replica took: taken back (and
-# its registration with it), unless something else changed them since.
-_UNBIND = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-local current = redis.call('GET', KEYS[2])
-if current and cmsgpack.unpack(current)[1] == ARGV[2] then redis.call('DEL', KEYS[2]) end
-return 1
-"""
-
 # KEYS: online, bind. ARGV: owner, record, ttl-ms, key. 'ok' renewed (or restored after
 # expiring), 'taken' when another connection holds the number now; 'restored' renewed,
 # and the binding, missing, put back; 'conflict' the number is bound to another key
@@ -229,8 +222,15 @@ def _cluster(url: str, password: str | None) -> Any:
 
 
 def shown(url: str) -> str:
-    """`url` without its password, to log or to say in an error."""
-    return re.sub(r"(://[^/@]*?:)[^/@]*@", r"\1***@", url)
+    """`url` without its password (in the credentials, which may hold '@' and '/', or in
+    a `password=` option), to log or to say in an error."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest:
+        credentials, _, hosts = rest.rpartition("@")
+        user = credentials.partition(":")[0] if ":" in credentials else ""
+        rest = f"{user}:***@{hosts}"
+    rest = re.sub(r"(?i)(password=)[^&]*", r"\1***", rest)
+    return f"{scheme}{sep}{rest}"
 
 
 def _client(url: str, password: str | None = None) -> tuple[Any, Sentinel | None]:
@@ -578,14 +578,12 @@ class RedisDirectory(Directory):
         self._unregister = self._redis.register_script(_UNREGISTER)
         self._take = self._redis.register_script(_TAKE)
         self._to_owner = self._redis.register_script(_TO_OWNER)
-        self._unbind = self._redis.register_script(_UNBIND)
         scripts = [
             self._register,
             self._renew,
             self._unregister,
             self._take,
             self._to_owner,
-            self._unbind,
         ]
         self.health = _Health(shown(url))
         self._batches = _Batches(self._redis, scripts, self.health)
@@ -617,7 +615,7 @@ class RedisDirectory(Directory):
             await self._redis.ping()
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             await pubsub.subscribe(CHANNEL, self.dial_channel)
-        except (RedisError, OSError) as exc:
+        except Exception as exc:  # (redis-py's, a cluster's, a bad option's: one line)
             raise StoreError(f"cannot use Redis at {shown(self.url)}: {exc}") from exc
         self._listener = asyncio.create_task(
             self._listen(pubsub, on_online, push_dial), name="redis-sub"
@@ -640,7 +638,7 @@ class RedisDirectory(Directory):
 
     async def _has_replicas(self) -> bool:
         """Whether the master has replicas now (asked again: a WAIT no replica answered
-        may mean the one it had is gone, or a failover left a master without any)."""
+        may mean the one it had is gone, or a failover left it without any)."""
         await self._count_replicas()
         return self.replicas > 0
 
@@ -662,14 +660,14 @@ class RedisDirectory(Directory):
             while True:
                 try:
                     message = await pubsub.get_message(timeout=None)
-                except (RedisError, OSError) as exc:
+                except Exception as exc:  # (a cluster's errors are not all RedisErrors)
                     log.warning("redis subscription: %s; resubscribing", exc)
                     await asyncio.sleep(1.0)
                     if self._cluster:  # (its node may be gone: another, which hears all)
-                        with contextlib.suppress(RedisError, OSError):
+                        with contextlib.suppress(Exception):
                             await pubsub.aclose()
                         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-                    with contextlib.suppress(RedisError, OSError):
+                    with contextlib.suppress(Exception):  # (tried again, never given up)
                         await pubsub.subscribe(CHANNEL, self.dial_channel)
                     continue
                 if message is None or message.get("type") != "message":
@@ -815,25 +813,27 @@ class RedisDirectory(Directory):
         keys = [_bind_key(address.phone), _online_key(address.phone)]
         args: list[bytes | str | int] = [address.key, self._owner(owner), record, self.ttl_ms]
         args += [CHANNEL, pushed]
-        outcome, *acked = await self._registrations.run(_script(self._register, keys, args))
+        outcome, *waited = await self._registrations.run(_script(self._register, keys, args))
+        acked = waited[0] if waited else None
         if outcome == b"bound":
             return "number-bound"
         if outcome == b"online":
             return "number-online"
-        if outcome == b"new" and acked and acked[0] < 1 and await self._has_replicas():
-            # No replica has the new binding: a failover now would forget it. Take it
-            # back; the module tries again (and binds again, with a replica then).
-            with contextlib.suppress(StoreError):
-                await self._batches.run(
-                    _script(self._unbind, keys, [address.key, self._owner(owner)])
-                )
+        if acked is not None and acked < 1 and await self._has_replicas():
+            # No replica has what this registration wrote, its binding maybe (made now,
+            # or by an earlier try that was refused just so): a failover now would
+            # forget it. Not acknowledged; the module tries again (its binding stays
+            # for its key: a later try's WAIT covers it once a replica catches up).
+            with contextlib.suppress(StoreError):  # (its presence goes with it)
+                online = [_online_key(address.phone)]
+                await self._batches.run(_script(self._unregister, online, [self._owner(owner)]))
             log.error(
-                "%s: no replica took its new binding within %g s; registration refused",
+                "%s: no replica took its registration within %g s; refused",
                 address.phone,
                 BIND_WAIT,
             )
             self.on_event("binding-unreplicated")
-            raise StoreError(f"no replica took the new binding of {address.phone} in time")
+            raise StoreError(f"no replica took the registration of {address.phone} in time")
         self._records[address.phone] = record
         return None
 
