@@ -23,6 +23,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from whatsap2p.app import groups as rules
 from whatsap2p.app.groups import Group
@@ -88,16 +89,9 @@ class AddressBook:
         self._known: frozenset[str] | None = None
 
     @classmethod
-    def load(
-        cls,
-        path: Path,
-        region: str = DEFAULT_REGION,
-        max_name_chars: int = 128,
-        me: str | None = None,
-        max_groups: int = 1000,
-        max_members: int = 256,
-    ) -> AddressBook:
-        book = cls(path, region, max_name_chars, me, max_groups, max_members)
+    def load(cls, path: Path, region: str = DEFAULT_REGION, **options: Any) -> AddressBook:
+        """The book in `path` (`options`: the constructor's), or an empty one."""
+        book = cls(path, region, **options)
         raw = read_if_present(path)
         if raw is None:
             return book

@@ -110,7 +110,7 @@ class Session:
         self.book = AddressBook.load(
             config.data_dir / CONTACTS_FILE,
             config.region,
-            limits.max_name_chars,
+            max_name_chars=limits.max_name_chars,
             me=config.phone,
             max_groups=limits.max_groups,
             max_members=limits.max_group_members,
