@@ -224,7 +224,28 @@ def redis_cluster(
         if created.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout}")
         wait_cluster_ok(ports)
+        _wait_replicas_synced(ports)
         yield "cluster://" + ",".join(nodes), procs
+
+
+def _wait_replicas_synced(ports: list[int], timeout: float = 30) -> None:
+    """Until every replica among `ports` has its link to its master up (its first sync
+    done: a WAIT for it answers)."""
+    import redis
+
+    deadline = time.monotonic() + timeout
+    for port in ports:
+        client = redis.Redis(port=port)
+        try:
+            while True:  # (a foreign process's state: nothing to wait on but its answers)
+                info = client.info("replication")
+                if info["role"] != "slave" or info.get("master_link_status") == "up":
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the replica at {port} did not sync in {timeout} s")
+                time.sleep(0.05)
+        finally:
+            client.close()
 
 
 def wait_cluster_ok(ports: list[int], timeout: float = 30) -> None:

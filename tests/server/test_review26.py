@@ -9,9 +9,11 @@ import signal
 import subprocess
 
 import pytest
+import redis
 import redis.asyncio as aioredis
+from redis.crc import key_slot
 
-from tests.redis_server import free_port, redis_process
+from tests.redis_server import free_port, redis_cluster, redis_process
 from tests.servers import directory_client, running_server
 from whatsap2p.errors import StoreError, StoreUnavailable
 from whatsap2p.protocol.keys import StaticKey
@@ -116,6 +118,45 @@ async def _race(admin: aioredis.Redis, master_url: str, replica: subprocess.Pope
                 replica.send_signal(signal.SIGCONT)
                 for client in (first, second):
                     await client.close()
+
+
+# --- Redis Cluster: no WAIT at all ------------------------------------------------------
+
+
+async def test_a_new_binding_on_a_cluster_waits_for_the_masters_replica() -> None:
+    """Issue 26 item 1: a registration that creates a binding is acknowledged only once a
+    replica has it 'where replicas exist'. On a cluster (masters with replicas) the
+    server sends no WAIT at all (`_count_replicas` returns early): with the master's
+    replica stalled, a new binding is acknowledged that a failover of that master to
+    its replica would forget, which is the very loss the issue is about."""
+    with redis_cluster() as (url, procs):
+        admin = redis.RedisCluster(host="127.0.0.1", port=next(iter(procs)))
+        try:
+            slot = key_slot(bind_key(ALICE).encode())
+            master = int(admin.nodes_manager.get_node_from_slot(slot).port)
+        finally:
+            admin.close()
+        replica_port = next(p for p in procs if _replica_of(p) == master)
+        async with running_server(directory=RedisDirectory(url)) as (_, port):
+            alice = await directory_client(port)
+            replica: subprocess.Popen[bytes] = procs[replica_port]
+            replica.send_signal(signal.SIGSTOP)
+            try:
+                with pytest.raises(StoreUnavailable):
+                    await alice.register(ALICE, 4001)
+            finally:
+                replica.send_signal(signal.SIGCONT)
+                await alice.close()
+
+
+def _replica_of(port: int) -> int | None:
+    """The port of the master the node at `port` replicates (None for a master)."""
+    node = redis.Redis(port=port)
+    try:
+        info = node.info("replication")
+        return int(info["master_port"]) if info["role"] == "slave" else None
+    finally:
+        node.close()
 
 
 # --- URLs: tracebacks instead of one line -------------------------------------------------

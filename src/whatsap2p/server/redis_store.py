@@ -38,8 +38,8 @@ the only record of who owns a number, so they are kept with care:
 
 - a registration that creates a binding is acknowledged only once a replica has it,
   where the master has replicas (`WAIT 1`, at most `BIND_WAIT` seconds, after each
-  batch of registrations; not on a cluster, whose masters each have their own: there
-  renewals re-assert bindings, below); when no replica takes it in time the registration is refused
+  batch of registrations; on a cluster, after each registration, at its master, on
+  the connection its script went on); when no replica takes it in time the registration is refused
   `unavailable` (the module tries again: the binding stays for its key, and the next
   try's WAIT covers it), so a failover to a replica that lags cannot forget a number
   it said was bound;
@@ -71,7 +71,7 @@ import redis.asyncio as redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from whatsap2p.errors import StoreError
 from whatsap2p.protocol import events as ev
@@ -207,6 +207,13 @@ def _hosts(
 def _cluster(url: str, password: str | None) -> Any:
     """A Redis Cluster client, from `cluster://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...]`
     (any of its nodes as seeds; `clusters://` over TLS)."""
+    seeds, extra = _cluster_parts(url, password)
+    nodes = [ClusterNode(host, port) for host, port in seeds]
+    return RedisCluster(startup_nodes=nodes, decode_responses=False, **extra)
+
+
+def _cluster_parts(url: str, password: str | None) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    """A cluster URL's seeds, and the options to connect to its nodes with."""
     scheme, _, rest = url.partition("://")
     where, _, tail = rest.partition("/")
     wrong = StoreError(
@@ -217,8 +224,7 @@ def _cluster(url: str, password: str | None) -> Any:
     seeds, extra = _hosts(where, password, wrong)
     if scheme == "clusters":
         extra["ssl"] = True
-    nodes = [ClusterNode(host, port) for host, port in seeds]
-    return RedisCluster(startup_nodes=nodes, decode_responses=False, **extra)
+    return seeds, extra
 
 
 def shown(url: str) -> str:
@@ -573,6 +579,10 @@ class RedisDirectory(Directory):
         self._redis, self._sentinel = _client(url, password)
         #: A Redis Cluster: no WAIT (a write's master is the key's), pub/sub on any node.
         self._cluster = isinstance(self._redis, RedisCluster)
+        #: On a cluster: a plain client per master, for registrations, whose WAIT must
+        #: go on the connection their script went on (a cluster pipeline's may not).
+        self._masters: dict[str, redis.Redis] = {}
+        self._master_options = _cluster_parts(url, password)[1] if self._cluster else {}
         self._register = self._redis.register_script(_REGISTER)
         self._renew = self._redis.register_script(_RENEW)
         self._unregister = self._redis.register_script(_UNREGISTER)
@@ -636,11 +646,53 @@ class RedisDirectory(Directory):
             log.info("the directory store's master has %d replica(s)", replicas)
         self.replicas = replicas
 
-    async def _has_replicas(self) -> bool:
-        """Whether the master has replicas now (asked again: a WAIT no replica answered
-        may mean the one it had is gone, or a failover left it without any)."""
+    async def _has_replicas(self, master: redis.Redis | None = None) -> bool:
+        """Whether the master (a cluster's `master`) has replicas now (asked again: a
+        WAIT no replica answered may mean the one it had is gone, or a failover left it
+        without any)."""
+        if master is not None:
+            try:
+                info = await master.info("replication")
+            except Exception:  # (it answered the WAIT just now: count it as having)
+                return True
+            return int(info.get("connected_slaves", 0)) > 0
         await self._count_replicas()
         return self.replicas > 0
+
+    async def _register_at_master(
+        self, keys: list[str], args: list[bytes | str | int]
+    ) -> tuple[Any, int, redis.Redis]:
+        """On a cluster: the registration script at the master of its keys, and a WAIT
+        on the same connection (registrations are rare: a pipeline each)."""
+        for _ in range(3):  # (again after the master did not know the script, or moved)
+            node = self._redis.get_node_from_key(keys[0])
+            found = self._masters.get(node.name)
+            if found is None:
+                found = redis.Redis(
+                    host=node.host, port=node.port, decode_responses=False, **self._master_options
+                )
+                self._masters[node.name] = found
+            master: redis.Redis = found
+            try:
+                async with master.pipeline(transaction=False) as pipe:
+                    pipe.evalsha(self._register.sha, len(keys), *keys, *args)
+                    pipe.execute_command("WAIT", 1, int(BIND_WAIT * 1000))
+                    outcome, acked = await pipe.execute(raise_on_error=False)
+            except Exception as exc:
+                self.health.failed(exc)
+                await self._redis.nodes_manager.initialize()  # (where the slots are now)
+                raise StoreError(f"directory store: {exc}") from exc
+            if isinstance(outcome, NoScriptError):
+                await master.script_load(_REGISTER)
+            elif isinstance(outcome, ResponseError) and str(outcome).startswith(("MOVED", "ASK")):
+                await self._redis.nodes_manager.initialize()
+            else:
+                break
+        for result in (outcome, acked):
+            if isinstance(result, Exception):
+                raise StoreError(f"directory store: {result}")
+        self.health.answered()
+        return outcome, int(acked), master
 
     async def _watch_replicas(self) -> None:
         while True:
@@ -787,6 +839,8 @@ class RedisDirectory(Directory):
         await self._redis.aclose()
         if not self._cluster:  # every connection, in use or not (a pub/sub one included)
             await self._redis.connection_pool.disconnect(inuse_connections=True)
+        for master in self._masters.values():
+            await master.aclose()
         if self._sentinel is not None:
             for sentinel in self._sentinel.sentinels:
                 await sentinel.aclose()
@@ -813,13 +867,18 @@ class RedisDirectory(Directory):
         keys = [_bind_key(address.phone), _online_key(address.phone)]
         args: list[bytes | str | int] = [address.key, self._owner(owner), record, self.ttl_ms]
         args += [CHANNEL, pushed]
-        outcome, *waited = await self._registrations.run(_script(self._register, keys, args))
-        acked = waited[0] if waited else None
+        acked: int | None
+        master: redis.Redis | None = None
+        if self._cluster:
+            outcome, acked, master = await self._register_at_master(keys, args)
+        else:
+            outcome, *waited = await self._registrations.run(_script(self._register, keys, args))
+            acked = waited[0] if waited else None
         if outcome == b"bound":
             return "number-bound"
         if outcome == b"online":
             return "number-online"
-        if acked is not None and acked < 1 and await self._has_replicas():
+        if acked is not None and acked < 1 and await self._has_replicas(master):
             # No replica has what this registration wrote, its binding maybe (made now,
             # or by an earlier try that was refused just so): a failover now would
             # forget it. Not acknowledged; the module tries again (its binding stays
