@@ -17,7 +17,13 @@ from whatsap2p.app.history import History
 from whatsap2p.app.photos import IncomingPhoto, PhotoFile, PhotoStore
 from whatsap2p.app.trust import Trust
 from whatsap2p.config import IncomingLimits
-from whatsap2p.errors import DirectoryError, PeerRefused, SenderThrottled
+from whatsap2p.errors import (
+    DirectoryError,
+    MessageRefused,
+    NotMember,
+    PeerRefused,
+    SenderThrottled,
+)
 from whatsap2p.protocol import events as ev
 from whatsap2p.ratelimit import BucketsByKey
 
@@ -142,9 +148,15 @@ class Inbox:
         A message without a group id (from a version before ids) is a direct one."""
         if info is None or name is None:
             return None, name
-        if self._history.was_received(message_id, sender):
-            return info.id, name  # (a retry: acknowledged again, not stored or shown again)
-        group, changed = self._book.judge(sender, name, info)
+        try:
+            group, changed = self._book.judge(sender, name, info)
+        except (NotMember, MessageRefused):
+            # A retry of one stored before its sender stopped counting (removed since):
+            # acknowledged again, not stored or shown again. (Asked only then: a retry
+            # the rules take changes nothing, and the store is not asked per message.)
+            if self._history.was_received(message_id, sender):
+                return info.id, name
+            raise
         if changed:
             change = None if info.change is None else change_json(info.change)
             self._group_changed(GroupChanged(group, sender, change))
