@@ -21,6 +21,7 @@ from whatsap2p.app.history import History, HistoryEntry
 from whatsap2p.app.photos import PhotoFile, PhotoStream, photo_key
 from whatsap2p.app.storage import write_atomically
 from whatsap2p.app.trust import Trust
+from whatsap2p.background import Background
 from whatsap2p.config import Limits, Timeouts
 from whatsap2p.errors import (
     DeliveryFailed,
@@ -76,7 +77,7 @@ class Outbox:
         self._flushing: dict[str, asyncio.Task[None]] = {}
         self._retries: dict[str, asyncio.TimerHandle] = {}
         self._retry_pause: dict[str, float] = {}
-        self._retrying: set[asyncio.Task[None]] = set()
+        self._retrying = Background(log)
         #: Numbers the server has been asked to watch on the current connection.
         self._watched: frozenset[str] = frozenset()
         #: Asks the server again to watch the outbox's recipients (Session's watch, with
@@ -232,17 +233,16 @@ class Outbox:
     def retry(self, phone: str) -> None:
         """Look `phone` up again now and deliver if it is online (e.g. its key was
         trusted since)."""
-        task = asyncio.get_running_loop().create_task(self._retry(phone))
-        self._retrying.add(task)
-        task.add_done_callback(self._retrying.discard)
+        self._retrying.start(self._retry(phone), f"trying the outbox for {phone} again")
 
     async def close(self) -> None:
         for handle in self._retries.values():
             handle.cancel()
-        tasks = [*self._flushing.values(), *self._retrying]
-        for task in tasks:
+        flushing = list(self._flushing.values())
+        for task in flushing:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*flushing, return_exceptions=True)
+        await self._retrying.close()
 
     # --- delivering --------------------------------------------------------------------------
 
@@ -426,11 +426,6 @@ class Outbox:
             await asyncio.sleep(pause)
             await rewatch()
 
-        self._rewatching = task = asyncio.create_task(watch_again(), name="outbox-watch")
-        self._retrying.add(task)
-        task.add_done_callback(self._watched_again)
-
-    def _watched_again(self, task: asyncio.Task[None]) -> None:
-        self._retrying.discard(task)
-        if not task.cancelled() and (failure := task.exception()) is not None:
-            log.warning("watching the outbox recipients again: %s", failure)
+        self._rewatching = self._retrying.start(
+            watch_again(), "watching the outbox recipients again"
+        )

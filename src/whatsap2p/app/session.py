@@ -48,6 +48,7 @@ from whatsap2p.app.sending import Sender, check_message_id
 from whatsap2p.app.storage import DataDirLock, remove_leftovers
 from whatsap2p.app.trust import FILE_NAME as TRUST_FILE
 from whatsap2p.app.trust import Trust, TrustStore
+from whatsap2p.background import Background
 from whatsap2p.config import IncomingLimits, Limits, Timeouts
 from whatsap2p.errors import (
     CannotListen,
@@ -138,7 +139,7 @@ class Session:
         #: Numbers whose coming online the UI wants to hear of (PresenceChanged).
         self._presence: frozenset[str] = frozenset()
         #: Confirmations under way that a member left a group of ours.
-        self._confirming: set[asyncio.Task[None]] = set()
+        self._confirming = Background(log)
 
     # --- what the UIs read -----------------------------------------------------------------
 
@@ -282,9 +283,7 @@ class Session:
 
     async def close(self) -> None:
         """Unregister (if the server is still there) and stop listening."""
-        for task in self._confirming:
-            task.cancel()
-        await asyncio.gather(*self._confirming, return_exceptions=True)
+        await self._confirming.close()
         if self._outbox is not None:
             await self._outbox.close()
         if self._rendezvous is not None:
@@ -441,20 +440,15 @@ class Session:
         self._publish(event)
         left = event.change is not None and event.change.get("op") == "leave"
         if left and group.creator == self.phone and event.by is not None:
-            task = asyncio.get_running_loop().create_task(self._confirm_left(group, event.by))
-            self._confirming.add(task)
-            task.add_done_callback(self._confirmed)
+            self._confirming.start(
+                self._confirm_left(group, event.by), "confirming a member's leave"
+            )
 
     async def _confirm_left(self, group: Group, phone: str) -> None:
         """Tell the members of our group that `phone` left (a new epoch): every view
         converges, also one that missed the leave."""
         confirmed = self.book.confirm_left(group.id, phone)
         await self._tell(confirmed, ev.GroupChange("left", (phone,)), confirmed)
-
-    def _confirmed(self, task: asyncio.Task[None]) -> None:
-        self._confirming.discard(task)
-        if not task.cancelled() and (failure := task.exception()) is not None:
-            log.warning("confirming a member's leave: %s", failure)
 
     def cancel(self, message_id: str) -> list[str]:
         """Take a queued message out of the outbox, for the recipients it still waits

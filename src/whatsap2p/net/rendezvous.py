@@ -13,6 +13,7 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
+from whatsap2p.background import Background
 from whatsap2p.config import IncomingLimits, Timeouts
 from whatsap2p.errors import DirectoryError, NoRelay, PeerTimedOut, PeerUnreachable
 from whatsap2p.lan import may_dial_back
@@ -51,7 +52,7 @@ class Rendezvous:
             True: TokenBucket(limits.contact_dials_rate, limits.contact_dials_burst, 0.0),
             False: TokenBucket(limits.stranger_dials_rate, limits.stranger_dials_burst, 0.0),
         }
-        self._reports: set[asyncio.Task[None]] = set()
+        self._reports = Background(log, logging.DEBUG)
         self._closed = False
 
     def asked(self, directory: DirectoryClient, dial: ev.Dial) -> None:
@@ -115,21 +116,12 @@ class Rendezvous:
         directory = self._directory()
         if directory is None or self._closed:
             return
-        task = asyncio.get_running_loop().create_task(directory.report(route, token))
-        self._reports.add(task)
-        task.add_done_callback(self._reported)
-
-    def _reported(self, task: asyncio.Task[None]) -> None:
-        self._reports.discard(task)
-        if not task.cancelled() and (failure := task.exception()) is not None:
-            log.debug("the server did not count a connection: %s", failure)
+        self._reports.start(directory.report(route, token), "reporting a connection's route")
 
     async def close(self) -> None:
         """Stop reporting (what is on its way is dropped)."""
         self._closed = True
-        for task in self._reports:
-            task.cancel()
-        await asyncio.gather(*self._reports, return_exceptions=True)
+        await self._reports.close()
 
     async def reach(self, address: ev.PeerAddress, token: bytes) -> tuple[asyncio.Transport, str]:
         """Ask `address`'s module, through the server, to connect to us opening with
