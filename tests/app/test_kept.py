@@ -192,15 +192,22 @@ def test_a_burst_of_queued_texts_through_a_server_restart_and_a_receiver_restart
 # --- the acknowledgement lost ---------------------------------------------------------------
 
 
+async def answers_lost(world: World) -> tuple[Session, Session]:
+    """alice and bob, who have talked: from now on bob's answers on the texts' kept
+    connection are lost on the way."""
+    alice, bob = await world.user(ALICE), await world.user(BOB)
+    assert (await alice.send_text(BOB, "hello")).delivered == [BOB]
+    assert isinstance(await next_event(bob), TextReceived)
+    (link,) = network(world).open_to(listening(bob))
+    link.hush()
+    return alice, bob
+
+
 def test_a_queued_text_whose_acknowledgement_was_lost_is_sent_again_and_shown_once(
     tmp_path: Path,
 ) -> None:
     async def scenario(world: World) -> None:
-        alice, bob = await world.user(ALICE), await world.user(BOB)
-        assert (await alice.send_text(BOB, "hello")).delivered == [BOB]
-        assert isinstance(await next_event(bob), TextReceived)
-        (link,) = network(world).open_to(listening(bob))  # the texts' kept connection
-        link.hush()  # bob's answers are lost on the way from now on
+        alice, bob = await answers_lost(world)
         report = await alice.send_text(BOB, "did you get it?", queue=True)
         assert (report.queued, report.failed) == ([BOB], [])  # it may have arrived: kept
         got = await next_event(bob)  # it had
@@ -219,11 +226,7 @@ def test_without_queue_a_lost_acknowledgement_says_it_may_have_arrived_and_a_ret
     tmp_path: Path,
 ) -> None:
     async def scenario(world: World) -> None:
-        alice, bob = await world.user(ALICE), await world.user(BOB)
-        assert (await alice.send_text(BOB, "hello")).delivered == [BOB]
-        assert isinstance(await next_event(bob), TextReceived)
-        (link,) = network(world).open_to(listening(bob))
-        link.hush()
+        alice, bob = await answers_lost(world)
         report = await alice.send_text(BOB, "did you get it?")
         (failed,) = report.failed
         assert (failed.phone, failed.code) == (BOB, "unconfirmed")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,8 @@ class AddressBook:
         self.migrated: list[Group] = []
         #: The numbers in the contacts and groups (made when asked, dropped on a change).
         self._known: frozenset[str] | None = None
+        #: How many groups have each name (made when asked, dropped on a change).
+        self._names: Counter[str] | None = None
 
     @classmethod
     def load(cls, path: Path, region: str = DEFAULT_REGION, **options: Any) -> AddressBook:
@@ -198,7 +201,8 @@ class AddressBook:
         )
 
     def _save(self) -> None:
-        self._known = None  # (every change is saved: what `knows` answers changes with it)
+        # (every change is saved: what `knows` and `named_alike` answer change with it)
+        self._known, self._names = None, None
         data = {
             "version": FORMAT_VERSION,
             "contacts": self._contacts,
@@ -240,7 +244,7 @@ class AddressBook:
 
     def add_contact(self, name: str, phone: str) -> Contact:
         name = self._check_name(name)
-        if any(g.name == name and g.creator == self.me for g in self._groups.values()):
+        if self._ours_named(name):
             raise NameConflict(f"{name!r} is already a group")
         if isinstance(phone, str) and phone.strip() in self._contacts:
             known = phone.strip()
@@ -292,7 +296,7 @@ class AddressBook:
         name = self._check_name(name)
         if name in self._contacts:
             raise NameConflict(f"{name!r} is already a contact")
-        if any(g.name == name and g.creator == self._me() for g in self._groups.values()):
+        if self._ours_named(name):
             raise NameConflict(f"you already have a group named {name!r}")
         self._check_room()
         phones = [self.member_phone(m) for m in members]
@@ -327,6 +331,16 @@ class AddressBook:
         if found is None:
             raise UnknownTarget(f"no group named {target!r}")
         return found
+
+    def _ours_named(self, name: str) -> bool:
+        """Whether a group we made has `name` (ours are told apart by name)."""
+        return any(g.name == name and g.creator == self.me for g in self._groups.values())
+
+    def named_alike(self, group: Group) -> bool:
+        """Whether another group has `group`'s name (a UI then says whose each is)."""
+        if self._names is None:
+            self._names = Counter(g.name for g in self._groups.values())
+        return self._names[group.name] > 1
 
     def group_by_id(self, group_id: str) -> Group | None:
         return self._groups.get(group_id)

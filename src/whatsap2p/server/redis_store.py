@@ -588,6 +588,7 @@ class RedisDirectory(Directory):
         self._unregister = self._redis.register_script(_UNREGISTER)
         self._take = self._redis.register_script(_TAKE)
         self._to_owner = self._redis.register_script(_TO_OWNER)
+        self._release = self._redis.register_script(_RELEASE)
         scripts = [
             self._register,
             self._renew,
@@ -992,9 +993,8 @@ class RedisDirectory(Directory):
         """Free `phone` from its key (the operator's `server release`): any other key
         may bind it; the released one may not for `RELEASE_HOLD` seconds, and its
         registration ends (a module still holding the number cannot keep or re-take it)."""
-        script = self._redis.register_script(_RELEASE)
         keys = [_bind_key(phone), _online_key(phone)]
-        return bool(await script(keys=keys, args=[int(RELEASE_HOLD * 1000)]))
+        return bool(await self._release(keys=keys, args=[int(RELEASE_HOLD * 1000)]))
 
     async def key_of(self, phone: str) -> bytes | None:
         key = await self._redis.get(_bind_key(phone))

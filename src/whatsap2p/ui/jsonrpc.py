@@ -75,6 +75,14 @@ def _text_param(params: Params, name: str) -> str:
     return value
 
 
+def _flag_param(params: Params, name: str) -> bool:
+    """An optional true/false param (false when absent)."""
+    value = params.get(name, False)
+    if not isinstance(value, bool):
+        raise _RpcError(INVALID_PARAMS, f"param {name!r} must be true or false")
+    return value
+
+
 def _group_param(params: Params) -> str:
     """A group, by its name or its id: param `group` (or `name`, as the contract's
     addToGroup and removeFromGroup call it)."""
@@ -354,9 +362,7 @@ class JsonRpc:
         has_text, has_photo = "text" in params, "photo" in params
         if has_text == has_photo:
             raise _RpcError(INVALID_PARAMS, "give exactly one of 'text' and 'photo'")
-        queue = params.get("queue", False)
-        if not isinstance(queue, bool):
-            raise _RpcError(INVALID_PARAMS, "param 'queue' must be true or false")
+        queue = _flag_param(params, "queue")
         message_id = params.get("id")
         if message_id is not None and not isinstance(message_id, str):
             raise _RpcError(INVALID_PARAMS, "param 'id' must be a string of 32 hex digits")
@@ -393,9 +399,7 @@ class JsonRpc:
         members = params.get("members")
         if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
             raise _RpcError(INVALID_PARAMS, "param 'members' must be a list of strings")
-        private = params.get("private", False)
-        if not isinstance(private, bool):
-            raise _RpcError(INVALID_PARAMS, "param 'private' must be true or false")
+        private = _flag_param(params, "private")
         session = self._session
         group = await session.create_group(_text_param(params, "name"), members, private)
         return group_json(group, session.phone)
@@ -430,9 +434,7 @@ class JsonRpc:
         before = params.get("before")
         if before is not None and not (isinstance(before, str) and _MESSAGE_ID.fullmatch(before)):
             raise _RpcError(INVALID_PARAMS, "param 'before' must be a message id")
-        changes = params.get("changes", False)
-        if not isinstance(changes, bool):
-            raise _RpcError(INVALID_PARAMS, "param 'changes' must be true or false")
+        changes = _flag_param(params, "changes")
         target = _text_param(params, "with")
         while True:  # (the news of a group's members only when asked for: a page of
             # nothing else is passed over, so that only the end of the history is empty)
@@ -443,9 +445,7 @@ class JsonRpc:
             before = entries[-1].id
 
     async def _outbox(self, params: Params) -> object:
-        changes = params.get("changes", False)
-        if not isinstance(changes, bool):
-            raise _RpcError(INVALID_PARAMS, "param 'changes' must be true or false")
+        changes = _flag_param(params, "changes")
         pending = []
         for entry in self._session.outbox():
             if entry.change is not None and not changes:

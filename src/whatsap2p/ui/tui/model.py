@@ -237,7 +237,7 @@ class Chats:
             return
         me = self._session.phone
         conv.title = group.name
-        if sum(g.name == group.name for g in book.groups()) > 1:
+        if book.named_alike(group):
             conv.title += f" (by {self.name_of(group.creator)})"
         conv.detail = ", ".join(self.name_of(p) for p in group.others(me))
         conv.member = group.private or me in group.members
