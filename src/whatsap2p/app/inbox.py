@@ -5,7 +5,6 @@ acknowledged, then published to the UI, each shown once."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -179,22 +178,24 @@ class Inbox:
             group_id=group_id,
             change=change,
         )
-        shown = TextReceived(
-            text.id,
-            sender,
-            None,
-            group,
-            text.timestamp,
-            text.body,
-            group_id,
-            change,
-        )
-        return self._show_once_stored(stored, shown)
+        return self._show_once_stored(stored, sender, text, group_id, group, change)
 
-    async def _show_once_stored(self, stored: asyncio.Future[bool], shown: TextReceived) -> None:
+    async def _show_once_stored(
+        self,
+        stored: asyncio.Future[bool],
+        sender: str,
+        text: ev.Text,
+        group_id: str | None,
+        group: str | None,
+        change: dict[str, object] | None,
+    ) -> None:
         if await stored:
-            name = self._book.name_of(shown.sender)
-            self._publish(dataclasses.replace(shown, name=name))
+            name = self._book.name_of(sender)
+            self._publish(
+                TextReceived(
+                    text.id, sender, name, group, text.timestamp, text.body, group_id, change
+                )
+            )
 
     def photo_offered(self, sender: str, offer: ev.PhotoOffer) -> _PhotoSink | None:
         if self._history.was_received(offer.id, sender):
