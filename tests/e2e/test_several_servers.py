@@ -119,6 +119,10 @@ async def test_a_module_fails_over_when_its_server_is_killed(deployment: Deploym
     sent = await bob.call("send", to=ALICE, text="still there?")
     assert sent["delivered"] == [ALICE]
     assert (await alice.notification("receive"))["text"] == "still there?"
+    assert await alice.quit() == 0
+    said = await alice.stderr()  # which server was lost, why, and where it is now
+    assert f"the server closed the connection ({on.address}); reconnecting" in said
+    assert f"registered again, at server {other.address}" in said
 
 
 async def test_without_another_server_a_user_shows_offline_everywhere(

@@ -16,13 +16,13 @@ import redis.asyncio as aioredis
 
 from tests.redis_server import free_port
 from tests.servers import FAST, RELAY_SECRET, directory_client, running_server
-from whatsap2p.config import RateLimits
+from whatsap2p.config import RateLimits, Timeouts
 from whatsap2p.errors import NumberAlreadyOnline, NumberBound, RateLimited, ServerRefused
 from whatsap2p.net.directory_client import DirectoryClient
 from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.keys import StaticKey
 from whatsap2p.protocol.relay import pair_of, verify
-from whatsap2p.server.redis_store import ANSWER_WITHIN, RedisDirectory
+from whatsap2p.server.redis_store import ANSWER_WITHIN, DEFAULT_TTL, RedisDirectory, least_ttl
 from whatsap2p.server.service import DirectoryServer
 
 ALICE, BOB, CAROL = "+5511999990001", "+5511999990002", "+5511999990003"
@@ -34,7 +34,7 @@ class Servers:
 
     async def start(
         self,
-        ttl: float = 30.0,
+        ttl: float = DEFAULT_TTL,
         rates: RateLimits | None = None,
         answer_within: float = ANSWER_WITHIN,
         relays: tuple[ev.RelayAddress, ...] = (),
@@ -462,3 +462,19 @@ async def test_malformed_messages_on_a_servers_dial_channel_are_ignored(
     assert not bob.closed.is_set()
     for client in (alice, bob):
         await client.close()
+
+
+async def test_a_presence_ttl_too_short_for_a_frozen_server_is_said_at_start(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A frozen server's users must stay online until their modules have moved: the last
+    renewal may be a heartbeat and a batch old (10.5 s), a module waits two heartbeats
+    for its server, then may meet another frozen one (connect and handshake, 10 s)."""
+    assert least_ttl(Timeouts()) == 30.5 <= DEFAULT_TTL
+    with caplog.at_level(logging.WARNING, "whatsap2p.server.redis_store"):
+        await RedisDirectory(redis_url).close()
+        assert caplog.messages == []
+        await RedisDirectory(redis_url, ttl=20).close()
+    [said] = caplog.messages
+    assert "freezes (or loses Redis) for 9.5 s or more show offline" in said
+    assert "at least 30.5 s is advised" in said

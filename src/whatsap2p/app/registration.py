@@ -238,6 +238,8 @@ class Registrar:
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._last_error: DirectoryError | None = None
+        #: Why the registered connection was lost (said in the log).
+        self._lost_error: DirectoryError | None = None
 
     @property
     def connected(self) -> bool:
@@ -285,11 +287,12 @@ class Registrar:
             if isinstance(action, Connect):
                 self._spawn(self._connect(*self._servers[action.index]))
             elif isinstance(action, Lost):
-                log.warning("lost the connection to the server; reconnecting")
+                lost = self._lost_error or "lost the connection to the server"
+                log.warning("%s (%s); reconnecting", lost, self._where())
                 if self.on_lost is not None:
                     self.on_lost()
             elif isinstance(action, Restored):
-                log.warning("connected to the server again")
+                log.warning("registered again, at server %s", self._where())
                 if self.on_restored is not None:
                     self.on_restored()
             elif isinstance(action, WaitingOut):
@@ -341,7 +344,13 @@ class Registrar:
             self._started.set_result(None)
         self._act(actions)
 
+    def _where(self) -> str:
+        host, port = self._servers[self._machine.server]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
     def _lost(self) -> None:
+        directory = self.directory
+        self._lost_error = None if directory is None else directory.lost_error
         if self._machine.state is RegistrationState.REGISTERED:
             self._act(self._machine.lost(self._loop.time()))
 

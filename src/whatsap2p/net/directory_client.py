@@ -98,6 +98,8 @@ class DirectoryClient(DirectoryEvents):
         self.on_closed: Callable[[], None] | None = None
         self._waiting: dict[int, asyncio.Future[ev.Message]] = {}
         self.closed = asyncio.Event()
+        #: Why the connection is gone (None while it is not): a `ServerUnreachable`.
+        self.lost_error: DirectoryError | None = None
         # Numbers waiting for the next lookup request, and the one request out (its rid
         # and its batch).
         self._batches: deque[_LookupBatch] = deque()
@@ -279,7 +281,7 @@ class DirectoryClient(DirectoryEvents):
         if not self._up.done():
             self._up.set_exception(reason)
             self._up.exception()  # (seen: connect() may not be awaiting it)
-        error = _lost(reason)
+        error = self.lost_error = _lost(reason)
         for future in self._waiting.values():
             if not future.done():
                 future.set_exception(error)

@@ -73,6 +73,7 @@ from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
+from whatsap2p.config import Timeouts
 from whatsap2p.errors import StoreError
 from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.directory import MAX_RELAYS, MAX_TICKET_BYTES, TOKEN_BYTES
@@ -101,8 +102,10 @@ DIAL_CHANNEL = "wa:dial:"
 ANSWER_WITHIN = 2.0
 #: Heartbeats are renewed in Redis in batches gathered over this many seconds.
 RENEW_EVERY = 0.5
-#: A crashed server's users show offline everywhere within this many seconds.
-DEFAULT_TTL = 30.0
+#: A crashed server's users show offline everywhere within this many seconds (unless
+#: their modules registered through another server first). A frozen server's users stay
+#: online for up to this long less a heartbeat and a batch of renewals (34.5 s).
+DEFAULT_TTL = 45.0
 #: How long a registration that creates a binding waits for a replica to have it.
 BIND_WAIT = 1.0
 #: How often the server asks its Redis how many replicas it has (`ROLE`).
@@ -555,6 +558,16 @@ def _online_key(phone: str) -> str:
     return f"wa:online:{{{phone}}}"
 
 
+def least_ttl(timeouts: Timeouts) -> float:
+    """The shortest presence TTL that keeps the users of a frozen server online until
+    their modules have registered through another: its last renewal may be a heartbeat
+    and a batch old when it freezes; a module waits a heartbeat more for the answer to
+    the next, then may try a server of its list that is frozen too (connect, handshake)
+    before one that answers."""
+    heartbeat = timeouts.heartbeat_interval
+    return 2 * heartbeat + RENEW_EVERY + timeouts.connect + timeouts.handshake
+
+
 class RedisDirectory(Directory):
     """A `Directory` (and the number-to-key bindings) in Redis."""
 
@@ -572,6 +585,15 @@ class RedisDirectory(Directory):
         (the sentinels; the client follows the master they name across failovers)."""
         self.url = url
         self.ttl_ms = int(ttl * 1000)
+        if ttl < (least := least_ttl(Timeouts())):
+            log.warning(
+                "presence TTL %g s: users whose server freezes (or loses Redis) for %g s or"
+                " more show offline before their modules move to another server; at least"
+                " %g s is advised",
+                ttl,
+                max(0.0, ttl - Timeouts().heartbeat_interval - RENEW_EVERY),
+                least,
+            )
         self.answer_within = answer_within
         self.server_id = uuid.uuid4().hex[:12]
         #: Where other servers pass on requests to connect back, and answer ours.

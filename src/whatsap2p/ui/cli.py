@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument(
         "--presence-ttl",
         type=_positive,
-        default=30.0,
+        default=45.0,
         metavar="SECONDS",
         help="with --redis: a user whose server stops renewing it (crashed) shows offline "
         "everywhere after this long (default %(default)g)",
