@@ -146,7 +146,7 @@ async def test_the_store_lost_and_back_is_said_once_each(
 ) -> None:
     alice = await directory_client(store.port)
     await alice.register(ALICE, 4001)
-    with caplog.at_level(logging.WARNING, "whatsap2p.server.redis_store"):
+    with caplog.at_level(logging.WARNING, "whatsap2p.server"):
         await store.admin.client_kill_filter(_type="normal", skipme=True)
         await store.admin.config_set("requirepass", "locked")  # Redis says no to the server
         for _ in range(3):
@@ -159,6 +159,9 @@ async def test_the_store_lost_and_back_is_said_once_each(
     assert store.events == ["store-lost", "store-back"]
     assert caplog.text.count("directory store lost") == 1
     assert caplog.text.count("directory store back") == 1
+    # each refused request said once, with Redis's own words, the prefix once
+    assert caplog.text.count("answering a lookup: directory store: ") == 3
+    assert "directory store: directory store" not in caplog.text
     await alice.close()
 
 
