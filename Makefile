@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 BUILT := $(VENV)/.compiled
 SOURCES := setup.py $(shell find src -name '*.py')
 
-.PHONY: install run test lint bench bench-tools soak fuzz fuzz-long clean test-tools
+.PHONY: install run test lint bench bench-tools outages soak fuzz fuzz-long clean test-tools
 
 install: $(BUILT)
 
@@ -92,6 +92,12 @@ fuzz: $(BUILT)
 
 fuzz-long:
 	$(MAKE) fuzz FUZZ_SECONDS=3600
+
+# What each fault of a two-server deployment costs (Sentinel failover, a frozen replica,
+# a frozen or killed server, Redis restarted), measured with the real commands; the
+# table goes to bench/OUTAGES.md, which docs/deployment.md quotes. About 3 minutes.
+outages: $(BUILT) bench-tools
+	$(BIN)/python bench/outages.py --out bench/OUTAGES.md
 
 # 10,000 queued messages while the receiver is killed twice and the server restarted.
 soak: $(BUILT)

@@ -54,6 +54,7 @@ from whatsap2p.server.directory import (
     Spend,
 )
 from whatsap2p.server.metrics import ServerMetrics
+from whatsap2p.server.quiet import Throttled
 
 __all__ = ["DirectoryServer", "ServerConfig"]
 
@@ -66,6 +67,8 @@ _REPEAT_WINDOW: typing.Final = 1.0
 _RECENT_NUMBERS: typing.Final = 64
 #: Tokens of `reverse`s passed on that a connection may still report the outcome of.
 _ASKED_KEPT: typing.Final = 64
+#: Requests refused because the store fails are logged at most once per this many seconds.
+STORE_FAILURES_EVERY: typing.Final = 5.0
 #: Stop reading a client's requests while this much of our answers waits unsent.
 _WRITE_HIGH: typing.Final = 64 * 1024
 #: What a refused registration is told, by refusal (its failure code).
@@ -126,6 +129,9 @@ class DirectoryServer:
         self.reverses_to = BucketsByKey(config.rates.reverse_to_rate, config.rates.reverse_to_burst)
         self.metrics = ServerMetrics(self._online_users)
         self.deadlines = Deadlines()
+        #: Requests refused because the directory's store fails: said at most every 5 s
+        #: (while it fails over, every request is; the metrics count each).
+        self.store_failures = Throttled(log, STORE_FAILURES_EVERY)
         #: While closing: resolved once the last connection is gone.
         self._all_lost: asyncio.Future[None] | None = None
 
@@ -502,7 +508,9 @@ class _Client(asyncio.Protocol):
     def _unavailable(self, request: ev.Message, exc: StoreError) -> Buffer:
         """The answer to `request` when the directory's store fails: the shared store is
         down, say so and keep serving."""
-        log.warning("answering a %s: %s", request.TYPE, exc)
+        self._server.store_failures.warning(
+            time.monotonic(), "answering a %s: %s", request.TYPE, exc
+        )
         assert isinstance(request, ev.DirectoryMessage)
         return self.failure(request.rid, "unavailable", "directory store unavailable")
 
