@@ -47,6 +47,8 @@ MODULES = 8
 UNLIMITED = ["--ip-register-rate", "100000", "--ip-register-burst", "100000",
              "--ip-lookup-rate", "1000000", "--ip-lookup-burst", "1000000"]  # fmt: skip
 PROBE_EVERY = 0.05
+#: The sentinels' failover-timeout: they fail a master over at most once in twice this.
+FAILOVER_TIMEOUT = 4.0
 _numbers = itertools.count(1)
 
 
@@ -87,7 +89,7 @@ async def start_sentinel(folder: Path, master_port: int) -> tuple[asyncio.subpro
         f"port {port}\nbind 127.0.0.1\ndir {folder}\n"
         f"sentinel monitor mymaster 127.0.0.1 {master_port} 2\n"
         "sentinel down-after-milliseconds mymaster 1000\n"
-        "sentinel failover-timeout mymaster 10000\n"
+        f"sentinel failover-timeout mymaster {int(FAILOVER_TIMEOUT * 1000)}\n"
     )
     proc = await asyncio.create_subprocess_exec(
         REDIS_SERVER, str(conf), "--sentinel", stdout=asyncio.subprocess.DEVNULL
@@ -228,16 +230,18 @@ class Window:
         return f"refused until {self.last_failed - since:.1f} s ({self.failures} probes)"
 
 
-async def registers(server: Server) -> bool:
+async def registers(server: Server) -> str | None:
+    """The new number a fresh key registered through `server`, None if refused."""
     try:
         client = await DirectoryClient.connect("127.0.0.1", server.port, StaticKey.generate())
     except (DirectoryError, OSError):
-        return False
+        return None
+    phone = probe_phone()
     try:
-        await client.register(probe_phone(), 4000)
-        return True
+        await client.register(phone, 4000)
+        return phone
     except DirectoryError:
-        return False
+        return None
     finally:
         await client.close()
 
@@ -258,6 +262,8 @@ class Probes:
     def __init__(self, servers: list[Server], looked_up: list[str]) -> None:
         self.servers, self.looked_up = servers, looked_up
         self.registrations, self.lookups = Window(), Window()
+        #: The numbers registered (acknowledged) meanwhile.
+        self.registered: list[str] = []
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> Probes:
@@ -275,7 +281,10 @@ class Probes:
 
     async def _register(self, server: Server) -> None:
         while True:
-            self.registrations.saw(await registers(server), time.monotonic())
+            phone = await registers(server)
+            self.registrations.saw(phone is not None, time.monotonic())
+            if phone is not None:
+                self.registered.append(phone)
             await asyncio.sleep(PROBE_EVERY)
 
     async def _look(self, client: DirectoryClient) -> None:
@@ -426,9 +435,9 @@ async def freeze_replica(replica: asyncio.subprocess.Process, servers: list[Serv
 
 async def kill_master(
     master: asyncio.subprocess.Process, sentinel_port: int, servers: list[Server],
-    modules: list[Module], master_port: int,
+    modules: list[Module], killed_port: int,
 ) -> Row:  # fmt: skip
-    admin = aioredis.Redis(port=master_port)
+    admin = aioredis.Redis(port=killed_port)
     bound, online = await count(admin, "wa:bind:*"), await count(admin, "wa:online:*")
     await admin.aclose()
     sentinel = aioredis.Redis(port=sentinel_port)
@@ -440,7 +449,7 @@ async def kill_master(
                 host, port = await sentinel.execute_command(  # type: ignore[no-untyped-call]
                     "SENTINEL", "get-master-addr-by-name", "mymaster"
                 )
-                if int(port) != master_port:
+                if int(port) != killed_port:
                     break
                 await asyncio.sleep(0.05)
             promoted_at = time.monotonic() - since
@@ -458,6 +467,86 @@ async def kill_master(
         f"both servers after {back:.1f} s; lookups {probes.lookups.lasted(since)}; "
         f"bindings {after_bound} of {bound} kept (+ the probes'), presence records "
         f"{after_online} of {online}; modules that lost their server: {lost}",
+    )
+
+
+async def master_port(sentinel: aioredis.Redis) -> int:
+    """The port of the master the sentinels name."""
+    _, port = await sentinel.execute_command(  # type: ignore[no-untyped-call]
+        "SENTINEL", "get-master-addr-by-name", "mymaster"
+    )
+    return int(port)
+
+
+async def until_replica(port: int) -> None:
+    """Until the Redis on `port` is a replica (the sentinels made it one)."""
+    node = aioredis.Redis(port=port)
+    try:
+        async with asyncio.timeout(60):
+            for _ in itertools.count():  # Redis and its sentinels: no event to wait for
+                if (await node.execute_command("ROLE"))[0] == b"slave":  # type: ignore[no-untyped-call]
+                    return
+                await asyncio.sleep(0.05)
+    finally:
+        await node.aclose()
+
+
+async def bound(sentinel: aioredis.Redis, phones: list[str]) -> int:
+    """How many of `phones` the master the sentinels name has a binding for."""
+    master = aioredis.Redis(port=await master_port(sentinel))
+    try:
+        return sum([await master.exists(f"wa:bind:{{{phone}}}") for phone in phones])
+    finally:
+        await master.aclose()
+
+
+async def restart_old_master(
+    folder: Path, port: int, sentinel: aioredis.Redis, servers: list[Server],
+    modules: list[Module],
+) -> tuple[Row, asyncio.subprocess.Process]:  # fmt: skip
+    since = time.monotonic()
+    async with Probes(servers, [m.phone for m in modules]) as probes:
+        proc = await start_redis(folder, port)  # (its AOF: what it had as the master)
+        await until_replica(port)
+        demoted = time.monotonic() - since
+    kept = await bound(sentinel, probes.registered)
+    return (
+        "the killed master started again (its AOF): a master until the sentinels make it a replica",
+        f"made a replica after {demoted:.1f} s; meanwhile registrations "
+        f"{probes.registrations.lasted(since)}, lookups {probes.lookups.lasted(since)}; "
+        f"bindings of the {len(probes.registered)} registered meanwhile kept: {kept}",
+    ), proc
+
+
+async def freeze_master(
+    procs: dict[int, asyncio.subprocess.Process], sentinel: aioredis.Redis,
+    servers: list[Server], modules: list[Module], seconds: float,
+) -> Row:  # fmt: skip
+    port = await master_port(sentinel)
+    frozen = procs[port]
+    await asyncio.sleep(2 * FAILOVER_TIMEOUT)  # (the sentinels' rule: since the last one)
+    since = time.monotonic()
+    async with Probes(servers, [m.phone for m in modules]) as probes:
+        frozen.send_signal(signal.SIGSTOP)
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            frozen.send_signal(signal.SIGCONT)
+        failed_over = await master_port(sentinel) != port
+        await until_registered(servers)
+        back = time.monotonic() - since
+        if failed_over:
+            await until_replica(port)
+        demoted = time.monotonic() - since
+    kept = await bound(sentinel, probes.registered)
+    lost = sum(m.lost_since(since) for m in modules)
+    return (
+        f"the Redis master frozen {seconds:.0f} s (SIGSTOP), then resumed",
+        f"{'failed over' if failed_over else 'not failed over'}; the old master a replica "
+        f"after {demoted:.1f} s, registrations {probes.registrations.lasted(since)}, served "
+        f"through both servers after {back:.1f} s; lookups {probes.lookups.lasted(since)}; "
+        f"bindings of the {len(probes.registered)} registered meanwhile kept: {kept}; "
+        f"modules that lost their server: {lost}",
     )
 
 
@@ -483,19 +572,27 @@ async def deployment(work: Path, url: str) -> Any:
 
 
 async def on_sentinel(work: Path) -> list[Row]:
-    master_port, replica_port = free_port(), free_port()
-    master = await start_redis(work / "master", master_port)
+    first_port, replica_port = free_port(), free_port()
+    master = await start_redis(work / "master", first_port)
     replica = await start_redis(
-        work / "replica", replica_port, "--replicaof", "127.0.0.1", str(master_port)
+        work / "replica", replica_port, "--replicaof", "127.0.0.1", str(first_port)
     )
-    sentinels = [await start_sentinel(work / f"sentinel-{n}", master_port) for n in range(3)]
+    sentinels = [await start_sentinel(work / f"sentinel-{n}", first_port) for n in range(3)]
     url = "sentinel://" + ",".join(f"127.0.0.1:{p}" for _, p in sentinels) + "/mymaster/0"
+    sentinel = aioredis.Redis(port=sentinels[0][1])
     try:
         async with deployment(work / "sentinel", url) as (servers, modules):
             rows = [await freeze_replica(replica, servers, modules, 10)]
-            rows.append(await kill_master(master, sentinels[0][1], servers, modules, master_port))
+            rows.append(await kill_master(master, sentinels[0][1], servers, modules, first_port))
+            row, master = await restart_old_master(
+                work / "master", first_port, sentinel, servers, modules
+            )
+            rows.append(row)
+            procs = {first_port: master, replica_port: replica}
+            rows.append(await freeze_master(procs, sentinel, servers, modules, 5))
         return rows
     finally:
+        await sentinel.aclose()
         for proc in [master, replica, *(p for p, _ in sentinels)]:
             await stop(proc)
 

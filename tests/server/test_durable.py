@@ -261,3 +261,67 @@ async def test_a_released_number_is_not_kept_or_taken_back_by_its_old_key(
     assert await store.admin.get(bind_key(ALICE)) == owner.public
     for client in (thief, again, rightful):
         await client.close()
+
+
+async def test_a_registration_taken_by_a_frozen_old_master_is_not_acknowledged() -> None:
+    """The master freezes; the sentinel promotes its replica; the old master resumes and
+    runs on as a master (until the sentinel demotes it, ~10 s) with the server's
+    connections still open to it. A registration it takes would be lost with its
+    demotion: none is acknowledged unless the master the sentinel names has its binding,
+    and the server moves its connections there (said once, counted)."""
+    from tests.redis_server import redis_sentinel
+
+    with (
+        redis_process() as (master_url, master),
+        redis_process("--replicaof", "127.0.0.1", master_url.split(":")[2].split("/")[0]),
+        redis_sentinel(master_url) as sentinel_url,
+    ):
+        admin = aioredis.Redis.from_url(master_url)
+        await admin.incr("test:writes")
+        async with asyncio.timeout(30):  # (the replica has synced: it answers WAIT)
+            while await admin.wait(1, 1000) < 1:
+                continue
+        sentinel_port = int(sentinel_url.split(":")[2].split("/")[0])
+        sentinel = aioredis.Redis(port=sentinel_port)
+        switches = sentinel.pubsub()
+        await switches.subscribe("+switch-master")
+        async with running_server(directory=RedisDirectory(sentinel_url)) as (server, port):
+            directory = server.directory
+            assert isinstance(directory, RedisDirectory)
+            events: list[str] = []
+            directory.on_event = events.append
+            alice = await directory_client(port)
+            await alice.register(ALICE, 4001)
+            master.send_signal(signal.SIGSTOP)
+            try:
+                async with asyncio.timeout(30):
+                    async for message in switches.listen():
+                        if message["type"] == "message":
+                            break  # the replica is the master now
+            finally:
+                master.send_signal(signal.SIGCONT)  # a master again, for a while
+            acknowledged = []
+            for n in range(8):  # the old master takes them until the server leaves it
+                phone = f"+55119888800{n:02}"
+                key = StaticKey.generate()
+                client = await directory_client(port, key)
+                try:
+                    await client.register(phone, 4100 + n)
+                    acknowledged.append((phone, key.public))
+                except StoreUnavailable:
+                    pass  # refused: its module tries again (at the new master)
+                finally:
+                    await client.close()
+            host, new_port = await sentinel.execute_command(  # type: ignore[no-untyped-call]
+                "SENTINEL", "get-master-addr-by-name", "mymaster"
+            )
+            promoted = aioredis.Redis(host=host.decode(), port=int(new_port))
+            assert acknowledged  # (once the server writes to the new master)
+            for phone, public in acknowledged:  # every one acknowledged is where it lasts
+                assert await promoted.get(bind_key(phone)) == public
+            assert "master-changed" in events
+            await alice.close()
+            await promoted.aclose()
+        await switches.aclose()  # type: ignore[no-untyped-call]
+        await sentinel.aclose()
+        await admin.aclose()

@@ -69,7 +69,7 @@ import msgpack
 import msgspec
 import redis.asyncio as redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
@@ -110,6 +110,11 @@ DEFAULT_TTL = 45.0
 BIND_WAIT = 1.0
 #: How often the server asks its Redis how many replicas it has (`ROLE`).
 REPLICAS_EVERY = 5.0
+#: Under Sentinel, how often the server asks the sentinels which master to write to.
+FOLLOW_EVERY = 1.0
+#: Once they name another, how long requests already sent through the old master's
+#: connections may take before those are closed.
+RETIRE_AFTER = 5.0
 #: After `server release`, how long the released key may not take the number again.
 RELEASE_HOLD = 600.0
 
@@ -282,6 +287,13 @@ def _client(url: str, password: str | None = None) -> tuple[Any, Sentinel | None
     return master, watchers
 
 
+def _sentinel_pool(client: redis.Redis) -> SentinelConnectionPool:
+    """The pool of a client that `Sentinel.master_for` made."""
+    pool = client.connection_pool
+    assert isinstance(pool, SentinelConnectionPool)
+    return pool
+
+
 def _pack(values: list[object]) -> bytes:
     """msgpack without the bin type (Redis' cmsgpack predates it): bytes and str both
     become raw strings, read back with `raw=True`."""
@@ -364,7 +376,7 @@ class _Batches:
     ) -> None:
         """`tail()`: a command to end each pipeline with (its result is added to each
         caller's results), or None; `health` hears whether Redis answered."""
-        self._client = client
+        self.client = client
         self._scripts = scripts
         self._health = health
         self._tail = tail
@@ -403,7 +415,7 @@ class _Batches:
             ]
             if unknown:
                 for script in self._scripts:
-                    await self._client.script_load(script.script)
+                    await self.client.script_load(script.script)
                 again = await self._execute(
                     [flat[i] for i in unknown] + ([] if tail is None else [tail])
                 )
@@ -433,7 +445,7 @@ class _Batches:
                 future.set_result(mine)
 
     async def _execute(self, commands: list[_Command]) -> list[Any]:
-        if not isinstance(self._client, RedisCluster):
+        if not isinstance(self.client, RedisCluster):
             return await self._pipeline(commands)
         try:
             results = await self._pipeline(commands)
@@ -446,7 +458,7 @@ class _Batches:
         return results
 
     async def _pipeline(self, commands: list[_Command]) -> list[Any]:
-        async with self._client.pipeline(transaction=False) as pipe:
+        async with self.client.pipeline(transaction=False) as pipe:
             for command in commands:
                 command(pipe)
             return list(await pipe.execute(raise_on_error=False))
@@ -627,15 +639,25 @@ class RedisDirectory(Directory):
         self.replicas = 0
         self._watching_replicas: asyncio.Task[None] | None = None
         #: Told of what an operator alerts on: "store-lost", "store-back",
-        #: "binding-restored", "binding-conflict", "binding-unreplicated".
+        #: "binding-restored", "binding-conflict", "binding-unreplicated",
+        #: "master-changed" (under Sentinel).
         self.on_event: Callable[[str], None] = lambda event: None
-        self.health.on_event = lambda event: self.on_event(event)
         self.health.on_event = lambda event: self.on_event(event)
         self._records: dict[str, bytes] = {}  # our own registrations, for renewals
         self._renewals: dict[str, tuple[int, Callable[[], None]]] = {}
         self._renewing: asyncio.TimerHandle | None = None
         self._flushes: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Task[None] | None = None
+        self._pubsub: Any = None  # (the subscription, heard by `_listener`)
+        #: Under Sentinel: a client of the master they name (asked before each use), and
+        #: the master's address as we last saw it.
+        self._named: redis.Redis | None = None
+        self._master_seen: tuple[str, int] | None = None
+        if self._sentinel is not None:
+            pool = self._redis.connection_pool
+            self._named = self._sentinel.master_for(
+                pool.service_name, db=pool.connection_kwargs.get("db", 0)
+            )
         #: Requests to connect back we passed on, by number: their answers to come.
         self._asks = itertools.count(1)
         self._asked: dict[int, asyncio.Future[Dialled]] = {}
@@ -646,7 +668,7 @@ class RedisDirectory(Directory):
         requests to connect back passed on to this one (and the answers to ours)."""
         try:
             await self._redis.ping()
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             await pubsub.subscribe(CHANNEL, self.dial_channel)
         except Exception as exc:  # (redis-py's, a cluster's, a bad option's: one line)
             raise StoreError(f"cannot use Redis at {shown(self.url)}: {exc}") from exc
@@ -654,13 +676,16 @@ class RedisDirectory(Directory):
             self._listen(pubsub, on_online, push_dial), name="redis-sub"
         )
         await self._count_replicas()
+        if self._named is not None:  # (the master our connections reach)
+            self._master_seen = _sentinel_pool(self._named).master_address
         self._watching_replicas = asyncio.create_task(self._watch_replicas(), name="replicas")
 
     async def _count_replicas(self) -> None:
         if self._cluster:
             return
         try:
-            role = await self._redis.execute_command("ROLE")
+            node = self._redis if self._named is None else await self._named_master()
+            role = await node.execute_command("ROLE")
         except (RedisError, OSError) as exc:
             log.debug("ROLE: %s", exc)
             return
@@ -669,16 +694,35 @@ class RedisDirectory(Directory):
             log.info("the directory store's master has %d replica(s)", replicas)
         self.replicas = replicas
 
-    async def _has_replicas(self, master: redis.Redis | None = None) -> bool:
-        """Whether the master (a cluster's `master`) has replicas now (asked again: a
-        WAIT no replica answered may mean the one it had is gone, or a failover left it
-        without any)."""
+    async def _named_master(self) -> redis.Redis:
+        """Under Sentinel: a client of the master the sentinels name now (asked each
+        time; connections to one they no longer name are dropped)."""
+        assert self._named is not None
+        await _sentinel_pool(self._named).get_master_address()  # type: ignore[no-untyped-call]
+        return self._named
+
+    async def _unreplicated(self, phone: str, key: bytes, master: redis.Redis | None) -> bool:
+        """Whether a registration of `phone` for `key` that no replica acknowledged must
+        be refused: the master (a cluster's `master`) has replicas now (asked again: a
+        WAIT none answered may mean the one it had is gone, or a failover left it
+        without any), or, under Sentinel, the master the sentinels name does not have
+        its binding (it went to an old master that a freeze left running as one, whose
+        writes are lost when they demote it)."""
         if master is not None:
             try:
                 info = await master.info("replication")
             except Exception:  # (it answered the WAIT just now: count it as having)
                 return True
             return int(info.get("connected_slaves", 0)) > 0
+        if self._named is not None:
+            try:
+                named = await self._named_master()
+                if await named.get(_bind_key(phone)) != key:
+                    await self._leave_old_master(named)
+                    return True
+            except Exception as exc:  # (no sentinel or master answers: not acknowledged)
+                log.debug("checking a registration at the sentinels' master: %s", exc)
+                return True
         await self._count_replicas()
         return self.replicas > 0
 
@@ -718,9 +762,64 @@ class RedisDirectory(Directory):
         return outcome, int(acked), master
 
     async def _watch_replicas(self) -> None:
+        counted = time.monotonic()
         while True:
-            await asyncio.sleep(REPLICAS_EVERY)
-            await self._count_replicas()
+            await asyncio.sleep(FOLLOW_EVERY if self._named is not None else REPLICAS_EVERY)
+            if self._named is not None:
+                with contextlib.suppress(Exception):  # (no sentinel answers: said elsewhere)
+                    await self._leave_old_master(await self._named_master())
+            if time.monotonic() - counted >= REPLICAS_EVERY:
+                counted = time.monotonic()
+                await self._count_replicas()
+
+    async def _leave_old_master(self, named: redis.Redis) -> None:
+        """Under Sentinel, once the sentinels name another master than the last one we
+        saw: stop writing to the old one. A master frozen (or cut off) while they failed
+        over runs on as a master once it resumes, until they demote it (about 10 s), and
+        what it takes meanwhile is lost: requests from now on go through a new client
+        (its connections reach the master named now), the old client's connections are
+        closed `RETIRE_AFTER` later (a request still waiting on a frozen old master then
+        fails, and is asked again), and the subscription is made again at the new one.
+        A registration the old one took is not acknowledged (`_unreplicated`)."""
+        address = _sentinel_pool(named).master_address
+        seen, self._master_seen = self._master_seen, address
+        if seen is None or address is None or tuple(seen) == tuple(address):
+            return
+        log.warning(
+            "the sentinels name another master, %s:%s (was %s:%s): writing there only",
+            *address,
+            *seen,
+        )
+        self.on_event("master-changed")
+        assert self._sentinel is not None
+        pool = _sentinel_pool(self._redis)
+        old, self._redis = (
+            self._redis,
+            self._sentinel.master_for(
+                pool.service_name, db=pool.connection_kwargs.get("db", 0), decode_responses=False
+            ),
+        )
+        self._batches.client = self._registrations.client = self._redis
+        if self._pubsub is not None and self._pubsub.connection is not None:
+            with contextlib.suppress(Exception):  # (its listener subscribes again there)
+                await self._pubsub.connection.disconnect()
+        self._retire(old)
+
+    def _retire(self, old: redis.Redis) -> None:
+        """Close the client `old` once what it was sending has had its time (a request
+        waiting for an old master that is frozen fails then, and is asked again)."""
+
+        async def retire() -> None:
+            try:
+                await asyncio.sleep(RETIRE_AFTER)
+            finally:  # (closing the store: at once)
+                with contextlib.suppress(Exception):
+                    await old.aclose()
+                    await old.connection_pool.disconnect(inuse_connections=True)
+
+        task = asyncio.create_task(retire(), name="retire-redis-client")
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
 
     def _wait_command(self) -> _Command | None:
         """Ends each pipeline of registrations: a replica must have what it wrote."""
@@ -738,10 +837,11 @@ class RedisDirectory(Directory):
                 except Exception as exc:  # (a cluster's errors are not all RedisErrors)
                     log.warning("redis subscription: %s; resubscribing", exc)
                     await asyncio.sleep(1.0)
-                    if self._cluster:  # (its node may be gone: another, which hears all)
-                        with contextlib.suppress(Exception):
-                            await pubsub.aclose()
-                        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+                    # A new one from the client in use (a cluster's node may be gone:
+                    # another, which hears all; under Sentinel, the new master's).
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
+                    pubsub = self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
                     with contextlib.suppress(Exception):  # (tried again, never given up)
                         await pubsub.subscribe(CHANNEL, self.dial_channel)
                     continue
@@ -862,6 +962,9 @@ class RedisDirectory(Directory):
         await self._redis.aclose()
         if not self._cluster:  # every connection, in use or not (a pub/sub one included)
             await self._redis.connection_pool.disconnect(inuse_connections=True)
+        if self._named is not None:
+            await self._named.aclose()
+            await self._named.connection_pool.disconnect(inuse_connections=True)
         for master in self._masters.values():
             await master.aclose()
         if self._sentinel is not None:
@@ -901,7 +1004,11 @@ class RedisDirectory(Directory):
             return "number-bound"
         if outcome == b"online":
             return "number-online"
-        if acked is not None and acked < 1 and await self._has_replicas(master):
+        if (
+            acked is not None
+            and acked < 1
+            and await self._unreplicated(address.phone, address.key, master)
+        ):
             # No replica has what this registration wrote, its binding maybe (made now,
             # or by an earlier try that was refused just so): a failover now would
             # forget it. Not acknowledged; the module tries again (its binding stays
