@@ -89,8 +89,9 @@ class ServerMetrics(Exported):
             self._rendezvous[route] = self._rendezvous.get(route, 0) + 1
 
     def store_event(self, event: str) -> None:
-        """The shared store (redis_store.py) was lost or is back, or a binding was put
-        back, found bound to another key, or not taken by a replica in time."""
+        """The shared store (redis_store.py) was lost or is back, its master changed
+        (Sentinel), or a binding was put back, found bound to another key, or not taken
+        by a replica in time."""
         self._store[event] = self._store.get(event, 0) + 1
 
     def connections(self, route: str) -> int:
@@ -144,7 +145,8 @@ class ServerMetrics(Exported):
         yield latency
         store = CounterMetricFamily(
             "whatsap2p_store_events",
-            "The shared directory store lost and back, bindings put back or in conflict",
+            "The shared directory store lost and back, its master changed, bindings put back,"
+            " in conflict or not replicated in time",
             labels=["event"],
         )
         for event, count in list(self._store.items()):
