@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import typing
 from collections.abc import AsyncIterator, Callable
@@ -398,15 +399,21 @@ def test_a_dropped_server_connection_is_restored_by_itself(tmp_path: Path) -> No
     in_memory(tmp_path, scenario)
 
 
-def test_a_frozen_server_is_noticed_by_the_heartbeat_within_two_intervals(tmp_path: Path) -> None:
+def test_a_frozen_server_is_noticed_by_the_heartbeat_within_two_intervals(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     async def scenario(world: World) -> None:
         alice = await world.user(ALICE, heartbeat_interval=10)
         server = ("127.0.0.1", world.port)
         (mine,) = network(world).open_to(server)
         frozen = now()
         mine.freeze()  # the server (or the path) stops answering; nothing is closed
-        assert await next_event(alice) == ServerConnectionChanged("lost")
+        with caplog.at_level(logging.WARNING, "whatsap2p.app.registration"):
+            assert await next_event(alice) == ServerConnectionChanged("lost")
         assert 10 < now() - frozen <= 20  # a ping, then an interval without its pong
+        # the log says which server, and why: not "closed" (nothing was)
+        where = f"127.0.0.1:{world.port}"
+        assert f"the server does not answer heartbeats ({where}); reconnecting" in caplog.text
 
     in_memory(tmp_path, scenario)
 
