@@ -800,6 +800,7 @@ class RedisDirectory(Directory):
             ),
         )
         self._batches.client = self._registrations.client = self._redis
+        await self._count_replicas()  # (a promoted replica has none yet: no WAIT for one)
         if self._pubsub is not None and self._pubsub.connection is not None:
             with contextlib.suppress(Exception):  # (its listener subscribes again there)
                 await self._pubsub.connection.disconnect()
