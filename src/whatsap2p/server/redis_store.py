@@ -69,7 +69,9 @@ import msgpack
 import msgspec
 import redis.asyncio as redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
@@ -112,6 +114,8 @@ BIND_WAIT = 1.0
 REPLICAS_EVERY = 5.0
 #: Under Sentinel, how often the server asks the sentinels which master to write to.
 FOLLOW_EVERY = 1.0
+#: How long a sentinel may take to answer (connect, or a command) before the next is asked.
+SENTINEL_TIMEOUT = 1.0
 #: Once they name another, how long requests already sent through the old master's
 #: connections may take before those are closed.
 RETIRE_AFTER = 5.0
@@ -280,8 +284,17 @@ def _client(url: str, password: str | None = None) -> tuple[Any, Sentinel | None
         raise wrong
     if scheme == "sentinels":
         extra["ssl"] = True
+    # The sentinels' own connections get a timeout too (`sentinel_kwargs`, once given,
+    # is all they get), and no retries (redis-py's default backs off and tries 3 more
+    # times: 14 s for one frozen sentinel): they are asked every second and when a
+    # registration's WAIT failed; a frozen one must not hold either (the next is asked).
+    asking = {
+        "socket_timeout": SENTINEL_TIMEOUT,
+        "socket_connect_timeout": SENTINEL_TIMEOUT,
+        "retry": Retry(NoBackoff(), 0),
+    }
     watchers = Sentinel(  # type: ignore[no-untyped-call]
-        sentinels, socket_timeout=5.0, sentinel_kwargs=dict(extra), **extra
+        sentinels, socket_timeout=5.0, sentinel_kwargs={**asking, **extra}, **extra
     )
     master: redis.Redis = watchers.master_for(service, db=number, decode_responses=False)
     return master, watchers
