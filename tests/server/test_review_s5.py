@@ -106,3 +106,61 @@ async def test_a_registration_does_not_hang_on_a_frozen_sentinel() -> None:
                 sentinel.send_signal(signal.SIGCONT)
         await admin.aclose()
 
+
+async def _swap(directory: RedisDirectory) -> aioredis.Redis:
+    """Make the store believe the sentinels named another master than the one it last
+    saw (as after a failover): it moves to a new client. Returns the old client."""
+    old = directory._redis
+    directory._master_seen = ("127.0.0.1", 1)
+    await directory._leave_old_master(await directory._named_master())
+    assert directory._redis is not old
+    return old
+
+
+def _connections(client: aioredis.Redis) -> list[object]:
+    pool = client.connection_pool
+    return [
+        c
+        for c in [*pool._available_connections, *pool._in_use_connections]
+        if c.is_connected  # type: ignore[attr-defined]
+    ]
+
+
+async def test_close_closes_a_client_left_for_another_master_at_once() -> None:
+    """The store moved to a new client; the old one waits `RETIRE_AFTER` to be closed.
+    `close()` cancels that wait but does not await it: it returns with the old client's
+    connections still open (and its task still pending)."""
+    with redis_process() as (master_url, _), _sentinel(master_url) as (sentinel_url, _):
+        directory = RedisDirectory(sentinel_url)
+        await directory.start(lambda address: None, lambda phone, dial: ev.Failure(0, "", ""))
+        await directory.lookup([ALICE])
+        old = await _swap(directory)
+        await directory.lookup([ALICE])
+        assert _connections(old)  # (the old client's connections stay for a while)
+        await directory.close()
+        pending = [
+            t
+            for t in asyncio.all_tasks()
+            if t.get_name() == "retire-redis-client" and not t.done()
+        ]
+        assert not pending, "close() returned before the old client was closed"
+        assert not _connections(old)
+
+
+async def test_a_presence_published_just_after_a_master_change_is_heard() -> None:
+    """After a move to a new client the subscription is dropped and made again at the
+    new one, but only after the listener's 1 s pause: a registration another server
+    pushes meanwhile is never heard here (a user watching that number is not told it
+    came online)."""
+    with redis_process() as (master_url, _), _sentinel(master_url) as (sentinel_url, _):
+        heard: list[ev.PeerAddress] = []
+        async with _started(sentinel_url, heard) as here, _started(sentinel_url) as there:
+            await there.register_limited(_address(ALICE), 1, _spend(), None)
+            async with asyncio.timeout(5):
+                while not heard:
+                    await asyncio.sleep(0.01)
+            await _swap(here)
+            await asyncio.sleep(0.1)
+            await there.register_limited(_address(BOB, 4002), 2, _spend(), None)
+            await asyncio.sleep(2.5)
+            assert BOB in [address.phone for address in heard], "BOB's presence was lost"

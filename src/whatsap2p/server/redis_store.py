@@ -814,9 +814,23 @@ class RedisDirectory(Directory):
         )
         self._batches.client = self._registrations.client = self._redis
         await self._count_replicas()  # (a promoted replica has none yet: no WAIT for one)
-        if self._pubsub is not None and self._pubsub.connection is not None:
-            with contextlib.suppress(Exception):  # (its listener subscribes again there)
-                await self._pubsub.connection.disconnect()
+        if self._pubsub is not None:
+            # Subscribed at the new master before the old subscription is dropped: its
+            # listener moves over at once (no pause, in which a presence another server
+            # pushes would be missed); if this fails, the old one is dropped, and the
+            # listener subscribes again after its pause.
+            fresh = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await fresh.subscribe(CHANNEL, self.dial_channel)
+            except Exception as exc:
+                log.warning("subscribing at the new master: %s", exc)
+                with contextlib.suppress(Exception):
+                    await fresh.aclose()
+                if self._pubsub.connection is not None:
+                    with contextlib.suppress(Exception):
+                        await self._pubsub.connection.disconnect()
+            else:
+                self._pubsub = fresh
         self._retire(old)
 
     def _retire(self, old: redis.Redis) -> None:
@@ -846,9 +860,16 @@ class RedisDirectory(Directory):
     ) -> None:
         try:
             while True:
+                if pubsub is not self._pubsub:  # (moved to a new master's: see below)
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
+                    pubsub = self._pubsub
                 try:
-                    message = await pubsub.get_message(timeout=None)
+                    # (a timeout: a subscription made anew elsewhere is taken up soon)
+                    message = await pubsub.get_message(timeout=FOLLOW_EVERY)
                 except Exception as exc:  # (a cluster's errors are not all RedisErrors)
+                    if pubsub is not self._pubsub:  # (the old master's, dropped)
+                        continue
                     log.warning("redis subscription: %s; resubscribing", exc)
                     await asyncio.sleep(1.0)
                     # A new one from the client in use (a cluster's node may be gone:
