@@ -47,6 +47,15 @@ def redis_sentinel(
 ) -> Iterator[str]:
     """A Sentinel watching the Redis at `master_url` (which asks for `password`, as the
     sentinel then does too); yields the `sentinel://` URL (no password in it)."""
+    with sentinel_process(master_url, service, password) as (url, _):
+        yield url
+
+
+@contextmanager
+def sentinel_process(
+    master_url: str, service: str = "mymaster", password: str | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`redis_sentinel`, yielding its process too (for a test that freezes it)."""
     assert REDIS_SERVER is not None
     master_port = int(master_url.rsplit(":", 1)[1].split("/")[0])
     port = free_port()
@@ -61,8 +70,8 @@ def redis_sentinel(
             )
             if password is not None:
                 out.write(f"requirepass {password}\nsentinel auth-pass {service} {password}\n")
-        with _running([REDIS_SERVER, conf, "--sentinel"], port, "redis-sentinel"):
-            yield f"sentinel://127.0.0.1:{port}/{service}/0"
+        with _running([REDIS_SERVER, conf, "--sentinel"], port, "redis-sentinel") as proc:
+            yield f"sentinel://127.0.0.1:{port}/{service}/0", proc
 
 
 @contextmanager

@@ -696,8 +696,13 @@ class RedisDirectory(Directory):
     async def _count_replicas(self) -> None:
         if self._cluster:
             return
+        node = self._redis
+        if self._named is not None:
+            try:
+                node = await self._named_master()
+            except (RedisError, OSError) as exc:  # (then none can fail it over either)
+                log.debug("asking the sentinels for the master: %s", exc)
         try:
-            node = self._redis if self._named is None else await self._named_master()
             role = await node.execute_command("ROLE")
         except (RedisError, OSError) as exc:
             log.debug("ROLE: %s", exc)
@@ -730,12 +735,18 @@ class RedisDirectory(Directory):
         if self._named is not None:
             try:
                 named = await self._named_master()
-                if await named.get(_bind_key(phone)) != key:
-                    await self._leave_old_master(named)
+            except (RedisError, OSError) as exc:
+                # No sentinel answers: none can fail the master over either, so what
+                # it took stays; acknowledged as without Sentinel (if it has no replica).
+                log.debug("asking the sentinels for the master: %s", exc)
+            else:
+                try:
+                    if await named.get(_bind_key(phone)) != key:
+                        await self._leave_old_master(named)
+                        return True
+                except Exception as exc:  # (the master they name does not answer)
+                    log.debug("checking a registration at the sentinels' master: %s", exc)
                     return True
-            except Exception as exc:  # (no sentinel or master answers: not acknowledged)
-                log.debug("checking a registration at the sentinels' master: %s", exc)
-                return True
         await self._count_replicas()
         return self.replicas > 0
 
