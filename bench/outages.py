@@ -306,6 +306,24 @@ async def count(client: aioredis.Redis, pattern: str) -> int:
     return len([key async for key in client.scan_iter(match=pattern, count=1000)])
 
 
+async def records(client: aioredis.Redis) -> tuple[int, int]:
+    """How many bindings and presence records the Redis of `client` holds (then closed)."""
+    try:
+        return await count(client, "wa:bind:*"), await count(client, "wa:online:*")
+    finally:
+        await client.aclose()
+
+
+def kept(
+    before: tuple[int, int], after: tuple[int, int], modules: list[Module], since: float
+) -> str:
+    lost = sum(m.lost_since(since) for m in modules)
+    return (
+        f"bindings {after[0]} of {before[0]} kept (+ the probes'), presence records "
+        f"{after[1]} of {before[1]}; modules that lost their server: {lost}"
+    )
+
+
 async def least_ttl_while(client: aioredis.Redis, seconds: float) -> tuple[float, int]:
     """For `seconds`: the least remaining TTL (s) seen of any presence record, and how
     many records lapsed meanwhile (gone, then back or not)."""
@@ -387,10 +405,8 @@ async def restart_redis(
     folder: Path, port: int, redis_proc: asyncio.subprocess.Process, server: Server,
     modules: list[Module],
 ) -> tuple[Row, asyncio.subprocess.Process]:  # fmt: skip
-    admin = aioredis.Redis(port=port)
-    bound, online = await count(admin, "wa:bind:*"), await count(admin, "wa:online:*")
+    before = await records(aioredis.Redis(port=port))
     await asyncio.sleep(1.5)  # (appendfsync everysec: what was acknowledged is on disk)
-    await admin.aclose()
     since = time.monotonic()
     async with Probes([server], [m.phone for m in modules]) as probes:
         redis_proc.kill()
@@ -398,16 +414,11 @@ async def restart_redis(
         redis_proc = await start_redis(folder, port)
         await until_registered([server])
         back = time.monotonic() - since
-    admin = aioredis.Redis(port=port)
-    after_bound, after_online = await count(admin, "wa:bind:*"), await count(admin, "wa:online:*")
-    await admin.aclose()
-    lost = sum(m.lost_since(since) for m in modules)
+    after = await records(aioredis.Redis(port=port))
     return (
         "Redis killed (kill -9) and started again at once (AOF, everysec)",
         f"registrations served again {back:.1f} s after the kill; lookups "
-        f"{probes.lookups.lasted(since)}; bindings {after_bound} of {bound} kept "
-        f"(+ the probes'), presence records {after_online} of {online}; modules that "
-        f"lost their server: {lost}",
+        f"{probes.lookups.lasted(since)}; {kept(before, after, modules, since)}",
     ), redis_proc
 
 
@@ -437,9 +448,7 @@ async def kill_master(
     master: asyncio.subprocess.Process, sentinel_port: int, servers: list[Server],
     modules: list[Module], killed_port: int,
 ) -> Row:  # fmt: skip
-    admin = aioredis.Redis(port=killed_port)
-    bound, online = await count(admin, "wa:bind:*"), await count(admin, "wa:online:*")
-    await admin.aclose()
+    before = await records(aioredis.Redis(port=killed_port))
     sentinel = aioredis.Redis(port=sentinel_port)
     since = time.monotonic()
     async with Probes(servers, [m.phone for m in modules]) as probes:
@@ -456,17 +465,12 @@ async def kill_master(
             await until_registered(servers)
         back = time.monotonic() - since
     await sentinel.aclose()
-    promoted = aioredis.Redis(host=host.decode(), port=int(port))
-    after_bound = await count(promoted, "wa:bind:*")
-    after_online = await count(promoted, "wa:online:*")
-    await promoted.aclose()
-    lost = sum(m.lost_since(since) for m in modules)
+    after = await records(aioredis.Redis(host=host.decode(), port=int(port)))
     return (
         "the Redis master killed (kill -9); Sentinel promotes the replica",
         f"replica promoted after {promoted_at:.1f} s, registrations served again through "
         f"both servers after {back:.1f} s; lookups {probes.lookups.lasted(since)}; "
-        f"bindings {after_bound} of {bound} kept (+ the probes'), presence records "
-        f"{after_online} of {online}; modules that lost their server: {lost}",
+        f"{kept(before, after, modules, since)}",
     )
 
 
