@@ -17,7 +17,8 @@ from tests.redis_server import free_port, redis_cluster, redis_process
 from tests.servers import directory_client, running_server
 from whatsap2p.errors import StoreError, StoreUnavailable
 from whatsap2p.protocol.keys import StaticKey
-from whatsap2p.server.redis_store import RedisDirectory, shown
+from whatsap2p.server.redis_store import RedisDirectory
+from whatsap2p.server.redis_urls import shown
 
 ALICE = "+5511999990001"
 

@@ -27,10 +27,11 @@ one server), pushes the `dial` and publishes the answer on the asker's channel. 
 round trip through Redis and back; an answer that does not come within
 `ANSWER_WITHIN` seconds (its server died or lost Redis) is `offline`.
 
-Requests go to Redis in batches, like group commits: what the server's connections
-ask while one pipeline is out (lookups, their rate-limit buckets, registrations) goes
-out together in the next, so a crowd of lookups costs a round trip per batch rather
-than one or two each; heartbeat renewals are gathered for `RENEW_EVERY` seconds.
+Requests go to Redis in batches, like group commits (redis_batches.py): what the
+server's connections ask while one pipeline is out (lookups, their rate-limit buckets,
+registrations) goes out together in the next, so a crowd of lookups costs a round trip
+per batch rather than one or two each; heartbeat renewals are gathered for
+`RENEW_EVERY` seconds. The clients come from `--redis` URLs (redis_urls.py).
 
 Registration is one script (binding check, bind on first use, one live registration
 per number), so two servers never both accept a number. Bindings have no expiry and are
@@ -47,6 +48,12 @@ the only record of who owns a number, so they are kept with care:
   operator's mistake) is put back from the key of the registration renewing it, and a
   binding to another key found there ends that registration (logged, counted).
 
+Under Sentinel, the server asks the sentinels every `FOLLOW_EVERY` seconds which master
+to write to, and moves to the one they name (a master frozen while they failed over runs
+on as a master once it resumes, until they demote it; what it takes meanwhile is lost,
+so a registration no replica acknowledged is acknowledged only if the master they name
+has its binding).
+
 The same key registering again from elsewhere (its module failed over to another
 server, the old connection is dead or dying) takes the registration over; the old
 server finds out at its next renewal and drops that connection.
@@ -58,21 +65,15 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import re
 import time
 import uuid
 from collections.abc import Callable
 from typing import Annotated, Any, ClassVar
-from urllib.parse import unquote
 
 import msgpack
 import msgspec
 import redis.asyncio as redis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from whatsap2p.config import Timeouts
@@ -90,6 +91,8 @@ from whatsap2p.server.directory import (
     Refused,
     Spend,
 )
+from whatsap2p.server.redis_batches import Batches, Command, Health, script
+from whatsap2p.server.redis_urls import client_for, cluster_parts, sentinel_pool, shown
 
 __all__ = ["RedisDirectory"]
 
@@ -114,8 +117,6 @@ BIND_WAIT = 1.0
 REPLICAS_EVERY = 5.0
 #: Under Sentinel, how often the server asks the sentinels which master to write to.
 FOLLOW_EVERY = 1.0
-#: How long a sentinel may take to answer (connect, or a command) before the next is asked.
-SENTINEL_TIMEOUT = 1.0
 #: Once they name another, how long requests already sent through the old master's
 #: connections may take before those are closed.
 RETIRE_AFTER = 5.0
@@ -195,118 +196,6 @@ return 0
 """
 
 
-#: The URLs `--redis` takes (docs/deployment.md).
-_SCHEMES = ("redis://", "rediss://", "unix://", "sentinel://", "sentinels://", "cluster://")
-
-
-def _hosts(
-    where: str, password: str | None, wrong: StoreError
-) -> tuple[list[tuple[str, int]], dict[str, Any]]:
-    """`[USER:PASSWORD@]HOST:PORT,...`: the hosts, and the credentials to use (the
-    password given apart when the URL has none)."""
-    credentials, _, hosts = where.rpartition("@")
-    try:
-        found = [(h, int(p)) for h, _, p in (a.rpartition(":") for a in hosts.split(","))]
-    except ValueError:
-        raise wrong from None
-    if not all(h for h, _ in found):
-        raise wrong
-    user, _, secret = credentials.partition(":")
-    extra = {"password": unquote(secret) if secret else password, "username": unquote(user)}
-    return found, {k: v for k, v in extra.items() if v}
-
-
-def _cluster(url: str, password: str | None) -> Any:
-    """A Redis Cluster client, from `cluster://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...]`
-    (any of its nodes as seeds; `clusters://` over TLS)."""
-    seeds, extra = _cluster_parts(url, password)
-    nodes = [ClusterNode(host, port) for host, port in seeds]
-    return RedisCluster(startup_nodes=nodes, decode_responses=False, **extra)
-
-
-def _cluster_parts(url: str, password: str | None) -> tuple[list[tuple[str, int]], dict[str, Any]]:
-    """A cluster URL's seeds, and the options to connect to its nodes with."""
-    scheme, _, rest = url.partition("://")
-    where, _, tail = rest.partition("/")
-    wrong = StoreError(
-        f"not a cluster URL: {shown(url)} (cluster://[USER:PASSWORD@]HOST:PORT,HOST:PORT...)"
-    )
-    if tail.strip("/"):
-        raise wrong
-    seeds, extra = _hosts(where, password, wrong)
-    if scheme == "clusters":
-        extra["ssl"] = True
-    return seeds, extra
-
-
-def shown(url: str) -> str:
-    """`url` without its password (in the credentials, which may hold '@' and '/', or in
-    a `password=` option), to log or to say in an error."""
-    scheme, sep, rest = url.partition("://")
-    if sep and "@" in rest:
-        credentials, _, hosts = rest.rpartition("@")
-        user = credentials.partition(":")[0] if ":" in credentials else ""
-        rest = f"{user}:***@{hosts}"
-    rest = re.sub(r"(?i)(password=)[^&]*", r"\1***", rest)
-    return f"{scheme}{sep}{rest}"
-
-
-def _client(url: str, password: str | None = None) -> tuple[Any, Sentinel | None]:
-    """The client for `url`, and the Sentinel it goes through (None for a plain URL).
-    `password`: for a URL that has none (given from a file or the environment, so that
-    it stays out of process lists). `sentinels://` is `sentinel://` over TLS."""
-    if url.startswith(("cluster://", "clusters://")):
-        return _cluster(url, password), None
-    if not url.startswith(_SCHEMES):
-        raise StoreError(
-            f"not a Redis URL: {shown(url)} (redis://[USER:PASSWORD@]HOST:PORT/DB,"
-            " rediss://... over TLS, unix://PATH, sentinel://[USER:PASSWORD@]HOST:PORT,.../"
-            "SERVICE/DB)"
-        )
-    extra: dict[str, Any] = {} if password is None else {"password": password}
-    if not url.startswith(("sentinel://", "sentinels://")):
-        try:
-            return redis.Redis.from_url(url, decode_responses=False, **extra), None
-        except ValueError as exc:
-            raise StoreError(f"not a Redis URL: {shown(url)} ({exc})") from None
-    scheme, _, rest = url.partition("://")
-    where, _, rest = rest.partition("/")
-    service, _, db = rest.partition("/")
-    wrong = StoreError(
-        f"not a sentinel URL: {shown(url)} (sentinel://[USER:PASSWORD@]HOST:PORT,.../SERVICE/DB)"
-    )
-    sentinels, extra = _hosts(where, password, wrong)
-    try:
-        number = int(db or 0)
-    except ValueError:
-        raise wrong from None
-    if not service:
-        raise wrong
-    if scheme == "sentinels":
-        extra["ssl"] = True
-    # The sentinels' own connections get a timeout too (`sentinel_kwargs`, once given,
-    # is all they get), and no retries (redis-py's default backs off and tries 3 more
-    # times: 14 s for one frozen sentinel): they are asked every second and when a
-    # registration's WAIT failed; a frozen one must not hold either (the next is asked).
-    asking = {
-        "socket_timeout": SENTINEL_TIMEOUT,
-        "socket_connect_timeout": SENTINEL_TIMEOUT,
-        "retry": Retry(NoBackoff(), 0),
-    }
-    watchers = Sentinel(  # type: ignore[no-untyped-call]
-        sentinels, socket_timeout=5.0, sentinel_kwargs={**asking, **extra}, **extra
-    )
-    master: redis.Redis = watchers.master_for(service, db=number, decode_responses=False)
-    return master, watchers
-
-
-def _sentinel_pool(client: redis.Redis) -> SentinelConnectionPool:
-    """The pool of a client that `Sentinel.master_for` made."""
-    pool = client.connection_pool
-    assert isinstance(pool, SentinelConnectionPool)
-    return pool
-
-
 def _pack(values: list[object]) -> bytes:
     """msgpack without the bin type (Redis' cmsgpack predates it): bytes and str both
     become raw strings, read back with `raw=True`."""
@@ -335,164 +224,6 @@ return allowed
 
 
 #: Puts one command in a pipeline.
-_Command = Callable[[Any], object]
-#: What one caller asked, and where its results go.
-_Asked = tuple[tuple[_Command, ...], "asyncio.Future[list[Any]]"]
-
-
-def _script(script: Any, keys: list[str], args: list[Any]) -> _Command:
-    """The command that runs a registered script by its digest. (Through the script's
-    own call, redis-py asks SCRIPT EXISTS before every pipeline: a round trip more; and
-    a cluster's pipeline refuses `evalsha` by name, not EVALSHA as a command, which it
-    sends to the node of the keys' slot.)"""
-    return lambda pipe: pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-
-
-class _Health:
-    """Whether Redis answers, said once when that changes (logged, and to `on_event`)."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.up = True
-        self._since = 0.0
-        self.on_event: Callable[[str], None] = lambda event: None
-
-    def failed(self, exc: BaseException) -> None:
-        if self.up:
-            self.up, self._since = False, time.monotonic()
-            log.error(
-                "directory store lost (%s): %s; requests that need it are refused", self.url, exc
-            )
-            self.on_event("store-lost")
-
-    def answered(self) -> None:
-        if not self.up:
-            self.up = True
-            log.warning(
-                "directory store back (%s) after %.1f s", self.url, time.monotonic() - self._since
-            )
-            self.on_event("store-back")
-
-
-class _Batches:
-    """Commands of many requests sent together: whatever is asked while a pipeline is
-    out goes in the next one. Each caller gets the results of its own commands. Scripts
-    run by digest; a Redis that does not know them (restarted, flushed) gets them again
-    and runs what it refused (a refused script did not run, so it is not run twice)."""
-
-    def __init__(
-        self,
-        client: redis.Redis,
-        scripts: list[Any],
-        health: _Health,
-        tail: Callable[[], _Command | None] = lambda: None,
-    ) -> None:
-        """`tail()`: a command to end each pipeline with (its result is added to each
-        caller's results), or None; `health` hears whether Redis answered."""
-        self.client = client
-        self._scripts = scripts
-        self._health = health
-        self._tail = tail
-        self._waiting: list[_Asked] = []
-        self._sent: list[_Asked] = []
-        self._sending: asyncio.Task[None] | None = None
-        self._closed = False
-
-    async def run(self, *commands: _Command) -> list[Any]:
-        """The results of `commands` (StoreError if Redis fails, or fails one of them)."""
-        if self._closed:
-            raise StoreError("directory store: closed")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[Any]] = loop.create_future()
-        self._waiting.append((commands, future))
-        if self._sending is None:
-            self._sending = loop.create_task(self._send(), name="redis-batches")
-        return await future
-
-    async def _send(self) -> None:
-        try:
-            while self._waiting:
-                self._sent, self._waiting = self._waiting, []
-                await self._send_one(self._sent)
-                self._sent = []
-        finally:
-            self._sending = None
-
-    async def _send_one(self, batch: list[_Asked]) -> None:
-        flat = [command for commands, _ in batch for command in commands]
-        tail = self._tail()
-        try:
-            results = await self._execute(flat if tail is None else [*flat, tail])
-            unknown = [
-                i for i, r in enumerate(results[: len(flat)]) if isinstance(r, NoScriptError)
-            ]
-            if unknown:
-                for script in self._scripts:
-                    await self.client.script_load(script.script)
-                again = await self._execute(
-                    [flat[i] for i in unknown] + ([] if tail is None else [tail])
-                )
-                for i, result in zip(unknown, again, strict=False):
-                    results[i] = result
-                if tail is not None:  # (the tail again, after what ran again)
-                    results[-1] = again[-1]
-        except (RedisError, OSError) as exc:
-            self._health.failed(exc)
-            self._fail(batch, exc)
-            return
-        except Exception as exc:  # (a cluster's client raises others): fail, never hang
-            log.exception("a batch of requests to the directory store failed")
-            self._fail(batch, exc)
-            return
-        self._health.answered()
-        extra = results[len(flat) :]
-        at = 0
-        for commands, future in batch:
-            mine, at = results[at : at + len(commands)] + extra, at + len(commands)
-            if future.done():
-                continue  # its asker is gone (its connection closed)
-            failed = next((r for r in mine if isinstance(r, Exception)), None)
-            if failed is not None:
-                future.set_exception(StoreError(f"directory store: {failed}"))
-            else:
-                future.set_result(mine)
-
-    async def _execute(self, commands: list[_Command]) -> list[Any]:
-        if not isinstance(self.client, RedisCluster):
-            return await self._pipeline(commands)
-        try:
-            results = await self._pipeline(commands)
-        except RedisConnectionError:
-            results = [RedisConnectionError()]
-        if any(isinstance(r, RedisConnectionError) for r in results):
-            # A cluster's node gone (failed over): its client has learned where the
-            # slots are now; once more there (every script here may run twice).
-            return await self._pipeline(commands)
-        return results
-
-    async def _pipeline(self, commands: list[_Command]) -> list[Any]:
-        async with self.client.pipeline(transaction=False) as pipe:
-            for command in commands:
-                command(pipe)
-            return list(await pipe.execute(raise_on_error=False))
-
-    @staticmethod
-    def _fail(batch: list[_Asked], exc: BaseException) -> None:
-        for _, future in batch:
-            if not future.done():
-                future.set_exception(StoreError(f"directory store: {exc}"))
-
-    async def close(self) -> None:
-        """Stop: what is still asked for fails (and nothing more may be)."""
-        self._closed = True
-        if self._sending is not None:
-            self._sending.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sending
-        left, self._sent, self._waiting = self._sent + self._waiting, [], []
-        self._fail(left, RuntimeError("the server is closing"))
-
-
 _Port = Annotated[int, msgspec.Meta(gt=0, lt=65536)]
 _Phone = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 _Host = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
@@ -549,7 +280,7 @@ class _NotPushed(msgspec.Struct, frozen=True, array_like=True, tag="refused"):
 _DIAL_MESSAGES = msgspec.msgpack.Decoder(_PassedOn | _RelayPassedOn | _Pushed | _NotPushed)
 
 
-def _get(phone: str) -> _Command:
+def _get(phone: str) -> Command:
     """The command that reads `phone`'s registration."""
     key = _online_key(phone)
     return lambda pipe: pipe.get(key)
@@ -623,13 +354,13 @@ class RedisDirectory(Directory):
         self.server_id = uuid.uuid4().hex[:12]
         #: Where other servers pass on requests to connect back, and answer ours.
         self.dial_channel = DIAL_CHANNEL + self.server_id
-        self._redis, self._sentinel = _client(url, password)
+        self._redis, self._sentinel = client_for(url, password)
         #: A Redis Cluster: no WAIT (a write's master is the key's), pub/sub on any node.
         self._cluster = isinstance(self._redis, RedisCluster)
         #: On a cluster: a plain client per master, for registrations, whose WAIT must
         #: go on the connection their script went on (a cluster pipeline's may not).
         self._masters: dict[str, redis.Redis] = {}
-        self._master_options = _cluster_parts(url, password)[1] if self._cluster else {}
+        self._master_options = cluster_parts(url, password)[1] if self._cluster else {}
         self._register = self._redis.register_script(_REGISTER)
         self._renew = self._redis.register_script(_RENEW)
         self._unregister = self._redis.register_script(_UNREGISTER)
@@ -643,11 +374,11 @@ class RedisDirectory(Directory):
             self._take,
             self._to_owner,
         ]
-        self.health = _Health(shown(url))
-        self._batches = _Batches(self._redis, scripts, self.health)
+        self.health = Health(shown(url))
+        self._batches = Batches(self._redis, scripts, self.health)
         #: Registrations go in pipelines of their own, each ended by a WAIT for a replica
         #: when there are replicas (a WAIT holds its pipeline: not the lookups').
-        self._registrations = _Batches(self._redis, scripts, self.health, self._wait_command)
+        self._registrations = Batches(self._redis, scripts, self.health, self._wait_command)
         #: Replicas of the master, as it last said (ROLE, every REPLICAS_EVERY seconds).
         self.replicas = 0
         self._watching_replicas: asyncio.Task[None] | None = None
@@ -690,7 +421,7 @@ class RedisDirectory(Directory):
         )
         await self._count_replicas()
         if self._named is not None:  # (the master our connections reach)
-            self._master_seen = _sentinel_pool(self._named).master_address
+            self._master_seen = sentinel_pool(self._named).master_address
         self._watching_replicas = asyncio.create_task(self._watch_replicas(), name="replicas")
 
     async def _count_replicas(self) -> None:
@@ -716,7 +447,7 @@ class RedisDirectory(Directory):
         """Under Sentinel: a client of the master the sentinels name now (asked each
         time; connections to one they no longer name are dropped)."""
         assert self._named is not None
-        await _sentinel_pool(self._named).get_master_address()  # type: ignore[no-untyped-call]
+        await sentinel_pool(self._named).get_master_address()  # type: ignore[no-untyped-call]
         return self._named
 
     async def _unreplicated(self, phone: str, key: bytes, master: redis.Redis | None) -> bool:
@@ -805,7 +536,7 @@ class RedisDirectory(Directory):
         closed `RETIRE_AFTER` later (a request still waiting on a frozen old master then
         fails, and is asked again), and the subscription is made again at the new one.
         A registration the old one took is not acknowledged (`_unreplicated`)."""
-        address = _sentinel_pool(named).master_address
+        address = sentinel_pool(named).master_address
         seen, self._master_seen = self._master_seen, address
         if seen is None or address is None or tuple(seen) == tuple(address):
             return
@@ -816,7 +547,7 @@ class RedisDirectory(Directory):
         )
         self.on_event("master-changed")
         assert self._sentinel is not None
-        pool = _sentinel_pool(self._redis)
+        pool = sentinel_pool(self._redis)
         old, self._redis = (
             self._redis,
             self._sentinel.master_for(
@@ -860,7 +591,7 @@ class RedisDirectory(Directory):
         self._flushes.add(task)
         task.add_done_callback(self._flushes.discard)
 
-    def _wait_command(self) -> _Command | None:
+    def _wait_command(self) -> Command | None:
         """Ends each pipeline of registrations: a replica must have what it wrote."""
         if not self.replicas:
             return None
@@ -978,7 +709,7 @@ class RedisDirectory(Directory):
             )  # fmt: skip
         args = [DIAL_CHANNEL, msgspec.msgpack.encode(asked)]
         try:
-            [heard] = await self._batches.run(_script(self._to_owner, [_online_key(phone)], args))
+            [heard] = await self._batches.run(script(self._to_owner, [_online_key(phone)], args))
             if heard < 0:
                 return ev.Failure(0, "offline", f"{phone} is not online")
             if heard == 0:
@@ -1044,7 +775,7 @@ class RedisDirectory(Directory):
         if self._cluster:
             outcome, acked, master = await self._register_at_master(keys, args)
         else:
-            outcome, *waited = await self._registrations.run(_script(self._register, keys, args))
+            outcome, *waited = await self._registrations.run(script(self._register, keys, args))
             acked = waited[0] if waited else None
         if outcome == b"bound":
             return "number-bound"
@@ -1061,7 +792,7 @@ class RedisDirectory(Directory):
             # for its key: a later try's WAIT covers it once a replica catches up).
             with contextlib.suppress(StoreError):  # (its presence goes with it)
                 online = [_online_key(address.phone)]
-                await self._batches.run(_script(self._unregister, online, [self._owner(owner)]))
+                await self._batches.run(script(self._unregister, online, [self._owner(owner)]))
             log.error(
                 "%s: no replica took its registration within %g s; refused",
                 address.phone,
@@ -1097,7 +828,7 @@ class RedisDirectory(Directory):
         if not batch:
             return
         renewals = [
-            _script(
+            script(
                 self._renew,
                 [_online_key(phone), _bind_key(phone)],
                 [
@@ -1138,13 +869,13 @@ class RedisDirectory(Directory):
     async def unregister(self, phone: str, owner: int) -> bool:
         self._records.pop(phone, None)
         keys, args = [_online_key(phone)], [self._owner(owner)]
-        [removed] = await self._batches.run(_script(self._unregister, keys, args))
+        [removed] = await self._batches.run(script(self._unregister, keys, args))
         return bool(removed)
 
-    def _taking(self, spend: Spend) -> _Command:
+    def _taking(self, spend: Spend) -> Command:
         """Redis' clock, not `spend.now`: the servers' clocks need not agree."""
         keys = [f"wa:rate:{spend.bucket}:{spend.key}"]
-        return _script(self._take, keys, [spend.rate, spend.burst, spend.cost])
+        return script(self._take, keys, [spend.rate, spend.burst, spend.cost])
 
     async def lookup(self, phones: list[str]) -> list[PeerAddress]:
         wanted = list(dict.fromkeys(phones))

@@ -459,7 +459,8 @@ def _release(args: argparse.Namespace) -> int:
 
 
 async def _release_redis(args: argparse.Namespace) -> int:
-    from whatsap2p.server.redis_store import RedisDirectory, shown
+    from whatsap2p.server.redis_store import RedisDirectory
+    from whatsap2p.server.redis_urls import shown
 
     phone = normalise_phone(args.phone, args.region)
     directory = RedisDirectory(args.release_redis, password=_redis_password(args))
