@@ -42,6 +42,7 @@ class Store:
         directory.on_event = self._heard
 
     def _heard(self, event: str) -> None:
+        self.server.store_event(event)  # (as `whatsap2p server` has it told)
         self.events.append(event)
         self.told.set()
 
@@ -159,8 +160,11 @@ async def test_the_store_lost_and_back_is_said_once_each(
     assert store.events == ["store-lost", "store-back"]
     assert caplog.text.count("directory store lost") == 1
     assert caplog.text.count("directory store back") == 1
-    # the refused requests said once (not one line each), in Redis's words, one prefix
-    assert caplog.text.count("answering a lookup: directory store: ") == 1
+    # the refused requests said once (not one line each), in Redis's words, one prefix,
+    # and how many more once the store is back
+    assert caplog.text.count("answering a lookup: directory store: ") == 2
+    assert "(the last of 2 more like it since the last said)" in caplog.text
+    assert [store.server.metrics.store_events(e) for e in ("store-lost", "store-back")] == [1, 1]
     assert "directory store: directory store" not in caplog.text
     await alice.close()
 

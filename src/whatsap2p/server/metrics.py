@@ -94,6 +94,9 @@ class ServerMetrics(Exported):
         by a replica in time."""
         self._store[event] = self._store.get(event, 0) + 1
 
+    def store_events(self, event: str) -> int:
+        return self._store.get(event, 0)
+
     def connections(self, route: str) -> int:
         return self._connections.get(route, 0)
 

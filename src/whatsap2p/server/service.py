@@ -162,6 +162,13 @@ class DirectoryServer:
         self.deadlines.close()
         self.metrics.close()
 
+    def store_event(self, event: str) -> None:
+        """What the shared store says (redis_store.py `on_event`): counted; once it is
+        back, the refusals not yet said are."""
+        self.metrics.store_event(event)
+        if event == "store-back":
+            self.store_failures.flush()
+
     def _online_users(self) -> int:
         # list() copies the set in one step under the GIL: the exporter's thread calls this
         return sum(client.phone is not None for client in list(self.connections))

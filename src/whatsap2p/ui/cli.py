@@ -534,7 +534,7 @@ async def _run_server(args: argparse.Namespace) -> int:
 
         store = RedisDirectory(args.redis, args.presence_ttl, password=_redis_password(args))
         server = DirectoryServer(config, None, store)
-        store.on_event = server.metrics.store_event
+        store.on_event = server.store_event
     else:
         bindings = Bindings(db_path)
         server = DirectoryServer(config, bindings)
