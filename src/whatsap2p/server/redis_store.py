@@ -76,6 +76,7 @@ import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
+from whatsap2p.background import Background
 from whatsap2p.config import Timeouts
 from whatsap2p.errors import StoreError
 from whatsap2p.protocol import events as ev
@@ -223,7 +224,6 @@ return allowed
 """
 
 
-#: Puts one command in a pipeline.
 _Port = Annotated[int, msgspec.Meta(gt=0, lt=65536)]
 _Phone = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 _Host = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
@@ -341,13 +341,14 @@ class RedisDirectory(Directory):
         (the sentinels; the client follows the master they name across failovers)."""
         self.url = url
         self.ttl_ms = int(ttl * 1000)
-        if ttl < (least := least_ttl(Timeouts())):
+        timeouts = Timeouts()
+        if ttl < (least := least_ttl(timeouts)):
             log.warning(
                 "presence TTL %g s: users whose server freezes (or loses Redis) for %g s or"
                 " more show offline before their modules move to another server; at least"
                 " %g s is advised",
                 ttl,
-                max(0.0, ttl - Timeouts().heartbeat_interval - RENEW_EVERY),
+                max(0.0, ttl - timeouts.heartbeat_interval - RENEW_EVERY),
                 least,
             )
         self.answer_within = answer_within
@@ -390,7 +391,8 @@ class RedisDirectory(Directory):
         self._records: dict[str, bytes] = {}  # our own registrations, for renewals
         self._renewals: dict[str, tuple[int, Callable[[], None]]] = {}
         self._renewing: asyncio.TimerHandle | None = None
-        self._flushes: set[asyncio.Task[None]] = set()
+        #: Renewals being written, answers to requests passed on, old clients to close.
+        self._background = Background(log)
         self._listener: asyncio.Task[None] | None = None
         self._pubsub: Any = None  # (the subscription, heard by `_listener`)
         #: Under Sentinel: a client of the master they name (asked before each use), and
@@ -398,14 +400,10 @@ class RedisDirectory(Directory):
         self._named: redis.Redis | None = None
         self._master_seen: tuple[str, int] | None = None
         if self._sentinel is not None:
-            pool = self._redis.connection_pool
-            self._named = self._sentinel.master_for(
-                pool.service_name, db=pool.connection_kwargs.get("db", 0)
-            )
+            self._named = self._master_client()
         #: Requests to connect back we passed on, by number: their answers to come.
         self._asks = itertools.count(1)
         self._asked: dict[int, asyncio.Future[Dialled]] = {}
-        self._answering: set[asyncio.Task[None]] = set()
 
     async def start(self, on_online: Callable[[PeerAddress], None], push_dial: PushDial) -> None:
         """Check Redis answers, hear of every registration on every server, and of the
@@ -442,6 +440,16 @@ class RedisDirectory(Directory):
         if replicas != self.replicas:
             log.info("the directory store's master has %d replica(s)", replicas)
         self.replicas = replicas
+
+    def _master_client(self) -> redis.Redis:
+        """Under Sentinel: a new client of the master the sentinels name (its own pool)."""
+        assert self._sentinel is not None
+        pool = sentinel_pool(self._redis)
+        db = pool.connection_kwargs.get("db", 0)
+        client: redis.Redis = self._sentinel.master_for(
+            pool.service_name, db=db, decode_responses=False
+        )
+        return client
 
     async def _named_master(self) -> redis.Redis:
         """Under Sentinel: a client of the master the sentinels name now (asked each
@@ -546,14 +554,7 @@ class RedisDirectory(Directory):
             *seen,
         )
         self.on_event("master-changed")
-        assert self._sentinel is not None
-        pool = sentinel_pool(self._redis)
-        old, self._redis = (
-            self._redis,
-            self._sentinel.master_for(
-                pool.service_name, db=pool.connection_kwargs.get("db", 0), decode_responses=False
-            ),
-        )
+        old, self._redis = self._redis, self._master_client()
         self._batches.client = self._registrations.client = self._redis
         await self._count_replicas()  # (a promoted replica has none yet: no WAIT for one)
         if self._pubsub is not None:
@@ -587,9 +588,7 @@ class RedisDirectory(Directory):
                     await old.aclose()
                     await old.connection_pool.disconnect(inuse_connections=True)
 
-        task = asyncio.create_task(retire(), name="retire-redis-client")
-        self._flushes.add(task)
-        task.add_done_callback(self._flushes.discard)
+        self._background.start(retire(), "closing the old master's client")
 
     def _wait_command(self) -> Command | None:
         """Ends each pipeline of registrations: a replica must have what it wrote."""
@@ -667,11 +666,9 @@ class RedisDirectory(Directory):
             else:
                 assert type(dialled) is ev.Failure
                 answer = _NotPushed(message.ask, dialled.code, dialled.message)
-            task = asyncio.get_running_loop().create_task(
-                self._answer(DIAL_CHANNEL + message.reply_to, msgspec.msgpack.encode(answer))
-            )
-            self._answering.add(task)
-            task.add_done_callback(self._answering.discard)
+            channel = DIAL_CHANNEL + message.reply_to
+            answering = self._answer(channel, msgspec.msgpack.encode(answer))
+            self._background.start(answering, "answering a request to connect back")
             return
         waiting = self._asked.get(message.ask)
         if waiting is None or waiting.done():
@@ -724,8 +721,7 @@ class RedisDirectory(Directory):
     async def close(self) -> None:
         if self._renewing is not None:
             self._renewing.cancel()
-        for task in [*self._flushes, *self._answering]:
-            task.cancel()
+        await self._background.close()
         if self._watching_replicas is not None:
             self._watching_replicas.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -814,9 +810,7 @@ class RedisDirectory(Directory):
             self._renewing = loop.call_later(RENEW_EVERY, self._start_renewals)
 
     def _start_renewals(self) -> None:
-        task = asyncio.get_running_loop().create_task(self.flush())
-        self._flushes.add(task)
-        task.add_done_callback(self._flushes.discard)
+        self._background.start(self.flush(), "renewing registrations")
 
     async def flush(self) -> None:
         """Send the renewals gathered so far, now."""
