@@ -152,6 +152,11 @@ class Timeouts:
     partial_keep: float = 24 * 3600.0
     #: Server side: a connection that sends nothing for this long is dropped (and unregistered).
     server_idle: float = 25.0
+    #: Server side, with a shared directory (Redis): a registration its server stops
+    #: renewing (crashed) expires this long after its last heartbeat; a frozen server's
+    #: users stay online this long less a heartbeat and a batch of renewals (34.5 s),
+    #: past the 20 s their modules wait before registering through another server.
+    presence_ttl: float = 45.0
     #: Server side: a connection must register within this time.
     register_deadline: float = 10.0
     #: Peer side: the sender must say hello within this time.

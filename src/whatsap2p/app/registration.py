@@ -32,7 +32,7 @@ from whatsap2p.config import Limits, Timeouts
 from whatsap2p.errors import DirectoryError, LocalProtocolError, RateLimited, StoreUnavailable
 from whatsap2p.lan import is_lan
 from whatsap2p.net.directory_client import DirectoryClient
-from whatsap2p.net.network import Network
+from whatsap2p.net.network import Network, host_port
 from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.keys import StaticKey
 
@@ -345,8 +345,7 @@ class Registrar:
         self._act(actions)
 
     def _where(self) -> str:
-        host, port = self._servers[self._machine.server]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return host_port(*self._servers[self._machine.server])
 
     def _lost(self) -> None:
         directory = self.directory

@@ -60,7 +60,7 @@ from whatsap2p.errors import (
 from whatsap2p.keyfile import load_or_create_key
 from whatsap2p.net.directory_client import DirectoryClient
 from whatsap2p.net.listener import PeerListener
-from whatsap2p.net.network import Network, TcpNetwork
+from whatsap2p.net.network import Network, TcpNetwork, host_port
 from whatsap2p.net.pool import LinkPool
 from whatsap2p.net.rendezvous import Rendezvous
 from whatsap2p.phone import DEFAULT_REGION, normalise_phone
@@ -152,7 +152,7 @@ class Session:
     def server(self) -> str | None:
         """`HOST:PORT` of the server of the list we are registered at (None: none now)."""
         where = None if self._registrar is None else self._registrar.server
-        return None if where is None else f"{where[0]}:{where[1]}"
+        return None if where is None else host_port(*where)
 
     @property
     def server_connected(self) -> bool:

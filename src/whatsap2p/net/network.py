@@ -9,9 +9,14 @@ import socket
 import typing
 from collections.abc import Callable
 
-__all__ = ["Listening", "Network", "TcpNetwork"]
+__all__ = ["Listening", "Network", "TcpNetwork", "host_port"]
 
 P = typing.TypeVar("P", bound=asyncio.BaseProtocol)
+
+
+def host_port(host: str, port: int) -> str:
+    """`HOST:PORT` as users write it (an IPv6 host in brackets: `[::1]:5555`)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class Listening(typing.Protocol):

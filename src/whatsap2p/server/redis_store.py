@@ -108,10 +108,9 @@ DIAL_CHANNEL = "wa:dial:"
 ANSWER_WITHIN = 2.0
 #: Heartbeats are renewed in Redis in batches gathered over this many seconds.
 RENEW_EVERY = 0.5
-#: A crashed server's users show offline everywhere within this many seconds (unless
-#: their modules registered through another server first). A frozen server's users stay
-#: online for up to this long less a heartbeat and a batch of renewals (34.5 s).
-DEFAULT_TTL = 45.0
+#: The presence TTL (`Timeouts.presence_ttl`): a crashed server's users show offline
+#: everywhere within this many seconds (unless they registered through another first).
+DEFAULT_TTL = Timeouts().presence_ttl
 #: How long a registration that creates a binding waits for a replica to have it.
 BIND_WAIT = 1.0
 #: How often the server asks its Redis how many replicas it has (`ROLE`).

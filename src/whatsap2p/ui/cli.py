@@ -24,6 +24,7 @@ from whatsap2p.config import Limits, MiB, RateLimits, Timeouts
 from whatsap2p.errors import CannotListen, InvalidInput, StoreError, WhatsAp2pError
 from whatsap2p.keyfile import load_or_create_key
 from whatsap2p.metrics import Exported
+from whatsap2p.net.network import host_port
 from whatsap2p.phone import DEFAULT_REGION, normalise_phone
 from whatsap2p.protocol import events as ev
 from whatsap2p.protocol.directory import MAX_RELAYS
@@ -81,10 +82,6 @@ def _relay_address(text: str) -> ev.RelayAddress:
     except OSError as exc:
         raise argparse.ArgumentTypeError(f"cannot resolve {host!r}: {exc}") from None
     return ev.RelayAddress(str(found[0][4][0]), port)
-
-
-def _format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _fingerprint(text: str) -> str:
@@ -207,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument(
         "--presence-ttl",
         type=_positive,
-        default=45.0,
+        default=Timeouts().presence_ttl,
         metavar="SECONDS",
         help="with --redis: a user whose server stops renewing it (crashed) shows offline "
         "everywhere after this long (default %(default)g)",
@@ -544,7 +541,7 @@ async def _run_server(args: argparse.Namespace) -> int:
             host, port = await server.start()
         except OSError as exc:
             print(
-                f"whatsap2p: cannot listen on {_format_address(args.host, args.port)}: "
+                f"whatsap2p: cannot listen on {host_port(args.host, args.port)}: "
                 f"{exc.strerror or exc}",
                 file=sys.stderr,
             )
@@ -552,9 +549,9 @@ async def _run_server(args: argparse.Namespace) -> int:
         if args.metrics_port is not None:
             _serve_metrics(server.metrics, args.metrics_host, args.metrics_port)
         print(f"fingerprint {key.fingerprint}", flush=True)
-        print(f"listening on {_format_address(host, port)}", flush=True)
+        print(f"listening on {host_port(host, port)}", flush=True)
         log.warning(  # (the operator's log: which key, so which fingerprint, it serves with)
-            "listening on %s with key fingerprint %s", _format_address(host, port), key.fingerprint
+            "listening on %s with key fingerprint %s", host_port(host, port), key.fingerprint
         )
         await stop.wait()
     finally:
@@ -569,9 +566,9 @@ def _serve_metrics(metrics: Exported, host: str, port: int) -> None:
     try:
         bound = metrics.serve(host, port)
     except OSError as exc:
-        where = _format_address(host, port)
+        where = host_port(host, port)
         raise CannotListen(f"cannot serve metrics on {where}: {exc.strerror}") from exc
-    print(f"metrics on http://{_format_address(host, bound)}/metrics", file=sys.stderr, flush=True)
+    print(f"metrics on http://{host_port(host, bound)}/metrics", file=sys.stderr, flush=True)
 
 
 def _relay_limits(args: argparse.Namespace) -> RelayLimits:
@@ -588,11 +585,11 @@ async def _run_relay(args: argparse.Namespace) -> int:
         try:
             host, port = await relay.start()
         except OSError as exc:
-            where = _format_address(args.host, args.port)
+            where = host_port(args.host, args.port)
             raise CannotListen(f"cannot listen on {where}: {exc.strerror or exc}") from exc
         if args.metrics_port is not None:
             _serve_metrics(relay.metrics, args.metrics_host, args.metrics_port)
-        print(f"listening on {_format_address(host, port)}", flush=True)
+        print(f"listening on {host_port(host, port)}", flush=True)
         await stop.wait()
     finally:
         await relay.close()
