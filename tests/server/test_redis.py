@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
+from typing import TypeVar
 
 import msgpack
 import pytest
@@ -31,6 +32,7 @@ from whatsap2p.protocol.relay import pair_of, verify
 from whatsap2p.server.redis_store import ANSWER_WITHIN, DEFAULT_TTL, RedisDirectory, least_ttl
 from whatsap2p.server.service import DirectoryServer
 
+T = TypeVar("T")
 ALICE, BOB, CAROL = "+5511999990001", "+5511999990002", "+5511999990003"
 
 
@@ -216,6 +218,16 @@ async def test_servers_find_redis_through_sentinel(redis_url: str) -> None:
             assert sorted(await bob.lookup([ALICE, BOB])) == [ALICE, BOB]
 
 
+async def served(ask: Callable[[], Awaitable[T]]) -> T:
+    """`ask()`'s answer, asked again while the store is `unavailable` (10 s at most)."""
+    async with asyncio.timeout(10):
+        while True:
+            try:
+                return await ask()
+            except StoreUnavailable:
+                await asyncio.sleep(0.1)
+
+
 async def test_servers_follow_a_sentinel_failover() -> None:
     """The master dies; the sentinel promotes its replica; the servers, told only of the
     sentinel, find the new master: what was registered before (replicated) is still
@@ -258,18 +270,18 @@ async def test_servers_follow_a_sentinel_failover() -> None:
                 finally:
                     await switches.aclose()  # type: ignore[no-untyped-call]
                     await sentinel.aclose()
-                async with asyncio.timeout(10):  # (`unavailable` for as long as the
-                    while True:  # servers take to follow: a module asks again)
-                        try:
-                            found = await bob.lookup([ALICE, BOB])
-                            break
-                        except StoreUnavailable:
-                            await asyncio.sleep(0.1)
-                assert sorted(found) == [ALICE, BOB]
-                carol = await directory_client(port_a)
-                stack.push_async_callback(carol.close)
-                await carol.register(CAROL, 4003)
-                assert CAROL in await bob.lookup([CAROL])
+                # (`unavailable` for as long as the servers take to follow, in moments
+                # after: a module asks again, as here)
+                assert sorted(await served(lambda: bob.lookup([ALICE, BOB]))) == [ALICE, BOB]
+
+                async def carol_registers() -> DirectoryClient:
+                    carol = await directory_client(port_a)  # (a module's next try: anew)
+                    stack.push_async_callback(carol.close)
+                    await carol.register(CAROL, 4003)
+                    return carol
+
+                await served(carol_registers)
+                assert CAROL in await served(lambda: bob.lookup([CAROL]))
 
 
 def test_a_wrong_sentinel_url_is_a_clear_error() -> None:
